@@ -1,0 +1,161 @@
+//! One community (overlay): its definition, its global time, its candidates.
+//!
+//! A community joined through a plugin has a [`Definition`] (the meta-messages the plugin exports).
+//! A tracker also keeps bare communities, without a definition, for every community id it is asked
+//! about: it walks nobody there and handles no messages, it only introduces peers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::candidate;
+use crate::identity::{CommunityId, PublicKey};
+use crate::meta::{self, MetaMessage};
+use crate::stats::CommunityStats;
+use crate::time::Instant;
+use crate::wire::Conversion;
+
+/// What a community type (plugin) declares about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    /// Community type name, e.g. `example`.
+    pub name: String,
+    /// Version of the plugin that defines it.
+    pub version: String,
+    /// The master member's public key; the community id is its member id.
+    pub master: PublicKey,
+    /// Conversions the plugin decodes, the first being the one it encodes new messages with.
+    pub conversions: Vec<Conversion>,
+    /// The meta-messages.
+    pub metas: Vec<MetaMessage>,
+}
+
+/// Why a definition is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    /// A meta-message is invalid.
+    #[error(transparent)]
+    Meta(#[from] meta::MetaError),
+    /// No conversion declared.
+    #[error("a community must declare at least one conversion")]
+    NoConversion,
+    /// Empty or over-long name.
+    #[error("community name {0:?} must be 1..=64 printable characters")]
+    Name(String),
+}
+
+impl Definition {
+    /// The community id: the member id of the master key.
+    pub fn id(&self) -> CommunityId {
+        self.master.community_id()
+    }
+
+    /// Checks the name, the conversions and every meta-message.
+    pub fn validate(&self) -> Result<(), DefinitionError> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self.name.chars().all(|c| c.is_ascii_graphic())
+        {
+            return Err(DefinitionError::Name(self.name.clone()));
+        }
+        if self.conversions.is_empty() {
+            return Err(DefinitionError::NoConversion);
+        }
+        meta::validate_all(&self.metas)?;
+        Ok(())
+    }
+
+    /// The meta-message called `name`.
+    pub fn meta_by_name(&self, name: &str) -> Option<&MetaMessage> {
+        self.metas.iter().find(|m| m.name == name)
+    }
+
+    /// The meta-message of wire type `id`.
+    pub fn meta_by_id(&self, id: u32) -> Option<&MetaMessage> {
+        self.metas.iter().find(|m| m.id == id)
+    }
+}
+
+/// State carried over from storage when a community is joined again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Highest global time of the stored messages (0 when none).
+    pub global_time: u64,
+    /// Highest sequence number of our own stored messages, by meta id.
+    pub sequences: Vec<(u32, u32)>,
+}
+
+/// An introduction-request we sent and wait an answer for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingWalk {
+    /// Where it went.
+    pub destination: SocketAddr,
+    /// When it times out.
+    pub deadline: Instant,
+}
+
+/// The state of one community in the node.
+#[derive(Debug, Clone)]
+pub struct Community {
+    /// The id.
+    pub id: CommunityId,
+    /// The plugin's definition; `None` for a tracker's bare community.
+    pub definition: Option<Definition>,
+    /// The Lamport clock: the highest global time seen or claimed.
+    pub global_time: u64,
+    /// The peers.
+    pub candidates: candidate::Table,
+    /// When the next walk step is due.
+    pub next_step: Instant,
+    /// Our outstanding introduction-requests by walk identifier.
+    pub pending_walks: HashMap<u32, PendingWalk>,
+    /// Our last claimed sequence number per meta id.
+    pub sequences: HashMap<u32, u32>,
+    /// When we last walked to each tracker.
+    pub tracker_walks: HashMap<SocketAddr, Instant>,
+    /// Counters.
+    pub stats: CommunityStats,
+    /// When anything last happened here (bare communities are forgotten when idle).
+    pub last_activity: Instant,
+}
+
+impl Community {
+    /// A community with no candidates yet.
+    pub fn new(
+        id: CommunityId,
+        definition: Option<Definition>,
+        resume: Resume,
+        candidates: candidate::Config,
+        now: Instant,
+    ) -> Self {
+        Community {
+            id,
+            definition,
+            global_time: resume.global_time.max(1),
+            candidates: candidate::Table::new(candidates),
+            next_step: now,
+            pending_walks: HashMap::new(),
+            sequences: resume.sequences.into_iter().collect(),
+            tracker_walks: HashMap::new(),
+            stats: CommunityStats::default(),
+            last_activity: now,
+        }
+    }
+
+    /// Claims the next global time for a new message.
+    pub fn claim_global_time(&mut self) -> u64 {
+        self.global_time = self.global_time.saturating_add(1);
+        self.global_time
+    }
+
+    /// Claims the next sequence number of meta `meta`.
+    pub fn claim_sequence_number(&mut self, meta: u32) -> u32 {
+        let next = self.sequences.entry(meta).or_insert(0);
+        *next = next.saturating_add(1);
+        *next
+    }
+
+    /// Raises the clock to `global_time` if it is higher.
+    pub fn observe_global_time(&mut self, global_time: u64) {
+        self.global_time = self.global_time.max(global_time);
+    }
+}

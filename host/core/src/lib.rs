@@ -1,0 +1,31 @@
+//! The sans-IO Dispersy protocol core.
+//!
+//! Everything here is pure computation over values: no sockets, no files, no clock, no global
+//! random generator, no threads. The driver (`host/node`, or the simulation in tests) feeds inputs
+//! with the time they happened — `Node::handle_datagram(now, from, bytes)`, `handle_timeout(now)`,
+//! `create_message(now, …)` — and drains outputs: datagrams to send (`poll_transmit`), events for
+//! communities and storage (`poll_event`), and when to be woken next (`poll_timeout`). This is the
+//! quinn-proto model, and it makes every protocol rule testable in a deterministic simulation.
+//!
+//! Modules are named after protocol nouns:
+//! - [`identity`]: keys, member and community ids, signatures;
+//! - [`wire`]: datagrams to validated domain types and back (the only user of `dispersy-proto`);
+//! - [`meta`]: meta-message policies;
+//! - [`candidate`]: peers of a community and their categories;
+//! - [`community`]: one community's state (definition, global time, candidates);
+//! - [`node`]: the state machine that ties them together;
+//! - [`stats`]: counters;
+//! - [`time`], [`rng`]: the clock and randomness the driver hands in.
+
+pub mod candidate;
+pub mod community;
+pub mod identity;
+pub mod meta;
+pub mod node;
+pub mod rng;
+pub mod stats;
+pub mod time;
+pub mod wire;
+
+#[cfg(test)]
+mod sim;

@@ -1,0 +1,923 @@
+//! The wire format: datagrams to validated domain types and back.
+//!
+//! This is the only module besides the `proto` crate that sees prost types. [`decode`] turns any
+//! byte string into a [`Packet`] or a [`DecodeError`]: it checks the size, parses the protobuf,
+//! checks every field the domain type needs, and verifies every signature. A value of a type in
+//! this module has therefore passed all checks that need no node state; what needs state (is this
+//! walk identifier ours, does this meta exist) is for the node.
+//!
+//! Every datagram is one `Message` whose `descriptor` holds the serialized `Descriptor`; the
+//! signatures cover SHA-256 of exactly those bytes. Persistent (community) messages travel inside a
+//! `Collection`, each as its own signed `Message`, and are stored verbatim as their `packet` bytes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+
+use dispersy_proto as pb;
+use prost::Message as _;
+
+use crate::identity::{
+    self, CommunityId, ID_LEN, KeyError, KeyPair, PUBLIC_KEY_LEN, PublicKey, SignatureError,
+};
+
+/// The default largest datagram the node sends or accepts: the 1500-byte MTU budget.
+pub const DEFAULT_MAX_DATAGRAM: usize = 1500;
+
+/// Bytes a collection datagram spends around its packets (outer message, descriptor and
+/// collection headers), an upper bound used when splitting collections.
+pub const COLLECTION_OVERHEAD: usize = 32;
+
+/// How a peer connects to the internet, as WAN address voting concludes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectionType {
+    /// Not decided yet, or behind a NAT of unknown kind.
+    #[default]
+    Unknown,
+    /// Reachable at the address it reports.
+    Public,
+    /// Behind a NAT that maps every destination to another port.
+    SymmetricNat,
+}
+
+impl ConnectionType {
+    /// The name used by the control API: `unknown`, `public` or `symmetric-NAT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionType::Unknown => "unknown",
+            ConnectionType::Public => "public",
+            ConnectionType::SymmetricNat => "symmetric-NAT",
+        }
+    }
+}
+
+/// Sync parameters of an introduction-request: a bloom filter over a range of global times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synchronization {
+    /// Lowest global time covered (at least 1).
+    pub low: u64,
+    /// Highest global time covered (0: up to the receiver's own global time).
+    pub high: u64,
+    /// Only messages whose global time is `offset` modulo `modulo` are covered.
+    pub modulo: u32,
+    /// See `modulo`; below it.
+    pub offset: u64,
+    /// Number of hash functions.
+    pub functions: u32,
+    /// Salt of the filter's hashes.
+    pub prefix: u32,
+    /// The filter bits.
+    pub bloom: Vec<u8>,
+}
+
+/// Step 1 of a walk: the sender asks for an introduction (and, with `sync`, for missing messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntroductionRequest {
+    /// The community walked in.
+    pub community: CommunityId,
+    /// The signing sender.
+    pub member: PublicKey,
+    /// Session associated with the source address, 0 to ask for a new one.
+    pub session: u32,
+    /// Walk identifier, echoed by every message of this step.
+    pub walk: u32,
+    /// Random value echoed by the puncture-request and the puncture (non-zero).
+    pub random: u32,
+    /// The sender's global time in this community.
+    pub global_time: u64,
+    /// Where the sender sent this request.
+    pub destination: SocketAddr,
+    /// The sender's LAN address as it knows it.
+    pub source_lan: SocketAddr,
+    /// The sender's WAN address as it knows it.
+    pub source_wan: SocketAddr,
+    /// The sender's connection type.
+    pub connection_type: ConnectionType,
+    /// Whether the sender wants another peer introduced.
+    pub advice: bool,
+    /// Bloom-filter sync request, if the sender wants missing messages.
+    pub sync: Option<Synchronization>,
+}
+
+/// Step 2: the responder introduces another peer (or nobody) to the requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntroductionResponse {
+    /// The community.
+    pub community: CommunityId,
+    /// The signing responder.
+    pub member: PublicKey,
+    /// Session.
+    pub session: u32,
+    /// The request's walk identifier.
+    pub walk: u32,
+    /// The responder's global time.
+    pub global_time: u64,
+    /// How the responder sees the requester's address.
+    pub destination: SocketAddr,
+    /// The responder's LAN address.
+    pub source_lan: SocketAddr,
+    /// The responder's WAN address.
+    pub source_wan: SocketAddr,
+    /// The responder's connection type.
+    pub connection_type: ConnectionType,
+    /// LAN and WAN address of the introduced peer, if any.
+    pub introduced: Option<(SocketAddr, SocketAddr)>,
+}
+
+/// Step 3: the responder asks the introduced peer to puncture its NAT towards the requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PunctureRequest {
+    /// The community.
+    pub community: CommunityId,
+    /// Session.
+    pub session: u32,
+    /// The walk identifier of the introduction.
+    pub walk: u32,
+    /// The requester's random value, to copy into the puncture.
+    pub random: u32,
+    /// Global time of the responder.
+    pub global_time: u64,
+    /// LAN address of the requester.
+    pub initiator_lan: SocketAddr,
+    /// WAN address of the requester.
+    pub initiator_wan: SocketAddr,
+}
+
+/// Step 4: the introduced peer opens its NAT towards the requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Puncture {
+    /// The community.
+    pub community: CommunityId,
+    /// The signing sender (the introduced peer).
+    pub member: PublicKey,
+    /// Session.
+    pub session: u32,
+    /// The walk identifier of the introduction.
+    pub walk: u32,
+    /// The requester's random value.
+    pub random: u32,
+    /// The sender's LAN address.
+    pub source_lan: SocketAddr,
+    /// The sender's WAN address.
+    pub source_wan: SocketAddr,
+}
+
+/// The conversion version of a community payload: 0x01..=0xFE, or 0xFF followed by more bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Conversion(Vec<u8>);
+
+impl Conversion {
+    /// Longest conversion identifier accepted.
+    pub const MAX_LEN: usize = 8;
+
+    /// Validates a conversion identifier.
+    pub fn new(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let valid = match bytes {
+            [] | [0x00, ..] => false,
+            [0xFF] => false,
+            [0xFF, ..] => bytes.len() <= Self::MAX_LEN,
+            [_] => true,
+            _ => false,
+        };
+        if valid {
+            Ok(Conversion(bytes.to_vec()))
+        } else {
+            Err(DecodeError::Invalid {
+                field: "conversion",
+                reason: "must be one byte 0x01..=0xFE or 0xFF followed by up to 7 bytes",
+            })
+        }
+    }
+
+    /// A one-byte conversion version (1..=254).
+    pub fn version(version: u8) -> Result<Self, DecodeError> {
+        Self::new(&[version])
+    }
+
+    /// The identifier bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A community (plugin) message: the header the host interprets and the payload the plugin does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommunityMessage {
+    /// The community.
+    pub community: CommunityId,
+    /// The plugin's meta-message type.
+    pub message_type: u32,
+    /// Conversion the payload is encoded with.
+    pub conversion: Conversion,
+    /// The authoring member(s); empty for no-authentication.
+    pub authors: Vec<PublicKey>,
+    /// Global time claimed by the author (0 only for no-authentication direct messages).
+    pub global_time: u64,
+    /// Sequence number (full-sync with sequence numbers).
+    pub sequence_number: Option<u32>,
+    /// Active policy index (dynamic resolution).
+    pub resolution_index: Option<u32>,
+    /// Remaining hops (relay distribution).
+    pub relay_hops: Option<u32>,
+    /// Plugin-encoded payload.
+    pub payload: Vec<u8>,
+}
+
+/// A community message with its verified signatures and its exact packet bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedMessage {
+    /// The decoded message.
+    pub message: CommunityMessage,
+    /// The serialized `Message` (descriptor and signatures): what is stored and forwarded.
+    pub packet: Vec<u8>,
+}
+
+/// A collection: persistent or community messages sent together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collection {
+    /// Session associated with the source address.
+    pub session: u32,
+    /// The messages, each verified.
+    pub messages: Vec<SignedMessage>,
+}
+
+/// A decoded, validated datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    /// See [`IntroductionRequest`].
+    IntroductionRequest(IntroductionRequest),
+    /// See [`IntroductionResponse`].
+    IntroductionResponse(IntroductionResponse),
+    /// See [`PunctureRequest`].
+    PunctureRequest(PunctureRequest),
+    /// See [`Puncture`].
+    Puncture(Puncture),
+    /// See [`Collection`].
+    Collection(Collection),
+}
+
+impl Packet {
+    /// The community the packet concerns, when it names exactly one.
+    pub fn community(&self) -> Option<CommunityId> {
+        match self {
+            Packet::IntroductionRequest(m) => Some(m.community),
+            Packet::IntroductionResponse(m) => Some(m.community),
+            Packet::PunctureRequest(m) => Some(m.community),
+            Packet::Puncture(m) => Some(m.community),
+            Packet::Collection(c) => c.messages.first().map(|m| m.message.community),
+        }
+    }
+
+    /// Short name for logs and counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Packet::IntroductionRequest(_) => "introduction-request",
+            Packet::IntroductionResponse(_) => "introduction-response",
+            Packet::PunctureRequest(_) => "puncture-request",
+            Packet::Puncture(_) => "puncture",
+            Packet::Collection(_) => "collection",
+        }
+    }
+}
+
+/// Why a datagram was not accepted. Every variant is counted under [`DecodeError::kind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Empty datagram.
+    #[error("empty datagram")]
+    Empty,
+    /// Larger than the datagram budget.
+    #[error("datagram of {len} bytes exceeds the {max}-byte limit")]
+    Oversized {
+        /// Received length.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// Not protobuf of the expected schema.
+    #[error("malformed protobuf: {0}")]
+    Protobuf(String),
+    /// A descriptor with no message set.
+    #[error("descriptor carries no message")]
+    NoMessage,
+    /// A message type this node does not handle (yet).
+    #[error("unsupported message type {0}")]
+    Unsupported(&'static str),
+    /// A field the message needs is absent.
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    /// A field has a value outside its domain.
+    #[error("invalid field {field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A member key that is not a valid key.
+    #[error("invalid member key: {0}")]
+    Key(#[from] KeyError),
+    /// A member given only by its 20-byte id: its key must be known first (missing-identity).
+    #[error("member given by id only; its public key is unknown")]
+    UnknownMember,
+    /// The number of signatures does not match the number of signing members.
+    #[error("expected {expected} signatures, got {got}")]
+    SignatureCount {
+        /// Signing members.
+        expected: usize,
+        /// Signatures present.
+        got: usize,
+    },
+    /// A signature does not verify.
+    #[error("bad signature: {0}")]
+    Signature(#[from] SignatureError),
+}
+
+impl DecodeError {
+    /// A stable, low-cardinality name for counters and tests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::Oversized { .. } => "oversized",
+            DecodeError::Protobuf(_) => "malformed",
+            DecodeError::NoMessage => "no-message",
+            DecodeError::Unsupported(_) => "unsupported",
+            DecodeError::Missing(_) => "missing-field",
+            DecodeError::Invalid { .. } => "invalid-field",
+            DecodeError::Key(_) => "invalid-key",
+            DecodeError::UnknownMember => "unknown-member",
+            DecodeError::SignatureCount { .. } => "signature-count",
+            DecodeError::Signature(_) => "bad-signature",
+        }
+    }
+}
+
+impl From<prost::DecodeError> for DecodeError {
+    fn from(error: prost::DecodeError) -> Self {
+        DecodeError::Protobuf(error.to_string())
+    }
+}
+
+/// Decodes and verifies one datagram of at most `max_datagram` bytes.
+pub fn decode(datagram: &[u8], max_datagram: usize) -> Result<Packet, DecodeError> {
+    if datagram.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if datagram.len() > max_datagram {
+        return Err(DecodeError::Oversized {
+            len: datagram.len(),
+            max: max_datagram,
+        });
+    }
+    let envelope = pb::Message::decode(datagram)?;
+    let descriptor_bytes = envelope
+        .descriptor
+        .as_deref()
+        .ok_or(DecodeError::Missing("Message.descriptor"))?;
+    let descriptor = pb::Descriptor::decode(descriptor_bytes)?;
+    use pb::descriptor::Message as D;
+    let signed = |member: &Option<Vec<u8>>| -> Result<PublicKey, DecodeError> {
+        let member = member_key(member.as_deref(), "member")?;
+        verify_signatures(descriptor_bytes, std::slice::from_ref(&member), &envelope.signatures)?;
+        Ok(member)
+    };
+    match descriptor.message.ok_or(DecodeError::NoMessage)? {
+        D::IntroductionRequest(m) => {
+            let member = signed(&m.member)?;
+            let mut sources = m.sources.iter();
+            Ok(Packet::IntroductionRequest(IntroductionRequest {
+                community: community_id(m.community.as_deref())?,
+                member,
+                session: m.session.unwrap_or(0),
+                walk: required(m.walk, "IntroductionRequest.walk")?,
+                random: nonzero(m.random, "IntroductionRequest.random")?,
+                global_time: m.global_time.unwrap_or(0),
+                destination: address(m.destination.as_ref(), "destination")?,
+                source_lan: address(sources.next(), "sources[0]")?,
+                source_wan: address(sources.next(), "sources[1]")?,
+                connection_type: connection_type(m.connection_type),
+                advice: m.advice.unwrap_or(true),
+                sync: m.synchronization.map(synchronization).transpose()?,
+            }))
+        }
+        D::IntroductionResponse(m) => {
+            let member = signed(&m.member)?;
+            let mut sources = m.sources.iter();
+            let introduced = match m.invitee.as_slice() {
+                [] => None,
+                [lan, wan] => Some((
+                    address(Some(lan), "invitee[0]")?,
+                    address(Some(wan), "invitee[1]")?,
+                )),
+                _ => {
+                    return Err(DecodeError::Invalid {
+                        field: "invitee",
+                        reason: "must hold no address or a LAN and a WAN address",
+                    });
+                }
+            };
+            Ok(Packet::IntroductionResponse(IntroductionResponse {
+                community: community_id(m.community.as_deref())?,
+                member,
+                session: m.session.unwrap_or(0),
+                walk: required(m.walk, "IntroductionResponse.walk")?,
+                global_time: m.global_time.unwrap_or(0),
+                destination: address(m.destination.as_ref(), "destination")?,
+                source_lan: address(sources.next(), "sources[0]")?,
+                source_wan: address(sources.next(), "sources[1]")?,
+                connection_type: connection_type(m.connection_type),
+                introduced,
+            }))
+        }
+        D::PunctureRequest(m) => {
+            if !envelope.signatures.is_empty() {
+                return Err(DecodeError::SignatureCount {
+                    expected: 0,
+                    got: envelope.signatures.len(),
+                });
+            }
+            let mut initiator = m.initiator.iter();
+            Ok(Packet::PunctureRequest(PunctureRequest {
+                community: community_id(m.community.as_deref())?,
+                session: m.session.unwrap_or(0),
+                walk: required(m.walk, "PunctureRequest.walk")?,
+                random: nonzero(m.random, "PunctureRequest.random")?,
+                global_time: m.global_time.unwrap_or(0),
+                initiator_lan: address(initiator.next(), "initiator[0]")?,
+                initiator_wan: address(initiator.next(), "initiator[1]")?,
+            }))
+        }
+        D::Puncture(m) => {
+            let member = signed(&m.member)?;
+            let mut source = m.source.iter();
+            Ok(Packet::Puncture(Puncture {
+                community: community_id(m.community.as_deref())?,
+                member,
+                session: m.session.unwrap_or(0),
+                walk: required(m.walk, "Puncture.walk")?,
+                random: nonzero(m.random, "Puncture.random")?,
+                source_lan: address(source.next(), "source[0]")?,
+                source_wan: address(source.next(), "source[1]")?,
+            }))
+        }
+        D::Collection(c) => {
+            if !envelope.signatures.is_empty() {
+                return Err(DecodeError::SignatureCount {
+                    expected: 0,
+                    got: envelope.signatures.len(),
+                });
+            }
+            if c.messages.is_empty() {
+                return Err(DecodeError::Missing("Collection.messages"));
+            }
+            let messages = c
+                .messages
+                .iter()
+                .map(|inner| SignedMessage::from_proto(inner, inner.encode_to_vec()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let community = messages[0].message.community;
+            if messages.iter().any(|m| m.message.community != community) {
+                return Err(DecodeError::Invalid {
+                    field: "Collection.messages",
+                    reason: "messages of more than one community",
+                });
+            }
+            Ok(Packet::Collection(Collection {
+                session: c.session.unwrap_or(0),
+                messages,
+            }))
+        }
+        D::SessionRequest(_) => Err(DecodeError::Unsupported("session-request")),
+        D::SessionResponse(_) => Err(DecodeError::Unsupported("session-response")),
+        D::Identity(_) => Err(DecodeError::Unsupported("identity")),
+        D::MissingIdentity(_) => Err(DecodeError::Unsupported("missing-identity")),
+        D::MissingSequence(_) => Err(DecodeError::Unsupported("missing-sequence")),
+        D::MissingMessage(_) => Err(DecodeError::Unsupported("missing-message")),
+        D::MissingLastMessage(_) => Err(DecodeError::Unsupported("missing-last-message")),
+        D::MissingProof(_) => Err(DecodeError::Unsupported("missing-proof")),
+        D::SignatureRequest(_) => Err(DecodeError::Unsupported("signature-request")),
+        D::SignatureResponse(_) => Err(DecodeError::Unsupported("signature-response")),
+        D::Authorize(_) => Err(DecodeError::Unsupported("authorize")),
+        D::Revoke(_) => Err(DecodeError::Unsupported("revoke")),
+        D::UndoOwn(_) => Err(DecodeError::Unsupported("undo-own")),
+        D::UndoOther(_) => Err(DecodeError::Unsupported("undo-other")),
+        D::DynamicSettings(_) => Err(DecodeError::Unsupported("dynamic-settings")),
+        D::DestroyCommunity(_) => Err(DecodeError::Unsupported("destroy-community")),
+        D::Community(_) => Err(DecodeError::Invalid {
+            field: "Descriptor.community",
+            reason: "community messages travel inside a collection",
+        }),
+    }
+}
+
+impl SignedMessage {
+    /// Decodes and verifies one stored or received community message packet.
+    pub fn decode(packet: &[u8]) -> Result<Self, DecodeError> {
+        let envelope = pb::Message::decode(packet)?;
+        Self::from_proto(&envelope, packet.to_vec())
+    }
+
+    fn from_proto(envelope: &pb::Message, packet: Vec<u8>) -> Result<Self, DecodeError> {
+        let descriptor_bytes = envelope
+            .descriptor
+            .as_deref()
+            .ok_or(DecodeError::Missing("Message.descriptor"))?;
+        let descriptor = pb::Descriptor::decode(descriptor_bytes)?;
+        let m = match descriptor.message {
+            Some(pb::descriptor::Message::Community(m)) => m,
+            Some(_) => return Err(DecodeError::Unsupported("persistent built-in message")),
+            None => return Err(DecodeError::NoMessage),
+        };
+        if m.members.len() > 2 {
+            return Err(DecodeError::Invalid {
+                field: "CommunityMessage.members",
+                reason: "at most two signing members",
+            });
+        }
+        let authors = m
+            .members
+            .iter()
+            .map(|bytes| member_key(Some(bytes), "CommunityMessage.members"))
+            .collect::<Result<Vec<_>, _>>()?;
+        verify_signatures(descriptor_bytes, &authors, &envelope.signatures)?;
+        let message = CommunityMessage {
+            community: community_id(m.community.as_deref())?,
+            message_type: required(m.message_type, "CommunityMessage.message_type")?,
+            conversion: Conversion::new(
+                m.conversion
+                    .as_deref()
+                    .ok_or(DecodeError::Missing("CommunityMessage.conversion"))?,
+            )?,
+            authors,
+            global_time: m.global_time.unwrap_or(0),
+            sequence_number: m.sequence_number,
+            resolution_index: m.resolution_index,
+            relay_hops: m.relay_hops,
+            payload: m
+                .payload
+                .ok_or(DecodeError::Missing("CommunityMessage.payload"))?,
+        };
+        if !message.authors.is_empty() && message.global_time == 0 {
+            return Err(DecodeError::Invalid {
+                field: "CommunityMessage.global_time",
+                reason: "signed messages have a global time of 1 or higher",
+            });
+        }
+        if message.sequence_number == Some(0) {
+            return Err(DecodeError::Invalid {
+                field: "CommunityMessage.sequence_number",
+                reason: "sequence numbers start at 1",
+            });
+        }
+        Ok(SignedMessage { message, packet })
+    }
+
+    /// Signs `message` with the keys of its authors, in order.
+    pub fn sign(message: CommunityMessage, signers: &[&KeyPair]) -> Result<Self, SignError> {
+        if signers.len() != message.authors.len()
+            || signers
+                .iter()
+                .zip(&message.authors)
+                .any(|(key, author)| key.public() != author)
+        {
+            return Err(SignError::WrongSigners);
+        }
+        let descriptor = pb::Descriptor {
+            message: Some(pb::descriptor::Message::Community(pb::CommunityMessage {
+                community: Some(message.community.0.to_vec()),
+                message_type: Some(message.message_type),
+                conversion: Some(message.conversion.as_bytes().to_vec()),
+                members: message
+                    .authors
+                    .iter()
+                    .map(|key| key.as_bytes().to_vec())
+                    .collect(),
+                global_time: Some(message.global_time),
+                sequence_number: message.sequence_number,
+                resolution_index: message.resolution_index,
+                relay_hops: message.relay_hops,
+                payload: Some(message.payload.clone()),
+            })),
+        }
+        .encode_to_vec();
+        let packet = seal(descriptor, signers);
+        Ok(SignedMessage { message, packet })
+    }
+}
+
+/// Why a message could not be signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// The keys given are not the message's authors.
+    #[error("the signing keys are not the message's authors")]
+    WrongSigners,
+}
+
+fn seal(descriptor: Vec<u8>, signers: &[&KeyPair]) -> Vec<u8> {
+    let digest = identity::digest(&descriptor);
+    pb::Message {
+        signatures: signers
+            .iter()
+            .map(|key| key.sign_digest(&digest).to_vec())
+            .collect(),
+        descriptor: Some(descriptor),
+    }
+    .encode_to_vec()
+}
+
+impl Packet {
+    /// Encodes the packet as one datagram; signed messages are signed with `key`, which must be
+    /// the key of the packet's `member`.
+    pub fn encode(&self, key: &KeyPair) -> Vec<u8> {
+        use pb::descriptor::Message as D;
+        let (message, signed) = match self {
+            Packet::IntroductionRequest(m) => (
+                D::IntroductionRequest(pb::IntroductionRequest {
+                    session: Some(m.session),
+                    walk: Some(m.walk),
+                    community: Some(m.community.0.to_vec()),
+                    global_time: Some(m.global_time),
+                    destination: Some(to_address(m.destination)),
+                    sources: vec![to_address(m.source_lan), to_address(m.source_wan)],
+                    random: Some(m.random),
+                    member: Some(m.member.as_bytes().to_vec()),
+                    synchronization: m.sync.as_ref().map(|s| {
+                        pb::introduction_request::Synchronization {
+                            low: Some(s.low),
+                            high: Some(s.high),
+                            modulo: Some(s.modulo),
+                            offset: Some(s.offset),
+                            bloomfilter: Some(s.bloom.clone()),
+                            functions: Some(s.functions),
+                            prefix: Some(s.prefix),
+                        }
+                    }),
+                    connection_type: Some(to_connection_type(m.connection_type)),
+                    advice: Some(m.advice),
+                }),
+                true,
+            ),
+            Packet::IntroductionResponse(m) => (
+                D::IntroductionResponse(pb::IntroductionResponse {
+                    session: Some(m.session),
+                    walk: Some(m.walk),
+                    community: Some(m.community.0.to_vec()),
+                    global_time: Some(m.global_time),
+                    invitee: m
+                        .introduced
+                        .map(|(lan, wan)| vec![to_address(lan), to_address(wan)])
+                        .unwrap_or_default(),
+                    destination: Some(to_address(m.destination)),
+                    sources: vec![to_address(m.source_lan), to_address(m.source_wan)],
+                    member: Some(m.member.as_bytes().to_vec()),
+                    connection_type: Some(to_connection_type(m.connection_type)),
+                }),
+                true,
+            ),
+            Packet::PunctureRequest(m) => (
+                D::PunctureRequest(pb::PunctureRequest {
+                    session: Some(m.session),
+                    walk: Some(m.walk),
+                    global_time: Some(m.global_time),
+                    initiator: vec![to_address(m.initiator_lan), to_address(m.initiator_wan)],
+                    community: Some(m.community.0.to_vec()),
+                    random: Some(m.random),
+                }),
+                false,
+            ),
+            Packet::Puncture(m) => (
+                D::Puncture(pb::Puncture {
+                    session: Some(m.session),
+                    walk: Some(m.walk),
+                    source: vec![to_address(m.source_lan), to_address(m.source_wan)],
+                    community: Some(m.community.0.to_vec()),
+                    random: Some(m.random),
+                    member: Some(m.member.as_bytes().to_vec()),
+                }),
+                true,
+            ),
+            Packet::Collection(c) => {
+                let packets: Vec<&[u8]> = c.messages.iter().map(|m| m.packet.as_slice()).collect();
+                return encode_collection(c.session, &packets);
+            }
+        };
+        let descriptor = pb::Descriptor {
+            message: Some(message),
+        }
+        .encode_to_vec();
+        if signed {
+            seal(descriptor, &[key])
+        } else {
+            seal(descriptor, &[])
+        }
+    }
+}
+
+/// Encodes one collection datagram holding `packets` verbatim (no re-encoding of the signed
+/// messages: an embedded message on the wire is its bytes behind a tag and a length).
+pub fn encode_collection(session: u32, packets: &[&[u8]]) -> Vec<u8> {
+    let mut collection = Vec::with_capacity(packets.iter().map(|p| p.len() + 4).sum::<usize>() + 8);
+    prost::encoding::uint32::encode(1, &session, &mut collection);
+    for packet in packets {
+        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut collection);
+        prost::encoding::encode_varint(packet.len() as u64, &mut collection);
+        collection.extend_from_slice(packet);
+    }
+    let mut descriptor = Vec::with_capacity(collection.len() + 4);
+    prost::encoding::bytes::encode(7, &collection, &mut descriptor);
+    let mut datagram = Vec::with_capacity(descriptor.len() + 4);
+    prost::encoding::bytes::encode(1, &descriptor, &mut datagram);
+    datagram
+}
+
+/// Splits `packets` over as few collection datagrams of at most `max_datagram` bytes as the
+/// order allows. A packet that cannot fit even alone is returned in `Err` with its index.
+pub fn encode_collections(
+    session: u32,
+    packets: &[&[u8]],
+    max_datagram: usize,
+) -> Result<Vec<Vec<u8>>, usize> {
+    let budget = max_datagram.saturating_sub(COLLECTION_OVERHEAD);
+    let mut datagrams = Vec::new();
+    let mut batch: Vec<&[u8]> = Vec::new();
+    let mut used = 0;
+    for (i, packet) in packets.iter().enumerate() {
+        let cost = packet.len() + 1 + varint_len(packet.len());
+        if cost > budget {
+            return Err(i);
+        }
+        if used + cost > budget {
+            datagrams.push(encode_collection(session, &batch));
+            batch.clear();
+            used = 0;
+        }
+        batch.push(packet);
+        used += cost;
+    }
+    if !batch.is_empty() {
+        datagrams.push(encode_collection(session, &batch));
+    }
+    Ok(datagrams)
+}
+
+fn varint_len(value: usize) -> usize {
+    prost::encoding::encoded_len_varint(value as u64)
+}
+
+fn verify_signatures(
+    descriptor: &[u8],
+    members: &[PublicKey],
+    signatures: &[Vec<u8>],
+) -> Result<(), DecodeError> {
+    if members.len() != signatures.len() {
+        return Err(DecodeError::SignatureCount {
+            expected: members.len(),
+            got: signatures.len(),
+        });
+    }
+    if members.is_empty() {
+        return Ok(());
+    }
+    let digest = identity::digest(descriptor);
+    for (member, signature) in members.iter().zip(signatures) {
+        member.verify_digest(&digest, signature)?;
+    }
+    Ok(())
+}
+
+fn member_key(bytes: Option<&[u8]>, field: &'static str) -> Result<PublicKey, DecodeError> {
+    match bytes {
+        None => Err(DecodeError::Missing(field)),
+        Some(b) if b.len() == ID_LEN => Err(DecodeError::UnknownMember),
+        Some(b) if b.len() == PUBLIC_KEY_LEN => Ok(PublicKey::from_bytes(b)?),
+        Some(b) => Err(KeyError::Length(b.len()).into()),
+    }
+}
+
+fn community_id(bytes: Option<&[u8]>) -> Result<CommunityId, DecodeError> {
+    let bytes = bytes.ok_or(DecodeError::Missing("community"))?;
+    CommunityId::from_slice(bytes).map_err(|_| DecodeError::Invalid {
+        field: "community",
+        reason: "a community id is 20 bytes",
+    })
+}
+
+fn required<T>(value: Option<T>, field: &'static str) -> Result<T, DecodeError> {
+    value.ok_or(DecodeError::Missing(field))
+}
+
+fn nonzero(value: Option<u32>, field: &'static str) -> Result<u32, DecodeError> {
+    match required(value, field)? {
+        0 => Err(DecodeError::Invalid {
+            field,
+            reason: "must be non-zero",
+        }),
+        v => Ok(v),
+    }
+}
+
+fn address(a: Option<&pb::Address>, field: &'static str) -> Result<SocketAddr, DecodeError> {
+    let a = a.ok_or(DecodeError::Missing(field))?;
+    let port = u16::try_from(a.ipv4_port.unwrap_or(0)).map_err(|_| DecodeError::Invalid {
+        field,
+        reason: "port above 65535",
+    })?;
+    let ip = match (a.ipv4_host, a.ipv6_host.as_deref()) {
+        (Some(v4), None) => IpAddr::V4(Ipv4Addr::from(v4)),
+        (None, Some(v6)) => {
+            let octets: [u8; 16] = v6.try_into().map_err(|_| DecodeError::Invalid {
+                field,
+                reason: "an IPv6 host is 16 bytes",
+            })?;
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        (None, None) => {
+            return Err(DecodeError::Invalid {
+                field,
+                reason: "no host",
+            });
+        }
+        (Some(_), Some(_)) => {
+            return Err(DecodeError::Invalid {
+                field,
+                reason: "both an IPv4 and an IPv6 host",
+            });
+        }
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn to_address(addr: SocketAddr) -> pb::Address {
+    match addr {
+        SocketAddr::V4(v4) => pb::Address {
+            ipv4_host: Some(u32::from(*v4.ip())),
+            ipv4_port: Some(u32::from(v4.port())),
+            r#type: None,
+            ipv6_host: None,
+        },
+        SocketAddr::V6(v6) => pb::Address {
+            ipv4_host: None,
+            ipv4_port: Some(u32::from(v6.port())),
+            r#type: None,
+            ipv6_host: Some(v6.ip().octets().to_vec()),
+        },
+    }
+}
+
+fn connection_type(value: Option<i32>) -> ConnectionType {
+    match value.and_then(|v| pb::ConnectionType::try_from(v).ok()) {
+        Some(pb::ConnectionType::Public) => ConnectionType::Public,
+        Some(pb::ConnectionType::SymmetricNat) => ConnectionType::SymmetricNat,
+        Some(pb::ConnectionType::UnknownNat) | None => ConnectionType::Unknown,
+    }
+}
+
+fn to_connection_type(value: ConnectionType) -> i32 {
+    match value {
+        ConnectionType::Unknown => pb::ConnectionType::UnknownNat,
+        ConnectionType::Public => pb::ConnectionType::Public,
+        ConnectionType::SymmetricNat => pb::ConnectionType::SymmetricNat,
+    }
+    .into()
+}
+
+fn synchronization(
+    s: pb::introduction_request::Synchronization,
+) -> Result<Synchronization, DecodeError> {
+    let sync = Synchronization {
+        low: s.low.unwrap_or(1),
+        high: s.high.unwrap_or(1),
+        modulo: s.modulo.unwrap_or(1),
+        offset: s.offset.unwrap_or(0),
+        functions: s.functions.unwrap_or(0),
+        prefix: s.prefix.unwrap_or(0),
+        bloom: s.bloomfilter.unwrap_or_default(),
+    };
+    let invalid = |reason| {
+        Err(DecodeError::Invalid {
+            field: "IntroductionRequest.synchronization",
+            reason,
+        })
+    };
+    if sync.low == 0 {
+        return invalid("low must be 1 or higher");
+    }
+    if sync.high != 0 && sync.high < sync.low {
+        return invalid("high must be 0 or at least low");
+    }
+    if sync.modulo == 0 || sync.offset >= u64::from(sync.modulo) {
+        return invalid("need 0 <= offset < modulo");
+    }
+    if sync.functions == 0 || sync.functions > 64 {
+        return invalid("1..=64 hash functions");
+    }
+    if sync.bloom.is_empty() {
+        return invalid("empty bloom filter");
+    }
+    Ok(sync)
+}
+
+/// A placeholder address meaning "not known" (0.0.0.0:0).
+pub const UNKNOWN_ADDRESS: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,286 @@
+use super::*;
+use crate::rng::Rng;
+
+fn key(n: u8) -> KeyPair {
+    let mut secret = [7u8; 32];
+    secret[31] = n;
+    KeyPair::from_secret(&secret).unwrap()
+}
+
+fn cid() -> CommunityId {
+    CommunityId([0xAB; 20])
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn request(k: &KeyPair) -> IntroductionRequest {
+    IntroductionRequest {
+        community: cid(),
+        member: k.public().clone(),
+        session: 0,
+        walk: 0xBEEF,
+        random: 77,
+        global_time: 12,
+        destination: addr("10.0.0.2:7000"),
+        source_lan: addr("192.168.1.5:6000"),
+        source_wan: addr("[2001:db8::1]:6001"),
+        connection_type: ConnectionType::Public,
+        advice: true,
+        sync: Some(Synchronization {
+            low: 1,
+            high: 100,
+            modulo: 3,
+            offset: 2,
+            functions: 6,
+            prefix: 9,
+            bloom: vec![0x55; 128],
+        }),
+    }
+}
+
+fn community_message(k: &KeyPair, gt: u64) -> SignedMessage {
+    SignedMessage::sign(
+        CommunityMessage {
+            community: cid(),
+            message_type: 1,
+            conversion: Conversion::version(1).unwrap(),
+            authors: vec![k.public().clone()],
+            global_time: gt,
+            sequence_number: Some(3),
+            resolution_index: None,
+            relay_hops: None,
+            payload: b"payload".to_vec(),
+        },
+        &[k],
+    )
+    .unwrap()
+}
+
+fn all_packets(k: &KeyPair) -> Vec<Packet> {
+    vec![
+        Packet::IntroductionRequest(request(k)),
+        Packet::IntroductionRequest(IntroductionRequest {
+            sync: None,
+            advice: false,
+            connection_type: ConnectionType::SymmetricNat,
+            ..request(k)
+        }),
+        Packet::IntroductionResponse(IntroductionResponse {
+            community: cid(),
+            member: k.public().clone(),
+            session: 5,
+            walk: 0xBEEF,
+            global_time: 44,
+            destination: addr("1.2.3.4:5"),
+            source_lan: addr("10.0.0.1:1"),
+            source_wan: addr("8.8.8.8:2"),
+            connection_type: ConnectionType::Unknown,
+            introduced: Some((addr("10.1.1.1:3"), addr("9.9.9.9:4"))),
+        }),
+        Packet::IntroductionResponse(IntroductionResponse {
+            community: cid(),
+            member: k.public().clone(),
+            session: 5,
+            walk: 1,
+            global_time: 1,
+            destination: addr("1.2.3.4:5"),
+            source_lan: UNKNOWN_ADDRESS,
+            source_wan: UNKNOWN_ADDRESS,
+            connection_type: ConnectionType::Unknown,
+            introduced: None,
+        }),
+        Packet::PunctureRequest(PunctureRequest {
+            community: cid(),
+            session: 1,
+            walk: 2,
+            random: 3,
+            global_time: 4,
+            initiator_lan: addr("10.0.0.9:9"),
+            initiator_wan: addr("[::1]:9"),
+        }),
+        Packet::Puncture(Puncture {
+            community: cid(),
+            member: k.public().clone(),
+            session: 1,
+            walk: 2,
+            random: 3,
+            source_lan: addr("10.0.0.9:9"),
+            source_wan: addr("7.7.7.7:9"),
+        }),
+        Packet::Collection(Collection {
+            session: 9,
+            messages: vec![community_message(k, 5), community_message(k, 6)],
+        }),
+    ]
+}
+
+#[test]
+fn every_packet_round_trips() {
+    let k = key(1);
+    for packet in all_packets(&k) {
+        let bytes = packet.encode(&k);
+        assert!(bytes.len() <= DEFAULT_MAX_DATAGRAM, "{}", packet.name());
+        let decoded = decode(&bytes, DEFAULT_MAX_DATAGRAM).unwrap();
+        assert_eq!(decoded, packet);
+    }
+}
+
+#[test]
+fn signed_packets_by_another_key_fail_verification() {
+    let k = key(1);
+    let forger = key(2);
+    // The packet claims `k` as its member but is signed by `forger`.
+    let bytes = Packet::IntroductionRequest(request(&k)).encode(&forger);
+    assert_eq!(
+        decode(&bytes, DEFAULT_MAX_DATAGRAM).unwrap_err().kind(),
+        "bad-signature"
+    );
+}
+
+#[test]
+fn tampered_descriptor_fails_verification() {
+    let k = key(1);
+    let mut envelope =
+        pb::Message::decode(&Packet::IntroductionRequest(request(&k)).encode(&k)[..]).unwrap();
+    let mut descriptor = pb::Descriptor::decode(envelope.descriptor.as_deref().unwrap()).unwrap();
+    if let Some(pb::descriptor::Message::IntroductionRequest(r)) = &mut descriptor.message {
+        r.walk = Some(1);
+    }
+    envelope.descriptor = Some(descriptor.encode_to_vec());
+    let err = decode(&envelope.encode_to_vec(), DEFAULT_MAX_DATAGRAM).unwrap_err();
+    assert_eq!(err.kind(), "bad-signature");
+    envelope.signatures.clear();
+    let err = decode(&envelope.encode_to_vec(), DEFAULT_MAX_DATAGRAM).unwrap_err();
+    assert_eq!(err, DecodeError::SignatureCount { expected: 1, got: 0 });
+}
+
+#[test]
+fn collection_with_a_forged_inner_message_is_dropped_whole() {
+    let k = key(1);
+    let good = community_message(&k, 5);
+    let mut forged = community_message(&k, 6);
+    let last = forged.packet.len() - 1;
+    forged.packet[last] ^= 1; // last byte of the signature
+    let bytes = encode_collection(0, &[&good.packet, &forged.packet]);
+    assert_eq!(
+        decode(&bytes, DEFAULT_MAX_DATAGRAM).unwrap_err().kind(),
+        "bad-signature"
+    );
+}
+
+#[test]
+fn truncations_never_panic_and_never_verify() {
+    let k = key(1);
+    for packet in all_packets(&k) {
+        let bytes = packet.encode(&k);
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len], DEFAULT_MAX_DATAGRAM).is_err());
+        }
+    }
+}
+
+#[test]
+fn random_bytes_and_bit_flips_never_panic() {
+    let mut rng = Rng::new(1);
+    for _ in 0..20_000 {
+        let len = rng.index(300);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next_u32() as u8).collect();
+        assert!(decode(&bytes, DEFAULT_MAX_DATAGRAM).is_err());
+    }
+    let k = key(1);
+    for packet in all_packets(&k) {
+        let bytes = packet.encode(&k);
+        for _ in 0..300 {
+            let mut copy = bytes.clone();
+            let i = rng.index(copy.len());
+            copy[i] ^= 1 << rng.index(8);
+            // Either a typed error or, when the flip hit an unsigned field, a valid packet.
+            let _ = decode(&copy, DEFAULT_MAX_DATAGRAM);
+        }
+    }
+}
+
+#[test]
+fn size_limits_and_huge_length_prefixes() {
+    assert_eq!(decode(&[], 1500), Err(DecodeError::Empty));
+    let big = vec![0u8; 1501];
+    assert_eq!(
+        decode(&big, 1500),
+        Err(DecodeError::Oversized {
+            len: 1501,
+            max: 1500
+        })
+    );
+    // Field 1 (descriptor), length-delimited, with a length of 2^63.
+    let mut huge = vec![0x0A];
+    prost::encoding::encode_varint(1 << 63, &mut huge);
+    huge.extend_from_slice(b"abc");
+    assert_eq!(decode(&huge, 1500).unwrap_err().kind(), "malformed");
+}
+
+#[test]
+fn members_by_id_only_are_not_trusted() {
+    let k = key(1);
+    let mut envelope =
+        pb::Message::decode(&Packet::IntroductionRequest(request(&k)).encode(&k)[..]).unwrap();
+    let mut descriptor = pb::Descriptor::decode(envelope.descriptor.as_deref().unwrap()).unwrap();
+    if let Some(pb::descriptor::Message::IntroductionRequest(r)) = &mut descriptor.message {
+        r.member = Some(k.member_id().0.to_vec());
+    }
+    envelope.descriptor = Some(descriptor.encode_to_vec());
+    assert_eq!(
+        decode(&envelope.encode_to_vec(), 1500),
+        Err(DecodeError::UnknownMember)
+    );
+}
+
+#[test]
+fn unsupported_and_invalid_fields_are_typed_errors() {
+    let descriptor = pb::Descriptor {
+        message: Some(pb::descriptor::Message::MissingProof(pb::MissingProof::default())),
+    };
+    let bytes = pb::Message {
+        descriptor: Some(descriptor.encode_to_vec()),
+        signatures: vec![],
+    }
+    .encode_to_vec();
+    assert_eq!(
+        decode(&bytes, 1500),
+        Err(DecodeError::Unsupported("missing-proof"))
+    );
+    let empty = pb::Message {
+        descriptor: Some(vec![]),
+        signatures: vec![],
+    }
+    .encode_to_vec();
+    assert_eq!(decode(&empty, 1500), Err(DecodeError::NoMessage));
+    assert!(Conversion::new(&[0]).is_err());
+    assert!(Conversion::new(&[0xFF]).is_err());
+    assert!(Conversion::new(&[0xFF, 1]).is_ok());
+    assert!(Conversion::new(&[1, 2]).is_err());
+}
+
+#[test]
+fn collections_split_over_datagrams_within_budget() {
+    let k = key(3);
+    let messages: Vec<SignedMessage> = (1..=40).map(|gt| community_message(&k, gt)).collect();
+    let packets: Vec<&[u8]> = messages.iter().map(|m| m.packet.as_slice()).collect();
+    let datagrams = encode_collections(4, &packets, 1500).unwrap();
+    assert!(datagrams.len() > 1);
+    let mut seen = Vec::new();
+    for datagram in &datagrams {
+        assert!(datagram.len() <= 1500, "{}", datagram.len());
+        match decode(datagram, 1500).unwrap() {
+            Packet::Collection(c) => {
+                assert_eq!(c.session, 4);
+                seen.extend(c.messages);
+            }
+            other => panic!("not a collection: {other:?}"),
+        }
+    }
+    assert_eq!(seen, messages);
+    let huge = vec![0u8; 1600];
+    assert_eq!(encode_collections(0, &[&huge], 1500), Err(0));
+}
