@@ -271,21 +271,50 @@ impl Node {
     /// Handles one received datagram: decode, verify, then act. Anything wrong is dropped and
     /// counted in [`Node::stats`].
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let decoded = wire::decode(bytes, self.config.max_datagram);
+        self.handle_decoded(now, from, bytes.len(), decoded);
+    }
+
+    /// Handles the result of [`wire::decode`] run elsewhere (decoding and signature checks may
+    /// run on other threads; the [`Packet`] type guarantees they happened). `len` is the
+    /// datagram's size, for the counters.
+    pub fn handle_decoded(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        len: usize,
+        decoded: Result<Packet, wire::DecodeError>,
+    ) {
         self.stats.datagrams_received += 1;
-        self.stats.bytes_received += bytes.len() as u64;
+        self.stats.bytes_received += len as u64;
         if !is_valid_source(from) || from == self.lan {
             self.stats.dropped.bump("invalid-source");
             return;
         }
-        match wire::decode(bytes, self.config.max_datagram) {
+        match decoded {
             Ok(packet) => self.handle_packet(now, from, packet),
             Err(error) => self.stats.dropped.bump(error.kind()),
         }
     }
 
-    /// Handles a packet that [`wire::decode`] already produced (decoding and verification may run
-    /// on other threads; the packet type guarantees they happened).
-    pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, packet: Packet) {
+    /// Adds `address` as an introduced candidate of `community` (a peer given in configuration):
+    /// the walker visits it like any introduced peer, and forgets it if it never answers.
+    pub fn add_candidate(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        address: SocketAddr,
+    ) -> Result<(), candidate::AddError> {
+        if !is_valid_source(address) || address == self.lan {
+            return Ok(());
+        }
+        if let Some(c) = self.communities.get_mut(&community) {
+            c.candidates.entry(address, now)?.last_intro = Some(now);
+        }
+        Ok(())
+    }
+
+    fn handle_packet(&mut self, now: Instant, from: SocketAddr, packet: Packet) {
         let name = packet.name();
         let accepted = match packet {
             Packet::IntroductionRequest(m) => self.on_introduction_request(now, from, m),

@@ -1,1 +1,190 @@
-//! stub
+//! The example community of the Dispersy documentation ("Usage"), written as the template a third
+//! party copies to start a new community type.
+//!
+//! One meta-message, `example`, carries a text of at most 255 UTF-8 bytes and an amount. It is
+//! member-authenticated (signed by its author), public (anyone may create it), direct (sent once,
+//! not stored) to 10 random verified candidates of the community. The check drops negative
+//! amounts; the handler counts what arrives, so the control API can show that every message was
+//! delivered exactly once.
+//!
+//! To make your own community: copy this crate, pick a name, create a master key with
+//! `dispersy keygen` and put its public key in [`MASTER_KEY`] (keep the secret key safe: it will
+//! sign the community's permissions), define your payloads and metas, and build with
+//! `cargo build --release`. Drop the resulting `lib<name>.so` into the host's plugin folder.
+
+use std::collections::HashSet;
+
+use dispersy_plugin_api::prelude::*;
+use dispersy_plugin_api::serde_json::{Value, json};
+
+/// The master public key of the example community; the community id is derived from it.
+pub const MASTER_KEY: &str = "03d803ecf0f109b86394dbb34d309e55ebb421084d28352674bdb2b9470ff1ea95";
+
+/// Largest text, in UTF-8 bytes (the documentation's limit).
+pub const MAX_TEXT: usize = 255;
+
+/// How many distinct messages the duplicate detector remembers.
+const MAX_TRACKED: usize = 1_000_000;
+
+/// The payload of an `example` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Example {
+    /// Up to 255 UTF-8 bytes.
+    pub text: String,
+    /// Any 64-bit amount (the check drops negative ones).
+    pub amount: i64,
+}
+
+impl Payload for Example {
+    // Conversion 1: a one-byte length, the UTF-8 text, the amount as 8 bytes big-endian.
+    fn encode(&self, _conversion: &[u8]) -> Result<Vec<u8>, Error> {
+        if self.text.len() > MAX_TEXT {
+            return Err(Error::invalid(format!(
+                "text is {} bytes, at most {MAX_TEXT}",
+                self.text.len()
+            )));
+        }
+        Ok(Writer::new()
+            .short_bytes(self.text.as_bytes())?
+            .i64(self.amount)
+            .finish())
+    }
+
+    fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+        if conversion != [1] {
+            return Err(Error::invalid("unknown conversion"));
+        }
+        let mut reader = Reader::new(bytes);
+        let text = std::str::from_utf8(reader.short_bytes()?)
+            .map_err(|_| Error::invalid("text is not UTF-8"))?
+            .to_owned();
+        let amount = reader.i64()?;
+        reader.finish()?;
+        Ok(Example { text, amount })
+    }
+}
+
+/// One instance of the example community in a host.
+pub struct ExampleCommunity {
+    host: Host,
+    /// Messages from other members.
+    received: u64,
+    /// Messages this node created (handled locally too, as in the original).
+    created: u64,
+    /// Messages seen twice (same author and global time).
+    duplicates: u64,
+    /// Sum of the amounts received from others.
+    total_amount: i128,
+    /// (author, global time) of every message seen, up to `MAX_TRACKED`.
+    seen: HashSet<(Vec<u8>, u64)>,
+    last_text: Option<String>,
+}
+
+impl ExampleCommunity {
+    fn check_example(&mut self, message: &Message<Example>) -> Verdict {
+        if message.payload.amount < 0 {
+            return Verdict::Drop("amount must not be negative".into());
+        }
+        Verdict::Accept
+    }
+
+    fn on_example(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        for message in messages {
+            let key = (message.authors.first().cloned().unwrap_or_default(), message.global_time);
+            if self.seen.contains(&key) {
+                self.duplicates += 1;
+            } else if self.seen.len() < MAX_TRACKED {
+                self.seen.insert(key);
+            }
+            if message.source.is_none() {
+                self.created += 1;
+                continue;
+            }
+            self.received += 1;
+            self.total_amount += i128::from(message.payload.amount);
+            self.host.log(
+                Level::Debug,
+                format!(
+                    "example from {}: {:?} ({})",
+                    message.source.as_deref().unwrap_or("?"),
+                    message.payload.text,
+                    message.payload.amount
+                ),
+            );
+            self.last_text = Some(message.payload.text);
+        }
+        Ok(())
+    }
+}
+
+impl Community for ExampleCommunity {
+    fn definition() -> Definition<Self> {
+        Definition::new("example", env!("CARGO_PKG_VERSION"), MASTER_KEY)
+            .conversion(&[1])
+            .meta(
+                Meta::<Self, Example>::new(1, "example")
+                    .authentication(Authentication::Member)
+                    .resolution(Resolution::Public)
+                    .distribution(Distribution::Direct)
+                    .destination(Destination::Community { node_count: 10 })
+                    .priority(128)
+                    .check(Self::check_example)
+                    .handle(Self::on_example),
+            )
+    }
+
+    fn create(host: Host) -> Result<Self, Error> {
+        host.log(Level::Info, "example community started");
+        Ok(ExampleCommunity {
+            host,
+            received: 0,
+            created: 0,
+            duplicates: 0,
+            total_amount: 0,
+            seen: HashSet::new(),
+            last_text: None,
+        })
+    }
+
+    fn status(&self) -> Value {
+        json!({
+            "received": self.received,
+            "created": self.created,
+            "distinct": self.seen.len(),
+            "duplicates": self.duplicates,
+            "total_amount": self.total_amount.to_string(),
+            "last_text": self.last_text,
+        })
+    }
+}
+
+export_community!(ExampleCommunity);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_round_trips_and_rejects_bad_input() {
+        let example = Example {
+            text: "héllo".into(),
+            amount: -42,
+        };
+        let bytes = example.encode(&[1]).unwrap();
+        assert_eq!(Example::decode(&[1], &bytes).unwrap(), example);
+        assert!(Example::decode(&[2], &bytes).is_err());
+        for len in 0..bytes.len() {
+            assert!(Example::decode(&[1], &bytes[..len]).is_err());
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(Example::decode(&[1], &trailing).is_err());
+        let long = Example {
+            text: "x".repeat(256),
+            amount: 1,
+        };
+        assert!(long.encode(&[1]).is_err());
+        let bad_utf8 = Writer::new().short_bytes(&[0xff]).unwrap().i64(1).finish();
+        assert!(Example::decode(&[1], &bad_utf8).is_err());
+    }
+}

@@ -1,0 +1,777 @@
+//! The safe SDK: write a community as ordinary Rust, export it with [`crate::export_community!`].
+//!
+//! A community type is a struct implementing [`Community`]. Its [`Definition`] lists conversions
+//! and meta-messages; each [`Meta`] ties a payload type (implementing [`Payload`]: a versioned
+//! binary conversion plus serde for JSON) to its policies, a check function and a handler. The SDK
+//! turns all of it into the raw ABI of [`crate::abi`], decodes payloads before your functions see
+//! them, and catches every panic at the boundary: a panic becomes an error for this community,
+//! which then refuses further calls ("poisoned"), and the host lives on.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::abi::{
+    self, ABI_VERSION, CommunityApi, CommunityApi_TO, CommunityBox, CommunityDef, HostBox, MetaDef,
+    PluginError, PluginModule, PluginModuleRef, RawMessage, RawVerdict,
+};
+
+/// An error a community returns: a code (see `abi::ERROR_*`) and a one-line message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    code: u32,
+    message: String,
+}
+
+impl Error {
+    /// Bad input: a payload that does not decode, JSON that does not fit, a value out of range.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error {
+            code: abi::ERROR_INVALID,
+            message: message.into(),
+        }
+    }
+
+    /// Something failed inside the community.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error {
+            code: abi::ERROR_INTERNAL,
+            message: message.into(),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<PluginError> for Error {
+    fn from(e: PluginError) -> Self {
+        Error {
+            code: e.code,
+            message: e.message.into_string(),
+        }
+    }
+}
+
+impl From<Error> for PluginError {
+    fn from(e: Error) -> Self {
+        PluginError::new(e.code, e.message)
+    }
+}
+
+/// A payload type: its binary conversions and (through serde) its JSON form.
+///
+/// `decode` must never panic on any input: return [`Error::invalid`] instead (a panic is caught,
+/// but it poisons the community). `conversion` is the identifier the message was encoded with, so
+/// a new plugin version can still read messages of an old one.
+pub trait Payload: Sized + Serialize + DeserializeOwned + 'static {
+    /// Encodes with `conversion` (the community's first, current conversion).
+    fn encode(&self, conversion: &[u8]) -> Result<Vec<u8>, Error>;
+
+    /// Decodes bytes written with `conversion`.
+    fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error>;
+}
+
+/// Who signs messages of a meta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authentication {
+    /// Nobody: no author, no signature (direct or relay distribution only).
+    None,
+    /// The author.
+    Member,
+    /// Two members (signature-request / signature-response).
+    DoubleMember,
+}
+
+/// Who may create messages of a meta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Anyone.
+    Public,
+    /// Only members with a permit from the timeline.
+    Linear,
+    /// Switchable by dynamic-settings; the first entry is active at first.
+    Dynamic(Vec<StaticResolution>),
+}
+
+/// The resolutions a dynamic resolution switches between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaticResolution {
+    /// Anyone.
+    Public,
+    /// Permit required.
+    Linear,
+}
+
+/// The order in which the sync responder offers messages of a meta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first.
+    Ascending,
+    /// Newest first.
+    Descending,
+    /// Random.
+    Random,
+}
+
+/// How messages of a meta spread and whether they are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distribution {
+    /// Sent once, handled, not stored.
+    Direct,
+    /// Forwarded towards its destination candidates, not stored.
+    Relay,
+    /// Stored and synchronised to every member.
+    FullSync {
+        /// Number each author's messages 1, 2, 3… (gaps are fetched).
+        sequence_numbers: bool,
+        /// Responder order.
+        order: Order,
+    },
+    /// Stored and synchronised; only the newest `history` per member are kept.
+    LastSync {
+        /// Messages kept per member (at least 1).
+        history: u16,
+        /// Responder order.
+        order: Order,
+    },
+}
+
+/// Who receives a new message of a meta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The candidates named when sending.
+    Candidate,
+    /// `node_count` random verified candidates.
+    Community {
+        /// How many.
+        node_count: u16,
+    },
+}
+
+/// What a check says about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Store (if persistent) and handle it.
+    Accept,
+    /// Drop it; the reason is counted and logged by the host.
+    Drop(String),
+    /// Check it again after `after` (the host bounds how long and how many wait).
+    Delay {
+        /// Why.
+        reason: String,
+        /// When to check again.
+        after: Duration,
+    },
+}
+
+/// A decoded message handed to a check function or a handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message<P> {
+    /// Meta-message type.
+    pub meta: u32,
+    /// Signing members' 33-byte public keys (empty for no-authentication).
+    pub authors: Vec<Vec<u8>>,
+    /// Global time claimed by the author.
+    pub global_time: u64,
+    /// Sequence number, when the meta numbers its messages.
+    pub sequence_number: Option<u32>,
+    /// `ip:port` it came from; `None` for a message this node created.
+    pub source: Option<String>,
+    /// The decoded payload.
+    pub payload: P,
+}
+
+impl<P> Message<P> {
+    /// The first author's public key in hexadecimal (empty for no-authentication).
+    pub fn author_hex(&self) -> String {
+        self.authors
+            .first()
+            .map(|key| key.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Log levels for [`Host::log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Error.
+    Error,
+    /// Warning.
+    Warn,
+    /// Information.
+    Info,
+    /// Debugging.
+    Debug,
+    /// Tracing.
+    Trace,
+}
+
+/// A candidate of the community.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// `ip:port`.
+    pub address: String,
+    /// 20-byte member id, when known.
+    pub member: Option<Vec<u8>>,
+    /// `walk`, `stumble` or `intro`.
+    pub category: &'static str,
+}
+
+/// The host, as a community sees it. Calls never block: sending and scheduling enqueue work.
+pub struct Host {
+    raw: HostBox,
+    conversion: Vec<u8>,
+}
+
+impl Host {
+    /// The 33-byte public key of this node's member.
+    pub fn member(&self) -> Vec<u8> {
+        self.raw.member().into_vec()
+    }
+
+    /// The 20-byte community id.
+    pub fn community(&self) -> Vec<u8> {
+        self.raw.community().into_vec()
+    }
+
+    /// The community's current global time.
+    pub fn global_time(&self) -> u64 {
+        self.raw.global_time()
+    }
+
+    /// The community's current candidates.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.raw
+            .candidates()
+            .into_iter()
+            .map(|c| Candidate {
+                address: c.address.into_string(),
+                member: (!c.member.is_empty()).then(|| c.member.into_vec()),
+                category: match c.category {
+                    abi::category::WALK => "walk",
+                    abi::category::STUMBLE => "stumble",
+                    _ => "intro",
+                },
+            })
+            .collect()
+    }
+
+    /// Creates, signs and sends a message of meta `meta` to its destination (plus `candidates`,
+    /// `ip:port`, which candidate destinations require). The host claims the global time.
+    pub fn send<P: Payload>(&self, meta: &str, payload: &P, candidates: &[&str]) -> Result<(), Error> {
+        let bytes = payload.encode(&self.conversion)?;
+        let candidates: RVec<RString> = candidates.iter().map(|c| RString::from(*c)).collect();
+        self.raw
+            .send(RStr::from(meta), RVec::from(bytes), candidates)
+            .into_result()
+            .map_err(Error::from)
+    }
+
+    /// Calls [`Community::on_timer`] with `token` after `delay`.
+    pub fn schedule(&self, delay: Duration, token: u64) -> Result<(), Error> {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.raw
+            .schedule(millis, token)
+            .into_result()
+            .map_err(Error::from)
+    }
+
+    /// Logs through the host (a plugin's own `tracing` or `log` output goes nowhere).
+    pub fn log(&self, level: Level, message: impl AsRef<str>) {
+        let level = match level {
+            Level::Error => abi::level::ERROR,
+            Level::Warn => abi::level::WARN,
+            Level::Info => abi::level::INFO,
+            Level::Debug => abi::level::DEBUG,
+            Level::Trace => abi::level::TRACE,
+        };
+        self.raw.log(level, RStr::from(message.as_ref()));
+    }
+}
+
+/// A community type. Implement it and export it with [`crate::export_community!`].
+pub trait Community: Sized + Send + 'static {
+    /// The definition: name, version, master key, conversions, meta-messages. Called at load
+    /// time and for every new instance; keep it cheap and deterministic.
+    fn definition() -> Definition<Self>;
+
+    /// Creates an instance for a joined community; `host` is how it talks to the node.
+    fn create(host: Host) -> Result<Self, Error>;
+
+    /// A timer scheduled with [`Host::schedule`] fired.
+    fn on_timer(&mut self, token: u64) -> Result<(), Error> {
+        let _ = token;
+        Ok(())
+    }
+
+    /// A JSON status shown by the host's control API.
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// Type-erased operations of one meta-message over community `C`.
+trait MetaOps<C>: Send + Sync {
+    fn check(&self, community: &mut C, raw: &RawMessage) -> Verdict;
+    fn handle(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error>;
+    fn to_json(&self, conversion: &[u8], payload: &[u8]) -> Result<String, Error>;
+    fn from_json(&self, conversion: &[u8], json: &str) -> Result<Vec<u8>, Error>;
+}
+
+/// Check function of a meta: one verdict per message.
+pub type CheckFn<C, P> = fn(&mut C, &Message<P>) -> Verdict;
+/// Handler of a meta: a batch of accepted messages.
+pub type HandleFn<C, P> = fn(&mut C, Vec<Message<P>>) -> Result<(), Error>;
+
+/// One meta-message of community `C` carrying payload `P`, built with chained setters.
+///
+/// Defaults: member authentication, public resolution, direct distribution, community destination
+/// to 10 candidates, priority 128, no batching, accept everything, ignore handled messages.
+pub struct Meta<C, P> {
+    raw: MetaDef,
+    check: CheckFn<C, P>,
+    handle: HandleFn<C, P>,
+    payload: PhantomData<fn() -> P>,
+}
+
+impl<C: Community, P: Payload> Meta<C, P> {
+    /// A meta-message with wire type `id` (unique in the community) and `name`.
+    pub fn new(id: u32, name: &str) -> Self {
+        Meta {
+            raw: MetaDef {
+                id,
+                name: RString::from(name),
+                authentication: abi::authentication::MEMBER,
+                resolution: abi::resolution::PUBLIC,
+                dynamic_policies: RVec::new(),
+                distribution: abi::distribution::DIRECT,
+                sequence_numbers: false,
+                history: 0,
+                order: abi::order::ASCENDING,
+                prune_inactive: 0,
+                prune_remove: 0,
+                destination: abi::destination::COMMUNITY,
+                node_count: 10,
+                priority: 128,
+                batch_window_ms: 0,
+            },
+            check: |_, _| Verdict::Accept,
+            handle: |_, _| Ok(()),
+            payload: PhantomData,
+        }
+    }
+
+    /// Sets the authentication policy.
+    pub fn authentication(mut self, policy: Authentication) -> Self {
+        self.raw.authentication = match policy {
+            Authentication::None => abi::authentication::NONE,
+            Authentication::Member => abi::authentication::MEMBER,
+            Authentication::DoubleMember => abi::authentication::DOUBLE_MEMBER,
+        };
+        self
+    }
+
+    /// Sets the resolution policy.
+    pub fn resolution(mut self, policy: Resolution) -> Self {
+        let code = |p: StaticResolution| match p {
+            StaticResolution::Public => abi::resolution::PUBLIC,
+            StaticResolution::Linear => abi::resolution::LINEAR,
+        };
+        (self.raw.resolution, self.raw.dynamic_policies) = match policy {
+            Resolution::Public => (abi::resolution::PUBLIC, RVec::new()),
+            Resolution::Linear => (abi::resolution::LINEAR, RVec::new()),
+            Resolution::Dynamic(list) => (
+                abi::resolution::DYNAMIC,
+                list.into_iter().map(code).collect(),
+            ),
+        };
+        self
+    }
+
+    /// Sets the distribution policy.
+    pub fn distribution(mut self, policy: Distribution) -> Self {
+        let order = |o: Order| match o {
+            Order::Ascending => abi::order::ASCENDING,
+            Order::Descending => abi::order::DESCENDING,
+            Order::Random => abi::order::RANDOM,
+        };
+        match policy {
+            Distribution::Direct => self.raw.distribution = abi::distribution::DIRECT,
+            Distribution::Relay => self.raw.distribution = abi::distribution::RELAY,
+            Distribution::FullSync {
+                sequence_numbers,
+                order: o,
+            } => {
+                self.raw.distribution = abi::distribution::FULL_SYNC;
+                self.raw.sequence_numbers = sequence_numbers;
+                self.raw.order = order(o);
+            }
+            Distribution::LastSync { history, order: o } => {
+                self.raw.distribution = abi::distribution::LAST_SYNC;
+                self.raw.history = history;
+                self.raw.order = order(o);
+            }
+        }
+        self
+    }
+
+    /// Prunes synchronised messages by global time: inactive after `inactive` units, removed
+    /// after `remove` units.
+    pub fn pruning(mut self, inactive: u64, remove: u64) -> Self {
+        self.raw.prune_inactive = inactive;
+        self.raw.prune_remove = remove;
+        self
+    }
+
+    /// Sets the destination policy.
+    pub fn destination(mut self, policy: Destination) -> Self {
+        match policy {
+            Destination::Candidate => self.raw.destination = abi::destination::CANDIDATE,
+            Destination::Community { node_count } => {
+                self.raw.destination = abi::destination::COMMUNITY;
+                self.raw.node_count = node_count;
+            }
+        }
+        self
+    }
+
+    /// Sets the priority (0..=255; only above 32 is synchronised).
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.raw.priority = priority;
+        self
+    }
+
+    /// Lets incoming messages wait up to `window` to be checked and handled together.
+    pub fn batch_window(mut self, window: Duration) -> Self {
+        self.raw.batch_window_ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// Sets the check function.
+    pub fn check(mut self, check: CheckFn<C, P>) -> Self {
+        self.check = check;
+        self
+    }
+
+    /// Sets the handler.
+    pub fn handle(mut self, handle: HandleFn<C, P>) -> Self {
+        self.handle = handle;
+        self
+    }
+}
+
+fn decode_raw<P: Payload>(raw: &RawMessage) -> Result<Message<P>, Error> {
+    let payload = P::decode(&raw.conversion, &raw.payload)?;
+    Ok(Message {
+        meta: raw.meta,
+        authors: raw.authors.iter().map(|a| a.to_vec()).collect(),
+        global_time: raw.global_time,
+        sequence_number: (raw.sequence_number != 0).then_some(raw.sequence_number),
+        source: (!raw.source.is_empty()).then(|| raw.source.to_string()),
+        payload,
+    })
+}
+
+impl<C: Community, P: Payload> MetaOps<C> for Meta<C, P> {
+    fn check(&self, community: &mut C, raw: &RawMessage) -> Verdict {
+        match decode_raw::<P>(raw) {
+            Ok(message) => (self.check)(community, &message),
+            Err(e) => Verdict::Drop(format!("payload does not decode: {e}")),
+        }
+    }
+
+    fn handle(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error> {
+        let messages = raw
+            .iter()
+            .map(decode_raw::<P>)
+            .collect::<Result<Vec<_>, _>>()?;
+        (self.handle)(community, messages)
+    }
+
+    fn to_json(&self, conversion: &[u8], payload: &[u8]) -> Result<String, Error> {
+        let value = P::decode(conversion, payload)?;
+        serde_json::to_string(&value).map_err(|e| Error::internal(format!("to JSON: {e}")))
+    }
+
+    fn from_json(&self, conversion: &[u8], json: &str) -> Result<Vec<u8>, Error> {
+        let value: P = serde_json::from_str(json)
+            .map_err(|e| Error::invalid(format!("payload does not fit the meta: {e}")))?;
+        value.encode(conversion)
+    }
+}
+
+/// A community type's definition, built with chained setters.
+pub struct Definition<C> {
+    name: String,
+    version: String,
+    master_key_hex: String,
+    conversions: Vec<Vec<u8>>,
+    metas: Vec<(MetaDef, Box<dyn MetaOps<C>>)>,
+}
+
+impl<C: Community> Definition<C> {
+    /// A community type `name`, plugin `version`, identified by the master public key
+    /// `master_key_hex` (66 hexadecimal digits, from `dispersy keygen`).
+    pub fn new(name: &str, version: &str, master_key_hex: &str) -> Self {
+        Definition {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            master_key_hex: master_key_hex.to_owned(),
+            conversions: Vec::new(),
+            metas: Vec::new(),
+        }
+    }
+
+    /// Adds a conversion identifier (one byte 0x01..=0xFE, or 0xFF and more bytes). The first one
+    /// added encodes new messages; all are decoded.
+    pub fn conversion(mut self, identifier: &[u8]) -> Self {
+        self.conversions.push(identifier.to_vec());
+        self
+    }
+
+    /// Adds a meta-message.
+    pub fn meta<P: Payload>(mut self, meta: Meta<C, P>) -> Self {
+        self.metas.push((meta.raw.clone(), Box::new(meta)));
+        self
+    }
+
+    fn to_raw(&self) -> Result<CommunityDef, Error> {
+        let master_key = parse_hex(&self.master_key_hex)
+            .ok_or_else(|| Error::invalid("master key is not hexadecimal"))?;
+        Ok(CommunityDef {
+            name: RString::from(self.name.as_str()),
+            version: RString::from(self.version.as_str()),
+            master_key: RVec::from(master_key),
+            conversions: self
+                .conversions
+                .iter()
+                .map(|c| RVec::from(c.clone()))
+                .collect(),
+            metas: self.metas.iter().map(|(raw, _)| raw.clone()).collect(),
+        })
+    }
+
+    fn ops(&self, meta: u32) -> Result<&dyn MetaOps<C>, Error> {
+        self.metas
+            .iter()
+            .find(|(raw, _)| raw.id == meta)
+            .map(|(_, ops)| ops.as_ref())
+            .ok_or_else(|| Error::invalid(format!("no meta-message with type {meta}")))
+    }
+}
+
+fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Runs `f`, turning a panic into a [`PluginError`] with code `ERROR_PANIC`.
+pub fn guard<T>(f: impl FnOnce() -> Result<T, Error>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => RResult::ROk(value),
+        Ok(Err(error)) => RResult::RErr(error.into()),
+        Err(panic) => RResult::RErr(PluginError::new(
+            abi::ERROR_PANIC,
+            format!("plugin panicked: {}", panic_message(panic.as_ref())),
+        )),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// One community instance behind the ABI.
+struct Instance<C: Community> {
+    community: C,
+    definition: Definition<C>,
+    poisoned: Option<String>,
+}
+
+impl<C: Community> Instance<C> {
+    /// Runs a call that may change the community; a panic poisons the instance.
+    fn mutating<T>(
+        &mut self,
+        f: impl FnOnce(&mut C, &Definition<C>) -> Result<T, Error>,
+    ) -> RResult<T, PluginError> {
+        if let Some(reason) = &self.poisoned {
+            return RResult::RErr(PluginError::new(
+                abi::ERROR_POISONED,
+                format!("community disabled after an earlier panic: {reason}"),
+            ));
+        }
+        let (community, definition) = (&mut self.community, &self.definition);
+        let result = guard(|| f(community, definition));
+        if let RResult::RErr(e) = &result
+            && e.code == abi::ERROR_PANIC
+        {
+            self.poisoned = Some(e.message.to_string());
+        }
+        result
+    }
+
+    fn reading<T>(&self, f: impl FnOnce(&C, &Definition<C>) -> Result<T, Error>) -> RResult<T, PluginError> {
+        if let Some(reason) = &self.poisoned {
+            return RResult::RErr(PluginError::new(
+                abi::ERROR_POISONED,
+                format!("community disabled after an earlier panic: {reason}"),
+            ));
+        }
+        guard(|| f(&self.community, &self.definition))
+    }
+}
+
+fn raw_verdict(verdict: Verdict) -> RawVerdict {
+    match verdict {
+        Verdict::Accept => RawVerdict {
+            kind: abi::verdict::ACCEPT,
+            reason: RString::new(),
+            delay_ms: 0,
+        },
+        Verdict::Drop(reason) => RawVerdict {
+            kind: abi::verdict::DROP,
+            reason: RString::from(reason),
+            delay_ms: 0,
+        },
+        Verdict::Delay { reason, after } => RawVerdict {
+            kind: abi::verdict::DELAY,
+            reason: RString::from(reason),
+            delay_ms: u32::try_from(after.as_millis()).unwrap_or(u32::MAX),
+        },
+    }
+}
+
+impl<C: Community> CommunityApi for Instance<C> {
+    fn check(&mut self, batch: RSlice<'_, RawMessage>) -> RResult<RVec<RawVerdict>, PluginError> {
+        self.mutating(|community, definition| {
+            batch
+                .iter()
+                .map(|raw| {
+                    let ops = definition.ops(raw.meta)?;
+                    Ok(raw_verdict(ops.check(community, raw)))
+                })
+                .collect()
+        })
+    }
+
+    fn handle(&mut self, batch: RSlice<'_, RawMessage>) -> RResult<(), PluginError> {
+        self.mutating(|community, definition| {
+            let Some(first) = batch.first() else {
+                return Ok(());
+            };
+            let ops = definition.ops(first.meta)?;
+            if batch.iter().any(|raw| raw.meta != first.meta) {
+                return Err(Error::invalid("a batch holds messages of one meta"));
+            }
+            ops.handle(community, batch.as_slice())
+        })
+    }
+
+    fn timer(&mut self, token: u64) -> RResult<(), PluginError> {
+        self.mutating(|community, _| community.on_timer(token))
+    }
+
+    fn payload_to_json(
+        &self,
+        meta: u32,
+        conversion: RSlice<'_, u8>,
+        payload: RSlice<'_, u8>,
+    ) -> RResult<RString, PluginError> {
+        self.reading(|_, definition| {
+            definition
+                .ops(meta)?
+                .to_json(conversion.as_slice(), payload.as_slice())
+                .map(RString::from)
+        })
+    }
+
+    fn payload_from_json(&self, meta: u32, json: RStr<'_>) -> RResult<RVec<u8>, PluginError> {
+        self.reading(|_, definition| {
+            let conversion = definition
+                .conversions
+                .first()
+                .ok_or_else(|| Error::internal("no conversion defined"))?;
+            definition
+                .ops(meta)?
+                .from_json(conversion, json.as_str())
+                .map(RVec::from)
+        })
+    }
+
+    fn status(&self) -> RResult<RString, PluginError> {
+        self.reading(|community, _| {
+            serde_json::to_string(&community.status())
+                .map(RString::from)
+                .map_err(|e| Error::internal(format!("status to JSON: {e}")))
+        })
+    }
+}
+
+extern "C" fn abi_version() -> u32 {
+    ABI_VERSION
+}
+
+extern "C" fn definition<C: Community>() -> RResult<CommunityDef, PluginError> {
+    guard(|| C::definition().to_raw())
+}
+
+extern "C" fn create<C: Community>(host: HostBox) -> RResult<CommunityBox, PluginError> {
+    guard(|| {
+        let definition = C::definition();
+        let conversion = definition
+            .conversions
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::invalid("no conversion defined"))?;
+        let community = C::create(Host {
+            raw: host,
+            conversion,
+        })?;
+        let instance = Instance {
+            community,
+            definition,
+            poisoned: None,
+        };
+        Ok(CommunityApi_TO::from_value(instance, TD_Opaque))
+    })
+}
+
+/// The root module of community type `C`. Used by [`crate::export_community!`].
+pub fn module<C: Community>() -> PluginModuleRef {
+    PluginModule {
+        abi_version,
+        definition: definition::<C>,
+        create: create::<C>,
+    }
+    .leak_into_prefix()
+}
