@@ -47,8 +47,9 @@ impl Writer {
 
     /// A one-byte length and up to 255 bytes.
     pub fn short_bytes(self, value: &[u8]) -> Result<Self, Error> {
-        let len = u8::try_from(value.len())
-            .map_err(|_| Error::invalid(format!("{} bytes exceed the 255-byte limit", value.len())))?;
+        let len = u8::try_from(value.len()).map_err(|_| {
+            Error::invalid(format!("{} bytes exceed the 255-byte limit", value.len()))
+        })?;
         Ok(self.u8(len).raw(value))
     }
 
@@ -144,7 +145,10 @@ impl<'a> Reader<'a> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(Error::invalid(format!("{} trailing bytes", self.bytes.len())))
+            Err(Error::invalid(format!(
+                "{} trailing bytes",
+                self.bytes.len()
+            )))
         }
     }
 }

@@ -276,7 +276,12 @@ impl Host {
 
     /// Creates, signs and sends a message of meta `meta` to its destination (plus `candidates`,
     /// `ip:port`, which candidate destinations require). The host claims the global time.
-    pub fn send<P: Payload>(&self, meta: &str, payload: &P, candidates: &[&str]) -> Result<(), Error> {
+    pub fn send<P: Payload>(
+        &self,
+        meta: &str,
+        payload: &P,
+        candidates: &[&str],
+    ) -> Result<(), Error> {
         let bytes = payload.encode(&self.conversion)?;
         let candidates: RVec<RString> = candidates.iter().map(|c| RString::from(*c)).collect();
         self.raw
@@ -640,7 +645,10 @@ impl<C: Community> Instance<C> {
         result
     }
 
-    fn reading<T>(&self, f: impl FnOnce(&C, &Definition<C>) -> Result<T, Error>) -> RResult<T, PluginError> {
+    fn reading<T>(
+        &self,
+        f: impl FnOnce(&C, &Definition<C>) -> Result<T, Error>,
+    ) -> RResult<T, PluginError> {
         if let Some(reason) = &self.poisoned {
             return RResult::RErr(PluginError::new(
                 abi::ERROR_POISONED,

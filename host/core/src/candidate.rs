@@ -209,7 +209,8 @@ impl Table {
     /// The candidate at `address`, created when absent. When the table is full, a candidate in
     /// category none is evicted to make room; if there is none, the new one is refused.
     pub fn entry(&mut self, address: SocketAddr, now: Instant) -> Result<&mut Candidate, AddError> {
-        if !self.candidates.contains_key(&address) && self.candidates.len() >= self.config.max_candidates
+        if !self.candidates.contains_key(&address)
+            && self.candidates.len() >= self.config.max_candidates
         {
             let config = &self.config;
             let victim = self
@@ -388,7 +389,9 @@ mod tests {
         let mut counts: HashMap<SocketAddr, u32> = HashMap::new();
         let n = 40_000;
         for _ in 0..n {
-            *counts.entry(table.choose_walk(t0, &mut rng).unwrap()).or_default() += 1;
+            *counts
+                .entry(table.choose_walk(t0, &mut rng).unwrap())
+                .or_default() += 1;
         }
         // Only the oldest walk candidate is ever chosen from the walk category.
         assert_eq!(counts.get(&addr(2)), None);

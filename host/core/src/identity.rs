@@ -130,8 +130,9 @@ pub enum KeyError {
 impl PublicKey {
     /// Parses a 33-byte compressed SEC1 point.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
-        let array: [u8; PUBLIC_KEY_LEN] =
-            bytes.try_into().map_err(|_| KeyError::Length(bytes.len()))?;
+        let array: [u8; PUBLIC_KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| KeyError::Length(bytes.len()))?;
         let key = VerifyingKey::from_sec1_bytes(&array).map_err(|_| KeyError::InvalidPoint)?;
         Ok(Self::from_parts(key, array))
     }

@@ -583,7 +583,10 @@ impl Node {
         let member = self.key.public().clone();
         let c = community_for(&mut self.communities, &self.config, now, request.community)?;
         let requester_lan = resolve(request.source_lan, from);
-        let candidate = c.candidates.entry(from, now).map_err(|_| "candidate-table-full")?;
+        let candidate = c
+            .candidates
+            .entry(from, now)
+            .map_err(|_| "candidate-table-full")?;
         candidate.last_stumble = Some(now);
         candidate.member = Some(request.member.member_id());
         candidate.lan = requester_lan;
@@ -651,7 +654,10 @@ impl Node {
         c.stats.walk_successes += 1;
         c.last_activity = now;
         if !is_tracker {
-            let candidate = c.candidates.entry(from, now).map_err(|_| "candidate-table-full")?;
+            let candidate = c
+                .candidates
+                .entry(from, now)
+                .map_err(|_| "candidate-table-full")?;
             candidate.last_walk = Some(now);
             candidate.member = Some(response.member.member_id());
             candidate.lan = resolve(response.source_lan, from);
@@ -670,7 +676,10 @@ impl Node {
             let known_address = address == my_lan || address == self.wan;
             let is_tracker = self.config.trackers.contains(&address);
             if is_valid_source(address) && !known_address && !is_tracker {
-                let candidate = c.candidates.entry(address, now).map_err(|_| "candidate-table-full")?;
+                let candidate = c
+                    .candidates
+                    .entry(address, now)
+                    .map_err(|_| "candidate-table-full")?;
                 candidate.last_intro = Some(now);
                 candidate.lan = lan;
                 candidate.wan = wan;
@@ -727,7 +736,10 @@ impl Node {
             .get_mut(&puncture.community)
             .filter(|c| c.definition.is_some())
             .ok_or("unknown-community")?;
-        let candidate = c.candidates.entry(from, now).map_err(|_| "candidate-table-full")?;
+        let candidate = c
+            .candidates
+            .entry(from, now)
+            .map_err(|_| "candidate-table-full")?;
         candidate.last_intro = Some(now);
         candidate.member = Some(puncture.member.member_id());
         candidate.lan = resolve(puncture.source_lan, from);

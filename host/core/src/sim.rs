@@ -200,7 +200,10 @@ mod tests {
                     );
                 }
             }
-            assert!(!verified.contains(&Sim::address(0)), "trackers are not peers");
+            assert!(
+                !verified.contains(&Sim::address(0)),
+                "trackers are not peers"
+            );
             assert!(c.stats.walk_successes > 0);
         }
         // The tracker keeps a bare community with every peer in it, and stores nothing.
@@ -234,9 +237,13 @@ mod tests {
             );
         }
         // The creator handles its own message too (the original's "update").
-        assert!(sim.events[1].iter().any(|Event::Messages { messages, .. }| {
-            messages.iter().any(|m| m.source.is_none())
-        }));
+        assert!(
+            sim.events[1]
+                .iter()
+                .any(|Event::Messages { messages, .. }| {
+                    messages.iter().any(|m| m.source.is_none())
+                })
+        );
     }
 
     #[test]

@@ -376,7 +376,11 @@ pub fn decode(datagram: &[u8], max_datagram: usize) -> Result<Packet, DecodeErro
     use pb::descriptor::Message as D;
     let signed = |member: &Option<Vec<u8>>| -> Result<PublicKey, DecodeError> {
         let member = member_key(member.as_deref(), "member")?;
-        verify_signatures(descriptor_bytes, std::slice::from_ref(&member), &envelope.signatures)?;
+        verify_signatures(
+            descriptor_bytes,
+            std::slice::from_ref(&member),
+            &envelope.signatures,
+        )?;
         Ok(member)
     };
     match descriptor.message.ok_or(DecodeError::NoMessage)? {
@@ -717,7 +721,11 @@ pub fn encode_collection(session: u32, packets: &[&[u8]]) -> Vec<u8> {
     let mut collection = Vec::with_capacity(packets.iter().map(|p| p.len() + 4).sum::<usize>() + 8);
     prost::encoding::uint32::encode(1, &session, &mut collection);
     for packet in packets {
-        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut collection);
+        prost::encoding::encode_key(
+            2,
+            prost::encoding::WireType::LengthDelimited,
+            &mut collection,
+        );
         prost::encoding::encode_varint(packet.len() as u64, &mut collection);
         collection.extend_from_slice(packet);
     }
@@ -916,8 +924,7 @@ fn synchronization(
 }
 
 /// A placeholder address meaning "not known" (0.0.0.0:0).
-pub const UNKNOWN_ADDRESS: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+pub const UNKNOWN_ADDRESS: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
 #[cfg(test)]
 mod tests;

@@ -1,1 +1,207 @@
-fn main() {}
+//! `dispersy`: the Dispersy host binary. `dispersy --help` lists the commands.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use dispersy_node::config::{Config, LogFormat};
+use dispersy_node::{demo, keys, logging};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Dispersy: a host for decentralized communities, loaded as plugins.
+#[derive(Debug, Parser)]
+#[command(name = "dispersy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a node: load the community plugins and join their communities.
+    Run(NodeFlags),
+    /// Run a tracker: answer introductions for every community, store nothing.
+    Tracker(NodeFlags),
+    /// Create a member or master key; print its public key and ids.
+    Keygen {
+        /// Write the secret key to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Start a tracker and three nodes on loopback and show them at work.
+    Demo {
+        /// Example messages each node sends.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Number of nodes besides the tracker.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Walk step interval of the demo nodes, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        step_interval_ms: u64,
+        /// Folder holding libexample_community.so (default: beside this executable).
+        #[arg(long)]
+        plugin_dir: Option<PathBuf>,
+    },
+}
+
+/// Flags of `run` and `tracker`; each overrides the same key of the file and environment.
+#[derive(Debug, Args, Serialize)]
+struct NodeFlags {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// UDP port.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    /// Address the UDP socket binds to.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bind: Option<IpAddr>,
+    /// Data folder (key, database, API token).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Plugin folder (repeatable).
+    #[arg(long = "plugin-dir")]
+    #[serde(rename = "plugin_dir", skip_serializing_if = "Vec::is_empty")]
+    plugin_dirs: Vec<PathBuf>,
+    /// Tracker HOST:PORT (repeatable).
+    #[arg(long = "tracker")]
+    #[serde(rename = "trackers", skip_serializing_if = "Vec::is_empty")]
+    trackers: Vec<String>,
+    /// Peer HOST:PORT to contact at start (repeatable).
+    #[arg(long = "peer")]
+    #[serde(rename = "peers", skip_serializing_if = "Vec::is_empty")]
+    peers: Vec<String>,
+    /// Control API ADDR:PORT.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
+    /// Tracker role (set by the `tracker` command).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracker: Option<bool>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run(flags) => node(flags),
+        Cmd::Tracker(mut flags) => {
+            flags.tracker = Some(true);
+            node(flags)
+        }
+        Cmd::Keygen { out } => keygen(out),
+        Cmd::Demo {
+            messages,
+            nodes,
+            step_interval_ms,
+            plugin_dir,
+        } => {
+            logging::init("warn", LogFormat::Text);
+            let options = demo::Options {
+                nodes: nodes.max(2),
+                messages,
+                step_interval_ms,
+                plugin_dir,
+                ..demo::Options::default()
+            };
+            match runtime().and_then(|rt| Ok(rt.block_on(demo::run(options))?)) {
+                Ok(summary) if summary.discovered && summary.delivered == summary.expected => {
+                    ExitCode::SUCCESS
+                }
+                Ok(_) => ExitCode::FAILURE,
+                Err(error) => fail(error),
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn fail(error: anyhow::Error) -> ExitCode {
+    eprintln!("dispersy: {error:#}");
+    ExitCode::FAILURE
+}
+
+fn node(flags: NodeFlags) -> ExitCode {
+    let config = match Config::load(flags.config.as_deref(), &flags) {
+        Ok(config) => config,
+        Err(error) => return fail(error.into()),
+    };
+    logging::init(&config.log, config.log_format);
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let shutdown = CancellationToken::new();
+            let signals = shutdown.clone();
+            let running = dispersy_node::start(config, shutdown.clone()).await?;
+            println!(
+                "udp {} api {} member {}",
+                running.udp, running.api, running.member
+            );
+            tokio::select! {
+                () = wait_for_signal() => signals.cancel(),
+                () = shutdown.cancelled() => {}
+            }
+            tracing::info!("stopping");
+            running.wait().await;
+            Ok(())
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(error),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn keygen(out: Option<PathBuf>) -> ExitCode {
+    let key = match keys::generate() {
+        Ok(key) => key,
+        Err(error) => return fail(anyhow::anyhow!("random generator: {error}")),
+    };
+    println!("public key:   {}", key.public().to_hex());
+    println!("member id:    {}", key.member_id());
+    println!(
+        "community id: {} (when used as a master key)",
+        key.public().community_id()
+    );
+    match out {
+        Some(path) => match keys::save(&path, &key) {
+            Ok(()) => {
+                println!("secret key written to {} (mode 0600)", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(error.into()),
+        },
+        None => {
+            println!("secret key:   {}", hex::encode(key.secret_bytes()));
+            eprintln!("(keep the secret key private; use --out FILE to write it to a 0600 file)");
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -90,7 +90,10 @@ impl ExampleCommunity {
 
     fn on_example(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         for message in messages {
-            let key = (message.authors.first().cloned().unwrap_or_default(), message.global_time);
+            let key = (
+                message.authors.first().cloned().unwrap_or_default(),
+                message.global_time,
+            );
             if self.seen.contains(&key) {
                 self.duplicates += 1;
             } else if self.seen.len() < MAX_TRACKED {

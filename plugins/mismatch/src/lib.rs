@@ -10,7 +10,9 @@ use abi_stable::library::RootModule;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_types::VersionStrings;
 use abi_stable::std_types::RString;
-use abi_stable::{StableAbi, declare_root_module_statics, export_root_module, package_version_strings};
+use abi_stable::{
+    StableAbi, declare_root_module_statics, export_root_module, package_version_strings,
+};
 
 /// The root module of the "other" ABI: different field types than the host expects.
 #[repr(C)]

@@ -153,7 +153,13 @@ fn tampered_descriptor_fails_verification() {
     assert_eq!(err.kind(), "bad-signature");
     envelope.signatures.clear();
     let err = decode(&envelope.encode_to_vec(), DEFAULT_MAX_DATAGRAM).unwrap_err();
-    assert_eq!(err, DecodeError::SignatureCount { expected: 1, got: 0 });
+    assert_eq!(
+        err,
+        DecodeError::SignatureCount {
+            expected: 1,
+            got: 0
+        }
+    );
 }
 
 #[test]
@@ -239,7 +245,9 @@ fn members_by_id_only_are_not_trusted() {
 #[test]
 fn unsupported_and_invalid_fields_are_typed_errors() {
     let descriptor = pb::Descriptor {
-        message: Some(pb::descriptor::Message::MissingProof(pb::MissingProof::default())),
+        message: Some(pb::descriptor::Message::MissingProof(
+            pb::MissingProof::default(),
+        )),
     };
     let bytes = pb::Message {
         descriptor: Some(descriptor.encode_to_vec()),

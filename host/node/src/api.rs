@@ -1,0 +1,529 @@
+//! The control API: JSON over HTTP on a loopback address, protected by a bearer token read from
+//! `api-token` (mode 0600) in the data folder.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | /v1/node | member, addresses, connection type, traffic counters |
+//! | GET | /v1/communities | joined communities, candidate counts, counters, plugin status |
+//! | GET | /v1/communities/{id}/candidates | candidates with category and addresses |
+//! | POST | /v1/communities/{id}/messages | create a message: `{"meta": NAME, "payload": {...}}` |
+//! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
+//! | GET | /v1/plugins | plugin files loaded and refused |
+//! | POST | /v1/shutdown | stop the node |
+//! | GET | /metrics | Prometheus text format |
+//!
+//! Every error is a 4xx/5xx status with `{"error": "one line"}`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dispersy_core::identity::{CommunityId, PublicKey};
+use dispersy_core::node::CreateError;
+use dispersy_core::wire::SignedMessage;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::plugin::{Job, QueueError, Worker, lock};
+use crate::runtime::{Command, Shared};
+
+/// How long the API waits for the protocol task or a community thread.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An API error: a status and a one-line message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Serves the API on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let body_limit = shared.api_body;
+    let app = Router::new()
+        .route("/v1/node", get(node))
+        .route("/v1/communities", get(communities))
+        .route("/v1/communities/{id}/candidates", get(candidates))
+        .route(
+            "/v1/communities/{id}/messages",
+            get(messages).post(create_message),
+        )
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/shutdown", post(shutdown_node))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(shared);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "control API stopped");
+    }
+}
+
+async fn authorize(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), shared.token.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong API token").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>` (the token is in api-token in the data folder)",
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> ApiResult<T> {
+    let (reply, answer) = oneshot::channel();
+    shared
+        .commands
+        .try_send(make(reply))
+        .map_err(|_| ApiError::unavailable("node busy (command queue full) or stopping"))?;
+    match tokio::time::timeout(REPLY_TIMEOUT, answer).await {
+        Ok(Ok(value)) => Ok(value),
+        _ => Err(ApiError::unavailable("node did not answer")),
+    }
+}
+
+async fn ask_worker<T>(
+    worker: &Worker,
+    make: impl FnOnce(oneshot::Sender<T>) -> Job,
+) -> ApiResult<T> {
+    let (reply, answer) = oneshot::channel();
+    worker.submit(make(reply)).map_err(|e| match e {
+        QueueError::Full => ApiError::unavailable("community busy (queue full); try again"),
+        QueueError::Stopped => ApiError::unavailable("community stopped"),
+    })?;
+    match tokio::time::timeout(REPLY_TIMEOUT, answer).await {
+        Ok(Ok(value)) => Ok(value),
+        _ => Err(ApiError::unavailable("community did not answer")),
+    }
+}
+
+fn community_id(text: &str) -> ApiResult<CommunityId> {
+    CommunityId::from_hex(text)
+        .map_err(|_| ApiError::bad_request("a community id is 40 hexadecimal digits"))
+}
+
+async fn node(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
+    let info = ask(&shared, |reply| Command::Node { reply }).await?;
+    Ok(Json(json!(info)))
+}
+
+async fn communities(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
+    let infos = ask(&shared, |reply| Command::Communities { reply }).await?;
+    let mut out = Vec::with_capacity(infos.len());
+    for info in infos {
+        let mut value = json!(info);
+        let plugin = match CommunityId::from_hex(&info.id)
+            .ok()
+            .and_then(|id| shared.workers.get(&id))
+        {
+            Some(worker) => Some(plugin_view(worker).await),
+            None => None,
+        };
+        value["plugin"] = plugin.unwrap_or(Value::Null);
+        out.push(value);
+    }
+    Ok(Json(json!(out)))
+}
+
+async fn plugin_view(worker: &Worker) -> Value {
+    let status = match ask_worker(worker, |reply| Job::Status { reply }).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(error)) => json!({ "error": error.message.as_str() }),
+        Err(error) => json!({ "error": error.message }),
+    };
+    let stats = lock(&worker.shared.stats).clone();
+    json!({
+        "status": status,
+        "accepted": stats.accepted,
+        "dropped": stats.dropped,
+        "delayed": stats.delayed,
+        "delay_expired": stats.delay_expired,
+        "duplicates": stats.duplicates,
+        "errors": stats.errors,
+        "last_error": stats.last_error,
+        "failed": stats.failed,
+        "queue_full": stats.queue_full,
+    })
+}
+
+async fn candidates(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let community = community_id(&id)?;
+    let list = ask(&shared, |reply| Command::Candidates { community, reply })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown community {community}")))?;
+    Ok(Json(json!(list)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMessage {
+    meta: String,
+    payload: Value,
+    #[serde(default)]
+    candidates: Vec<String>,
+}
+
+async fn create_message(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Result<Json<NewMessage>, JsonRejection>,
+) -> ApiResult<Response> {
+    let community = community_id(&id)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (definition, _) = shared
+        .definitions
+        .get(&community)
+        .ok_or_else(|| ApiError::not_found(format!("unknown community {community}")))?;
+    let worker = shared
+        .workers
+        .get(&community)
+        .ok_or_else(|| ApiError::unavailable("the community's plugin is not running"))?;
+    let meta = definition.meta_by_name(&request.meta).ok_or_else(|| {
+        let names: Vec<&str> = definition.metas.iter().map(|m| m.name.as_str()).collect();
+        ApiError::bad_request(format!(
+            "community {} has no meta-message {:?} (it has: {})",
+            definition.name,
+            request.meta,
+            names.join(", ")
+        ))
+    })?;
+    let mut candidates = Vec::with_capacity(request.candidates.len());
+    for candidate in &request.candidates {
+        candidates.push(candidate.parse().map_err(|_| {
+            ApiError::bad_request(format!("candidate {candidate:?} is not ip:port"))
+        })?);
+    }
+    let json = request.payload.to_string();
+    let meta_id = meta.id;
+    let payload = ask_worker(worker, |reply| Job::FromJson {
+        meta: meta_id,
+        json,
+        reply,
+    })
+    .await?
+    .map_err(|e| match e.code {
+        dispersy_plugin_api::abi::ERROR_INVALID => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.message.to_string())
+        }
+        _ => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("plugin error: {}", e.message),
+        ),
+    })?;
+    let meta_name = meta.name.clone();
+    let created = ask(&shared, |reply| Command::Create {
+        community,
+        meta: meta_name,
+        payload,
+        candidates,
+        reply: Some(reply),
+    })
+    .await?
+    .map_err(|e| match e {
+        CreateError::UnknownCommunity(_) => ApiError::not_found(e.to_string()),
+        CreateError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        _ => ApiError::bad_request(e.to_string()),
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "global_time": created.global_time,
+            "sequence_number": created.sequence_number,
+            "sent_to": created.sent_to,
+        })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default = "default_limit")]
+    limit: u32,
+    #[serde(default)]
+    stored: bool,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+/// One message as the API shows it, before its payload is rendered.
+struct Listed {
+    seq: u64,
+    meta: u32,
+    author: Option<PublicKey>,
+    global_time: u64,
+    sequence_number: Option<u32>,
+    source: Option<String>,
+    stored: bool,
+    conversion: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+async fn messages(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    query: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let community = community_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.clamp(1, 1_000);
+    let (definition, row) = shared
+        .definitions
+        .get(&community)
+        .ok_or_else(|| ApiError::not_found(format!("unknown community {community}")))?;
+    let worker = shared
+        .workers
+        .get(&community)
+        .ok_or_else(|| ApiError::unavailable("the community's plugin is not running"))?;
+    let listed: Vec<Listed> = if query.stored {
+        let store = shared
+            .store
+            .as_ref()
+            .ok_or_else(|| ApiError::not_found("this node stores nothing"))?;
+        let since = i64::try_from(query.since).unwrap_or(i64::MAX);
+        let rows = store
+            .messages(*row, since, limit)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        rows.into_iter()
+            .filter_map(|r| {
+                let signed = SignedMessage::decode(&r.packet).ok()?;
+                let m = signed.message;
+                Some(Listed {
+                    seq: u64::try_from(r.id).unwrap_or(0),
+                    meta: m.message_type,
+                    author: m.authors.into_iter().next(),
+                    global_time: m.global_time,
+                    sequence_number: m.sequence_number,
+                    source: None,
+                    stored: true,
+                    conversion: m.conversion.as_bytes().to_vec(),
+                    payload: m.payload,
+                })
+            })
+            .collect()
+    } else {
+        worker
+            .shared
+            .recent(query.since, limit as usize)
+            .into_iter()
+            .map(|d| Listed {
+                seq: d.seq,
+                meta: d.meta,
+                author: d.author,
+                global_time: d.global_time,
+                sequence_number: d.sequence_number,
+                source: d.source.map(|s| s.to_string()),
+                stored: d.stored,
+                conversion: d.conversion,
+                payload: d.payload,
+            })
+            .collect()
+    };
+    let items = listed
+        .iter()
+        .map(|l| (l.meta, l.conversion.clone(), l.payload.clone()))
+        .collect();
+    let rendered = ask_worker(worker, |reply| Job::ToJson { items, reply }).await?;
+    let next = listed.last().map_or(query.since, |l| l.seq);
+    let messages: Vec<Value> = listed
+        .into_iter()
+        .zip(rendered)
+        .map(|(l, payload)| {
+            let meta = definition
+                .meta_by_id(l.meta)
+                .map_or_else(|| l.meta.to_string(), |m| m.name.clone());
+            json!({
+                "seq": l.seq,
+                "meta": meta,
+                "member": l.author.as_ref().map(|k| k.member_id().to_hex()),
+                "public_key": l.author.as_ref().map(PublicKey::to_hex),
+                "global_time": l.global_time,
+                "sequence_number": l.sequence_number,
+                "source": l.source,
+                "stored": l.stored,
+                "payload": payload.unwrap_or_else(|e| json!({ "error": e })),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "messages": messages, "next": next })))
+}
+
+async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!(shared.plugins))
+}
+
+async fn shutdown_node(State(shared): State<Arc<Shared>>) -> Response {
+    tracing::info!("shutdown requested through the control API");
+    shared.shutdown.cancel();
+    (StatusCode::ACCEPTED, Json(json!({ "stopping": true }))).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
+    let node = ask(&shared, |reply| Command::Node { reply }).await?;
+    let communities = ask(&shared, |reply| Command::Communities { reply }).await?;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(
+            out,
+            "# HELP dispersy_{name} {help}\n# TYPE dispersy_{name} {kind}"
+        );
+        for (labels, value) in samples {
+            let _ = writeln!(out, "dispersy_{name}{labels} {value}");
+        }
+    };
+    let s = &node.stats;
+    gauge(
+        "datagrams_received_total",
+        "Datagrams received.",
+        "counter",
+        vec![(String::new(), s.datagrams_received)],
+    );
+    gauge(
+        "bytes_received_total",
+        "Bytes received.",
+        "counter",
+        vec![(String::new(), s.bytes_received)],
+    );
+    gauge(
+        "datagrams_sent_total",
+        "Datagrams sent.",
+        "counter",
+        vec![(String::new(), s.datagrams_sent)],
+    );
+    gauge(
+        "bytes_sent_total",
+        "Bytes sent.",
+        "counter",
+        vec![(String::new(), s.bytes_sent)],
+    );
+    let labelled = |map: &HashMap<&'static str, u64>, key: &str| {
+        let mut v: Vec<(String, u64)> = map
+            .iter()
+            .map(|(k, n)| (format!("{{{key}=\"{k}\"}}"), *n))
+            .collect();
+        v.sort();
+        v
+    };
+    gauge(
+        "packets_total",
+        "Accepted packets by kind.",
+        "counter",
+        labelled(&s.packets, "kind"),
+    );
+    gauge(
+        "dropped_total",
+        "Dropped packets by reason.",
+        "counter",
+        labelled(&s.dropped, "reason"),
+    );
+    let per = |f: &dyn Fn(&crate::runtime::CommunityInfo) -> u64| {
+        communities
+            .iter()
+            .map(|c| (format!("{{community=\"{}\"}}", c.id), f(c)))
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        "global_time",
+        "Global time per community.",
+        "gauge",
+        per(&|c| c.global_time),
+    );
+    gauge(
+        "verified_candidates",
+        "Walk and stumble candidates per community.",
+        "gauge",
+        per(&|c| (c.candidates["walk"] + c.candidates["stumble"]) as u64),
+    );
+    gauge(
+        "walk_attempts_total",
+        "Introduction-requests sent.",
+        "counter",
+        per(&|c| c.stats.walk_attempts),
+    );
+    gauge(
+        "walk_successes_total",
+        "Introduction-responses received.",
+        "counter",
+        per(&|c| c.stats.walk_successes),
+    );
+    gauge(
+        "messages_received_total",
+        "Verified messages passed to plugins.",
+        "counter",
+        per(&|c| c.stats.messages_received),
+    );
+    gauge(
+        "messages_created_total",
+        "Messages created.",
+        "counter",
+        per(&|c| c.stats.messages_created),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}

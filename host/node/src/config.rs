@@ -1,0 +1,365 @@
+//! Node configuration, layered with figment: built-in defaults, then a TOML file, then
+//! `DISPERSY_*` environment variables (nested keys with `__`, e.g. `DISPERSY_LIMITS__MAX_DATAGRAM`),
+//! then command-line flags. `config/dispersy.toml` in the repository lists every key with its
+//! default.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the UDP socket binds to.
+    pub bind: IpAddr,
+    /// UDP port (0: any free port).
+    pub port: u16,
+    /// Folder for the key, the database and the API token.
+    pub data_dir: PathBuf,
+    /// Folders searched for plugin files (`lib*.so`), in order.
+    pub plugin_dir: Vec<PathBuf>,
+    /// Trackers, `host:port`.
+    pub trackers: Vec<String>,
+    /// Peers to contact at start, `host:port`, besides the trackers.
+    pub peers: Vec<String>,
+    /// Control API address; keep it on loopback.
+    pub api: SocketAddr,
+    /// Tracker role: answer introductions for every community, load no plugins, store nothing.
+    pub tracker: bool,
+    /// Log filter (tracing EnvFilter syntax); `RUST_LOG` overrides it.
+    pub log: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Walker timing.
+    pub walker: Walker,
+    /// Bounds of every queue and table.
+    pub limits: Limits,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Walker timing, in milliseconds (defaults: the original's values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Walker {
+    /// Time between two walk steps of a community.
+    pub step_interval_ms: u64,
+    /// How long an introduction-request waits for its response.
+    pub request_timeout_ms: u64,
+    /// Walk lifetime of a candidate.
+    pub walk_lifetime_ms: u64,
+    /// Stumble lifetime of a candidate.
+    pub stumble_lifetime_ms: u64,
+    /// Intro lifetime of a candidate.
+    pub intro_lifetime_ms: u64,
+    /// Delay before a candidate may be walked to again.
+    pub eligible_delay_ms: u64,
+    /// The same for trackers.
+    pub tracker_eligible_delay_ms: u64,
+}
+
+impl Default for Walker {
+    fn default() -> Self {
+        Walker {
+            step_interval_ms: 5_000,
+            request_timeout_ms: 10_500,
+            walk_lifetime_ms: 57_500,
+            stumble_lifetime_ms: 57_500,
+            intro_lifetime_ms: 27_500,
+            eligible_delay_ms: 27_500,
+            tracker_eligible_delay_ms: 57_500,
+        }
+    }
+}
+
+/// Bounds. Every queue, table and cache of the node has one, and it is here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest datagram sent or accepted, in bytes.
+    pub max_datagram: usize,
+    /// Kernel receive buffer of the UDP socket, in bytes.
+    pub recv_buffer: usize,
+    /// Received datagrams waiting for the protocol task.
+    pub datagram_queue: usize,
+    /// Commands (API, plugins) waiting for the protocol task.
+    pub command_queue: usize,
+    /// Batches waiting for one community's plugin thread.
+    pub plugin_queue: usize,
+    /// Messages waiting for the store.
+    pub store_queue: usize,
+    /// Candidates per community.
+    pub max_candidates: usize,
+    /// Communities (a tracker keeps one per community id it hears of).
+    pub max_communities: usize,
+    /// Outstanding introduction-requests per community.
+    pub max_pending_walks: usize,
+    /// Recently delivered messages kept per community for the API.
+    pub recent_messages: usize,
+    /// Messages a plugin may keep delayed per community.
+    pub delayed_messages: usize,
+    /// Longest a delayed message waits before it is dropped, in milliseconds.
+    pub delay_timeout_ms: u64,
+    /// Timers a plugin may have scheduled at once.
+    pub plugin_timers: usize,
+    /// Messages written to the database in one transaction.
+    pub store_batch: usize,
+    /// Largest API request body, in bytes.
+    pub api_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_datagram: dispersy_core::wire::DEFAULT_MAX_DATAGRAM,
+            recv_buffer: 4 << 20,
+            datagram_queue: 4_096,
+            command_queue: 4_096,
+            plugin_queue: 1_024,
+            store_queue: 4_096,
+            max_candidates: 1_000,
+            max_communities: 10_000,
+            max_pending_walks: 64,
+            recent_messages: 10_000,
+            delayed_messages: 1_000,
+            delay_timeout_ms: 10_000,
+            plugin_timers: 1_024,
+            store_batch: 1_000,
+            api_body: 64 << 10,
+        }
+    }
+}
+
+/// The default UDP port.
+pub const DEFAULT_PORT: u16 = 7759;
+/// The default control API address.
+pub const DEFAULT_API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7760);
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: DEFAULT_PORT,
+            data_dir: default_data_dir(),
+            plugin_dir: default_plugin_dirs(),
+            trackers: Vec::new(),
+            peers: Vec::new(),
+            api: DEFAULT_API,
+            tracker: false,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            walker: Walker::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/dispersy`, `$HOME/.local/share/dispersy`, or `./dispersy-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("dispersy");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/dispersy"),
+        None => PathBuf::from("dispersy-data"),
+    }
+}
+
+/// The executable's folder, its `plugins` subfolder, and `./plugins`.
+pub fn default_plugin_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        dirs.push(dir.join("plugins"));
+        dirs.push(dir);
+    }
+    dirs.push(PathBuf::from("plugins"));
+    dirs
+}
+
+/// Why the configuration is unusable. Each message names the culprit.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a key has the wrong type.
+    #[error("configuration: {0}")]
+    Figment(Box<figment::Error>),
+    /// A tracker or peer address does not resolve.
+    #[error("configuration: {key} entry {value:?} is not a reachable host:port ({reason})")]
+    Address {
+        /// `trackers` or `peers`.
+        key: &'static str,
+        /// The entry.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A value out of range.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Layers defaults, `file` (if given; it must exist), `DISPERSY_*` variables and `flags`.
+    pub fn load(file: Option<&Path>, flags: impl Serialize) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("DISPERSY_").split("__"))
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("limits.datagram_queue", l.datagram_queue),
+            ("limits.command_queue", l.command_queue),
+            ("limits.plugin_queue", l.plugin_queue),
+            ("limits.store_queue", l.store_queue),
+            ("limits.max_candidates", l.max_candidates),
+            ("limits.max_communities", l.max_communities),
+            ("limits.max_pending_walks", l.max_pending_walks),
+            ("limits.store_batch", l.store_batch),
+            ("limits.plugin_timers", l.plugin_timers),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
+        if !(576..=65_507).contains(&l.max_datagram) {
+            return Err(ConfigError::Invalid(
+                "limits.max_datagram must be 576..=65507".into(),
+            ));
+        }
+        if self.walker.step_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "walker.step_interval_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The trackers, resolved.
+    pub fn tracker_addresses(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        resolve_all("trackers", &self.trackers)
+    }
+
+    /// The peers, resolved.
+    pub fn peer_addresses(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        resolve_all("peers", &self.peers)
+    }
+
+    /// The core's configuration derived from this one.
+    pub fn core(&self, trackers: Vec<SocketAddr>) -> dispersy_core::node::Config {
+        let w = &self.walker;
+        let ms = Duration::from_millis;
+        dispersy_core::node::Config {
+            max_datagram: self.limits.max_datagram,
+            step_interval: ms(w.step_interval_ms),
+            request_timeout: ms(w.request_timeout_ms),
+            candidates: dispersy_core::candidate::Config {
+                walk_lifetime: ms(w.walk_lifetime_ms),
+                stumble_lifetime: ms(w.stumble_lifetime_ms),
+                intro_lifetime: ms(w.intro_lifetime_ms),
+                eligible_delay: ms(w.eligible_delay_ms),
+                tracker_eligible_delay: ms(w.tracker_eligible_delay_ms),
+                max_candidates: self.limits.max_candidates,
+            },
+            trackers,
+            tracker: self.tracker,
+            max_communities: self.limits.max_communities,
+            max_pending_walks: self.limits.max_pending_walks,
+            ..dispersy_core::node::Config::default()
+        }
+    }
+}
+
+fn resolve_all(key: &'static str, entries: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let error = |reason: String| ConfigError::Address {
+            key,
+            value: entry.clone(),
+            reason,
+        };
+        let mut addresses = entry.to_socket_addrs().map_err(|e| error(e.to_string()))?;
+        let address = addresses.next().ok_or_else(|| error("no address".into()))?;
+        out.push(address);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Default)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "port = 1111\ntrackers = [\"127.0.0.1:9\"]\n[walker]\nstep_interval_ms = 250\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), Flags::default()).unwrap();
+        assert_eq!(config.port, 1111);
+        assert_eq!(config.walker.step_interval_ms, 250);
+        assert_eq!(config.tracker_addresses().unwrap().len(), 1);
+        let config = Config::load(Some(&file), Flags { port: Some(2222) }).unwrap();
+        assert_eq!(config.port, 2222);
+
+        std::fs::write(&file, "prot = 1\n").unwrap();
+        let error = Config::load(Some(&file), Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("prot"), "{error}");
+        std::fs::write(&file, "[limits]\nmax_datagram = 10\n").unwrap();
+        let error = Config::load(Some(&file), Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("limits.max_datagram"), "{error}");
+        let missing = dir.path().join("missing.toml");
+        assert!(Config::load(Some(&missing), Flags::default()).is_err());
+        let bad = Config {
+            trackers: vec!["no-port".into()],
+            ..Config::default()
+        };
+        let error = bad.tracker_addresses().unwrap_err().to_string();
+        assert!(error.contains("no-port"), "{error}");
+    }
+}

@@ -1,0 +1,854 @@
+//! The tokio driver: it moves bytes between the UDP socket and the sans-IO core, arms the core's
+//! timer, and routes the core's events to community threads. It makes no protocol decisions.
+//!
+//! Tasks (all stopped by one cancellation token, all awaited by [`Running::wait`]):
+//! - **receive**: reads datagrams, decodes and verifies them (`wire::decode`, the CPU-heavy part,
+//!   off the protocol task), and queues the result;
+//! - **protocol**: owns the core [`Node`]; handles datagrams, commands and timeouts, sends what the
+//!   core asks, hands verified messages to community threads;
+//! - **store**: batches inserts into SQLite;
+//! - **api**: the control API.
+//!
+//! Community plugins run on their own threads (see [`crate::plugin`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use dispersy_core::identity::{CommunityId, KeyPair};
+use dispersy_core::node::{CreateError, Created, Event, Node};
+use dispersy_core::stats::Counters;
+use dispersy_core::time::Instant as CoreInstant;
+use dispersy_core::wire::{self, DecodeError, Packet};
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::plugin::{self, Job, Plugin, Worker, WorkerContext, WorkerLimits, Workers, lock};
+use crate::store::{self, Store};
+use crate::{api, keys};
+
+/// A request to the protocol task.
+pub enum Command {
+    /// Create and send a message (from the API or a plugin).
+    Create {
+        /// The community.
+        community: CommunityId,
+        /// Meta-message name.
+        meta: String,
+        /// Encoded payload.
+        payload: Vec<u8>,
+        /// Explicit destinations.
+        candidates: Vec<SocketAddr>,
+        /// Where to answer, if anyone waits.
+        reply: Option<oneshot::Sender<Result<Created, CreateError>>>,
+    },
+    /// Node facts for the API.
+    Node {
+        /// The answer.
+        reply: oneshot::Sender<NodeInfo>,
+    },
+    /// Community facts for the API.
+    Communities {
+        /// The answer.
+        reply: oneshot::Sender<Vec<CommunityInfo>>,
+    },
+    /// The candidates of one community.
+    Candidates {
+        /// The community.
+        community: CommunityId,
+        /// The answer; `None` for an unknown community.
+        reply: oneshot::Sender<Option<Vec<CandidateView>>>,
+    },
+}
+
+/// Node facts, as the control API shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeInfo {
+    /// Public key, hex.
+    pub member: String,
+    /// Member id, hex.
+    pub mid: String,
+    /// Bound UDP address.
+    pub udp: SocketAddr,
+    /// LAN address as the node reports it.
+    pub lan: SocketAddr,
+    /// WAN address as peers see it.
+    pub wan: SocketAddr,
+    /// `public`, `unknown` or `symmetric-NAT`.
+    pub connection_type: &'static str,
+    /// Tracker role.
+    pub tracker: bool,
+    /// Milliseconds since start.
+    pub uptime_ms: u64,
+    /// Communities known (a tracker's bare ones included).
+    pub communities: usize,
+    /// Traffic counters.
+    pub stats: NodeStats,
+}
+
+/// Node traffic counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStats {
+    /// Datagrams received.
+    pub datagrams_received: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Accepted packets by kind.
+    pub packets: HashMap<&'static str, u64>,
+    /// Dropped packets by reason (core and driver).
+    pub dropped: HashMap<&'static str, u64>,
+}
+
+/// Community facts, as the control API shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommunityInfo {
+    /// Community id, hex.
+    pub id: String,
+    /// Type name (`null` for a tracker's bare community).
+    pub name: Option<String>,
+    /// Plugin version.
+    pub version: Option<String>,
+    /// Global time.
+    pub global_time: u64,
+    /// Candidates by category.
+    pub candidates: HashMap<&'static str, usize>,
+    /// Walker and message counters.
+    pub stats: CommunityStatsView,
+}
+
+/// Per-community counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommunityStatsView {
+    /// Introduction-requests sent.
+    pub walk_attempts: u64,
+    /// Introduction-responses received.
+    pub walk_successes: u64,
+    /// Introduction-requests that timed out.
+    pub walk_failures: u64,
+    /// Introduction-requests received.
+    pub stumbles: u64,
+    /// Messages created here.
+    pub messages_created: u64,
+    /// Verified messages passed to the plugin.
+    pub messages_received: u64,
+    /// Messages dropped by the host, by reason.
+    pub dropped: HashMap<&'static str, u64>,
+}
+
+/// One candidate, as the control API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateView {
+    /// Address used to reach it.
+    pub address: SocketAddr,
+    /// Its LAN address.
+    pub lan: SocketAddr,
+    /// Its WAN address.
+    pub wan: SocketAddr,
+    /// Member id, hex, once verified.
+    pub member: Option<String>,
+    /// `walk`, `stumble`, `intro` or `none`.
+    pub category: &'static str,
+    /// Whether it is verified (walk or stumble).
+    pub verified: bool,
+    /// Its connection type as reported.
+    pub connection_type: &'static str,
+    /// Its global time as reported.
+    pub global_time: u64,
+    /// Milliseconds since we last heard of it.
+    pub last_seen_ms: Option<u64>,
+}
+
+/// A decoded datagram on its way to the protocol task.
+struct Datagram {
+    from: SocketAddr,
+    len: usize,
+    decoded: Result<Packet, DecodeError>,
+}
+
+/// Maps tokio time to the core's millisecond clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    fn now(&self) -> CoreInstant {
+        let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        CoreInstant::from_millis(millis)
+    }
+
+    fn to_tokio(self, at: CoreInstant) -> tokio::time::Instant {
+        self.start + Duration::from_millis(at.as_millis())
+    }
+}
+
+/// Why the node could not start. Each message names the culprit.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data folder cannot be used.
+    #[error("data folder {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A key or token file cannot be used.
+    #[error(transparent)]
+    Secret(#[from] keys::SecretError),
+    /// The database cannot be opened.
+    #[error("database {path}: {source}")]
+    Store {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: store::StoreError,
+    },
+    /// The UDP socket cannot be bound.
+    #[error("UDP {address}: {source}")]
+    Udp {
+        /// The address.
+        address: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The control API cannot be bound.
+    #[error("control API {address}: {source}")]
+    Api {
+        /// The address.
+        address: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A plugin's community could not be joined.
+    #[error("community {name}: {reason}")]
+    Community {
+        /// Community type name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The operating system's random generator failed.
+    #[error("random generator: {0}")]
+    Random(String),
+}
+
+/// A loaded plugin or a refused plugin file, for `GET /v1/plugins`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginReport {
+    /// The file.
+    pub path: PathBuf,
+    /// Community type name, when loaded.
+    pub name: Option<String>,
+    /// Plugin version, when loaded.
+    pub version: Option<String>,
+    /// Community id, when loaded.
+    pub community: Option<String>,
+    /// Why it was refused.
+    pub error: Option<String>,
+}
+
+/// A started node. Drop does not stop it: cancel the token given to [`start`] and call
+/// [`Running::wait`].
+pub struct Running {
+    /// The bound UDP address.
+    pub udp: SocketAddr,
+    /// The bound control API address.
+    pub api: SocketAddr,
+    /// The control API token.
+    pub token: String,
+    /// The node's member public key, hex.
+    pub member: String,
+    tasks: Vec<JoinHandle<()>>,
+    workers: Arc<Workers>,
+}
+
+impl Running {
+    /// Waits until every task ended (after the shutdown token was cancelled), then stops the
+    /// community threads.
+    pub async fn wait(self) {
+        for task in self.tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "task failed");
+            }
+        }
+        let workers = self.workers;
+        let stopped = tokio::task::spawn_blocking(move || {
+            if let Ok(workers) = Arc::try_unwrap(workers) {
+                for (_, worker) in workers {
+                    worker.stop();
+                }
+            }
+        })
+        .await;
+        if let Err(error) = stopped {
+            tracing::error!(%error, "stopping community threads failed");
+        }
+    }
+}
+
+/// Everything the protocol task and the API share.
+pub(crate) struct Shared {
+    pub commands: mpsc::Sender<Command>,
+    pub workers: Arc<Workers>,
+    pub plugins: Vec<PluginReport>,
+    pub definitions: HashMap<CommunityId, (dispersy_core::community::Definition, i64)>,
+    pub store: Option<Store>,
+    pub token: String,
+    pub shutdown: CancellationToken,
+    pub api_body: usize,
+}
+
+/// Starts a node; it runs until `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    config.validate()?;
+    let trackers = config.tracker_addresses()?;
+    let peers = config.peer_addresses()?;
+    let data_dir = config.data_dir.clone();
+    create_private_dir(&data_dir)?;
+    let key = keys::load_or_create(&data_dir.join("member.key"))?;
+    let token = keys::load_or_create_token(&data_dir.join("api-token"))?;
+    let seed = keys::random_seed().map_err(|e| StartError::Random(e.to_string()))?;
+
+    let socket = bind_udp(&config)?;
+    let udp = socket.local_addr().map_err(|source| StartError::Udp {
+        address: SocketAddr::new(config.bind, config.port),
+        source,
+    })?;
+    let clock = Clock {
+        start: tokio::time::Instant::now(),
+    };
+    let mut node = Node::new(config.core(trackers), key.clone(), udp, seed, clock.now());
+
+    let (commands_tx, commands_rx) = mpsc::channel(config.limits.command_queue);
+    let (inserts_tx, inserts_rx) = mpsc::channel(config.limits.store_queue);
+    let mut tasks = Vec::new();
+    let mut reports = Vec::new();
+    let mut workers = Workers::new();
+    let mut definitions = HashMap::new();
+    let mut store = None;
+    if !config.tracker {
+        let path = data_dir.join("dispersy.db");
+        let opened = Store::open(&path)
+            .await
+            .map_err(|source| StartError::Store {
+                path: path.clone(),
+                source,
+            })?;
+        opened
+            .remember_member(key.public())
+            .await
+            .map_err(|source| StartError::Store {
+                path: path.clone(),
+                source,
+            })?;
+        let (plugins, errors) = plugin::load_all(&config.plugin_dir);
+        for error in errors {
+            tracing::warn!("{error}");
+            reports.push(PluginReport {
+                path: match &error {
+                    plugin::LoadError::Library { path, .. }
+                    | plugin::LoadError::Incompatible { path, .. }
+                    | plugin::LoadError::Definition { path, .. }
+                    | plugin::LoadError::Duplicate { path, .. } => path.clone(),
+                },
+                name: None,
+                version: None,
+                community: None,
+                error: Some(error.to_string()),
+            });
+        }
+        if plugins.is_empty() {
+            tracing::warn!(dirs = ?config.plugin_dir, "no community plugins found");
+        }
+        for plugin in plugins {
+            let context = join(
+                &mut node,
+                &opened,
+                &plugin,
+                &key,
+                clock,
+                &config,
+                &commands_tx,
+                &inserts_tx,
+            )
+            .await
+            .map_err(|reason| StartError::Community {
+                name: plugin.definition.name.clone(),
+                reason,
+            })?;
+            let id = plugin.definition.id();
+            for peer in &peers {
+                if let Err(error) = node.add_candidate(clock.now(), id, *peer) {
+                    tracing::warn!(%peer, %error, "peer not added");
+                }
+            }
+            definitions.insert(id, (plugin.definition.clone(), context.community_row));
+            match Worker::start(&plugin, context) {
+                Ok(worker) => {
+                    tracing::info!(community = %id, name = %plugin.definition.name, path = %plugin.path.display(), "community joined");
+                    workers.insert(id, worker);
+                    reports.push(PluginReport {
+                        path: plugin.path.clone(),
+                        name: Some(plugin.definition.name.clone()),
+                        version: Some(plugin.definition.version.clone()),
+                        community: Some(id.to_hex()),
+                        error: None,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(path = %plugin.path.display(), %error, "plugin failed to create its community");
+                    reports.push(PluginReport {
+                        path: plugin.path.clone(),
+                        name: Some(plugin.definition.name.clone()),
+                        version: Some(plugin.definition.version.clone()),
+                        community: Some(id.to_hex()),
+                        error: Some(format!("create failed: {error}")),
+                    });
+                }
+            }
+        }
+        tasks.push(tokio::spawn(store::run(
+            opened.clone(),
+            inserts_rx,
+            config.limits.store_batch,
+            shutdown.clone(),
+        )));
+        store = Some(opened);
+    }
+    let workers = Arc::new(workers);
+
+    let listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .map_err(|source| StartError::Api {
+            address: config.api,
+            source,
+        })?;
+    let api_address = listener.local_addr().map_err(|source| StartError::Api {
+        address: config.api,
+        source,
+    })?;
+    write_endpoints(&data_dir, udp, api_address, &key);
+
+    let socket = Arc::new(socket);
+    let (datagrams_tx, datagrams_rx) = mpsc::channel(config.limits.datagram_queue);
+    tasks.push(tokio::spawn(receive(
+        socket.clone(),
+        datagrams_tx,
+        config.limits.max_datagram,
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(
+        Protocol {
+            node,
+            socket,
+            clock,
+            workers: workers.clone(),
+            dropped: Counters::default(),
+            last_refresh: tokio::time::Instant::now(),
+        }
+        .run(datagrams_rx, commands_rx, shutdown.clone()),
+    ));
+    let shared = Arc::new(Shared {
+        commands: commands_tx,
+        workers: workers.clone(),
+        plugins: reports,
+        definitions,
+        store,
+        token: token.clone(),
+        shutdown: shutdown.clone(),
+        api_body: config.limits.api_body,
+    });
+    tasks.push(tokio::spawn(api::serve(listener, shared, shutdown.clone())));
+    tracing::info!(%udp, api = %api_address, member = %key.member_id(), tracker = config.tracker, "node started");
+    Ok(Running {
+        udp,
+        api: api_address,
+        token,
+        member: key.public().to_hex(),
+        tasks,
+        workers,
+    })
+}
+
+/// Starts a node and runs it until `shutdown` is cancelled: the binary's and the tests' entry.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let running = start(config, shutdown).await?;
+    running.wait().await;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn join(
+    node: &mut Node,
+    store: &Store,
+    plugin: &Plugin,
+    key: &KeyPair,
+    clock: Clock,
+    config: &Config,
+    commands: &mpsc::Sender<Command>,
+    inserts: &store::InsertSender,
+) -> Result<WorkerContext, String> {
+    let definition = &plugin.definition;
+    let row = store
+        .ensure_community(definition)
+        .await
+        .map_err(|e| e.to_string())?;
+    store
+        .remember_member(&definition.master)
+        .await
+        .map_err(|e| e.to_string())?;
+    let resume = store
+        .resume(row, key.member_id())
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = node
+        .join(clock.now(), definition.clone(), resume)
+        .map_err(|e| e.to_string())?;
+    let limits = &config.limits;
+    Ok(WorkerContext {
+        community: id,
+        definition: definition.clone(),
+        community_row: row,
+        member: key.public().clone(),
+        commands: commands.clone(),
+        store: inserts.clone(),
+        limits: WorkerLimits {
+            queue: limits.plugin_queue,
+            recent: limits.recent_messages,
+            delayed: limits.delayed_messages,
+            delay_timeout: Duration::from_millis(limits.delay_timeout_ms),
+            timers: limits.plugin_timers,
+        },
+    })
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| StartError::DataDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn bind_udp(config: &Config) -> Result<UdpSocket, StartError> {
+    use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
+    let address = SocketAddr::new(config.bind, config.port);
+    let error = |source| StartError::Udp { address, source };
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(IpProtocol::UDP),
+    )
+    .map_err(error)?;
+    // The default buffer holds about a hundred datagrams; bursts need more (rust-stack.md §4.12).
+    if let Err(e) = socket.set_recv_buffer_size(config.limits.recv_buffer) {
+        tracing::warn!(error = %e, "could not enlarge the UDP receive buffer");
+    }
+    socket.set_nonblocking(true).map_err(error)?;
+    socket.bind(&address.into()).map_err(error)?;
+    UdpSocket::from_std(socket.into()).map_err(error)
+}
+
+/// Writes `endpoints.json` (bound addresses), so that scripts and the demo can find a node
+/// started on port 0.
+fn write_endpoints(dir: &std::path::Path, udp: SocketAddr, api: SocketAddr, key: &KeyPair) {
+    let text = serde_json::json!({
+        "udp": udp,
+        "api": api,
+        "member": key.public().to_hex(),
+        "pid": std::process::id(),
+    })
+    .to_string();
+    let path = dir.join("endpoints.json");
+    let tmp = dir.join("endpoints.json.tmp");
+    if let Err(error) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        tracing::warn!(path = %path.display(), %error, "could not write endpoints file");
+    }
+}
+
+async fn receive(
+    socket: Arc<UdpSocket>,
+    datagrams: mpsc::Sender<Datagram>,
+    max_datagram: usize,
+    shutdown: CancellationToken,
+) {
+    // One byte more than the limit, so an oversized datagram is seen as such, not truncated.
+    let mut buffer = vec![0u8; max_datagram + 1];
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buffer) => received,
+            () = shutdown.cancelled() => break,
+        };
+        let (len, from) = match received {
+            Ok(received) => received,
+            Err(error) => {
+                // ICMP errors from earlier sends surface here on Linux; they concern nobody.
+                tracing::trace!(%error, "receive error");
+                continue;
+            }
+        };
+        // A datagram longer than the buffer arrives truncated to `max_datagram + 1` bytes, which
+        // `decode` reports as oversized.
+        let datagram = Datagram {
+            from,
+            len,
+            decoded: wire::decode(&buffer[..len], max_datagram),
+        };
+        if datagrams.send(datagram).await.is_err() {
+            break;
+        }
+    }
+}
+
+struct Protocol {
+    node: Node,
+    socket: Arc<UdpSocket>,
+    clock: Clock,
+    workers: Arc<Workers>,
+    /// Drops decided by the driver (full queues).
+    dropped: Counters,
+    last_refresh: tokio::time::Instant,
+}
+
+impl Protocol {
+    async fn run(
+        mut self,
+        mut datagrams: mpsc::Receiver<Datagram>,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        self.refresh();
+        loop {
+            let deadline = self.node.poll_timeout().map(|t| self.clock.to_tokio(t));
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                datagram = datagrams.recv() => match datagram {
+                    Some(d) => {
+                        self.datagram(d);
+                        // Take what else is waiting before flushing (bounded, to stay fair).
+                        for _ in 0..256 {
+                            match datagrams.try_recv() {
+                                Ok(d) => self.datagram(d),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                () = timer => {
+                    self.node.handle_timeout(self.clock.now());
+                    self.refresh();
+                }
+            }
+            self.flush().await;
+            if self.last_refresh.elapsed() >= Duration::from_millis(250) {
+                self.refresh();
+            }
+        }
+    }
+
+    fn datagram(&mut self, d: Datagram) {
+        self.node
+            .handle_decoded(self.clock.now(), d.from, d.len, d.decoded);
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = self.clock.now();
+        match command {
+            Command::Create {
+                community,
+                meta,
+                payload,
+                candidates,
+                reply,
+            } => {
+                let result = self
+                    .node
+                    .create_message(now, community, &meta, payload, &candidates);
+                if let Err(error) = &result {
+                    tracing::debug!(%community, %meta, %error, "message not created");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::Node { reply } => {
+                let _ = reply.send(self.node_info(now));
+            }
+            Command::Communities { reply } => {
+                let _ = reply.send(self.communities(now));
+            }
+            Command::Candidates { community, reply } => {
+                let _ = reply.send(self.candidates(community, now));
+            }
+        }
+    }
+
+    /// Sends what the core queued and hands events to community threads.
+    async fn flush(&mut self) {
+        while let Some(transmit) = self.node.poll_transmit() {
+            if let Err(error) = self
+                .socket
+                .send_to(&transmit.bytes, transmit.destination)
+                .await
+            {
+                tracing::debug!(destination = %transmit.destination, %error, "send failed");
+                self.dropped.bump("send-failed");
+            }
+        }
+        while let Some(event) = self.node.poll_event() {
+            match event {
+                Event::Messages {
+                    community,
+                    meta,
+                    messages,
+                } => match self.workers.get(&community) {
+                    Some(worker) => {
+                        let n = messages.len() as u64;
+                        if worker.submit(Job::Deliver { meta, messages }).is_err() {
+                            self.dropped.add("plugin-queue-full", n);
+                        }
+                    }
+                    None => self.dropped.bump("no-plugin"),
+                },
+            }
+        }
+    }
+
+    /// Publishes global times and candidate lists to the community threads.
+    fn refresh(&mut self) {
+        self.last_refresh = tokio::time::Instant::now();
+        let now = self.clock.now();
+        for (id, worker) in self.workers.iter() {
+            if let Some(community) = self.node.community(id) {
+                worker
+                    .shared
+                    .global_time
+                    .store(community.global_time, Ordering::Relaxed);
+                *lock(&worker.shared.candidates) = plugin::candidate_infos(community, now);
+            }
+        }
+    }
+
+    fn node_info(&self, now: CoreInstant) -> NodeInfo {
+        let stats = self.node.stats();
+        let mut dropped: HashMap<&'static str, u64> = stats.dropped.iter().collect();
+        for (name, n) in self.dropped.iter() {
+            *dropped.entry(name).or_default() += n;
+        }
+        NodeInfo {
+            member: self.node.key().public().to_hex(),
+            mid: self.node.key().member_id().to_hex(),
+            udp: self.node.lan_address(),
+            lan: self.node.lan_address(),
+            wan: self.node.wan_address(),
+            connection_type: self.node.connection_type().as_str(),
+            tracker: self.node.config().tracker,
+            uptime_ms: now.as_millis(),
+            communities: self.node.communities().count(),
+            stats: NodeStats {
+                datagrams_received: stats.datagrams_received,
+                bytes_received: stats.bytes_received,
+                datagrams_sent: stats.datagrams_sent,
+                bytes_sent: stats.bytes_sent,
+                packets: stats.packets.iter().collect(),
+                dropped,
+            },
+        }
+    }
+
+    fn communities(&self, now: CoreInstant) -> Vec<CommunityInfo> {
+        let mut out: Vec<CommunityInfo> = self
+            .node
+            .communities()
+            .map(|c| {
+                let config = c.candidates.config();
+                let mut candidates = HashMap::from([("walk", 0), ("stumble", 0), ("intro", 0)]);
+                for candidate in c.candidates.iter() {
+                    let category = candidate.category(now, config);
+                    if category != dispersy_core::candidate::Category::None {
+                        *candidates.entry(category.as_str()).or_default() += 1;
+                    }
+                }
+                CommunityInfo {
+                    id: c.id.to_hex(),
+                    name: c.definition.as_ref().map(|d| d.name.clone()),
+                    version: c.definition.as_ref().map(|d| d.version.clone()),
+                    global_time: c.global_time,
+                    candidates,
+                    stats: CommunityStatsView {
+                        walk_attempts: c.stats.walk_attempts,
+                        walk_successes: c.stats.walk_successes,
+                        walk_failures: c.stats.walk_failures,
+                        stumbles: c.stats.stumbles,
+                        messages_created: c.stats.messages_created,
+                        messages_received: c.stats.messages_received,
+                        dropped: c.stats.dropped.iter().collect(),
+                    },
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn candidates(&self, id: CommunityId, now: CoreInstant) -> Option<Vec<CandidateView>> {
+        let community = self.node.community(&id)?;
+        let config = community.candidates.config();
+        let mut out: Vec<CandidateView> = community
+            .candidates
+            .iter()
+            .map(|c| {
+                let category = c.category(now, config);
+                CandidateView {
+                    address: c.address,
+                    lan: c.lan,
+                    wan: c.wan,
+                    member: c.member.map(|m| m.to_hex()),
+                    category: category.as_str(),
+                    verified: c.is_verified(now, config),
+                    connection_type: c.connection_type.as_str(),
+                    global_time: c.global_time,
+                    last_seen_ms: c
+                        .last_seen()
+                        .map(|t| now.saturating_since(t).as_millis() as u64),
+                }
+            })
+            .collect();
+        out.sort_by_key(|c| c.address);
+        Some(out)
+    }
+}

@@ -1,0 +1,433 @@
+//! SQLite storage through sqlx: members, communities, meta-messages and persistent messages.
+//!
+//! The database is a file in the data folder, in WAL mode with `synchronous=NORMAL`: a process
+//! crash (kill -9) loses no committed transaction. Writes go through one task ([`run`]) that
+//! takes every insert waiting in its queue and commits them in one transaction, then
+//! acknowledges each; a message counts as stored only after that acknowledgement.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use dispersy_core::community::{Definition, Resume};
+use dispersy_core::identity::{MemberId, PublicKey};
+use dispersy_core::meta::{Distribution, SyncOrder};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// The embedded migrations.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite or sqlx failed.
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed (for example a database written by a newer version).
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store task is gone (shutting down).
+    #[error("the store is shut down")]
+    Closed,
+}
+
+/// A handle to the database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// A persistent message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Community row id.
+    pub community: i64,
+    /// First author's member id.
+    pub member: MemberId,
+    /// Global time.
+    pub global_time: u64,
+    /// Meta-message type.
+    pub meta: u32,
+    /// Sequence number, if any.
+    pub sequence: Option<u32>,
+    /// Priority of its meta.
+    pub priority: u8,
+    /// The signed packet.
+    pub packet: Vec<u8>,
+}
+
+/// A stored message as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Row id (increasing in insertion order).
+    pub id: i64,
+    /// Author's member id.
+    pub member: MemberId,
+    /// Global time.
+    pub global_time: u64,
+    /// Meta-message type.
+    pub meta: u32,
+    /// Sequence number.
+    pub sequence: Option<u32>,
+    /// The signed packet.
+    pub packet: Vec<u8>,
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file at `path` and applies migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(options, 4).await
+    }
+
+    /// A private in-memory database (tests).
+    pub async fn open_in_memory() -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        // An in-memory database exists per connection: keep exactly one.
+        Self::connect(options, 1).await
+    }
+
+    async fn connect(options: SqliteConnectOptions, connections: u32) -> Result<Store, StoreError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(connections)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Records the member's public key (idempotent).
+    pub async fn remember_member(&self, key: &PublicKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO member (mid, public_key) VALUES (?1, ?2)
+             ON CONFLICT (mid) DO UPDATE SET public_key = excluded.public_key",
+        )
+        .bind(key.member_id().0.to_vec())
+        .bind(key.as_bytes().to_vec())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Creates or refreshes the community row and its meta-message rows; returns the row id.
+    pub async fn ensure_community(&self, definition: &Definition) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO community (cid, name, master_key, plugin_version) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (cid) DO UPDATE SET name = excluded.name,
+                 plugin_version = excluded.plugin_version
+             RETURNING id",
+        )
+        .bind(definition.id().0.to_vec())
+        .bind(&definition.name)
+        .bind(definition.master.as_bytes().to_vec())
+        .bind(&definition.version)
+        .fetch_one(&mut *tx)
+        .await?;
+        let id: i64 = row.try_get(0)?;
+        for meta in &definition.metas {
+            let direction = match &meta.distribution {
+                Distribution::FullSync { order, .. } | Distribution::LastSync { order, .. } => {
+                    match order {
+                        SyncOrder::Ascending => 0,
+                        SyncOrder::Descending => 1,
+                        SyncOrder::Random => 2,
+                    }
+                }
+                _ => 0,
+            };
+            sqlx::query(
+                "INSERT INTO meta_message (community, type, name, priority, direction)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (community, type) DO UPDATE SET name = excluded.name,
+                     priority = excluded.priority, direction = excluded.direction",
+            )
+            .bind(id)
+            .bind(i64::from(meta.id))
+            .bind(&meta.name)
+            .bind(i64::from(meta.priority))
+            .bind(direction)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// What the core needs to continue where it stopped: the highest stored global time and our
+    /// own highest sequence number per meta.
+    pub async fn resume(&self, community: i64, me: MemberId) -> Result<Resume, StoreError> {
+        let global_time: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(global_time) FROM sync WHERE community = ?1")
+                .bind(community)
+                .fetch_one(&self.pool)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT meta, MAX(sequence) FROM sync
+             WHERE community = ?1 AND member = ?2 AND sequence IS NOT NULL GROUP BY meta",
+        )
+        .bind(community)
+        .bind(me.0.to_vec())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut sequences = Vec::new();
+        for row in rows {
+            let meta: i64 = row.try_get(0)?;
+            let sequence: i64 = row.try_get(1)?;
+            if let (Ok(meta), Ok(sequence)) = (u32::try_from(meta), u32::try_from(sequence)) {
+                sequences.push((meta, sequence));
+            }
+        }
+        Ok(Resume {
+            global_time: global_time.and_then(|g| u64::try_from(g).ok()).unwrap_or(0),
+            sequences,
+        })
+    }
+
+    /// Inserts `messages` in one transaction; returns for each whether it was new (a message
+    /// with the same community, member and global time is kept as it was).
+    pub async fn insert(&self, messages: &[NewMessage]) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = Vec::with_capacity(messages.len());
+        for m in messages {
+            let result = sqlx::query(
+                "INSERT INTO sync (community, member, global_time, meta, sequence, priority, packet)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (community, member, global_time) DO NOTHING",
+            )
+            .bind(m.community)
+            .bind(m.member.0.to_vec())
+            .bind(to_i64(m.global_time))
+            .bind(i64::from(m.meta))
+            .bind(m.sequence.map(i64::from))
+            .bind(i64::from(m.priority))
+            .bind(m.packet.as_slice())
+            .execute(&mut *tx)
+            .await?;
+            inserted.push(result.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Stored messages of `community` with a row id above `after`, oldest first, at most `limit`.
+    pub async fn messages(
+        &self,
+        community: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, member, global_time, meta, sequence, packet FROM sync
+             WHERE community = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )
+        .bind(community)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let member: Vec<u8> = row.try_get(1)?;
+            let global_time: i64 = row.try_get(2)?;
+            let meta: i64 = row.try_get(3)?;
+            let sequence: Option<i64> = row.try_get(4)?;
+            out.push(StoredMessage {
+                id: row.try_get(0)?,
+                member: MemberId::from_slice(&member)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                global_time: u64::try_from(global_time).unwrap_or(0),
+                meta: u32::try_from(meta).unwrap_or(0),
+                sequence: sequence.and_then(|s| u32::try_from(s).ok()),
+                packet: row.try_get(5)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of stored messages of `community`.
+    pub async fn count(&self, community: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sync WHERE community = ?1")
+            .bind(community)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Closes the pool, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A batch of messages for the store task; `ack` gets, for each, whether it was new.
+#[derive(Debug)]
+pub struct Insert {
+    /// The messages.
+    pub messages: Vec<NewMessage>,
+    /// Answered after the transaction committed.
+    pub ack: oneshot::Sender<Result<Vec<bool>, String>>,
+}
+
+/// A sender of inserts to the store task.
+pub type InsertSender = mpsc::Sender<Insert>;
+
+/// The store task: commits every waiting insert (up to `batch` messages) in one transaction.
+pub async fn run(
+    store: Store,
+    mut inserts: mpsc::Receiver<Insert>,
+    batch: usize,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            insert = inserts.recv() => match insert {
+                Some(insert) => insert,
+                None => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let mut pending = vec![first];
+        let mut count = pending[0].messages.len();
+        while count < batch {
+            match inserts.try_recv() {
+                Ok(insert) => {
+                    count += insert.messages.len();
+                    pending.push(insert);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<NewMessage> = pending
+            .iter()
+            .flat_map(|insert| insert.messages.iter().cloned())
+            .collect();
+        let result = store.insert(&all).await.map_err(|e| e.to_string());
+        if let Err(error) = &result {
+            tracing::error!(%error, messages = all.len(), "storing messages failed");
+        }
+        let mut offset = 0;
+        for insert in pending {
+            let n = insert.messages.len();
+            let answer = result
+                .as_ref()
+                .map(|flags| flags[offset..offset + n].to_vec())
+                .map_err(Clone::clone);
+            offset += n;
+            // The waiting plugin thread may be gone (shutdown); nothing to do then.
+            let _ = insert.ack.send(answer);
+        }
+    }
+    store.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispersy_core::identity::KeyPair;
+    use dispersy_core::meta::{Authentication, Destination, MetaMessage, Resolution};
+    use dispersy_core::wire::Conversion;
+
+    fn definition() -> Definition {
+        let master = KeyPair::from_secret(&[3u8; 32]).unwrap();
+        Definition {
+            name: "test".into(),
+            version: "1".into(),
+            master: master.public().clone(),
+            conversions: vec![Conversion::version(1).unwrap()],
+            metas: vec![MetaMessage {
+                id: 7,
+                name: "post".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Public,
+                distribution: Distribution::FullSync {
+                    sequence_numbers: true,
+                    order: SyncOrder::Descending,
+                    pruning: None,
+                },
+                destination: Destination::Community { node_count: 5 },
+                priority: 128,
+                batch_window: Duration::ZERO,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_are_stored_once_and_resume_state_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        assert_eq!(store.ensure_community(&definition()).await.unwrap(), id);
+        let me = KeyPair::from_secret(&[4u8; 32]).unwrap();
+        store.remember_member(me.public()).await.unwrap();
+        let message = |gt: u64, seq: u32| NewMessage {
+            community: id,
+            member: me.member_id(),
+            global_time: gt,
+            meta: 7,
+            sequence: Some(seq),
+            priority: 128,
+            packet: vec![gt as u8; 10],
+        };
+        let flags = store
+            .insert(&[message(5, 1), message(9, 2), message(5, 1)])
+            .await
+            .unwrap();
+        assert_eq!(flags, vec![true, true, false]);
+        let resume = store.resume(id, me.member_id()).await.unwrap();
+        assert_eq!(resume.global_time, 9);
+        assert_eq!(resume.sequences, vec![(7, 2)]);
+        let stored = store.messages(id, 0, 10).await.unwrap();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[1].packet, vec![9u8; 10]);
+        assert_eq!(store.count(id).await.unwrap(), 2);
+        store.close().await;
+
+        // Reopening runs the migrations again without harm and finds the data.
+        let store = Store::open(&dir.path().join("db")).await.unwrap();
+        assert_eq!(store.count(id).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_store_task_batches_and_acknowledges() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(store.clone(), rx, 100, shutdown.clone()));
+        let mut acks = Vec::new();
+        for gt in 1..=5u64 {
+            let (ack, done) = oneshot::channel();
+            let messages = vec![NewMessage {
+                community: id,
+                member: MemberId([gt as u8; 20]),
+                global_time: gt,
+                meta: 7,
+                sequence: None,
+                priority: 128,
+                packet: vec![1, 2, 3],
+            }];
+            tx.send(Insert { messages, ack }).await.unwrap();
+            acks.push(done);
+        }
+        for done in acks {
+            assert_eq!(done.await.unwrap().unwrap(), vec![true]);
+        }
+        assert_eq!(store.count(id).await.unwrap(), 5);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+}
