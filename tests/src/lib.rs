@@ -1,1 +1,180 @@
-//! stub
+//! Test harness for black-box tests: in-process nodes on 127.0.0.1 with ephemeral ports,
+//! temporary data folders, and the real plugin `.so` files copied into a private folder.
+//!
+//! `cargo test` builds the plugins because this crate dev-depends on them (their `rlib` is never
+//! linked; the `cdylib` lands in `target/<profile>/deps/`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dispersy_node::client::Client;
+use dispersy_node::config::{Config, Walker};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// The id of the example community (from its master key).
+pub const EXAMPLE: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
+/// The id of the faulty test community.
+pub const FAULTY: &str = "6d68501485e1b1c41272e8dca867d570e89f9e29";
+
+/// Path of the built plugin `lib<name>.so`.
+pub fn plugin_file(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let file = format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    for dir in [deps, deps.parent().unwrap()] {
+        let path = dir.join(&file);
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!("{file} not built; run the tests with `cargo test` from the workspace root");
+}
+
+/// A private folder holding copies of the named plugins.
+pub fn plugin_dir(names: &[&str]) -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("plugins-")
+        .tempdir()
+        .unwrap();
+    for name in names {
+        let source = plugin_file(name);
+        std::fs::copy(&source, dir.path().join(source.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// A configuration for a test node: loopback, ephemeral ports, fast walker.
+pub fn config(data_dir: &Path, plugin_dir: &Path) -> Config {
+    Config {
+        bind: Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        data_dir: data_dir.to_path_buf(),
+        plugin_dir: vec![plugin_dir.to_path_buf()],
+        api: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        walker: Walker {
+            step_interval_ms: 200,
+            eligible_delay_ms: 1_000,
+            ..Walker::default()
+        },
+        ..Config::default()
+    }
+}
+
+/// A node running in this process.
+pub struct TestNode {
+    /// Its UDP address.
+    pub udp: SocketAddr,
+    /// A client for its API.
+    pub client: Client,
+    shutdown: CancellationToken,
+    running: Option<dispersy_node::Running>,
+    _data: TempDir,
+}
+
+impl TestNode {
+    /// Starts a node with `plugins`, after `tweak` adjusted its configuration.
+    pub async fn start(plugins: &Path, tweak: impl FnOnce(&mut Config)) -> TestNode {
+        let data = tempfile::Builder::new().prefix("node-").tempdir().unwrap();
+        let mut config = config(data.path(), plugins);
+        tweak(&mut config);
+        let shutdown = CancellationToken::new();
+        let running = dispersy_node::start(config, shutdown.clone())
+            .await
+            .unwrap();
+        TestNode {
+            udp: running.udp,
+            client: Client::new(running.api, running.token.clone()),
+            shutdown,
+            running: Some(running),
+            _data: data,
+        }
+    }
+
+    /// The node's member public key, hex.
+    pub fn member(&self) -> &str {
+        &self.running.as_ref().unwrap().member
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Value {
+        self.client.get(path).await.unwrap()
+    }
+
+    /// The entry of `community` in `GET /v1/communities`.
+    pub async fn community(&self, community: &str) -> Value {
+        let list = self.get("/v1/communities").await;
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == community)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Counter `reason` of the node's dropped packets.
+    pub async fn dropped(&self, reason: &str) -> u64 {
+        self.get("/v1/node").await["stats"]["dropped"][reason]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Whether `other` is a verified candidate of `community` here.
+    pub async fn knows(&self, community: &str, other: SocketAddr) -> bool {
+        let list = self
+            .get(&format!("/v1/communities/{community}/candidates"))
+            .await;
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["address"] == other.to_string().as_str() && c["verified"] == true)
+    }
+
+    /// Stops the node and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.wait().await;
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two nodes with `plugins` that know each other (the second was given the first as a peer).
+pub async fn pair(plugins: &Path) -> (TestNode, TestNode) {
+    let a = TestNode::start(plugins, |_| {}).await;
+    let a_udp = a.udp;
+    let b = TestNode::start(plugins, |c| c.peers = vec![a_udp.to_string()]).await;
+    let b_udp = b.udp;
+    wait_until(
+        Duration::from_secs(20),
+        "the nodes to know each other",
+        || async { a.knows(EXAMPLE, b_udp).await && b.knows(EXAMPLE, a_udp).await },
+    )
+    .await;
+    (a, b)
+}

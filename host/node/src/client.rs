@@ -52,6 +52,11 @@ impl Client {
         }
     }
 
+    /// The API token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// The API address.
     pub fn address(&self) -> SocketAddr {
         self.address

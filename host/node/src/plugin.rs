@@ -474,6 +474,8 @@ pub enum Job {
     },
     /// A timer was scheduled: recompute the wake-up time.
     Wake,
+    /// Finish the jobs queued before this one, then end the thread.
+    Stop,
 }
 
 /// Why a job was not queued.
@@ -566,9 +568,12 @@ impl Worker {
         })
     }
 
-    /// Stops the thread after the jobs already queued.
+    /// Stops the thread after the jobs already queued. (Dropping the sender is not enough: the
+    /// community's host handle holds a sender too, to wake the thread for timers.)
     pub fn stop(mut self) {
-        drop(self.jobs);
+        if self.jobs.send(Job::Stop).is_err() {
+            tracing::debug!("community thread already stopped");
+        }
         if let Some(thread) = self.thread.take() {
             // A plugin that panicked was caught at the boundary; a join error means a panic in
             // the host's own loop, already reported by the panic hook.
@@ -603,6 +608,7 @@ impl WorkerLoop {
                 None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match job {
+                Ok(Job::Stop) => break,
                 Ok(job) => self.process(job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -657,7 +663,7 @@ impl WorkerLoop {
                 }
                 let _ = reply.send(result);
             }
-            Job::Wake => {}
+            Job::Wake | Job::Stop => {}
         }
     }
 

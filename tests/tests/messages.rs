@@ -1,0 +1,174 @@
+//! Two nodes exchange example messages through the control API.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use integration_tests::{EXAMPLE, pair, plugin_dir, wait_until};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_arrive_verified_once_each() {
+    let plugins = plugin_dir(&["example_community"]);
+    let (a, b) = pair(plugins.path()).await;
+    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    const N: u64 = 1_000;
+    let mut global_times = Vec::new();
+    for i in 0..N {
+        let body =
+            json!({"meta": "example", "payload": {"text": format!("message {i}"), "amount": i}});
+        let created = a.client.post(&path, &body).await.unwrap();
+        assert_eq!(created["sent_to"], 1, "{created}");
+        global_times.push(created["global_time"].as_u64().unwrap());
+    }
+    // Global times are claimed one after the other.
+    assert!(global_times.windows(2).all(|w| w[1] == w[0] + 1));
+
+    wait_until(
+        Duration::from_secs(30),
+        "B's plugin to receive every message",
+        || async { b.community(EXAMPLE).await["plugin"]["status"]["received"] == N },
+    )
+    .await;
+    let status = b.community(EXAMPLE).await["plugin"]["status"].clone();
+    assert_eq!(status["distinct"], N, "{status}");
+    assert_eq!(status["duplicates"], 0, "{status}");
+    let expected_sum: u64 = (0..N).sum();
+    assert_eq!(status["total_amount"], expected_sum.to_string());
+
+    // Every delivered message is listed with its verified author and decoded payload.
+    let mut since = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = b.get(&format!("{path}?since={since}&limit=500")).await;
+        let messages = page["messages"].as_array().unwrap().clone();
+        if messages.is_empty() {
+            break;
+        }
+        for m in &messages {
+            assert_eq!(m["meta"], "example");
+            assert_eq!(m["public_key"], a.member());
+            assert_eq!(m["source"], a.udp.to_string().as_str());
+            seen.push(m["payload"]["amount"].as_u64().unwrap());
+        }
+        since = page["next"].as_u64().unwrap();
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N).collect::<Vec<_>>());
+
+    // Nothing was dropped on the way.
+    let node = b.get("/v1/node").await;
+    assert_eq!(node["stats"]["dropped"], json!({}), "{node}");
+    let community = b.community(EXAMPLE).await;
+    assert_eq!(community["stats"]["messages_received"], N);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_rejects_bad_requests_with_clear_errors() {
+    let plugins = plugin_dir(&["example_community"]);
+    let (a, b) = pair(plugins.path()).await;
+    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    let cases = [
+        (
+            "POST",
+            path.clone(),
+            Some("not json".to_owned()),
+            400,
+            "expected",
+        ),
+        (
+            "POST",
+            path.clone(),
+            Some(json!({"meta": "nope", "payload": {}}).to_string()),
+            400,
+            "has no meta-message",
+        ),
+        (
+            "POST",
+            path.clone(),
+            Some(json!({"meta": "example", "payload": {"text": 1}}).to_string()),
+            422,
+            "payload does not fit",
+        ),
+        (
+            "POST",
+            path.clone(),
+            Some(
+                json!({"meta": "example", "payload": {"text": "x".repeat(300), "amount": 1}})
+                    .to_string(),
+            ),
+            422,
+            "at most 255",
+        ),
+        (
+            "GET",
+            "/v1/communities/zz/candidates".to_owned(),
+            None,
+            400,
+            "40 hexadecimal digits",
+        ),
+        (
+            "GET",
+            format!("/v1/communities/{}/candidates", "ab".repeat(20)),
+            None,
+            404,
+            "unknown community",
+        ),
+        (
+            "GET",
+            "/v1/nothing".to_owned(),
+            None,
+            404,
+            "no such endpoint",
+        ),
+    ];
+    for (method, path, body, status, needle) in cases {
+        let (code, text) = a
+            .client
+            .raw(method, &path, body, Some(&token(&a).await))
+            .await
+            .unwrap();
+        assert_eq!(code, status, "{method} {path}: {text}");
+        assert!(text.contains(needle), "{method} {path}: {text}");
+        assert!(text.starts_with("{\"error\":"), "{text}");
+    }
+    let (code, _) = a.client.raw("GET", "/v1/node", None, None).await.unwrap();
+    assert_eq!(code, 401);
+    let (code, _) = a
+        .client
+        .raw("GET", "/v1/node", None, Some("wrong"))
+        .await
+        .unwrap();
+    assert_eq!(code, 401);
+    // The node still works.
+    let created = a
+        .client
+        .post(
+            &path,
+            &json!({"meta": "example", "payload": {"text": "ok", "amount": 1}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created["sent_to"], 1);
+    let plugins_list = a.get("/v1/plugins").await;
+    assert_eq!(plugins_list[0]["name"], "example");
+    let metrics = a
+        .client
+        .raw("GET", "/metrics", None, Some(&token(&a).await))
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics.contains("dispersy_datagrams_received_total"),
+        "{metrics}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The token the client uses (read back through a successful request's client).
+async fn token(node: &integration_tests::TestNode) -> String {
+    node.client.token().to_owned()
+}

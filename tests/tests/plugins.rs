@@ -1,0 +1,167 @@
+//! Plugin containment and ABI checks.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use dispersy_node::plugin;
+use integration_tests::{EXAMPLE, FAULTY, TestNode, pair, plugin_dir, plugin_file, wait_until};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_plugin_fails_alone() {
+    let plugins = plugin_dir(&["example_community", "faulty_community"]);
+    let (a, b) = pair(plugins.path()).await;
+    let b_udp = b.udp;
+    wait_until(
+        Duration::from_secs(20),
+        "the faulty community's candidates",
+        || async { a.knows(FAULTY, b_udp).await },
+    )
+    .await;
+    let boom = format!("/v1/communities/{FAULTY}/messages");
+
+    // A panic while the plugin encodes a payload: an API error, nothing else.
+    let (status, text) = a
+        .client
+        .raw(
+            "POST",
+            &boom,
+            Some(json!({"meta": "boom", "payload": {"stage": "encode"}}).to_string()),
+            Some(a.client.token()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 500, "{text}");
+    assert!(
+        text.contains("plugin panicked: faulty plugin: panic in encode"),
+        "{text}"
+    );
+
+    // B's faulty community panics while handling A's message.
+    let created = a
+        .client
+        .post(
+            &boom,
+            &json!({"meta": "boom", "payload": {"stage": "handle"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created["sent_to"], 1);
+    wait_until(
+        Duration::from_secs(10),
+        "B's faulty community to report its panic",
+        || async { b.community(FAULTY).await["plugin"]["failed"].is_string() },
+    )
+    .await;
+    let faulty = b.community(FAULTY).await;
+    let failed = faulty["plugin"]["failed"].as_str().unwrap();
+    assert!(failed.contains("panic in handle"), "{faulty}");
+    assert!(faulty["plugin"]["errors"].as_u64().unwrap() >= 1);
+    // Its status now reports the poisoning instead of calling into the broken instance.
+    assert!(
+        faulty["plugin"]["status"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("disabled"),
+        "{faulty}"
+    );
+
+    // The host and the example community keep working, both ways.
+    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    a.client
+        .post(
+            &path,
+            &json!({"meta": "example", "payload": {"text": "still here", "amount": 1}}),
+        )
+        .await
+        .unwrap();
+    b.client
+        .post(
+            &path,
+            &json!({"meta": "example", "payload": {"text": "me too", "amount": 2}}),
+        )
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "example messages after the panic",
+        || async {
+            b.community(EXAMPLE).await["plugin"]["status"]["received"] == 1
+                && a.community(EXAMPLE).await["plugin"]["status"]["received"] == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        b.community(EXAMPLE).await["plugin"]["failed"],
+        serde_json::Value::Null
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_another_abi_is_refused_and_the_others_load() {
+    let plugins = plugin_dir(&["example_community", "mismatch_plugin"]);
+    // A file that is not a library at all.
+    std::fs::write(
+        plugins.path().join("libnot_a_plugin.so"),
+        b"not an ELF file",
+    )
+    .unwrap();
+    let node = TestNode::start(plugins.path(), |_| {}).await;
+    let list = node.get("/v1/plugins").await;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3, "{list:?}");
+    let mismatch = list
+        .iter()
+        .find(|p| {
+            p["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("libmismatch_plugin.so")
+        })
+        .unwrap();
+    let error = mismatch["error"].as_str().unwrap();
+    assert!(error.contains("incompatible plugin ABI"), "{error}");
+    assert!(error.contains("libmismatch_plugin.so"), "{error}");
+    assert!(!error.contains('\n'), "one line: {error}");
+    let not_a_plugin = list
+        .iter()
+        .find(|p| p["path"].as_str().unwrap().ends_with("libnot_a_plugin.so"))
+        .unwrap();
+    let error = not_a_plugin["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("plugin ") && error.contains("libnot_a_plugin.so"),
+        "{error}"
+    );
+    assert!(!error.contains('\n'), "one line: {error}");
+    let example = list.iter().find(|p| p["name"] == "example").unwrap();
+    assert_eq!(example["error"], serde_json::Value::Null);
+    assert_eq!(example["community"], EXAMPLE);
+    assert!(node.community(EXAMPLE).await.is_object());
+    node.stop().await;
+
+    // The loader's error, used by the host's log line, is one line naming the file.
+    let error = plugin::load(&plugin_file("mismatch_plugin"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("mismatch_plugin"), "{error}");
+    assert!(!error.contains('\n'), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_communities_in_one_host_and_plugins_loaded_once_per_file() {
+    let plugins = plugin_dir(&["example_community", "faulty_community"]);
+    let node = TestNode::start(plugins.path(), |_| {}).await;
+    let communities = node.get("/v1/communities").await;
+    let names: Vec<&str> = communities
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"example") && names.contains(&"faulty"));
+    node.stop().await;
+}
