@@ -337,8 +337,8 @@ pub trait Community: Sized + Send + 'static {
 trait MetaOps<C>: Send + Sync {
     fn check(&self, community: &mut C, raw: &RawMessage) -> Verdict;
     fn handle(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error>;
-    fn to_json(&self, conversion: &[u8], payload: &[u8]) -> Result<String, Error>;
-    fn from_json(&self, conversion: &[u8], json: &str) -> Result<Vec<u8>, Error>;
+    fn payload_to_json(&self, conversion: &[u8], payload: &[u8]) -> Result<String, Error>;
+    fn json_to_payload(&self, conversion: &[u8], json: &str) -> Result<Vec<u8>, Error>;
 }
 
 /// Check function of a meta: one verdict per message.
@@ -511,12 +511,12 @@ impl<C: Community, P: Payload> MetaOps<C> for Meta<C, P> {
         (self.handle)(community, messages)
     }
 
-    fn to_json(&self, conversion: &[u8], payload: &[u8]) -> Result<String, Error> {
+    fn payload_to_json(&self, conversion: &[u8], payload: &[u8]) -> Result<String, Error> {
         let value = P::decode(conversion, payload)?;
         serde_json::to_string(&value).map_err(|e| Error::internal(format!("to JSON: {e}")))
     }
 
-    fn from_json(&self, conversion: &[u8], json: &str) -> Result<Vec<u8>, Error> {
+    fn json_to_payload(&self, conversion: &[u8], json: &str) -> Result<Vec<u8>, Error> {
         let value: P = serde_json::from_str(json)
             .map_err(|e| Error::invalid(format!("payload does not fit the meta: {e}")))?;
         value.encode(conversion)
@@ -585,7 +585,7 @@ impl<C: Community> Definition<C> {
 
 fn parse_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -718,7 +718,7 @@ impl<C: Community> CommunityApi for Instance<C> {
         self.reading(|_, definition| {
             definition
                 .ops(meta)?
-                .to_json(conversion.as_slice(), payload.as_slice())
+                .payload_to_json(conversion.as_slice(), payload.as_slice())
                 .map(RString::from)
         })
     }
@@ -731,7 +731,7 @@ impl<C: Community> CommunityApi for Instance<C> {
                 .ok_or_else(|| Error::internal("no conversion defined"))?;
             definition
                 .ops(meta)?
-                .from_json(conversion, json.as_str())
+                .json_to_payload(conversion, json.as_str())
                 .map(RVec::from)
         })
     }

@@ -14,7 +14,7 @@
 //! - [`candidate`]: peers of a community and their categories;
 //! - [`community`]: one community's state (definition, global time, candidates);
 //! - [`node`]: the state machine that ties them together;
-//! - [`stats`]: counters;
+//! - [`stats`]: counters kept per node and per community;
 //! - [`time`], [`rng`]: the clock and randomness the driver hands in.
 
 pub mod candidate;

@@ -851,9 +851,9 @@ impl WorkerLoop {
                 out.push((message, raw, false));
                 continue;
             }
-            if flags.next().unwrap_or(false) {
-                out.push((message, raw, true));
-            } else if message.source.is_none() {
+            // Our own messages are handled even if storage already had them.
+            let new = flags.next().unwrap_or(false);
+            if new || message.source.is_none() {
                 out.push((message, raw, true));
             } else {
                 lock(&self.shared.stats).duplicates += 1;
