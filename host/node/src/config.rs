@@ -328,6 +328,26 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_example_file_holds_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/dispersy.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let parsed: Config = toml_from(&text);
+        let defaults = Config::default();
+        assert_eq!(parsed.port, defaults.port);
+        assert_eq!(parsed.api, defaults.api);
+        assert_eq!(parsed.walker, defaults.walker);
+        assert_eq!(parsed.limits, defaults.limits);
+        assert_eq!(parsed.log, defaults.log);
+    }
+
+    fn toml_from(text: &str) -> Config {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .unwrap()
+    }
+
+    #[test]
     fn layers_apply_in_order_and_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("node.toml");
