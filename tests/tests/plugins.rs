@@ -165,3 +165,64 @@ async fn many_communities_in_one_host_and_plugins_loaded_once_per_file() {
     assert!(names.contains(&"example") && names.contains(&"faulty"));
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_dropped_into_the_folder_of_a_running_host_is_deployed() {
+    let plugins = plugin_dir(&["example_community"]);
+    let node = TestNode::start(plugins.path(), |c| c.plugin_scan_interval_ms = 100).await;
+    assert!(node.community(FAULTY).await.is_null());
+
+    // Deploy: copy the file in (under a temporary name first, as an operator would).
+    let file = plugin_file("faulty_community");
+    let staging = plugins.path().join("staging.tmp");
+    std::fs::copy(&file, &staging).unwrap();
+    std::fs::rename(&staging, plugins.path().join("libfaulty_community.so")).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the new community to be joined",
+        || async { node.community(FAULTY).await["name"] == "faulty" },
+    )
+    .await;
+    // It works: its plugin answers the API.
+    let created = node
+        .client
+        .post(
+            &format!("/v1/communities/{FAULTY}/messages"),
+            &json!({"meta": "boom", "payload": {"stage": "none"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created["sent_to"], 0);
+
+    // Loading a file explicitly: an incompatible one is refused in one line, a duplicate too.
+    let (status, text) = node
+        .client
+        .raw(
+            "POST",
+            "/v1/plugins",
+            Some(json!({"path": plugin_file("mismatch_plugin")}).to_string()),
+            Some(node.client.token()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("incompatible plugin ABI"), "{text}");
+    let (status, text) = node
+        .client
+        .raw(
+            "POST",
+            "/v1/plugins",
+            Some(json!({"path": file}).to_string()),
+            Some(node.client.token()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("already provided by"), "{text}");
+    // The example community was never disturbed.
+    assert_eq!(
+        node.community(EXAMPLE).await["plugin"]["failed"],
+        serde_json::Value::Null
+    );
+    node.stop().await;
+}

@@ -9,6 +9,7 @@
 //! | POST | /v1/communities/{id}/messages | create a message: `{"meta": NAME, "payload": {...}}` |
 //! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
 //! | GET | /v1/plugins | plugin files loaded and refused |
+//! | POST | /v1/plugins | load `{"path": FILE}`, or rescan the plugin folders with `{}` |
 //! | POST | /v1/shutdown | stop the node |
 //! | GET | /metrics | Prometheus text format |
 //!
@@ -26,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, PublicKey};
 use dispersy_core::node::CreateError;
 use dispersy_core::wire::SignedMessage;
@@ -91,7 +93,7 @@ pub(crate) async fn serve(
             "/v1/communities/{id}/messages",
             get(messages).post(create_message),
         )
-        .route("/v1/plugins", get(plugins))
+        .route("/v1/plugins", get(plugins).post(load_plugins))
         .route("/v1/shutdown", post(shutdown_node))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -171,11 +173,11 @@ async fn communities(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>
     let mut out = Vec::with_capacity(infos.len());
     for info in infos {
         let mut value = json!(info);
-        let plugin = match CommunityId::from_hex(&info.id)
+        let worker = CommunityId::from_hex(&info.id)
             .ok()
-            .and_then(|id| shared.workers.get(&id))
-        {
-            Some(worker) => Some(plugin_view(worker).await),
+            .and_then(|id| shared.registry.as_ref()?.worker(&id));
+        let plugin = match worker {
+            Some(worker) => Some(plugin_view(&worker).await),
             None => None,
         };
         value["plugin"] = plugin.unwrap_or(Value::Null);
@@ -232,14 +234,7 @@ async fn create_message(
 ) -> ApiResult<Response> {
     let community = community_id(&id)?;
     let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (definition, _) = shared
-        .definitions
-        .get(&community)
-        .ok_or_else(|| ApiError::not_found(format!("unknown community {community}")))?;
-    let worker = shared
-        .workers
-        .get(&community)
-        .ok_or_else(|| ApiError::unavailable("the community's plugin is not running"))?;
+    let (definition, worker, _) = joined(&shared, community)?;
     let meta = definition.meta_by_name(&request.meta).ok_or_else(|| {
         let names: Vec<&str> = definition.metas.iter().map(|m| m.name.as_str()).collect();
         ApiError::bad_request(format!(
@@ -257,7 +252,7 @@ async fn create_message(
     }
     let json = request.payload.to_string();
     let meta_id = meta.id;
-    let payload = ask_worker(worker, |reply| Job::FromJson {
+    let payload = ask_worker(&worker, |reply| Job::FromJson {
         meta: meta_id,
         json,
         reply,
@@ -333,14 +328,7 @@ async fn messages(
     let community = community_id(&id)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = query.limit.clamp(1, 1_000);
-    let (definition, row) = shared
-        .definitions
-        .get(&community)
-        .ok_or_else(|| ApiError::not_found(format!("unknown community {community}")))?;
-    let worker = shared
-        .workers
-        .get(&community)
-        .ok_or_else(|| ApiError::unavailable("the community's plugin is not running"))?;
+    let (definition, worker, row) = joined(&shared, community)?;
     let listed: Vec<Listed> = if query.stored {
         let store = shared
             .store
@@ -348,7 +336,7 @@ async fn messages(
             .ok_or_else(|| ApiError::not_found("this node stores nothing"))?;
         let since = i64::try_from(query.since).unwrap_or(i64::MAX);
         let rows = store
-            .messages(*row, since, limit)
+            .messages(row, since, limit)
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         rows.into_iter()
@@ -390,7 +378,7 @@ async fn messages(
         .iter()
         .map(|l| (l.meta, l.conversion.clone(), l.payload.clone()))
         .collect();
-    let rendered = ask_worker(worker, |reply| Job::ToJson { items, reply }).await?;
+    let rendered = ask_worker(&worker, |reply| Job::ToJson { items, reply }).await?;
     let next = listed.last().map_or(query.since, |l| l.seq);
     let messages: Vec<Value> = listed
         .into_iter()
@@ -415,8 +403,60 @@ async fn messages(
     Ok(Json(json!({ "messages": messages, "next": next })))
 }
 
+/// The definition, thread and store row of a community joined through a plugin.
+fn joined(shared: &Shared, community: CommunityId) -> ApiResult<(Definition, Arc<Worker>, i64)> {
+    let unknown = || ApiError::not_found(format!("unknown community {community}"));
+    let registry = shared.registry.as_ref().ok_or_else(unknown)?;
+    let (definition, row) = registry.definition(&community).ok_or_else(unknown)?;
+    let worker = registry
+        .worker(&community)
+        .ok_or_else(|| ApiError::unavailable("the community's plugin is not running"))?;
+    Ok((definition, worker, row))
+}
+
 async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!(shared.plugins))
+    let reports = shared
+        .registry
+        .as_ref()
+        .map(|r| r.reports())
+        .unwrap_or_default();
+    Json(json!(reports))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadRequest {
+    path: Option<std::path::PathBuf>,
+}
+
+/// `{"path": FILE}` loads one plugin file; `{}` rescans the plugin folders for new files.
+async fn load_plugins(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<LoadRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let registry = shared
+        .registry
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("a tracker loads no plugins"))?;
+    match request.path {
+        Some(path) => {
+            if !path.is_file() {
+                return Err(ApiError::bad_request(format!(
+                    "{} is not a file on the node's machine",
+                    path.display()
+                )));
+            }
+            let report = registry.load(&path).await;
+            let status = if report.error.is_none() {
+                StatusCode::CREATED
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            Ok((status, Json(json!(report))).into_response())
+        }
+        None => Ok(Json(json!(registry.scan().await)).into_response()),
+    }
 }
 
 async fn shutdown_node(State(shared): State<Arc<Shared>>) -> Response {

@@ -23,6 +23,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Folders searched for plugin files (`lib*.so`), in order.
     pub plugin_dir: Vec<PathBuf>,
+    /// How often the plugin folders are scanned for new plugin files, in milliseconds (0: only
+    /// at start and on `POST /v1/plugins`).
+    pub plugin_scan_interval_ms: u64,
     /// Trackers, `host:port`.
     pub trackers: Vec<String>,
     /// Peers to contact at start, `host:port`, besides the trackers.
@@ -155,6 +158,7 @@ impl Default for Config {
             port: DEFAULT_PORT,
             data_dir: default_data_dir(),
             plugin_dir: default_plugin_dirs(),
+            plugin_scan_interval_ms: 5_000,
             trackers: Vec::new(),
             peers: Vec::new(),
             api: DEFAULT_API,

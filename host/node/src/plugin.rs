@@ -13,7 +13,7 @@
 //! control API's requests (JSON conversion, status).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,30 +194,6 @@ pub fn load(path: &Path) -> Result<Plugin, LoadError> {
         module,
         definition,
     })
-}
-
-/// Loads every plugin in `dirs`; refused files are returned with their errors, the rest load.
-pub fn load_all(dirs: &[PathBuf]) -> (Vec<Plugin>, Vec<LoadError>) {
-    let mut plugins: Vec<Plugin> = Vec::new();
-    let mut errors = Vec::new();
-    for path in discover(dirs) {
-        match load(&path) {
-            Ok(plugin) => {
-                let id = plugin.definition.id();
-                if let Some(first) = plugins.iter().find(|p| p.definition.id() == id) {
-                    errors.push(LoadError::Duplicate {
-                        path,
-                        community: id,
-                        other: first.path.clone(),
-                    });
-                } else {
-                    plugins.push(plugin);
-                }
-            }
-            Err(error) => errors.push(error),
-        }
-    }
-    (plugins, errors)
 }
 
 /// Converts and validates a plugin's raw definition.
@@ -494,7 +470,7 @@ pub struct Worker {
     jobs: SyncSender<Job>,
     /// Shared state.
     pub shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -553,7 +529,7 @@ impl Worker {
         Ok(Worker {
             jobs,
             shared,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -570,11 +546,12 @@ impl Worker {
 
     /// Stops the thread after the jobs already queued. (Dropping the sender is not enough: the
     /// community's host handle holds a sender too, to wake the thread for timers.)
-    pub fn stop(mut self) {
+    pub fn stop(&self) {
         if self.jobs.send(Job::Stop).is_err() {
             tracing::debug!("community thread already stopped");
         }
-        if let Some(thread) = self.thread.take() {
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread {
             // A plugin that panicked was caught at the boundary; a join error means a panic in
             // the host's own loop, already reported by the panic hook.
             let _ = thread.join();
@@ -1051,6 +1028,3 @@ pub fn candidate_infos(
         })
         .collect()
 }
-
-/// Workers by community.
-pub type Workers = HashMap<CommunityId, Worker>;

@@ -30,7 +30,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::plugin::{self, Job, Plugin, Worker, WorkerContext, WorkerLimits, Workers, lock};
+use crate::plugin::{self, Job, WorkerLimits, lock};
+use crate::registry::{self, Registry};
 use crate::store::{self, Store};
 use crate::{api, keys};
 
@@ -58,6 +59,17 @@ pub enum Command {
     Communities {
         /// The answer.
         reply: oneshot::Sender<Vec<CommunityInfo>>,
+    },
+    /// Join a community a plugin defines.
+    Join {
+        /// The plugin's definition.
+        definition: dispersy_core::community::Definition,
+        /// State from storage.
+        resume: dispersy_core::community::Resume,
+        /// Peers to add as candidates.
+        peers: Vec<SocketAddr>,
+        /// The answer.
+        reply: oneshot::Sender<Result<CommunityId, dispersy_core::node::JoinError>>,
     },
     /// The candidates of one community.
     Candidates {
@@ -247,21 +259,6 @@ pub enum StartError {
     Random(String),
 }
 
-/// A loaded plugin or a refused plugin file, for `GET /v1/plugins`.
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginReport {
-    /// The file.
-    pub path: PathBuf,
-    /// Community type name, when loaded.
-    pub name: Option<String>,
-    /// Plugin version, when loaded.
-    pub version: Option<String>,
-    /// Community id, when loaded.
-    pub community: Option<String>,
-    /// Why it was refused.
-    pub error: Option<String>,
-}
-
 /// A started node. Drop does not stop it: cancel the token given to [`start`] and call
 /// [`Running::wait`].
 pub struct Running {
@@ -274,7 +271,7 @@ pub struct Running {
     /// The node's member public key, hex.
     pub member: String,
     tasks: Vec<JoinHandle<()>>,
-    workers: Arc<Workers>,
+    registry: Option<Arc<Registry>>,
 }
 
 impl Running {
@@ -286,27 +283,20 @@ impl Running {
                 tracing::error!(%error, "task failed");
             }
         }
-        let workers = self.workers;
-        let stopped = tokio::task::spawn_blocking(move || {
-            if let Ok(workers) = Arc::try_unwrap(workers) {
-                for (_, worker) in workers {
-                    worker.stop();
-                }
+        if let Some(registry) = self.registry {
+            let stopped = tokio::task::spawn_blocking(move || registry.stop_all()).await;
+            if let Err(error) = stopped {
+                tracing::error!(%error, "stopping community threads failed");
             }
-        })
-        .await;
-        if let Err(error) = stopped {
-            tracing::error!(%error, "stopping community threads failed");
         }
     }
 }
 
-/// Everything the protocol task and the API share.
+/// Everything the API needs.
 pub(crate) struct Shared {
     pub commands: mpsc::Sender<Command>,
-    pub workers: Arc<Workers>,
-    pub plugins: Vec<PluginReport>,
-    pub definitions: HashMap<CommunityId, (dispersy_core::community::Definition, i64)>,
+    /// `None` for a tracker.
+    pub registry: Option<Arc<Registry>>,
     pub store: Option<Store>,
     pub token: String,
     pub shutdown: CancellationToken,
@@ -324,114 +314,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let token = keys::load_or_create_token(&data_dir.join("api-token"))?;
     let seed = keys::random_seed().map_err(|e| StartError::Random(e.to_string()))?;
 
-    let socket = bind_udp(&config)?;
+    let socket = Arc::new(bind_udp(&config)?);
     let udp = socket.local_addr().map_err(|source| StartError::Udp {
         address: SocketAddr::new(config.bind, config.port),
         source,
     })?;
-    let clock = Clock {
-        start: tokio::time::Instant::now(),
-    };
-    let mut node = Node::new(config.core(trackers), key.clone(), udp, seed, clock.now());
-
-    let (commands_tx, commands_rx) = mpsc::channel(config.limits.command_queue);
-    let (inserts_tx, inserts_rx) = mpsc::channel(config.limits.store_queue);
-    let mut tasks = Vec::new();
-    let mut reports = Vec::new();
-    let mut workers = Workers::new();
-    let mut definitions = HashMap::new();
-    let mut store = None;
-    if !config.tracker {
-        let path = data_dir.join("dispersy.db");
-        let opened = Store::open(&path)
-            .await
-            .map_err(|source| StartError::Store {
-                path: path.clone(),
-                source,
-            })?;
-        opened
-            .remember_member(key.public())
-            .await
-            .map_err(|source| StartError::Store {
-                path: path.clone(),
-                source,
-            })?;
-        let (plugins, errors) = plugin::load_all(&config.plugin_dir);
-        for error in errors {
-            tracing::warn!("{error}");
-            reports.push(PluginReport {
-                path: match &error {
-                    plugin::LoadError::Library { path, .. }
-                    | plugin::LoadError::Incompatible { path, .. }
-                    | plugin::LoadError::Definition { path, .. }
-                    | plugin::LoadError::Duplicate { path, .. } => path.clone(),
-                },
-                name: None,
-                version: None,
-                community: None,
-                error: Some(error.to_string()),
-            });
-        }
-        if plugins.is_empty() {
-            tracing::warn!(dirs = ?config.plugin_dir, "no community plugins found");
-        }
-        for plugin in plugins {
-            let context = join(
-                &mut node,
-                &opened,
-                &plugin,
-                &key,
-                clock,
-                &config,
-                &commands_tx,
-                &inserts_tx,
-            )
-            .await
-            .map_err(|reason| StartError::Community {
-                name: plugin.definition.name.clone(),
-                reason,
-            })?;
-            let id = plugin.definition.id();
-            for peer in &peers {
-                if let Err(error) = node.add_candidate(clock.now(), id, *peer) {
-                    tracing::warn!(%peer, %error, "peer not added");
-                }
-            }
-            definitions.insert(id, (plugin.definition.clone(), context.community_row));
-            match Worker::start(&plugin, context) {
-                Ok(worker) => {
-                    tracing::info!(community = %id, name = %plugin.definition.name, path = %plugin.path.display(), "community joined");
-                    workers.insert(id, worker);
-                    reports.push(PluginReport {
-                        path: plugin.path.clone(),
-                        name: Some(plugin.definition.name.clone()),
-                        version: Some(plugin.definition.version.clone()),
-                        community: Some(id.to_hex()),
-                        error: None,
-                    });
-                }
-                Err(error) => {
-                    tracing::warn!(path = %plugin.path.display(), %error, "plugin failed to create its community");
-                    reports.push(PluginReport {
-                        path: plugin.path.clone(),
-                        name: Some(plugin.definition.name.clone()),
-                        version: Some(plugin.definition.version.clone()),
-                        community: Some(id.to_hex()),
-                        error: Some(format!("create failed: {error}")),
-                    });
-                }
-            }
-        }
-        tasks.push(tokio::spawn(store::run(
-            opened.clone(),
-            inserts_rx,
-            config.limits.store_batch,
-            shutdown.clone(),
-        )));
-        store = Some(opened);
-    }
-    let workers = Arc::new(workers);
-
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
         .map_err(|source| StartError::Api {
@@ -442,10 +329,57 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         address: config.api,
         source,
     })?;
-    write_endpoints(&data_dir, udp, api_address, &key);
+    let store = if config.tracker {
+        None
+    } else {
+        let path = data_dir.join("dispersy.db");
+        let store_error = |source| StartError::Store {
+            path: path.clone(),
+            source,
+        };
+        let store = Store::open(&path).await.map_err(store_error)?;
+        store
+            .remember_member(key.public())
+            .await
+            .map_err(store_error)?;
+        Some(store)
+    };
 
-    let socket = Arc::new(socket);
+    let clock = Clock {
+        start: tokio::time::Instant::now(),
+    };
+    let node = Node::new(config.core(trackers), key.clone(), udp, seed, clock.now());
+    let (commands_tx, commands_rx) = mpsc::channel(config.limits.command_queue);
     let (datagrams_tx, datagrams_rx) = mpsc::channel(config.limits.datagram_queue);
+    let mut tasks = Vec::new();
+    let registry = match &store {
+        None => None,
+        Some(store) => {
+            let (inserts_tx, inserts_rx) = mpsc::channel(config.limits.store_queue);
+            tasks.push(tokio::spawn(store::run(
+                store.clone(),
+                inserts_rx,
+                config.limits.store_batch,
+                shutdown.clone(),
+            )));
+            let limits = &config.limits;
+            Some(Arc::new(Registry::new(registry::Context {
+                store: store.clone(),
+                key: key.clone(),
+                commands: commands_tx.clone(),
+                inserts: inserts_tx,
+                limits: WorkerLimits {
+                    queue: limits.plugin_queue,
+                    recent: limits.recent_messages,
+                    delayed: limits.delayed_messages,
+                    delay_timeout: Duration::from_millis(limits.delay_timeout_ms),
+                    timers: limits.plugin_timers,
+                },
+                peers,
+                dirs: config.plugin_dir.clone(),
+            })))
+        }
+    };
     tasks.push(tokio::spawn(receive(
         socket.clone(),
         datagrams_tx,
@@ -457,17 +391,29 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             node,
             socket,
             clock,
-            workers: workers.clone(),
+            registry: registry.clone(),
             dropped: Counters::default(),
             last_refresh: tokio::time::Instant::now(),
         }
         .run(datagrams_rx, commands_rx, shutdown.clone()),
     ));
+    if let Some(registry) = &registry {
+        let loaded = registry.scan().await;
+        if loaded.iter().all(|r| r.error.is_some()) {
+            tracing::warn!(dirs = ?config.plugin_dir, "no community plugin loaded");
+        }
+        if config.plugin_scan_interval_ms > 0 {
+            tasks.push(tokio::spawn(rescan(
+                registry.clone(),
+                Duration::from_millis(config.plugin_scan_interval_ms),
+                shutdown.clone(),
+            )));
+        }
+    }
+    write_endpoints(&data_dir, udp, api_address, &key);
     let shared = Arc::new(Shared {
         commands: commands_tx,
-        workers: workers.clone(),
-        plugins: reports,
-        definitions,
+        registry: registry.clone(),
         store,
         token: token.clone(),
         shutdown: shutdown.clone(),
@@ -481,8 +427,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         token,
         member: key.public().to_hex(),
         tasks,
-        workers,
+        registry,
     })
+}
+
+/// Loads plugin files that appear in the plugin folders.
+async fn rescan(registry: Arc<Registry>, every: Duration, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                registry.scan().await;
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
 }
 
 /// Starts a node and runs it until `shutdown` is cancelled: the binary's and the tests' entry.
@@ -490,51 +451,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let running = start(config, shutdown).await?;
     running.wait().await;
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn join(
-    node: &mut Node,
-    store: &Store,
-    plugin: &Plugin,
-    key: &KeyPair,
-    clock: Clock,
-    config: &Config,
-    commands: &mpsc::Sender<Command>,
-    inserts: &store::InsertSender,
-) -> Result<WorkerContext, String> {
-    let definition = &plugin.definition;
-    let row = store
-        .ensure_community(definition)
-        .await
-        .map_err(|e| e.to_string())?;
-    store
-        .remember_member(&definition.master)
-        .await
-        .map_err(|e| e.to_string())?;
-    let resume = store
-        .resume(row, key.member_id())
-        .await
-        .map_err(|e| e.to_string())?;
-    let id = node
-        .join(clock.now(), definition.clone(), resume)
-        .map_err(|e| e.to_string())?;
-    let limits = &config.limits;
-    Ok(WorkerContext {
-        community: id,
-        definition: definition.clone(),
-        community_row: row,
-        member: key.public().clone(),
-        commands: commands.clone(),
-        store: inserts.clone(),
-        limits: WorkerLimits {
-            queue: limits.plugin_queue,
-            recent: limits.recent_messages,
-            delayed: limits.delayed_messages,
-            delay_timeout: Duration::from_millis(limits.delay_timeout_ms),
-            timers: limits.plugin_timers,
-        },
-    })
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
@@ -626,7 +542,7 @@ struct Protocol {
     node: Node,
     socket: Arc<UdpSocket>,
     clock: Clock,
-    workers: Arc<Workers>,
+    registry: Option<Arc<Registry>>,
     /// Drops decided by the driver (full queues).
     dropped: Counters,
     last_refresh: tokio::time::Instant,
@@ -705,6 +621,22 @@ impl Protocol {
                     let _ = reply.send(result);
                 }
             }
+            Command::Join {
+                definition,
+                resume,
+                peers,
+                reply,
+            } => {
+                let joined = self.node.join(now, definition, resume);
+                if let Ok(id) = &joined {
+                    for peer in peers {
+                        if let Err(error) = self.node.add_candidate(now, *id, peer) {
+                            tracing::warn!(%peer, %error, "peer not added");
+                        }
+                    }
+                }
+                let _ = reply.send(joined);
+            }
             Command::Node { reply } => {
                 let _ = reply.send(self.node_info(now));
             }
@@ -735,7 +667,7 @@ impl Protocol {
                     community,
                     meta,
                     messages,
-                } => match self.workers.get(&community) {
+                } => match self.registry.as_ref().and_then(|r| r.worker(&community)) {
                     Some(worker) => {
                         let n = messages.len() as u64;
                         if worker.submit(Job::Deliver { meta, messages }).is_err() {
@@ -752,8 +684,11 @@ impl Protocol {
     fn refresh(&mut self) {
         self.last_refresh = tokio::time::Instant::now();
         let now = self.clock.now();
-        for (id, worker) in self.workers.iter() {
-            if let Some(community) = self.node.community(id) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        for (id, worker) in registry.workers() {
+            if let Some(community) = self.node.community(&id) {
                 worker
                     .shared
                     .global_time

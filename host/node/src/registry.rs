@@ -1,0 +1,247 @@
+//! The joined communities of a running host and the plugins behind them.
+//!
+//! Plugins are loaded at start and whenever a new file appears in a plugin folder (the folders are
+//! rescanned every `plugin_scan_interval_ms`, and on `POST /v1/plugins`), so a new community type
+//! is deployed by copying its `.so` into the folder: no rebuild, no restart. Loading a file:
+//! open and check it (abi_stable), refuse a community that is already joined, create the
+//! community's rows in the store, ask the protocol task to join it, then start its thread.
+//! Libraries are never unloaded (abi_stable leaks them on purpose); a changed file with a new
+//! community id loads as a new community, a changed file for a joined community is refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use dispersy_core::community::Definition;
+use dispersy_core::identity::{CommunityId, KeyPair};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::plugin::{self, Worker, WorkerContext, WorkerLimits, lock};
+use crate::runtime::Command;
+use crate::store::{InsertSender, Store};
+
+/// A loaded plugin or a refused plugin file, for `GET /v1/plugins`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginReport {
+    /// The file.
+    pub path: PathBuf,
+    /// Community type name, when loaded.
+    pub name: Option<String>,
+    /// Plugin version, when loaded.
+    pub version: Option<String>,
+    /// Community id, when loaded.
+    pub community: Option<String>,
+    /// Why it was refused.
+    pub error: Option<String>,
+}
+
+impl PluginReport {
+    fn refused(path: &Path, error: impl ToString) -> Self {
+        PluginReport {
+            path: path.to_path_buf(),
+            name: None,
+            version: None,
+            community: None,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+/// What the registry needs from the rest of the host.
+pub struct Context {
+    /// The database.
+    pub store: Store,
+    /// The node's key.
+    pub key: KeyPair,
+    /// Commands to the protocol task.
+    pub commands: mpsc::Sender<Command>,
+    /// Inserts to the store task.
+    pub inserts: InsertSender,
+    /// Bounds of community threads.
+    pub limits: WorkerLimits,
+    /// Peers added as candidates of every joined community.
+    pub peers: Vec<SocketAddr>,
+    /// Folders scanned for plugins.
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Default)]
+struct State {
+    workers: HashMap<CommunityId, Arc<Worker>>,
+    definitions: HashMap<CommunityId, (Definition, i64, PathBuf)>,
+    reports: Vec<PluginReport>,
+    /// Files tried, with the modification time they had then.
+    tried: HashMap<PathBuf, Option<SystemTime>>,
+}
+
+/// The communities a host joined through plugins.
+pub struct Registry {
+    context: Context,
+    state: Mutex<State>,
+    /// Loads run one at a time.
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(context: Context) -> Self {
+        Registry {
+            context,
+            state: Mutex::new(State::default()),
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The thread of community `id`.
+    pub fn worker(&self, id: &CommunityId) -> Option<Arc<Worker>> {
+        lock(&self.state).workers.get(id).cloned()
+    }
+
+    /// All community threads.
+    pub fn workers(&self) -> Vec<(CommunityId, Arc<Worker>)> {
+        lock(&self.state)
+            .workers
+            .iter()
+            .map(|(id, w)| (*id, w.clone()))
+            .collect()
+    }
+
+    /// The definition and store row of community `id`.
+    pub fn definition(&self, id: &CommunityId) -> Option<(Definition, i64)> {
+        lock(&self.state)
+            .definitions
+            .get(id)
+            .map(|(d, row, _)| (d.clone(), *row))
+    }
+
+    /// Every plugin file tried, loaded or refused.
+    pub fn reports(&self) -> Vec<PluginReport> {
+        lock(&self.state).reports.clone()
+    }
+
+    /// Loads the plugin files of the plugin folders that are new or changed since they were
+    /// last tried; returns their reports.
+    pub async fn scan(&self) -> Vec<PluginReport> {
+        let mut out = Vec::new();
+        for path in plugin::discover(&self.context.dirs) {
+            let modified = modified(&path);
+            let key = path.canonicalize().unwrap_or_else(|_| path.clone());
+            let fresh = lock(&self.state).tried.get(&key) != Some(&modified);
+            if fresh {
+                out.push(self.load(&path).await);
+            }
+        }
+        out
+    }
+
+    /// Loads one plugin file and joins its community.
+    pub async fn load(&self, path: &Path) -> PluginReport {
+        let _one_at_a_time = self.loading.lock().await;
+        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let modified = modified(path);
+        let report = match self.try_load(path).await {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!("{error}");
+                PluginReport::refused(path, error)
+            }
+        };
+        let mut state = lock(&self.state);
+        state.tried.insert(key, modified);
+        state.reports.retain(|r| r.path != report.path);
+        state.reports.push(report.clone());
+        report
+    }
+
+    async fn try_load(&self, path: &Path) -> Result<PluginReport, String> {
+        let owned = path.to_path_buf();
+        let plugin = tokio::task::spawn_blocking(move || plugin::load(&owned))
+            .await
+            .map_err(|e| format!("plugin {}: loader failed: {e}", path.display()))?
+            .map_err(|e| e.to_string())?;
+        let definition = plugin.definition.clone();
+        let id = definition.id();
+        if let Some((_, _, other)) = lock(&self.state).definitions.get(&id) {
+            return Err(plugin::LoadError::Duplicate {
+                path: path.to_path_buf(),
+                community: id,
+                other: other.clone(),
+            }
+            .to_string());
+        }
+        let context = &self.context;
+        let fail = |e: &dyn std::fmt::Display| format!("plugin {}: {e}", path.display());
+        let row = context
+            .store
+            .ensure_community(&definition)
+            .await
+            .map_err(|e| fail(&e))?;
+        context
+            .store
+            .remember_member(&definition.master)
+            .await
+            .map_err(|e| fail(&e))?;
+        let resume = context
+            .store
+            .resume(row, context.key.member_id())
+            .await
+            .map_err(|e| fail(&e))?;
+        let (reply, joined) = oneshot::channel();
+        context
+            .commands
+            .send(Command::Join {
+                definition: definition.clone(),
+                resume,
+                peers: context.peers.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| fail(&"the node is stopping"))?;
+        joined
+            .await
+            .map_err(|_| fail(&"the node is stopping"))?
+            .map_err(|e| fail(&e))?;
+        let worker_context = WorkerContext {
+            community: id,
+            definition: definition.clone(),
+            community_row: row,
+            member: context.key.public().clone(),
+            commands: context.commands.clone(),
+            store: context.inserts.clone(),
+            limits: context.limits.clone(),
+        };
+        let worker = tokio::task::spawn_blocking(move || Worker::start(&plugin, worker_context))
+            .await
+            .map_err(|e| fail(&e))?
+            .map_err(|e| fail(&format!("creating the community failed: {e}")))?;
+        tracing::info!(community = %id, name = %definition.name, path = %path.display(), "community joined");
+        let report = PluginReport {
+            path: path.to_path_buf(),
+            name: Some(definition.name.clone()),
+            version: Some(definition.version.clone()),
+            community: Some(id.to_hex()),
+            error: None,
+        };
+        let mut state = lock(&self.state);
+        state.workers.insert(id, Arc::new(worker));
+        state
+            .definitions
+            .insert(id, (definition, row, path.to_path_buf()));
+        Ok(report)
+    }
+
+    /// Stops every community thread (after the queued jobs). Blocking.
+    pub fn stop_all(&self) {
+        let workers: Vec<Arc<Worker>> = lock(&self.state).workers.drain().map(|(_, w)| w).collect();
+        for worker in workers {
+            worker.stop();
+        }
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
