@@ -193,7 +193,7 @@ impl Registry {
         context
             .commands
             .send(Command::Join {
-                definition: definition.clone(),
+                definition: Box::new(definition.clone()),
                 resume,
                 peers: context.peers.clone(),
                 reply,

@@ -63,7 +63,7 @@ pub enum Command {
     /// Join a community a plugin defines.
     Join {
         /// The plugin's definition.
-        definition: dispersy_core::community::Definition,
+        definition: Box<dispersy_core::community::Definition>,
         /// State from storage.
         resume: dispersy_core::community::Resume,
         /// Peers to add as candidates.
@@ -627,7 +627,7 @@ impl Protocol {
                 peers,
                 reply,
             } => {
-                let joined = self.node.join(now, definition, resume);
+                let joined = self.node.join(now, *definition, resume);
                 if let Ok(id) = &joined {
                     for peer in peers {
                         if let Err(error) = self.node.add_candidate(now, *id, peer) {
