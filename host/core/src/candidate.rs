@@ -301,11 +301,20 @@ impl Table {
         oldest.iter().flatten().last().map(|c| c.address)
     }
 
-    /// Removes candidates that fell out of every category.
-    pub fn cleanup(&mut self, now: Instant) {
-        let config = &self.config;
-        self.candidates
-            .retain(|_, c| c.category(now, config) != Category::None);
+    /// Removes obsolete candidates: those not heard of for `obsolete_after` (seed: cleanup every
+    /// five minutes of candidates older than three).
+    pub fn cleanup(&mut self, now: Instant, obsolete_after: Duration) {
+        self.candidates.retain(|_, c| {
+            c.last_seen()
+                .is_some_and(|seen| now.saturating_since(seen) < obsolete_after)
+        });
+    }
+
+    /// Removes the candidates at `addresses` (our own addresses, once we learn them).
+    pub fn remove(&mut self, addresses: &[SocketAddr]) {
+        for address in addresses {
+            self.candidates.remove(address);
+        }
     }
 }
 
@@ -370,8 +379,13 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         table.entry(addr(3), later).unwrap().last_stumble = Some(later);
         assert_eq!(table.len(), 2);
-        table.cleanup(later);
+        // Candidate 2 is in category none but not yet obsolete.
+        table.cleanup(later, Duration::from_secs(180));
+        assert_eq!(table.len(), 2);
+        table.cleanup(t0 + Duration::from_secs(180), Duration::from_secs(180));
         assert_eq!(table.len(), 1);
+        table.remove(&[addr(3)]);
+        assert!(table.is_empty());
     }
 
     #[test]

@@ -84,13 +84,18 @@ pub struct Resume {
     pub sequences: Vec<(u32, u32)>,
 }
 
-/// An introduction-request we sent and wait an answer for.
+/// An introduction-request we sent, waiting for its response and for the puncture of the peer
+/// it introduces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingWalk {
     /// Where it went.
     pub destination: SocketAddr,
+    /// The random value the puncture must echo.
+    pub random: u32,
     /// When it times out.
     pub deadline: Instant,
+    /// Whether the introduction-response arrived.
+    pub answered: bool,
 }
 
 /// The state of one community in the node.
@@ -116,6 +121,10 @@ pub struct Community {
     pub stats: CommunityStats,
     /// When anything last happened here (bare communities are forgotten when idle).
     pub last_activity: Instant,
+    /// Until when the walker may take fast steps (while it knows few peers).
+    pub fast_until: Instant,
+    /// Semi round robin over walk and stumble candidates: the last one introduced of each.
+    pub introduce_cursors: [Option<SocketAddr>; 2],
 }
 
 impl Community {
@@ -126,6 +135,7 @@ impl Community {
         resume: Resume,
         candidates: candidate::Config,
         now: Instant,
+        fast_until: Instant,
     ) -> Self {
         Community {
             id,
@@ -138,6 +148,8 @@ impl Community {
             tracker_walks: HashMap::new(),
             stats: CommunityStats::default(),
             last_activity: now,
+            fast_until,
+            introduce_cursors: [None, None],
         }
     }
 

@@ -11,20 +11,28 @@
 //! - [`identity`]: keys, member and community ids, signatures;
 //! - [`wire`]: datagrams to validated domain types and back (the only user of `dispersy-proto`);
 //! - [`meta`]: meta-message policies;
+//! - [`address`]: LAN/WAN estimation, WAN address voting, connection type;
+//! - [`session`]: sessions against IP spoofing;
+//! - [`member`]: known public keys and the missing-identity exchange;
 //! - [`candidate`]: peers of a community and their categories;
+//! - [`walker`]: the walk: steps, introductions, punctures, fast start;
 //! - [`community`]: one community's state (definition, global time, candidates);
 //! - [`node`]: the state machine that ties them together;
 //! - [`stats`]: counters kept per node and per community;
 //! - [`time`], [`rng`]: the clock and randomness the driver hands in.
 
+pub mod address;
 pub mod candidate;
 pub mod community;
 pub mod identity;
+pub mod member;
 pub mod meta;
 pub mod node;
 pub mod rng;
+pub mod session;
 pub mod stats;
 pub mod time;
+pub mod walker;
 pub mod wire;
 
 #[cfg(test)]

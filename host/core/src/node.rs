@@ -1,32 +1,32 @@
 //! The node: the sans-IO state machine of one Dispersy host.
 //!
 //! Inputs, each with the time it happened: [`Node::handle_datagram`] (bytes from a UDP address),
-//! [`Node::handle_timeout`] (the time [`Node::poll_timeout`] asked for has come),
-//! [`Node::join`] (a plugin's community), [`Node::create_message`] (a community creates a message).
-//! Outputs, drained by the driver after every input: [`Node::poll_transmit`] (datagrams to send),
-//! [`Node::poll_event`] (verified community messages for plugins and storage), and
-//! [`Node::poll_timeout`].
+//! [`Node::handle_decoded`] (the same, decoded elsewhere), [`Node::handle_timeout`] (the time
+//! [`Node::poll_timeout`] asked for has come), [`Node::join`] (a plugin's community),
+//! [`Node::create_message`] (a community creates a message). Outputs, drained by the driver after
+//! every input: [`Node::poll_transmit`] (datagrams to send), [`Node::poll_event`] (verified
+//! community messages for plugins and storage), and [`Node::poll_timeout`].
 //!
-//! The walk implemented here is a step every `step_interval` per community: choose a candidate
-//! (or a tracker when nobody is known), send an introduction-request; the responder answers with
-//! an introduction-response naming another peer and sends that peer a puncture-request; the peer
-//! sends a puncture, opening its NAT towards the requester. Walk identifiers are checked end to
-//! end, unanswered requests time out.
+//! The walk itself (steps, introductions, sessions, punctures) is in [`crate::walker`]; this
+//! module holds the state, dispatches packets, exchanges identities and handles messages.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::address::{self, Interface, Votes};
 use crate::candidate;
-use crate::community::{Community, Definition, DefinitionError, PendingWalk, Resume};
+use crate::community::{Community, Definition, DefinitionError, Resume};
 use crate::identity::{CommunityId, KeyPair};
+use crate::member::{self, Members};
 use crate::meta::{Authentication, Destination};
 use crate::rng::Rng;
+use crate::session::{self, Sessions};
 use crate::stats::Stats;
 use crate::time::Instant;
 use crate::wire::{
-    self, CommunityMessage, ConnectionType, IntroductionRequest, IntroductionResponse, Packet,
-    Puncture, PunctureRequest, SignedMessage,
+    self, CommunityMessage, ConnectionType, DecodeError, Identity, MissingIdentity, Packet,
+    SignedMessage,
 };
 
 /// The node's tunables. Defaults are the original's values (DESIGN.md §7).
@@ -36,12 +36,31 @@ pub struct Config {
     pub max_datagram: usize,
     /// Time between two walk steps of a community.
     pub step_interval: Duration,
+    /// Time between two steps while the community knows fewer than `fast_walker_target`
+    /// verified candidates, during the first `fast_walker_duration` after joining.
+    pub fast_step_interval: Duration,
+    /// Verified candidates after which the fast walker slows down.
+    pub fast_walker_target: usize,
+    /// How long after joining the fast walker may run.
+    pub fast_walker_duration: Duration,
     /// How long an introduction-request waits for its response.
     pub request_timeout: Duration,
-    /// How often obsolete candidates are removed.
+    /// How often obsolete candidates and expired votes are removed.
     pub cleanup_interval: Duration,
+    /// Candidates not heard of for this long are removed at cleanup.
+    pub candidate_obsolete_after: Duration,
+    /// How long a WAN address vote counts.
+    pub vote_lifetime: Duration,
+    /// Most WAN votes kept.
+    pub max_voters: usize,
     /// Candidate lifetimes and bound.
     pub candidates: candidate::Config,
+    /// Session table bounds.
+    pub sessions: session::Config,
+    /// Member cache bounds.
+    pub members: member::Config,
+    /// Our network interfaces, to tell LAN from WAN peers (empty: private ranges count as LAN).
+    pub interfaces: Vec<Interface>,
     /// Bootstrap addresses.
     pub trackers: Vec<SocketAddr>,
     /// Tracker role: answer introductions for any community, walk nowhere, handle no messages.
@@ -61,9 +80,18 @@ impl Default for Config {
         Config {
             max_datagram: wire::DEFAULT_MAX_DATAGRAM,
             step_interval: Duration::from_secs(5),
+            fast_step_interval: Duration::from_millis(250),
+            fast_walker_target: 15,
+            fast_walker_duration: Duration::from_secs(30),
             request_timeout: Duration::from_millis(10_500),
             cleanup_interval: Duration::from_secs(300),
+            candidate_obsolete_after: Duration::from_secs(180),
+            vote_lifetime: Duration::from_secs(180),
+            max_voters: 100,
             candidates: candidate::Config::default(),
+            sessions: session::Config::default(),
+            members: member::Config::default(),
+            interfaces: Vec::new(),
             trackers: Vec::new(),
             tracker: false,
             max_communities: 10_000,
@@ -164,32 +192,34 @@ pub struct Created {
 /// The state machine of one host. See the module documentation.
 #[derive(Debug)]
 pub struct Node {
-    config: Config,
-    key: KeyPair,
-    rng: Rng,
+    pub(crate) config: Config,
+    pub(crate) key: KeyPair,
+    pub(crate) rng: Rng,
     /// Our LAN address (the bound socket address as the driver knows it).
-    lan: SocketAddr,
-    /// Our WAN address as peers report it.
-    wan: SocketAddr,
-    connection_type: ConnectionType,
-    communities: HashMap<CommunityId, Community>,
+    pub(crate) lan: SocketAddr,
+    pub(crate) votes: Votes,
+    pub(crate) sessions: Sessions,
+    pub(crate) members: Members,
+    pub(crate) communities: HashMap<CommunityId, Community>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    stats: Stats,
+    pub(crate) stats: Stats,
     next_cleanup: Instant,
 }
 
 impl Node {
-    /// A node with identity `key`, bound at `local`, whose random choices all derive from `seed`.
+    /// A node with identity `key`, bound at `local` (its LAN address), whose random choices all
+    /// derive from `seed`.
     pub fn new(config: Config, key: KeyPair, local: SocketAddr, seed: u64, now: Instant) -> Self {
         Node {
             next_cleanup: now + config.cleanup_interval,
+            votes: Votes::new(config.max_voters, config.vote_lifetime),
+            sessions: Sessions::new(config.sessions.clone()),
+            members: Members::new(config.members.clone(), key.public().clone()),
             config,
             key,
             rng: Rng::new(seed),
             lan: local,
-            wan: local,
-            connection_type: ConnectionType::Unknown,
             communities: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -212,19 +242,24 @@ impl Node {
         self.lan
     }
 
-    /// Our WAN address as the last peer that answered us saw it.
+    /// Our WAN address as peers outside our LAN see it (by vote), else our LAN address.
     pub fn wan_address(&self) -> SocketAddr {
-        self.wan
+        self.votes.wan().unwrap_or(self.lan)
     }
 
-    /// Our connection type.
+    /// Our connection type, from the WAN votes.
     pub fn connection_type(&self) -> ConnectionType {
-        self.connection_type
+        self.votes.connection_type(self.lan)
     }
 
     /// Node-wide counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Number of established sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
     }
 
     /// The community `id`, if known.
@@ -252,6 +287,7 @@ impl Node {
             }
             existing.definition = Some(definition);
             existing.observe_global_time(resume.global_time);
+            existing.fast_until = now + self.config.fast_walker_duration;
             return Ok(id);
         }
         if self.communities.len() >= self.config.max_communities {
@@ -263,37 +299,97 @@ impl Node {
             resume,
             self.config.candidates.clone(),
             now,
+            now + self.config.fast_walker_duration,
         );
         self.communities.insert(id, community);
         Ok(id)
     }
 
     /// Handles one received datagram: decode, verify, then act. Anything wrong is dropped and
-    /// counted in [`Node::stats`].
+    /// counted in [`Node::stats`]; a datagram naming an unknown member waits for its identity.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        let decoded = wire::decode(bytes, self.config.max_datagram);
-        self.handle_decoded(now, from, bytes.len(), decoded);
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        self.process(now, from, bytes);
     }
 
-    /// Handles the result of [`wire::decode`] run elsewhere (decoding and signature checks may
-    /// run on other threads; the [`Packet`] type guarantees they happened). `len` is the
-    /// datagram's size, for the counters.
+    /// Handles the result of [`wire::decode`] run elsewhere without keys (the driver decodes
+    /// and verifies on other threads; the [`Packet`] type guarantees both happened). A datagram
+    /// that failed only for an unknown member is decoded again here with the keys this node
+    /// knows, which needs its `bytes`.
     pub fn handle_decoded(
         &mut self,
         now: Instant,
         from: SocketAddr,
-        len: usize,
-        decoded: Result<Packet, wire::DecodeError>,
+        bytes: &[u8],
+        decoded: Result<Packet, DecodeError>,
     ) {
         self.stats.datagrams_received += 1;
-        self.stats.bytes_received += len as u64;
-        if !is_valid_source(from) || from == self.lan {
+        self.stats.bytes_received += bytes.len() as u64;
+        match decoded {
+            Err(DecodeError::UnknownMember(_)) => self.process(now, from, bytes),
+            decoded => self.dispatch(now, from, bytes, decoded),
+        }
+    }
+
+    fn process(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let decoded = wire::decode(bytes, self.config.max_datagram, &self.members);
+        self.dispatch(now, from, bytes, decoded);
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+        decoded: Result<Packet, DecodeError>,
+    ) {
+        if !address::is_usable(from) || from == self.lan || from == self.wan_address() {
             self.stats.dropped.bump("invalid-source");
             return;
         }
         match decoded {
             Ok(packet) => self.handle_packet(now, from, packet),
+            Err(DecodeError::UnknownMember(member)) => {
+                let random = self.rng.nonzero_u32();
+                match self.members.wait_for(now, from, bytes, member, random) {
+                    Ok(Some(random)) => {
+                        // Small, and smaller than the datagram that caused it: safe to send to an
+                        // address that has not proven itself yet.
+                        let community = wire::peek_community(bytes).unwrap_or(CommunityId([0; 20]));
+                        let request = MissingIdentity {
+                            community,
+                            session: self.sessions.id(&from).unwrap_or(0),
+                            random,
+                            member,
+                        };
+                        self.send(from, Packet::MissingIdentity(request));
+                        self.stats.packets.bump("identity-requested");
+                    }
+                    Ok(None) => self.stats.packets.bump("identity-awaited"),
+                    Err(member::Full) => self.stats.dropped.bump("identity-queue-full"),
+                }
+            }
             Err(error) => self.stats.dropped.bump(error.kind()),
+        }
+    }
+
+    fn handle_packet(&mut self, now: Instant, from: SocketAddr, packet: Packet) {
+        let name = packet.name();
+        let accepted = match packet {
+            Packet::IntroductionRequest(m) => self.on_introduction_request(now, from, m),
+            Packet::IntroductionResponse(m) => self.on_introduction_response(now, from, m),
+            Packet::SessionRequest(m) => self.on_session_request(now, from, m),
+            Packet::SessionResponse(m) => self.on_session_response(now, from, m),
+            Packet::PunctureRequest(m) => self.on_puncture_request(now, from, m),
+            Packet::Puncture(m) => self.on_puncture(now, from, m),
+            Packet::MissingIdentity(m) => self.on_missing_identity(now, from, m),
+            Packet::Identity(m) => self.on_identity(now, from, m),
+            Packet::Collection(c) => self.on_collection(now, from, c.session, c.messages),
+        };
+        match accepted {
+            Ok(()) => self.stats.packets.bump(name),
+            Err(reason) => self.stats.dropped.bump(reason),
         }
     }
 
@@ -305,7 +401,7 @@ impl Node {
         community: CommunityId,
         address: SocketAddr,
     ) -> Result<(), candidate::AddError> {
-        if !is_valid_source(address) || address == self.lan {
+        if !address::is_usable(address) || address == self.lan {
             return Ok(());
         }
         if let Some(c) = self.communities.get_mut(&community) {
@@ -314,26 +410,19 @@ impl Node {
         Ok(())
     }
 
-    fn handle_packet(&mut self, now: Instant, from: SocketAddr, packet: Packet) {
-        let name = packet.name();
-        let accepted = match packet {
-            Packet::IntroductionRequest(m) => self.on_introduction_request(now, from, m),
-            Packet::IntroductionResponse(m) => self.on_introduction_response(now, from, m),
-            Packet::PunctureRequest(m) => self.on_puncture_request(now, from, m),
-            Packet::Puncture(m) => self.on_puncture(now, from, m),
-            Packet::Collection(c) => self.on_collection(now, from, c.messages),
-        };
-        match accepted {
-            Ok(()) => self.stats.packets.bump(name),
-            Err(reason) => self.stats.dropped.bump(reason),
-        }
-    }
-
-    /// Runs what is due at `now`: walk steps, request timeouts, candidate cleanup.
+    /// Runs what is due at `now`: walk steps, request timeouts, identity timeouts, cleanup.
     pub fn handle_timeout(&mut self, now: Instant) {
         let cleanup = now >= self.next_cleanup;
         if cleanup {
             self.next_cleanup = now + self.config.cleanup_interval;
+            self.sessions.expire(now);
+            if self.votes.expire(now) {
+                self.forget_own_addresses();
+            }
+        }
+        let expired = self.members.expire(now);
+        if expired > 0 {
+            self.stats.dropped.add("identity-timeout", expired as u64);
         }
         let mut ids: Vec<CommunityId> = self.communities.keys().copied().collect();
         ids.sort_unstable();
@@ -355,6 +444,7 @@ impl Node {
     /// The next time [`Node::handle_timeout`] has work, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next = Some(self.next_cleanup);
+        next = next.min(self.members.next_deadline()).or(next);
         for community in self.communities.values() {
             if community.definition.is_some() && !self.config.tracker {
                 next = next.min(Some(community.next_step));
@@ -447,7 +537,7 @@ impl Node {
         };
         let signed = SignedMessage::sign(message, &[&key])?;
         let datagram = wire::encode_collection(0, &[&signed.packet]);
-        if datagram.len() > max_datagram {
+        if datagram.len() + 8 > max_datagram {
             return Err(CreateError::TooLarge {
                 len: datagram.len(),
                 max: max_datagram,
@@ -462,7 +552,11 @@ impl Node {
         c.last_activity = now;
         let sent_to = destinations.len();
         for destination in destinations {
-            self.send_bytes(destination, datagram.clone());
+            // The collection carries the session with its destination (0 when there is none,
+            // as for an explicit candidate we never walked with).
+            let session = self.sessions.id(&destination).unwrap_or(0);
+            let datagram = wire::encode_collection(session, &[&signed.packet]);
+            self.send_bytes(destination, datagram);
         }
         self.push_event(Event::Messages {
             community,
@@ -480,279 +574,18 @@ impl Node {
         })
     }
 
-    fn take_step(&mut self, now: Instant, id: CommunityId) {
-        let step_interval = self.config.step_interval;
-        let max_pending = self.config.max_pending_walks;
-        let tracker_delay = self.config.candidates.tracker_eligible_delay;
-        let Some(c) = self.communities.get_mut(&id) else {
-            return;
-        };
-        c.next_step = now + step_interval;
-        if c.pending_walks.len() >= max_pending {
-            return;
-        }
-        let target = match c.candidates.choose_walk(now, &mut self.rng) {
-            // 0.5 % of the steps go to a tracker even when peers are known (seed: bootstrap).
-            Some(peer) if self.config.trackers.is_empty() || self.rng.unit() >= 0.005 => Some(peer),
-            peer => {
-                let eligible: Vec<SocketAddr> = self
-                    .config
-                    .trackers
-                    .iter()
-                    .copied()
-                    .filter(|t| {
-                        c.tracker_walks
-                            .get(t)
-                            .is_none_or(|at| now.saturating_since(*at) >= tracker_delay)
-                    })
-                    .collect();
-                if eligible.is_empty() {
-                    peer
-                } else {
-                    Some(eligible[self.rng.index(eligible.len())])
-                }
-            }
-        };
-        let Some(target) = target else {
-            return;
-        };
-        if self.config.trackers.contains(&target) {
-            c.tracker_walks.insert(target, now);
-        } else if let Ok(candidate) = c.candidates.entry(target, now) {
-            candidate.last_walk_attempt = Some(now);
-        }
-        let walk = loop {
-            let walk = self.rng.nonzero_u32();
-            if !c.pending_walks.contains_key(&walk) {
-                break walk;
-            }
-        };
-        c.pending_walks.insert(
-            walk,
-            PendingWalk {
-                destination: target,
-                deadline: now + self.config.request_timeout,
-            },
-        );
-        c.stats.walk_attempts += 1;
-        let request = IntroductionRequest {
-            community: id,
-            member: self.key.public().clone(),
-            session: 0,
-            walk,
-            random: self.rng.nonzero_u32(),
-            global_time: c.global_time,
-            destination: target,
-            source_lan: self.lan,
-            source_wan: self.wan,
-            connection_type: self.connection_type,
-            advice: true,
-            sync: None,
-        };
-        self.send(target, Packet::IntroductionRequest(request));
-    }
-
-    fn expire_walks(&mut self, now: Instant, id: CommunityId) {
-        if let Some(c) = self.communities.get_mut(&id) {
-            let before = c.pending_walks.len();
-            c.pending_walks.retain(|_, walk| walk.deadline > now);
-            c.stats.walk_failures += (before - c.pending_walks.len()) as u64;
-        }
-    }
-
-    fn cleanup(&mut self, now: Instant, id: CommunityId) {
-        let idle = self.config.candidates.walk_lifetime * 6;
-        let Some(c) = self.communities.get_mut(&id) else {
-            return;
-        };
-        c.candidates.cleanup(now);
-        if c.definition.is_none() && now.saturating_since(c.last_activity) > idle {
-            self.communities.remove(&id);
-        }
-    }
-
-    fn on_introduction_request(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        request: IntroductionRequest,
-    ) -> Result<(), &'static str> {
-        let my_lan = self.lan;
-        let my_wan = self.wan;
-        let connection_type = self.connection_type;
-        let member = self.key.public().clone();
-        let c = community_for(&mut self.communities, &self.config, now, request.community)?;
-        let requester_lan = resolve(request.source_lan, from);
-        let candidate = c
-            .candidates
-            .entry(from, now)
-            .map_err(|_| "candidate-table-full")?;
-        candidate.last_stumble = Some(now);
-        candidate.member = Some(request.member.member_id());
-        candidate.lan = requester_lan;
-        candidate.wan = from;
-        candidate.connection_type = request.connection_type;
-        candidate.global_time = request.global_time;
-        c.stats.stumbles += 1;
-        let introduced = if request.advice {
-            c.candidates
-                .random_verified(now, &mut self.rng, 1, Some(from))
-                .first()
-                .and_then(|a| c.candidates.get(a))
-                .map(|chosen| (chosen.address, chosen.lan, chosen.wan))
-        } else {
-            None
-        };
-        let global_time = c.global_time;
-        let community = c.id;
-        let response = IntroductionResponse {
-            community,
-            member,
-            session: request.session,
-            walk: request.walk,
-            global_time,
-            destination: from,
-            source_lan: my_lan,
-            source_wan: my_wan,
-            connection_type,
-            introduced: introduced.map(|(_, lan, wan)| (lan, wan)),
-        };
-        self.send(from, Packet::IntroductionResponse(response));
-        if let Some((address, _, _)) = introduced {
-            let puncture_request = PunctureRequest {
-                community,
-                session: 0,
-                walk: request.walk,
-                random: request.random,
-                global_time,
-                initiator_lan: requester_lan,
-                initiator_wan: from,
-            };
-            self.send(address, Packet::PunctureRequest(puncture_request));
-        }
-        Ok(())
-    }
-
-    fn on_introduction_response(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        response: IntroductionResponse,
-    ) -> Result<(), &'static str> {
-        let is_tracker = self.config.trackers.contains(&from);
-        let my_lan = self.lan;
-        let c = self
-            .communities
-            .get_mut(&response.community)
-            .ok_or("unknown-community")?;
-        match c.pending_walks.get(&response.walk) {
-            Some(walk) if walk.destination == from => {}
-            Some(_) => return Err("response-from-wrong-address"),
-            None => return Err("unexpected-response"),
-        }
-        c.pending_walks.remove(&response.walk);
-        c.stats.walk_successes += 1;
-        c.last_activity = now;
-        if !is_tracker {
-            let candidate = c
-                .candidates
-                .entry(from, now)
-                .map_err(|_| "candidate-table-full")?;
-            candidate.last_walk = Some(now);
-            candidate.member = Some(response.member.member_id());
-            candidate.lan = resolve(response.source_lan, from);
-            candidate.wan = from;
-            candidate.connection_type = response.connection_type;
-            candidate.global_time = response.global_time;
-        }
-        if let Some((lan, wan)) = response.introduced {
-            let wan_known = is_valid_source(wan);
-            // A peer behind the same NAT as we are is reached on its LAN address.
-            let address = if wan_known && wan.ip() != self.wan.ip() {
-                wan
-            } else {
-                lan
-            };
-            let known_address = address == my_lan || address == self.wan;
-            let is_tracker = self.config.trackers.contains(&address);
-            if is_valid_source(address) && !known_address && !is_tracker {
-                let candidate = c
-                    .candidates
-                    .entry(address, now)
-                    .map_err(|_| "candidate-table-full")?;
-                candidate.last_intro = Some(now);
-                candidate.lan = lan;
-                candidate.wan = wan;
-            }
-        }
-        if is_valid_source(response.destination) {
-            self.wan = response.destination;
-        }
-        Ok(())
-    }
-
-    fn on_puncture_request(
-        &mut self,
-        _now: Instant,
-        _from: SocketAddr,
-        request: PunctureRequest,
-    ) -> Result<(), &'static str> {
-        let c = self
-            .communities
-            .get(&request.community)
-            .filter(|c| c.definition.is_some())
-            .ok_or("unknown-community")?;
-        let target = if request.initiator_wan.ip() == self.wan.ip()
-            && is_valid_source(request.initiator_lan)
-        {
-            request.initiator_lan
-        } else {
-            request.initiator_wan
-        };
-        if !is_valid_source(target) {
-            return Err("invalid-address");
-        }
-        let puncture = Puncture {
-            community: c.id,
-            member: self.key.public().clone(),
-            session: 0,
-            walk: request.walk,
-            random: request.random,
-            source_lan: self.lan,
-            source_wan: self.wan,
-        };
-        self.send(target, Packet::Puncture(puncture));
-        Ok(())
-    }
-
-    fn on_puncture(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        puncture: Puncture,
-    ) -> Result<(), &'static str> {
-        let c = self
-            .communities
-            .get_mut(&puncture.community)
-            .filter(|c| c.definition.is_some())
-            .ok_or("unknown-community")?;
-        let candidate = c
-            .candidates
-            .entry(from, now)
-            .map_err(|_| "candidate-table-full")?;
-        candidate.last_intro = Some(now);
-        candidate.member = Some(puncture.member.member_id());
-        candidate.lan = resolve(puncture.source_lan, from);
-        candidate.wan = from;
-        Ok(())
-    }
-
     fn on_collection(
         &mut self,
         now: Instant,
         from: SocketAddr,
+        session: u32,
         messages: Vec<SignedMessage>,
     ) -> Result<(), &'static str> {
+        // A collection names the session with its source, or none (0) when the sender has none
+        // with us; a wrong one is a forgery or a stale peer.
+        if session != 0 && !self.sessions.check(now, from, session) {
+            return Err("bad-session");
+        }
         let Some(first) = messages.first() else {
             return Err("empty-collection");
         };
@@ -817,7 +650,59 @@ impl Node {
         Ok(())
     }
 
-    fn send(&mut self, destination: SocketAddr, packet: Packet) {
+    /// Answers a missing-identity from an address that proved itself (a session) or that we
+    /// walk to: never a key to an unproven address.
+    fn on_missing_identity(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        request: MissingIdentity,
+    ) -> Result<(), &'static str> {
+        let proven = self.sessions.check(now, from, request.session)
+            || self
+                .communities
+                .values()
+                .any(|c| c.pending_walks.values().any(|w| w.destination == from));
+        if !proven {
+            return Err("unproven-identity-request");
+        }
+        let key = wire::Keys::key(&self.members, &request.member).ok_or("unknown-identity")?;
+        let identity = Identity {
+            community: request.community,
+            session: self.sessions.id(&from).unwrap_or(0),
+            random: request.random,
+            member: key,
+        };
+        self.send(from, Packet::Identity(identity));
+        Ok(())
+    }
+
+    /// Learns a key we asked for, then handles the datagrams that waited for it.
+    fn on_identity(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        identity: Identity,
+    ) -> Result<(), &'static str> {
+        let ready = self
+            .members
+            .identity(from, identity.random, identity.member)
+            .ok_or("unexpected-identity")?;
+        for waiting in ready {
+            self.process(now, waiting.from, &waiting.bytes);
+        }
+        Ok(())
+    }
+
+    /// Our WAN address changed: candidates at our own addresses are ourselves; forget them.
+    pub(crate) fn forget_own_addresses(&mut self) {
+        let own = [self.lan, self.wan_address()];
+        for community in self.communities.values_mut() {
+            community.candidates.remove(&own);
+        }
+    }
+
+    pub(crate) fn send(&mut self, destination: SocketAddr, packet: Packet) {
         let bytes = packet.encode(&self.key);
         self.send_bytes(destination, bytes);
     }
@@ -841,48 +726,7 @@ impl Node {
     }
 }
 
-/// The community of an incoming walker message; a tracker creates bare ones on demand.
-fn community_for<'a>(
-    communities: &'a mut HashMap<CommunityId, Community>,
-    config: &Config,
-    now: Instant,
-    id: CommunityId,
-) -> Result<&'a mut Community, &'static str> {
-    if !communities.contains_key(&id) {
-        if !config.tracker {
-            return Err("unknown-community");
-        }
-        if communities.len() >= config.max_communities {
-            return Err("community-limit");
-        }
-        let bare = Community::new(id, None, Resume::default(), config.candidates.clone(), now);
-        communities.insert(id, bare);
-    }
-    let c = communities.get_mut(&id).ok_or("unknown-community")?;
-    c.last_activity = now;
-    Ok(c)
-}
-
 /// Whether `address` can be a peer's address: a unicast IP and a non-zero port.
 pub fn is_valid_source(address: SocketAddr) -> bool {
-    let ip_ok = match address.ip() {
-        IpAddr::V4(ip) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()),
-        IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
-    };
-    ip_ok && address.port() != 0
-}
-
-/// A reported address whose IP is unspecified (a node bound to 0.0.0.0 does not know its own IP)
-/// is completed with the IP the packet came from.
-fn resolve(reported: SocketAddr, seen_from: SocketAddr) -> SocketAddr {
-    if reported.ip().is_unspecified() {
-        let port = if reported.port() == 0 {
-            seen_from.port()
-        } else {
-            reported.port()
-        };
-        SocketAddr::new(seen_from.ip(), port)
-    } else {
-        reported
-    }
+    address::is_usable(address)
 }

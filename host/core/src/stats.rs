@@ -64,6 +64,15 @@ pub struct CommunityStats {
     pub walk_failures: u64,
     /// Introduction-requests received.
     pub stumbles: u64,
+    /// Session handshakes completed as responder.
+    pub handshakes: u64,
+    /// Introduction-responses that introduced nobody.
+    pub responses_without_introduction: u64,
+    /// Requests answered without an introduction because every candidate was excluded (the
+    /// only ones left were behind a symmetric NAT, like the requester).
+    pub introductions_refused: u64,
+    /// Punctures received for our walks.
+    pub punctures: u64,
     /// Messages this node created.
     pub messages_created: u64,
     /// Verified messages passed to the community's plugin.

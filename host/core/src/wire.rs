@@ -16,8 +16,31 @@ use dispersy_proto as pb;
 use prost::Message as _;
 
 use crate::identity::{
-    self, CommunityId, ID_LEN, KeyError, KeyPair, PUBLIC_KEY_LEN, PublicKey, SignatureError,
+    self, CommunityId, ID_LEN, KeyError, KeyPair, MemberId, PUBLIC_KEY_LEN, PublicKey,
+    SignatureError,
 };
+
+/// The session handshake version this node speaks.
+pub const SESSION_VERSION: u32 = 1;
+
+/// Where the decoder looks up members that a packet names by their 20-byte id only.
+pub trait Keys {
+    /// The public key of member `mid`, if known.
+    fn key(&self, mid: &MemberId) -> Option<PublicKey>;
+}
+
+/// No keys: every member named by id only is unknown.
+impl Keys for () {
+    fn key(&self, _mid: &MemberId) -> Option<PublicKey> {
+        None
+    }
+}
+
+impl Keys for std::collections::HashMap<MemberId, PublicKey> {
+    fn key(&self, mid: &MemberId) -> Option<PublicKey> {
+        self.get(mid).cloned()
+    }
+}
 
 /// The default largest datagram the node sends or accepts: the 1500-byte MTU budget.
 pub const DEFAULT_MAX_DATAGRAM: usize = 1500;
@@ -160,6 +183,67 @@ pub struct Puncture {
     pub source_wan: SocketAddr,
 }
 
+/// Session handshake, step 1: the responder of an introduction-request from an address without a
+/// session asks that address to prove it receives packets there. Unsigned and small: sent to an
+/// unproven address, it must never carry more than the request that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRequest {
+    /// The community.
+    pub community: CommunityId,
+    /// Handshake version.
+    pub version: u32,
+    /// The walk identifier of the introduction-request being answered.
+    pub walk: u32,
+    /// The responder's random value (random_B).
+    pub random: u32,
+    /// How the responder sees the requester's address.
+    pub destination: SocketAddr,
+    /// The responder's LAN address.
+    pub source_lan: SocketAddr,
+    /// The responder's WAN address.
+    pub source_wan: SocketAddr,
+}
+
+/// Session handshake, step 2: session = (random_A + random_B) mod 2^32.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionResponse {
+    /// The community.
+    pub community: CommunityId,
+    /// Handshake version.
+    pub version: u32,
+    /// The walk identifier.
+    pub walk: u32,
+    /// The requester's random value (random_A).
+    pub random: u32,
+}
+
+/// A request for the public key of a member known only by its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingIdentity {
+    /// The community.
+    pub community: CommunityId,
+    /// Session with the receiver, 0 when none.
+    pub session: u32,
+    /// Non-zero random value echoed by the identity.
+    pub random: u32,
+    /// The member.
+    pub member: MemberId,
+}
+
+/// A member's public key, answering a missing-identity. Unsigned: the key proves itself, its
+/// member id must be the one asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The community.
+    pub community: CommunityId,
+    /// Session with the receiver, 0 when none.
+    pub session: u32,
+    /// The request's random value.
+    pub random: u32,
+    /// The key.
+    pub member: PublicKey,
+}
+
 /// The conversion version of a community payload: 0x01..=0xFE, or 0xFF followed by more bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Conversion(Vec<u8>);
@@ -252,6 +336,14 @@ pub enum Packet {
     Puncture(Puncture),
     /// See [`Collection`].
     Collection(Collection),
+    /// See [`SessionRequest`].
+    SessionRequest(SessionRequest),
+    /// See [`SessionResponse`].
+    SessionResponse(SessionResponse),
+    /// See [`MissingIdentity`].
+    MissingIdentity(MissingIdentity),
+    /// See [`Identity`].
+    Identity(Identity),
 }
 
 impl Packet {
@@ -263,6 +355,10 @@ impl Packet {
             Packet::PunctureRequest(m) => Some(m.community),
             Packet::Puncture(m) => Some(m.community),
             Packet::Collection(c) => c.messages.first().map(|m| m.message.community),
+            Packet::SessionRequest(m) => Some(m.community),
+            Packet::SessionResponse(m) => Some(m.community),
+            Packet::MissingIdentity(m) => Some(m.community),
+            Packet::Identity(m) => Some(m.community),
         }
     }
 
@@ -274,6 +370,10 @@ impl Packet {
             Packet::PunctureRequest(_) => "puncture-request",
             Packet::Puncture(_) => "puncture",
             Packet::Collection(_) => "collection",
+            Packet::SessionRequest(_) => "session-request",
+            Packet::SessionResponse(_) => "session-response",
+            Packet::MissingIdentity(_) => "missing-identity",
+            Packet::Identity(_) => "identity",
         }
     }
 }
@@ -315,9 +415,10 @@ pub enum DecodeError {
     /// A member key that is not a valid key.
     #[error("invalid member key: {0}")]
     Key(#[from] KeyError),
-    /// A member given only by its 20-byte id: its key must be known first (missing-identity).
-    #[error("member given by id only; its public key is unknown")]
-    UnknownMember,
+    /// A member given only by its 20-byte id whose key is not known (yet): ask with
+    /// missing-identity, then decode again.
+    #[error("member {0} is not known; its public key is needed")]
+    UnknownMember(MemberId),
     /// The number of signatures does not match the number of signing members.
     #[error("expected {expected} signatures, got {got}")]
     SignatureCount {
@@ -343,7 +444,7 @@ impl DecodeError {
             DecodeError::Missing(_) => "missing-field",
             DecodeError::Invalid { .. } => "invalid-field",
             DecodeError::Key(_) => "invalid-key",
-            DecodeError::UnknownMember => "unknown-member",
+            DecodeError::UnknownMember(_) => "unknown-member",
             DecodeError::SignatureCount { .. } => "signature-count",
             DecodeError::Signature(_) => "bad-signature",
         }
@@ -356,8 +457,13 @@ impl From<prost::DecodeError> for DecodeError {
     }
 }
 
-/// Decodes and verifies one datagram of at most `max_datagram` bytes.
-pub fn decode(datagram: &[u8], max_datagram: usize) -> Result<Packet, DecodeError> {
+/// Decodes and verifies one datagram of at most `max_datagram` bytes. Members named by id only
+/// are looked up in `keys`.
+pub fn decode(
+    datagram: &[u8],
+    max_datagram: usize,
+    keys: &dyn Keys,
+) -> Result<Packet, DecodeError> {
     if datagram.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -375,7 +481,7 @@ pub fn decode(datagram: &[u8], max_datagram: usize) -> Result<Packet, DecodeErro
     let descriptor = pb::Descriptor::decode(descriptor_bytes)?;
     use pb::descriptor::Message as D;
     let signed = |member: &Option<Vec<u8>>| -> Result<PublicKey, DecodeError> {
-        let member = member_key(member.as_deref(), "member")?;
+        let member = member_key(member.as_deref(), "member", keys)?;
         verify_signatures(
             descriptor_bytes,
             std::slice::from_ref(&member),
@@ -432,12 +538,7 @@ pub fn decode(datagram: &[u8], max_datagram: usize) -> Result<Packet, DecodeErro
             }))
         }
         D::PunctureRequest(m) => {
-            if !envelope.signatures.is_empty() {
-                return Err(DecodeError::SignatureCount {
-                    expected: 0,
-                    got: envelope.signatures.len(),
-                });
-            }
+            unsigned(&envelope)?;
             let mut initiator = m.initiator.iter();
             Ok(Packet::PunctureRequest(PunctureRequest {
                 community: community_id(m.community.as_deref())?,
@@ -463,12 +564,7 @@ pub fn decode(datagram: &[u8], max_datagram: usize) -> Result<Packet, DecodeErro
             }))
         }
         D::Collection(c) => {
-            if !envelope.signatures.is_empty() {
-                return Err(DecodeError::SignatureCount {
-                    expected: 0,
-                    got: envelope.signatures.len(),
-                });
-            }
+            unsigned(&envelope)?;
             if c.messages.is_empty() {
                 return Err(DecodeError::Missing("Collection.messages"));
             }
@@ -489,10 +585,57 @@ pub fn decode(datagram: &[u8], max_datagram: usize) -> Result<Packet, DecodeErro
                 messages,
             }))
         }
-        D::SessionRequest(_) => Err(DecodeError::Unsupported("session-request")),
-        D::SessionResponse(_) => Err(DecodeError::Unsupported("session-response")),
-        D::Identity(_) => Err(DecodeError::Unsupported("identity")),
-        D::MissingIdentity(_) => Err(DecodeError::Unsupported("missing-identity")),
+        D::SessionRequest(m) => {
+            unsigned(&envelope)?;
+            let mut source = m.source.iter();
+            Ok(Packet::SessionRequest(SessionRequest {
+                community: community_id(m.community.as_deref())?,
+                version: required(m.version, "SessionRequest.version")?,
+                walk: required(m.walk, "SessionRequest.walk")?,
+                random: nonzero(m.random_b, "SessionRequest.random_b")?,
+                destination: address(m.destination.as_ref(), "destination")?,
+                source_lan: address(source.next(), "source[0]")?,
+                source_wan: address(source.next(), "source[1]")?,
+            }))
+        }
+        D::SessionResponse(m) => {
+            unsigned(&envelope)?;
+            Ok(Packet::SessionResponse(SessionResponse {
+                community: community_id(m.community.as_deref())?,
+                version: required(m.version, "SessionResponse.version")?,
+                walk: required(m.walk, "SessionResponse.walk")?,
+                random: nonzero(m.random_a, "SessionResponse.random_a")?,
+            }))
+        }
+        D::Identity(m) => {
+            unsigned(&envelope)?;
+            let member = m
+                .member
+                .as_deref()
+                .ok_or(DecodeError::Missing("Identity.member"))?;
+            Ok(Packet::Identity(Identity {
+                community: community_id(m.community.as_deref())?,
+                session: m.session.unwrap_or(0),
+                random: nonzero(m.random, "Identity.random")?,
+                member: PublicKey::from_bytes(member)?,
+            }))
+        }
+        D::MissingIdentity(m) => {
+            unsigned(&envelope)?;
+            let member = m
+                .member
+                .as_deref()
+                .ok_or(DecodeError::Missing("MissingIdentity.member"))?;
+            Ok(Packet::MissingIdentity(MissingIdentity {
+                community: community_id(m.community.as_deref())?,
+                session: m.session.unwrap_or(0),
+                random: nonzero(m.random, "MissingIdentity.random")?,
+                member: MemberId::from_slice(member).map_err(|_| DecodeError::Invalid {
+                    field: "MissingIdentity.member",
+                    reason: "a member id is 20 bytes",
+                })?,
+            }))
+        }
         D::MissingSequence(_) => Err(DecodeError::Unsupported("missing-sequence")),
         D::MissingMessage(_) => Err(DecodeError::Unsupported("missing-message")),
         D::MissingLastMessage(_) => Err(DecodeError::Unsupported("missing-last-message")),
@@ -510,6 +653,21 @@ pub fn decode(datagram: &[u8], max_datagram: usize) -> Result<Packet, DecodeErro
             reason: "community messages travel inside a collection",
         }),
     }
+}
+
+/// The community a datagram names, read without any verification: only for labelling a
+/// missing-identity request about a datagram that cannot be verified yet.
+pub fn peek_community(datagram: &[u8]) -> Option<CommunityId> {
+    use pb::descriptor::Message as D;
+    let envelope = pb::Message::decode(datagram).ok()?;
+    let descriptor = pb::Descriptor::decode(envelope.descriptor.as_deref()?).ok()?;
+    let community = match descriptor.message? {
+        D::IntroductionRequest(m) => m.community,
+        D::IntroductionResponse(m) => m.community,
+        D::Puncture(m) => m.community,
+        _ => None,
+    }?;
+    CommunityId::from_slice(&community).ok()
 }
 
 impl SignedMessage {
@@ -539,7 +697,7 @@ impl SignedMessage {
         let authors = m
             .members
             .iter()
-            .map(|bytes| member_key(Some(bytes), "CommunityMessage.members"))
+            .map(|bytes| member_key(Some(bytes), "CommunityMessage.members", &()))
             .collect::<Result<Vec<_>, _>>()?;
         verify_signatures(descriptor_bytes, &authors, &envelope.signatures)?;
         let message = CommunityMessage {
@@ -642,7 +800,7 @@ impl Packet {
                     destination: Some(to_address(m.destination)),
                     sources: vec![to_address(m.source_lan), to_address(m.source_wan)],
                     random: Some(m.random),
-                    member: Some(m.member.as_bytes().to_vec()),
+                    member: Some(m.member.member_id().0.to_vec()),
                     synchronization: m.sync.as_ref().map(|s| {
                         pb::introduction_request::Synchronization {
                             low: Some(s.low),
@@ -671,7 +829,7 @@ impl Packet {
                         .unwrap_or_default(),
                     destination: Some(to_address(m.destination)),
                     sources: vec![to_address(m.source_lan), to_address(m.source_wan)],
-                    member: Some(m.member.as_bytes().to_vec()),
+                    member: Some(m.member.member_id().0.to_vec()),
                     connection_type: Some(to_connection_type(m.connection_type)),
                 }),
                 true,
@@ -694,6 +852,8 @@ impl Packet {
                     source: vec![to_address(m.source_lan), to_address(m.source_wan)],
                     community: Some(m.community.0.to_vec()),
                     random: Some(m.random),
+                    // The full key: the receiver has most likely never met the sender, and it may
+                    // not ask (it shares no session with it).
                     member: Some(m.member.as_bytes().to_vec()),
                 }),
                 true,
@@ -702,6 +862,45 @@ impl Packet {
                 let packets: Vec<&[u8]> = c.messages.iter().map(|m| m.packet.as_slice()).collect();
                 return encode_collection(c.session, &packets);
             }
+            Packet::SessionRequest(m) => (
+                D::SessionRequest(pb::SessionRequest {
+                    version: Some(m.version),
+                    version_blacklist: Vec::new(),
+                    walk: Some(m.walk),
+                    random_b: Some(m.random),
+                    destination: Some(to_address(m.destination)),
+                    source: vec![to_address(m.source_lan), to_address(m.source_wan)],
+                    community: Some(m.community.0.to_vec()),
+                }),
+                false,
+            ),
+            Packet::SessionResponse(m) => (
+                D::SessionResponse(pb::SessionResponse {
+                    version: Some(m.version),
+                    walk: Some(m.walk),
+                    random_a: Some(m.random),
+                    community: Some(m.community.0.to_vec()),
+                }),
+                false,
+            ),
+            Packet::MissingIdentity(m) => (
+                D::MissingIdentity(pb::MissingIdentity {
+                    session: Some(m.session),
+                    random: Some(m.random),
+                    member: Some(m.member.0.to_vec()),
+                    community: Some(m.community.0.to_vec()),
+                }),
+                false,
+            ),
+            Packet::Identity(m) => (
+                D::Identity(pb::Identity {
+                    session: Some(m.session),
+                    member: Some(m.member.as_bytes().to_vec()),
+                    community: Some(m.community.0.to_vec()),
+                    random: Some(m.random),
+                }),
+                false,
+            ),
         };
         let descriptor = pb::Descriptor {
             message: Some(message),
@@ -770,6 +969,17 @@ fn varint_len(value: usize) -> usize {
     prost::encoding::encoded_len_varint(value as u64)
 }
 
+fn unsigned(envelope: &pb::Message) -> Result<(), DecodeError> {
+    if envelope.signatures.is_empty() {
+        Ok(())
+    } else {
+        Err(DecodeError::SignatureCount {
+            expected: 0,
+            got: envelope.signatures.len(),
+        })
+    }
+}
+
 fn verify_signatures(
     descriptor: &[u8],
     members: &[PublicKey],
@@ -791,10 +1001,17 @@ fn verify_signatures(
     Ok(())
 }
 
-fn member_key(bytes: Option<&[u8]>, field: &'static str) -> Result<PublicKey, DecodeError> {
+fn member_key(
+    bytes: Option<&[u8]>,
+    field: &'static str,
+    keys: &dyn Keys,
+) -> Result<PublicKey, DecodeError> {
     match bytes {
         None => Err(DecodeError::Missing(field)),
-        Some(b) if b.len() == ID_LEN => Err(DecodeError::UnknownMember),
+        Some(b) if b.len() == ID_LEN => {
+            let mid = MemberId::from_slice(b).map_err(|_| DecodeError::Missing(field))?;
+            keys.key(&mid).ok_or(DecodeError::UnknownMember(mid))
+        }
         Some(b) if b.len() == PUBLIC_KEY_LEN => Ok(PublicKey::from_bytes(b)?),
         Some(b) => Err(KeyError::Length(b.len()).into()),
     }

@@ -72,6 +72,22 @@ pub struct Walker {
     pub eligible_delay_ms: u64,
     /// The same for trackers.
     pub tracker_eligible_delay_ms: u64,
+    /// Step interval of the fast walker, right after joining a community.
+    pub fast_step_interval_ms: u64,
+    /// Verified candidates after which the fast walker slows down to `step_interval_ms`.
+    pub fast_walker_target: usize,
+    /// How long after joining the fast walker may run.
+    pub fast_walker_duration_ms: u64,
+    /// Candidates not heard of for this long are removed.
+    pub candidate_obsolete_after_ms: u64,
+    /// How often obsolete candidates, expired votes and idle sessions are removed.
+    pub cleanup_interval_ms: u64,
+    /// How long a WAN address vote counts.
+    pub vote_lifetime_ms: u64,
+    /// A session unused this long is forgotten.
+    pub session_lifetime_ms: u64,
+    /// How long a datagram waits for the identity of its signer.
+    pub identity_timeout_ms: u64,
 }
 
 impl Default for Walker {
@@ -84,6 +100,14 @@ impl Default for Walker {
             intro_lifetime_ms: 27_500,
             eligible_delay_ms: 27_500,
             tracker_eligible_delay_ms: 57_500,
+            fast_step_interval_ms: 250,
+            fast_walker_target: 15,
+            fast_walker_duration_ms: 30_000,
+            candidate_obsolete_after_ms: 180_000,
+            cleanup_interval_ms: 300_000,
+            vote_lifetime_ms: 180_000,
+            session_lifetime_ms: 120_000,
+            identity_timeout_ms: 10_000,
         }
     }
 }
@@ -122,6 +146,16 @@ pub struct Limits {
     pub store_batch: usize,
     /// Largest API request body, in bytes.
     pub api_body: usize,
+    /// Sessions kept (one per peer address).
+    pub max_sessions: usize,
+    /// Session handshakes waiting for their response.
+    pub max_handshakes: usize,
+    /// Public keys of other members kept.
+    pub max_keys: usize,
+    /// Datagrams waiting for the identity of their signer.
+    pub identity_waiting: usize,
+    /// WAN address votes kept.
+    pub max_voters: usize,
 }
 
 impl Default for Limits {
@@ -142,6 +176,11 @@ impl Default for Limits {
             plugin_timers: 1_024,
             store_batch: 1_000,
             api_body: 64 << 10,
+            max_sessions: 10_000,
+            max_handshakes: 1_024,
+            max_keys: 10_000,
+            identity_waiting: 256,
+            max_voters: 100,
         }
     }
 }
@@ -252,6 +291,10 @@ impl Config {
             ("limits.max_pending_walks", l.max_pending_walks),
             ("limits.store_batch", l.store_batch),
             ("limits.plugin_timers", l.plugin_timers),
+            ("limits.max_sessions", l.max_sessions),
+            ("limits.max_handshakes", l.max_handshakes),
+            ("limits.max_keys", l.max_keys),
+            ("limits.max_voters", l.max_voters),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -263,10 +306,20 @@ impl Config {
                 "limits.max_datagram must be 576..=65507".into(),
             ));
         }
-        if self.walker.step_interval_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "walker.step_interval_ms must be at least 1".into(),
-            ));
+        for (key, value) in [
+            ("walker.step_interval_ms", self.walker.step_interval_ms),
+            (
+                "walker.fast_step_interval_ms",
+                self.walker.fast_step_interval_ms,
+            ),
+            (
+                "walker.cleanup_interval_ms",
+                self.walker.cleanup_interval_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
         }
         Ok(())
     }
@@ -282,13 +335,37 @@ impl Config {
     }
 
     /// The core's configuration derived from this one.
-    pub fn core(&self, trackers: Vec<SocketAddr>) -> dispersy_core::node::Config {
+    pub fn core(
+        &self,
+        trackers: Vec<SocketAddr>,
+        interfaces: Vec<dispersy_core::address::Interface>,
+    ) -> dispersy_core::node::Config {
         let w = &self.walker;
+        let l = &self.limits;
         let ms = Duration::from_millis;
         dispersy_core::node::Config {
             max_datagram: self.limits.max_datagram,
             step_interval: ms(w.step_interval_ms),
+            fast_step_interval: ms(w.fast_step_interval_ms),
+            fast_walker_target: w.fast_walker_target,
+            fast_walker_duration: ms(w.fast_walker_duration_ms),
             request_timeout: ms(w.request_timeout_ms),
+            cleanup_interval: ms(w.cleanup_interval_ms),
+            candidate_obsolete_after: ms(w.candidate_obsolete_after_ms),
+            vote_lifetime: ms(w.vote_lifetime_ms),
+            max_voters: l.max_voters,
+            sessions: dispersy_core::session::Config {
+                lifetime: ms(w.session_lifetime_ms),
+                max_sessions: l.max_sessions,
+                max_pending: l.max_handshakes,
+                handshake_timeout: ms(w.request_timeout_ms),
+            },
+            members: dispersy_core::member::Config {
+                max_keys: l.max_keys,
+                max_waiting: l.identity_waiting,
+                identity_timeout: ms(w.identity_timeout_ms),
+            },
+            interfaces,
             candidates: dispersy_core::candidate::Config {
                 walk_lifetime: ms(w.walk_lifetime_ms),
                 stumble_lifetime: ms(w.stumble_lifetime_ms),

@@ -101,6 +101,8 @@ pub struct NodeInfo {
     pub uptime_ms: u64,
     /// Communities known (a tracker's bare ones included).
     pub communities: usize,
+    /// Sessions established with peers.
+    pub sessions: usize,
     /// Traffic counters.
     pub stats: NodeStats,
 }
@@ -181,10 +183,11 @@ pub struct CandidateView {
     pub last_seen_ms: Option<u64>,
 }
 
-/// A decoded datagram on its way to the protocol task.
+/// A decoded datagram on its way to the protocol task (with its bytes: one naming a member
+/// whose key only the protocol task knows is decoded again there).
 struct Datagram {
     from: SocketAddr,
-    len: usize,
+    bytes: Vec<u8>,
     decoded: Result<Packet, DecodeError>,
 }
 
@@ -348,7 +351,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let clock = Clock {
         start: tokio::time::Instant::now(),
     };
-    let node = Node::new(config.core(trackers), key.clone(), udp, seed, clock.now());
+    let interfaces = local_interfaces();
+    let lan = lan_address(udp, &interfaces);
+    let node = Node::new(
+        config.core(trackers, interfaces),
+        key.clone(),
+        lan,
+        seed,
+        clock.now(),
+    );
     let (commands_tx, commands_rx) = mpsc::channel(config.limits.command_queue);
     let (datagrams_tx, datagrams_rx) = mpsc::channel(config.limits.datagram_queue);
     let mut tasks = Vec::new();
@@ -389,6 +400,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tasks.push(tokio::spawn(
         Protocol {
             node,
+            udp,
             socket,
             clock,
             registry: registry.clone(),
@@ -451,6 +463,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let running = start(config, shutdown).await?;
     running.wait().await;
     Ok(())
+}
+
+/// The machine's interfaces, for telling LAN from WAN peers.
+fn local_interfaces() -> Vec<dispersy_core::address::Interface> {
+    match if_addrs::get_if_addrs() {
+        Ok(interfaces) => interfaces
+            .into_iter()
+            .map(|i| match i.addr {
+                if_addrs::IfAddr::V4(v4) => dispersy_core::address::Interface {
+                    address: v4.ip.into(),
+                    netmask: v4.netmask.into(),
+                },
+                if_addrs::IfAddr::V6(v6) => dispersy_core::address::Interface {
+                    address: v6.ip.into(),
+                    netmask: v6.netmask.into(),
+                },
+            })
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot list network interfaces; private ranges count as LAN");
+            Vec::new()
+        }
+    }
+}
+
+/// Our LAN address: the bound address, or for a wildcard bind the first non-loopback IPv4
+/// interface (loopback when there is none), with the bound port.
+fn lan_address(bound: SocketAddr, interfaces: &[dispersy_core::address::Interface]) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let ip = interfaces
+        .iter()
+        .map(|i| i.address)
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    SocketAddr::new(ip, bound.port())
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
@@ -527,10 +576,12 @@ async fn receive(
         };
         // A datagram longer than the buffer arrives truncated to `max_datagram + 1` bytes, which
         // `decode` reports as oversized.
+        let bytes = buffer[..len].to_vec();
+        let decoded = wire::decode(&bytes, max_datagram, &());
         let datagram = Datagram {
             from,
-            len,
-            decoded: wire::decode(&buffer[..len], max_datagram),
+            bytes,
+            decoded,
         };
         if datagrams.send(datagram).await.is_err() {
             break;
@@ -540,6 +591,7 @@ async fn receive(
 
 struct Protocol {
     node: Node,
+    udp: SocketAddr,
     socket: Arc<UdpSocket>,
     clock: Clock,
     registry: Option<Arc<Registry>>,
@@ -598,7 +650,7 @@ impl Protocol {
 
     fn datagram(&mut self, d: Datagram) {
         self.node
-            .handle_decoded(self.clock.now(), d.from, d.len, d.decoded);
+            .handle_decoded(self.clock.now(), d.from, &d.bytes, d.decoded);
     }
 
     fn command(&mut self, command: Command) {
@@ -707,13 +759,14 @@ impl Protocol {
         NodeInfo {
             member: self.node.key().public().to_hex(),
             mid: self.node.key().member_id().to_hex(),
-            udp: self.node.lan_address(),
+            udp: self.udp,
             lan: self.node.lan_address(),
             wan: self.node.wan_address(),
             connection_type: self.node.connection_type().as_str(),
             tracker: self.node.config().tracker,
             uptime_ms: now.as_millis(),
             communities: self.node.communities().count(),
+            sessions: self.node.session_count(),
             stats: NodeStats {
                 datagrams_received: stats.datagrams_received,
                 bytes_received: stats.bytes_received,

@@ -1,5 +1,18 @@
+use std::collections::HashMap;
+
 use super::*;
 use crate::rng::Rng;
+
+/// The keys of the test members, as a node that met them knows them.
+fn known() -> &'static HashMap<MemberId, PublicKey> {
+    static KNOWN: std::sync::LazyLock<HashMap<MemberId, PublicKey>> =
+        std::sync::LazyLock::new(|| {
+            (1..=3)
+                .map(|n| (key(n).member_id(), key(n).public().clone()))
+                .collect()
+        });
+    &KNOWN
+}
 
 fn key(n: u8) -> KeyPair {
     let mut secret = [7u8; 32];
@@ -113,6 +126,33 @@ fn all_packets(k: &KeyPair) -> Vec<Packet> {
             session: 9,
             messages: vec![community_message(k, 5), community_message(k, 6)],
         }),
+        Packet::SessionRequest(SessionRequest {
+            community: cid(),
+            version: SESSION_VERSION,
+            walk: 3,
+            random: 99,
+            destination: addr("1.2.3.4:5"),
+            source_lan: addr("10.0.0.1:1"),
+            source_wan: addr("[2001:db8::7]:2"),
+        }),
+        Packet::SessionResponse(SessionResponse {
+            community: cid(),
+            version: SESSION_VERSION,
+            walk: 3,
+            random: 11,
+        }),
+        Packet::MissingIdentity(MissingIdentity {
+            community: cid(),
+            session: 0,
+            random: 5,
+            member: k.member_id(),
+        }),
+        Packet::Identity(Identity {
+            community: cid(),
+            session: 8,
+            random: 5,
+            member: k.public().clone(),
+        }),
     ]
 }
 
@@ -122,7 +162,7 @@ fn every_packet_round_trips() {
     for packet in all_packets(&k) {
         let bytes = packet.encode(&k);
         assert!(bytes.len() <= DEFAULT_MAX_DATAGRAM, "{}", packet.name());
-        let decoded = decode(&bytes, DEFAULT_MAX_DATAGRAM).unwrap();
+        let decoded = decode(&bytes, DEFAULT_MAX_DATAGRAM, known()).unwrap();
         assert_eq!(decoded, packet);
     }
 }
@@ -134,7 +174,9 @@ fn signed_packets_by_another_key_fail_verification() {
     // The packet claims `k` as its member but is signed by `forger`.
     let bytes = Packet::IntroductionRequest(request(&k)).encode(&forger);
     assert_eq!(
-        decode(&bytes, DEFAULT_MAX_DATAGRAM).unwrap_err().kind(),
+        decode(&bytes, DEFAULT_MAX_DATAGRAM, known())
+            .unwrap_err()
+            .kind(),
         "bad-signature"
     );
 }
@@ -149,10 +191,10 @@ fn tampered_descriptor_fails_verification() {
         r.walk = Some(1);
     }
     envelope.descriptor = Some(descriptor.encode_to_vec());
-    let err = decode(&envelope.encode_to_vec(), DEFAULT_MAX_DATAGRAM).unwrap_err();
+    let err = decode(&envelope.encode_to_vec(), DEFAULT_MAX_DATAGRAM, known()).unwrap_err();
     assert_eq!(err.kind(), "bad-signature");
     envelope.signatures.clear();
-    let err = decode(&envelope.encode_to_vec(), DEFAULT_MAX_DATAGRAM).unwrap_err();
+    let err = decode(&envelope.encode_to_vec(), DEFAULT_MAX_DATAGRAM, known()).unwrap_err();
     assert_eq!(
         err,
         DecodeError::SignatureCount {
@@ -171,7 +213,9 @@ fn collection_with_a_forged_inner_message_is_dropped_whole() {
     forged.packet[last] ^= 1; // last byte of the signature
     let bytes = encode_collection(0, &[&good.packet, &forged.packet]);
     assert_eq!(
-        decode(&bytes, DEFAULT_MAX_DATAGRAM).unwrap_err().kind(),
+        decode(&bytes, DEFAULT_MAX_DATAGRAM, known())
+            .unwrap_err()
+            .kind(),
         "bad-signature"
     );
 }
@@ -182,7 +226,7 @@ fn truncations_never_panic_and_never_verify() {
     for packet in all_packets(&k) {
         let bytes = packet.encode(&k);
         for len in 0..bytes.len() {
-            assert!(decode(&bytes[..len], DEFAULT_MAX_DATAGRAM).is_err());
+            assert!(decode(&bytes[..len], DEFAULT_MAX_DATAGRAM, known()).is_err());
         }
     }
 }
@@ -193,7 +237,7 @@ fn random_bytes_and_bit_flips_never_panic() {
     for _ in 0..20_000 {
         let len = rng.index(300);
         let bytes: Vec<u8> = (0..len).map(|_| rng.next_u32() as u8).collect();
-        assert!(decode(&bytes, DEFAULT_MAX_DATAGRAM).is_err());
+        assert!(decode(&bytes, DEFAULT_MAX_DATAGRAM, known()).is_err());
     }
     let k = key(1);
     for packet in all_packets(&k) {
@@ -203,17 +247,17 @@ fn random_bytes_and_bit_flips_never_panic() {
             let i = rng.index(copy.len());
             copy[i] ^= 1 << rng.index(8);
             // Either a typed error or, when the flip hit an unsigned field, a valid packet.
-            let _ = decode(&copy, DEFAULT_MAX_DATAGRAM);
+            let _ = decode(&copy, DEFAULT_MAX_DATAGRAM, known());
         }
     }
 }
 
 #[test]
 fn size_limits_and_huge_length_prefixes() {
-    assert_eq!(decode(&[], 1500), Err(DecodeError::Empty));
+    assert_eq!(decode(&[], 1500, known()), Err(DecodeError::Empty));
     let big = vec![0u8; 1501];
     assert_eq!(
-        decode(&big, 1500),
+        decode(&big, 1500, known()),
         Err(DecodeError::Oversized {
             len: 1501,
             max: 1500
@@ -223,23 +267,34 @@ fn size_limits_and_huge_length_prefixes() {
     let mut huge = vec![0x0A];
     prost::encoding::encode_varint(1 << 63, &mut huge);
     huge.extend_from_slice(b"abc");
-    assert_eq!(decode(&huge, 1500).unwrap_err().kind(), "malformed");
+    assert_eq!(
+        decode(&huge, 1500, known()).unwrap_err().kind(),
+        "malformed"
+    );
 }
 
 #[test]
-fn members_by_id_only_are_not_trusted() {
+fn walker_messages_name_their_member_by_id_and_need_its_key() {
     let k = key(1);
-    let mut envelope =
-        pb::Message::decode(&Packet::IntroductionRequest(request(&k)).encode(&k)[..]).unwrap();
+    let bytes = Packet::IntroductionRequest(request(&k)).encode(&k);
+    // The id, not the key, is on the wire.
+    assert!(bytes.windows(20).any(|w| w == k.member_id().0));
+    assert!(!bytes.windows(33).any(|w| w == k.public().as_bytes()));
+    assert_eq!(
+        decode(&bytes, 1500, &()),
+        Err(DecodeError::UnknownMember(k.member_id()))
+    );
+    assert!(decode(&bytes, 1500, known()).is_ok());
+    // A full key is accepted as well (a peer may send it).
+    let mut envelope = pb::Message::decode(&bytes[..]).unwrap();
     let mut descriptor = pb::Descriptor::decode(envelope.descriptor.as_deref().unwrap()).unwrap();
     if let Some(pb::descriptor::Message::IntroductionRequest(r)) = &mut descriptor.message {
-        r.member = Some(k.member_id().0.to_vec());
+        r.member = Some(k.public().as_bytes().to_vec());
     }
-    envelope.descriptor = Some(descriptor.encode_to_vec());
-    assert_eq!(
-        decode(&envelope.encode_to_vec(), 1500),
-        Err(DecodeError::UnknownMember)
-    );
+    let descriptor = descriptor.encode_to_vec();
+    envelope.signatures = vec![k.sign(&descriptor).to_vec()];
+    envelope.descriptor = Some(descriptor);
+    assert!(decode(&envelope.encode_to_vec(), 1500, &()).is_ok());
 }
 
 #[test]
@@ -255,7 +310,7 @@ fn unsupported_and_invalid_fields_are_typed_errors() {
     }
     .encode_to_vec();
     assert_eq!(
-        decode(&bytes, 1500),
+        decode(&bytes, 1500, known()),
         Err(DecodeError::Unsupported("missing-proof"))
     );
     let empty = pb::Message {
@@ -263,7 +318,7 @@ fn unsupported_and_invalid_fields_are_typed_errors() {
         signatures: vec![],
     }
     .encode_to_vec();
-    assert_eq!(decode(&empty, 1500), Err(DecodeError::NoMessage));
+    assert_eq!(decode(&empty, 1500, known()), Err(DecodeError::NoMessage));
     assert!(Conversion::new(&[0]).is_err());
     assert!(Conversion::new(&[0xFF]).is_err());
     assert!(Conversion::new(&[0xFF, 1]).is_ok());
@@ -280,7 +335,7 @@ fn collections_split_over_datagrams_within_budget() {
     let mut seen = Vec::new();
     for datagram in &datagrams {
         assert!(datagram.len() <= 1500, "{}", datagram.len());
-        match decode(datagram, 1500).unwrap() {
+        match decode(datagram, 1500, known()).unwrap() {
             Packet::Collection(c) => {
                 assert_eq!(c.session, 4);
                 seen.extend(c.messages);
