@@ -115,7 +115,7 @@ pub struct Community {
     pub pending_walks: HashMap<u32, PendingWalk>,
     /// Our last claimed sequence number per meta id.
     pub sequences: HashMap<u32, u32>,
-    /// When we last walked to each tracker.
+    /// When each tracker last answered one of our walks.
     pub tracker_walks: HashMap<SocketAddr, Instant>,
     /// Counters.
     pub stats: CommunityStats,

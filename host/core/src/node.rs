@@ -356,7 +356,9 @@ impl Node {
                     Ok(Some(random)) => {
                         // Small, and smaller than the datagram that caused it: safe to send to an
                         // address that has not proven itself yet.
-                        let community = wire::peek_community(bytes).unwrap_or(CommunityId([0; 20]));
+                        let community = wire::peek(bytes)
+                            .and_then(|(_, community)| community)
+                            .unwrap_or(CommunityId([0; 20]));
                         let request = MissingIdentity {
                             community,
                             session: self.sessions.id(&from).unwrap_or(0),

@@ -39,9 +39,12 @@ impl Default for Config {
     }
 }
 
+/// A session, and the one before it: when both sides walk to each other at the same time, two
+/// handshakes cross and each side may keep another one as "current"; both stay valid.
 #[derive(Debug, Clone, Copy)]
 struct Session {
     id: u32,
+    previous: u32,
     last_used: Instant,
 }
 
@@ -79,7 +82,7 @@ impl Sessions {
     /// Whether `session` is the one established with `address` (0 never is); refreshes it.
     pub fn check(&mut self, now: Instant, address: SocketAddr, session: u32) -> bool {
         match self.established.get_mut(&address) {
-            Some(s) if session != 0 && s.id == session => {
+            Some(s) if session != 0 && (s.id == session || s.previous == session) => {
                 s.last_used = now;
                 true
             }
@@ -100,8 +103,15 @@ impl Sessions {
         {
             self.established.remove(&oldest);
         }
-        self.established
-            .insert(address, Session { id, last_used: now });
+        let previous = self.established.get(&address).map_or(0, |s| s.id);
+        self.established.insert(
+            address,
+            Session {
+                id,
+                previous,
+                last_used: now,
+            },
+        );
     }
 
     /// Starts a handshake with `address` for the request `request`, with our random value

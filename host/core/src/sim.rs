@@ -1,25 +1,123 @@
 //! A deterministic simulation of many nodes on a virtual network: the same [`Node`] code, a
-//! virtual clock in milliseconds, per-link latency and loss. Scenarios run in milliseconds of real
-//! time and give the same result on every run.
+//! virtual clock in milliseconds, latency, loss, and NAT routers of the usual kinds. Scenarios
+//! run in milliseconds of real time and give the same result on every run.
+//!
+//! Addresses: public hosts are 198.18.x.y; a NAT router `n` has the public IP 198.19.0.n and a LAN
+//! 10.n.0.0/24 behind it. A packet between two hosts of one LAN goes directly; any other packet
+//! leaving a LAN is translated by its router, and a packet arriving at a router is let in (or
+//! not) by the router's filtering rule.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::address::Interface;
 use crate::identity::KeyPair;
 use crate::node::{Config, Event, Node};
 use crate::rng::Rng;
 use crate::time::Instant;
+
+/// How a NAT router maps and filters (RFC 4787 terms in brackets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NatKind {
+    /// Same public port for every destination, anyone may send in (EIM, EIF).
+    FullCone,
+    /// Same public port, only IPs we sent to may send in (EIM, ADF).
+    Restricted,
+    /// Same public port, only the exact ip:port we sent to (EIM, APDF): Linux's default.
+    PortRestricted,
+    /// A new public port for every destination, only that destination may answer (APDM, APDF).
+    Symmetric,
+}
+
+#[derive(Debug)]
+struct Nat {
+    kind: NatKind,
+    public_ip: Ipv4Addr,
+    /// (internal, destination for symmetric) → public port.
+    mappings: HashMap<(SocketAddr, Option<SocketAddr>), u16>,
+    /// Public port → (internal, last use).
+    reverse: HashMap<u16, (SocketAddr, Instant)>,
+    /// (public port, remote) → last outbound packet to it.
+    permissions: HashMap<(u16, SocketAddr), Instant>,
+    next_port: u16,
+    timeout: Duration,
+}
+
+impl Nat {
+    fn outbound(
+        &mut self,
+        now: Instant,
+        internal: SocketAddr,
+        destination: SocketAddr,
+    ) -> SocketAddr {
+        let key = match self.kind {
+            NatKind::Symmetric => (internal, Some(destination)),
+            _ => (internal, None),
+        };
+        let expired = self.mappings.get(&key).is_some_and(|port| {
+            self.reverse
+                .get(port)
+                .is_none_or(|(_, used)| now.saturating_since(*used) > self.timeout)
+        });
+        if expired && let Some(port) = self.mappings.remove(&key) {
+            self.reverse.remove(&port);
+        }
+        let port = match self.mappings.get(&key) {
+            Some(port) => *port,
+            None => {
+                self.next_port = self.next_port.wrapping_add(7).max(1024);
+                let port = self.next_port;
+                self.mappings.insert(key, port);
+                port
+            }
+        };
+        self.reverse.insert(port, (internal, now));
+        self.permissions.insert((port, destination), now);
+        SocketAddr::new(IpAddr::V4(self.public_ip), port)
+    }
+
+    fn inbound(&mut self, now: Instant, port: u16, source: SocketAddr) -> Option<SocketAddr> {
+        let (internal, used) = *self.reverse.get(&port)?;
+        if now.saturating_since(used) > self.timeout {
+            return None;
+        }
+        let fresh = |at: &Instant| now.saturating_since(*at) <= self.timeout;
+        let allowed = match self.kind {
+            NatKind::FullCone => true,
+            NatKind::Restricted => self
+                .permissions
+                .iter()
+                .any(|((p, remote), at)| *p == port && remote.ip() == source.ip() && fresh(at)),
+            NatKind::PortRestricted | NatKind::Symmetric => {
+                self.permissions.get(&(port, source)).is_some_and(fresh)
+            }
+        };
+        allowed.then_some(internal)
+    }
+}
 
 /// One datagram in flight.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Flight {
     at: Instant,
     seq: u64,
+    /// The source as the receiver sees it.
     from: SocketAddr,
     to: SocketAddr,
+    /// LAN of the sender (`None`: public host), for direct delivery inside a LAN.
+    lan: Option<usize>,
     bytes: Vec<u8>,
+}
+
+/// A host: a node and where it sits.
+struct Host {
+    address: SocketAddr,
+    nat: Option<usize>,
+    online: bool,
+    /// A kind of datagram this host ignores (a misbehaving peer).
+    ignores: Option<&'static str>,
 }
 
 /// The simulated network and its nodes.
@@ -27,12 +125,17 @@ pub(crate) struct Sim {
     pub now: Instant,
     pub nodes: Vec<Node>,
     pub events: Vec<Vec<Event>>,
-    by_address: HashMap<SocketAddr, usize>,
+    hosts: Vec<Host>,
+    nats: Vec<Nat>,
     flights: BinaryHeap<Reverse<Flight>>,
     seq: u64,
     rng: Rng,
     pub latency: Duration,
     pub loss: f64,
+    /// Bytes and datagrams each address sent to each other address: (from, to) → (bytes, count).
+    pub traffic: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
+    /// Datagrams by kind each address sent to each other address.
+    pub kinds: HashMap<(SocketAddr, SocketAddr, &'static str), u64>,
 }
 
 impl Sim {
@@ -41,12 +144,15 @@ impl Sim {
             now: Instant::from_millis(1_000),
             nodes: Vec::new(),
             events: Vec::new(),
-            by_address: HashMap::new(),
+            hosts: Vec::new(),
+            nats: Vec::new(),
             flights: BinaryHeap::new(),
             seq: 0,
             rng: Rng::new(seed),
             latency: Duration::from_millis(20),
             loss: 0.0,
+            traffic: HashMap::new(),
+            kinds: HashMap::new(),
         }
     }
 
@@ -56,37 +162,95 @@ impl Sim {
         KeyPair::from_secret(&secret).expect("valid test key")
     }
 
-    /// Adds a node at 10.0.0.x:7000; returns its index.
-    pub fn add_node(&mut self, config: Config) -> usize {
+    /// Adds a NAT router of `kind`; returns its index.
+    pub fn add_nat(&mut self, kind: NatKind) -> usize {
+        let index = self.nats.len();
+        let n = u8::try_from(index + 1).expect("at most 255 NATs");
+        self.nats.push(Nat {
+            kind,
+            public_ip: Ipv4Addr::new(198, 19, 0, n),
+            mappings: HashMap::new(),
+            reverse: HashMap::new(),
+            permissions: HashMap::new(),
+            next_port: 20_000,
+            timeout: Duration::from_secs(60),
+        });
+        index
+    }
+
+    /// Adds a public host (`nat: None`) or a host behind NAT `nat`; returns its index.
+    pub fn add_node(&mut self, nat: Option<usize>, mut config: Config) -> usize {
         let index = self.nodes.len();
-        let address = Self::address(index);
+        let i = u16::try_from(index).expect("small simulation");
+        let (ip, netmask) = match nat {
+            None => (
+                Ipv4Addr::new(198, 18, (i >> 8) as u8, (i & 0xff) as u8),
+                Ipv4Addr::new(255, 255, 255, 255),
+            ),
+            Some(n) => (
+                Ipv4Addr::new(10, (n + 1) as u8, (i >> 8) as u8, (i & 0xff) as u8),
+                Ipv4Addr::new(255, 255, 0, 0),
+            ),
+        };
+        let address = SocketAddr::new(IpAddr::V4(ip), 7000);
+        config.interfaces = vec![Interface {
+            address: IpAddr::V4(ip),
+            netmask: IpAddr::V4(netmask),
+        }];
         let seed = self.rng.next_u64();
         let node = Node::new(config, Self::key(index as u64 + 1), address, seed, self.now);
         self.nodes.push(node);
         self.events.push(Vec::new());
-        self.by_address.insert(address, index);
+        self.hosts.push(Host {
+            address,
+            nat,
+            online: true,
+            ignores: None,
+        });
         index
     }
 
-    pub fn address(index: usize) -> SocketAddr {
-        let index = u16::try_from(index).expect("small simulation");
-        SocketAddr::from(([10, 0, (index >> 8) as u8, (index & 0xff) as u8], 7000))
+    /// The address node `index` binds (its LAN address).
+    pub fn address(&self, index: usize) -> SocketAddr {
+        self.hosts[index].address
+    }
+
+    /// Makes node `index` ignore every datagram of `kind` (e.g. never answer walks).
+    pub fn ignore(&mut self, index: usize, kind: &'static str) {
+        self.hosts[index].ignores = Some(kind);
+    }
+
+    /// Takes node `index` off the network (it neither sends nor receives).
+    pub fn disconnect(&mut self, index: usize) {
+        self.hosts[index].online = false;
     }
 
     /// Moves every node's output onto the network.
     fn flush(&mut self) {
         for i in 0..self.nodes.len() {
-            let from = Self::address(i);
+            let local = self.hosts[i].address;
+            let nat = self.hosts[i].nat;
             while let Some(t) = self.nodes[i].poll_transmit() {
-                if self.loss > 0.0 && self.rng.unit() < self.loss {
+                if !self.hosts[i].online || (self.loss > 0.0 && self.rng.unit() < self.loss) {
                     continue;
                 }
+                let same_lan = nat.is_some()
+                    && self
+                        .hosts
+                        .iter()
+                        .any(|h| h.nat == nat && h.address == t.destination);
+                let from = match nat {
+                    Some(n) if !same_lan => self.nats[n].outbound(self.now, local, t.destination),
+                    _ => local,
+                };
+                self.count(from, t.destination, &t.bytes);
                 self.seq += 1;
                 self.flights.push(Reverse(Flight {
                     at: self.now + self.latency,
                     seq: self.seq,
                     from,
                     to: t.destination,
+                    lan: nat,
                     bytes: t.bytes,
                 }));
             }
@@ -94,6 +258,45 @@ impl Sim {
                 self.events[i].push(event);
             }
         }
+    }
+
+    fn count(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        let entry = self.traffic.entry((from, to)).or_insert((0, 0));
+        entry.0 += bytes.len() as u64;
+        entry.1 += 1;
+        let kind = crate::wire::peek(bytes).map_or("undecodable", |(kind, _)| kind);
+        *self.kinds.entry((from, to, kind)).or_insert(0) += 1;
+    }
+
+    /// Injects a datagram from any (possibly forged) source address.
+    pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        self.count(from, to, &bytes);
+        self.seq += 1;
+        self.flights.push(Reverse(Flight {
+            at: self.now + self.latency,
+            seq: self.seq,
+            from,
+            to,
+            lan: None,
+            bytes,
+        }));
+    }
+
+    /// The host a datagram for `to` reaches, if any, after NAT filtering.
+    fn route(&mut self, flight: &Flight) -> Option<usize> {
+        if let Some(i) = self
+            .hosts
+            .iter()
+            .position(|h| h.address == flight.to && (h.nat.is_none() || h.nat == flight.lan))
+        {
+            return Some(i);
+        }
+        let n = self
+            .nats
+            .iter()
+            .position(|n| IpAddr::V4(n.public_ip) == flight.to.ip())?;
+        let internal = self.nats[n].inbound(self.now, flight.to.port(), flight.from)?;
+        self.hosts.iter().position(|h| h.address == internal)
     }
 
     /// Runs the network until `duration` of virtual time has passed.
@@ -118,7 +321,15 @@ impl Sim {
                 let Some(Reverse(flight)) = self.flights.pop() else {
                     break;
                 };
-                if let Some(&to) = self.by_address.get(&flight.to) {
+                let ignored = |host: &Host| {
+                    host.ignores.is_some_and(|kind| {
+                        crate::wire::peek(&flight.bytes).is_some_and(|(k, _)| k == kind)
+                    })
+                };
+                if let Some(to) = self.route(&flight)
+                    && self.hosts[to].online
+                    && !ignored(&self.hosts[to])
+                {
                     self.nodes[to].handle_datagram(self.now, flight.from, &flight.bytes);
                 }
             }
@@ -133,134 +344,4 @@ impl Sim {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::community::{Definition, Resume};
-    use crate::meta::{Authentication, Destination, Distribution, MetaMessage, Resolution};
-    use crate::node::Incoming;
-    use crate::wire::Conversion;
-
-    fn definition() -> Definition {
-        Definition {
-            name: "example".into(),
-            version: "0.1.0".into(),
-            master: Sim::key(999).public().clone(),
-            conversions: vec![Conversion::version(1).expect("valid")],
-            metas: vec![MetaMessage {
-                id: 1,
-                name: "example".into(),
-                authentication: Authentication::Member,
-                resolution: Resolution::Public,
-                distribution: Distribution::Direct,
-                destination: Destination::Community { node_count: 10 },
-                priority: 128,
-                batch_window: Duration::ZERO,
-            }],
-        }
-    }
-
-    fn fast() -> Config {
-        Config {
-            step_interval: Duration::from_millis(500),
-            trackers: vec![Sim::address(0)],
-            ..Config::default()
-        }
-    }
-
-    /// A tracker and `peers` nodes joined to the example community.
-    fn network(peers: usize) -> Sim {
-        let mut sim = Sim::new(7);
-        sim.add_node(Config {
-            tracker: true,
-            ..Config::default()
-        });
-        for _ in 0..peers {
-            let i = sim.add_node(fast());
-            let now = sim.now;
-            sim.nodes[i]
-                .join(now, definition(), Resume::default())
-                .expect("join");
-        }
-        sim
-    }
-
-    #[test]
-    fn peers_discover_each_other_through_a_tracker() {
-        let mut sim = network(3);
-        sim.run_for(Duration::from_secs(10));
-        let id = definition().id();
-        for i in 1..=3 {
-            let c = sim.nodes[i].community(&id).expect("joined");
-            let verified: Vec<_> = c.candidates.verified(sim.now).map(|c| c.address).collect();
-            for j in 1..=3 {
-                if j != i {
-                    assert!(
-                        verified.contains(&Sim::address(j)),
-                        "node {i} does not know node {j}: {verified:?}"
-                    );
-                }
-            }
-            assert!(
-                !verified.contains(&Sim::address(0)),
-                "trackers are not peers"
-            );
-            assert!(c.stats.walk_successes > 0);
-        }
-        // The tracker keeps a bare community with every peer in it, and stores nothing.
-        let tracker = sim.nodes[0].community(&id).expect("bare community");
-        assert!(tracker.definition.is_none());
-        assert_eq!(tracker.candidates.verified(sim.now).count(), 3);
-        assert!(sim.events[0].is_empty());
-    }
-
-    #[test]
-    fn created_messages_reach_every_verified_peer_once() {
-        let mut sim = network(3);
-        sim.run_for(Duration::from_secs(10));
-        let id = definition().id();
-        let now = sim.now;
-        let created = sim.nodes[1]
-            .create_message(now, id, "example", b"hello".to_vec(), &[])
-            .expect("create");
-        assert_eq!(created.sent_to, 2);
-        sim.run_for(Duration::from_secs(1));
-        for i in [2, 3] {
-            let received: Vec<&Incoming> = sim.events[i]
-                .iter()
-                .flat_map(|Event::Messages { messages, .. }| messages)
-                .collect();
-            assert_eq!(received.len(), 1, "node {i}");
-            assert_eq!(received[0].message.message.payload, b"hello");
-            assert_eq!(received[0].source, Some(Sim::address(1)));
-            assert!(
-                sim.nodes[i].community(&id).expect("joined").global_time >= created.global_time
-            );
-        }
-        // The creator handles its own message too (the original's "update").
-        assert!(
-            sim.events[1]
-                .iter()
-                .any(|Event::Messages { messages, .. }| {
-                    messages.iter().any(|m| m.source.is_none())
-                })
-        );
-    }
-
-    #[test]
-    fn unanswered_walks_time_out_and_are_counted() {
-        let mut sim = Sim::new(1);
-        let i = sim.add_node(Config {
-            trackers: vec![SocketAddr::from(([10, 9, 9, 9], 1))],
-            ..fast()
-        });
-        let now = sim.now;
-        sim.nodes[i]
-            .join(now, definition(), Resume::default())
-            .expect("join");
-        sim.run_for(Duration::from_secs(120));
-        let c = sim.nodes[i].community(&definition().id()).expect("joined");
-        assert!(c.stats.walk_attempts >= 2);
-        assert!(c.stats.walk_failures >= 1);
-        assert!(c.pending_walks.len() <= 1);
-    }
-}
+mod tests;

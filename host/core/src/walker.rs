@@ -56,18 +56,27 @@ impl Node {
             return;
         }
         let tracker_delay = config.candidates.tracker_eligible_delay;
-        let target = match c.candidates.choose_walk(now, &mut self.rng) {
+        let peer = c.candidates.choose_walk(now, &mut self.rng);
+        // A fast walker with nobody eligible would idle; it asks a tracker again instead of
+        // waiting for the tracker's eligible delay.
+        let starving = fast && peer.is_none();
+        let target = match peer {
             // The seed's 0.5 % bootstrap share: a tracker now and then even when peers are known.
             Some(peer) if config.trackers.is_empty() || self.rng.unit() >= 0.005 => Some(peer),
             peer => {
+                // A tracker that answered rests for its eligible delay; one that did not answer
+                // may be tried again as soon as the last request timed out.
                 let eligible: Vec<SocketAddr> = config
                     .trackers
                     .iter()
                     .copied()
                     .filter(|t| {
-                        c.tracker_walks
-                            .get(t)
-                            .is_none_or(|at| now.saturating_since(*at) >= tracker_delay)
+                        let rested = starving
+                            || c.tracker_walks
+                                .get(t)
+                                .is_none_or(|at| now.saturating_since(*at) >= tracker_delay);
+                        let waiting = c.pending_walks.values().any(|w| w.destination == *t);
+                        rested && !waiting
                     })
                     .collect();
                 if eligible.is_empty() {
@@ -80,9 +89,9 @@ impl Node {
         let Some(target) = target else {
             return;
         };
-        if config.trackers.contains(&target) {
-            c.tracker_walks.insert(target, now);
-        } else if let Ok(candidate) = c.candidates.entry(target, now) {
+        if !config.trackers.contains(&target)
+            && let Ok(candidate) = c.candidates.entry(target, now)
+        {
             candidate.last_walk_attempt = Some(now);
         }
         let walk = loop {
@@ -339,7 +348,9 @@ impl Node {
         }
         c.stats.walk_successes += 1;
         c.last_activity = now;
-        if !is_tracker {
+        if is_tracker {
+            c.tracker_walks.insert(from, now);
+        } else {
             let (lan, wan) = address::estimate(
                 &interfaces,
                 from,

@@ -655,19 +655,28 @@ pub fn decode(
     }
 }
 
-/// The community a datagram names, read without any verification: only for labelling a
-/// missing-identity request about a datagram that cannot be verified yet.
-pub fn peek_community(datagram: &[u8]) -> Option<CommunityId> {
+/// The kind of a datagram and the community it names, read without any verification: for
+/// labelling (a missing-identity about a datagram that cannot be verified yet, traffic counts).
+pub fn peek(datagram: &[u8]) -> Option<(&'static str, Option<CommunityId>)> {
     use pb::descriptor::Message as D;
     let envelope = pb::Message::decode(datagram).ok()?;
     let descriptor = pb::Descriptor::decode(envelope.descriptor.as_deref()?).ok()?;
-    let community = match descriptor.message? {
-        D::IntroductionRequest(m) => m.community,
-        D::IntroductionResponse(m) => m.community,
-        D::Puncture(m) => m.community,
-        _ => None,
-    }?;
-    CommunityId::from_slice(&community).ok()
+    let (kind, community) = match descriptor.message? {
+        D::IntroductionRequest(m) => ("introduction-request", m.community),
+        D::IntroductionResponse(m) => ("introduction-response", m.community),
+        D::SessionRequest(m) => ("session-request", m.community),
+        D::SessionResponse(m) => ("session-response", m.community),
+        D::PunctureRequest(m) => ("puncture-request", m.community),
+        D::Puncture(m) => ("puncture", m.community),
+        D::MissingIdentity(m) => ("missing-identity", m.community),
+        D::Identity(m) => ("identity", m.community),
+        D::Collection(_) => ("collection", None),
+        _ => ("other", None),
+    };
+    Some((
+        kind,
+        community.and_then(|c| CommunityId::from_slice(&c).ok()),
+    ))
 }
 
 impl SignedMessage {

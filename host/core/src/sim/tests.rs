@@ -1,0 +1,401 @@
+//! Protocol scenarios on the simulated network.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+use crate::candidate::Category;
+use crate::community::{Definition, Resume};
+use crate::identity::{CommunityId, MemberId};
+use crate::meta::{Authentication, Destination, Distribution, MetaMessage, Resolution};
+use crate::node::Incoming;
+use crate::wire::{self, ConnectionType, Conversion, IntroductionRequest, Packet};
+
+fn definition() -> Definition {
+    Definition {
+        name: "example".into(),
+        version: "0.1.0".into(),
+        master: Sim::key(999).public().clone(),
+        conversions: vec![Conversion::version(1).expect("valid")],
+        metas: vec![MetaMessage {
+            id: 1,
+            name: "example".into(),
+            authentication: Authentication::Member,
+            resolution: Resolution::Public,
+            distribution: Distribution::Direct,
+            destination: Destination::Community { node_count: 10 },
+            priority: 128,
+            batch_window: Duration::ZERO,
+        }],
+    }
+}
+
+fn id() -> CommunityId {
+    definition().id()
+}
+
+fn peer_config(trackers: Vec<SocketAddr>) -> Config {
+    Config {
+        trackers,
+        ..Config::default()
+    }
+}
+
+fn tracker_config() -> Config {
+    Config {
+        tracker: true,
+        ..Config::default()
+    }
+}
+
+fn join(sim: &mut Sim, i: usize) {
+    let now = sim.now;
+    sim.nodes[i]
+        .join(now, definition(), Resume::default())
+        .expect("join");
+}
+
+/// A public tracker and `peers` public nodes joined to the example community.
+fn public_network(peers: usize) -> Sim {
+    let mut sim = Sim::new(7);
+    let tracker = sim.add_node(None, tracker_config());
+    let trackers = vec![sim.address(tracker)];
+    for _ in 0..peers {
+        let i = sim.add_node(None, peer_config(trackers.clone()));
+        join(&mut sim, i);
+    }
+    sim
+}
+
+fn verified_members(sim: &Sim, i: usize) -> Vec<MemberId> {
+    let c = sim.nodes[i].community(&id()).expect("joined");
+    c.candidates
+        .verified(sim.now)
+        .filter_map(|c| c.member)
+        .collect()
+}
+
+fn member(i: usize) -> MemberId {
+    Sim::key(i as u64 + 1).member_id()
+}
+
+#[test]
+fn peers_discover_each_other_through_a_tracker() {
+    let mut sim = public_network(3);
+    sim.run_for(Duration::from_secs(10));
+    for i in 1..=3 {
+        let verified = verified_members(&sim, i);
+        for j in 1..=3 {
+            if j != i {
+                assert!(
+                    verified.contains(&member(j)),
+                    "node {i} does not know node {j}"
+                );
+            }
+        }
+        assert!(!verified.contains(&member(0)), "trackers are not peers");
+        let c = sim.nodes[i].community(&id()).expect("joined");
+        assert!(c.stats.walk_successes > 0);
+        // Everybody sees everybody at its bound address: public hosts.
+        assert_eq!(sim.nodes[i].connection_type(), ConnectionType::Public);
+    }
+    // The tracker keeps a bare community with every peer in it, and stores nothing.
+    let tracker = sim.nodes[0].community(&id()).expect("bare community");
+    assert!(tracker.definition.is_none());
+    assert_eq!(tracker.candidates.verified(sim.now).count(), 3);
+    assert!(sim.events[0].is_empty());
+}
+
+#[test]
+fn discovery_converges_among_hundreds_of_nodes_with_loss() {
+    let mut sim = Sim::new(11);
+    sim.loss = 0.02;
+    let tracker = sim.add_node(None, tracker_config());
+    let trackers = vec![sim.address(tracker)];
+    let kinds = [
+        NatKind::FullCone,
+        NatKind::Restricted,
+        NatKind::PortRestricted,
+    ];
+    let mut nats = Vec::new();
+    for n in 0..30 {
+        nats.push(sim.add_nat(kinds[n % kinds.len()]));
+    }
+    let n_nodes = 200;
+    for i in 0..n_nodes {
+        // Half public, half behind one of the NATs.
+        let nat = (i % 2 == 1).then(|| nats[i % nats.len()]);
+        let node = sim.add_node(nat, peer_config(trackers.clone()));
+        join(&mut sim, node);
+    }
+    sim.run_for(Duration::from_secs(90));
+    let mut counts: Vec<usize> = (1..=n_nodes)
+        .map(|i| verified_members(&sim, i).len())
+        .collect();
+    counts.sort_unstable();
+    let median = counts[counts.len() / 2];
+    assert!(
+        counts[0] >= 5,
+        "every node knows at least 5 verified peers: {counts:?}"
+    );
+    assert!(median >= 15, "median {median}: {counts:?}");
+}
+
+#[test]
+fn created_messages_reach_every_verified_peer_once() {
+    let mut sim = public_network(3);
+    sim.run_for(Duration::from_secs(10));
+    let now = sim.now;
+    let created = sim.nodes[1]
+        .create_message(now, id(), "example", b"hello".to_vec(), &[])
+        .expect("create");
+    assert_eq!(created.sent_to, 2);
+    sim.run_for(Duration::from_secs(1));
+    for i in [2, 3] {
+        let received: Vec<&Incoming> = sim.events[i]
+            .iter()
+            .flat_map(|Event::Messages { messages, .. }| messages)
+            .collect();
+        assert_eq!(received.len(), 1, "node {i}");
+        assert_eq!(received[0].message.message.payload, b"hello");
+        assert_eq!(received[0].source, Some(sim.address(1)));
+        assert!(sim.nodes[i].community(&id()).expect("joined").global_time >= created.global_time);
+    }
+    // The creator handles its own message too (the original's "update").
+    assert!(
+        sim.events[1]
+            .iter()
+            .any(|Event::Messages { messages, .. }| {
+                messages.iter().any(|m| m.source.is_none())
+            })
+    );
+}
+
+#[test]
+fn unanswered_walks_time_out_and_are_counted() {
+    let mut sim = Sim::new(1);
+    let i = sim.add_node(
+        None,
+        peer_config(vec![SocketAddr::from(([198, 18, 9, 9], 1))]),
+    );
+    join(&mut sim, i);
+    sim.run_for(Duration::from_secs(120));
+    let c = sim.nodes[i].community(&id()).expect("joined");
+    assert!(c.stats.walk_attempts >= 2);
+    assert!(c.stats.walk_failures >= 1);
+    assert!(c.pending_walks.len() <= 1);
+}
+
+#[test]
+fn candidates_expire_as_their_lifetimes_say() {
+    let mut sim = public_network(2);
+    sim.run_for(Duration::from_secs(10));
+    assert!(verified_members(&sim, 1).contains(&member(2)));
+    let address = sim.address(2);
+    sim.disconnect(2);
+    let category = |sim: &Sim| {
+        let config = sim.nodes[1].config().candidates.clone();
+        let c = sim.nodes[1].community(&id()).expect("joined");
+        c.candidates
+            .get(&address)
+            .map(|c| c.category(sim.now, &config))
+    };
+    // Heard of within the last 10 s: still verified for a while.
+    sim.run_for(Duration::from_secs(40));
+    assert!(matches!(
+        category(&sim),
+        Some(Category::Walk | Category::Stumble)
+    ));
+    // 57.5 s after the last contact it is no longer verified...
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(category(&sim), Some(Category::None));
+    assert!(!verified_members(&sim, 1).contains(&member(2)));
+    // ...and a cleanup after it became obsolete (3 min) removes it.
+    sim.run_for(Duration::from_secs(300));
+    assert_eq!(category(&sim), None);
+}
+
+/// Two trackers (so that votes from two IPs can reveal a symmetric NAT), A behind a NAT of
+/// `a`, B behind a NAT of `b`. Returns the simulation after `seconds`.
+fn nat_pair(a: NatKind, b: NatKind, seconds: u64) -> Sim {
+    let mut sim = Sim::new(3);
+    let t1 = sim.add_node(None, tracker_config());
+    let t2 = sim.add_node(None, tracker_config());
+    let trackers = vec![sim.address(t1), sim.address(t2)];
+    let nat_a = sim.add_nat(a);
+    let nat_b = sim.add_nat(b);
+    let node_a = sim.add_node(Some(nat_a), peer_config(trackers.clone()));
+    let node_b = sim.add_node(Some(nat_b), peer_config(trackers));
+    join(&mut sim, node_a);
+    join(&mut sim, node_b);
+    sim.run_for(Duration::from_secs(seconds));
+    sim
+}
+
+/// Whether node `i` has `other` as a walk candidate: it answered our introduction-request, so
+/// there is a direct path.
+fn walked(sim: &Sim, i: usize, other: usize) -> bool {
+    let c = sim.nodes[i].community(&id()).expect("joined");
+    let config = sim.nodes[i].config().candidates.clone();
+    c.candidates.iter().any(|c| {
+        c.member == Some(member(other))
+            && c.last_walk.is_some()
+            && c.category(sim.now, &config) != Category::None
+    })
+}
+
+#[test]
+fn nat_traversal_between_the_usual_nat_kinds() {
+    use NatKind::*;
+    for (a, b) in [
+        (PortRestricted, PortRestricted),
+        (Restricted, Restricted),
+        (FullCone, Symmetric),
+        (Restricted, Symmetric),
+    ] {
+        let sim = nat_pair(a, b, 240);
+        assert!(
+            walked(&sim, 2, 3),
+            "{a:?} -> {b:?}: A never walked to B directly"
+        );
+        assert!(
+            walked(&sim, 3, 2),
+            "{a:?} <- {b:?}: B never walked to A directly"
+        );
+    }
+}
+
+#[test]
+fn two_symmetric_nats_are_never_introduced_and_say_why() {
+    let sim = nat_pair(NatKind::Symmetric, NatKind::Symmetric, 240);
+    assert!(!walked(&sim, 2, 3) && !walked(&sim, 3, 2));
+    for i in [2, 3] {
+        assert_eq!(sim.nodes[i].connection_type(), ConnectionType::SymmetricNat);
+        // No retries: B is not even a candidate of A.
+        let c = sim.nodes[i].community(&id()).expect("joined");
+        assert!(c.candidates.iter().all(|c| c.member != Some(member(5 - i))));
+    }
+    let refused: u64 = [0, 1]
+        .iter()
+        .map(|&t| {
+            sim.nodes[t]
+                .community(&id())
+                .map_or(0, |c| c.stats.introductions_refused)
+        })
+        .sum();
+    assert!(refused > 0, "the trackers count the refused introductions");
+}
+
+#[test]
+fn spoofed_introduction_requests_earn_the_victim_only_small_session_requests() {
+    let mut sim = public_network(1);
+    sim.run_for(Duration::from_secs(5));
+    let node = sim.address(1);
+    // Requests signed by a member the node knows (the tracker's key), so that they verify and
+    // reach the session logic; an unknown member earns at most one small missing-identity.
+    let attacker = Sim::key(1);
+    let victims: Vec<SocketAddr> = (1..=50u8)
+        .map(|i| SocketAddr::from(([198, 18, 200, i], 9000)))
+        .collect();
+    for (n, victim) in victims.iter().enumerate() {
+        for round in 0..2u32 {
+            let request = Packet::IntroductionRequest(IntroductionRequest {
+                community: id(),
+                member: attacker.public().clone(),
+                session: 0,
+                walk: n as u32 * 10 + round + 1,
+                random: 5,
+                global_time: 1,
+                destination: node,
+                source_lan: *victim,
+                source_wan: *victim,
+                connection_type: ConnectionType::Unknown,
+                advice: true,
+                sync: None,
+            });
+            sim.inject(*victim, node, request.encode(&attacker));
+        }
+    }
+    sim.run_for(Duration::from_secs(30));
+    for victim in &victims {
+        let (received, _) = sim.traffic[&(*victim, node)];
+        let (sent, count) = sim.traffic.get(&(node, *victim)).copied().unwrap_or((0, 0));
+        assert!(count > 0, "the node answers something");
+        assert!(
+            sent <= received,
+            "amplification to {victim}: sent {sent} for {received}"
+        );
+    }
+    // Nothing but session-requests went to the victims.
+    for (from, to, kind) in sim.kinds.keys() {
+        if *from == node && victims.contains(to) {
+            assert_eq!(*kind, "session-request");
+        }
+    }
+    // The victims never became candidates.
+    let c = sim.nodes[1].community(&id()).expect("joined");
+    assert!(victims.iter().all(|v| c.candidates.get(v).is_none()));
+    assert_eq!(c.stats.stumbles, 0, "no spoofed request was answered");
+}
+
+#[test]
+fn a_sybil_stumbling_in_from_many_addresses_gets_only_its_share_of_walks() {
+    // Honest public peers, plus a sybil that stumbles in from 60 addresses: it walks to the
+    // victim and completes the handshakes (so it is a verified stumble candidate), but never
+    // answers a walk.
+    let mut sim = public_network(10);
+    let sybil_start = sim.nodes.len();
+    for _ in 0..60 {
+        let i = sim.add_node(
+            None,
+            Config {
+                trackers: vec![],
+                ..Config::default()
+            },
+        );
+        join(&mut sim, i);
+        sim.ignore(i, "introduction-request");
+        let victim = sim.address(1);
+        let now = sim.now;
+        sim.nodes[i].add_candidate(now, id(), victim).expect("room");
+    }
+    sim.run_for(Duration::from_secs(600));
+    let victim = &sim.nodes[1];
+    let c = victim.community(&id()).expect("joined");
+    let sybils: Vec<SocketAddr> = (sybil_start..sim.nodes.len())
+        .map(|i| sim.address(i))
+        .collect();
+    let to_sybils: u64 = sybils
+        .iter()
+        .map(|a| {
+            sim.kinds
+                .get(&(sim.address(1), *a, "introduction-request"))
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    let walks = c.stats.walk_attempts;
+    let share = to_sybils as f64 / walks as f64;
+    // Stumble candidates get 24.825 % of the walks when every category is populated (intros of
+    // sybils by honest peers can add a little): far less than their 60 of 70 candidates.
+    assert!(
+        share < 0.35,
+        "sybil share of walks {share:.2} ({to_sybils}/{walks})"
+    );
+}
+
+#[test]
+fn first_contact_exchanges_identities_and_a_session() {
+    let mut sim = public_network(2);
+    sim.run_for(Duration::from_secs(3));
+    for i in 1..=2 {
+        let stats = sim.nodes[i].stats();
+        assert!(stats.packets.get("identity") > 0, "{stats:?}");
+        assert!(stats.packets.get("session-request") + stats.packets.get("session-response") > 0);
+        assert!(
+            sim.nodes[i].session_count() >= 2,
+            "with the tracker and the other peer"
+        );
+    }
+    let _ = wire::SESSION_VERSION;
+}
