@@ -62,13 +62,19 @@ pub fn is_usable(address: SocketAddr) -> bool {
 }
 
 /// The LAN and WAN address of a peer that sent from `source` and reported `lan` and `wan`.
+///
+/// The seed's rule: from inside our LAN the source is the sender's LAN address, from outside it
+/// is its WAN address; the other one is taken as reported. A source on our subnet that is *not*
+/// the LAN address the sender reports comes through a NAT (our "LAN" is then a shared public
+/// segment, as between routers of one provider): the source is its WAN address.
 pub fn estimate(
     interfaces: &[Interface],
     source: SocketAddr,
     lan: SocketAddr,
     wan: SocketAddr,
 ) -> (SocketAddr, SocketAddr) {
-    if is_lan(interfaces, source.ip()) {
+    let same_lan = is_lan(interfaces, source.ip()) && (lan == source || !is_usable(lan));
+    if same_lan {
         (source, wan)
     } else {
         (lan, source)
@@ -242,6 +248,16 @@ mod tests {
                 a("198.18.1.1:9")
             ),
             (a("10.0.1.11:7"), a("198.18.1.1:9"))
+        );
+        // A source on our subnet that is not the sender's own LAN address: a NAT in between.
+        assert_eq!(
+            estimate(
+                &interfaces,
+                a("10.0.1.1:5000"),
+                a("10.0.9.9:7"),
+                a("10.0.9.9:7")
+            ),
+            (a("10.0.9.9:7"), a("10.0.1.1:5000"))
         );
         // From outside: the source is the WAN address, the reported LAN is kept.
         assert_eq!(

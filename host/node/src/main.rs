@@ -30,6 +30,19 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Call the control API of the node whose data folder is given (address and token are read
+    /// from it) and print the JSON answer, e.g. `dispersy api GET /v1/node`.
+    Api {
+        /// Data folder of the node.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// GET or POST.
+        method: String,
+        /// Path, e.g. /v1/communities.
+        path: String,
+        /// JSON body for POST.
+        body: Option<String>,
+    },
     /// Start a tracker and three nodes on loopback and show them at work.
     Demo {
         /// Example messages each node sends.
@@ -101,6 +114,15 @@ fn main() -> ExitCode {
             node(flags)
         }
         Cmd::Keygen { out } => keygen(out),
+        Cmd::Api {
+            data_dir,
+            method,
+            path,
+            body,
+        } => match runtime().and_then(|rt| rt.block_on(api(data_dir, method, path, body))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(error),
+        },
         Cmd::Demo {
             messages,
             nodes,
@@ -176,6 +198,42 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+async fn api(
+    data_dir: Option<PathBuf>,
+    method: String,
+    path: String,
+    body: Option<String>,
+) -> anyhow::Result<()> {
+    let dir = data_dir.unwrap_or_else(dispersy_node::config::default_data_dir);
+    let endpoints: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("endpoints.json")).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e} (is a node running with this data folder?)",
+                dir.join("endpoints.json").display()
+            )
+        })?,
+    )?;
+    let address: SocketAddr = endpoints["api"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("endpoints.json has no API address"))?;
+    let token = keys::read_secret(&dir.join("api-token"))?;
+    let client = dispersy_node::client::Client::new(address, token.clone());
+    let (status, text) = client
+        .raw(&method.to_uppercase(), &path, body, Some(&token))
+        .await?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    println!("{pretty}");
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("HTTP {status}"))
     }
 }
 

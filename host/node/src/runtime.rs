@@ -152,6 +152,14 @@ pub struct CommunityStatsView {
     pub walk_failures: u64,
     /// Introduction-requests received.
     pub stumbles: u64,
+    /// Session handshakes completed as responder.
+    pub handshakes: u64,
+    /// Introduction-responses that introduced nobody.
+    pub responses_without_introduction: u64,
+    /// Introductions refused because both peers are behind symmetric NATs.
+    pub introductions_refused: u64,
+    /// Punctures received for our walks.
+    pub punctures: u64,
     /// Messages created here.
     pub messages_created: u64,
     /// Verified messages passed to the plugin.
@@ -802,6 +810,10 @@ impl Protocol {
                         walk_successes: c.stats.walk_successes,
                         walk_failures: c.stats.walk_failures,
                         stumbles: c.stats.stumbles,
+                        handshakes: c.stats.handshakes,
+                        responses_without_introduction: c.stats.responses_without_introduction,
+                        introductions_refused: c.stats.introductions_refused,
+                        punctures: c.stats.punctures,
                         messages_created: c.stats.messages_created,
                         messages_received: c.stats.messages_received,
                         dropped: c.stats.dropped.iter().collect(),
