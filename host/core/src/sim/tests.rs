@@ -399,3 +399,80 @@ fn first_contact_exchanges_identities_and_a_session() {
     }
     let _ = wire::SESSION_VERSION;
 }
+
+#[test]
+fn bad_walker_input_is_dropped_and_counted() {
+    use crate::wire::{IntroductionResponse, Puncture};
+    let mut sim = public_network(2);
+    sim.run_for(Duration::from_secs(5));
+    let node = sim.address(1);
+    let peer = sim.address(2);
+    let peer_key = Sim::key(3);
+    let session = sim.nodes[1]
+        .sessions
+        .id(&peer)
+        .expect("a session with the peer");
+    let response = |session: u32, walk: u32, introduced: Option<(SocketAddr, SocketAddr)>| {
+        Packet::IntroductionResponse(IntroductionResponse {
+            community: id(),
+            member: peer_key.public().clone(),
+            session,
+            walk,
+            global_time: 1,
+            destination: node,
+            source_lan: peer,
+            source_wan: peer,
+            connection_type: ConnectionType::Public,
+            introduced,
+        })
+    };
+    let dropped = |sim: &Sim, reason: &str| sim.nodes[1].stats().dropped.get(reason);
+
+    // A response to a walk nobody started.
+    let before = dropped(&sim, "unexpected-response");
+    sim.inject(
+        peer,
+        node,
+        response(session, 0xDEAD_BEEF, None).encode(&peer_key),
+    );
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(dropped(&sim, "unexpected-response"), before + 1);
+
+    // A response from an address that shares no session with us.
+    let stranger = SocketAddr::from(([198, 18, 50, 50], 7000));
+    let before = dropped(&sim, "bad-session");
+    sim.inject(stranger, node, response(12345, 1, None).encode(&peer_key));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(dropped(&sim, "bad-session"), before + 1);
+
+    // Sources that cannot be peers: unspecified, multicast, our own address.
+    let before = dropped(&sim, "invalid-source");
+    for source in ["0.0.0.0:0", "224.0.0.1:7000", "255.255.255.255:7000"] {
+        sim.inject(
+            source.parse().expect("address"),
+            node,
+            response(session, 1, None).encode(&peer_key),
+        );
+    }
+    sim.inject(node, node, response(session, 1, None).encode(&peer_key));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(dropped(&sim, "invalid-source"), before + 4);
+
+    // A puncture for a walk we did not start.
+    let before = dropped(&sim, "unexpected-puncture");
+    let puncture = Packet::Puncture(Puncture {
+        community: id(),
+        member: peer_key.public().clone(),
+        session: 0,
+        walk: 0xBAD,
+        random: 1,
+        source_lan: peer,
+        source_wan: peer,
+    });
+    sim.inject(peer, node, puncture.encode(&peer_key));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(dropped(&sim, "unexpected-puncture"), before + 1);
+    // None of it created a candidate.
+    let c = sim.nodes[1].community(&id()).expect("joined");
+    assert!(c.candidates.get(&stranger).is_none());
+}
