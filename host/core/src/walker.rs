@@ -75,7 +75,10 @@ impl Node {
                             || c.tracker_walks
                                 .get(t)
                                 .is_none_or(|at| now.saturating_since(*at) >= tracker_delay);
-                        let waiting = c.pending_walks.values().any(|w| w.destination == *t);
+                        let waiting = c
+                            .pending_walks
+                            .values()
+                            .any(|w| w.destination == *t && !w.answered);
                         rested && !waiting
                     })
                     .collect();
