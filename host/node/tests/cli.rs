@@ -3,25 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
+
+use common::plugin_dir;
 use std::process::Command;
 
 fn dispersy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dispersy"))
-}
-
-/// A private folder holding a copy of the example plugin that `cargo test` built for the tests
-/// crate (the build folder itself also holds proc-macro libraries, which must never be loaded).
-fn plugin_dir() -> tempfile::TempDir {
-    let exe = std::env::current_exe().unwrap();
-    let built = exe.parent().unwrap().join("libexample_community.so");
-    assert!(
-        built.is_file(),
-        "libexample_community.so not built: run `cargo test --workspace` from the workspace root"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(&built, dir.path().join("libexample_community.so")).unwrap();
-    dir
 }
 
 #[test]

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 const COMMUNITY: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
 
 fn netlab_script() -> PathBuf {
@@ -197,27 +199,11 @@ impl Drop for Lab {
     }
 }
 
-/// The example plugin, copied into a private folder.
-fn plugins() -> tempfile::TempDir {
-    let exe = std::env::current_exe().unwrap();
-    let built = exe.parent().unwrap().join("libexample_community.so");
-    assert!(
-        built.is_file(),
-        "libexample_community.so not built: run `cargo test --workspace` from the workspace root"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(&built, dir.path().join("libexample_community.so")).unwrap();
-    // The nodes run as root in other namespaces but read this folder: keep it readable.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
 /// Runs a tracker on T and nodes on A and B, and waits until A and B are walk candidates of
 /// each other. Returns the lab and the candidate entries (A's view of B, B's view of A).
 fn direct_pair(prefix: &str, args: &[&str]) -> Option<(Lab, Value, Value)> {
     let mut lab = Lab::up(prefix, args)?;
-    let plugins = plugins();
+    let plugins = common::plugin_dir();
     let tracker = format!("{}:7000", lab.var("NL_T"));
     lab.tracker("T");
     std::thread::sleep(Duration::from_millis(300));
@@ -246,11 +232,9 @@ fn direct_pair(prefix: &str, args: &[&str]) -> Option<(Lab, Value, Value)> {
     }
 }
 
-#[test]
-fn cone_to_cone() {
-    if let Some((lab, ab, ba)) = direct_pair("dc1-", &["nat2", "--nat1", "cone", "--nat2", "cone"])
-    {
-        // Each reaches the other at the other router's public address: a direct path.
+/// A and B behind routers R1 and R2 reach each other at the routers' public addresses.
+fn assert_direct_between_routers(prefix: &str, nat1: &str, nat2: &str) {
+    if let Some((lab, ab, ba)) = direct_pair(prefix, &["nat2", "--nat1", nat1, "--nat2", nat2]) {
         assert!(
             ab["address"]
                 .as_str()
@@ -266,75 +250,26 @@ fn cone_to_cone() {
             "{ba}"
         );
     }
+}
+
+#[test]
+fn cone_to_cone() {
+    assert_direct_between_routers("dc1-", "cone", "cone");
 }
 
 #[test]
 fn restricted_to_restricted() {
-    if let Some((lab, ab, ba)) = direct_pair(
-        "dc2-",
-        &["nat2", "--nat1", "restricted", "--nat2", "restricted"],
-    ) {
-        assert!(
-            ab["address"]
-                .as_str()
-                .unwrap()
-                .starts_with(&lab.var("NL_R2")),
-            "{ab}"
-        );
-        assert!(
-            ba["address"]
-                .as_str()
-                .unwrap()
-                .starts_with(&lab.var("NL_R1")),
-            "{ba}"
-        );
-    }
+    assert_direct_between_routers("dc2-", "restricted", "restricted");
 }
 
 #[test]
 fn full_cone_to_symmetric() {
-    if let Some((lab, ab, ba)) = direct_pair(
-        "dc3-",
-        &["nat2", "--nat1", "full-cone", "--nat2", "symmetric"],
-    ) {
-        assert!(
-            ab["address"]
-                .as_str()
-                .unwrap()
-                .starts_with(&lab.var("NL_R2")),
-            "{ab}"
-        );
-        assert!(
-            ba["address"]
-                .as_str()
-                .unwrap()
-                .starts_with(&lab.var("NL_R1")),
-            "{ba}"
-        );
-    }
+    assert_direct_between_routers("dc3-", "full-cone", "symmetric");
 }
 
 #[test]
 fn restricted_to_symmetric() {
-    if let Some((lab, ab, ba)) = direct_pair(
-        "dc4-",
-        &["nat2", "--nat1", "restricted", "--nat2", "symmetric"],
-    ) {
-        assert!(
-            ab["address"]
-                .as_str()
-                .unwrap()
-                .starts_with(&lab.var("NL_R2")),
-            "{ab}"
-        );
-        assert!(
-            ba["address"]
-                .as_str()
-                .unwrap()
-                .starts_with(&lab.var("NL_R1")),
-            "{ba}"
-        );
-    }
+    assert_direct_between_routers("dc4-", "restricted", "symmetric");
 }
 
 #[test]
@@ -361,7 +296,7 @@ fn symmetric_to_symmetric_fails_cleanly() {
     ) else {
         return;
     };
-    let plugins = plugins();
+    let plugins = common::plugin_dir();
     // Two trackers: votes from two IPs reveal the symmetric NATs.
     let trackers = [
         format!("{}:7000", lab.var("NL_T")),
