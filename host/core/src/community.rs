@@ -170,4 +170,54 @@ impl Community {
     pub fn observe_global_time(&mut self, global_time: u64) {
         self.global_time = self.global_time.max(global_time);
     }
+
+    /// The highest global time a received persistent message may carry at `now`: our own global
+    /// time or, when more than five verified neighbours reported theirs, their median if higher,
+    /// plus `margin` (seed: "Global time"; original-implementation §5). A peer cannot push the
+    /// clock far ahead and exhaust the 64-bit range.
+    pub fn acceptable_global_time(&self, now: Instant, margin: u64) -> u64 {
+        acceptable_global_time(
+            self.global_time,
+            self.candidates.verified(now).map(|c| c.global_time),
+            margin,
+        )
+    }
+}
+
+/// `max(local, median of the neighbours' global times) + margin`, where the median counts only
+/// with more than five non-zero values (the upper middle for an even count), capped at
+/// `i64::MAX` (SQLite's integer range).
+pub fn acceptable_global_time(
+    local: u64,
+    neighbours: impl Iterator<Item = u64>,
+    margin: u64,
+) -> u64 {
+    let mut times: Vec<u64> = neighbours.filter(|t| *t > 0).collect();
+    let median = if times.len() > 5 {
+        times.sort_unstable();
+        times[times.len() / 2]
+    } else {
+        0
+    };
+    local
+        .max(median)
+        .saturating_add(margin)
+        .min(i64::MAX as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acceptable_global_time_uses_the_median_of_enough_neighbours() {
+        assert_eq!(
+            acceptable_global_time(7, [100, 200].into_iter(), 10_000),
+            10_007
+        );
+        let many = [1, 2, 3, 500, 600, 700, 0, 0].into_iter();
+        assert_eq!(acceptable_global_time(7, many, 10_000), 10_500);
+        let liars = [u64::MAX; 6].into_iter();
+        assert_eq!(acceptable_global_time(7, liars, 10_000), i64::MAX as u64);
+    }
 }

@@ -15,6 +15,7 @@
 //! - [`session`]: sessions against IP spoofing;
 //! - [`member`]: known public keys and the missing-identity exchange;
 //! - [`candidate`]: peers of a community and their categories;
+//! - [`bloom`]: bloom filters for synchronisation;
 //! - [`walker`]: the walk: steps, introductions, punctures, fast start;
 //! - [`community`]: one community's state (definition, global time, candidates);
 //! - [`node`]: the state machine that ties them together;
@@ -22,6 +23,7 @@
 //! - [`time`], [`rng`]: the clock and randomness the driver hands in.
 
 pub mod address;
+pub mod bloom;
 pub mod candidate;
 pub mod community;
 pub mod identity;

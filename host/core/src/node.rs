@@ -73,6 +73,9 @@ pub struct Config {
     pub max_transmits: usize,
     /// Most events queued for the driver.
     pub max_events: usize,
+    /// How far beyond our global time (or the neighbours' median) a received persistent message
+    /// may be (the original's 10,000).
+    pub global_time_margin: u64,
 }
 
 impl Default for Config {
@@ -98,6 +101,7 @@ impl Default for Config {
             max_pending_walks: 64,
             max_transmits: 65_536,
             max_events: 65_536,
+            global_time_margin: 10_000,
         }
     }
 }
@@ -601,6 +605,7 @@ impl Node {
         let Some(definition) = c.definition.as_ref() else {
             return Err("unknown-community");
         };
+        let acceptable = c.acceptable_global_time(now, self.config.global_time_margin);
         // Group by meta, keeping arrival order within each meta.
         let mut batches: Vec<(u32, Vec<Incoming>)> = Vec::new();
         let mut highest = 0;
@@ -619,12 +624,18 @@ impl Node {
                 Some(_) if !definition.conversions.contains(&m.conversion) => {
                     Err("unknown-conversion")
                 }
+                Some(meta) if meta.distribution.is_persistent() && m.global_time > acceptable => {
+                    Err("global-time-beyond-limit")
+                }
                 Some(meta) => Ok(meta.distribution.is_persistent()),
             };
             match verdict {
                 Err(reason) => c.stats.dropped.bump(reason),
                 Ok(persistent) => {
-                    highest = highest.max(m.global_time);
+                    // Only stored messages move the clock (direct ones are not checked).
+                    if persistent {
+                        highest = highest.max(m.global_time);
+                    }
                     let meta = m.message_type;
                     let incoming = Incoming {
                         message: signed,

@@ -17,16 +17,32 @@ fn definition() -> Definition {
         version: "0.1.0".into(),
         master: Sim::key(999).public().clone(),
         conversions: vec![Conversion::version(1).expect("valid")],
-        metas: vec![MetaMessage {
-            id: 1,
-            name: "example".into(),
-            authentication: Authentication::Member,
-            resolution: Resolution::Public,
-            distribution: Distribution::Direct,
-            destination: Destination::Community { node_count: 10 },
-            priority: 128,
-            batch_window: Duration::ZERO,
-        }],
+        metas: vec![
+            MetaMessage {
+                id: 1,
+                name: "example".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Public,
+                distribution: Distribution::Direct,
+                destination: Destination::Community { node_count: 10 },
+                priority: 128,
+                batch_window: Duration::ZERO,
+            },
+            MetaMessage {
+                id: 2,
+                name: "post".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Public,
+                distribution: Distribution::FullSync {
+                    sequence_numbers: false,
+                    order: crate::meta::SyncOrder::Ascending,
+                    pruning: None,
+                },
+                destination: Destination::Community { node_count: 10 },
+                priority: 128,
+                batch_window: Duration::ZERO,
+            },
+        ],
     }
 }
 
@@ -159,7 +175,8 @@ fn created_messages_reach_every_verified_peer_once() {
         assert_eq!(received.len(), 1, "node {i}");
         assert_eq!(received[0].message.message.payload, b"hello");
         assert_eq!(received[0].source, Some(sim.address(1)));
-        assert!(sim.nodes[i].community(&id()).expect("joined").global_time >= created.global_time);
+        // Direct messages do not move the receiver's clock (only stored ones do).
+        assert!(sim.nodes[i].community(&id()).expect("joined").global_time < created.global_time);
     }
     // The creator handles its own message too (the original's "update").
     assert!(
@@ -506,4 +523,42 @@ fn fifty_nodes_know_ten_verified_peers_quickly() {
     assert_eq!(times.len(), 50, "{times:?}");
     // Measured: median 2.3 s, last 3.1 s (virtual time).
     assert!(times[49] <= Duration::from_secs(5), "{times:?}");
+}
+
+#[test]
+fn persistent_messages_beyond_the_acceptable_global_time_are_dropped() {
+    use crate::wire::{CommunityMessage, SignedMessage};
+    let mut sim = public_network(2);
+    sim.run_for(Duration::from_secs(5));
+    let node = sim.address(1);
+    let peer = sim.address(2);
+    let key = Sim::key(3);
+    let message = |global_time: u64| {
+        let signed = SignedMessage::sign(
+            CommunityMessage {
+                community: id(),
+                message_type: 2,
+                conversion: Conversion::version(1).expect("valid"),
+                authors: vec![key.public().clone()],
+                global_time,
+                sequence_number: None,
+                resolution_index: None,
+                relay_hops: None,
+                payload: b"post".to_vec(),
+            },
+            &[&key],
+        )
+        .expect("signed");
+        wire::encode_collection(0, &[&signed.packet])
+    };
+    let local = sim.nodes[1].community(&id()).expect("joined").global_time;
+    sim.inject(peer, node, message(local + 10_001));
+    sim.run_for(Duration::from_millis(100));
+    sim.inject(peer, node, message(local + 10_000));
+    sim.run_for(Duration::from_millis(100));
+    let c = sim.nodes[1].community(&id()).expect("joined");
+    assert_eq!(c.stats.dropped.get("global-time-beyond-limit"), 1);
+    assert_eq!(c.stats.messages_received, 1);
+    // The accepted stored message moved the clock.
+    assert_eq!(c.global_time, local + 10_000);
 }
