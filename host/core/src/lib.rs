@@ -16,6 +16,7 @@
 //! - [`member`]: known public keys and the missing-identity exchange;
 //! - [`candidate`]: peers of a community and their categories;
 //! - [`bloom`]: bloom filters for synchronisation;
+//! - [`sync`]: sync ranges, filter reuse, the responder's choice and adaptive budgets;
 //! - [`walker`]: the walk: steps, introductions, punctures, fast start;
 //! - [`community`]: one community's state (definition, global time, candidates);
 //! - [`node`]: the state machine that ties them together;
@@ -33,6 +34,7 @@ pub mod node;
 pub mod rng;
 pub mod session;
 pub mod stats;
+pub mod sync;
 pub mod time;
 pub mod walker;
 pub mod wire;
