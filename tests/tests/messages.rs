@@ -172,3 +172,48 @@ async fn api_rejects_bad_requests_with_clear_errors() {
 async fn token(node: &integration_tests::TestNode) -> String {
     node.client.token().to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_posts_reach_a_node_that_joins_later_through_sync() {
+    let plugins = plugin_dir(&["example_community"]);
+    let a = integration_tests::TestNode::start(plugins.path(), |_| {}).await;
+    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    const N: u64 = 150;
+    for i in 0..N {
+        let body = json!({"meta": "post", "payload": {"text": format!("post {i}"), "amount": i}});
+        let created = a.client.post(&path, &body).await.unwrap();
+        assert_eq!(created["sent_to"], 0, "nobody to push to yet");
+    }
+    // B joins later: it can only get the posts through bloom-filter synchronisation.
+    let a_udp = a.udp;
+    let b =
+        integration_tests::TestNode::start(plugins.path(), |c| c.peers = vec![a_udp.to_string()])
+            .await;
+    wait_until(Duration::from_secs(60), "B to have every post", || async {
+        b.community(EXAMPLE).await["plugin"]["status"]["posts"] == N
+    })
+    .await;
+    // They are stored at B, verified, once each.
+    let mut since = 0;
+    let mut stored = Vec::new();
+    loop {
+        let page = b
+            .get(&format!("{path}?stored=true&since={since}&limit=100"))
+            .await;
+        let messages = page["messages"].as_array().unwrap().clone();
+        if messages.is_empty() {
+            break;
+        }
+        for m in &messages {
+            assert_eq!(m["meta"], "post");
+            assert_eq!(m["public_key"], a.member());
+            stored.push(m["payload"]["amount"].as_u64().unwrap());
+        }
+        since = page["next"].as_u64().unwrap();
+    }
+    stored.sort_unstable();
+    assert_eq!(stored, (0..N).collect::<Vec<_>>());
+    assert_eq!(b.community(EXAMPLE).await["plugin"]["duplicates"], 0);
+    a.stop().await;
+    b.stop().await;
+}

@@ -11,6 +11,7 @@ use crate::candidate;
 use crate::identity::{CommunityId, PublicKey};
 use crate::meta::{self, MetaMessage};
 use crate::stats::CommunityStats;
+use crate::sync;
 use crate::time::Instant;
 use crate::wire::Conversion;
 
@@ -73,6 +74,11 @@ impl Definition {
     pub fn meta_by_id(&self, id: u32) -> Option<&MetaMessage> {
         self.metas.iter().find(|m| m.id == id)
     }
+
+    /// Whether any meta-message is synchronised (stored, priority above 32).
+    pub fn syncs(&self) -> bool {
+        self.metas.iter().any(MetaMessage::is_synced)
+    }
 }
 
 /// State carried over from storage when a community is joined again.
@@ -82,6 +88,8 @@ pub struct Resume {
     pub global_time: u64,
     /// Highest sequence number of our own stored messages, by meta id.
     pub sequences: Vec<(u32, u32)>,
+    /// Number of stored syncable messages.
+    pub stored: u64,
 }
 
 /// An introduction-request we sent, waiting for its response and for the puncture of the peer
@@ -125,6 +133,8 @@ pub struct Community {
     pub fast_until: Instant,
     /// Semi round robin over walk and stumble candidates: the last one introduced of each.
     pub introduce_cursors: [Option<SocketAddr>; 2],
+    /// Bloom-filter synchronisation state.
+    pub sync: sync::State,
 }
 
 impl Community {
@@ -136,6 +146,7 @@ impl Community {
         candidates: candidate::Config,
         now: Instant,
         fast_until: Instant,
+        sync: sync::State,
     ) -> Self {
         Community {
             id,
@@ -150,6 +161,7 @@ impl Community {
             last_activity: now,
             fast_until,
             introduce_cursors: [None, None],
+            sync,
         }
     }
 

@@ -174,6 +174,12 @@ pub enum MetaError {
 }
 
 impl MetaMessage {
+    /// Whether the bloom-filter sync offers messages of this meta: stored, and a priority above
+    /// [`SYNC_PRIORITY_THRESHOLD`].
+    pub fn is_synced(&self) -> bool {
+        self.distribution.is_persistent() && self.priority > SYNC_PRIORITY_THRESHOLD
+    }
+
     /// Checks the policy combinations of the original implementation (message.py).
     pub fn validate(&self) -> Result<(), MetaError> {
         let name_ok = !self.name.is_empty()

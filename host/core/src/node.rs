@@ -23,6 +23,7 @@ use crate::meta::{Authentication, Destination};
 use crate::rng::Rng;
 use crate::session::{self, Sessions};
 use crate::stats::Stats;
+use crate::sync;
 use crate::time::Instant;
 use crate::wire::{
     self, CommunityMessage, ConnectionType, DecodeError, Identity, MissingIdentity, Packet,
@@ -76,6 +77,8 @@ pub struct Config {
     /// How far beyond our global time (or the neighbours' median) a received persistent message
     /// may be (the original's 10,000).
     pub global_time_margin: u64,
+    /// Synchronisation bounds.
+    pub sync: sync::Config,
 }
 
 impl Default for Config {
@@ -102,6 +105,7 @@ impl Default for Config {
             max_transmits: 65_536,
             max_events: 65_536,
             global_time_margin: 10_000,
+            sync: sync::Config::default(),
         }
     }
 }
@@ -130,6 +134,7 @@ pub struct Incoming {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Messages of one community and meta, in arrival order, for check, storage and handling.
+    /// The driver reports stored ones with [`Node::handle_stored`].
     Messages {
         /// The community.
         community: CommunityId,
@@ -137,6 +142,33 @@ pub enum Event {
         meta: u32,
         /// The messages.
         messages: Vec<Incoming>,
+    },
+    /// Read the syncable rows `query` describes (priority above 32, not undone) and answer with
+    /// [`Node::handle_sync_query`].
+    SyncQuery {
+        /// The community.
+        community: CommunityId,
+        /// What to read.
+        query: sync::Query,
+    },
+    /// Read the syncable rows of `range` (global time, hash, size), highest priority first and
+    /// each meta in its own order, at most `limit`, and answer with [`Node::handle_sync_rows`].
+    SyncRows {
+        /// The community.
+        community: CommunityId,
+        /// Identifies the request.
+        request: u32,
+        /// The range.
+        range: sync::Range,
+        /// How many rows at most.
+        limit: usize,
+    },
+    /// Read the packets of these rows and hand them to [`Node::send_packets`].
+    SendPackets {
+        /// Identifies the request.
+        request: u32,
+        /// The rows, in sending order.
+        rows: Vec<u64>,
     },
 }
 
@@ -209,6 +241,9 @@ pub struct Node {
     events: VecDeque<Event>,
     pub(crate) stats: Stats,
     next_cleanup: Instant,
+    /// Sync requests being answered, by request id.
+    pub(crate) responses: HashMap<u32, sync::PendingResponse>,
+    next_response: u32,
 }
 
 impl Node {
@@ -228,6 +263,8 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            responses: HashMap::new(),
+            next_response: 1,
         }
     }
 
@@ -297,6 +334,7 @@ impl Node {
         if self.communities.len() >= self.config.max_communities {
             return Err(JoinError::Full(self.config.max_communities));
         }
+        let sync = sync::State::new(&self.config.sync, resume.stored, self.filter_bytes(id));
         let community = Community::new(
             id,
             Some(definition),
@@ -304,6 +342,7 @@ impl Node {
             self.config.candidates.clone(),
             now,
             now + self.config.fast_walker_duration,
+            sync,
         );
         self.communities.insert(id, community);
         Ok(id)
@@ -430,10 +469,12 @@ impl Node {
         if expired > 0 {
             self.stats.dropped.add("identity-timeout", expired as u64);
         }
+        self.responses.retain(|_, r| r.deadline > now);
         let mut ids: Vec<CommunityId> = self.communities.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
             self.expire_walks(now, id);
+            self.expire_sync_query(now, id);
             if cleanup {
                 self.cleanup(now, id);
             }
@@ -458,6 +499,12 @@ impl Node {
             for walk in community.pending_walks.values() {
                 next = next.min(Some(walk.deadline));
             }
+            if let Some(pending) = &community.sync.pending {
+                next = next.min(Some(pending.deadline));
+            }
+        }
+        for response in self.responses.values() {
+            next = next.min(Some(response.deadline));
         }
         next
     }
@@ -715,12 +762,22 @@ impl Node {
         }
     }
 
+    pub(crate) fn push(&mut self, event: Event) {
+        self.push_event(event);
+    }
+
+    pub(crate) fn next_response_id(&mut self) -> u32 {
+        let id = self.next_response;
+        self.next_response = self.next_response.wrapping_add(1).max(1);
+        id
+    }
+
     pub(crate) fn send(&mut self, destination: SocketAddr, packet: Packet) {
         let bytes = packet.encode(&self.key);
         self.send_bytes(destination, bytes);
     }
 
-    fn send_bytes(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
+    pub(crate) fn send_bytes(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
         if self.transmits.len() >= self.config.max_transmits {
             self.stats.dropped.bump("transmit-queue-full");
             return;

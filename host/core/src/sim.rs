@@ -13,9 +13,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::address::Interface;
+use crate::bloom::PacketHash;
 use crate::identity::KeyPair;
+use crate::identity::{CommunityId, MemberId};
 use crate::node::{Config, Event, Node};
 use crate::rng::Rng;
+use crate::sync::{Query, Row};
 use crate::time::Instant;
 
 /// How a NAT router maps and filters (RFC 4787 terms in brackets).
@@ -111,6 +114,96 @@ struct Flight {
     bytes: Vec<u8>,
 }
 
+/// What a node's store holds: its persistent messages (the simulation's in-memory store).
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    pub rows: Vec<(CommunityId, Row, Vec<u8>)>,
+    keys: std::collections::HashSet<(MemberId, u64)>,
+}
+
+impl Store {
+    /// Stores new messages; returns (hash, global time, source) of those that were new.
+    fn store(
+        &mut self,
+        community: CommunityId,
+        messages: &[crate::node::Incoming],
+    ) -> Vec<(PacketHash, u64, Option<SocketAddr>)> {
+        let mut stored = Vec::new();
+        for m in messages.iter().filter(|m| m.persistent) {
+            let message = &m.message.message;
+            let Some(author) = message.authors.first() else {
+                continue;
+            };
+            if !self.keys.insert((author.member_id(), message.global_time)) {
+                continue;
+            }
+            let hash = PacketHash::of(&m.message.packet);
+            let row = Row {
+                id: self.rows.len() as u64 + 1,
+                global_time: message.global_time,
+                hash,
+                size: m.message.packet.len() as u32,
+            };
+            self.rows.push((community, row, m.message.packet.clone()));
+            stored.push((hash, message.global_time, m.source));
+        }
+        stored
+    }
+
+    fn of(&self, community: CommunityId) -> impl Iterator<Item = &Row> {
+        self.rows
+            .iter()
+            .filter(move |(c, _, _)| *c == community)
+            .map(|(_, row, _)| row)
+    }
+
+    fn query(&self, community: CommunityId, query: Query) -> (Vec<Row>, Vec<Row>) {
+        let mut rows: Vec<Row> = self.of(community).copied().collect();
+        rows.sort_by_key(|r| (r.global_time, r.id));
+        match query {
+            Query::Oldest { limit } => (rows.into_iter().take(limit).collect(), Vec::new()),
+            Query::Pivot { pivot, limit } => {
+                let right = rows
+                    .iter()
+                    .filter(|r| r.global_time >= pivot)
+                    .take(limit)
+                    .copied()
+                    .collect();
+                let left = rows
+                    .iter()
+                    .rev()
+                    .filter(|r| r.global_time <= pivot)
+                    .take(limit)
+                    .copied()
+                    .collect();
+                (right, left)
+            }
+        }
+    }
+
+    fn range(&self, community: CommunityId, range: crate::sync::Range, limit: usize) -> Vec<Row> {
+        let mut rows: Vec<Row> = self
+            .of(community)
+            .filter(|r| range.contains(r.global_time))
+            .copied()
+            .collect();
+        rows.sort_by_key(|r| (r.global_time, r.id));
+        rows.truncate(limit);
+        rows
+    }
+
+    fn packets(&self, ids: &[u64]) -> Vec<Vec<u8>> {
+        ids.iter()
+            .filter_map(|id| self.rows.get(*id as usize - 1).map(|(_, _, p)| p.clone()))
+            .collect()
+    }
+
+    /// Number of messages stored for `community`.
+    pub fn count(&self, community: CommunityId) -> usize {
+        self.of(community).count()
+    }
+}
+
 /// A host: a node and where it sits.
 struct Host {
     address: SocketAddr,
@@ -125,6 +218,7 @@ pub(crate) struct Sim {
     pub now: Instant,
     pub nodes: Vec<Node>,
     pub events: Vec<Vec<Event>>,
+    pub stores: Vec<Store>,
     hosts: Vec<Host>,
     nats: Vec<Nat>,
     flights: BinaryHeap<Reverse<Flight>>,
@@ -144,6 +238,7 @@ impl Sim {
             now: Instant::from_millis(1_000),
             nodes: Vec::new(),
             events: Vec::new(),
+            stores: Vec::new(),
             hosts: Vec::new(),
             nats: Vec::new(),
             flights: BinaryHeap::new(),
@@ -201,6 +296,7 @@ impl Sim {
         let node = Node::new(config, Self::key(index as u64 + 1), address, seed, self.now);
         self.nodes.push(node);
         self.events.push(Vec::new());
+        self.stores.push(Store::default());
         self.hosts.push(Host {
             address,
             nat,
@@ -223,6 +319,11 @@ impl Sim {
     /// Takes node `index` off the network (it neither sends nor receives).
     pub fn disconnect(&mut self, index: usize) {
         self.hosts[index].online = false;
+    }
+
+    /// Puts node `index` back on the network.
+    pub fn reconnect(&mut self, index: usize) {
+        self.hosts[index].online = true;
     }
 
     /// Moves every node's output onto the network.
@@ -254,9 +355,44 @@ impl Sim {
                     bytes: t.bytes,
                 }));
             }
-            while let Some(event) = self.nodes[i].poll_event() {
-                self.events[i].push(event);
+            self.drive_store(i);
+        }
+    }
+
+    /// Plays the driver's store for node `i`: stores messages, answers sync queries.
+    fn drive_store(&mut self, i: usize) {
+        let now = self.now;
+        while let Some(event) = self.nodes[i].poll_event() {
+            match &event {
+                Event::Messages {
+                    community,
+                    messages,
+                    ..
+                } => {
+                    let stored = self.stores[i].store(*community, messages);
+                    if !stored.is_empty() {
+                        self.nodes[i].handle_stored(*community, &stored);
+                    }
+                }
+                Event::SyncQuery { community, query } => {
+                    let (right, left) = self.stores[i].query(*community, *query);
+                    self.nodes[i].handle_sync_query(now, *community, right, left);
+                }
+                Event::SyncRows {
+                    community,
+                    request,
+                    range,
+                    limit,
+                } => {
+                    let rows = self.stores[i].range(*community, *range, *limit);
+                    self.nodes[i].handle_sync_rows(now, *request, rows);
+                }
+                Event::SendPackets { request, rows } => {
+                    let packets = self.stores[i].packets(rows);
+                    self.nodes[i].send_packets(now, *request, packets);
+                }
             }
+            self.events[i].push(event);
         }
     }
 

@@ -73,6 +73,14 @@ pub struct CommunityStats {
     pub introductions_refused: u64,
     /// Punctures received for our walks.
     pub punctures: u64,
+    /// Introduction-requests sent with a new filter.
+    pub sync_new: u64,
+    /// Introduction-requests sent with a reused (productive) filter.
+    pub sync_reused: u64,
+    /// Introduction-requests sent without a filter (skipped, or the store was too slow).
+    pub sync_skipped: u64,
+    /// Stored messages sent to requesters.
+    pub sync_packets_sent: u64,
     /// Messages this node created.
     pub messages_created: u64,
     /// Verified messages passed to the community's plugin.

@@ -12,6 +12,104 @@ use std::net::SocketAddr;
 
 use crate::bloom::{BloomFilter, PacketHash};
 use crate::rng::Rng;
+use crate::time::Instant;
+use crate::wire::IntroductionRequest;
+
+/// The false-positive rate filters are sized for (the original's 1 %).
+pub const ERROR_RATE: f64 = 0.01;
+
+/// Bounds of synchronisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Smallest (and first) response budget per request, in bytes (the original's fixed 5 KiB).
+    pub min_budget: usize,
+    /// Largest response budget per request, in bytes.
+    pub max_budget: usize,
+    /// Requesters whose budget is remembered.
+    pub max_peers: usize,
+    /// Sync requests being answered at once (waiting for the store).
+    pub max_responses: usize,
+    /// How long a walk waits for the store's rows before it goes without a filter, and a
+    /// response for its rows before it is dropped.
+    pub store_timeout: std::time::Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            min_budget: 5 * 1024,
+            max_budget: 256 * 1024,
+            max_peers: 1_024,
+            max_responses: 64,
+            store_timeout: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+/// An introduction-request waiting for the rows of its filter.
+#[derive(Debug, Clone)]
+pub struct PendingQuery {
+    /// Where it goes.
+    pub target: SocketAddr,
+    /// The request, without its sync part yet.
+    pub request: IntroductionRequest,
+    /// What was asked of the store.
+    pub query: Query,
+    /// When to send it without a filter.
+    pub deadline: Instant,
+}
+
+/// A sync request waiting for the store's rows.
+#[derive(Debug, Clone)]
+pub struct PendingResponse {
+    /// The community.
+    pub community: crate::identity::CommunityId,
+    /// The requester.
+    pub to: SocketAddr,
+    /// Our session with it.
+    pub session: u32,
+    /// The requested range.
+    pub range: Range,
+    /// The requester's filter.
+    pub filter: BloomFilter,
+    /// How many bytes to send.
+    pub budget: usize,
+    /// When to give up.
+    pub deadline: Instant,
+}
+
+/// The sync state of one community.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Filter reuse and skipping.
+    pub cache: Cache,
+    /// Response budgets per requester.
+    pub budgets: Budgets,
+    /// Syncable messages stored (decides between the oldest-first and the pivot strategy).
+    pub stored: u64,
+    /// Bytes a filter may take in our introduction-requests.
+    pub filter_bytes: usize,
+    /// Our request waiting for the rows of its filter.
+    pub pending: Option<PendingQuery>,
+}
+
+impl State {
+    /// The state of a community holding `stored` syncable messages.
+    pub fn new(config: &Config, stored: u64, filter_bytes: usize) -> Self {
+        State {
+            cache: Cache::default(),
+            budgets: Budgets::new(config.min_budget, config.max_budget, config.max_peers),
+            stored,
+            filter_bytes,
+            pending: None,
+        }
+    }
+
+    /// How many packets one of our filters holds.
+    pub fn capacity(&self) -> usize {
+        crate::bloom::capacity(self.filter_bytes * 8, ERROR_RATE).max(1)
+    }
+}
 
 /// A stored persistent message as sync sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -573,5 +671,298 @@ mod tests {
         // Lost: the filter lacks what we sent.
         budgets.sent(peer, &rows);
         assert_eq!(budgets.budget(peer, &range, &empty_filter(3)), 10 * 1024);
+    }
+}
+
+mod driving {
+    //! The sync steps of the node: attaching filters to our walks, answering others' filters.
+
+    use std::net::SocketAddr;
+
+    use super::{Claim, ERROR_RATE, Next, PendingQuery, PendingResponse, Range, Row};
+    use crate::bloom::{BloomFilter, PacketHash};
+    use crate::identity::CommunityId;
+    use crate::node::{Event, Node};
+    use crate::time::Instant;
+    use crate::wire::{self, ConnectionType, IntroductionRequest, Packet, Synchronization};
+
+    impl Node {
+        /// Bytes a filter may take in an introduction-request of `community`: what the datagram
+        /// budget leaves after the largest request without filter bytes.
+        pub(crate) fn filter_bytes(&self, community: CommunityId) -> usize {
+            let v6: SocketAddr = "[ffff::ffff]:65535".parse().unwrap_or(self.lan);
+            let probe = |bloom: usize| {
+                Packet::IntroductionRequest(IntroductionRequest {
+                    community,
+                    member: self.key.public().clone(),
+                    session: u32::MAX,
+                    walk: u32::MAX,
+                    random: u32::MAX,
+                    global_time: u64::MAX,
+                    destination: v6,
+                    source_lan: v6,
+                    source_wan: v6,
+                    connection_type: ConnectionType::SymmetricNat,
+                    advice: true,
+                    sync: Some(Synchronization {
+                        low: u64::MAX,
+                        high: u64::MAX,
+                        modulo: u32::MAX,
+                        offset: u64::MAX,
+                        functions: 64,
+                        prefix: u32::MAX,
+                        bloom: vec![0; bloom],
+                    }),
+                })
+                .encode(&self.key)
+                .len()
+            };
+            let overhead = probe(1000) - 1000;
+            self.config.max_datagram.saturating_sub(overhead + 4).max(8)
+        }
+
+        /// Sends our introduction-request, with a sync part when the community syncs: a reused
+        /// filter, none (skip), or a new one built from the store's rows (then the request waits
+        /// for [`Node::handle_sync_query`]).
+        pub(crate) fn send_request(
+            &mut self,
+            now: Instant,
+            id: CommunityId,
+            target: SocketAddr,
+            mut request: IntroductionRequest,
+        ) {
+            let timeout = self.config.sync.store_timeout;
+            let Some(c) = self.communities.get_mut(&id) else {
+                return;
+            };
+            let syncs = c.definition.as_ref().is_some_and(|d| d.syncs());
+            if !syncs || c.sync.filter_bytes == 0 {
+                self.send(target, Packet::IntroductionRequest(request));
+                return;
+            }
+            // A request still waiting for its rows goes now, without a filter.
+            if let Some(stale) = c.sync.pending.take() {
+                self.send(stale.target, Packet::IntroductionRequest(stale.request));
+                let Some(c) = self.communities.get_mut(&id) else {
+                    return;
+                };
+                c.stats.sync_skipped += 1;
+            }
+            let Some(c) = self.communities.get_mut(&id) else {
+                return;
+            };
+            match c.sync.cache.next(&mut self.rng, target) {
+                Next::Reuse(claim) => {
+                    c.stats.sync_reused += 1;
+                    request.sync = Some(synchronization(&claim));
+                    self.send(target, Packet::IntroductionRequest(request));
+                }
+                Next::Skip => {
+                    c.stats.sync_skipped += 1;
+                    self.send(target, Packet::IntroductionRequest(request));
+                }
+                Next::New => {
+                    let query = super::query(
+                        &mut self.rng,
+                        c.global_time,
+                        c.sync.stored,
+                        c.sync.capacity(),
+                    );
+                    c.sync.pending = Some(PendingQuery {
+                        target,
+                        request,
+                        query,
+                        deadline: now + timeout,
+                    });
+                    self.push(Event::SyncQuery {
+                        community: id,
+                        query,
+                    });
+                }
+            }
+        }
+
+        /// The store did not answer in time: the walk goes without a filter.
+        pub(crate) fn expire_sync_query(&mut self, now: Instant, id: CommunityId) {
+            let Some(c) = self.communities.get_mut(&id) else {
+                return;
+            };
+            if c.sync.pending.as_ref().is_some_and(|p| p.deadline <= now)
+                && let Some(pending) = c.sync.pending.take()
+            {
+                c.stats.sync_skipped += 1;
+                self.send(pending.target, Packet::IntroductionRequest(pending.request));
+            }
+        }
+
+        /// The rows answering the [`Event::SyncQuery`] of `community` (`right` ascending, `left`
+        /// descending): builds the filter and sends the waiting introduction-request.
+        pub fn handle_sync_query(
+            &mut self,
+            now: Instant,
+            community: CommunityId,
+            right: Vec<Row>,
+            left: Vec<Row>,
+        ) {
+            let margin = self.config.global_time_margin;
+            let salt = self.rng.next_u32();
+            let Some(c) = self.communities.get_mut(&community) else {
+                return;
+            };
+            let Some(pending) = c.sync.pending.take() else {
+                return;
+            };
+            let acceptable = c.acceptable_global_time(now, margin);
+            let Ok(filter) = BloomFilter::sized(c.sync.filter_bytes, ERROR_RATE, salt) else {
+                self.send(pending.target, Packet::IntroductionRequest(pending.request));
+                return;
+            };
+            let capacity = c.sync.capacity();
+            let claim = super::claim(pending.query, right, left, acceptable, filter, capacity);
+            let mut request = pending.request;
+            request.sync = Some(synchronization(&claim));
+            c.sync.cache.sent(claim, pending.target);
+            c.stats.sync_new += 1;
+            self.send(pending.target, Packet::IntroductionRequest(request));
+        }
+
+        /// A request from `from` (over session `session`) carried a filter: ask the store for
+        /// the rows of its range.
+        pub(crate) fn request_sync_rows(
+            &mut self,
+            now: Instant,
+            community: CommunityId,
+            from: SocketAddr,
+            session: u32,
+            sync: &Synchronization,
+        ) {
+            let timeout = self.config.sync.store_timeout;
+            let max = self.config.sync.max_responses;
+            let margin = self.config.global_time_margin;
+            let Some(c) = self.communities.get_mut(&community) else {
+                return;
+            };
+            if !c.definition.as_ref().is_some_and(|d| d.syncs()) {
+                return;
+            }
+            let Ok(filter) =
+                BloomFilter::from_bytes(sync.bloom.clone(), sync.functions, sync.prefix)
+            else {
+                self.stats.dropped.bump("bad-filter");
+                return;
+            };
+            let acceptable = c.acceptable_global_time(now, margin);
+            let high = if sync.high == 0 {
+                c.global_time
+            } else {
+                sync.high
+            };
+            let range = Range {
+                low: sync.low,
+                high: high.min(acceptable),
+                modulo: sync.modulo,
+                offset: sync.offset,
+            };
+            let budget = c.sync.budgets.budget(from, &range, &filter);
+            // Rows to read: enough to fill the budget even when the requester already has most
+            // of the range (a filter holds about its capacity).
+            let limit =
+                budget / 64 + crate::bloom::capacity(filter.as_bytes().len() * 8, ERROR_RATE) * 2;
+            if self.responses.len() >= max {
+                self.stats.dropped.bump("sync-busy");
+                return;
+            }
+            let request = self.next_response_id();
+            self.responses.insert(
+                request,
+                PendingResponse {
+                    community,
+                    to: from,
+                    session,
+                    range,
+                    filter,
+                    budget,
+                    deadline: now + timeout,
+                },
+            );
+            self.push(Event::SyncRows {
+                community,
+                request,
+                range,
+                limit,
+            });
+        }
+
+        /// The rows answering [`Event::SyncRows`]: chooses what the requester lacks, within its
+        /// budget, and asks for their packets.
+        pub fn handle_sync_rows(&mut self, _now: Instant, request: u32, rows: Vec<Row>) {
+            let Some(pending) = self.responses.get(&request) else {
+                return;
+            };
+            let chosen = super::missing(&pending.filter, &pending.range, &rows, pending.budget);
+            let (to, community) = (pending.to, pending.community);
+            if chosen.is_empty() {
+                self.responses.remove(&request);
+                return;
+            }
+            if let Some(c) = self.communities.get_mut(&community) {
+                c.sync.budgets.sent(to, &chosen);
+            }
+            self.push(Event::SendPackets {
+                request,
+                rows: chosen.iter().map(|r| r.id).collect(),
+            });
+        }
+
+        /// The packets answering [`Event::SendPackets`]: sent as collections.
+        pub fn send_packets(&mut self, _now: Instant, request: u32, packets: Vec<Vec<u8>>) {
+            let Some(pending) = self.responses.remove(&request) else {
+                return;
+            };
+            let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
+            // Each packet fits a datagram alone (it was received or created within the budget).
+            let mut sent = 0;
+            for chunk in refs.chunks(64) {
+                match wire::encode_collections(pending.session, chunk, self.config.max_datagram) {
+                    Ok(datagrams) => {
+                        for datagram in datagrams {
+                            self.send_bytes(pending.to, datagram);
+                        }
+                        sent += chunk.len();
+                    }
+                    Err(_) => self.stats.dropped.bump("oversized-stored-packet"),
+                }
+            }
+            if let Some(c) = self.communities.get_mut(&pending.community) {
+                c.stats.sync_packets_sent += sent as u64;
+            }
+        }
+
+        /// The driver stored these syncable messages of `community` (hash, global time, source):
+        /// counts them, and a cached filter covering them learns them.
+        pub fn handle_stored(
+            &mut self,
+            community: CommunityId,
+            stored: &[(PacketHash, u64, Option<SocketAddr>)],
+        ) {
+            if let Some(c) = self.communities.get_mut(&community) {
+                c.sync.stored += stored.len() as u64;
+                for (hash, global_time, source) in stored {
+                    c.sync.cache.stored(hash, *global_time, *source);
+                }
+            }
+        }
+    }
+
+    fn synchronization(claim: &Claim) -> Synchronization {
+        Synchronization {
+            low: claim.range.low,
+            high: claim.range.high,
+            modulo: claim.range.modulo,
+            offset: claim.range.offset,
+            functions: claim.filter.functions(),
+            prefix: claim.filter.salt(),
+            bloom: claim.filter.as_bytes().to_vec(),
+        }
     }
 }

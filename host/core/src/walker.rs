@@ -128,7 +128,7 @@ impl Node {
             advice: true,
             sync: None,
         };
-        self.send(target, Packet::IntroductionRequest(request));
+        self.send_request(now, id, target, request);
     }
 
     /// Forgets walks past their deadline; an unanswered one is a failure.
@@ -323,6 +323,9 @@ impl Node {
                 introduced.address,
                 Packet::PunctureRequest(puncture_request),
             );
+        }
+        if let Some(sync) = &request.sync {
+            self.request_sync_rows(now, community, from, session, sync);
         }
         Ok(())
     }
@@ -580,6 +583,7 @@ fn community_for<'a>(
             config.candidates.clone(),
             now,
             now,
+            crate::sync::State::new(&config.sync, 0, 0),
         );
         communities.insert(id, bare);
     }

@@ -128,6 +128,8 @@ pub struct Limits {
     pub plugin_queue: usize,
     /// Messages waiting for the store.
     pub store_queue: usize,
+    /// Store reads for synchronisation waiting for the sync task.
+    pub sync_queue: usize,
     /// Candidates per community.
     pub max_candidates: usize,
     /// Communities (a tracker keeps one per community id it hears of).
@@ -167,6 +169,7 @@ impl Default for Limits {
             command_queue: 4_096,
             plugin_queue: 1_024,
             store_queue: 4_096,
+            sync_queue: 256,
             max_candidates: 1_000,
             max_communities: 10_000,
             max_pending_walks: 64,
@@ -286,6 +289,7 @@ impl Config {
             ("limits.command_queue", l.command_queue),
             ("limits.plugin_queue", l.plugin_queue),
             ("limits.store_queue", l.store_queue),
+            ("limits.sync_queue", l.sync_queue),
             ("limits.max_candidates", l.max_candidates),
             ("limits.max_communities", l.max_communities),
             ("limits.max_pending_walks", l.max_pending_walks),

@@ -821,6 +821,28 @@ impl WorkerLoop {
             }
             None => return Vec::new(), // shutting down
         };
+        let new: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)> = accepted
+            .iter()
+            .filter(|(m, _)| m.persistent)
+            .zip(flags.iter())
+            .filter(|(_, new)| **new)
+            .map(|((m, _), _)| {
+                (
+                    dispersy_core::bloom::PacketHash::of(&m.message.packet),
+                    m.message.message.global_time,
+                    m.source,
+                )
+            })
+            .collect();
+        if !new.is_empty() {
+            let stored = Command::Stored {
+                community: self.context.community,
+                items: new,
+            };
+            if self.context.commands.try_send(stored).is_err() {
+                tracing::debug!("sync state not told about stored messages (queue full)");
+            }
+        }
         let mut flags = flags.into_iter();
         let mut out = Vec::with_capacity(accepted.len());
         for (message, raw) in accepted {

@@ -189,21 +189,16 @@ impl Registry {
             .resume(row, context.key.member_id())
             .await
             .map_err(|e| fail(&e))?;
-        let (reply, joined) = oneshot::channel();
-        context
-            .commands
-            .send(Command::Join {
-                definition: Box::new(definition.clone()),
-                resume,
-                peers: context.peers.clone(),
-                reply,
-            })
-            .await
-            .map_err(|_| fail(&"the node is stopping"))?;
-        joined
-            .await
-            .map_err(|_| fail(&"the node is stopping"))?
-            .map_err(|e| fail(&e))?;
+        // Known before the join, so that the protocol task can read the community's rows from
+        // its first walk on.
+        lock(&self.state)
+            .definitions
+            .insert(id, (definition.clone(), row, path.to_path_buf()));
+        let joined = self.join(&definition, resume).await;
+        if let Err(error) = joined {
+            lock(&self.state).definitions.remove(&id);
+            return Err(fail(&error));
+        }
         let worker_context = WorkerContext {
             community: id,
             definition: definition.clone(),
@@ -225,12 +220,32 @@ impl Registry {
             community: Some(id.to_hex()),
             error: None,
         };
-        let mut state = lock(&self.state);
-        state.workers.insert(id, Arc::new(worker));
-        state
-            .definitions
-            .insert(id, (definition, row, path.to_path_buf()));
+        lock(&self.state).workers.insert(id, Arc::new(worker));
         Ok(report)
+    }
+
+    /// Asks the protocol task to join the community.
+    async fn join(
+        &self,
+        definition: &Definition,
+        resume: dispersy_core::community::Resume,
+    ) -> Result<(), String> {
+        let (reply, joined) = oneshot::channel();
+        self.context
+            .commands
+            .send(Command::Join {
+                definition: Box::new(definition.clone()),
+                resume,
+                peers: self.context.peers.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| "the node is stopping".to_owned())?;
+        joined
+            .await
+            .map_err(|_| "the node is stopping".to_owned())?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Stops every community thread (after the queued jobs). Blocking.

@@ -71,6 +71,36 @@ pub enum Command {
         /// The answer.
         reply: oneshot::Sender<Result<CommunityId, dispersy_core::node::JoinError>>,
     },
+    /// The store read the rows of a sync query.
+    SyncQueried {
+        /// The community.
+        community: CommunityId,
+        /// Rows from the pivot up (or the oldest).
+        right: Vec<dispersy_core::sync::Row>,
+        /// Rows from the pivot down.
+        left: Vec<dispersy_core::sync::Row>,
+    },
+    /// The store read the rows of a requested range.
+    SyncRowsRead {
+        /// The request.
+        request: u32,
+        /// The rows.
+        rows: Vec<dispersy_core::sync::Row>,
+    },
+    /// The store read the packets to send.
+    PacketsRead {
+        /// The request.
+        request: u32,
+        /// The packets.
+        packets: Vec<Vec<u8>>,
+    },
+    /// A community thread stored these new messages: (hash, global time, source).
+    Stored {
+        /// The community.
+        community: CommunityId,
+        /// The messages.
+        items: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)>,
+    },
     /// The candidates of one community.
     Candidates {
         /// The community.
@@ -349,6 +379,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             source,
         };
         let store = Store::open(&path).await.map_err(store_error)?;
+        store.backfill_hashes().await.map_err(store_error)?;
         store
             .remember_member(key.public())
             .await
@@ -371,6 +402,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (commands_tx, commands_rx) = mpsc::channel(config.limits.command_queue);
     let (datagrams_tx, datagrams_rx) = mpsc::channel(config.limits.datagram_queue);
     let mut tasks = Vec::new();
+    let (sync_jobs_tx, sync_jobs_rx) = mpsc::channel(config.limits.sync_queue);
     let registry = match &store {
         None => None,
         Some(store) => {
@@ -379,6 +411,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 store.clone(),
                 inserts_rx,
                 config.limits.store_batch,
+                shutdown.clone(),
+            )));
+            tasks.push(tokio::spawn(sync_reads(
+                store.clone(),
+                sync_jobs_rx,
+                commands_tx.clone(),
                 shutdown.clone(),
             )));
             let limits = &config.limits;
@@ -409,6 +447,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Protocol {
             node,
             udp,
+            sync_jobs: sync_jobs_tx,
             socket,
             clock,
             registry: registry.clone(),
@@ -449,6 +488,82 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tasks,
         registry,
     })
+}
+
+/// A read of the store for synchronisation.
+enum SyncJob {
+    Query {
+        community: CommunityId,
+        row: i64,
+        query: dispersy_core::sync::Query,
+    },
+    Rows {
+        request: u32,
+        row: i64,
+        range: dispersy_core::sync::Range,
+        limit: usize,
+    },
+    Packets {
+        request: u32,
+        ids: Vec<u64>,
+    },
+}
+
+/// The sync task: runs the store reads the protocol task asks for and hands the results back.
+async fn sync_reads(
+    store: Store,
+    mut jobs: mpsc::Receiver<SyncJob>,
+    commands: mpsc::Sender<Command>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let command = match job {
+            SyncJob::Query {
+                community,
+                row,
+                query,
+            } => match store.sync_query(row, query).await {
+                Ok((right, left)) => Command::SyncQueried {
+                    community,
+                    right,
+                    left,
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "sync query failed");
+                    continue;
+                }
+            },
+            SyncJob::Rows {
+                request,
+                row,
+                range,
+                limit,
+            } => match store.sync_rows(row, range, limit).await {
+                Ok(rows) => Command::SyncRowsRead { request, rows },
+                Err(error) => {
+                    tracing::warn!(%error, "sync rows failed");
+                    continue;
+                }
+            },
+            SyncJob::Packets { request, ids } => match store.packets(&ids).await {
+                Ok(packets) => Command::PacketsRead { request, packets },
+                Err(error) => {
+                    tracing::warn!(%error, "reading packets failed");
+                    continue;
+                }
+            },
+        };
+        if commands.send(command).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// Loads plugin files that appear in the plugin folders.
@@ -600,6 +715,7 @@ async fn receive(
 struct Protocol {
     node: Node,
     udp: SocketAddr,
+    sync_jobs: mpsc::Sender<SyncJob>,
     socket: Arc<UdpSocket>,
     clock: Clock,
     registry: Option<Arc<Registry>>,
@@ -697,6 +813,18 @@ impl Protocol {
                 }
                 let _ = reply.send(joined);
             }
+            Command::SyncQueried {
+                community,
+                right,
+                left,
+            } => self.node.handle_sync_query(now, community, right, left),
+            Command::SyncRowsRead { request, rows } => {
+                self.node.handle_sync_rows(now, request, rows);
+            }
+            Command::PacketsRead { request, packets } => {
+                self.node.send_packets(now, request, packets);
+            }
+            Command::Stored { community, items } => self.node.handle_stored(community, &items),
             Command::Node { reply } => {
                 let _ = reply.send(self.node_info(now));
             }
@@ -736,7 +864,49 @@ impl Protocol {
                     }
                     None => self.dropped.bump("no-plugin"),
                 },
+                Event::SyncQuery { community, query } => {
+                    self.sync_job(community, |row| SyncJob::Query {
+                        community,
+                        row,
+                        query,
+                    });
+                }
+                Event::SyncRows {
+                    community,
+                    request,
+                    range,
+                    limit,
+                } => self.sync_job(community, |row| SyncJob::Rows {
+                    request,
+                    row,
+                    range,
+                    limit,
+                }),
+                Event::SendPackets { request, rows } => {
+                    let job = SyncJob::Packets { request, ids: rows };
+                    if self.sync_jobs.try_send(job).is_err() {
+                        self.dropped.bump("sync-queue-full");
+                    }
+                }
             }
+        }
+    }
+
+    /// Hands a store read to the sync task; when it is busy the read is dropped (the walk then
+    /// goes without a filter, the request without an answer).
+    fn sync_job(&mut self, community: CommunityId, job: impl FnOnce(i64) -> SyncJob) {
+        let row = self
+            .registry
+            .as_ref()
+            .and_then(|r| r.definition(&community))
+            .map(|(_, row)| row);
+        match row {
+            Some(row) => {
+                if self.sync_jobs.try_send(job(row)).is_err() {
+                    self.dropped.bump("sync-queue-full");
+                }
+            }
+            None => self.dropped.bump("no-plugin"),
         }
     }
 

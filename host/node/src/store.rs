@@ -9,11 +9,13 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use dispersy_core::bloom::PacketHash;
 use dispersy_core::community::{Definition, Resume};
 use dispersy_core::identity::{MemberId, PublicKey};
 use dispersy_core::meta::{Distribution, SyncOrder};
+use dispersy_core::sync::{Query, Range, Row};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row as _, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -78,6 +80,31 @@ pub struct StoredMessage {
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn hash_bytes(hash: &PacketHash) -> Vec<u8> {
+    let mut bytes = hash.0.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&hash.1.to_le_bytes());
+    bytes
+}
+
+fn hash_from(bytes: &[u8]) -> Option<PacketHash> {
+    let a: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let b: [u8; 8] = bytes.get(8..16)?.try_into().ok()?;
+    Some(PacketHash(u64::from_le_bytes(a), u64::from_le_bytes(b)))
+}
+
+fn sync_row(row: &sqlx::sqlite::SqliteRow) -> Result<Option<Row>, sqlx::Error> {
+    let id: i64 = row.try_get(0)?;
+    let global_time: i64 = row.try_get(1)?;
+    let hash: Option<Vec<u8>> = row.try_get(2)?;
+    let size: i64 = row.try_get(3)?;
+    Ok(hash.as_deref().and_then(hash_from).map(|hash| Row {
+        id: u64::try_from(id).unwrap_or(0),
+        global_time: u64::try_from(global_time).unwrap_or(0),
+        hash,
+        size: u32::try_from(size).unwrap_or(u32::MAX),
+    }))
 }
 
 impl Store {
@@ -183,6 +210,12 @@ impl Store {
         .bind(me.0.to_vec())
         .fetch_all(&self.pool)
         .await?;
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sync WHERE community = ?1 AND priority > 32 AND undone = 0",
+        )
+        .bind(community)
+        .fetch_one(&self.pool)
+        .await?;
         let mut sequences = Vec::new();
         for row in rows {
             let meta: i64 = row.try_get(0)?;
@@ -194,6 +227,7 @@ impl Store {
         Ok(Resume {
             global_time: global_time.and_then(|g| u64::try_from(g).ok()).unwrap_or(0),
             sequences,
+            stored: u64::try_from(stored).unwrap_or(0),
         })
     }
 
@@ -204,8 +238,8 @@ impl Store {
         let mut inserted = Vec::with_capacity(messages.len());
         for m in messages {
             let result = sqlx::query(
-                "INSERT INTO sync (community, member, global_time, meta, sequence, priority, packet)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO sync (community, member, global_time, meta, sequence, priority, packet, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (community, member, global_time) DO NOTHING",
             )
             .bind(m.community)
@@ -215,6 +249,7 @@ impl Store {
             .bind(m.sequence.map(i64::from))
             .bind(i64::from(m.priority))
             .bind(m.packet.as_slice())
+            .bind(hash_bytes(&PacketHash::of(&m.packet)))
             .execute(&mut *tx)
             .await?;
             inserted.push(result.rows_affected() == 1);
@@ -265,6 +300,126 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Computes the packet hash of rows stored before hashes were kept.
+    pub async fn backfill_hashes(&self) -> Result<u64, StoreError> {
+        let rows = sqlx::query("SELECT id, packet FROM sync WHERE hash IS NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut tx = self.pool.begin().await?;
+        for row in &rows {
+            let id: i64 = row.try_get(0)?;
+            let packet: Vec<u8> = row.try_get(1)?;
+            sqlx::query("UPDATE sync SET hash = ?1 WHERE id = ?2")
+                .bind(hash_bytes(&PacketHash::of(&packet)))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// The syncable rows (priority above 32, not undone) that `query` describes: `right`
+    /// ascending and `left` descending (empty for the oldest-first query).
+    pub async fn sync_query(
+        &self,
+        community: i64,
+        query: Query,
+    ) -> Result<(Vec<Row>, Vec<Row>), StoreError> {
+        let collect = |rows: Vec<sqlx::sqlite::SqliteRow>| -> Result<Vec<Row>, StoreError> {
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                out.extend(sync_row(row)?);
+            }
+            Ok(out)
+        };
+        match query {
+            Query::Oldest { limit } => {
+                let rows = sqlx::query(
+                    "SELECT id, global_time, hash, length(packet) FROM sync
+                     WHERE community = ?1 AND priority > 32 AND undone = 0
+                     ORDER BY global_time, id LIMIT ?2",
+                )
+                .bind(community)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok((collect(rows)?, Vec::new()))
+            }
+            Query::Pivot { pivot, limit } => {
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                let right = sqlx::query(
+                    "SELECT id, global_time, hash, length(packet) FROM sync
+                     WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time >= ?2
+                     ORDER BY global_time, id LIMIT ?3",
+                )
+                .bind(community)
+                .bind(to_i64(pivot))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                let left = sqlx::query(
+                    "SELECT id, global_time, hash, length(packet) FROM sync
+                     WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time <= ?2
+                     ORDER BY global_time DESC, id DESC LIMIT ?3",
+                )
+                .bind(community)
+                .bind(to_i64(pivot))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok((collect(right)?, collect(left)?))
+            }
+        }
+    }
+
+    /// The syncable rows of `range`, highest priority first, oldest first within a priority, at
+    /// most `limit`.
+    pub async fn sync_rows(
+        &self,
+        community: i64,
+        range: Range,
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, global_time, hash, length(packet) FROM sync
+             WHERE community = ?1 AND priority > 32 AND undone = 0
+               AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
+             ORDER BY priority DESC, global_time, id LIMIT ?6",
+        )
+        .bind(community)
+        .bind(to_i64(range.low))
+        .bind(to_i64(range.high))
+        .bind(i64::from(range.modulo.max(1)))
+        .bind(to_i64(range.offset))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.extend(sync_row(row)?);
+        }
+        Ok(out)
+    }
+
+    /// The packets of rows `ids`, in that order (missing rows are left out).
+    pub async fn packets(&self, ids: &[u64]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let list = serde_json::to_string(ids).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT sync.id, packet FROM sync JOIN json_each(?1) ON sync.id = json_each.value",
+        )
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_id = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get(0)?;
+            let packet: Vec<u8> = row.try_get(1)?;
+            by_id.insert(u64::try_from(id).unwrap_or(0), packet);
+        }
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
     }
 
     /// Closes the pool, checkpointing the WAL.

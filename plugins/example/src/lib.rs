@@ -1,11 +1,12 @@
 //! The example community of the Dispersy documentation ("Usage"), written as the template a third
 //! party copies to start a new community type.
 //!
-//! One meta-message, `example`, carries a text of at most 255 UTF-8 bytes and an amount. It is
+//! The meta-message `example` carries a text of at most 255 UTF-8 bytes and an amount. It is
 //! member-authenticated (signed by its author), public (anyone may create it), direct (sent once,
 //! not stored) to 10 random verified candidates of the community. The check drops negative
 //! amounts; the handler counts what arrives, so the control API can show that every message was
-//! delivered exactly once.
+//! delivered exactly once. The meta-message `post` carries the same payload but is full-sync:
+//! stored by every node and spread by the bloom-filter synchronisation to nodes that join later.
 //!
 //! To make your own community: copy this crate, pick a name, create a master key with
 //! `dispersy keygen` and put its public key in [`MASTER_KEY`] (keep the secret key safe: it will
@@ -78,6 +79,8 @@ pub struct ExampleCommunity {
     /// (author, global time) of every message seen, up to `MAX_TRACKED`.
     seen: HashSet<(Vec<u8>, u64)>,
     last_text: Option<String>,
+    /// Posts handled (created here or received).
+    posts: u64,
 }
 
 impl ExampleCommunity {
@@ -120,6 +123,13 @@ impl ExampleCommunity {
     }
 }
 
+impl ExampleCommunity {
+    fn on_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.posts += messages.len() as u64;
+        Ok(())
+    }
+}
+
 impl Community for ExampleCommunity {
     fn definition() -> Definition<Self> {
         Definition::new("example", env!("CARGO_PKG_VERSION"), MASTER_KEY)
@@ -134,6 +144,16 @@ impl Community for ExampleCommunity {
                     .check(Self::check_example)
                     .handle(Self::on_example),
             )
+            .meta(
+                Meta::<Self, Example>::new(2, "post")
+                    .distribution(Distribution::FullSync {
+                        sequence_numbers: false,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_example)
+                    .handle(Self::on_post),
+            )
     }
 
     fn create(host: Host) -> Result<Self, Error> {
@@ -146,6 +166,7 @@ impl Community for ExampleCommunity {
             total_amount: 0,
             seen: HashSet::new(),
             last_text: None,
+            posts: 0,
         })
     }
 
@@ -157,6 +178,7 @@ impl Community for ExampleCommunity {
             "duplicates": self.duplicates,
             "total_amount": self.total_amount.to_string(),
             "last_text": self.last_text,
+            "posts": self.posts,
         })
     }
 }

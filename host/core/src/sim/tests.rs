@@ -42,6 +42,21 @@ fn definition() -> Definition {
                 priority: 128,
                 batch_window: Duration::ZERO,
             },
+            MetaMessage {
+                id: 3,
+                name: "note".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Public,
+                distribution: Distribution::FullSync {
+                    sequence_numbers: false,
+                    order: crate::meta::SyncOrder::Ascending,
+                    pruning: None,
+                },
+                // Never pushed: only the bloom-filter sync spreads notes.
+                destination: Destination::Community { node_count: 0 },
+                priority: 128,
+                batch_window: Duration::ZERO,
+            },
         ],
     }
 }
@@ -170,7 +185,10 @@ fn created_messages_reach_every_verified_peer_once() {
     for i in [2, 3] {
         let received: Vec<&Incoming> = sim.events[i]
             .iter()
-            .flat_map(|Event::Messages { messages, .. }| messages)
+            .flat_map(|event| match event {
+                Event::Messages { messages, .. } => messages.as_slice(),
+                _ => &[],
+            })
             .collect();
         assert_eq!(received.len(), 1, "node {i}");
         assert_eq!(received[0].message.message.payload, b"hello");
@@ -182,9 +200,7 @@ fn created_messages_reach_every_verified_peer_once() {
     assert!(
         sim.events[1]
             .iter()
-            .any(|Event::Messages { messages, .. }| {
-                messages.iter().any(|m| m.source.is_none())
-            })
+            .any(|event| matches!(event, Event::Messages { messages, .. } if messages.iter().any(|m| m.source.is_none())))
     );
 }
 
@@ -561,4 +577,44 @@ fn persistent_messages_beyond_the_acceptable_global_time_are_dropped() {
     assert_eq!(c.stats.messages_received, 1);
     // The accepted stored message moved the clock.
     assert_eq!(c.global_time, local + 10_000);
+}
+
+#[test]
+fn sync_spreads_every_message_to_every_node_under_loss_and_churn() {
+    let mut sim = public_network(20);
+    sim.loss = 0.05;
+    sim.run_for(Duration::from_secs(10));
+    // Messages created at three different nodes, spread only by sync.
+    let mut created = 0;
+    for author in [1, 7, 13] {
+        for n in 0..100u32 {
+            let now = sim.now;
+            sim.nodes[author]
+                .create_message(now, id(), "note", n.to_be_bytes().to_vec(), &[])
+                .expect("create");
+            created += 1;
+        }
+        sim.run_for(Duration::from_secs(1));
+    }
+    // Churn: a node leaves for a while and comes back.
+    sim.disconnect(5);
+    sim.run_for(Duration::from_secs(60));
+    sim.reconnect(5);
+    sim.run_for(Duration::from_secs(240));
+    for i in 1..=20 {
+        assert_eq!(sim.stores[i].count(id()), created, "node {i}");
+    }
+    let sent: u64 = (1..=20)
+        .map(|i| {
+            sim.nodes[i]
+                .community(&id())
+                .expect("joined")
+                .stats
+                .sync_packets_sent
+        })
+        .sum();
+    assert!(
+        sent >= (created * 19) as u64,
+        "every copy came through sync: {sent}"
+    );
 }
