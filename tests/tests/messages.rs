@@ -217,3 +217,75 @@ async fn stored_posts_reach_a_node_that_joins_later_through_sync() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_versions_of_one_message_resolve_to_the_same_one_everywhere() {
+    use dispersy_core::identity::{CommunityId, KeyPair};
+    use dispersy_core::wire::{self, CommunityMessage, Conversion, SignedMessage};
+
+    let plugins = plugin_dir(&["example_community"]);
+    let (a, b) = pair(plugins.path()).await;
+    // One author, one global time, two payloads: two versions of "one message".
+    let author = KeyPair::from_secret(&[42; 32]).unwrap();
+    let version = |text: &str| {
+        let payload = [
+            &[text.len() as u8][..],
+            text.as_bytes(),
+            &7i64.to_be_bytes(),
+        ]
+        .concat();
+        SignedMessage::sign(
+            CommunityMessage {
+                community: CommunityId::from_hex(EXAMPLE).unwrap(),
+                message_type: 2,
+                conversion: Conversion::version(1).unwrap(),
+                authors: vec![author.public().clone()],
+                global_time: 5,
+                sequence_number: None,
+                resolution_index: None,
+                relay_hops: None,
+                payload,
+            },
+            &[&author],
+        )
+        .unwrap()
+    };
+    let (one, two) = (version("one"), version("two"));
+    let winner = if one.packet > two.packet {
+        "one"
+    } else {
+        "two"
+    };
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .send_to(&wire::encode_collection(0, &[&one.packet]), a.udp)
+        .unwrap();
+    socket
+        .send_to(&wire::encode_collection(0, &[&two.packet]), b.udp)
+        .unwrap();
+    let key = author.public().to_hex();
+    wait_until(
+        Duration::from_secs(60),
+        "both nodes to keep the same version",
+        || async {
+            stored_text(&a, &key).await.as_deref() == Some(winner)
+                && stored_text(&b, &key).await.as_deref() == Some(winner)
+        },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The text of the stored post by `key` at `node`, if any.
+async fn stored_text(node: &integration_tests::TestNode, key: &str) -> Option<String> {
+    let page = node
+        .get(&format!("/v1/communities/{EXAMPLE}/messages?stored=true"))
+        .await;
+    page["messages"]
+        .as_array()?
+        .iter()
+        .find(|m| m["public_key"] == key)
+        .and_then(|m| m["payload"]["text"].as_str())
+        .map(str::to_owned)
+}

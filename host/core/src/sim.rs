@@ -135,6 +135,22 @@ impl Store {
                 continue;
             };
             if !self.keys.insert((author.member_id(), message.global_time)) {
+                // Two versions of one message: the binary-higher packet wins (as in the store).
+                let existing = self.rows.iter_mut().find(|(c, row, packet)| {
+                    *c == community
+                        && row.global_time == message.global_time
+                        && crate::wire::SignedMessage::decode(packet).is_ok_and(|s| {
+                            s.message.authors.first().map(|a| a.member_id())
+                                == Some(author.member_id())
+                        })
+                });
+                if let Some((_, row, packet)) = existing
+                    && m.message.packet > *packet
+                {
+                    *packet = m.message.packet.clone();
+                    row.hash = PacketHash::of(packet);
+                    stored.push((row.hash, message.global_time, m.source));
+                }
                 continue;
             }
             let hash = PacketHash::of(&m.message.packet);

@@ -231,8 +231,11 @@ impl Store {
         })
     }
 
-    /// Inserts `messages` in one transaction; returns for each whether it was new (a message
-    /// with the same community, member and global time is kept as it was).
+    /// Inserts `messages` in one transaction; returns for each whether it was stored. Two
+    /// versions of one message (same community, member and global time, other bytes: another
+    /// signature or payload) are resolved the same way on every node: the binary-higher packet
+    /// is kept (the original's rule), so the lower one arriving later is not stored, and a higher
+    /// one replaces the lower.
     pub async fn insert(&self, messages: &[NewMessage]) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut inserted = Vec::with_capacity(messages.len());
@@ -240,7 +243,10 @@ impl Store {
             let result = sqlx::query(
                 "INSERT INTO sync (community, member, global_time, meta, sequence, priority, packet, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (community, member, global_time) DO NOTHING",
+                 ON CONFLICT (community, member, global_time) DO UPDATE SET
+                     meta = excluded.meta, sequence = excluded.sequence,
+                     priority = excluded.priority, packet = excluded.packet, hash = excluded.hash
+                 WHERE excluded.packet > sync.packet",
             )
             .bind(m.community)
             .bind(m.member.0.to_vec())
@@ -542,12 +548,21 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(flags, vec![true, true, false]);
+        // Two versions of the message at global time 9: the binary-higher one wins, in any order.
+        let mut lower = message(9, 2);
+        lower.packet = vec![1; 10];
+        let mut higher = message(9, 2);
+        higher.packet = vec![200; 10];
+        assert_eq!(store.insert(&[higher.clone()]).await.unwrap(), vec![true]);
+        assert_eq!(store.insert(&[lower.clone()]).await.unwrap(), vec![false]);
+        let kept = store.messages(id, 0, 10).await.unwrap();
+        assert_eq!(kept[1].packet, vec![200; 10]);
         let resume = store.resume(id, me.member_id()).await.unwrap();
         assert_eq!(resume.global_time, 9);
         assert_eq!(resume.sequences, vec![(7, 2)]);
         let stored = store.messages(id, 0, 10).await.unwrap();
         assert_eq!(stored.len(), 2);
-        assert_eq!(stored[1].packet, vec![9u8; 10]);
+        assert_eq!(stored[1].packet, vec![200u8; 10]);
         assert_eq!(store.count(id).await.unwrap(), 2);
         store.close().await;
 
