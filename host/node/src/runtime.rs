@@ -502,6 +502,7 @@ enum SyncJob {
         row: i64,
         range: dispersy_core::sync::Range,
         limit: usize,
+        metas: Vec<(u32, dispersy_core::meta::SyncOrder)>,
     },
     Packets {
         request: u32,
@@ -545,7 +546,8 @@ async fn sync_reads(
                 row,
                 range,
                 limit,
-            } => match store.sync_rows(row, range, limit).await {
+                metas,
+            } => match store.sync_rows(row, range, limit, &metas).await {
                 Ok(rows) => Command::SyncRowsRead { request, rows },
                 Err(error) => {
                     tracing::warn!(%error, "sync rows failed");
@@ -876,12 +878,16 @@ impl Protocol {
                     request,
                     range,
                     limit,
-                } => self.sync_job(community, |row| SyncJob::Rows {
-                    request,
-                    row,
-                    range,
-                    limit,
-                }),
+                } => {
+                    let metas = self.synced_metas(community);
+                    self.sync_job(community, |row| SyncJob::Rows {
+                        request,
+                        row,
+                        range,
+                        limit,
+                        metas,
+                    });
+                }
                 Event::SendPackets { request, rows } => {
                     let job = SyncJob::Packets { request, ids: rows };
                     if self.sync_jobs.try_send(job).is_err() {
@@ -890,6 +896,34 @@ impl Protocol {
                 }
             }
         }
+    }
+
+    /// The synchronised metas of `community`, highest priority first, with their order.
+    fn synced_metas(&self, community: CommunityId) -> Vec<(u32, dispersy_core::meta::SyncOrder)> {
+        use dispersy_core::meta::Distribution;
+        let Some((definition, _)) = self
+            .registry
+            .as_ref()
+            .and_then(|r| r.definition(&community))
+        else {
+            return Vec::new();
+        };
+        let mut metas: Vec<(u8, u32, dispersy_core::meta::SyncOrder)> = definition
+            .metas
+            .iter()
+            .filter(|m| m.is_synced())
+            .filter_map(|m| match &m.distribution {
+                Distribution::FullSync { order, .. } | Distribution::LastSync { order, .. } => {
+                    Some((m.priority, m.id, *order))
+                }
+                _ => None,
+            })
+            .collect();
+        metas.sort_by_key(|(priority, id, _)| (std::cmp::Reverse(*priority), *id));
+        metas
+            .into_iter()
+            .map(|(_, id, order)| (id, order))
+            .collect()
     }
 
     /// Hands a store read to the sync task; when it is busy the read is dropped (the walk then

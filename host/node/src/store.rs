@@ -381,31 +381,57 @@ impl Store {
         }
     }
 
-    /// The syncable rows of `range`, highest priority first, oldest first within a priority, at
-    /// most `limit`.
+    /// The syncable rows of `range`, meta by meta in the order given (the driver lists the
+    /// synchronised metas highest priority first), each meta's rows in its own order, at most
+    /// `limit` in all. Every query walks the (community, meta, undone, global_time) index.
     pub async fn sync_rows(
         &self,
         community: i64,
         range: Range,
         limit: usize,
+        metas: &[(u32, SyncOrder)],
     ) -> Result<Vec<Row>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, global_time, hash, length(packet) FROM sync
-             WHERE community = ?1 AND priority > 32 AND undone = 0
-               AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
-             ORDER BY priority DESC, global_time, id LIMIT ?6",
-        )
-        .bind(community)
-        .bind(to_i64(range.low))
-        .bind(to_i64(range.high))
-        .bind(i64::from(range.modulo.max(1)))
-        .bind(to_i64(range.offset))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.extend(sync_row(row)?);
+        let mut out = Vec::new();
+        for (meta, order) in metas {
+            let left = limit.saturating_sub(out.len());
+            if left == 0 {
+                break;
+            }
+            let sql = match order {
+                SyncOrder::Ascending => {
+                    "SELECT id, global_time, hash, length(packet) FROM sync
+                     WHERE community = ?1 AND meta = ?7 AND undone = 0
+                       AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
+                     ORDER BY global_time, id LIMIT ?6"
+                }
+                SyncOrder::Descending => {
+                    "SELECT id, global_time, hash, length(packet) FROM sync
+                     WHERE community = ?1 AND meta = ?7 AND undone = 0
+                       AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
+                     ORDER BY global_time DESC, id DESC LIMIT ?6"
+                }
+                // Random order: a random sample of the range (SQLite must read the whole range
+                // of this meta to shuffle it).
+                SyncOrder::Random => {
+                    "SELECT id, global_time, hash, length(packet) FROM sync
+                     WHERE community = ?1 AND meta = ?7 AND undone = 0
+                       AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
+                     ORDER BY random() LIMIT ?6"
+                }
+            };
+            let rows = sqlx::query(sql)
+                .bind(community)
+                .bind(to_i64(range.low))
+                .bind(to_i64(range.high))
+                .bind(i64::from(range.modulo.max(1)))
+                .bind(to_i64(range.offset))
+                .bind(i64::try_from(left).unwrap_or(i64::MAX))
+                .bind(i64::from(*meta))
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &rows {
+                out.extend(sync_row(row)?);
+            }
         }
         Ok(out)
     }
