@@ -178,6 +178,17 @@ impl Store {
         rows.sort_by_key(|r| (r.global_time, r.id));
         match query {
             Query::Oldest { limit } => (rows.into_iter().take(limit).collect(), Vec::new()),
+            Query::Modulo {
+                modulo,
+                offset,
+                limit,
+            } => (
+                rows.into_iter()
+                    .filter(|r| r.global_time % u64::from(modulo) == offset)
+                    .take(limit)
+                    .collect(),
+                Vec::new(),
+            ),
             Query::Pivot { pivot, limit } => {
                 let right = rows
                     .iter()

@@ -18,9 +18,23 @@ use crate::wire::IntroductionRequest;
 /// The false-positive rate filters are sized for (the original's 1 %).
 pub const ERROR_RATE: f64 = 0.01;
 
+/// How new filters choose what they cover (original §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Around a pivot biased to recent global times; the wider side when both sides are full
+    /// (the original's default, "largest").
+    #[default]
+    Largest,
+    /// Every global time `t` with `t % modulo == offset`, modulo = stored / capacity, a random
+    /// offset each round.
+    Modulo,
+}
+
 /// Bounds of synchronisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// Range strategy of new filters.
+    pub strategy: Strategy,
     /// Smallest (and first) response budget per request, in bytes (the original's fixed 5 KiB).
     pub min_budget: usize,
     /// Largest response budget per request, in bytes.
@@ -37,6 +51,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            strategy: Strategy::Largest,
             min_budget: 5 * 1024,
             max_budget: 256 * 1024,
             max_peers: 1_024,
@@ -163,6 +178,15 @@ pub enum Query {
         /// How many rows at most on each side.
         limit: usize,
     },
+    /// The first `limit` rows, ascending, whose global time `t` has `t % modulo == offset`.
+    Modulo {
+        /// At least 2.
+        modulo: u32,
+        /// Below `modulo`.
+        offset: u64,
+        /// How many rows at most.
+        limit: usize,
+    },
 }
 
 /// Chooses what a new filter should cover (original "largest" strategy, step 2): a pivot drawn
@@ -170,10 +194,27 @@ pub enum Query {
 /// recent messages. With fewer stored messages than a filter holds, or a pivot at 1, the filter
 /// covers everything from the start. `capacity` is what one filter holds; the queries ask one
 /// row more, to detect that a range must be cut.
-pub fn query(rng: &mut Rng, global_time: u64, stored: u64, capacity: usize) -> Query {
+pub fn query(
+    rng: &mut Rng,
+    strategy: Strategy,
+    global_time: u64,
+    stored: u64,
+    capacity: usize,
+) -> Query {
     let limit = capacity + 1;
     if stored <= capacity as u64 || global_time <= 1 {
         return Query::Oldest { limit };
+    }
+    if strategy == Strategy::Modulo {
+        let modulo = u32::try_from(stored.div_ceil(capacity.max(1) as u64))
+            .unwrap_or(u32::MAX)
+            .max(2);
+        let offset = rng.next_u64() % u64::from(modulo);
+        return Query::Modulo {
+            modulo,
+            offset,
+            limit,
+        };
     }
     let mean = global_time as f64 / 2.0;
     let draw = -mean * (1.0 - rng.unit()).ln();
@@ -222,6 +263,19 @@ pub fn claim(
     capacity: usize,
 ) -> Claim {
     let (rows, range) = match query {
+        Query::Modulo { modulo, offset, .. } => {
+            let (rows, cut_at) = cut(right, capacity);
+            let high = cut_at.map_or(acceptable, |at| at - 1);
+            (
+                rows,
+                Range {
+                    low: 1,
+                    high,
+                    modulo,
+                    offset,
+                },
+            )
+        }
         Query::Oldest { .. } => {
             let (rows, cut_at) = cut(right, capacity);
             let high = cut_at.map_or(acceptable, |at| at - 1);
@@ -487,7 +541,7 @@ mod tests {
     fn small_stores_sync_everything_from_the_start() {
         let mut rng = Rng::new(1);
         assert_eq!(
-            query(&mut rng, 500, 100, 1059),
+            query(&mut rng, Strategy::Largest, 500, 100, 1059),
             Query::Oldest { limit: 1060 }
         );
         let rows: Vec<Row> = (1..=100).map(|i| row(i, i * 5)).collect();
@@ -506,6 +560,29 @@ mod tests {
                 high: 600,
                 modulo: 1,
                 offset: 0
+            }
+        );
+        assert!(rows.iter().all(|r| claim.filter.contains(&r.hash)));
+    }
+
+    #[test]
+    fn the_modulo_strategy_covers_one_residue_class() {
+        let mut rng = Rng::new(2);
+        let query = query(&mut rng, Strategy::Modulo, 50_000, 10_000, 1059);
+        let Query::Modulo { modulo, offset, .. } = query else {
+            panic!("{query:?}");
+        };
+        assert_eq!(modulo, 10);
+        assert!(offset < 10);
+        let rows: Vec<Row> = (0..50).map(|i| row(i, i * 10 + offset)).collect();
+        let claim = claim(query, rows.clone(), vec![], 60_000, empty_filter(3), 1059);
+        assert_eq!(
+            claim.range,
+            Range {
+                low: 1,
+                high: 60_000,
+                modulo: 10,
+                offset
             }
         );
         assert!(rows.iter().all(|r| claim.filter.contains(&r.hash)));
@@ -542,9 +619,9 @@ mod tests {
         let mut recent = 0;
         let draws = 10_000;
         for _ in 0..draws {
-            match query(&mut rng, 10_000, 1_000_000, 1059) {
+            match query(&mut rng, Strategy::Largest, 10_000, 1_000_000, 1059) {
                 Query::Pivot { pivot, .. } if pivot > 5_000 => recent += 1,
-                Query::Pivot { .. } | Query::Oldest { .. } => {}
+                Query::Pivot { .. } | Query::Oldest { .. } | Query::Modulo { .. } => {}
             }
         }
         // pivot > global_time / 2 when X < mean (1 - 1/e ≈ 63.2 %), plus half of the uniform
@@ -764,6 +841,7 @@ mod driving {
                 Next::New => {
                     let query = super::query(
                         &mut self.rng,
+                        self.config.sync.strategy,
                         c.global_time,
                         c.sync.stored,
                         c.sync.capacity(),

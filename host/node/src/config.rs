@@ -40,6 +40,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Walker timing.
     pub walker: Walker,
+    /// Bloom-filter synchronisation.
+    pub sync: Sync,
     /// Bounds of every queue and table.
     pub limits: Limits,
 }
@@ -112,6 +114,46 @@ impl Default for Walker {
     }
 }
 
+/// Synchronisation settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sync {
+    /// `largest` (around a recent pivot, the original's default) or `modulo`.
+    pub strategy: SyncStrategy,
+    /// First and smallest response budget per request, in bytes (the original's fixed 5 KiB).
+    pub min_budget: usize,
+    /// Largest response budget per request, in bytes; it grows towards this while responses
+    /// arrive. Equal to `min_budget`: the original's fixed budget.
+    pub max_budget: usize,
+    /// How far beyond our global time (or our neighbours' median) a received stored message may
+    /// be.
+    pub global_time_margin: u64,
+    /// How long a walk waits for the store to build its filter, and a response for its rows.
+    pub store_timeout_ms: u64,
+}
+
+/// Range strategy of new filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncStrategy {
+    /// Around a pivot biased to recent global times.
+    Largest,
+    /// One residue class of global times per round.
+    Modulo,
+}
+
+impl Default for Sync {
+    fn default() -> Self {
+        Sync {
+            strategy: SyncStrategy::Largest,
+            min_budget: 5 * 1024,
+            max_budget: 256 * 1024,
+            global_time_margin: 10_000,
+            store_timeout_ms: 2_000,
+        }
+    }
+}
+
 /// Bounds. Every queue, table and cache of the node has one, and it is here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,6 +198,10 @@ pub struct Limits {
     pub max_keys: usize,
     /// Datagrams waiting for the identity of their signer.
     pub identity_waiting: usize,
+    /// Requesters whose response budget is remembered.
+    pub sync_peers: usize,
+    /// Sync requests being answered at once.
+    pub sync_responses: usize,
     /// WAN address votes kept.
     pub max_voters: usize,
 }
@@ -183,6 +229,8 @@ impl Default for Limits {
             max_handshakes: 1_024,
             max_keys: 10_000,
             identity_waiting: 256,
+            sync_peers: 1_024,
+            sync_responses: 64,
             max_voters: 100,
         }
     }
@@ -208,6 +256,7 @@ impl Default for Config {
             log: "info".into(),
             log_format: LogFormat::Text,
             walker: Walker::default(),
+            sync: Sync::default(),
             limits: Limits::default(),
         }
     }
@@ -299,6 +348,9 @@ impl Config {
             ("limits.max_handshakes", l.max_handshakes),
             ("limits.max_keys", l.max_keys),
             ("limits.max_voters", l.max_voters),
+            ("limits.sync_peers", l.sync_peers),
+            ("limits.sync_responses", l.sync_responses),
+            ("sync.min_budget", self.sync.min_budget),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -370,6 +422,18 @@ impl Config {
                 identity_timeout: ms(w.identity_timeout_ms),
             },
             interfaces,
+            global_time_margin: self.sync.global_time_margin,
+            sync: dispersy_core::sync::Config {
+                strategy: match self.sync.strategy {
+                    SyncStrategy::Largest => dispersy_core::sync::Strategy::Largest,
+                    SyncStrategy::Modulo => dispersy_core::sync::Strategy::Modulo,
+                },
+                min_budget: self.sync.min_budget,
+                max_budget: self.sync.max_budget.max(self.sync.min_budget),
+                max_peers: l.sync_peers,
+                max_responses: l.sync_responses,
+                store_timeout: ms(self.sync.store_timeout_ms),
+            },
             candidates: dispersy_core::candidate::Config {
                 walk_lifetime: ms(w.walk_lifetime_ms),
                 stumble_lifetime: ms(w.stumble_lifetime_ms),
@@ -422,6 +486,7 @@ mod tests {
         assert_eq!(parsed.api, defaults.api);
         assert_eq!(parsed.walker, defaults.walker);
         assert_eq!(parsed.limits, defaults.limits);
+        assert_eq!(parsed.sync, defaults.sync);
         assert_eq!(parsed.log, defaults.log);
     }
 

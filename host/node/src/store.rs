@@ -354,6 +354,25 @@ impl Store {
                 .await?;
                 Ok((collect(rows)?, Vec::new()))
             }
+            Query::Modulo {
+                modulo,
+                offset,
+                limit,
+            } => {
+                let rows = sqlx::query(
+                    "SELECT id, global_time, hash, length(packet) FROM sync
+                     WHERE community = ?1 AND priority > 32 AND undone = 0
+                       AND global_time % ?2 = ?3
+                     ORDER BY global_time, id LIMIT ?4",
+                )
+                .bind(community)
+                .bind(i64::from(modulo))
+                .bind(to_i64(offset))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok((collect(rows)?, Vec::new()))
+            }
             Query::Pivot { pivot, limit } => {
                 let limit = i64::try_from(limit).unwrap_or(i64::MAX);
                 let right = sqlx::query(

@@ -618,3 +618,49 @@ fn sync_spreads_every_message_to_every_node_under_loss_and_churn() {
         "every copy came through sync: {sent}"
     );
 }
+
+#[test]
+fn sync_with_small_filters_and_the_modulo_strategy_still_spreads_everything() {
+    // Small datagrams: a filter holds a few hundred messages, so both strategies must cover a
+    // larger store over several rounds.
+    for strategy in [
+        crate::sync::Strategy::Modulo,
+        crate::sync::Strategy::Largest,
+    ] {
+        let mut sim = Sim::new(21);
+        let tracker = sim.add_node(None, tracker_config());
+        let trackers = vec![sim.address(tracker)];
+        let config = Config {
+            max_datagram: 700,
+            sync: crate::sync::Config {
+                strategy,
+                ..crate::sync::Config::default()
+            },
+            ..peer_config(trackers)
+        };
+        for _ in 0..6 {
+            let i = sim.add_node(None, config.clone());
+            join(&mut sim, i);
+        }
+        sim.run_for(Duration::from_secs(5));
+        for n in 0..600u32 {
+            let now = sim.now;
+            sim.nodes[1 + (n as usize % 3)]
+                .create_message(now, id(), "note", n.to_be_bytes().to_vec(), &[])
+                .expect("create");
+        }
+        sim.run_for(Duration::from_secs(600));
+        let capacity = sim.nodes[1]
+            .community(&id())
+            .expect("joined")
+            .sync
+            .capacity();
+        assert!(
+            capacity < 600,
+            "filters hold {capacity}: too big for this test"
+        );
+        for i in 1..=6 {
+            assert_eq!(sim.stores[i].count(id()), 600, "{strategy:?}: node {i}");
+        }
+    }
+}
