@@ -289,3 +289,44 @@ async fn stored_text(node: &integration_tests::TestNode, key: &str) -> Option<St
         .and_then(|m| m["payload"]["text"].as_str())
         .map(str::to_owned)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_sync_keeps_only_the_newest_profile_everywhere() {
+    let plugins = plugin_dir(&["example_community"]);
+    let a = integration_tests::TestNode::start(plugins.path(), |_| {}).await;
+    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    for version in 0..5u64 {
+        let body = json!({"meta": "profile", "payload": {"text": format!("profile v{version}"), "amount": version}});
+        a.client.post(&path, &body).await.unwrap();
+    }
+    let profiles = |node: &integration_tests::TestNode| {
+        let node = node.client.clone();
+        let path = format!("{path}?stored=true");
+        async move {
+            let page = node.get(&path).await.unwrap();
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["meta"] == "profile")
+                .map(|m| m["payload"]["text"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    wait_until(Duration::from_secs(10), "A to keep one profile", || async {
+        profiles(&a).await == vec!["profile v4".to_owned()]
+    })
+    .await;
+    let a_udp = a.udp;
+    let b =
+        integration_tests::TestNode::start(plugins.path(), |c| c.peers = vec![a_udp.to_string()])
+            .await;
+    wait_until(
+        Duration::from_secs(60),
+        "B to get the newest profile",
+        || async { profiles(&b).await == vec!["profile v4".to_owned()] },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -778,11 +778,12 @@ impl WorkerLoop {
         meta: u32,
         accepted: Vec<(Incoming, RawMessage)>,
     ) -> Vec<(Incoming, RawMessage, bool)> {
-        let priority = self
-            .context
-            .definition
-            .meta_by_id(meta)
-            .map_or(128, |m| m.priority);
+        let definition = self.context.definition.meta_by_id(meta);
+        let priority = definition.map_or(128, |m| m.priority);
+        let history = definition.and_then(|m| match m.distribution {
+            dispersy_core::meta::Distribution::LastSync { history, .. } => Some(history),
+            _ => None,
+        });
         let persistent: Vec<NewMessage> = accepted
             .iter()
             .filter(|(m, _)| m.persistent)
@@ -795,6 +796,7 @@ impl WorkerLoop {
                     meta,
                     sequence: message.sequence_number,
                     priority,
+                    history,
                     packet: m.message.packet.clone(),
                 })
             })

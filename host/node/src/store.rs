@@ -57,6 +57,8 @@ pub struct NewMessage {
     pub sequence: Option<u32>,
     /// Priority of its meta.
     pub priority: u8,
+    /// For last-sync metas: how many messages per member are kept.
+    pub history: Option<u16>,
     /// The signed packet.
     pub packet: Vec<u8>,
 }
@@ -258,7 +260,33 @@ impl Store {
             .bind(hash_bytes(&PacketHash::of(&m.packet)))
             .execute(&mut *tx)
             .await?;
-            inserted.push(result.rows_affected() == 1);
+            let mut stored = result.rows_affected() == 1;
+            if let (true, Some(history)) = (stored, m.history) {
+                // Last-sync: keep the newest `history` of this member and meta. A message older
+                // than all of them goes at once, and counts as not stored.
+                sqlx::query(
+                    "DELETE FROM sync WHERE id IN (
+                         SELECT id FROM sync WHERE community = ?1 AND meta = ?2 AND member = ?3
+                         ORDER BY global_time DESC LIMIT -1 OFFSET ?4)",
+                )
+                .bind(m.community)
+                .bind(i64::from(m.meta))
+                .bind(m.member.0.to_vec())
+                .bind(i64::from(history))
+                .execute(&mut *tx)
+                .await?;
+                let kept: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM sync
+                     WHERE community = ?1 AND member = ?2 AND global_time = ?3",
+                )
+                .bind(m.community)
+                .bind(m.member.0.to_vec())
+                .bind(to_i64(m.global_time))
+                .fetch_one(&mut *tx)
+                .await?;
+                stored = kept == 1;
+            }
+            inserted.push(stored);
         }
         tx.commit().await?;
         Ok(inserted)
@@ -586,6 +614,7 @@ mod tests {
             meta: 7,
             sequence: Some(seq),
             priority: 128,
+            history: None,
             packet: vec![gt as u8; 10],
         };
         let flags = store
@@ -617,6 +646,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn last_sync_keeps_the_newest_per_member() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let member = MemberId([7; 20]);
+        let message = |gt: u64| NewMessage {
+            community: id,
+            member,
+            global_time: gt,
+            meta: 9,
+            sequence: None,
+            priority: 128,
+            history: Some(2),
+            packet: vec![gt as u8; 4],
+        };
+        let flags = store
+            .insert(&[message(5), message(9), message(7), message(3)])
+            .await
+            .unwrap();
+        // 3 is older than the two kept (7 and 9): not stored.
+        assert_eq!(flags, vec![true, true, true, false]);
+        let kept: Vec<u64> = store
+            .messages(id, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.global_time)
+            .collect();
+        assert_eq!(kept, vec![9, 7]);
+    }
+
+    #[tokio::test]
     async fn the_store_task_batches_and_acknowledges() {
         let store = Store::open_in_memory().await.unwrap();
         let id = store.ensure_community(&definition()).await.unwrap();
@@ -633,6 +693,7 @@ mod tests {
                 meta: 7,
                 sequence: None,
                 priority: 128,
+                history: None,
                 packet: vec![1, 2, 3],
             }];
             tx.send(Insert { messages, ack }).await.unwrap();

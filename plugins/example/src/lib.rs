@@ -7,6 +7,8 @@
 //! amounts; the handler counts what arrives, so the control API can show that every message was
 //! delivered exactly once. The meta-message `post` carries the same payload but is full-sync:
 //! stored by every node and spread by the bloom-filter synchronisation to nodes that join later.
+//! The meta-message `profile` is last-sync with a history of 1: every node keeps only the newest
+//! profile of each member.
 //!
 //! To make your own community: copy this crate, pick a name, create a master key with
 //! `dispersy keygen` and put its public key in [`MASTER_KEY`] (keep the secret key safe: it will
@@ -81,6 +83,8 @@ pub struct ExampleCommunity {
     last_text: Option<String>,
     /// Posts handled (created here or received).
     posts: u64,
+    /// Profiles handled (created here or received).
+    profiles: u64,
 }
 
 impl ExampleCommunity {
@@ -124,6 +128,11 @@ impl ExampleCommunity {
 }
 
 impl ExampleCommunity {
+    fn on_profile(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.profiles += messages.len() as u64;
+        Ok(())
+    }
+
     fn on_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         self.posts += messages.len() as u64;
         Ok(())
@@ -143,6 +152,16 @@ impl Community for ExampleCommunity {
                     .priority(128)
                     .check(Self::check_example)
                     .handle(Self::on_example),
+            )
+            .meta(
+                Meta::<Self, Example>::new(3, "profile")
+                    .distribution(Distribution::LastSync {
+                        history: 1,
+                        order: Order::Descending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_example)
+                    .handle(Self::on_profile),
             )
             .meta(
                 Meta::<Self, Example>::new(2, "post")
@@ -167,6 +186,7 @@ impl Community for ExampleCommunity {
             seen: HashSet::new(),
             last_text: None,
             posts: 0,
+            profiles: 0,
         })
     }
 
@@ -179,6 +199,7 @@ impl Community for ExampleCommunity {
             "total_amount": self.total_amount.to_string(),
             "last_text": self.last_text,
             "posts": self.posts,
+            "profiles": self.profiles,
         })
     }
 }
