@@ -135,6 +135,8 @@ pub struct Community {
     pub introduce_cursors: [Option<SocketAddr>; 2],
     /// Bloom-filter synchronisation state.
     pub sync: sync::State,
+    /// Per pruning meta: messages below this global time were pruned.
+    pub pruned_below: HashMap<u32, u64>,
 }
 
 impl Community {
@@ -162,6 +164,7 @@ impl Community {
             fast_until,
             introduce_cursors: [None, None],
             sync,
+            pruned_below: HashMap::new(),
         }
     }
 
@@ -181,6 +184,37 @@ impl Community {
     /// Raises the clock to `global_time` if it is higher.
     pub fn observe_global_time(&mut self, global_time: u64) {
         self.global_time = self.global_time.max(global_time);
+    }
+
+    /// Whether a message of `meta` with `global_time` is still active (pruning metas: younger
+    /// than their inactive threshold; other metas: always).
+    pub fn is_active(&self, meta: &MetaMessage, global_time: u64) -> bool {
+        match meta.distribution.pruning() {
+            Some(pruning) => self.global_time.saturating_sub(global_time) < pruning.inactive_after,
+            None => true,
+        }
+    }
+
+    /// The pruning metas whose removal threshold moved since last asked: (meta, remove every
+    /// message with a lower global time). The caller tells the store.
+    pub fn prune_thresholds(&mut self) -> Vec<(u32, u64)> {
+        let Some(definition) = &self.definition else {
+            return Vec::new();
+        };
+        let mut moved = Vec::new();
+        for meta in &definition.metas {
+            if let Some(pruning) = meta.distribution.pruning()
+                && self.global_time > pruning.prune_after
+            {
+                let below = self.global_time - pruning.prune_after + 1;
+                let last = self.pruned_below.entry(meta.id).or_insert(0);
+                if below > *last {
+                    *last = below;
+                    moved.push((meta.id, below));
+                }
+            }
+        }
+        moved
     }
 
     /// The highest global time a received persistent message may carry at `now`: our own global

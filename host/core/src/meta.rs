@@ -106,6 +106,16 @@ impl Distribution {
         )
     }
 
+    /// The pruning of a stored distribution, if any.
+    pub fn pruning(&self) -> Option<Pruning> {
+        match self {
+            Distribution::FullSync { pruning, .. } | Distribution::LastSync { pruning, .. } => {
+                *pruning
+            }
+            _ => None,
+        }
+    }
+
     /// Whether messages carry a sequence number.
     pub fn has_sequence_numbers(&self) -> bool {
         matches!(
@@ -221,6 +231,11 @@ impl MetaMessage {
             && policies.is_empty()
         {
             return fail("dynamic resolution needs at least one policy");
+        }
+        if let Some(pruning) = self.distribution.pruning()
+            && !(0 < pruning.inactive_after && pruning.inactive_after < pruning.prune_after)
+        {
+            return fail("pruning needs 0 < inactive threshold < prune threshold");
         }
         Ok(())
     }

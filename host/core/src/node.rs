@@ -151,8 +151,9 @@ pub enum Event {
         /// What to read.
         query: sync::Query,
     },
-    /// Read the syncable rows of `range` (global time, hash, size), highest priority first and
-    /// each meta in its own order, at most `limit`, and answer with [`Node::handle_sync_rows`].
+    /// Read the rows of `range` (global time, hash, size) of each of `metas` in turn (the
+    /// synchronised metas, highest priority first), each in its order and from its lowest still
+    /// active global time, at most `limit` in all, and answer with [`Node::handle_sync_rows`].
     SyncRows {
         /// The community.
         community: CommunityId,
@@ -162,6 +163,17 @@ pub enum Event {
         range: sync::Range,
         /// How many rows at most.
         limit: usize,
+        /// (meta, order, lowest active global time), highest priority first.
+        metas: Vec<(u32, crate::meta::SyncOrder, u64)>,
+    },
+    /// Remove the stored messages of `meta` below global time `below` (global-time pruning).
+    Prune {
+        /// The community.
+        community: CommunityId,
+        /// The meta-message type.
+        meta: u32,
+        /// Remove every message with a lower global time.
+        below: u64,
     },
     /// Read the packets of these rows and hand them to [`Node::send_packets`].
     SendPackets {
@@ -598,6 +610,16 @@ impl Node {
         }
         // Only now, with nothing left to fail, claim the global time and sequence number.
         c.claim_global_time();
+        for (meta, below) in c.prune_thresholds() {
+            self.events.push_back(Event::Prune {
+                community,
+                meta,
+                below,
+            });
+        }
+        let Some(c) = self.communities.get_mut(&community) else {
+            return Err(CreateError::UnknownCommunity(community));
+        };
         if sequence_number.is_some() {
             c.claim_sequence_number(meta.id);
         }
@@ -674,6 +696,7 @@ impl Node {
                 Some(meta) if meta.distribution.is_persistent() && m.global_time > acceptable => {
                     Err("global-time-beyond-limit")
                 }
+                Some(meta) if !c.is_active(meta, m.global_time) => Err("pruned"),
                 Some(meta) => Ok(meta.distribution.is_persistent()),
             };
             match verdict {
@@ -697,6 +720,14 @@ impl Node {
             }
         }
         c.observe_global_time(highest);
+        let prune = c.prune_thresholds();
+        for (meta, below) in prune {
+            self.push_event(Event::Prune {
+                community: id,
+                meta,
+                below,
+            });
+        }
         for (meta, messages) in batches {
             if let Some(c) = self.communities.get_mut(&id) {
                 c.stats.messages_received += messages.len() as u64;

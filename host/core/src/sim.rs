@@ -117,8 +117,9 @@ struct Flight {
 /// What a node's store holds: its persistent messages (the simulation's in-memory store).
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    pub rows: Vec<(CommunityId, Row, Vec<u8>)>,
+    pub rows: Vec<(CommunityId, u32, Row, Vec<u8>)>,
     keys: std::collections::HashSet<(MemberId, u64)>,
+    next_id: u64,
 }
 
 impl Store {
@@ -136,7 +137,7 @@ impl Store {
             };
             if !self.keys.insert((author.member_id(), message.global_time)) {
                 // Two versions of one message: the binary-higher packet wins (as in the store).
-                let existing = self.rows.iter_mut().find(|(c, row, packet)| {
+                let existing = self.rows.iter_mut().find(|(c, _, row, packet)| {
                     *c == community
                         && row.global_time == message.global_time
                         && crate::wire::SignedMessage::decode(packet).is_ok_and(|s| {
@@ -144,7 +145,7 @@ impl Store {
                                 == Some(author.member_id())
                         })
                 });
-                if let Some((_, row, packet)) = existing
+                if let Some((_, _, row, packet)) = existing
                     && m.message.packet > *packet
                 {
                     *packet = m.message.packet.clone();
@@ -154,13 +155,19 @@ impl Store {
                 continue;
             }
             let hash = PacketHash::of(&m.message.packet);
+            self.next_id += 1;
             let row = Row {
-                id: self.rows.len() as u64 + 1,
+                id: self.next_id,
                 global_time: message.global_time,
                 hash,
                 size: m.message.packet.len() as u32,
             };
-            self.rows.push((community, row, m.message.packet.clone()));
+            self.rows.push((
+                community,
+                message.message_type,
+                row,
+                m.message.packet.clone(),
+            ));
             stored.push((hash, message.global_time, m.source));
         }
         stored
@@ -169,8 +176,8 @@ impl Store {
     fn of(&self, community: CommunityId) -> impl Iterator<Item = &Row> {
         self.rows
             .iter()
-            .filter(move |(c, _, _)| *c == community)
-            .map(|(_, row, _)| row)
+            .filter(move |(c, _, _, _)| *c == community)
+            .map(|(_, _, row, _)| row)
     }
 
     fn query(&self, community: CommunityId, query: Query) -> (Vec<Row>, Vec<Row>) {
@@ -208,21 +215,50 @@ impl Store {
         }
     }
 
-    fn range(&self, community: CommunityId, range: crate::sync::Range, limit: usize) -> Vec<Row> {
-        let mut rows: Vec<Row> = self
-            .of(community)
-            .filter(|r| range.contains(r.global_time))
-            .copied()
-            .collect();
-        rows.sort_by_key(|r| (r.global_time, r.id));
-        rows.truncate(limit);
-        rows
+    fn range(
+        &self,
+        community: CommunityId,
+        range: crate::sync::Range,
+        limit: usize,
+        metas: &[(u32, crate::meta::SyncOrder, u64)],
+    ) -> Vec<Row> {
+        let mut out = Vec::new();
+        for (meta, order, active_from) in metas {
+            let mut rows: Vec<Row> = self
+                .rows
+                .iter()
+                .filter(|(c, m, row, _)| {
+                    *c == community
+                        && m == meta
+                        && row.global_time >= *active_from
+                        && range.contains(row.global_time)
+                })
+                .map(|(_, _, row, _)| *row)
+                .collect();
+            rows.sort_by_key(|r| (r.global_time, r.id));
+            if *order == crate::meta::SyncOrder::Descending {
+                rows.reverse();
+            }
+            out.extend(rows);
+        }
+        out.truncate(limit);
+        out
     }
 
     fn packets(&self, ids: &[u64]) -> Vec<Vec<u8>> {
         ids.iter()
-            .filter_map(|id| self.rows.get(*id as usize - 1).map(|(_, _, p)| p.clone()))
+            .filter_map(|id| {
+                self.rows
+                    .iter()
+                    .find(|(_, _, row, _)| row.id == *id)
+                    .map(|(_, _, _, p)| p.clone())
+            })
             .collect()
+    }
+
+    fn prune(&mut self, community: CommunityId, meta: u32, below: u64) {
+        self.rows
+            .retain(|(c, m, row, _)| !(*c == community && *m == meta && row.global_time < below));
     }
 
     /// Number of messages stored for `community`.
@@ -410,10 +446,16 @@ impl Sim {
                     request,
                     range,
                     limit,
+                    metas,
                 } => {
-                    let rows = self.stores[i].range(*community, *range, *limit);
+                    let rows = self.stores[i].range(*community, *range, *limit, metas);
                     self.nodes[i].handle_sync_rows(now, *request, rows);
                 }
+                Event::Prune {
+                    community,
+                    meta,
+                    below,
+                } => self.stores[i].prune(*community, *meta, *below),
                 Event::SendPackets { request, rows } => {
                     let packets = self.stores[i].packets(rows);
                     self.nodes[i].send_packets(now, *request, packets);

@@ -950,6 +950,7 @@ mod driving {
                 self.stats.dropped.bump("sync-busy");
                 return;
             }
+            let metas = synced_metas(c);
             let request = self.next_response_id();
             self.responses.insert(
                 request,
@@ -968,6 +969,7 @@ mod driving {
                 request,
                 range,
                 limit,
+                metas,
             });
         }
 
@@ -1030,6 +1032,35 @@ mod driving {
                 }
             }
         }
+    }
+
+    /// The synchronised metas of a community, highest priority first, with their order and the
+    /// lowest global time still active (inactive messages of pruning metas are never offered).
+    fn synced_metas(c: &crate::community::Community) -> Vec<(u32, crate::meta::SyncOrder, u64)> {
+        use crate::meta::Distribution;
+        let Some(definition) = &c.definition else {
+            return Vec::new();
+        };
+        let mut metas: Vec<(u8, u32, crate::meta::SyncOrder, u64)> = definition
+            .metas
+            .iter()
+            .filter(|m| m.is_synced())
+            .filter_map(|m| match &m.distribution {
+                Distribution::FullSync { order, .. } | Distribution::LastSync { order, .. } => {
+                    let active_from = m
+                        .distribution
+                        .pruning()
+                        .map_or(0, |p| (c.global_time + 1).saturating_sub(p.inactive_after));
+                    Some((m.priority, m.id, *order, active_from))
+                }
+                _ => None,
+            })
+            .collect();
+        metas.sort_by_key(|(priority, id, _, _)| (std::cmp::Reverse(*priority), *id));
+        metas
+            .into_iter()
+            .map(|(_, id, order, active_from)| (id, order, active_from))
+            .collect()
     }
 
     fn synchronization(claim: &Claim) -> Synchronization {

@@ -502,7 +502,12 @@ enum SyncJob {
         row: i64,
         range: dispersy_core::sync::Range,
         limit: usize,
-        metas: Vec<(u32, dispersy_core::meta::SyncOrder)>,
+        metas: Vec<(u32, dispersy_core::meta::SyncOrder, u64)>,
+    },
+    Prune {
+        row: i64,
+        meta: u32,
+        below: u64,
     },
     Packets {
         request: u32,
@@ -554,6 +559,13 @@ async fn sync_reads(
                     continue;
                 }
             },
+            SyncJob::Prune { row, meta, below } => {
+                match store.prune(row, meta, below).await {
+                    Ok(n) => tracing::debug!(meta, below, removed = n, "pruned"),
+                    Err(error) => tracing::warn!(%error, "pruning failed"),
+                }
+                continue;
+            }
             SyncJob::Packets { request, ids } => match store.packets(&ids).await {
                 Ok(packets) => Command::PacketsRead { request, packets },
                 Err(error) => {
@@ -878,8 +890,8 @@ impl Protocol {
                     request,
                     range,
                     limit,
+                    metas,
                 } => {
-                    let metas = self.synced_metas(community);
                     self.sync_job(community, |row| SyncJob::Rows {
                         request,
                         row,
@@ -888,6 +900,11 @@ impl Protocol {
                         metas,
                     });
                 }
+                Event::Prune {
+                    community,
+                    meta,
+                    below,
+                } => self.sync_job(community, |row| SyncJob::Prune { row, meta, below }),
                 Event::SendPackets { request, rows } => {
                     let job = SyncJob::Packets { request, ids: rows };
                     if self.sync_jobs.try_send(job).is_err() {
@@ -896,34 +913,6 @@ impl Protocol {
                 }
             }
         }
-    }
-
-    /// The synchronised metas of `community`, highest priority first, with their order.
-    fn synced_metas(&self, community: CommunityId) -> Vec<(u32, dispersy_core::meta::SyncOrder)> {
-        use dispersy_core::meta::Distribution;
-        let Some((definition, _)) = self
-            .registry
-            .as_ref()
-            .and_then(|r| r.definition(&community))
-        else {
-            return Vec::new();
-        };
-        let mut metas: Vec<(u8, u32, dispersy_core::meta::SyncOrder)> = definition
-            .metas
-            .iter()
-            .filter(|m| m.is_synced())
-            .filter_map(|m| match &m.distribution {
-                Distribution::FullSync { order, .. } | Distribution::LastSync { order, .. } => {
-                    Some((m.priority, m.id, *order))
-                }
-                _ => None,
-            })
-            .collect();
-        metas.sort_by_key(|(priority, id, _)| (std::cmp::Reverse(*priority), *id));
-        metas
-            .into_iter()
-            .map(|(_, id, order)| (id, order))
-            .collect()
     }
 
     /// Hands a store read to the sync task; when it is busy the read is dropped (the walk then

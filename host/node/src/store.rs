@@ -429,17 +429,18 @@ impl Store {
     }
 
     /// The syncable rows of `range`, meta by meta in the order given (the driver lists the
-    /// synchronised metas highest priority first), each meta's rows in its own order, at most
-    /// `limit` in all. Every query walks the (community, meta, undone, global_time) index.
+    /// synchronised metas highest priority first, each with its order and the lowest global
+    /// time still active), each meta's rows in its own order, at most `limit` in all. Every query
+    /// walks the (community, meta, undone, global_time) index.
     pub async fn sync_rows(
         &self,
         community: i64,
         range: Range,
         limit: usize,
-        metas: &[(u32, SyncOrder)],
+        metas: &[(u32, SyncOrder, u64)],
     ) -> Result<Vec<Row>, StoreError> {
         let mut out = Vec::new();
-        for (meta, order) in metas {
+        for (meta, order, active_from) in metas {
             let left = limit.saturating_sub(out.len());
             if left == 0 {
                 break;
@@ -468,7 +469,7 @@ impl Store {
             };
             let rows = sqlx::query(sql)
                 .bind(community)
-                .bind(to_i64(range.low))
+                .bind(to_i64(range.low.max(*active_from)))
                 .bind(to_i64(range.high))
                 .bind(i64::from(range.modulo.max(1)))
                 .bind(to_i64(range.offset))
@@ -481,6 +482,19 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Removes the messages of `meta` below global time `below` (global-time pruning); returns
+    /// how many.
+    pub async fn prune(&self, community: i64, meta: u32, below: u64) -> Result<u64, StoreError> {
+        let result =
+            sqlx::query("DELETE FROM sync WHERE community = ?1 AND meta = ?2 AND global_time < ?3")
+                .bind(community)
+                .bind(i64::from(meta))
+                .bind(to_i64(below))
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected())
     }
 
     /// The packets of rows `ids`, in that order (missing rows are left out).

@@ -57,6 +57,23 @@ fn definition() -> Definition {
                 priority: 128,
                 batch_window: Duration::ZERO,
             },
+            MetaMessage {
+                id: 4,
+                name: "log".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Public,
+                distribution: Distribution::FullSync {
+                    sequence_numbers: false,
+                    order: crate::meta::SyncOrder::Descending,
+                    pruning: Some(crate::meta::Pruning {
+                        inactive_after: 50,
+                        prune_after: 100,
+                    }),
+                },
+                destination: Destination::Community { node_count: 10 },
+                priority: 128,
+                batch_window: Duration::ZERO,
+            },
         ],
     }
 }
@@ -663,4 +680,38 @@ fn sync_with_small_filters_and_the_modulo_strategy_still_spreads_everything() {
             assert_eq!(sim.stores[i].count(id()), 600, "{strategy:?}: node {i}");
         }
     }
+}
+
+#[test]
+fn pruned_messages_are_removed_and_inactive_ones_not_synced() {
+    let mut sim = public_network(2);
+    sim.run_for(Duration::from_secs(5));
+    for n in 0..150u32 {
+        let now = sim.now;
+        sim.nodes[1]
+            .create_message(now, id(), "log", n.to_be_bytes().to_vec(), &[])
+            .expect("create");
+    }
+    sim.run_for(Duration::from_secs(5));
+    let global_time = sim.nodes[1].community(&id()).expect("joined").global_time;
+    for i in [1, 2] {
+        let kept = sim.stores[i].count(id());
+        // Removed at 100 units of age: only the last 99 global times remain.
+        assert!((95..=100).contains(&kept), "node {i} kept {kept}");
+    }
+    // A node joining now gets only active messages (younger than 50 units).
+    let late = sim.add_node(None, peer_config(vec![sim.address(0)]));
+    join(&mut sim, late);
+    sim.run_for(Duration::from_secs(120));
+    let got = sim.stores[late].count(id());
+    assert!(
+        got > 0 && got <= 50,
+        "the late node got {got} (global time {global_time})"
+    );
+    let c = sim.nodes[late].community(&id()).expect("joined");
+    assert_eq!(
+        c.stats.dropped.get("pruned"),
+        0,
+        "inactive messages are not even offered"
+    );
 }
