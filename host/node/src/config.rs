@@ -162,8 +162,10 @@ pub struct Limits {
     pub max_datagram: usize,
     /// Kernel receive buffer of the UDP socket, in bytes.
     pub recv_buffer: usize,
-    /// Received datagrams waiting for the protocol task.
+    /// Received datagrams waiting for a verifier, and verified ones for the protocol task.
     pub datagram_queue: usize,
+    /// Verifier tasks (decoding and signature checks), at most one per core.
+    pub verifiers: usize,
     /// Commands (API, plugins) waiting for the protocol task.
     pub command_queue: usize,
     /// Batches waiting for one community's plugin thread.
@@ -212,6 +214,7 @@ impl Default for Limits {
             max_datagram: dispersy_core::wire::DEFAULT_MAX_DATAGRAM,
             recv_buffer: 4 << 20,
             datagram_queue: 4_096,
+            verifiers: 8,
             command_queue: 4_096,
             plugin_queue: 1_024,
             store_queue: 4_096,
@@ -335,6 +338,7 @@ impl Config {
         let l = &self.limits;
         let positive = [
             ("limits.datagram_queue", l.datagram_queue),
+            ("limits.verifiers", l.verifiers),
             ("limits.command_queue", l.command_queue),
             ("limits.plugin_queue", l.plugin_queue),
             ("limits.store_queue", l.store_queue),

@@ -2,8 +2,9 @@
 //! timer, and routes the core's events to community threads. It makes no protocol decisions.
 //!
 //! Tasks (all stopped by one cancellation token, all awaited by [`Running::wait`]):
-//! - **receive**: reads datagrams, decodes and verifies them (`wire::decode`, the CPU-heavy part,
-//!   off the protocol task), and queues the result;
+//! - **receive**: reads datagrams and deals them out to the verifiers;
+//! - **verify** (one per core, `limits.verifiers` at most): decodes and verifies datagrams
+//!   (`wire::decode`, the CPU-heavy part, off the protocol task) and queues the result;
 //! - **protocol**: owns the core [`Node`]; handles datagrams, commands and timeouts, sends what the
 //!   core asks, hands verified messages to community threads;
 //! - **store**: batches inserts into SQLite;
@@ -437,9 +438,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             })))
         }
     };
+    let verifier_count = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, config.limits.verifiers.max(1));
+    let mut verifiers = Vec::with_capacity(verifier_count);
+    for _ in 0..verifier_count {
+        let (tx, rx) = mpsc::channel(config.limits.datagram_queue);
+        verifiers.push(tx);
+        tasks.push(tokio::spawn(verify(
+            rx,
+            datagrams_tx.clone(),
+            config.limits.max_datagram,
+        )));
+    }
+    drop(datagrams_tx);
     tasks.push(tokio::spawn(receive(
         socket.clone(),
-        datagrams_tx,
+        verifiers,
         config.limits.max_datagram,
         shutdown.clone(),
     )));
@@ -692,12 +707,13 @@ fn write_endpoints(dir: &std::path::Path, udp: SocketAddr, api: SocketAddr, key:
 
 async fn receive(
     socket: Arc<UdpSocket>,
-    datagrams: mpsc::Sender<Datagram>,
+    verifiers: Vec<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     max_datagram: usize,
     shutdown: CancellationToken,
 ) {
     // One byte more than the limit, so an oversized datagram is seen as such, not truncated.
     let mut buffer = vec![0u8; max_datagram + 1];
+    let mut next = 0;
     loop {
         let received = tokio::select! {
             received = socket.recv_from(&mut buffer) => received,
@@ -711,9 +727,27 @@ async fn receive(
                 continue;
             }
         };
-        // A datagram longer than the buffer arrives truncated to `max_datagram + 1` bytes, which
-        // `decode` reports as oversized.
-        let bytes = buffer[..len].to_vec();
+        // Round robin over the verifiers: signature checks run on every core.
+        next = (next + 1) % verifiers.len();
+        if verifiers[next]
+            .send((from, buffer[..len].to_vec()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// A verifier task: decodes and verifies datagrams (the CPU-heavy part) and hands them on. A
+/// datagram longer than the buffer arrived truncated to `max_datagram + 1` bytes, which `decode`
+/// reports as oversized.
+async fn verify(
+    mut raw: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    datagrams: mpsc::Sender<Datagram>,
+    max_datagram: usize,
+) {
+    while let Some((from, bytes)) = raw.recv().await {
         let decoded = wire::decode(&bytes, max_datagram, &());
         let datagram = Datagram {
             from,
@@ -723,6 +757,8 @@ async fn receive(
         if datagrams.send(datagram).await.is_err() {
             break;
         }
+        // Long bursts of verification must not starve the other tasks of this worker.
+        tokio::task::yield_now().await;
     }
 }
 
