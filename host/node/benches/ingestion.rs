@@ -8,7 +8,8 @@
 //! the control API), so the node's receive buffer never overflows and nothing is lost.
 //!
 //! Run: `cargo build --release && cargo bench -p dispersy-node --bench ingestion`
-//! Options (environment): BENCH_MESSAGES, BENCH_WINDOW (datagrams ahead).
+//! Options (environment): BENCH_MESSAGES, BENCH_WINDOW (datagrams ahead), BENCH_META (2: the
+//! stored `post` meta, the default; 1: the direct `example` meta, to see what storing costs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,12 +43,12 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-async fn handled(client: &Client) -> u64 {
+async fn handled(client: &Client, field: &str) -> u64 {
     match client.get("/v1/communities").await {
         Ok(list) => list
             .as_array()
             .and_then(|l| l.iter().find(|c| c["id"] == COMMUNITY))
-            .and_then(|c| c["plugin"]["status"]["posts"].as_u64())
+            .and_then(|c| c["plugin"]["status"][field].as_u64())
             .unwrap_or(0),
         Err(_) => 0,
     }
@@ -57,6 +58,9 @@ async fn handled(client: &Client) -> u64 {
 async fn main() {
     let messages = env_or("BENCH_MESSAGES", 20_000);
     let window = env_or("BENCH_WINDOW", 1_000) as usize;
+    // BENCH_META=1: the direct `example` meta (no storage), to see what storing costs.
+    let meta = env_or("BENCH_META", 2) as u32;
+    let field = if meta == 1 { "received" } else { "posts" };
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_dispersy"));
     let built = exe.parent().unwrap().join("libexample_community.so");
     assert!(built.is_file(), "run `cargo build --release` first");
@@ -113,7 +117,7 @@ async fn main() {
             SignedMessage::sign(
                 CommunityMessage {
                     community,
-                    message_type: 2,
+                    message_type: meta,
                     conversion: Conversion::version(1).unwrap(),
                     authors: vec![author.public().clone()],
                     global_time: gt,
@@ -152,7 +156,7 @@ async fn main() {
             sent += 1;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        done = handled(&client).await;
+        done = handled(&client, field).await;
     }
     let elapsed = start.elapsed();
     let cpu = cpu_time(pid) - cpu_before;
