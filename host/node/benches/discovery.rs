@@ -11,11 +11,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dispersy_node::client::Client;
+use common::{cpu_time, env_or};
+use dispersy_node::client::{Client, Endpoints};
 
 const COMMUNITY: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
 
@@ -24,13 +27,6 @@ struct Process {
     client: Option<Client>,
     dir: PathBuf,
     udp: String,
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn plugin_dir() -> PathBuf {
@@ -85,21 +81,14 @@ fn connect(process: &mut Process) -> bool {
     if process.client.is_some() {
         return true;
     }
-    let Ok(text) = std::fs::read_to_string(process.dir.join("endpoints.json")) else {
-        return false;
-    };
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return false;
-    };
-    let Ok(token) = std::fs::read_to_string(process.dir.join("api-token")) else {
-        return false;
-    };
-    process.udp = value["udp"].as_str().unwrap_or_default().to_owned();
-    process.client = Some(Client::new(
-        value["api"].as_str().unwrap().parse().unwrap(),
-        token.trim(),
-    ));
-    true
+    match Endpoints::read(&process.dir) {
+        Ok(endpoints) => {
+            process.udp = endpoints.udp.to_string();
+            process.client = Some(endpoints.client);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 async fn verified(process: &Process) -> usize {
@@ -115,20 +104,6 @@ async fn verified(process: &Process) -> usize {
             .map_or(0, |l| l.iter().filter(|c| c["verified"] == true).count()),
         Err(_) => 0,
     }
-}
-
-/// user + system CPU time of `pid`, from /proc.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = 100; // sysconf(_SC_CLK_TCK) on Linux
-    Duration::from_millis(ticks * 1000 / hz)
 }
 
 #[tokio::main]

@@ -13,35 +13,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{cpu_time, env_or};
 use dispersy_core::identity::{CommunityId, KeyPair};
 use dispersy_core::wire::{self, CommunityMessage, Conversion, SignedMessage};
-use dispersy_node::client::Client;
+use dispersy_node::client::{Client, Endpoints};
 
 const COMMUNITY: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// user + system CPU time of `pid`, from /proc.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
 
 async fn handled(client: &Client, field: &str) -> u64 {
     match client.get("/v1/communities").await {
@@ -90,14 +73,8 @@ async fn main() {
         .spawn()
         .unwrap();
     let (udp, client) = loop {
-        if let (Ok(endpoints), Ok(token)) = (
-            std::fs::read_to_string(data.join("endpoints.json")),
-            std::fs::read_to_string(data.join("api-token")),
-        ) {
-            let value: serde_json::Value = serde_json::from_str(&endpoints).unwrap();
-            let udp: std::net::SocketAddr = value["udp"].as_str().unwrap().parse().unwrap();
-            let api = value["api"].as_str().unwrap().parse().unwrap();
-            break (udp, Client::new(api, token.trim()));
+        if let Ok(endpoints) = Endpoints::read(&data) {
+            break (endpoints.udp, endpoints.client);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

@@ -34,6 +34,61 @@ pub enum ClientError {
     Json(#[from] serde_json::Error),
 }
 
+/// Where a running node can be reached, as it wrote to `endpoints.json` in its data folder, with
+/// the API token from `api-token` there.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// The node's UDP address.
+    pub udp: SocketAddr,
+    /// A client for its control API.
+    pub client: Client,
+}
+
+/// Why a node's endpoints could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointsError {
+    /// A file is missing or unreadable (is a node running with this data folder?).
+    #[error("{path}: {source} (is a node running with this data folder?)")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `endpoints.json` is not what a node writes.
+    #[error("{0}: not a node's endpoints file")]
+    Malformed(std::path::PathBuf),
+    /// The token file is not private.
+    #[error(transparent)]
+    Token(#[from] crate::keys::SecretError),
+}
+
+impl Endpoints {
+    /// Reads the endpoints of the node using `data_dir`.
+    pub fn read(data_dir: &std::path::Path) -> Result<Endpoints, EndpointsError> {
+        let path = data_dir.join("endpoints.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| EndpointsError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|_| EndpointsError::Malformed(path.clone()))?;
+        let address = |key: &str| {
+            value[key]
+                .as_str()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        };
+        let (Some(udp), Some(api)) = (address("udp"), address("api")) else {
+            return Err(EndpointsError::Malformed(path));
+        };
+        let token = crate::keys::read_secret(&data_dir.join("api-token"))?;
+        Ok(Endpoints {
+            udp,
+            client: Client::new(api, token),
+        })
+    }
+}
+
 /// A client for one node's control API.
 #[derive(Debug, Clone)]
 pub struct Client {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Endpoints};
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -202,23 +202,15 @@ async fn spawn(
             what: name.to_owned(),
             source,
         })?;
-    let endpoints = dir.join("endpoints.json");
     for _ in 0..200 {
-        if let Ok(text) = std::fs::read_to_string(&endpoints)
-            && let Ok(value) = serde_json::from_str::<Value>(&text)
-        {
-            let udp = value["udp"].as_str().and_then(|s| s.parse().ok());
-            let api = value["api"].as_str().and_then(|s| s.parse().ok());
-            let token = std::fs::read_to_string(dir.join("api-token"));
-            if let (Some(udp), Some(api), Ok(token)) = (udp, api, token) {
-                return Ok(Process {
-                    name: name.to_owned(),
-                    child,
-                    dir,
-                    udp,
-                    client: Client::new(api, token.trim()),
-                });
-            }
+        if let Ok(endpoints) = Endpoints::read(&dir) {
+            return Ok(Process {
+                name: name.to_owned(),
+                child,
+                dir,
+                udp: endpoints.udp,
+                client: endpoints.client,
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

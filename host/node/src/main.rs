@@ -208,20 +208,8 @@ async fn api(
     body: Option<String>,
 ) -> anyhow::Result<()> {
     let dir = data_dir.unwrap_or_else(dispersy_node::config::default_data_dir);
-    let endpoints: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("endpoints.json")).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e} (is a node running with this data folder?)",
-                dir.join("endpoints.json").display()
-            )
-        })?,
-    )?;
-    let address: SocketAddr = endpoints["api"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("endpoints.json has no API address"))?;
-    let token = keys::read_secret(&dir.join("api-token"))?;
-    let client = dispersy_node::client::Client::new(address, token.clone());
+    let client = dispersy_node::client::Endpoints::read(&dir)?.client;
+    let token = client.token().to_owned();
     let (status, text) = client
         .raw(&method.to_uppercase(), &path, body, Some(&token))
         .await?;

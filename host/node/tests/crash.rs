@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dispersy_node::client::Client;
+use dispersy_node::client::{Client, Endpoints};
 use serde_json::json;
 
 const COMMUNITY: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
@@ -40,12 +40,8 @@ fn start(data: &Path, plugins: &Path) -> (Child, Client) {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let endpoints = std::fs::read_to_string(data.join("endpoints.json")).ok();
-        let token = std::fs::read_to_string(data.join("api-token")).ok();
-        if let (Some(endpoints), Some(token)) = (endpoints, token) {
-            let value: serde_json::Value = serde_json::from_str(&endpoints).unwrap();
-            let api = value["api"].as_str().unwrap().parse().unwrap();
-            return (child, Client::new(api, token.trim()));
+        if let Ok(endpoints) = Endpoints::read(data) {
+            return (child, endpoints.client);
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
