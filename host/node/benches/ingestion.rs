@@ -15,126 +15,41 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cpu_time, env_or};
-use dispersy_core::identity::{CommunityId, KeyPair};
-use dispersy_core::wire::{self, CommunityMessage, Conversion, SignedMessage};
-use dispersy_node::client::{Client, Endpoints};
-
-const COMMUNITY: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
-
-async fn handled(client: &Client, field: &str) -> u64 {
-    match client.get("/v1/communities").await {
-        Ok(list) => list
-            .as_array()
-            .and_then(|l| l.iter().find(|c| c["id"] == COMMUNITY))
-            .and_then(|c| c["plugin"]["status"][field].as_u64())
-            .unwrap_or(0),
-        Err(_) => 0,
-    }
-}
+use common::{cpu_time, env_or, feed, post_datagrams, start_node};
 
 #[tokio::main]
 async fn main() {
     let messages = env_or("BENCH_MESSAGES", 20_000);
     let window = env_or("BENCH_WINDOW", 1_000) as usize;
     // BENCH_META=1: the direct `example` meta (no storage), to see what storing costs.
-    let meta = env_or("BENCH_META", 2) as u32;
+    let meta = env_or("BENCH_META", 2);
     let field = if meta == 1 { "received" } else { "posts" };
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_dispersy"));
-    let built = exe.parent().unwrap().join("libexample_community.so");
-    assert!(built.is_file(), "run `cargo build --release` first");
     let work = tempfile::tempdir().unwrap();
-    let plugins = work.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(&built, plugins.join("libexample_community.so")).unwrap();
-    let data = work.path().join("node");
-    let mut child = Command::new(&exe)
-        .args([
-            "run",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--api",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--plugin-dir")
-        .arg(&plugins)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (udp, client) = loop {
-        if let Ok(endpoints) = Endpoints::read(&data) {
-            break (endpoints.udp, endpoints.client);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-
-    // The messages: one author, global times 1..=N, the example payload (conversion 1).
-    let author = KeyPair::from_secret(&[5; 32]).unwrap();
-    let community = CommunityId::from_hex(COMMUNITY).unwrap();
+    let (mut child, endpoints) = start_node(work.path(), "node", &[]).await;
     let signing = Instant::now();
-    let packets: Vec<Vec<u8>> = (1..=messages)
-        .map(|gt| {
-            let text = format!(
-                "message {gt:06} of the ingestion benchmark, about 250 bytes in all with its header"
-            );
-            let mut payload = vec![text.len() as u8];
-            payload.extend_from_slice(text.as_bytes());
-            payload.extend_from_slice(&(gt as i64).to_be_bytes());
-            SignedMessage::sign(
-                CommunityMessage {
-                    community,
-                    message_type: meta,
-                    conversion: Conversion::version(1).unwrap(),
-                    authors: vec![author.public().clone()],
-                    global_time: gt,
-                    sequence_number: None,
-                    resolution_index: None,
-                    relay_hops: None,
-                    payload,
-                },
-                &[&author],
-            )
-            .unwrap()
-            .packet
-        })
-        .collect();
-    let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
-    let datagrams = wire::encode_collections(0, &refs, 1500).unwrap();
-    let per_datagram = messages as f64 / datagrams.len() as f64;
+    let (mut datagrams, per_datagram) = post_datagrams(messages);
+    if meta == 1 {
+        datagrams = retype(&datagrams, 1);
+    }
     println!(
-        "ingestion: {messages} signed messages of {} bytes, {} datagrams ({per_datagram:.1} messages each), signed in {:.2} s",
-        packets[0].len(),
+        "ingestion: {messages} signed messages, {} datagrams ({per_datagram:.1} messages each), signed in {:.2} s",
         datagrams.len(),
         signing.elapsed().as_secs_f64()
     );
-
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let pid = child.id();
     let cpu_before = cpu_time(pid);
     let start = Instant::now();
-    let mut sent = 0usize;
-    let mut done = 0u64;
-    let deadline = start + Duration::from_secs(300);
-    while done < messages && Instant::now() < deadline {
-        let allowed = ((done as f64 / per_datagram) as usize + window).min(datagrams.len());
-        while sent < allowed {
-            socket.send_to(&datagrams[sent], udp).await.unwrap();
-            sent += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        done = handled(&client, field).await;
-    }
+    let done = feed(
+        (&datagrams, per_datagram),
+        &endpoints,
+        field,
+        messages,
+        window,
+        start + Duration::from_secs(300),
+    )
+    .await;
     let elapsed = start.elapsed();
     let cpu = cpu_time(pid) - cpu_before;
     println!(
@@ -150,4 +65,30 @@ async fn main() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The same messages re-signed as meta `meta` (the author's key is the benchmark's).
+fn retype(datagrams: &[Vec<u8>], meta: u32) -> Vec<Vec<u8>> {
+    use dispersy_core::identity::KeyPair;
+    use dispersy_core::wire::{self, Packet, SignedMessage};
+    let author = KeyPair::from_secret(&[5; 32]).unwrap();
+    datagrams
+        .iter()
+        .map(|d| {
+            let Ok(Packet::Collection(c)) = wire::decode(d, 1500, &()) else {
+                panic!("collection")
+            };
+            let packets: Vec<Vec<u8>> = c
+                .messages
+                .into_iter()
+                .map(|m| {
+                    let mut message = m.message;
+                    message.message_type = meta;
+                    SignedMessage::sign(message, &[&author]).unwrap().packet
+                })
+                .collect();
+            let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
+            wire::encode_collection(0, &refs)
+        })
+        .collect()
 }

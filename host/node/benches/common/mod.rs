@@ -25,3 +25,135 @@ pub fn cpu_time(pid: u32) -> Duration {
         fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     Duration::from_millis(ticks * 10)
 }
+
+/// Signed `post` messages of the example community by one author, global times 1..=`count`,
+/// packed into collection datagrams of at most 1500 bytes. Returns the datagrams and how many
+/// messages one holds on average.
+pub fn post_datagrams(count: u64) -> (Vec<Vec<u8>>, f64) {
+    use dispersy_core::identity::{CommunityId, KeyPair};
+    use dispersy_core::wire::{self, CommunityMessage, Conversion, SignedMessage};
+    let author = KeyPair::from_secret(&[5; 32]).expect("key");
+    let community = CommunityId::from_hex(COMMUNITY).expect("id");
+    let packets: Vec<Vec<u8>> = (1..=count)
+        .map(|gt| {
+            let text = format!(
+                "message {gt:06} of the benchmark, about 250 bytes in all with its header and signature"
+            );
+            let mut payload = vec![text.len() as u8];
+            payload.extend_from_slice(text.as_bytes());
+            payload.extend_from_slice(&(gt as i64).to_be_bytes());
+            SignedMessage::sign(
+                CommunityMessage {
+                    community,
+                    message_type: 2,
+                    conversion: Conversion::version(1).expect("conversion"),
+                    authors: vec![author.public().clone()],
+                    global_time: gt,
+                    sequence_number: None,
+                    resolution_index: None,
+                    relay_hops: None,
+                    payload,
+                },
+                &[&author],
+            )
+            .expect("signed")
+            .packet
+        })
+        .collect();
+    let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
+    let datagrams = wire::encode_collections(0, &refs, 1500).expect("fits");
+    let per = count as f64 / datagrams.len() as f64;
+    (datagrams, per)
+}
+
+/// The example community.
+pub const COMMUNITY: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
+
+/// A `dispersy run` process of the release build with the example plugin and data folder
+/// `data`, started on loopback with `extra` flags; returns it with its endpoints.
+#[allow(clippy::zombie_processes)] // the caller kills and waits for it
+pub async fn start_node(
+    work: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+) -> (std::process::Child, dispersy_node::client::Endpoints) {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_dispersy"));
+    let built = exe
+        .parent()
+        .expect("target folder")
+        .join("libexample_community.so");
+    assert!(built.is_file(), "run `cargo build --release` first");
+    let plugins = work.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins folder");
+    std::fs::copy(&built, plugins.join("libexample_community.so")).expect("copy plugin");
+    let data = work.join(name);
+    let child = std::process::Command::new(&exe)
+        .args([
+            "run",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--plugin-dir")
+        .arg(&plugins)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    loop {
+        if let Ok(endpoints) = dispersy_node::client::Endpoints::read(&data) {
+            return (child, endpoints);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A status field of the example plugin at the node behind `client` (0 when unreadable).
+pub async fn status(client: &dispersy_node::client::Client, field: &str) -> u64 {
+    match client.get("/v1/communities").await {
+        Ok(list) => list
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["id"] == COMMUNITY))
+            .and_then(|c| c["plugin"]["status"][field].as_u64())
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Sends `datagrams` to `to`, never more than `window` datagrams ahead of what the plugin
+/// reports handled in `field` (messages); returns when all `count` are handled or at `deadline`.
+pub async fn feed(
+    (datagrams, per_datagram): (&[Vec<u8>], f64),
+    node: &dispersy_node::client::Endpoints,
+    field: &str,
+    count: u64,
+    window: usize,
+    deadline: std::time::Instant,
+) -> u64 {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("socket");
+    let mut sent = 0usize;
+    let mut done = 0u64;
+    while done < count && std::time::Instant::now() < deadline {
+        let allowed = ((done as f64 / per_datagram) as usize + window).min(datagrams.len());
+        while sent < allowed {
+            socket
+                .send_to(&datagrams[sent], node.udp)
+                .await
+                .expect("send");
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        done = status(&node.client, field).await;
+    }
+    done
+}
