@@ -51,6 +51,15 @@ async fn main() {
         start.elapsed().as_secs_f64(),
         if last >= held { "" } else { " (timeout)" }
     );
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        for (name, e) in [("A", &a_endpoints), ("B", &b_endpoints)] {
+            println!("{name} node: {:?}", e.client.get("/v1/node").await);
+            println!(
+                "{name} communities: {:?}",
+                e.client.get("/v1/communities").await
+            );
+        }
+    }
     for child in [&mut a, &mut b] {
         let _ = child.kill();
         let _ = child.wait();

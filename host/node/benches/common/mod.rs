@@ -85,7 +85,10 @@ pub async fn start_node(
     assert!(built.is_file(), "run `cargo build --release` first");
     let plugins = work.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugins folder");
-    std::fs::copy(&built, plugins.join("libexample_community.so")).expect("copy plugin");
+    // Never overwrite a library another node has loaded: that crashes it.
+    if !plugins.join("libexample_community.so").exists() {
+        std::fs::copy(&built, plugins.join("libexample_community.so")).expect("copy plugin");
+    }
     let data = work.join(name);
     let child = std::process::Command::new(&exe)
         .args([
