@@ -798,12 +798,20 @@ impl WorkerLoop {
                     priority,
                     history,
                     packet: m.message.packet.clone(),
+                    hash: dispersy_core::bloom::PacketHash::of(&m.message.packet),
                 })
             })
             .collect();
         if persistent.is_empty() {
             return accepted.into_iter().map(|(m, r)| (m, r, false)).collect();
         }
+        // (hash, global time, source) of each persistent message, in the order of `persistent`.
+        let hashes: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)> = accepted
+            .iter()
+            .filter(|(m, _)| m.persistent)
+            .zip(&persistent)
+            .map(|((m, _), row)| (row.hash, row.global_time, m.source))
+            .collect();
         let (ack, done) = oneshot::channel();
         let stored = self
             .context
@@ -823,18 +831,11 @@ impl WorkerLoop {
             }
             None => return Vec::new(), // shutting down
         };
-        let new: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)> = accepted
+        let new: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)> = hashes
             .iter()
-            .filter(|(m, _)| m.persistent)
             .zip(flags.iter())
             .filter(|(_, new)| **new)
-            .map(|((m, _), _)| {
-                (
-                    dispersy_core::bloom::PacketHash::of(&m.message.packet),
-                    m.message.message.global_time,
-                    m.source,
-                )
-            })
+            .map(|(item, _)| *item)
             .collect();
         if !new.is_empty() {
             let stored = Command::Stored {

@@ -61,6 +61,8 @@ pub struct NewMessage {
     pub history: Option<u16>,
     /// The signed packet.
     pub packet: Vec<u8>,
+    /// Its hash (computed once, by whoever built this value).
+    pub hash: PacketHash,
 }
 
 /// A stored message as read back.
@@ -257,7 +259,7 @@ impl Store {
             .bind(m.sequence.map(i64::from))
             .bind(i64::from(m.priority))
             .bind(m.packet.as_slice())
-            .bind(hash_bytes(&PacketHash::of(&m.packet)))
+            .bind(hash_bytes(&m.hash))
             .execute(&mut *tx)
             .await?;
             let mut stored = result.rows_affected() == 1;
@@ -630,6 +632,7 @@ mod tests {
             priority: 128,
             history: None,
             packet: vec![gt as u8; 10],
+            hash: PacketHash::of(&[gt as u8; 10]),
         };
         let flags = store
             .insert(&[message(5, 1), message(9, 2), message(5, 1)])
@@ -639,8 +642,10 @@ mod tests {
         // Two versions of the message at global time 9: the binary-higher one wins, in any order.
         let mut lower = message(9, 2);
         lower.packet = vec![1; 10];
+        lower.hash = PacketHash::of(&lower.packet);
         let mut higher = message(9, 2);
         higher.packet = vec![200; 10];
+        higher.hash = PacketHash::of(&higher.packet);
         assert_eq!(store.insert(&[higher.clone()]).await.unwrap(), vec![true]);
         assert_eq!(store.insert(&[lower.clone()]).await.unwrap(), vec![false]);
         let kept = store.messages(id, 0, 10).await.unwrap();
@@ -673,6 +678,7 @@ mod tests {
             priority: 128,
             history: Some(2),
             packet: vec![gt as u8; 4],
+            hash: PacketHash::of(&[gt as u8; 4]),
         };
         let flags = store
             .insert(&[message(5), message(9), message(7), message(3)])
@@ -709,6 +715,7 @@ mod tests {
                 priority: 128,
                 history: None,
                 packet: vec![1, 2, 3],
+                hash: PacketHash::of(&[1, 2, 3]),
             }];
             tx.send(Insert { messages, ack }).await.unwrap();
             acks.push(done);
