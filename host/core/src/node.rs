@@ -826,8 +826,3 @@ impl Node {
         self.events.push_back(event);
     }
 }
-
-/// Whether `address` can be a peer's address: a unicast IP and a non-zero port.
-pub fn is_valid_source(address: SocketAddr) -> bool {
-    address::is_usable(address)
-}

@@ -263,7 +263,11 @@ pub fn claim(
     capacity: usize,
 ) -> Claim {
     let (rows, range) = match query {
-        Query::Modulo { modulo, offset, .. } => {
+        Query::Oldest { .. } | Query::Modulo { .. } => {
+            let (modulo, offset) = match query {
+                Query::Modulo { modulo, offset, .. } => (modulo, offset),
+                _ => (1, 0),
+            };
             let (rows, cut_at) = cut(right, capacity);
             let high = cut_at.map_or(acceptable, |at| at - 1);
             (
@@ -273,19 +277,6 @@ pub fn claim(
                     high,
                     modulo,
                     offset,
-                },
-            )
-        }
-        Query::Oldest { .. } => {
-            let (rows, cut_at) = cut(right, capacity);
-            let high = cut_at.map_or(acceptable, |at| at - 1);
-            (
-                rows,
-                Range {
-                    low: 1,
-                    high,
-                    modulo: 1,
-                    offset: 0,
                 },
             )
         }

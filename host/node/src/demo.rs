@@ -92,7 +92,6 @@ pub enum DemoError {
 struct Process {
     name: String,
     child: Child,
-    dir: PathBuf,
     udp: SocketAddr,
     client: Client,
 }
@@ -164,7 +163,6 @@ pub async fn run(options: Options) -> Result<Summary, DemoError> {
         if waited.is_err() {
             let _ = process.child.kill().await;
         }
-        let _ = process.dir;
     }
     result
 }
@@ -207,7 +205,6 @@ async fn spawn(
             return Ok(Process {
                 name: name.to_owned(),
                 child,
-                dir,
                 udp: endpoints.udp,
                 client: endpoints.client,
             });
