@@ -17,6 +17,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+pub mod peer;
+
 /// The id of the example community (from its master key).
 pub const EXAMPLE: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
 /// The id of the faulty test community.

@@ -16,6 +16,7 @@
 //! - [`member`]: known public keys and the missing-identity exchange;
 //! - [`candidate`]: peers of a community and their categories;
 //! - [`bloom`]: bloom filters for synchronisation;
+//! - [`missing`]: messages waiting for others, and the missing-* requests;
 //! - [`sync`]: sync ranges, filter reuse, the responder's choice and adaptive budgets;
 //! - [`walker`]: the walk: steps, introductions, punctures, fast start;
 //! - [`community`]: one community's state (definition, global time, candidates);
@@ -30,6 +31,7 @@ pub mod community;
 pub mod identity;
 pub mod member;
 pub mod meta;
+pub mod missing;
 pub mod node;
 pub mod rng;
 pub mod session;

@@ -20,6 +20,7 @@ use crate::community::{Community, Definition, DefinitionError, Resume};
 use crate::identity::{CommunityId, KeyPair};
 use crate::member::{self, Members};
 use crate::meta::{Authentication, Destination};
+use crate::missing;
 use crate::rng::Rng;
 use crate::session::{self, Sessions};
 use crate::stats::Stats;
@@ -79,6 +80,8 @@ pub struct Config {
     pub global_time_margin: u64,
     /// Synchronisation bounds.
     pub sync: sync::Config,
+    /// Bounds of messages waiting for others, and of answers to missing-* requests.
+    pub missing: missing::Config,
 }
 
 impl Default for Config {
@@ -106,6 +109,7 @@ impl Default for Config {
             max_events: 65_536,
             global_time_margin: 10_000,
             sync: sync::Config::default(),
+            missing: missing::Config::default(),
         }
     }
 }
@@ -174,6 +178,18 @@ pub enum Event {
         meta: u32,
         /// Remove every message with a lower global time.
         below: u64,
+    },
+    /// Read the stored packets `lookup` names, in its order, stopping after `max_bytes`, and hand
+    /// them to [`Node::send_answer`] (answers to missing-* requests).
+    ReadPackets {
+        /// Identifies the request.
+        request: u32,
+        /// The community.
+        community: CommunityId,
+        /// What to read.
+        lookup: missing::Lookup,
+        /// Bytes of packets at most (one more packet may cross it).
+        max_bytes: usize,
     },
     /// Read the packets of these rows and hand them to [`Node::send_packets`].
     SendPackets {
@@ -256,6 +272,10 @@ pub struct Node {
     /// Sync requests being answered, by request id.
     pub(crate) responses: HashMap<u32, sync::PendingResponse>,
     next_response: u32,
+    /// Received messages waiting for others.
+    pub(crate) delays: missing::Delays,
+    /// Missing-* requests being answered, by request id.
+    pub(crate) answers: HashMap<u32, missing::Answer>,
 }
 
 impl Node {
@@ -277,6 +297,8 @@ impl Node {
             stats: Stats::default(),
             responses: HashMap::new(),
             next_response: 1,
+            delays: missing::Delays::default(),
+            answers: HashMap::new(),
         }
     }
 
@@ -443,6 +465,9 @@ impl Node {
             Packet::MissingIdentity(m) => self.on_missing_identity(now, from, m),
             Packet::Identity(m) => self.on_identity(now, from, m),
             Packet::Collection(c) => self.on_collection(now, from, c.session, c.messages),
+            Packet::MissingSequence(m) => self.on_missing_sequence(now, from, m),
+            Packet::MissingMessage(m) => self.on_missing_message(now, from, m),
+            Packet::MissingLastMessage(m) => self.on_missing_last_message(now, from, m),
         };
         match accepted {
             Ok(()) => self.stats.packets.bump(name),
@@ -482,6 +507,7 @@ impl Node {
             self.stats.dropped.add("identity-timeout", expired as u64);
         }
         self.responses.retain(|_, r| r.deadline > now);
+        self.expire_delays(now);
         let mut ids: Vec<CommunityId> = self.communities.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -518,6 +544,12 @@ impl Node {
         for response in self.responses.values() {
             next = next.min(Some(response.deadline));
         }
+        for answer in self.answers.values() {
+            next = next.min(Some(answer.deadline));
+        }
+        next = next
+            .min(self.delays.next_deadline(&self.config.missing))
+            .or(next);
         next
     }
 
@@ -749,12 +781,7 @@ impl Node {
         from: SocketAddr,
         request: MissingIdentity,
     ) -> Result<(), &'static str> {
-        let proven = self.sessions.check(now, from, request.session)
-            || self
-                .communities
-                .values()
-                .any(|c| c.pending_walks.values().any(|w| w.destination == from));
-        if !proven {
+        if !self.proven(now, from, request.session) {
             return Err("unproven-identity-request");
         }
         let key = wire::Keys::key(&self.members, &request.member).ok_or("unknown-identity")?;

@@ -117,67 +117,188 @@ struct Flight {
 /// What a node's store holds: its persistent messages (the simulation's in-memory store).
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    pub rows: Vec<(CommunityId, u32, Row, Vec<u8>)>,
-    keys: std::collections::HashSet<(MemberId, u64)>,
+    pub rows: Vec<Kept>,
     next_id: u64,
 }
 
+/// One stored message.
+#[derive(Debug, Clone)]
+pub(crate) struct Kept {
+    pub community: CommunityId,
+    pub meta: u32,
+    pub member: MemberId,
+    pub sequence: Option<u32>,
+    pub row: Row,
+    pub packet: Vec<u8>,
+}
+
+/// What one call to [`Store::store`] did.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// (hash, global time, source) of the new syncable messages.
+    synced: Vec<(PacketHash, u64, Option<SocketAddr>)>,
+    /// The new messages, for waits.
+    keys: Vec<crate::missing::StoredKey>,
+    /// Messages behind a sequence gap: (message, low, high).
+    gaps: Vec<(crate::node::Incoming, u32, u32)>,
+    /// Our winning packet, to send back to the loser's sender.
+    conflicts: Vec<(SocketAddr, Vec<u8>)>,
+}
+
 impl Store {
-    /// Stores new messages; returns (hash, global time, source) of those that were new.
-    fn store(
-        &mut self,
-        community: CommunityId,
-        messages: &[crate::node::Incoming],
-    ) -> Vec<(PacketHash, u64, Option<SocketAddr>)> {
-        let mut stored = Vec::new();
+    /// Stores new messages, with the store's rules: two versions of one message → the
+    /// binary-higher packet; sequence numbers checked with [`crate::missing::check`].
+    fn store(&mut self, community: CommunityId, messages: &[crate::node::Incoming]) -> Outcome {
+        use crate::missing::{Numbered, Verdict};
+        let mut out = Outcome::default();
         for m in messages.iter().filter(|m| m.persistent) {
             let message = &m.message.message;
             let Some(author) = message.authors.first() else {
                 continue;
             };
-            if !self.keys.insert((author.member_id(), message.global_time)) {
+            let member = author.member_id();
+            let packet = &m.message.packet;
+            if let Some(sequence) = message.sequence_number {
+                fn numbered(k: &Kept) -> Numbered<'_> {
+                    Numbered {
+                        sequence: k.sequence.unwrap_or(0),
+                        global_time: k.row.global_time,
+                        packet: &k.packet,
+                    }
+                }
+                let mine = |k: &&Kept| {
+                    k.community == community && k.member == member && k.meta == message.message_type
+                };
+                let last = self
+                    .rows
+                    .iter()
+                    .filter(mine)
+                    .max_by_key(|k| k.sequence)
+                    .map(numbered);
+                let same = self
+                    .rows
+                    .iter()
+                    .filter(mine)
+                    .find(|k| k.sequence == Some(sequence))
+                    .map(numbered);
+                let verdict =
+                    crate::missing::check(sequence, message.global_time, packet, last, same);
+                match verdict {
+                    Verdict::Store => {}
+                    Verdict::Duplicate | Verdict::Stale => continue,
+                    Verdict::Gap { low, high } => {
+                        out.gaps.push((m.clone(), low, high));
+                        continue;
+                    }
+                    Verdict::Keep => {
+                        if let (Some(source), Some(ours)) = (m.source, same) {
+                            out.conflicts.push((source, ours.packet.to_vec()));
+                        }
+                        continue;
+                    }
+                    Verdict::Replace => {
+                        self.rows.retain(|k| {
+                            !(k.community == community
+                                && k.member == member
+                                && k.meta == message.message_type
+                                && k.sequence >= Some(sequence))
+                        });
+                    }
+                }
+            }
+            if let Some(existing) = self.rows.iter_mut().find(|k| {
+                k.community == community
+                    && k.member == member
+                    && k.row.global_time == message.global_time
+            }) {
                 // Two versions of one message: the binary-higher packet wins (as in the store).
-                let existing = self.rows.iter_mut().find(|(c, _, row, packet)| {
-                    *c == community
-                        && row.global_time == message.global_time
-                        && crate::wire::SignedMessage::decode(packet).is_ok_and(|s| {
-                            s.message.authors.first().map(|a| a.member_id())
-                                == Some(author.member_id())
-                        })
-                });
-                if let Some((_, _, row, packet)) = existing
-                    && m.message.packet > *packet
-                {
-                    *packet = m.message.packet.clone();
-                    row.hash = PacketHash::of(packet);
-                    stored.push((row.hash, message.global_time, m.source));
+                if *packet > existing.packet {
+                    existing.packet = packet.clone();
+                    existing.row.hash = PacketHash::of(packet);
+                    out.synced
+                        .push((existing.row.hash, message.global_time, m.source));
                 }
                 continue;
             }
-            let hash = PacketHash::of(&m.message.packet);
+            let hash = PacketHash::of(packet);
             self.next_id += 1;
             let row = Row {
                 id: self.next_id,
                 global_time: message.global_time,
                 hash,
-                size: m.message.packet.len() as u32,
+                size: packet.len() as u32,
             };
-            self.rows.push((
+            self.rows.push(Kept {
                 community,
-                message.message_type,
+                meta: message.message_type,
+                member,
+                sequence: message.sequence_number,
                 row,
-                m.message.packet.clone(),
-            ));
-            stored.push((hash, message.global_time, m.source));
+                packet: packet.clone(),
+            });
+            out.synced.push((hash, message.global_time, m.source));
+            out.keys.push(crate::missing::StoredKey {
+                member,
+                meta: message.message_type,
+                global_time: message.global_time,
+                sequence: message.sequence_number,
+            });
         }
-        stored
+        out
+    }
+
+    /// The packets a missing-* request names, within `max_bytes` (one more may cross it).
+    fn lookup(
+        &self,
+        community: CommunityId,
+        lookup: &crate::missing::Lookup,
+        max_bytes: usize,
+    ) -> Vec<Vec<u8>> {
+        use crate::missing::Lookup;
+        let mut found: Vec<&Kept> = self
+            .rows
+            .iter()
+            .filter(|k| k.community == community)
+            .filter(|k| match lookup {
+                Lookup::Sequences {
+                    member,
+                    meta,
+                    low,
+                    high,
+                } => {
+                    k.member == *member
+                        && k.meta == *meta
+                        && k.sequence.is_some_and(|s| (*low..=*high).contains(&s))
+                }
+                Lookup::GlobalTimes {
+                    member,
+                    global_times,
+                } => k.member == *member && global_times.contains(&k.row.global_time),
+                Lookup::Last { member, meta, .. } => k.member == *member && k.meta == *meta,
+            })
+            .collect();
+        found.sort_by_key(|k| (k.sequence, k.row.global_time));
+        if let Lookup::Last { count, .. } = lookup {
+            found.reverse();
+            found.truncate(usize::from(*count));
+        }
+        let mut used = 0;
+        let mut out = Vec::new();
+        for k in found {
+            if used >= max_bytes {
+                break;
+            }
+            used += k.packet.len();
+            out.push(k.packet.clone());
+        }
+        out
     }
 
     fn of(&self, community: CommunityId) -> impl Iterator<Item = &Row> {
         self.rows
             .iter()
-            .filter(move |(c, _, _, _)| *c == community)
-            .map(|(_, _, row, _)| row)
+            .filter(move |k| k.community == community)
+            .map(|k| &k.row)
     }
 
     fn query(&self, community: CommunityId, query: Query) -> (Vec<Row>, Vec<Row>) {
@@ -227,13 +348,13 @@ impl Store {
             let mut rows: Vec<Row> = self
                 .rows
                 .iter()
-                .filter(|(c, m, row, _)| {
-                    *c == community
-                        && m == meta
-                        && row.global_time >= *active_from
-                        && range.contains(row.global_time)
+                .filter(|k| {
+                    k.community == community
+                        && k.meta == *meta
+                        && k.row.global_time >= *active_from
+                        && range.contains(k.row.global_time)
                 })
-                .map(|(_, _, row, _)| *row)
+                .map(|k| k.row)
                 .collect();
             rows.sort_by_key(|r| (r.global_time, r.id));
             if *order == crate::meta::SyncOrder::Descending {
@@ -250,15 +371,15 @@ impl Store {
             .filter_map(|id| {
                 self.rows
                     .iter()
-                    .find(|(_, _, row, _)| row.id == *id)
-                    .map(|(_, _, _, p)| p.clone())
+                    .find(|k| k.row.id == *id)
+                    .map(|k| k.packet.clone())
             })
             .collect()
     }
 
     fn prune(&mut self, community: CommunityId, meta: u32, below: u64) {
         self.rows
-            .retain(|(c, m, row, _)| !(*c == community && *m == meta && row.global_time < below));
+            .retain(|k| !(k.community == community && k.meta == meta && k.row.global_time < below));
     }
 
     /// Number of messages stored for `community`.
@@ -432,9 +553,18 @@ impl Sim {
                     messages,
                     ..
                 } => {
-                    let stored = self.stores[i].store(*community, messages);
-                    if !stored.is_empty() {
-                        self.nodes[i].handle_stored(*community, &stored);
+                    let outcome = self.stores[i].store(*community, messages);
+                    if !outcome.synced.is_empty() {
+                        self.nodes[i].handle_stored(*community, &outcome.synced);
+                    }
+                    for (incoming, low, high) in outcome.gaps {
+                        self.nodes[i].handle_sequence_gap(now, *community, incoming, low, high);
+                    }
+                    for (to, packet) in outcome.conflicts {
+                        self.nodes[i].handle_conflict(now, *community, to, &packet);
+                    }
+                    if !outcome.keys.is_empty() {
+                        self.nodes[i].handle_stored_keys(now, *community, &outcome.keys);
                     }
                 }
                 Event::SyncQuery { community, query } => {
@@ -456,6 +586,15 @@ impl Sim {
                     meta,
                     below,
                 } => self.stores[i].prune(*community, *meta, *below),
+                Event::ReadPackets {
+                    request,
+                    community,
+                    lookup,
+                    max_bytes,
+                } => {
+                    let packets = self.stores[i].lookup(*community, lookup, *max_bytes);
+                    self.nodes[i].send_answer(now, *request, packets);
+                }
                 Event::SendPackets { request, rows } => {
                     let packets = self.stores[i].packets(rows);
                     self.nodes[i].send_packets(now, *request, packets);

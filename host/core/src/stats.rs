@@ -81,6 +81,10 @@ pub struct CommunityStats {
     pub sync_skipped: u64,
     /// Stored messages sent to requesters.
     pub sync_packets_sent: u64,
+    /// Stored messages sent answering missing-sequence, -message and -last-message requests.
+    pub missing_packets_sent: u64,
+    /// Received messages that waited for others (a sequence gap, a plugin's wait).
+    pub delayed: u64,
     /// Messages this node created.
     pub messages_created: u64,
     /// Verified messages passed to the community's plugin.

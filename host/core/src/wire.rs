@@ -230,6 +230,56 @@ pub struct MissingIdentity {
     pub member: MemberId,
 }
 
+/// A request for the messages of one member and meta numbered `low..=high` (full-sync with
+/// sequence numbers); answered with a collection of the stored ones, in sequence order, within a
+/// byte budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingSequence {
+    /// The community.
+    pub community: CommunityId,
+    /// Session with the receiver, 0 when none.
+    pub session: u32,
+    /// The author.
+    pub member: MemberId,
+    /// The meta-message type.
+    pub meta: u32,
+    /// Lowest sequence number wanted, at least 1.
+    pub low: u32,
+    /// Highest sequence number wanted, at least `low`.
+    pub high: u32,
+}
+
+/// A request for the messages of one member at the given global times; answered with a
+/// collection of the stored ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingMessage {
+    /// The community.
+    pub community: CommunityId,
+    /// Session with the receiver, 0 when none.
+    pub session: u32,
+    /// The author.
+    pub member: MemberId,
+    /// The global times, 1 to [`MAX_MISSING_TIMES`] of them.
+    pub global_times: Vec<u64>,
+}
+
+/// Most global times one missing-message may name.
+pub const MAX_MISSING_TIMES: usize = 64;
+
+/// A request for the newest stored messages of one member and meta (as many as the meta's
+/// last-sync history keeps); answered with a collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingLastMessage {
+    /// The community.
+    pub community: CommunityId,
+    /// Session with the receiver, 0 when none.
+    pub session: u32,
+    /// The author.
+    pub member: MemberId,
+    /// The meta-message type.
+    pub meta: u32,
+}
+
 /// A member's public key, answering a missing-identity. Unsigned: the key proves itself, its
 /// member id must be the one asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,6 +394,12 @@ pub enum Packet {
     MissingIdentity(MissingIdentity),
     /// See [`Identity`].
     Identity(Identity),
+    /// See [`MissingSequence`].
+    MissingSequence(MissingSequence),
+    /// See [`MissingMessage`].
+    MissingMessage(MissingMessage),
+    /// See [`MissingLastMessage`].
+    MissingLastMessage(MissingLastMessage),
 }
 
 impl Packet {
@@ -359,6 +415,9 @@ impl Packet {
             Packet::SessionResponse(m) => Some(m.community),
             Packet::MissingIdentity(m) => Some(m.community),
             Packet::Identity(m) => Some(m.community),
+            Packet::MissingSequence(m) => Some(m.community),
+            Packet::MissingMessage(m) => Some(m.community),
+            Packet::MissingLastMessage(m) => Some(m.community),
         }
     }
 
@@ -374,6 +433,9 @@ impl Packet {
             Packet::SessionResponse(_) => "session-response",
             Packet::MissingIdentity(_) => "missing-identity",
             Packet::Identity(_) => "identity",
+            Packet::MissingSequence(_) => "missing-sequence",
+            Packet::MissingMessage(_) => "missing-message",
+            Packet::MissingLastMessage(_) => "missing-last-message",
         }
     }
 }
@@ -636,9 +698,57 @@ pub fn decode(
                 })?,
             }))
         }
-        D::MissingSequence(_) => Err(DecodeError::Unsupported("missing-sequence")),
-        D::MissingMessage(_) => Err(DecodeError::Unsupported("missing-message")),
-        D::MissingLastMessage(_) => Err(DecodeError::Unsupported("missing-last-message")),
+        D::MissingSequence(m) => {
+            unsigned(&envelope)?;
+            let low = required(m.sequence_low, "MissingSequence.sequence_low")?;
+            let high = required(m.sequence_high, "MissingSequence.sequence_high")?;
+            if low == 0 || high < low {
+                return Err(DecodeError::Invalid {
+                    field: "MissingSequence.sequence_low",
+                    reason: "sequence numbers start at 1 and low <= high",
+                });
+            }
+            Ok(Packet::MissingSequence(MissingSequence {
+                community: community_id(m.community.as_deref())?,
+                session: m.session.unwrap_or(0),
+                member: member_id(m.member.as_deref(), "MissingSequence.member")?,
+                meta: community_type(
+                    m.descriptor,
+                    m.community_message,
+                    "MissingSequence.community_message",
+                )?,
+                low,
+                high,
+            }))
+        }
+        D::MissingMessage(m) => {
+            unsigned(&envelope)?;
+            if m.global_times.is_empty() || m.global_times.len() > MAX_MISSING_TIMES {
+                return Err(DecodeError::Invalid {
+                    field: "MissingMessage.global_times",
+                    reason: "names 1 to 64 global times",
+                });
+            }
+            Ok(Packet::MissingMessage(MissingMessage {
+                community: community_id(m.community.as_deref())?,
+                session: m.session.unwrap_or(0),
+                member: member_id(m.member.as_deref(), "MissingMessage.member")?,
+                global_times: m.global_times,
+            }))
+        }
+        D::MissingLastMessage(m) => {
+            unsigned(&envelope)?;
+            Ok(Packet::MissingLastMessage(MissingLastMessage {
+                community: community_id(m.community.as_deref())?,
+                session: m.session.unwrap_or(0),
+                member: member_id(m.member.as_deref(), "MissingLastMessage.member")?,
+                meta: community_type(
+                    m.descriptor,
+                    m.community_message,
+                    "MissingLastMessage.community_message",
+                )?,
+            }))
+        }
         D::MissingProof(_) => Err(DecodeError::Unsupported("missing-proof")),
         D::SignatureRequest(_) => Err(DecodeError::Unsupported("signature-request")),
         D::SignatureResponse(_) => Err(DecodeError::Unsupported("signature-response")),
@@ -670,6 +780,9 @@ pub fn peek(datagram: &[u8]) -> Option<(&'static str, Option<CommunityId>)> {
         D::Puncture(m) => ("puncture", m.community),
         D::MissingIdentity(m) => ("missing-identity", m.community),
         D::Identity(m) => ("identity", m.community),
+        D::MissingSequence(m) => ("missing-sequence", m.community),
+        D::MissingMessage(m) => ("missing-message", m.community),
+        D::MissingLastMessage(m) => ("missing-last-message", m.community),
         D::Collection(_) => ("collection", None),
         _ => ("other", None),
     };
@@ -910,6 +1023,40 @@ impl Packet {
                 }),
                 false,
             ),
+            Packet::MissingSequence(m) => (
+                D::MissingSequence(pb::MissingSequence {
+                    session: Some(m.session),
+                    random: None,
+                    member: Some(m.member.0.to_vec()),
+                    descriptor: Some(pb::descriptor::Type::Community as i32),
+                    sequence_low: Some(m.low),
+                    sequence_high: Some(m.high),
+                    community: Some(m.community.0.to_vec()),
+                    community_message: Some(m.meta),
+                }),
+                false,
+            ),
+            Packet::MissingMessage(m) => (
+                D::MissingMessage(pb::MissingMessage {
+                    session: Some(m.session),
+                    random: None,
+                    member: Some(m.member.0.to_vec()),
+                    global_times: m.global_times.clone(),
+                    community: Some(m.community.0.to_vec()),
+                }),
+                false,
+            ),
+            Packet::MissingLastMessage(m) => (
+                D::MissingLastMessage(pb::MissingLastMessage {
+                    session: Some(m.session),
+                    random: None,
+                    member: Some(m.member.0.to_vec()),
+                    descriptor: Some(pb::descriptor::Type::Community as i32),
+                    community: Some(m.community.0.to_vec()),
+                    community_message: Some(m.meta),
+                }),
+                false,
+            ),
         };
         let descriptor = pb::Descriptor {
             message: Some(message),
@@ -1024,6 +1171,31 @@ fn member_key(
         Some(b) if b.len() == PUBLIC_KEY_LEN => Ok(PublicKey::from_bytes(b)?),
         Some(b) => Err(KeyError::Length(b.len()).into()),
     }
+}
+
+fn member_id(bytes: Option<&[u8]>, field: &'static str) -> Result<MemberId, DecodeError> {
+    MemberId::from_slice(bytes.ok_or(DecodeError::Missing(field))?).map_err(|_| {
+        DecodeError::Invalid {
+            field,
+            reason: "a member id is 20 bytes",
+        }
+    })
+}
+
+/// The community message type a missing-sequence or missing-last-message names: the descriptor
+/// must say COMMUNITY (the built-in persistent types are not served yet) and the type be given.
+fn community_type(
+    descriptor: Option<i32>,
+    community_message: Option<u32>,
+    field: &'static str,
+) -> Result<u32, DecodeError> {
+    if descriptor != Some(pb::descriptor::Type::Community as i32) {
+        return Err(DecodeError::Invalid {
+            field,
+            reason: "only community message types are requested",
+        });
+    }
+    required(community_message, field)
 }
 
 fn community_id(bytes: Option<&[u8]>) -> Result<CommunityId, DecodeError> {

@@ -39,7 +39,8 @@ use dispersy_plugin_api::abi::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::runtime::Command;
-use crate::store::{Insert, InsertSender, NewMessage};
+use crate::store::{Insert, InsertSender, NewMessage, Outcome};
+use dispersy_core::missing::StoredKey;
 
 /// A loaded plugin file and the community type it defines.
 #[derive(Clone)]
@@ -822,8 +823,8 @@ impl WorkerLoop {
             })
             .ok()
             .and_then(|()| done.blocking_recv().ok());
-        let flags = match stored {
-            Some(Ok(flags)) => flags,
+        let outcomes = match stored {
+            Some(Ok(outcomes)) => outcomes,
             Some(Err(error)) => {
                 tracing::error!(community = %self.context.definition.name, %error, "messages not stored");
                 lock(&self.shared.stats).drop_reason("store failed", accepted.len() as u64);
@@ -831,37 +832,70 @@ impl WorkerLoop {
             }
             None => return Vec::new(), // shutting down
         };
-        let new: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)> = hashes
-            .iter()
-            .zip(flags.iter())
-            .filter(|(_, new)| **new)
-            .map(|(item, _)| *item)
-            .collect();
-        if !new.is_empty() {
-            let stored = Command::Stored {
-                community: self.context.community,
-                items: new,
-            };
-            if self.context.commands.try_send(stored).is_err() {
-                tracing::debug!("sync state not told about stored messages (queue full)");
-            }
-        }
-        let mut flags = flags.into_iter();
+        let mut new = Vec::new();
+        let mut keys = Vec::new();
         let mut out = Vec::with_capacity(accepted.len());
+        let mut outcomes = outcomes.into_iter().zip(hashes);
         for (message, raw) in accepted {
             if !message.persistent {
                 out.push((message, raw, false));
                 continue;
             }
-            // Our own messages are handled even if storage already had them.
-            let new = flags.next().unwrap_or(false);
-            if new || message.source.is_none() {
-                out.push((message, raw, true));
-            } else {
-                lock(&self.shared.stats).duplicates += 1;
+            let Some((outcome, item)) = outcomes.next() else {
+                break;
+            };
+            let signed = &message.message.message;
+            match outcome {
+                Outcome::Stored => {
+                    new.push(item);
+                    if let Some(author) = signed.authors.first() {
+                        keys.push(StoredKey {
+                            member: author.member_id(),
+                            meta: signed.message_type,
+                            global_time: signed.global_time,
+                            sequence: signed.sequence_number,
+                        });
+                    }
+                    out.push((message, raw, true));
+                }
+                // Our own messages are handled even if storage already had them.
+                Outcome::Duplicate if message.source.is_none() => out.push((message, raw, true)),
+                Outcome::Duplicate => lock(&self.shared.stats).duplicates += 1,
+                Outcome::Stale => lock(&self.shared.stats).drop_reason("stale-sequence", 1),
+                Outcome::Gap { low, high } => self.tell(Command::SequenceGap {
+                    community: self.context.community,
+                    message: Box::new(message),
+                    low,
+                    high,
+                }),
+                Outcome::Conflict(ours) => {
+                    lock(&self.shared.stats).drop_reason("sequence-conflict-lost", 1);
+                    if let Some(to) = message.source {
+                        self.tell(Command::Conflict {
+                            community: self.context.community,
+                            to,
+                            packet: ours,
+                        });
+                    }
+                }
             }
         }
+        if !new.is_empty() {
+            self.tell(Command::Stored {
+                community: self.context.community,
+                items: new,
+                keys,
+            });
+        }
         out
+    }
+
+    /// Tells the protocol task; when its queue is full the news is dropped (sync state and
+    /// waits recover from later news and timeouts).
+    fn tell(&self, command: Command) {
+        if self.context.commands.try_send(command).is_err() {
+            tracing::debug!("protocol task not told (queue full)");
+        }
     }
 
     fn remember(&self, meta: u32, handled: Vec<(Incoming, RawMessage, bool)>) {

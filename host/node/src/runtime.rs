@@ -95,12 +95,43 @@ pub enum Command {
         /// The packets.
         packets: Vec<Vec<u8>>,
     },
-    /// A community thread stored these new messages: (hash, global time, source).
+    /// A community thread stored these new messages: (hash, global time, source), and what
+    /// waits care about.
     Stored {
         /// The community.
         community: CommunityId,
         /// The messages.
         items: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)>,
+        /// The same messages, for waiting ones.
+        keys: Vec<dispersy_core::missing::StoredKey>,
+    },
+    /// The store found sequence numbers `low..=high` missing before this message.
+    SequenceGap {
+        /// The community.
+        community: CommunityId,
+        /// The message, to retry once the gap is filled.
+        message: Box<dispersy_core::node::Incoming>,
+        /// First missing number.
+        low: u32,
+        /// Last missing number.
+        high: u32,
+    },
+    /// A message lost a sequence-number conflict against our stored `packet`: it goes back to
+    /// the sender.
+    Conflict {
+        /// The community.
+        community: CommunityId,
+        /// The loser's sender.
+        to: SocketAddr,
+        /// Our winning packet.
+        packet: Vec<u8>,
+    },
+    /// The store read the packets answering a missing-* request.
+    AnswerRead {
+        /// The request.
+        request: u32,
+        /// The packets.
+        packets: Vec<Vec<u8>>,
     },
     /// The candidates of one community.
     Candidates {
@@ -191,6 +222,18 @@ pub struct CommunityStatsView {
     pub introductions_refused: u64,
     /// Punctures received for our walks.
     pub punctures: u64,
+    /// Introduction-requests sent with a new bloom filter.
+    pub sync_new: u64,
+    /// Introduction-requests sent with a reused filter.
+    pub sync_reused: u64,
+    /// Introduction-requests sent without a filter.
+    pub sync_skipped: u64,
+    /// Stored messages sent answering filters.
+    pub sync_packets_sent: u64,
+    /// Stored messages sent answering missing-sequence, -message and -last-message.
+    pub missing_packets_sent: u64,
+    /// Received messages that waited for others (a sequence gap, a plugin's wait).
+    pub delayed: u64,
     /// Messages created here.
     pub messages_created: u64,
     /// Verified messages passed to the plugin.
@@ -528,6 +571,12 @@ enum SyncJob {
         request: u32,
         ids: Vec<u64>,
     },
+    Lookup {
+        request: u32,
+        row: i64,
+        lookup: dispersy_core::missing::Lookup,
+        max_bytes: usize,
+    },
 }
 
 /// The sync task: runs the store reads the protocol task asks for and hands the results back.
@@ -581,6 +630,18 @@ async fn sync_reads(
                 }
                 continue;
             }
+            SyncJob::Lookup {
+                request,
+                row,
+                lookup,
+                max_bytes,
+            } => match store.lookup(row, &lookup, max_bytes).await {
+                Ok(packets) => Command::AnswerRead { request, packets },
+                Err(error) => {
+                    tracing::warn!(%error, "reading missing packets failed");
+                    continue;
+                }
+            },
             SyncJob::Packets { request, ids } => match store.packets(&ids).await {
                 Ok(packets) => Command::PacketsRead { request, packets },
                 Err(error) => {
@@ -874,7 +935,30 @@ impl Protocol {
             Command::PacketsRead { request, packets } => {
                 self.node.send_packets(now, request, packets);
             }
-            Command::Stored { community, items } => self.node.handle_stored(community, &items),
+            Command::Stored {
+                community,
+                items,
+                keys,
+            } => {
+                self.node.handle_stored(community, &items);
+                self.node.handle_stored_keys(now, community, &keys);
+            }
+            Command::SequenceGap {
+                community,
+                message,
+                low,
+                high,
+            } => self
+                .node
+                .handle_sequence_gap(now, community, *message, low, high),
+            Command::Conflict {
+                community,
+                to,
+                packet,
+            } => self.node.handle_conflict(now, community, to, &packet),
+            Command::AnswerRead { request, packets } => {
+                self.node.send_answer(now, request, packets);
+            }
             Command::Node { reply } => {
                 let _ = reply.send(self.node_info(now));
             }
@@ -941,6 +1025,17 @@ impl Protocol {
                     meta,
                     below,
                 } => self.sync_job(community, |row| SyncJob::Prune { row, meta, below }),
+                Event::ReadPackets {
+                    request,
+                    community,
+                    lookup,
+                    max_bytes,
+                } => self.sync_job(community, |row| SyncJob::Lookup {
+                    request,
+                    row,
+                    lookup,
+                    max_bytes,
+                }),
                 Event::SendPackets { request, rows } => {
                     let job = SyncJob::Packets { request, ids: rows };
                     if self.sync_jobs.try_send(job).is_err() {
@@ -1043,6 +1138,12 @@ impl Protocol {
                         responses_without_introduction: c.stats.responses_without_introduction,
                         introductions_refused: c.stats.introductions_refused,
                         punctures: c.stats.punctures,
+                        sync_new: c.stats.sync_new,
+                        sync_reused: c.stats.sync_reused,
+                        sync_skipped: c.stats.sync_skipped,
+                        sync_packets_sent: c.stats.sync_packets_sent,
+                        missing_packets_sent: c.stats.missing_packets_sent,
+                        delayed: c.stats.delayed,
                         messages_created: c.stats.messages_created,
                         messages_received: c.stats.messages_received,
                         dropped: c.stats.dropped.iter().collect(),

@@ -13,6 +13,7 @@ use dispersy_core::bloom::PacketHash;
 use dispersy_core::community::{Definition, Resume};
 use dispersy_core::identity::{MemberId, PublicKey};
 use dispersy_core::meta::{Distribution, SyncOrder};
+use dispersy_core::missing::Lookup;
 use dispersy_core::sync::{Query, Range, Row};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, SqlitePool};
@@ -235,15 +236,26 @@ impl Store {
         })
     }
 
-    /// Inserts `messages` in one transaction; returns for each whether it was stored. Two
-    /// versions of one message (same community, member and global time, other bytes: another
-    /// signature or payload) are resolved the same way on every node: the binary-higher packet
-    /// is kept (the original's rule), so the lower one arriving later is not stored, and a higher
-    /// one replaces the lower.
-    pub async fn insert(&self, messages: &[NewMessage]) -> Result<Vec<bool>, StoreError> {
+    /// Inserts `messages` in one transaction; returns what became of each. Two versions of one
+    /// message (same community, member and global time, other bytes: another signature or
+    /// payload) are resolved the same way on every node: the binary-higher packet is kept (the
+    /// original's rule), so the lower one arriving later is not stored, and a higher one
+    /// replaces the lower. Messages with sequence numbers are first placed against what is
+    /// stored of their member and meta ([`dispersy_core::missing::check`]), in the same
+    /// transaction.
+    pub async fn insert(&self, messages: &[NewMessage]) -> Result<Vec<Outcome>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut inserted = Vec::with_capacity(messages.len());
+        let mut outcomes = Vec::with_capacity(messages.len());
         for m in messages {
+            if let Some(sequence) = m.sequence {
+                match place(&mut tx, m, sequence).await? {
+                    Placed::Store => {}
+                    Placed::Not(outcome) => {
+                        outcomes.push(outcome);
+                        continue;
+                    }
+                }
+            }
             let result = sqlx::query(
                 "INSERT INTO sync (community, member, global_time, meta, sequence, priority, packet, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -288,10 +300,91 @@ impl Store {
                 .await?;
                 stored = kept == 1;
             }
-            inserted.push(stored);
+            outcomes.push(if stored {
+                Outcome::Stored
+            } else {
+                Outcome::Duplicate
+            });
         }
         tx.commit().await?;
-        Ok(inserted)
+        Ok(outcomes)
+    }
+
+    /// The stored packets a missing-* request names, in its order (sequence order; newest first
+    /// for the last messages), stopping once `max_bytes` are reached (the packet crossing it is
+    /// included).
+    pub async fn lookup(
+        &self,
+        community: i64,
+        lookup: &Lookup,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let rows = match lookup {
+            Lookup::Sequences {
+                member,
+                meta,
+                low,
+                high,
+            } => {
+                sqlx::query(
+                    "SELECT packet FROM sync
+                     WHERE community = ?1 AND meta = ?2 AND member = ?3
+                       AND sequence BETWEEN ?4 AND ?5
+                     ORDER BY sequence",
+                )
+                .bind(community)
+                .bind(i64::from(*meta))
+                .bind(member.0.to_vec())
+                .bind(i64::from(*low))
+                .bind(i64::from(*high))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Lookup::GlobalTimes {
+                member,
+                global_times,
+            } => {
+                let list = serde_json::to_string(global_times)
+                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                sqlx::query(
+                    "SELECT packet FROM sync JOIN json_each(?3) ON sync.global_time = json_each.value
+                     WHERE community = ?1 AND member = ?2
+                     ORDER BY global_time",
+                )
+                .bind(community)
+                .bind(member.0.to_vec())
+                .bind(list)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Lookup::Last {
+                member,
+                meta,
+                count,
+            } => {
+                sqlx::query(
+                    "SELECT packet FROM sync WHERE community = ?1 AND meta = ?2 AND member = ?3
+                     ORDER BY global_time DESC LIMIT ?4",
+                )
+                .bind(community)
+                .bind(i64::from(*meta))
+                .bind(member.0.to_vec())
+                .bind(i64::from(*count))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let mut out = Vec::new();
+        let mut used = 0;
+        for row in rows {
+            if used >= max_bytes {
+                break;
+            }
+            let packet: Vec<u8> = row.try_get(0)?;
+            used += packet.len();
+            out.push(packet);
+        }
+        Ok(out)
     }
 
     /// Stored messages of `community` with a row id above `after`, oldest first, at most `limit`.
@@ -523,13 +616,122 @@ impl Store {
     }
 }
 
-/// A batch of messages for the store task; `ack` gets, for each, whether it was new.
+/// What became of one message given to [`Store::insert`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored (new, or replacing a lower version of itself or a losing claim on its sequence
+    /// number).
+    Stored,
+    /// Not stored: the same message (or a winning version of it, or newer last-sync messages)
+    /// is stored.
+    Duplicate,
+    /// Not stored: sequence numbers `low..=high` of its member and meta are missing before it.
+    Gap {
+        /// First missing number.
+        low: u32,
+        /// Last missing number.
+        high: u32,
+    },
+    /// Not stored: its sequence number is held by this stored packet, which wins.
+    Conflict(Vec<u8>),
+    /// Not stored: numbered next, but not newer than the member's last message of the meta.
+    Stale,
+}
+
+enum Placed {
+    Store,
+    Not(Outcome),
+}
+
+/// Places a numbered message against what is stored of its member and meta; on a conflict it
+/// wins, removes the loser and everything numbered after it.
+async fn place(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    m: &NewMessage,
+    sequence: u32,
+) -> Result<Placed, StoreError> {
+    use dispersy_core::missing::{Numbered, Verdict};
+    let member = m.member.0.to_vec();
+    let at =
+        |row: Option<sqlx::sqlite::SqliteRow>| -> Result<Option<(u32, u64, Vec<u8>)>, StoreError> {
+            let Some(row) = row else { return Ok(None) };
+            let sequence: i64 = row.try_get(0)?;
+            let global_time: i64 = row.try_get(1)?;
+            let packet: Vec<u8> = row.try_get(2)?;
+            Ok(Some((
+                u32::try_from(sequence).unwrap_or(0),
+                u64::try_from(global_time).unwrap_or(0),
+                packet,
+            )))
+        };
+    let last = at(sqlx::query(
+        "SELECT sequence, global_time, packet FROM sync
+         WHERE community = ?1 AND meta = ?2 AND member = ?3 AND sequence IS NOT NULL
+         ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(m.community)
+    .bind(i64::from(m.meta))
+    .bind(&member)
+    .fetch_optional(&mut **tx)
+    .await?)?;
+    let same = match &last {
+        Some((highest, _, _)) if sequence <= *highest => at(sqlx::query(
+            "SELECT sequence, global_time, packet FROM sync
+             WHERE community = ?1 AND meta = ?2 AND member = ?3 AND sequence = ?4",
+        )
+        .bind(m.community)
+        .bind(i64::from(m.meta))
+        .bind(&member)
+        .bind(i64::from(sequence))
+        .fetch_optional(&mut **tx)
+        .await?)?,
+        _ => None,
+    };
+    fn numbered(n: &(u32, u64, Vec<u8>)) -> Numbered<'_> {
+        Numbered {
+            sequence: n.0,
+            global_time: n.1,
+            packet: &n.2,
+        }
+    }
+    let verdict = dispersy_core::missing::check(
+        sequence,
+        m.global_time,
+        &m.packet,
+        last.as_ref().map(numbered),
+        same.as_ref().map(numbered),
+    );
+    Ok(match verdict {
+        Verdict::Store => Placed::Store,
+        Verdict::Duplicate => Placed::Not(Outcome::Duplicate),
+        Verdict::Stale => Placed::Not(Outcome::Stale),
+        Verdict::Gap { low, high } => Placed::Not(Outcome::Gap { low, high }),
+        Verdict::Keep => Placed::Not(Outcome::Conflict(
+            same.map(|(_, _, packet)| packet).unwrap_or_default(),
+        )),
+        Verdict::Replace => {
+            sqlx::query(
+                "DELETE FROM sync WHERE community = ?1 AND meta = ?2 AND member = ?3
+                 AND sequence >= ?4",
+            )
+            .bind(m.community)
+            .bind(i64::from(m.meta))
+            .bind(&member)
+            .bind(i64::from(sequence))
+            .execute(&mut **tx)
+            .await?;
+            Placed::Store
+        }
+    })
+}
+
+/// A batch of messages for the store task; `ack` gets what became of each.
 #[derive(Debug)]
 pub struct Insert {
     /// The messages.
     pub messages: Vec<NewMessage>,
     /// Answered after the transaction committed.
-    pub ack: oneshot::Sender<Result<Vec<bool>, String>>,
+    pub ack: oneshot::Sender<Result<Vec<Outcome>, String>>,
 }
 
 /// A sender of inserts to the store task.
@@ -634,11 +836,14 @@ mod tests {
             packet: vec![gt as u8; 10],
             hash: PacketHash::of(&[gt as u8; 10]),
         };
-        let flags = store
+        let outcomes = store
             .insert(&[message(5, 1), message(9, 2), message(5, 1)])
             .await
             .unwrap();
-        assert_eq!(flags, vec![true, true, false]);
+        assert_eq!(
+            outcomes,
+            vec![Outcome::Stored, Outcome::Stored, Outcome::Duplicate]
+        );
         // Two versions of the message at global time 9: the binary-higher one wins, in any order.
         let mut lower = message(9, 2);
         lower.packet = vec![1; 10];
@@ -646,8 +851,14 @@ mod tests {
         let mut higher = message(9, 2);
         higher.packet = vec![200; 10];
         higher.hash = PacketHash::of(&higher.packet);
-        assert_eq!(store.insert(&[higher.clone()]).await.unwrap(), vec![true]);
-        assert_eq!(store.insert(&[lower.clone()]).await.unwrap(), vec![false]);
+        assert_eq!(
+            store.insert(&[higher.clone()]).await.unwrap(),
+            vec![Outcome::Stored]
+        );
+        assert_eq!(
+            store.insert(&[lower.clone()]).await.unwrap(),
+            vec![Outcome::Conflict(higher.packet.clone())]
+        );
         let kept = store.messages(id, 0, 10).await.unwrap();
         assert_eq!(kept[1].packet, vec![200; 10]);
         let resume = store.resume(id, me.member_id()).await.unwrap();
@@ -662,6 +873,89 @@ mod tests {
         // Reopening runs the migrations again without harm and finds the data.
         let store = Store::open(&dir.path().join("db")).await.unwrap();
         assert_eq!(store.count(id).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_are_placed_and_served() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let member = MemberId([5; 20]);
+        let message = |gt: u64, seq: u32, byte: u8| {
+            let packet = vec![byte; 300];
+            NewMessage {
+                community: id,
+                member,
+                global_time: gt,
+                meta: 7,
+                sequence: Some(seq),
+                priority: 128,
+                history: None,
+                hash: PacketHash::of(&packet),
+                packet,
+            }
+        };
+        use Outcome::{Duplicate, Gap, Stale, Stored};
+        let outcomes = store
+            .insert(&[
+                message(10, 1, 1),
+                message(20, 4, 4),
+                message(12, 2, 2),
+                message(11, 3, 3),
+            ])
+            .await
+            .unwrap();
+        // 4 before 2 and 3 (a gap); 3 newer in number but older in time than 2 (stale).
+        assert_eq!(
+            outcomes,
+            vec![Stored, Gap { low: 2, high: 3 }, Stored, Stale]
+        );
+        let outcomes = store
+            .insert(&[message(13, 3, 3), message(20, 4, 4), message(13, 3, 3)])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![Stored, Stored, Duplicate]);
+        // An older claim on number 2 wins: 2, 3 and 4 of the loser go.
+        let outcomes = store.insert(&[message(8, 2, 9)]).await.unwrap();
+        assert_eq!(outcomes, vec![Stored]);
+        let kept: Vec<(u32, u64)> = store
+            .messages(id, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| (m.sequence.unwrap(), m.global_time))
+            .collect();
+        assert_eq!(kept, vec![(1, 10), (2, 8)]);
+        // A newer claim on 2 loses, and learns ours.
+        let outcomes = store.insert(&[message(30, 2, 7)]).await.unwrap();
+        assert_eq!(outcomes, vec![Outcome::Conflict(vec![9; 300])]);
+        // Answers: in sequence order, within the byte budget (the crossing packet included).
+        let lookup = |low, high| Lookup::Sequences {
+            member,
+            meta: 7,
+            low,
+            high,
+        };
+        let packets = store.lookup(id, &lookup(1, 5), 10_000).await.unwrap();
+        assert_eq!(packets, vec![vec![1; 300], vec![9; 300]]);
+        let packets = store.lookup(id, &lookup(1, 5), 100).await.unwrap();
+        assert_eq!(packets, vec![vec![1; 300]]);
+        let times = Lookup::GlobalTimes {
+            member,
+            global_times: vec![8, 99],
+        };
+        assert_eq!(
+            store.lookup(id, &times, 10_000).await.unwrap(),
+            vec![vec![9; 300]]
+        );
+        let last = Lookup::Last {
+            member,
+            meta: 7,
+            count: 1,
+        };
+        assert_eq!(
+            store.lookup(id, &last, 10_000).await.unwrap(),
+            vec![vec![1; 300]]
+        );
     }
 
     #[tokio::test]
@@ -685,7 +979,8 @@ mod tests {
             .await
             .unwrap();
         // 3 is older than the two kept (7 and 9): not stored.
-        assert_eq!(flags, vec![true, true, true, false]);
+        use Outcome::{Duplicate, Stored};
+        assert_eq!(flags, vec![Stored, Stored, Stored, Duplicate]);
         let kept: Vec<u64> = store
             .messages(id, 0, 10)
             .await
@@ -721,7 +1016,7 @@ mod tests {
             acks.push(done);
         }
         for done in acks {
-            assert_eq!(done.await.unwrap().unwrap(), vec![true]);
+            assert_eq!(done.await.unwrap().unwrap(), vec![Outcome::Stored]);
         }
         assert_eq!(store.count(id).await.unwrap(), 5);
         shutdown.cancel();

@@ -8,14 +8,17 @@
 //! delivered exactly once. The meta-message `post` carries the same payload but is full-sync:
 //! stored by every node and spread by the bloom-filter synchronisation to nodes that join later.
 //! The meta-message `profile` is last-sync with a history of 1: every node keeps only the newest
-//! profile of each member.
+//! profile of each member. The meta-message `entry` is full-sync with sequence numbers: each
+//! member's entries form a log numbered 1, 2, 3, …, which the host hands over in order, fetching
+//! any gap with missing-sequence first (the handler counts entries that arrive out of order:
+//! there should be none).
 //!
 //! To make your own community: copy this crate, pick a name, create a master key with
 //! `dispersy keygen` and put its public key in [`MASTER_KEY`] (keep the secret key safe: it will
 //! sign the community's permissions), define your payloads and metas, and build with
 //! `cargo build --release`. Drop the resulting `lib<name>.so` into the host's plugin folder.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use dispersy_plugin_api::prelude::*;
 use dispersy_plugin_api::serde_json::{Value, json};
@@ -85,6 +88,12 @@ pub struct ExampleCommunity {
     posts: u64,
     /// Profiles handled (created here or received).
     profiles: u64,
+    /// Entries handled (created here or received).
+    entries: u64,
+    /// Entries whose number was not the next of their author's log (a host fault).
+    entries_out_of_order: u64,
+    /// The last entry number handled per author, up to `MAX_TRACKED` authors.
+    logs: HashMap<Vec<u8>, u32>,
 }
 
 impl ExampleCommunity {
@@ -137,6 +146,22 @@ impl ExampleCommunity {
         self.posts += messages.len() as u64;
         Ok(())
     }
+
+    fn on_entry(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        for message in messages {
+            self.entries += 1;
+            let author = message.authors.first().cloned().unwrap_or_default();
+            let number = message.sequence_number.unwrap_or(0);
+            let last = self.logs.get(&author).copied().unwrap_or(0);
+            if number != last + 1 {
+                self.entries_out_of_order += 1;
+            }
+            if self.logs.len() < MAX_TRACKED || self.logs.contains_key(&author) {
+                self.logs.insert(author, number.max(last));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Community for ExampleCommunity {
@@ -173,6 +198,16 @@ impl Community for ExampleCommunity {
                     .check(Self::check_example)
                     .handle(Self::on_post),
             )
+            .meta(
+                Meta::<Self, Example>::new(4, "entry")
+                    .distribution(Distribution::FullSync {
+                        sequence_numbers: true,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_example)
+                    .handle(Self::on_entry),
+            )
     }
 
     fn create(host: Host) -> Result<Self, Error> {
@@ -187,6 +222,9 @@ impl Community for ExampleCommunity {
             last_text: None,
             posts: 0,
             profiles: 0,
+            entries: 0,
+            entries_out_of_order: 0,
+            logs: HashMap::new(),
         })
     }
 
@@ -200,6 +238,8 @@ impl Community for ExampleCommunity {
             "last_text": self.last_text,
             "posts": self.posts,
             "profiles": self.profiles,
+            "entries": self.entries,
+            "entries_out_of_order": self.entries_out_of_order,
         })
     }
 }

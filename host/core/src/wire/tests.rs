@@ -153,6 +153,26 @@ fn all_packets(k: &KeyPair) -> Vec<Packet> {
             random: 5,
             member: k.public().clone(),
         }),
+        Packet::MissingSequence(MissingSequence {
+            community: cid(),
+            session: 4,
+            member: k.member_id(),
+            meta: 7,
+            low: 3,
+            high: 9,
+        }),
+        Packet::MissingMessage(MissingMessage {
+            community: cid(),
+            session: 4,
+            member: k.member_id(),
+            global_times: vec![5, 80],
+        }),
+        Packet::MissingLastMessage(MissingLastMessage {
+            community: cid(),
+            session: 0,
+            member: k.member_id(),
+            meta: 2,
+        }),
     ]
 }
 
@@ -319,6 +339,62 @@ fn unsupported_and_invalid_fields_are_typed_errors() {
     }
     .encode_to_vec();
     assert_eq!(decode(&empty, 1500, known()), Err(DecodeError::NoMessage));
+    let missing = |m: pb::MissingSequence| {
+        let descriptor = pb::Descriptor {
+            message: Some(pb::descriptor::Message::MissingSequence(m)),
+        };
+        let bytes = pb::Message {
+            descriptor: Some(descriptor.encode_to_vec()),
+            signatures: vec![],
+        }
+        .encode_to_vec();
+        decode(&bytes, 1500, known())
+    };
+    let valid = pb::MissingSequence {
+        member: Some(vec![1; 20]),
+        descriptor: Some(pb::descriptor::Type::Community as i32),
+        sequence_low: Some(2),
+        sequence_high: Some(4),
+        community: Some(vec![2; 20]),
+        community_message: Some(3),
+        ..Default::default()
+    };
+    assert!(missing(valid.clone()).is_ok());
+    for (invalid, field) in [
+        (
+            pb::MissingSequence {
+                sequence_low: Some(0),
+                ..valid.clone()
+            },
+            "MissingSequence.sequence_low",
+        ),
+        (
+            pb::MissingSequence {
+                sequence_high: Some(1),
+                ..valid.clone()
+            },
+            "MissingSequence.sequence_low",
+        ),
+        (
+            pb::MissingSequence {
+                descriptor: Some(pb::descriptor::Type::Authorize as i32),
+                ..valid.clone()
+            },
+            "MissingSequence.community_message",
+        ),
+        (
+            pb::MissingSequence {
+                member: Some(vec![1; 19]),
+                ..valid.clone()
+            },
+            "MissingSequence.member",
+        ),
+    ] {
+        assert!(
+            matches!(missing(invalid), Err(DecodeError::Invalid { field: f, .. }) if f == field),
+            "{field}"
+        );
+    }
     assert!(Conversion::new(&[0]).is_err());
     assert!(Conversion::new(&[0xFF]).is_err());
     assert!(Conversion::new(&[0xFF, 1]).is_ok());

@@ -1,0 +1,871 @@
+//! Messages that wait for other messages, and the missing-* requests that fetch them
+//! (original-implementation §6.2, §9; seed: "missing-sequence", "missing-message",
+//! "missing-last-message").
+//!
+//! Three things make a received message wait:
+//! - a gap before its sequence number (full-sync with sequence numbers): the store saw it, found
+//!   `low..=high` missing and handed it back ([`crate::node::Node::handle_sequence_gap`]); the
+//!   node asks the sender with a missing-sequence;
+//! - its plugin waits for another message of a member at a global time (a reply to a post not
+//!   here yet): missing-message;
+//! - its plugin waits for the newest message of a member and meta: missing-last-message.
+//!
+//! The waiting messages are held here, bounded in count and time (the original's 10 s). When the
+//! driver reports what it stored ([`crate::node::Node::handle_stored_keys`]), the messages whose
+//! wait is over are handed to the driver again as [`crate::node::Event::Messages`], to be checked
+//! and stored as if they had just arrived. A request is sent once per awaited thing, repeated
+//! after [`Config::retry`] while the wait lasts; a missing-sequence answered in part (the
+//! responder's byte budget) is followed by one for the rest as soon as the part is stored.
+//!
+//! The pure rule deciding where an incoming sequence number stands is [`check`]; the driver's
+//! store applies it inside its write transaction, so a verdict never races a concurrent write.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::identity::{CommunityId, MemberId};
+use crate::node::Incoming;
+use crate::time::Instant;
+
+/// Bounds of waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Most messages waiting at once; more are dropped and counted.
+    pub max_delayed: usize,
+    /// How long a message waits at most (the original's 10 s).
+    pub timeout: Duration,
+    /// How long an unanswered request waits before it is sent again.
+    pub retry: Duration,
+    /// Bytes of stored packets one answer to a missing-* request carries at most (the
+    /// original's 10 KiB for missing-sequence).
+    pub answer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_delayed: 4_096,
+            timeout: Duration::from_secs(10),
+            retry: Duration::from_secs(1),
+            answer_bytes: 10 * 1024,
+        }
+    }
+}
+
+/// Where an incoming message with a sequence number stands against what is stored of its member
+/// and meta (original §6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The next number, newer than the last: store it.
+    Store,
+    /// The very packet is stored already.
+    Duplicate,
+    /// Numbers `low..=high` are missing before it: it waits, and they are requested.
+    Gap {
+        /// First missing number.
+        low: u32,
+        /// Last missing number.
+        high: u32,
+    },
+    /// Another message holds this number and wins (the lower global time; at the same global
+    /// time the binary-higher packet, as for two versions of one message): drop the incoming
+    /// one and send ours back, so the sender learns it.
+    Keep,
+    /// Another message holds this number and loses: delete it and every later number of this
+    /// member and meta, then store the incoming one.
+    Replace,
+    /// The next number, but not newer than the last stored message: dropped.
+    Stale,
+}
+
+/// What the store holds at one sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbered<'a> {
+    /// Its sequence number.
+    pub sequence: u32,
+    /// Its global time.
+    pub global_time: u64,
+    /// Its packet.
+    pub packet: &'a [u8],
+}
+
+/// Decides an incoming message numbered `sequence` at `global_time` with `packet`, given the
+/// highest numbered message stored for its member and meta (`last`) and, when `sequence` is not
+/// above it, the one stored at `sequence` (`same`; `None` there means it was removed, e.g.
+/// pruned: the incoming one is then treated as a duplicate).
+pub fn check(
+    sequence: u32,
+    global_time: u64,
+    packet: &[u8],
+    last: Option<Numbered<'_>>,
+    same: Option<Numbered<'_>>,
+) -> Verdict {
+    let (highest, newest) = last.map_or((0, 0), |l| (l.sequence, l.global_time));
+    if sequence <= highest {
+        return match same {
+            Some(ours) if ours.packet == packet => Verdict::Duplicate,
+            Some(ours)
+                if ours.global_time < global_time
+                    || (ours.global_time == global_time && ours.packet > packet) =>
+            {
+                Verdict::Keep
+            }
+            Some(_) => Verdict::Replace,
+            None => Verdict::Duplicate,
+        };
+    }
+    if sequence > highest + 1 {
+        return Verdict::Gap {
+            low: highest + 1,
+            high: sequence - 1,
+        };
+    }
+    if last.is_some() && global_time <= newest {
+        return Verdict::Stale;
+    }
+    Verdict::Store
+}
+
+/// What a waiting message waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Awaited {
+    /// Sequence numbers of `member` and `meta` up to and including `through`.
+    Sequence {
+        /// The author.
+        member: MemberId,
+        /// The meta.
+        meta: u32,
+        /// The last number that must be stored.
+        through: u32,
+    },
+    /// The message of `member` at `global_time`.
+    Message {
+        /// The author.
+        member: MemberId,
+        /// Its global time.
+        global_time: u64,
+    },
+    /// Any (newer) message of `member` and `meta`.
+    Last {
+        /// The author.
+        member: MemberId,
+        /// The meta.
+        meta: u32,
+    },
+}
+
+/// A stored message, as far as waits care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredKey {
+    /// Its author.
+    pub member: MemberId,
+    /// Its meta.
+    pub meta: u32,
+    /// Its global time.
+    pub global_time: u64,
+    /// Its sequence number, if numbered.
+    pub sequence: Option<u32>,
+}
+
+impl Awaited {
+    /// Whether storing `key` ends this wait.
+    fn satisfied_by(&self, key: &StoredKey) -> bool {
+        match *self {
+            Awaited::Sequence {
+                member,
+                meta,
+                through,
+            } => key.member == member && key.meta == meta && key.sequence >= Some(through),
+            Awaited::Message {
+                member,
+                global_time,
+            } => key.member == member && key.global_time == global_time,
+            Awaited::Last { member, meta } => key.member == member && key.meta == meta,
+        }
+    }
+}
+
+/// One waiting message.
+#[derive(Debug, Clone)]
+pub(crate) struct Delayed {
+    pub community: CommunityId,
+    pub awaited: Awaited,
+    pub incoming: Incoming,
+    /// Who is asked.
+    pub source: SocketAddr,
+    pub expires: Instant,
+    /// When it was last requested.
+    pub requested: Instant,
+    /// For sequence waits: the highest number stored since (or known when it started waiting).
+    pub seen: u32,
+    /// For sequence waits: the highest number requested so far.
+    pub asked: u32,
+}
+
+/// The waiting messages of a node.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Delays {
+    pub entries: VecDeque<Delayed>,
+}
+
+/// What to do after a change to the waits.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Messages whose wait is over, to hand to the driver again.
+    pub resumed: Vec<(CommunityId, Incoming)>,
+    /// Requests to send: (community, to, what).
+    pub requests: Vec<(CommunityId, SocketAddr, Request)>,
+    /// Messages dropped because their wait lasted too long.
+    pub expired: u64,
+}
+
+/// A request to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    Sequence {
+        member: MemberId,
+        meta: u32,
+        low: u32,
+        high: u32,
+    },
+    Message {
+        member: MemberId,
+        global_time: u64,
+    },
+    Last {
+        member: MemberId,
+        meta: u32,
+    },
+}
+
+impl Delays {
+    /// Adds a waiting message; returns whether it was taken (the table may be full) and the
+    /// request to send for it, unless the same thing is already being asked for.
+    pub fn add(
+        &mut self,
+        config: &Config,
+        now: Instant,
+        delayed: Delayed,
+    ) -> (bool, Option<Request>) {
+        if self.entries.len() >= config.max_delayed {
+            return (false, None);
+        }
+        let asked_already = self.entries.iter().any(|d| {
+            d.community == delayed.community
+                && same_subject(&d.awaited, &delayed.awaited)
+                && d.requested + config.retry > now
+                && covers(d, &delayed)
+        });
+        let mut delayed = delayed;
+        let request = if asked_already {
+            // Another wait's request fetches this one's too.
+            if let Awaited::Sequence { through, .. } = delayed.awaited {
+                delayed.asked = through;
+            }
+            None
+        } else {
+            Some(request_for(&mut delayed))
+        };
+        self.entries.push_back(delayed);
+        (true, request)
+    }
+
+    /// Messages of `community` were stored: ends the waits they satisfy, and asks for the rest
+    /// of a gap whose requested part has arrived.
+    pub fn stored(&mut self, community: CommunityId, keys: &[StoredKey], now: Instant) -> Outcome {
+        let mut out = Outcome::default();
+        if self.entries.is_empty() {
+            return out;
+        }
+        let mut keep = VecDeque::with_capacity(self.entries.len());
+        for mut d in self.entries.drain(..) {
+            if d.community != community {
+                keep.push_back(d);
+                continue;
+            }
+            let mut done = false;
+            for key in keys {
+                if d.awaited.satisfied_by(key) {
+                    done = true;
+                    break;
+                }
+                if let Awaited::Sequence { member, meta, .. } = d.awaited
+                    && key.member == member
+                    && key.meta == meta
+                {
+                    d.seen = d.seen.max(key.sequence.unwrap_or(0));
+                }
+            }
+            if done {
+                out.resumed.push((d.community, d.incoming));
+                continue;
+            }
+            if let Awaited::Sequence { through, .. } = d.awaited
+                && d.seen >= d.asked
+                && d.asked < through
+            {
+                d.requested = now;
+                out.requests
+                    .push((d.community, d.source, request_for(&mut d)));
+            }
+            keep.push_back(d);
+        }
+        self.entries = keep;
+        dedup(&mut out.requests);
+        out
+    }
+
+    /// Drops what waited too long; asks again for what was not answered within `retry`.
+    pub fn timeout(&mut self, config: &Config, now: Instant) -> Outcome {
+        let mut out = Outcome::default();
+        let before = self.entries.len();
+        self.entries.retain(|d| d.expires > now);
+        out.expired = (before - self.entries.len()) as u64;
+        for d in self.entries.iter_mut() {
+            if d.requested + config.retry <= now {
+                d.requested = now;
+                out.requests.push((d.community, d.source, request_for(d)));
+            }
+        }
+        dedup(&mut out.requests);
+        out
+    }
+
+    /// The next time [`Delays::timeout`] has work.
+    pub fn next_deadline(&self, config: &Config) -> Option<Instant> {
+        self.entries
+            .iter()
+            .map(|d| d.expires.min(d.requested + config.retry))
+            .min()
+    }
+}
+
+/// The request that fetches what `d` waits for (for a gap: what is still missing of it).
+fn request_for(d: &mut Delayed) -> Request {
+    match d.awaited {
+        Awaited::Sequence {
+            member,
+            meta,
+            through,
+        } => {
+            d.asked = through;
+            Request::Sequence {
+                member,
+                meta,
+                low: d.seen.saturating_add(1).min(through),
+                high: through,
+            }
+        }
+        Awaited::Message {
+            member,
+            global_time,
+        } => Request::Message {
+            member,
+            global_time,
+        },
+        Awaited::Last { member, meta } => Request::Last { member, meta },
+    }
+}
+
+fn same_subject(a: &Awaited, b: &Awaited) -> bool {
+    match (a, b) {
+        (
+            Awaited::Sequence {
+                member: m1,
+                meta: t1,
+                ..
+            },
+            Awaited::Sequence {
+                member: m2,
+                meta: t2,
+                ..
+            },
+        ) => m1 == m2 && t1 == t2,
+        _ => a == b,
+    }
+}
+
+/// Whether the request already made for `asked` also fetches what `new` waits for.
+fn covers(asked: &Delayed, new: &Delayed) -> bool {
+    match (asked.awaited, new.awaited) {
+        (Awaited::Sequence { .. }, Awaited::Sequence { through, .. }) => asked.asked >= through,
+        _ => true,
+    }
+}
+
+/// One request per (community, address, subject): sequence ranges of one member and meta merge.
+fn dedup(requests: &mut Vec<(CommunityId, SocketAddr, Request)>) {
+    let mut out: Vec<(CommunityId, SocketAddr, Request)> = Vec::with_capacity(requests.len());
+    for (community, to, request) in requests.drain(..) {
+        let merged = out.iter_mut().any(|(c, t, r)| {
+            if *c != community || *t != to {
+                return false;
+            }
+            match (r, &request) {
+                (
+                    Request::Sequence {
+                        member,
+                        meta,
+                        low,
+                        high,
+                    },
+                    Request::Sequence {
+                        member: m,
+                        meta: t,
+                        low: l,
+                        high: h,
+                    },
+                ) if member == m && meta == t => {
+                    *low = (*low).min(*l);
+                    *high = (*high).max(*h);
+                    true
+                }
+                (r, request) => r == request,
+            }
+        });
+        if !merged {
+            out.push((community, to, request));
+        }
+    }
+    *requests = out;
+}
+
+/// What a missing-* request asks the store for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The messages of `member` and `meta` numbered `low..=high`, in sequence order.
+    Sequences {
+        /// The author.
+        member: MemberId,
+        /// The meta.
+        meta: u32,
+        /// First number.
+        low: u32,
+        /// Last number.
+        high: u32,
+    },
+    /// The messages of `member` at these global times.
+    GlobalTimes {
+        /// The author.
+        member: MemberId,
+        /// The global times.
+        global_times: Vec<u64>,
+    },
+    /// The newest `count` messages of `member` and `meta`.
+    Last {
+        /// The author.
+        member: MemberId,
+        /// The meta.
+        meta: u32,
+        /// How many.
+        count: u16,
+    },
+}
+
+/// A missing-* request being answered: waiting for the store's packets.
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub community: CommunityId,
+    pub to: SocketAddr,
+    pub deadline: Instant,
+    pub max_bytes: usize,
+}
+
+mod driving {
+    //! The node's side: delaying, requesting, answering.
+
+    use std::net::SocketAddr;
+
+    use super::{Answer, Awaited, Delayed, Lookup, Outcome, Request, StoredKey};
+    use crate::identity::CommunityId;
+    use crate::meta::Distribution;
+    use crate::node::{Event, Incoming, Node};
+    use crate::time::Instant;
+    use crate::wire::{self, MissingLastMessage, MissingMessage, MissingSequence, Packet};
+
+    impl Node {
+        /// The driver's store found numbers `low..=high` missing before `incoming` (see
+        /// [`super::check`]): it waits for them, and they are requested from its sender unless
+        /// they are being requested already.
+        pub fn handle_sequence_gap(
+            &mut self,
+            now: Instant,
+            community: CommunityId,
+            incoming: Incoming,
+            low: u32,
+            high: u32,
+        ) {
+            let Some(member) = incoming
+                .message
+                .message
+                .authors
+                .first()
+                .map(|a| a.member_id())
+            else {
+                return;
+            };
+            let awaited = Awaited::Sequence {
+                member,
+                meta: incoming.message.message.message_type,
+                through: high,
+            };
+            self.delay(now, community, incoming, awaited, low.saturating_sub(1));
+        }
+
+        /// The community's plugin wants `incoming` to wait for `awaited` (a message, or the
+        /// newest message of a member and meta): it waits, and the thing is requested from its
+        /// sender.
+        pub fn handle_wait(
+            &mut self,
+            now: Instant,
+            community: CommunityId,
+            incoming: Incoming,
+            awaited: Awaited,
+        ) {
+            self.delay(now, community, incoming, awaited, 0);
+        }
+
+        fn delay(
+            &mut self,
+            now: Instant,
+            community: CommunityId,
+            incoming: Incoming,
+            awaited: Awaited,
+            seen: u32,
+        ) {
+            let Some(source) = incoming.source else {
+                // Our own messages wait for nothing.
+                return;
+            };
+            let config = self.config.missing.clone();
+            let delayed = Delayed {
+                community,
+                awaited,
+                incoming,
+                source,
+                expires: now + config.timeout,
+                requested: now,
+                seen,
+                asked: 0,
+            };
+            let (taken, request) = self.delays.add(&config, now, delayed);
+            let Some(c) = self.communities.get_mut(&community) else {
+                return;
+            };
+            if !taken {
+                c.stats.dropped.bump("delay-queue-full");
+                return;
+            }
+            c.stats.delayed += 1;
+            if let Some(request) = request {
+                self.request(community, source, request);
+            }
+        }
+
+        /// The driver stored these messages of `community`: messages waiting for them go back
+        /// to the driver as [`Event::Messages`]; the rest of a gap is requested.
+        pub fn handle_stored_keys(
+            &mut self,
+            now: Instant,
+            community: CommunityId,
+            keys: &[StoredKey],
+        ) {
+            let outcome = self.delays.stored(community, keys, now);
+            self.apply(outcome);
+        }
+
+        /// Drops waits that lasted too long and repeats unanswered requests.
+        pub(crate) fn expire_delays(&mut self, now: Instant) {
+            let config = self.config.missing.clone();
+            let outcome = self.delays.timeout(&config, now);
+            if outcome.expired > 0 {
+                self.stats.dropped.add("delay-timeout", outcome.expired);
+            }
+            self.apply(outcome);
+            self.answers.retain(|_, a| a.deadline > now);
+        }
+
+        fn apply(&mut self, outcome: Outcome) {
+            for (community, incoming) in outcome.resumed {
+                let meta = incoming.message.message.message_type;
+                self.push(Event::Messages {
+                    community,
+                    meta,
+                    messages: vec![incoming],
+                });
+            }
+            for (community, to, request) in outcome.requests {
+                self.request(community, to, request);
+            }
+        }
+
+        fn request(&mut self, community: CommunityId, to: SocketAddr, request: Request) {
+            let session = self.sessions.id(&to).unwrap_or(0);
+            let (packet, name) = match request {
+                Request::Sequence {
+                    member,
+                    meta,
+                    low,
+                    high,
+                } => (
+                    Packet::MissingSequence(MissingSequence {
+                        community,
+                        session,
+                        member,
+                        meta,
+                        low,
+                        high,
+                    }),
+                    "missing-sequence-sent",
+                ),
+                Request::Message {
+                    member,
+                    global_time,
+                } => (
+                    Packet::MissingMessage(MissingMessage {
+                        community,
+                        session,
+                        member,
+                        global_times: vec![global_time],
+                    }),
+                    "missing-message-sent",
+                ),
+                Request::Last { member, meta } => (
+                    Packet::MissingLastMessage(MissingLastMessage {
+                        community,
+                        session,
+                        member,
+                        meta,
+                    }),
+                    "missing-last-message-sent",
+                ),
+            };
+            self.stats.packets.bump(name);
+            self.send(to, packet);
+        }
+
+        /// The driver's store found that `packet`, ours, wins over a conflicting message that
+        /// `to` sent (same member and sequence number): it goes back to `to`.
+        pub fn handle_conflict(
+            &mut self,
+            _now: Instant,
+            community: CommunityId,
+            to: SocketAddr,
+            packet: &[u8],
+        ) {
+            let session = self.sessions.id(&to).unwrap_or(0);
+            match wire::encode_collections(session, &[packet], self.config.max_datagram) {
+                Ok(datagrams) => {
+                    for datagram in datagrams {
+                        self.send_bytes(to, datagram);
+                    }
+                    if let Some(c) = self.communities.get_mut(&community) {
+                        c.stats.dropped.bump("sequence-conflict-lost");
+                    }
+                }
+                Err(_) => self.stats.dropped.bump("oversized-stored-packet"),
+            }
+        }
+
+        /// Whether `from` proved its address: a session, or a walk of ours to it.
+        pub(crate) fn proven(&mut self, now: Instant, from: SocketAddr, session: u32) -> bool {
+            self.sessions.check(now, from, session)
+                || self
+                    .communities
+                    .values()
+                    .any(|c| c.pending_walks.values().any(|w| w.destination == from))
+        }
+
+        /// Answers a missing-sequence from a proven address: the store reads the packets.
+        pub(crate) fn on_missing_sequence(
+            &mut self,
+            now: Instant,
+            from: SocketAddr,
+            m: MissingSequence,
+        ) -> Result<(), &'static str> {
+            if !self.proven(now, from, m.session) {
+                return Err("unproven-missing-request");
+            }
+            let numbered = self
+                .communities
+                .get(&m.community)
+                .and_then(|c| c.definition.as_ref())
+                .and_then(|d| d.meta_by_id(m.meta))
+                .is_some_and(|meta| meta.distribution.has_sequence_numbers());
+            if !numbered {
+                return Err("missing-sequence-unknown-meta");
+            }
+            let lookup = Lookup::Sequences {
+                member: m.member,
+                meta: m.meta,
+                low: m.low,
+                high: m.high,
+            };
+            self.read_for(now, m.community, from, lookup)
+        }
+
+        /// Answers a missing-message from a proven address.
+        pub(crate) fn on_missing_message(
+            &mut self,
+            now: Instant,
+            from: SocketAddr,
+            m: MissingMessage,
+        ) -> Result<(), &'static str> {
+            if !self.proven(now, from, m.session) {
+                return Err("unproven-missing-request");
+            }
+            let lookup = Lookup::GlobalTimes {
+                member: m.member,
+                global_times: m.global_times,
+            };
+            self.read_for(now, m.community, from, lookup)
+        }
+
+        /// Answers a missing-last-message from a proven address (last-sync metas: as many as
+        /// the meta keeps).
+        pub(crate) fn on_missing_last_message(
+            &mut self,
+            now: Instant,
+            from: SocketAddr,
+            m: MissingLastMessage,
+        ) -> Result<(), &'static str> {
+            if !self.proven(now, from, m.session) {
+                return Err("unproven-missing-request");
+            }
+            let history = self
+                .communities
+                .get(&m.community)
+                .and_then(|c| c.definition.as_ref())
+                .and_then(|d| d.meta_by_id(m.meta))
+                .and_then(|meta| match meta.distribution {
+                    Distribution::LastSync { history, .. } => Some(history),
+                    _ => None,
+                })
+                .ok_or("missing-last-message-unknown-meta")?;
+            let lookup = Lookup::Last {
+                member: m.member,
+                meta: m.meta,
+                count: history,
+            };
+            self.read_for(now, m.community, from, lookup)
+        }
+
+        fn read_for(
+            &mut self,
+            now: Instant,
+            community: CommunityId,
+            to: SocketAddr,
+            lookup: Lookup,
+        ) -> Result<(), &'static str> {
+            if self
+                .communities
+                .get(&community)
+                .is_none_or(|c| c.definition.is_none())
+            {
+                return Err("unknown-community");
+            }
+            if self.answers.len() >= self.config.sync.max_responses {
+                return Err("missing-busy");
+            }
+            let request = self.next_response_id();
+            let max_bytes = self.config.missing.answer_bytes;
+            self.answers.insert(
+                request,
+                Answer {
+                    community,
+                    to,
+                    deadline: now + self.config.sync.store_timeout,
+                    max_bytes,
+                },
+            );
+            self.push(Event::ReadPackets {
+                request,
+                community,
+                lookup,
+                max_bytes,
+            });
+            Ok(())
+        }
+
+        /// The packets answering [`Event::ReadPackets`]: sent as collections, within the byte
+        /// budget of the request.
+        pub fn send_answer(&mut self, _now: Instant, request: u32, packets: Vec<Vec<u8>>) {
+            let Some(answer) = self.answers.remove(&request) else {
+                return;
+            };
+            let mut used = 0;
+            let mut refs: Vec<&[u8]> = Vec::new();
+            for packet in &packets {
+                if used + packet.len() > answer.max_bytes && !refs.is_empty() {
+                    break;
+                }
+                used += packet.len();
+                refs.push(packet);
+            }
+            if refs.is_empty() {
+                return;
+            }
+            let session = self.sessions.id(&answer.to).unwrap_or(0);
+            match wire::encode_collections(session, &refs, self.config.max_datagram) {
+                Ok(datagrams) => {
+                    for datagram in datagrams {
+                        self.send_bytes(answer.to, datagram);
+                    }
+                    if let Some(c) = self.communities.get_mut(&answer.community) {
+                        c.stats.missing_packets_sent += refs.len() as u64;
+                    }
+                }
+                Err(_) => self.stats.dropped.bump("oversized-stored-packet"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(sequence: u32, global_time: u64, packet: &[u8]) -> Numbered<'_> {
+        Numbered {
+            sequence,
+            global_time,
+            packet,
+        }
+    }
+
+    #[test]
+    fn the_next_number_is_stored_and_gaps_are_named() {
+        assert_eq!(check(1, 5, b"a", None, None), Verdict::Store);
+        let last = Some(numbered(3, 10, b"c"));
+        assert_eq!(check(4, 11, b"d", last, None), Verdict::Store);
+        assert_eq!(
+            check(7, 20, b"g", last, None),
+            Verdict::Gap { low: 4, high: 6 }
+        );
+        assert_eq!(
+            check(2, 20, b"g", None, None),
+            Verdict::Gap { low: 1, high: 1 }
+        );
+        // A later number must be newer than the last one.
+        assert_eq!(check(4, 10, b"d", last, None), Verdict::Stale);
+        assert_eq!(check(4, 9, b"d", last, None), Verdict::Stale);
+    }
+
+    #[test]
+    fn a_number_claimed_twice_goes_to_the_lower_global_time_then_the_higher_packet() {
+        let last = Some(numbered(3, 10, b"c"));
+        let ours = Some(numbered(2, 8, b"m"));
+        assert_eq!(check(2, 8, b"m", last, ours), Verdict::Duplicate);
+        // Theirs is newer: ours stays, and is sent back.
+        assert_eq!(check(2, 9, b"a", last, ours), Verdict::Keep);
+        // Same global time: two versions of one message, the binary-higher packet wins (the
+        // store's rule for any message).
+        assert_eq!(check(2, 8, b"a", last, ours), Verdict::Keep);
+        assert_eq!(check(2, 8, b"z", last, ours), Verdict::Replace);
+        // Theirs is older: it replaces ours and everything after.
+        assert_eq!(check(2, 7, b"z", last, ours), Verdict::Replace);
+        // Removed (pruned) meanwhile: nothing to compare, not stored again.
+        assert_eq!(check(2, 7, b"z", last, None), Verdict::Duplicate);
+    }
+}
