@@ -15,7 +15,7 @@ use abi_stable::std_types::{RBox, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings};
 
 /// The protocol-level ABI version. The host refuses a plugin that reports another one.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// An error crossing the boundary in either direction.
 #[repr(C)]
@@ -186,6 +186,12 @@ pub mod verdict {
     pub const DROP: u8 = 1;
     /// Check again after `delay_ms` (bounded by the host).
     pub const DELAY: u8 = 2;
+    /// Check again once the message of `member` at `global_time` is stored; the host asks the
+    /// sender for it (missing-message). Waits are bounded by the host in count and time.
+    pub const WAIT_MESSAGE: u8 = 3;
+    /// Check again once a message of `member` and meta `meta` is stored; the host asks the
+    /// sender for the newest ones (missing-last-message; `meta` must be last-sync).
+    pub const WAIT_LAST: u8 = 4;
 }
 
 /// The plugin's verdict on one message of a checked batch.
@@ -198,6 +204,12 @@ pub struct RawVerdict {
     pub reason: RString,
     /// For delay: when to check again, in milliseconds.
     pub delay_ms: u32,
+    /// For the waits: the awaited author, as a 33-byte public key or a 20-byte member id.
+    pub member: RVec<u8>,
+    /// For [`verdict::WAIT_MESSAGE`]: the awaited message's global time.
+    pub global_time: u64,
+    /// For [`verdict::WAIT_LAST`]: the awaited meta-message type.
+    pub meta: u32,
 }
 
 /// Category codes of [`CandidateInfo::category`].

@@ -180,6 +180,24 @@ pub enum Verdict {
         /// When to check again.
         after: Duration,
     },
+    /// Check it again once the message of `member` (a public key as in [`Message::authors`],
+    /// or a 20-byte member id) at `global_time` is stored: the host asks the sender for it
+    /// (missing-message). Only stored (full-sync or last-sync) messages end a wait; the host
+    /// bounds how long (10 s by default) and how many wait.
+    WaitForMessage {
+        /// The awaited author.
+        member: Vec<u8>,
+        /// The awaited message's global time.
+        global_time: u64,
+    },
+    /// Check it again once a message of `member` and the last-sync meta `meta` is stored: the
+    /// host asks the sender for the newest ones (missing-last-message).
+    WaitForLast {
+        /// The awaited author.
+        member: Vec<u8>,
+        /// A last-sync meta-message type of this community.
+        meta: u32,
+    },
 }
 
 /// A decoded message handed to a check function or a handler.
@@ -660,21 +678,43 @@ impl<C: Community> Instance<C> {
 }
 
 fn raw_verdict(verdict: Verdict) -> RawVerdict {
+    let raw = RawVerdict {
+        kind: abi::verdict::ACCEPT,
+        reason: RString::new(),
+        delay_ms: 0,
+        member: RVec::new(),
+        global_time: 0,
+        meta: 0,
+    };
     match verdict {
-        Verdict::Accept => RawVerdict {
-            kind: abi::verdict::ACCEPT,
-            reason: RString::new(),
-            delay_ms: 0,
-        },
+        Verdict::Accept => raw,
         Verdict::Drop(reason) => RawVerdict {
             kind: abi::verdict::DROP,
             reason: RString::from(reason),
-            delay_ms: 0,
+            ..raw
         },
         Verdict::Delay { reason, after } => RawVerdict {
             kind: abi::verdict::DELAY,
             reason: RString::from(reason),
             delay_ms: u32::try_from(after.as_millis()).unwrap_or(u32::MAX),
+            ..raw
+        },
+        Verdict::WaitForMessage {
+            member,
+            global_time,
+        } => RawVerdict {
+            kind: abi::verdict::WAIT_MESSAGE,
+            reason: RString::from("waits for a message"),
+            member: RVec::from(member),
+            global_time,
+            ..raw
+        },
+        Verdict::WaitForLast { member, meta } => RawVerdict {
+            kind: abi::verdict::WAIT_LAST,
+            reason: RString::from("waits for a last message"),
+            member: RVec::from(member),
+            meta,
+            ..raw
         },
     }
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub walker: Walker,
     /// Bloom-filter synchronisation.
     pub sync: Sync,
+    /// Messages waiting for others, and the missing-* requests.
+    pub missing: Missing,
     /// Bounds of every queue and table.
     pub limits: Limits,
 }
@@ -130,6 +132,33 @@ pub struct Sync {
     pub global_time_margin: u64,
     /// How long a walk waits for the store to build its filter, and a response for its rows.
     pub store_timeout_ms: u64,
+}
+
+/// Messages that wait for others (a sequence gap, a plugin's wait) and the missing-sequence,
+/// -message and -last-message requests that fetch what they wait for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Missing {
+    /// Messages waiting at once, across all communities; more are dropped and counted.
+    pub max_waiting: usize,
+    /// Longest a message waits, in milliseconds (the original's 10 s).
+    pub timeout_ms: u64,
+    /// An unanswered request is sent again after this long, in milliseconds.
+    pub retry_ms: u64,
+    /// Bytes of stored packets one answer carries at most (the original's 10 KiB).
+    pub answer_bytes: usize,
+}
+
+impl Default for Missing {
+    fn default() -> Self {
+        let core = dispersy_core::missing::Config::default();
+        Missing {
+            max_waiting: core.max_delayed,
+            timeout_ms: core.timeout.as_millis() as u64,
+            retry_ms: core.retry.as_millis() as u64,
+            answer_bytes: core.answer_bytes,
+        }
+    }
 }
 
 /// Range strategy of new filters.
@@ -260,6 +289,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             walker: Walker::default(),
             sync: Sync::default(),
+            missing: Missing::default(),
             limits: Limits::default(),
         }
     }
@@ -355,6 +385,7 @@ impl Config {
             ("limits.sync_peers", l.sync_peers),
             ("limits.sync_responses", l.sync_responses),
             ("sync.min_budget", self.sync.min_budget),
+            ("missing.answer_bytes", self.missing.answer_bytes),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -438,6 +469,12 @@ impl Config {
                 max_responses: l.sync_responses,
                 store_timeout: ms(self.sync.store_timeout_ms),
             },
+            missing: dispersy_core::missing::Config {
+                max_delayed: self.missing.max_waiting,
+                timeout: ms(self.missing.timeout_ms),
+                retry: ms(self.missing.retry_ms.max(1)),
+                answer_bytes: self.missing.answer_bytes,
+            },
             candidates: dispersy_core::candidate::Config {
                 walk_lifetime: ms(w.walk_lifetime_ms),
                 stumble_lifetime: ms(w.stumble_lifetime_ms),
@@ -491,6 +528,7 @@ mod tests {
         assert_eq!(parsed.walker, defaults.walker);
         assert_eq!(parsed.limits, defaults.limits);
         assert_eq!(parsed.sync, defaults.sync);
+        assert_eq!(parsed.missing, defaults.missing);
         assert_eq!(parsed.log, defaults.log);
     }
 

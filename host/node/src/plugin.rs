@@ -40,7 +40,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::runtime::Command;
 use crate::store::{Insert, InsertSender, NewMessage, Outcome};
-use dispersy_core::missing::StoredKey;
+use dispersy_core::identity::MemberId;
+use dispersy_core::missing::{Awaited, StoredKey};
 
 /// A loaded plugin file and the community type it defines.
 #[derive(Clone)]
@@ -685,6 +686,9 @@ impl WorkerLoop {
                 abi::verdict::DELAY => {
                     self.delay(meta, message, &verdict.reason, verdict.delay_ms, now)
                 }
+                abi::verdict::WAIT_MESSAGE | abi::verdict::WAIT_LAST => {
+                    self.wait(message, &verdict)
+                }
                 _ => lock(&self.shared.stats).drop_reason(verdict.reason.as_str(), 1),
             }
         }
@@ -716,6 +720,47 @@ impl WorkerLoop {
         });
     }
 
+    /// The plugin wants `message` to wait for another message: the protocol task holds it,
+    /// asks the sender, and hands it back once the awaited message is stored.
+    fn wait(&self, message: Incoming, verdict: &abi::RawVerdict) {
+        let member = match verdict.member.len() {
+            20 => MemberId::from_slice(&verdict.member).ok(),
+            _ => PublicKey::from_bytes(&verdict.member)
+                .ok()
+                .map(|key| key.member_id()),
+        };
+        let Some(member) = member else {
+            let error = PluginError::new(
+                abi::ERROR_INTERNAL,
+                "a wait verdict names no valid member (33-byte key or 20-byte id)",
+            );
+            self.report(&error);
+            lock(&self.shared.stats).drop_reason("plugin error", 1);
+            return;
+        };
+        if message.source.is_none() {
+            lock(&self.shared.stats).drop_reason("own message cannot wait", 1);
+            return;
+        }
+        let awaited = if verdict.kind == abi::verdict::WAIT_MESSAGE {
+            Awaited::Message {
+                member,
+                global_time: verdict.global_time,
+            }
+        } else {
+            Awaited::Last {
+                member,
+                meta: verdict.meta,
+            }
+        };
+        lock(&self.shared.stats).delayed += 1;
+        self.tell(Command::Wait {
+            community: self.context.community,
+            message: Box::new(message),
+            awaited,
+        });
+    }
+
     fn retry_delayed(&mut self) {
         let now = Instant::now();
         let mut due = Vec::new();
@@ -732,6 +777,11 @@ impl WorkerLoop {
             let raw = [to_raw(&delayed.message)];
             match self.instance.check(RSlice::from(&raw[..])).into_result() {
                 Ok(v) => match v.first().map(|v| (v.kind, v.delay_ms)) {
+                    Some((abi::verdict::WAIT_MESSAGE | abi::verdict::WAIT_LAST, _)) => {
+                        if let Some(verdict) = v.first() {
+                            self.wait(delayed.message, verdict);
+                        }
+                    }
                     Some((abi::verdict::ACCEPT, _)) => {
                         let [raw] = raw;
                         self.store_and_handle(delayed.meta, vec![(delayed.message, raw)]);

@@ -126,6 +126,15 @@ pub enum Command {
         /// Our winning packet.
         packet: Vec<u8>,
     },
+    /// A plugin wants this message to wait for another one.
+    Wait {
+        /// The community.
+        community: CommunityId,
+        /// The message, checked again once the wait is over.
+        message: Box<dispersy_core::node::Incoming>,
+        /// What it waits for.
+        awaited: dispersy_core::missing::Awaited,
+    },
     /// The store read the packets answering a missing-* request.
     AnswerRead {
         /// The request.
@@ -956,6 +965,11 @@ impl Protocol {
                 to,
                 packet,
             } => self.node.handle_conflict(now, community, to, &packet),
+            Command::Wait {
+                community,
+                message,
+                awaited,
+            } => self.node.handle_wait(now, community, *message, awaited),
             Command::AnswerRead { request, packets } => {
                 self.node.send_answer(now, request, packets);
             }

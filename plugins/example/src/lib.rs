@@ -11,7 +11,9 @@
 //! profile of each member. The meta-message `entry` is full-sync with sequence numbers: each
 //! member's entries form a log numbered 1, 2, 3, …, which the host hands over in order, fetching
 //! any gap with missing-sequence first (the handler counts entries that arrive out of order:
-//! there should be none).
+//! there should be none). The meta-message `reply` answers a post: its check makes it wait until
+//! that post is here (the host fetches the post from the reply's sender with missing-message), so
+//! a reply is never handled before its post.
 //!
 //! To make your own community: copy this crate, pick a name, create a master key with
 //! `dispersy keygen` and put its public key in [`MASTER_KEY`] (keep the secret key safe: it will
@@ -70,6 +72,68 @@ impl Payload for Example {
     }
 }
 
+/// The payload of a `reply`: the post it answers (its author's public key in hexadecimal and its
+/// global time) and a text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The post's author, 66 hexadecimal digits (a 33-byte public key).
+    pub to: String,
+    /// The post's global time.
+    pub at: u64,
+    /// Up to 255 UTF-8 bytes.
+    pub text: String,
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Payload for Reply {
+    // Conversion 1: the post author's key (one-byte length), the post's global time (8 bytes
+    // big-endian), the text (one-byte length).
+    fn encode(&self, _conversion: &[u8]) -> Result<Vec<u8>, Error> {
+        let to = from_hex(&self.to)
+            .filter(|key| key.len() == 33)
+            .ok_or_else(|| Error::invalid("`to` must be a 33-byte public key in hexadecimal"))?;
+        if self.text.len() > MAX_TEXT {
+            return Err(Error::invalid(format!("text is {} bytes", self.text.len())));
+        }
+        Ok(Writer::new()
+            .short_bytes(&to)?
+            .u64(self.at)
+            .short_bytes(self.text.as_bytes())?
+            .finish())
+    }
+
+    fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+        if conversion != [1] {
+            return Err(Error::invalid("unknown conversion"));
+        }
+        let mut reader = Reader::new(bytes);
+        let to = reader.short_bytes()?;
+        if to.len() != 33 {
+            return Err(Error::invalid("`to` is not a 33-byte public key"));
+        }
+        let to = to_hex(to);
+        let at = reader.u64()?;
+        let text = std::str::from_utf8(reader.short_bytes()?)
+            .map_err(|_| Error::invalid("text is not UTF-8"))?
+            .to_owned();
+        reader.finish()?;
+        Ok(Reply { to, at, text })
+    }
+}
+
 /// One instance of the example community in a host.
 pub struct ExampleCommunity {
     host: Host,
@@ -94,6 +158,12 @@ pub struct ExampleCommunity {
     entries_out_of_order: u64,
     /// The last entry number handled per author, up to `MAX_TRACKED` authors.
     logs: HashMap<Vec<u8>, u32>,
+    /// (author, global time) of the posts handled, up to `MAX_TRACKED`.
+    known_posts: HashSet<(Vec<u8>, u64)>,
+    /// Replies handled.
+    replies: u64,
+    /// Replies handled before their post (a host fault; there should be none).
+    replies_before_post: u64,
 }
 
 impl ExampleCommunity {
@@ -144,6 +214,41 @@ impl ExampleCommunity {
 
     fn on_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         self.posts += messages.len() as u64;
+        for message in messages {
+            if self.known_posts.len() < MAX_TRACKED {
+                let author = message.authors.first().cloned().unwrap_or_default();
+                self.known_posts.insert((author, message.global_time));
+            }
+        }
+        Ok(())
+    }
+
+    /// A reply waits for its post (the host fetches it).
+    fn check_reply(&mut self, message: &Message<Reply>) -> Verdict {
+        let Some(to) = from_hex(&message.payload.to) else {
+            return Verdict::Drop("bad post author".into());
+        };
+        if self.known_posts.contains(&(to.clone(), message.payload.at)) {
+            Verdict::Accept
+        } else {
+            Verdict::WaitForMessage {
+                member: to,
+                global_time: message.payload.at,
+            }
+        }
+    }
+
+    fn on_reply(&mut self, messages: Vec<Message<Reply>>) -> Result<(), Error> {
+        for message in messages {
+            self.replies += 1;
+            let post = (
+                from_hex(&message.payload.to).unwrap_or_default(),
+                message.payload.at,
+            );
+            if !self.known_posts.contains(&post) {
+                self.replies_before_post += 1;
+            }
+        }
         Ok(())
     }
 
@@ -208,6 +313,16 @@ impl Community for ExampleCommunity {
                     .check(Self::check_example)
                     .handle(Self::on_entry),
             )
+            .meta(
+                Meta::<Self, Reply>::new(5, "reply")
+                    .distribution(Distribution::FullSync {
+                        sequence_numbers: false,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_reply)
+                    .handle(Self::on_reply),
+            )
     }
 
     fn create(host: Host) -> Result<Self, Error> {
@@ -225,6 +340,9 @@ impl Community for ExampleCommunity {
             entries: 0,
             entries_out_of_order: 0,
             logs: HashMap::new(),
+            known_posts: HashSet::new(),
+            replies: 0,
+            replies_before_post: 0,
         })
     }
 
@@ -240,6 +358,8 @@ impl Community for ExampleCommunity {
             "profiles": self.profiles,
             "entries": self.entries,
             "entries_out_of_order": self.entries_out_of_order,
+            "replies": self.replies,
+            "replies_before_post": self.replies_before_post,
         })
     }
 }

@@ -89,6 +89,21 @@ fn definition() -> Definition {
                 priority: 128,
                 batch_window: Duration::ZERO,
             },
+            MetaMessage {
+                id: 6,
+                name: "profile".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Public,
+                distribution: Distribution::LastSync {
+                    history: 1,
+                    order: crate::meta::SyncOrder::Ascending,
+                    pruning: None,
+                },
+                destination: Destination::Community { node_count: 0 },
+                // Not synchronised: only a missing-last-message brings it.
+                priority: 32,
+                batch_window: Duration::ZERO,
+            },
         ],
     }
 }
@@ -829,4 +844,137 @@ fn a_sequence_number_claimed_twice_ends_the_same_everywhere() {
         // The older one wins, at its author too.
         assert_eq!(numbers[0].1, forged.packet, "node {i}");
     }
+}
+
+#[test]
+fn a_message_waiting_for_a_members_last_message_fetches_it_and_resumes() {
+    use crate::missing::Awaited;
+    use crate::wire::{CommunityMessage, SignedMessage};
+    let mut sim = public_network(3);
+    sim.run_for(Duration::from_secs(10));
+    let now = sim.now;
+    sim.nodes[2]
+        .create_message(now, id(), "profile", b"me".to_vec(), &[])
+        .expect("create");
+    sim.run_for(Duration::from_secs(1));
+    let profile_author = Sim::key(3).public().member_id();
+    let author = Sim::key(9);
+    let waiting = SignedMessage::sign(
+        CommunityMessage {
+            community: id(),
+            message_type: 2,
+            conversion: Conversion::version(1).expect("valid"),
+            authors: vec![author.public().clone()],
+            global_time: 3,
+            sequence_number: None,
+            resolution_index: None,
+            relay_hops: None,
+            payload: b"needs a profile".to_vec(),
+        },
+        &[&author],
+    )
+    .expect("signed");
+    let incoming = Incoming {
+        message: waiting.clone(),
+        source: Some(sim.address(2)),
+        persistent: true,
+    };
+    let profiles = |sim: &Sim| {
+        sim.stores[1]
+            .rows
+            .iter()
+            .filter(|k| k.meta == 6 && k.member == profile_author)
+            .count()
+    };
+    assert_eq!(profiles(&sim), 0);
+    let now = sim.now;
+    sim.events[1].clear();
+    sim.nodes[1].handle_wait(
+        now,
+        id(),
+        incoming,
+        Awaited::Last {
+            member: profile_author,
+            meta: 6,
+        },
+    );
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(profiles(&sim), 1, "the profile was fetched");
+    assert_eq!(
+        sim.nodes[1]
+            .stats()
+            .packets
+            .get("missing-last-message-sent"),
+        1
+    );
+    // The waiting message came back to the driver after the profile, and was stored.
+    let resumed = sim.events[1].iter().position(|e| {
+        matches!(e, Event::Messages { messages, .. }
+            if messages.iter().any(|m| m.message.packet == waiting.packet))
+    });
+    let profile = sim.events[1]
+        .iter()
+        .position(|e| matches!(e, Event::Messages { meta: 6, .. }));
+    assert!(
+        profile < resumed && resumed.is_some(),
+        "{profile:?} {resumed:?}"
+    );
+    assert!(
+        sim.stores[1]
+            .rows
+            .iter()
+            .any(|k| k.packet == waiting.packet)
+    );
+}
+
+#[test]
+fn waiting_messages_are_bounded_and_expire() {
+    use crate::missing::Awaited;
+    use crate::wire::{CommunityMessage, SignedMessage};
+    let mut config = Config::default();
+    config.missing.max_delayed = 3;
+    let mut sim = Sim::new(3);
+    let i = sim.add_node(None, config);
+    join(&mut sim, i);
+    let author = Sim::key(9);
+    for n in 0..5u64 {
+        let signed = SignedMessage::sign(
+            CommunityMessage {
+                community: id(),
+                message_type: 2,
+                conversion: Conversion::version(1).expect("valid"),
+                authors: vec![author.public().clone()],
+                global_time: n + 1,
+                sequence_number: None,
+                resolution_index: None,
+                relay_hops: None,
+                payload: vec![n as u8],
+            },
+            &[&author],
+        )
+        .expect("signed");
+        let incoming = Incoming {
+            message: signed,
+            source: Some("198.18.9.9:7000".parse().expect("address")),
+            persistent: true,
+        };
+        let now = sim.now;
+        sim.nodes[i].handle_wait(
+            now,
+            id(),
+            incoming,
+            Awaited::Message {
+                member: author.member_id(),
+                global_time: 100,
+            },
+        );
+    }
+    let c = sim.nodes[i].community(&id()).expect("joined");
+    assert_eq!(c.stats.delayed, 3);
+    assert_eq!(c.stats.dropped.get("delay-queue-full"), 2);
+    // One request for the one awaited message, repeated each second while nobody answers.
+    sim.run_for(Duration::from_millis(10_500));
+    let sent = sim.nodes[i].stats().packets.get("missing-message-sent");
+    assert!((10..=11).contains(&sent), "{sent}");
+    assert_eq!(sim.nodes[i].stats().dropped.get("delay-timeout"), 3);
 }

@@ -1,6 +1,7 @@
-//! Full-sync with sequence numbers between real nodes: a gap is fetched from the sender with
-//! missing-sequence and the log reaches the plugin in order; a node answers missing-sequence
-//! from its store.
+//! Messages that wait for others, against a real node: a sequence gap is fetched from the sender
+//! with missing-sequence and the log reaches the plugin in order; a node answers missing-sequence
+//! from its store, to proven peers only; a reply waits for its post, fetched with
+//! missing-message.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,6 +15,31 @@ use dispersy_core::wire::{
 use integration_tests::peer::{Peer, example, key};
 use integration_tests::{EXAMPLE, TestNode, plugin_dir, wait_until};
 
+/// A message of meta `meta` of the example community.
+fn signed(
+    author: &KeyPair,
+    meta: u32,
+    global_time: u64,
+    sequence: Option<u32>,
+    payload: Vec<u8>,
+) -> SignedMessage {
+    SignedMessage::sign(
+        CommunityMessage {
+            community: example(),
+            message_type: meta,
+            conversion: Conversion::version(1).unwrap(),
+            authors: vec![author.public().clone()],
+            global_time,
+            sequence_number: sequence,
+            resolution_index: None,
+            relay_hops: None,
+            payload,
+        },
+        &[author],
+    )
+    .unwrap()
+}
+
 /// Entry `sequence` of `author`'s log (meta 4 of the example community) at `global_time`.
 fn entry(author: &KeyPair, sequence: u32, global_time: u64) -> SignedMessage {
     let text = format!("entry {sequence}");
@@ -23,21 +49,7 @@ fn entry(author: &KeyPair, sequence: u32, global_time: u64) -> SignedMessage {
         &1i64.to_be_bytes(),
     ]
     .concat();
-    SignedMessage::sign(
-        CommunityMessage {
-            community: example(),
-            message_type: 4,
-            conversion: Conversion::version(1).unwrap(),
-            authors: vec![author.public().clone()],
-            global_time,
-            sequence_number: Some(sequence),
-            resolution_index: None,
-            relay_hops: None,
-            payload,
-        },
-        &[author],
-    )
-    .unwrap()
+    signed(author, 4, global_time, Some(sequence), payload)
 }
 
 /// Receives datagrams at `peer` from `node` until `pick` accepts one (other traffic, like the
@@ -156,5 +168,61 @@ async fn missing_sequence_is_answered_from_the_store_to_proven_peers_only() {
         _ => None,
     });
     assert_eq!(numbers, vec![2, 3, 4]);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_waits_for_its_post_which_is_fetched_with_missing_message() {
+    let plugins = plugin_dir(&["example_community"]);
+    let node = TestNode::start(plugins.path(), |_| {}).await;
+    let mut peer = Peer::new(key(34));
+    peer.walk(node.udp, 1);
+    let (poster, replier) = (key(35), key(36));
+    let text = b"a post";
+    let post = signed(
+        &poster,
+        2,
+        7,
+        None,
+        [&[text.len() as u8][..], text, &3i64.to_be_bytes()].concat(),
+    );
+    let reply_payload = [
+        &[33u8][..],
+        poster.public().as_bytes(),
+        &7u64.to_be_bytes(),
+        &[5],
+        b"reply",
+    ]
+    .concat();
+    let reply = signed(&replier, 5, 9, None, reply_payload);
+    peer.socket
+        .send_to(
+            &wire::encode_collection(peer.session, &[&reply.packet]),
+            node.udp,
+        )
+        .unwrap();
+    let asked = receive(&peer, node.udp, |p| match p {
+        Packet::MissingMessage(m) => Some(m),
+        _ => None,
+    });
+    assert_eq!(
+        (asked.member, asked.global_times),
+        (poster.member_id(), vec![7])
+    );
+    assert_eq!(status(&node, "replies").await, 0);
+    peer.socket
+        .send_to(
+            &wire::encode_collection(peer.session, &[&post.packet]),
+            node.udp,
+        )
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the post, then the reply",
+        || async { status(&node, "replies").await == 1 },
+    )
+    .await;
+    assert_eq!(status(&node, "posts").await, 1);
+    assert_eq!(status(&node, "replies_before_post").await, 0);
     node.stop().await;
 }
