@@ -136,7 +136,8 @@ pub enum Order {
 pub enum Distribution {
     /// Sent once, handled, not stored.
     Direct,
-    /// Forwarded towards its destination candidates, not stored.
+    /// Sent like direct, then passed on by every receiver to a few random verified candidates
+    /// while the host's hop budget lasts; handled once per node, not stored.
     Relay,
     /// Stored and synchronised to every member.
     FullSync {

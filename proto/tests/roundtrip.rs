@@ -313,6 +313,7 @@ fn samples(c: &Coverage) {
         pb::Collection {
             session: Some(21),
             messages,
+            relay_hops: Some(2),
         },
         D::Collection,
     );

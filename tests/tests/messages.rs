@@ -330,3 +330,64 @@ async fn last_sync_keeps_only_the_newest_profile_everywhere() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_shouts_reach_peers_the_author_did_not_send_them_to() {
+    use integration_tests::TestNode;
+    let plugins = plugin_dir(&["example_community"]);
+    let a = TestNode::start(plugins.path(), |_| {}).await;
+    let a_udp = a.udp;
+    let b = TestNode::start(plugins.path(), |c| c.peers = vec![a_udp.to_string()]).await;
+    let c = TestNode::start(plugins.path(), |c| c.peers = vec![a_udp.to_string()]).await;
+    let (b_udp, c_udp) = (b.udp, c.udp);
+    wait_until(
+        Duration::from_secs(30),
+        "the three nodes to know each other",
+        || async {
+            a.knows(EXAMPLE, b_udp).await
+                && a.knows(EXAMPLE, c_udp).await
+                && b.knows(EXAMPLE, c_udp).await
+                && c.knows(EXAMPLE, b_udp).await
+        },
+    )
+    .await;
+    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    const N: u64 = 10;
+    for i in 0..N {
+        let body = json!({"meta": "shout", "payload": {"text": format!("shout {i}"), "amount": i}});
+        let created = a.client.post(&path, &body).await.unwrap();
+        // Sent to one peer only.
+        assert_eq!(created["sent_to"], 1, "{created}");
+    }
+    let shouts = |node: &TestNode| {
+        let client = node.client.clone();
+        async move {
+            client.get("/v1/communities").await.unwrap()[0]["plugin"]["status"]["shouts"]
+                .as_u64()
+                .unwrap_or(0)
+        }
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "B and C to get every shout",
+        || async { shouts(&b).await == N && shouts(&c).await == N },
+    )
+    .await;
+    let relayed = |node: &TestNode| {
+        let client = node.client.clone();
+        async move {
+            client.get("/v1/communities").await.unwrap()[0]["stats"]["relayed"]
+                .as_u64()
+                .unwrap_or(0)
+        }
+    };
+    assert!(relayed(&b).await + relayed(&c).await >= N);
+    // Handled once each: the copies coming back were recognised.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(shouts(&b).await, N);
+    assert_eq!(shouts(&c).await, N);
+    assert_eq!(shouts(&a).await, N);
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}

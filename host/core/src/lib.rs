@@ -17,6 +17,7 @@
 //! - [`candidate`]: peers of a community and their categories;
 //! - [`bloom`]: bloom filters for synchronisation;
 //! - [`missing`]: messages waiting for others, and the missing-* requests;
+//! - [`relay`]: relay distribution (hop-limited forwarding of messages that are not stored);
 //! - [`sync`]: sync ranges, filter reuse, the responder's choice and adaptive budgets;
 //! - [`walker`]: the walk: steps, introductions, punctures, fast start;
 //! - [`community`]: one community's state (definition, global time, candidates);
@@ -33,6 +34,7 @@ pub mod member;
 pub mod meta;
 pub mod missing;
 pub mod node;
+pub mod relay;
 pub mod rng;
 pub mod session;
 pub mod stats;

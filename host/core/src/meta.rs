@@ -75,7 +75,9 @@ pub struct Pruning {
 pub enum Distribution {
     /// Sent once to its destination, handled, not stored.
     Direct,
-    /// Forwarded hop by hop towards its destination candidates, not stored.
+    /// Sent to its destination like direct, then passed on by every receiver to a few random
+    /// verified candidates while its signed hop budget lasts; handled once per node, not stored
+    /// (see [`crate::relay`]).
     Relay,
     /// Stored and synchronised to every member.
     FullSync {
@@ -221,9 +223,6 @@ impl MetaMessage {
         {
             return fail("sequence numbers cannot be used with double-member authentication");
         }
-        if self.distribution == Distribution::Relay && self.destination != Destination::Candidate {
-            return fail("relay distribution needs a candidate destination");
-        }
         if let Distribution::LastSync { history: 0, .. } = self.distribution {
             return fail("last-sync needs a history of at least 1");
         }
@@ -295,9 +294,11 @@ mod tests {
         };
         m.authentication = Authentication::DoubleMember;
         assert!(m.validate().is_err());
+        // Relay goes first to given candidates or to random ones (the original allowed only the
+        // former, and never carried relay).
         let mut m = meta();
         m.distribution = Distribution::Relay;
-        assert!(m.validate().is_err());
+        m.validate().unwrap();
         m.destination = Destination::Candidate;
         m.validate().unwrap();
         let mut m = meta();

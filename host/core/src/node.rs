@@ -19,8 +19,9 @@ use crate::candidate;
 use crate::community::{Community, Definition, DefinitionError, Resume};
 use crate::identity::{CommunityId, KeyPair};
 use crate::member::{self, Members};
-use crate::meta::{Authentication, Destination};
+use crate::meta::{Authentication, Destination, Distribution};
 use crate::missing;
+use crate::relay;
 use crate::rng::Rng;
 use crate::session::{self, Sessions};
 use crate::stats::Stats;
@@ -82,6 +83,8 @@ pub struct Config {
     pub sync: sync::Config,
     /// Bounds of messages waiting for others, and of answers to missing-* requests.
     pub missing: missing::Config,
+    /// Relay distribution: hop budget, fanout, packets remembered.
+    pub relay: relay::Config,
 }
 
 impl Default for Config {
@@ -110,6 +113,7 @@ impl Default for Config {
             global_time_margin: 10_000,
             sync: sync::Config::default(),
             missing: missing::Config::default(),
+            relay: relay::Config::default(),
         }
     }
 }
@@ -276,6 +280,8 @@ pub struct Node {
     pub(crate) delays: missing::Delays,
     /// Missing-* requests being answered, by request id.
     pub(crate) answers: HashMap<u32, missing::Answer>,
+    /// Relayed packets handled lately.
+    relayed: relay::Seen,
 }
 
 impl Node {
@@ -299,6 +305,7 @@ impl Node {
             next_response: 1,
             delays: missing::Delays::default(),
             answers: HashMap::new(),
+            relayed: relay::Seen::default(),
         }
     }
 
@@ -464,7 +471,9 @@ impl Node {
             Packet::Puncture(m) => self.on_puncture(now, from, m),
             Packet::MissingIdentity(m) => self.on_missing_identity(now, from, m),
             Packet::Identity(m) => self.on_identity(now, from, m),
-            Packet::Collection(c) => self.on_collection(now, from, c.session, c.messages),
+            Packet::Collection(c) => {
+                self.on_collection(now, from, c.session, c.messages, c.relay_hops)
+            }
             Packet::MissingSequence(m) => self.on_missing_sequence(now, from, m),
             Packet::MissingMessage(m) => self.on_missing_message(now, from, m),
             Packet::MissingLastMessage(m) => self.on_missing_last_message(now, from, m),
@@ -629,7 +638,8 @@ impl Node {
             global_time,
             sequence_number,
             resolution_index: None,
-            relay_hops: None,
+            relay_hops: (meta.distribution == Distribution::Relay)
+                .then_some(self.config.relay.hops),
             payload,
         };
         let signed = SignedMessage::sign(message, &[&key])?;
@@ -658,11 +668,21 @@ impl Node {
         c.stats.messages_created += 1;
         c.last_activity = now;
         let sent_to = destinations.len();
+        let relay_hops = signed.message.relay_hops;
+        if relay_hops.is_some() {
+            // Our own relayed message coming back is neither handled nor forwarded.
+            let max_seen = self.config.relay.max_seen;
+            self.relayed
+                .insert(crate::bloom::PacketHash::of(&signed.packet), max_seen);
+        }
         for destination in destinations {
             // The collection carries the session with its destination (0 when there is none,
             // as for an explicit candidate we never walked with).
             let session = self.sessions.id(&destination).unwrap_or(0);
-            let datagram = wire::encode_collection(session, &[&signed.packet]);
+            let datagram = match relay_hops {
+                Some(hops) => wire::encode_relay(session, &signed.packet, hops),
+                None => wire::encode_collection(session, &[&signed.packet]),
+            };
             self.send_bytes(destination, datagram);
         }
         self.push_event(Event::Messages {
@@ -687,6 +707,7 @@ impl Node {
         from: SocketAddr,
         session: u32,
         messages: Vec<SignedMessage>,
+        relay_hops: Option<u32>,
     ) -> Result<(), &'static str> {
         // A collection names the session with its source, or none (0) when the sender has none
         // with us; a wrong one is a forgery or a stale peer.
@@ -709,6 +730,7 @@ impl Node {
         let acceptable = c.acceptable_global_time(now, self.config.global_time_margin);
         // Group by meta, keeping arrival order within each meta.
         let mut batches: Vec<(u32, Vec<Incoming>)> = Vec::new();
+        let mut forward: Vec<(Vec<u8>, u32)> = Vec::new();
         let mut highest = 0;
         for signed in messages {
             let m = &signed.message;
@@ -722,8 +744,26 @@ impl Node {
                 {
                     Err("wrong-sequence-header")
                 }
+                Some(meta)
+                    if (meta.distribution == Distribution::Relay) != m.relay_hops.is_some() =>
+                {
+                    Err("wrong-relay-header")
+                }
                 Some(_) if !definition.conversions.contains(&m.conversion) => {
                     Err("unknown-conversion")
+                }
+                Some(meta) if meta.distribution == Distribution::Relay => {
+                    if self.relayed.insert(
+                        crate::bloom::PacketHash::of(&signed.packet),
+                        self.config.relay.max_seen,
+                    ) {
+                        if let Some(hops) = relay::remaining(relay_hops, m.relay_hops) {
+                            forward.push((signed.packet.clone(), hops));
+                        }
+                        Ok(false)
+                    } else {
+                        Err("relay-duplicate")
+                    }
                 }
                 Some(meta) if meta.distribution.is_persistent() && m.global_time > acceptable => {
                     Err("global-time-beyond-limit")
@@ -752,6 +792,30 @@ impl Node {
             }
         }
         c.observe_global_time(highest);
+        if !forward.is_empty() {
+            let targets = c.candidates.random_verified(
+                now,
+                &mut self.rng,
+                self.config.relay.fanout + 1,
+                None,
+            );
+            let targets: Vec<SocketAddr> = targets
+                .into_iter()
+                .filter(|t| *t != from)
+                .take(self.config.relay.fanout)
+                .collect();
+            c.stats.relayed += (forward.len() * targets.len()) as u64;
+            for (packet, hops) in &forward {
+                for to in &targets {
+                    let session = self.sessions.id(to).unwrap_or(0);
+                    let datagram = wire::encode_relay(session, packet, *hops);
+                    self.send_bytes(*to, datagram);
+                }
+            }
+        }
+        let Some(c) = self.communities.get_mut(&id) else {
+            return Err("unknown-community");
+        };
         let prune = c.prune_thresholds();
         for (meta, below) in prune {
             self.push_event(Event::Prune {

@@ -83,6 +83,8 @@ pub struct CommunityStats {
     pub sync_packets_sent: u64,
     /// Stored messages sent answering missing-sequence, -message and -last-message requests.
     pub missing_packets_sent: u64,
+    /// Relayed messages passed on (one per copy sent).
+    pub relayed: u64,
     /// Received messages that waited for others (a sequence gap, a plugin's wait).
     pub delayed: u64,
     /// Messages this node created.

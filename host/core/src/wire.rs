@@ -371,6 +371,8 @@ pub struct Collection {
     pub session: u32,
     /// The messages, each verified.
     pub messages: Vec<SignedMessage>,
+    /// For relayed messages: hops they may still travel after the receiver.
+    pub relay_hops: Option<u32>,
 }
 
 /// A decoded, validated datagram.
@@ -645,6 +647,7 @@ pub fn decode(
             Ok(Packet::Collection(Collection {
                 session: c.session.unwrap_or(0),
                 messages,
+                relay_hops: c.relay_hops,
             }))
         }
         D::SessionRequest(m) => {
@@ -982,7 +985,7 @@ impl Packet {
             ),
             Packet::Collection(c) => {
                 let packets: Vec<&[u8]> = c.messages.iter().map(|m| m.packet.as_slice()).collect();
-                return encode_collection(c.session, &packets);
+                return collection_datagram(c.session, &packets, c.relay_hops);
             }
             Packet::SessionRequest(m) => (
                 D::SessionRequest(pb::SessionRequest {
@@ -1073,6 +1076,10 @@ impl Packet {
 /// Encodes one collection datagram holding `packets` verbatim (no re-encoding of the signed
 /// messages: an embedded message on the wire is its bytes behind a tag and a length).
 pub fn encode_collection(session: u32, packets: &[&[u8]]) -> Vec<u8> {
+    collection_datagram(session, packets, None)
+}
+
+fn collection_datagram(session: u32, packets: &[&[u8]], relay_hops: Option<u32>) -> Vec<u8> {
     let mut collection = Vec::with_capacity(packets.iter().map(|p| p.len() + 4).sum::<usize>() + 8);
     prost::encoding::uint32::encode(1, &session, &mut collection);
     for packet in packets {
@@ -1083,6 +1090,9 @@ pub fn encode_collection(session: u32, packets: &[&[u8]]) -> Vec<u8> {
         );
         prost::encoding::encode_varint(packet.len() as u64, &mut collection);
         collection.extend_from_slice(packet);
+    }
+    if let Some(hops) = relay_hops {
+        prost::encoding::uint32::encode(3, &hops, &mut collection);
     }
     let mut descriptor = Vec::with_capacity(collection.len() + 4);
     prost::encoding::bytes::encode(7, &collection, &mut descriptor);
@@ -1119,6 +1129,12 @@ pub fn encode_collections(
         datagrams.push(encode_collection(session, &batch));
     }
     Ok(datagrams)
+}
+
+/// Encodes one collection datagram relaying `packet`, which may travel `hops` more hops after
+/// the receiver.
+pub fn encode_relay(session: u32, packet: &[u8], hops: u32) -> Vec<u8> {
+    collection_datagram(session, &[packet], Some(hops))
 }
 
 fn varint_len(value: usize) -> usize {

@@ -253,6 +253,7 @@ fn sent_collection_parses_with_protoc() {
     let packet = Packet::Collection(Collection {
         session: 9,
         messages: messages.clone(),
+        relay_hops: None,
     });
     let datagram = packet.encode(&key);
     assert_eq!(

@@ -44,6 +44,8 @@ pub struct Config {
     pub sync: Sync,
     /// Messages waiting for others, and the missing-* requests.
     pub missing: Missing,
+    /// Relay distribution.
+    pub relay: Relay,
     /// Bounds of every queue and table.
     pub limits: Limits,
 }
@@ -157,6 +159,29 @@ impl Default for Missing {
             timeout_ms: core.timeout.as_millis() as u64,
             retry_ms: core.retry.as_millis() as u64,
             answer_bytes: core.answer_bytes,
+        }
+    }
+}
+
+/// Relay distribution: how far and how wide messages of relay metas travel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    /// Hops a message created here may travel after its first receivers.
+    pub hops: u32,
+    /// Candidates each node passes a relayed message on to.
+    pub fanout: usize,
+    /// Relayed packets remembered, to handle and forward each once.
+    pub max_seen: usize,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        let core = dispersy_core::relay::Config::default();
+        Relay {
+            hops: core.hops,
+            fanout: core.fanout,
+            max_seen: core.max_seen,
         }
     }
 }
@@ -290,6 +315,7 @@ impl Default for Config {
             walker: Walker::default(),
             sync: Sync::default(),
             missing: Missing::default(),
+            relay: Relay::default(),
             limits: Limits::default(),
         }
     }
@@ -386,6 +412,7 @@ impl Config {
             ("limits.sync_responses", l.sync_responses),
             ("sync.min_budget", self.sync.min_budget),
             ("missing.answer_bytes", self.missing.answer_bytes),
+            ("relay.max_seen", self.relay.max_seen),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -475,6 +502,11 @@ impl Config {
                 retry: ms(self.missing.retry_ms.max(1)),
                 answer_bytes: self.missing.answer_bytes,
             },
+            relay: dispersy_core::relay::Config {
+                hops: self.relay.hops,
+                fanout: self.relay.fanout,
+                max_seen: self.relay.max_seen,
+            },
             candidates: dispersy_core::candidate::Config {
                 walk_lifetime: ms(w.walk_lifetime_ms),
                 stumble_lifetime: ms(w.stumble_lifetime_ms),
@@ -529,6 +561,7 @@ mod tests {
         assert_eq!(parsed.limits, defaults.limits);
         assert_eq!(parsed.sync, defaults.sync);
         assert_eq!(parsed.missing, defaults.missing);
+        assert_eq!(parsed.relay, defaults.relay);
         assert_eq!(parsed.log, defaults.log);
     }
 

@@ -241,6 +241,8 @@ pub struct CommunityStatsView {
     pub sync_packets_sent: u64,
     /// Stored messages sent answering missing-sequence, -message and -last-message.
     pub missing_packets_sent: u64,
+    /// Relayed messages passed on (one per copy).
+    pub relayed: u64,
     /// Received messages that waited for others (a sequence gap, a plugin's wait).
     pub delayed: u64,
     /// Messages created here.
@@ -1157,6 +1159,7 @@ impl Protocol {
                         sync_skipped: c.stats.sync_skipped,
                         sync_packets_sent: c.stats.sync_packets_sent,
                         missing_packets_sent: c.stats.missing_packets_sent,
+                        relayed: c.stats.relayed,
                         delayed: c.stats.delayed,
                         messages_created: c.stats.messages_created,
                         messages_received: c.stats.messages_received,

@@ -13,7 +13,8 @@
 //! any gap with missing-sequence first (the handler counts entries that arrive out of order:
 //! there should be none). The meta-message `reply` answers a post: its check makes it wait until
 //! that post is here (the host fetches the post from the reply's sender with missing-message), so
-//! a reply is never handled before its post.
+//! a reply is never handled before its post. The meta-message `shout` is relay: not stored, sent
+//! to one random peer, which passes it on, so that it reaches peers the author never sent it to.
 //!
 //! To make your own community: copy this crate, pick a name, create a master key with
 //! `dispersy keygen` and put its public key in [`MASTER_KEY`] (keep the secret key safe: it will
@@ -164,6 +165,8 @@ pub struct ExampleCommunity {
     replies: u64,
     /// Replies handled before their post (a host fault; there should be none).
     replies_before_post: u64,
+    /// Shouts handled (created here or received).
+    shouts: u64,
 }
 
 impl ExampleCommunity {
@@ -236,6 +239,11 @@ impl ExampleCommunity {
                 global_time: message.payload.at,
             }
         }
+    }
+
+    fn on_shout(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.shouts += messages.len() as u64;
+        Ok(())
     }
 
     fn on_reply(&mut self, messages: Vec<Message<Reply>>) -> Result<(), Error> {
@@ -323,6 +331,13 @@ impl Community for ExampleCommunity {
                     .check(Self::check_reply)
                     .handle(Self::on_reply),
             )
+            .meta(
+                Meta::<Self, Example>::new(6, "shout")
+                    .distribution(Distribution::Relay)
+                    .destination(Destination::Community { node_count: 1 })
+                    .check(Self::check_example)
+                    .handle(Self::on_shout),
+            )
     }
 
     fn create(host: Host) -> Result<Self, Error> {
@@ -343,6 +358,7 @@ impl Community for ExampleCommunity {
             known_posts: HashSet::new(),
             replies: 0,
             replies_before_post: 0,
+            shouts: 0,
         })
     }
 
@@ -360,6 +376,7 @@ impl Community for ExampleCommunity {
             "entries_out_of_order": self.entries_out_of_order,
             "replies": self.replies,
             "replies_before_post": self.replies_before_post,
+            "shouts": self.shouts,
         })
     }
 }

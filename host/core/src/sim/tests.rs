@@ -104,6 +104,17 @@ fn definition() -> Definition {
                 priority: 32,
                 batch_window: Duration::ZERO,
             },
+            MetaMessage {
+                id: 7,
+                name: "shout".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Public,
+                distribution: Distribution::Relay,
+                // One first receiver: relays carry it further.
+                destination: Destination::Community { node_count: 1 },
+                priority: 128,
+                batch_window: Duration::ZERO,
+            },
         ],
     }
 }
@@ -977,4 +988,96 @@ fn waiting_messages_are_bounded_and_expire() {
     let sent = sim.nodes[i].stats().packets.get("missing-message-sent");
     assert!((10..=11).contains(&sent), "{sent}");
     assert_eq!(sim.nodes[i].stats().dropped.get("delay-timeout"), 3);
+}
+
+#[test]
+fn relayed_messages_reach_beyond_the_first_receiver_once_each() {
+    let mut sim = public_network(20);
+    sim.run_for(Duration::from_secs(10));
+    for events in sim.events.iter_mut() {
+        events.clear();
+    }
+    let now = sim.now;
+    let created = sim.nodes[1]
+        .create_message(now, id(), "shout", b"hello all".to_vec(), &[])
+        .expect("create");
+    assert_eq!(created.sent_to, 1);
+    sim.run_for(Duration::from_secs(2));
+    let handled = |i: usize| {
+        sim.events[i]
+            .iter()
+            .filter(|e| matches!(e, Event::Messages { meta: 7, .. }))
+            .count()
+    };
+    let reached = (2..=20).filter(|&i| handled(i) == 1).count();
+    assert!((2..=20).all(|i| handled(i) <= 1), "handled at most once");
+    // Hops 3, fanout 5: practically everyone among 19 (measured: all of them).
+    assert!(reached >= 17, "reached {reached}");
+    let duplicates: u64 = (1..=20)
+        .map(|i| {
+            sim.nodes[i]
+                .community(&id())
+                .expect("joined")
+                .stats
+                .dropped
+                .get("relay-duplicate")
+        })
+        .sum();
+    assert!(
+        duplicates > 0,
+        "copies arrived more than once and were recognised"
+    );
+    // Nothing stored.
+    assert!((1..=20).all(|i| sim.stores[i].rows.iter().all(|k| k.meta != 7)));
+}
+
+#[test]
+fn a_relay_never_forwards_beyond_the_signed_budget() {
+    use crate::wire::{CommunityMessage, SignedMessage};
+    let mut sim = public_network(6);
+    sim.run_for(Duration::from_secs(10));
+    let author = Sim::key(30);
+    let signed = |hops: u32, payload: &[u8]| {
+        SignedMessage::sign(
+            CommunityMessage {
+                community: id(),
+                message_type: 7,
+                conversion: Conversion::version(1).expect("valid"),
+                authors: vec![author.public().clone()],
+                global_time: 2,
+                sequence_number: None,
+                resolution_index: None,
+                relay_hops: Some(hops),
+                payload: payload.to_vec(),
+            },
+            &[&author],
+        )
+        .expect("signed")
+    };
+    // Signed budget 0, collection claiming 9: handled, forwarded to nobody.
+    let zero = signed(0, b"zero");
+    let (from, to) = (sim.address(6), sim.address(1));
+    sim.inject(from, to, wire::encode_relay(0, &zero.packet, 9));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        sim.nodes[1].community(&id()).expect("joined").stats.relayed,
+        0
+    );
+    let receivers = (2..=5)
+        .filter(|&i| {
+            sim.events[i].iter().any(|e| {
+                matches!(e, Event::Messages { messages, .. }
+                    if messages.iter().any(|m| m.message.packet == zero.packet))
+            })
+        })
+        .count();
+    assert_eq!(receivers, 0);
+    // A relay header on a meta that is not relay is refused.
+    let mut direct = signed(1, b"direct");
+    direct.message.message_type = 1;
+    let direct = SignedMessage::sign(direct.message, &[&author]).expect("signed");
+    sim.inject(from, to, wire::encode_relay(0, &direct.packet, 1));
+    sim.run_for(Duration::from_secs(1));
+    let c = sim.nodes[1].community(&id()).expect("joined");
+    assert_eq!(c.stats.dropped.get("wrong-relay-header"), 1);
 }

@@ -125,6 +125,12 @@ fn all_packets(k: &KeyPair) -> Vec<Packet> {
         Packet::Collection(Collection {
             session: 9,
             messages: vec![community_message(k, 5), community_message(k, 6)],
+            relay_hops: None,
+        }),
+        Packet::Collection(Collection {
+            session: 9,
+            messages: vec![community_message(k, 7)],
+            relay_hops: Some(2),
         }),
         Packet::SessionRequest(SessionRequest {
             community: cid(),
