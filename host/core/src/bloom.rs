@@ -122,6 +122,17 @@ impl BloomFilter {
         self.salt
     }
 
+    /// About how many packets were inserted, from the share of bits set (Swamidass and Baldi's
+    /// estimate `-(m/k) ln(1 - X/m)`); a full filter gives its bit count.
+    pub fn estimated_count(&self) -> usize {
+        let bits = (self.bytes.len() * 8) as f64;
+        let set = self.bytes.iter().map(|b| b.count_ones()).sum::<u32>() as f64;
+        if set >= bits {
+            return bits as usize;
+        }
+        (-(bits / f64::from(self.functions)) * (1.0 - set / bits).ln()).round() as usize
+    }
+
     /// How many packets the filter holds at `error_rate`.
     pub fn capacity(&self, error_rate: f64) -> usize {
         capacity(self.bytes.len() * 8, error_rate)
@@ -145,6 +156,18 @@ pub fn optimal_functions(bits: usize, capacity: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_count_is_estimated_from_the_bits_set() {
+        let mut filter = BloomFilter::sized(1000, 0.01, 5).expect("sized");
+        assert_eq!(filter.estimated_count(), 0);
+        let mut rng = crate::rng::Rng::new(3);
+        for _ in 0..500 {
+            filter.insert(&PacketHash(rng.next_u64(), rng.next_u64()));
+        }
+        let estimate = filter.estimated_count();
+        assert!((470..=530).contains(&estimate), "{estimate}");
+    }
     use crate::rng::Rng;
 
     fn hashes(rng: &mut Rng, n: usize) -> Vec<PacketHash> {

@@ -106,6 +106,8 @@ pub struct State {
     pub filter_bytes: usize,
     /// Our request waiting for the rows of its filter.
     pub pending: Option<PendingQuery>,
+    /// Running average size of the packets we offer, to know how many rows fill a budget.
+    pub packet_size: usize,
 }
 
 impl State {
@@ -117,6 +119,7 @@ impl State {
             stored,
             filter_bytes,
             pending: None,
+            packet_size: 256,
         }
     }
 
@@ -319,6 +322,15 @@ pub fn claim(
         filter.insert(&row.hash);
     }
     Claim { range, filter }
+}
+
+/// Rows a responder reads for one request: enough to fill `budget` with packets of about
+/// `packet_size` bytes even though the requester already holds `held` rows of the range (its
+/// filter's estimated count), with a margin. Reading only this many, not the whole range, keeps a
+/// request cheap however many messages are stored.
+pub fn rows_to_read(budget: usize, held: usize, packet_size: usize) -> usize {
+    let fill = budget.div_ceil(packet_size.max(64));
+    fill + fill / 4 + held + held / 8 + 16
 }
 
 /// What the responder offers: the rows in the request's range that the requester's filter lacks,
@@ -933,10 +945,7 @@ mod driving {
                 offset: sync.offset,
             };
             let budget = c.sync.budgets.budget(from, &range, &filter);
-            // Rows to read: enough to fill the budget even when the requester already has most
-            // of the range (a filter holds about its capacity).
-            let limit =
-                budget / 64 + crate::bloom::capacity(filter.as_bytes().len() * 8, ERROR_RATE) * 2;
+            let limit = super::rows_to_read(budget, filter.estimated_count(), c.sync.packet_size);
             if self.responses.len() >= max {
                 self.stats.dropped.bump("sync-busy");
                 return;
@@ -972,6 +981,12 @@ mod driving {
             };
             let chosen = super::missing(&pending.filter, &pending.range, &rows, pending.budget);
             let (to, community) = (pending.to, pending.community);
+            if !rows.is_empty()
+                && let Some(c) = self.communities.get_mut(&community)
+            {
+                let mean = rows.iter().map(|r| r.size as usize).sum::<usize>() / rows.len();
+                c.sync.packet_size = (c.sync.packet_size * 7 + mean) / 8;
+            }
             if chosen.is_empty() {
                 self.responses.remove(&request);
                 return;

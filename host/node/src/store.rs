@@ -542,21 +542,21 @@ impl Store {
             }
             let sql = match order {
                 SyncOrder::Ascending => {
-                    "SELECT id, global_time, hash, length(packet) FROM sync
+                    "SELECT id, global_time, hash, length(packet) FROM sync INDEXED BY sync_cover
                      WHERE community = ?1 AND meta = ?7 AND undone = 0
                        AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
-                     ORDER BY global_time, id LIMIT ?6"
+                     ORDER BY global_time LIMIT ?6"
                 }
                 SyncOrder::Descending => {
-                    "SELECT id, global_time, hash, length(packet) FROM sync
+                    "SELECT id, global_time, hash, length(packet) FROM sync INDEXED BY sync_cover
                      WHERE community = ?1 AND meta = ?7 AND undone = 0
                        AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
-                     ORDER BY global_time DESC, id DESC LIMIT ?6"
+                     ORDER BY global_time DESC LIMIT ?6"
                 }
                 // Random order: a random sample of the range (SQLite must read the whole range
                 // of this meta to shuffle it).
                 SyncOrder::Random => {
-                    "SELECT id, global_time, hash, length(packet) FROM sync
+                    "SELECT id, global_time, hash, length(packet) FROM sync INDEXED BY sync_cover
                      WHERE community = ?1 AND meta = ?7 AND undone = 0
                        AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
                      ORDER BY random() LIMIT ?6"
