@@ -244,6 +244,8 @@ pub struct Limits {
     pub plugin_timers: usize,
     /// Messages written to the database in one transaction.
     pub store_batch: usize,
+    /// SQLite page cache per database connection (there are 4), in KiB.
+    pub store_cache_kib: u32,
     /// Largest API request body, in bytes.
     pub api_body: usize,
     /// Sessions kept (one per peer address).
@@ -281,6 +283,7 @@ impl Default for Limits {
             delay_timeout_ms: 10_000,
             plugin_timers: 1_024,
             store_batch: 1_000,
+            store_cache_kib: crate::store::DEFAULT_CACHE_KIB,
             api_body: 64 << 10,
             max_sessions: 10_000,
             max_handshakes: 1_024,

@@ -433,7 +433,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             path: path.clone(),
             source,
         };
-        let store = Store::open(&path).await.map_err(store_error)?;
+        let store = Store::open_with(&path, config.limits.store_cache_kib)
+            .await
+            .map_err(store_error)?;
         store.backfill_hashes().await.map_err(store_error)?;
         store
             .remember_member(key.public())

@@ -37,6 +37,12 @@ pub enum StoreError {
     Closed,
 }
 
+/// SQLite page cache per connection by default, in KiB.
+pub const DEFAULT_CACHE_KIB: u32 = 8 * 1024;
+
+/// Connections of a file database.
+pub const CONNECTIONS: u32 = 4;
+
 /// A handle to the database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -113,16 +119,24 @@ fn sync_row(row: &sqlx::sqlite::SqliteRow) -> Result<Option<Row>, sqlx::Error> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database file at `path` and applies migrations.
+    /// Opens (creating if needed) the database file at `path` and applies migrations, with
+    /// SQLite's page cache at [`DEFAULT_CACHE_KIB`] per connection.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, DEFAULT_CACHE_KIB).await
+    }
+
+    /// [`Store::open`] with a page cache of `cache_kib` KiB per connection (there are
+    /// [`CONNECTIONS`]): the responder's index reads stay in memory up to that size.
+    pub async fn open_with(path: &Path, cache_kib: u32) -> Result<Store, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::connect(options, 4).await
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", format!("-{}", cache_kib.max(64)));
+        Self::connect(options, CONNECTIONS).await
     }
 
     /// A private in-memory database (tests).
