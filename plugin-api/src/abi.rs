@@ -11,7 +11,7 @@
 use abi_stable::library::RootModule;
 use abi_stable::sabi_trait;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RBox, RResult, RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{RBox, ROk, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings};
 
 /// The protocol-level ABI version. The host refuses a plugin that reports another one.
@@ -311,6 +311,13 @@ pub trait CommunityApi: Send {
     /// The plugin's own status as a JSON document (shown by the control API).
     #[sabi(last_prefix_field)]
     fn status(&self) -> RResult<RString, PluginError>;
+
+    /// Whether this node's member co-signs `message`, a double-member message another member
+    /// proposes with this member as second author. Absent in a plugin: refused.
+    fn allow_signature(&mut self, message: &RawMessage) -> RResult<bool, PluginError> {
+        let _ = message;
+        ROk(false)
+    }
 }
 
 /// A community instance as the host owns it.

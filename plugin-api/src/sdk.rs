@@ -358,10 +358,14 @@ trait MetaOps<C>: Send + Sync {
     fn handle(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error>;
     fn payload_to_json(&self, conversion: &[u8], payload: &[u8]) -> Result<String, Error>;
     fn json_to_payload(&self, conversion: &[u8], json: &str) -> Result<Vec<u8>, Error>;
+    fn allow_signature(&self, community: &mut C, raw: &RawMessage) -> bool;
 }
 
 /// Check function of a meta: one verdict per message.
 pub type CheckFn<C, P> = fn(&mut C, &Message<P>) -> Verdict;
+/// Co-signing decision of a double-member meta: whether this member signs a message another
+/// member proposes.
+pub type AllowFn<C, P> = fn(&mut C, &Message<P>) -> bool;
 /// Handler of a meta: a batch of accepted messages.
 pub type HandleFn<C, P> = fn(&mut C, Vec<Message<P>>) -> Result<(), Error>;
 
@@ -373,6 +377,7 @@ pub struct Meta<C, P> {
     raw: MetaDef,
     check: CheckFn<C, P>,
     handle: HandleFn<C, P>,
+    allow: AllowFn<C, P>,
     payload: PhantomData<fn() -> P>,
 }
 
@@ -399,6 +404,7 @@ impl<C: Community, P: Payload> Meta<C, P> {
             },
             check: |_, _| Verdict::Accept,
             handle: |_, _| Ok(()),
+            allow: |_, _| false,
             payload: PhantomData,
         }
     }
@@ -500,6 +506,13 @@ impl<C: Community, P: Payload> Meta<C, P> {
         self.handle = handle;
         self
     }
+
+    /// Sets the co-signing decision of a double-member meta (without one, every request to
+    /// co-sign is refused). The message's first author proposes it; this member is the second.
+    pub fn allow_signature(mut self, allow: AllowFn<C, P>) -> Self {
+        self.allow = allow;
+        self
+    }
 }
 
 fn decode_raw<P: Payload>(raw: &RawMessage) -> Result<Message<P>, Error> {
@@ -515,6 +528,10 @@ fn decode_raw<P: Payload>(raw: &RawMessage) -> Result<Message<P>, Error> {
 }
 
 impl<C: Community, P: Payload> MetaOps<C> for Meta<C, P> {
+    fn allow_signature(&self, community: &mut C, raw: &RawMessage) -> bool {
+        decode_raw::<P>(raw).is_ok_and(|message| (self.allow)(community, &message))
+    }
+
     fn check(&self, community: &mut C, raw: &RawMessage) -> Verdict {
         match decode_raw::<P>(raw) {
             Ok(message) => (self.check)(community, &message),
@@ -782,6 +799,13 @@ impl<C: Community> CommunityApi for Instance<C> {
             serde_json::to_string(&community.status())
                 .map(RString::from)
                 .map_err(|e| Error::internal(format!("status to JSON: {e}")))
+        })
+    }
+
+    fn allow_signature(&mut self, message: &RawMessage) -> RResult<bool, PluginError> {
+        self.mutating(|community, definition| {
+            let ops = definition.ops(message.meta)?;
+            Ok(ops.allow_signature(community, message))
         })
     }
 }

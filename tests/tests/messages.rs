@@ -391,3 +391,59 @@ async fn relayed_shouts_reach_peers_the_author_did_not_send_them_to() {
     b.stop().await;
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pacts_are_co_signed_and_each_pair_keeps_its_newest() {
+    let plugins = plugin_dir(&["example_community"]);
+    let (a, b) = pair(plugins.path()).await;
+    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    let pact = |amount: i64| {
+        json!({
+            "meta": "pact",
+            "payload": {"text": format!("pact {amount}"), "amount": amount},
+            "co_signer": {"public_key": b.member(), "address": b.udp.to_string()},
+        })
+    };
+    for amount in [1, 2] {
+        let created = a.client.post(&path, &pact(amount)).await.unwrap();
+        assert!(created["global_time"].as_u64().is_some(), "{created}");
+    }
+    // Without a co-signer a double-member meta cannot be created.
+    let alone = json!({"meta": "pact", "payload": {"text": "alone", "amount": 1}});
+    let refused = a.client.post(&path, &alone).await.unwrap_err().to_string();
+    assert!(refused.contains("co-signer"), "{refused}");
+    let stored_pacts = |node: &integration_tests::TestNode| {
+        let client = node.client.clone();
+        let path = format!("{path}?stored=true");
+        async move {
+            let page = client.get(&path).await.unwrap();
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["meta"] == "pact")
+                .map(|m| m["payload"]["amount"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "both to keep the newest pact of the pair",
+        || async { stored_pacts(&a).await == vec![2] && stored_pacts(&b).await == vec![2] },
+    )
+    .await;
+    // B's plugin refuses to co-sign a negative amount: A's call times out, nothing is kept.
+    let refused = a
+        .client
+        .post(&path, &pact(-1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("504") || refused.contains("co-signer"),
+        "{refused}"
+    );
+    assert_eq!(stored_pacts(&a).await, vec![2]);
+    a.stop().await;
+    b.stop().await;
+}

@@ -13,6 +13,7 @@
 //! - [`meta`]: meta-message policies;
 //! - [`address`]: LAN/WAN estimation, WAN address voting, connection type;
 //! - [`session`]: sessions against IP spoofing;
+//! - [`signature`]: double-member messages, co-signed with signature-request/-response;
 //! - [`member`]: known public keys and the missing-identity exchange;
 //! - [`candidate`]: peers of a community and their categories;
 //! - [`bloom`]: bloom filters for synchronisation;
@@ -37,6 +38,7 @@ pub mod node;
 pub mod relay;
 pub mod rng;
 pub mod session;
+pub mod signature;
 pub mod stats;
 pub mod sync;
 pub mod time;

@@ -24,6 +24,7 @@ use crate::missing;
 use crate::relay;
 use crate::rng::Rng;
 use crate::session::{self, Sessions};
+use crate::signature;
 use crate::stats::Stats;
 use crate::sync;
 use crate::time::Instant;
@@ -85,6 +86,8 @@ pub struct Config {
     pub missing: missing::Config,
     /// Relay distribution: hop budget, fanout, packets remembered.
     pub relay: relay::Config,
+    /// Double-member co-signing bounds.
+    pub signature: signature::Config,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             sync: sync::Config::default(),
             missing: missing::Config::default(),
             relay: relay::Config::default(),
+            signature: signature::Config::default(),
         }
     }
 }
@@ -195,6 +199,23 @@ pub enum Event {
         /// Bytes of packets at most (one more packet may cross it).
         max_bytes: usize,
     },
+    /// A signature-request names us as second author of `message`: ask the plugin and answer
+    /// with [`Node::handle_signature_verdict`].
+    SignatureAsked {
+        /// The community.
+        community: CommunityId,
+        /// Identifies the question.
+        ask: u32,
+        /// The message to co-sign.
+        message: CommunityMessage,
+    },
+    /// A double-member message started with [`Node::request_signature`] is published, or not.
+    Signed {
+        /// The request.
+        request: u32,
+        /// What became of it.
+        result: Result<Created, CreateError>,
+    },
     /// Read the packets of these rows and hand them to [`Node::send_packets`].
     SendPackets {
         /// Identifies the request.
@@ -227,9 +248,19 @@ pub enum CreateError {
     /// No such meta-message.
     #[error("community has no meta-message {0:?}")]
     UnknownMeta(String),
-    /// The meta needs a co-signer or no signature; not created through this call.
-    #[error("meta-message {0:?} is not member-authenticated")]
+    /// The meta has another authentication: member-authenticated metas are created with
+    /// [`Node::create_message`], double-member ones with [`Node::request_signature`].
+    #[error("meta-message {0:?} has another authentication (double-member metas need a co-signer)")]
     Authentication(String),
+    /// Too many signature-requests in flight.
+    #[error("too many co-signed messages in flight")]
+    Busy,
+    /// The co-signer is this node's own member.
+    #[error("the co-signer must be another member")]
+    CoSigner,
+    /// The co-signer did not sign.
+    #[error(transparent)]
+    Signature(#[from] signature::SignError),
     /// Candidate destination without candidates.
     #[error("meta-message {0:?} has a candidate destination: name at least one candidate")]
     NoDestination(String),
@@ -282,6 +313,10 @@ pub struct Node {
     pub(crate) answers: HashMap<u32, missing::Answer>,
     /// Relayed packets handled lately.
     relayed: relay::Seen,
+    /// Our signature-requests waiting for their response.
+    pub(crate) signing: HashMap<u32, signature::Pending>,
+    /// Signature-requests to us waiting for our plugin.
+    pub(crate) asked: HashMap<u32, signature::Asked>,
 }
 
 impl Node {
@@ -306,6 +341,8 @@ impl Node {
             delays: missing::Delays::default(),
             answers: HashMap::new(),
             relayed: relay::Seen::default(),
+            signing: HashMap::new(),
+            asked: HashMap::new(),
         }
     }
 
@@ -477,6 +514,8 @@ impl Node {
             Packet::MissingSequence(m) => self.on_missing_sequence(now, from, m),
             Packet::MissingMessage(m) => self.on_missing_message(now, from, m),
             Packet::MissingLastMessage(m) => self.on_missing_last_message(now, from, m),
+            Packet::SignatureRequest(m) => self.on_signature_request(now, from, m),
+            Packet::SignatureResponse(m) => self.on_signature_response(now, from, m),
         };
         match accepted {
             Ok(()) => self.stats.packets.bump(name),
@@ -517,6 +556,7 @@ impl Node {
         }
         self.responses.retain(|_, r| r.deadline > now);
         self.expire_delays(now);
+        self.expire_signatures(now);
         let mut ids: Vec<CommunityId> = self.communities.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -586,6 +626,7 @@ impl Node {
     ) -> Result<Created, CreateError> {
         let key = self.key.clone();
         let max_datagram = self.config.max_datagram;
+        let relay_budget = self.config.relay.hops;
         let c = self
             .communities
             .get_mut(&community)
@@ -601,30 +642,10 @@ impl Node {
         if meta.authentication != Authentication::Member {
             return Err(CreateError::Authentication(meta.name));
         }
-        let conversion = definition.conversions[0].clone();
-        let mut destinations: Vec<SocketAddr> = candidates.to_vec();
-        match meta.destination {
-            Destination::Candidate if destinations.is_empty() => {
-                return Err(CreateError::NoDestination(meta.name));
-            }
-            Destination::Candidate => {}
-            Destination::Community { node_count } => {
-                let extra = c.candidates.random_verified(
-                    now,
-                    &mut self.rng,
-                    usize::from(node_count) + destinations.len(),
-                    None,
-                );
-                for address in extra {
-                    if destinations.len() >= usize::from(node_count) + candidates.len() {
-                        break;
-                    }
-                    if !destinations.contains(&address) {
-                        destinations.push(address);
-                    }
-                }
-            }
+        if meta.destination == Destination::Candidate && candidates.is_empty() {
+            return Err(CreateError::NoDestination(meta.name));
         }
+        let conversion = definition.conversions[0].clone();
         let global_time = c.global_time + 1;
         let sequence_number = meta
             .distribution
@@ -638,8 +659,7 @@ impl Node {
             global_time,
             sequence_number,
             resolution_index: None,
-            relay_hops: (meta.distribution == Distribution::Relay)
-                .then_some(self.config.relay.hops),
+            relay_hops: (meta.distribution == Distribution::Relay).then_some(relay_budget),
             payload,
         };
         let signed = SignedMessage::sign(message, &[&key])?;
@@ -652,6 +672,56 @@ impl Node {
         }
         // Only now, with nothing left to fail, claim the global time and sequence number.
         c.claim_global_time();
+        if sequence_number.is_some() {
+            c.claim_sequence_number(meta.id);
+        }
+        let (global_time, sent_to) = self.publish(now, community, signed, candidates)?;
+        Ok(Created {
+            global_time,
+            sequence_number,
+            sent_to,
+        })
+    }
+
+    /// Sends a message this node (co-)created to its destination, and emits it as an
+    /// [`Event::Messages`] with no source (the plugin handles and the store keeps our own
+    /// messages). Returns its global time and how many candidates it went to.
+    pub(crate) fn publish(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        signed: SignedMessage,
+        candidates: &[SocketAddr],
+    ) -> Result<(u64, usize), CreateError> {
+        let c = self
+            .communities
+            .get_mut(&community)
+            .ok_or(CreateError::UnknownCommunity(community))?;
+        let meta = c
+            .definition
+            .as_ref()
+            .and_then(|d| d.meta_by_id(signed.message.message_type))
+            .ok_or(CreateError::UnknownCommunity(community))?
+            .clone();
+        let mut destinations: Vec<SocketAddr> = candidates.to_vec();
+        if let Destination::Community { node_count } = meta.destination {
+            let extra = c.candidates.random_verified(
+                now,
+                &mut self.rng,
+                usize::from(node_count) + destinations.len(),
+                None,
+            );
+            for address in extra {
+                if destinations.len() >= usize::from(node_count) + candidates.len() {
+                    break;
+                }
+                if !destinations.contains(&address) {
+                    destinations.push(address);
+                }
+            }
+        }
+        c.stats.messages_created += 1;
+        c.last_activity = now;
         for (meta, below) in c.prune_thresholds() {
             self.events.push_back(Event::Prune {
                 community,
@@ -659,14 +729,7 @@ impl Node {
                 below,
             });
         }
-        let Some(c) = self.communities.get_mut(&community) else {
-            return Err(CreateError::UnknownCommunity(community));
-        };
-        if sequence_number.is_some() {
-            c.claim_sequence_number(meta.id);
-        }
-        c.stats.messages_created += 1;
-        c.last_activity = now;
+        let global_time = signed.message.global_time;
         let sent_to = destinations.len();
         let relay_hops = signed.message.relay_hops;
         if relay_hops.is_some() {
@@ -694,11 +757,7 @@ impl Node {
                 persistent: meta.distribution.is_persistent(),
             }],
         });
-        Ok(Created {
-            global_time,
-            sequence_number,
-            sent_to,
-        })
+        Ok((global_time, sent_to))
     }
 
     fn on_collection(

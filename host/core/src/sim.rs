@@ -595,6 +595,12 @@ impl Sim {
                     let packets = self.stores[i].lookup(*community, lookup, *max_bytes);
                     self.nodes[i].send_answer(now, *request, packets);
                 }
+                // The simulated plugins sign whatever does not ask to be refused.
+                Event::SignatureAsked { ask, message, .. } => {
+                    let allow = !message.payload.starts_with(b"refuse");
+                    self.nodes[i].handle_signature_verdict(now, *ask, allow);
+                }
+                Event::Signed { .. } => {}
                 Event::SendPackets { request, rows } => {
                     let packets = self.stores[i].packets(rows);
                     self.nodes[i].send_packets(now, *request, packets);

@@ -280,6 +280,37 @@ pub struct MissingLastMessage {
     pub meta: u32,
 }
 
+/// A request to co-sign a double-member message: its second author is asked to sign the very
+/// descriptor the first one will sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureRequest {
+    /// Session with the receiver, 0 when none.
+    pub session: u32,
+    /// The requester's identifier, echoed by the response.
+    pub request: u32,
+    /// The message, two authors, no signatures yet.
+    pub message: CommunityMessage,
+    /// Its serialised descriptor, the bytes both sign.
+    pub descriptor: Vec<u8>,
+}
+
+/// A co-signer's answer: its signature over the descriptor of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureResponse {
+    /// Session with the receiver, 0 when none.
+    pub session: u32,
+    /// The request answered.
+    pub request: u32,
+    /// The message signed.
+    pub message: CommunityMessage,
+    /// Its serialised descriptor.
+    pub descriptor: Vec<u8>,
+    /// Which author signed (index into `message.authors`); the signature is verified.
+    pub signer: usize,
+    /// The signature.
+    pub signature: Vec<u8>,
+}
+
 /// A member's public key, answering a missing-identity. Unsigned: the key proves itself, its
 /// member id must be the one asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,6 +433,10 @@ pub enum Packet {
     MissingMessage(MissingMessage),
     /// See [`MissingLastMessage`].
     MissingLastMessage(MissingLastMessage),
+    /// See [`SignatureRequest`].
+    SignatureRequest(SignatureRequest),
+    /// See [`SignatureResponse`].
+    SignatureResponse(SignatureResponse),
 }
 
 impl Packet {
@@ -420,6 +455,8 @@ impl Packet {
             Packet::MissingSequence(m) => Some(m.community),
             Packet::MissingMessage(m) => Some(m.community),
             Packet::MissingLastMessage(m) => Some(m.community),
+            Packet::SignatureRequest(m) => Some(m.message.community),
+            Packet::SignatureResponse(m) => Some(m.message.community),
         }
     }
 
@@ -438,6 +475,8 @@ impl Packet {
             Packet::MissingSequence(_) => "missing-sequence",
             Packet::MissingMessage(_) => "missing-message",
             Packet::MissingLastMessage(_) => "missing-last-message",
+            Packet::SignatureRequest(_) => "signature-request",
+            Packet::SignatureResponse(_) => "signature-response",
         }
     }
 }
@@ -753,8 +792,61 @@ pub fn decode(
             }))
         }
         D::MissingProof(_) => Err(DecodeError::Unsupported("missing-proof")),
-        D::SignatureRequest(_) => Err(DecodeError::Unsupported("signature-request")),
-        D::SignatureResponse(_) => Err(DecodeError::Unsupported("signature-response")),
+        D::SignatureRequest(m) => {
+            unsigned(&envelope)?;
+            let inner = m
+                .message
+                .ok_or(DecodeError::Missing("SignatureRequest.message"))?;
+            if !inner.signatures.is_empty() {
+                return Err(DecodeError::Invalid {
+                    field: "SignatureRequest.message",
+                    reason: "the message to co-sign carries no signature",
+                });
+            }
+            let descriptor = inner
+                .descriptor
+                .ok_or(DecodeError::Missing("SignatureRequest.message"))?;
+            let message = co_signed(&descriptor)?;
+            Ok(Packet::SignatureRequest(SignatureRequest {
+                session: m.session.unwrap_or(0),
+                request: required(m.request, "SignatureRequest.request")?,
+                message,
+                descriptor,
+            }))
+        }
+        D::SignatureResponse(m) => {
+            unsigned(&envelope)?;
+            let inner = m
+                .message
+                .ok_or(DecodeError::Missing("SignatureResponse.message"))?;
+            let [signature] = <[Vec<u8>; 1]>::try_from(inner.signatures).map_err(|s| {
+                DecodeError::SignatureCount {
+                    expected: 1,
+                    got: s.len(),
+                }
+            })?;
+            let descriptor = inner
+                .descriptor
+                .ok_or(DecodeError::Missing("SignatureResponse.message"))?;
+            let message = co_signed(&descriptor)?;
+            let digest = identity::digest(&descriptor);
+            let signer = message
+                .authors
+                .iter()
+                .position(|a| a.verify_digest(&digest, &signature).is_ok())
+                .ok_or(DecodeError::Invalid {
+                    field: "SignatureResponse.message",
+                    reason: "the signature is by neither author",
+                })?;
+            Ok(Packet::SignatureResponse(SignatureResponse {
+                session: m.session.unwrap_or(0),
+                request: required(m.request, "SignatureResponse.request")?,
+                message,
+                descriptor,
+                signer,
+                signature,
+            }))
+        }
         D::Authorize(_) => Err(DecodeError::Unsupported("authorize")),
         D::Revoke(_) => Err(DecodeError::Unsupported("revoke")),
         D::UndoOwn(_) => Err(DecodeError::Unsupported("undo-own")),
@@ -786,6 +878,8 @@ pub fn peek(datagram: &[u8]) -> Option<(&'static str, Option<CommunityId>)> {
         D::MissingSequence(m) => ("missing-sequence", m.community),
         D::MissingMessage(m) => ("missing-message", m.community),
         D::MissingLastMessage(m) => ("missing-last-message", m.community),
+        D::SignatureRequest(_) => ("signature-request", None),
+        D::SignatureResponse(_) => ("signature-response", None),
         D::Collection(_) => ("collection", None),
         _ => ("other", None),
     };
@@ -795,18 +889,9 @@ pub fn peek(datagram: &[u8]) -> Option<(&'static str, Option<CommunityId>)> {
     ))
 }
 
-impl SignedMessage {
-    /// Decodes and verifies one stored or received community message packet.
-    pub fn decode(packet: &[u8]) -> Result<Self, DecodeError> {
-        let envelope = pb::Message::decode(packet)?;
-        Self::from_proto(&envelope, packet.to_vec())
-    }
-
-    fn from_proto(envelope: &pb::Message, packet: Vec<u8>) -> Result<Self, DecodeError> {
-        let descriptor_bytes = envelope
-            .descriptor
-            .as_deref()
-            .ok_or(DecodeError::Missing("Message.descriptor"))?;
+impl CommunityMessage {
+    /// Parses a serialised descriptor holding a community message (no signature checked).
+    pub fn from_descriptor(descriptor_bytes: &[u8]) -> Result<Self, DecodeError> {
         let descriptor = pb::Descriptor::decode(descriptor_bytes)?;
         let m = match descriptor.message {
             Some(pb::descriptor::Message::Community(m)) => m,
@@ -824,7 +909,6 @@ impl SignedMessage {
             .iter()
             .map(|bytes| member_key(Some(bytes), "CommunityMessage.members", &()))
             .collect::<Result<Vec<_>, _>>()?;
-        verify_signatures(descriptor_bytes, &authors, &envelope.signatures)?;
         let message = CommunityMessage {
             community: community_id(m.community.as_deref())?,
             message_type: required(m.message_type, "CommunityMessage.message_type")?,
@@ -854,6 +938,74 @@ impl SignedMessage {
                 reason: "sequence numbers start at 1",
             });
         }
+        Ok(message)
+    }
+
+    /// The serialised descriptor its authors sign.
+    pub fn descriptor(&self) -> Vec<u8> {
+        pb::Descriptor {
+            message: Some(pb::descriptor::Message::Community(pb::CommunityMessage {
+                community: Some(self.community.0.to_vec()),
+                message_type: Some(self.message_type),
+                conversion: Some(self.conversion.as_bytes().to_vec()),
+                members: self
+                    .authors
+                    .iter()
+                    .map(|key| key.as_bytes().to_vec())
+                    .collect(),
+                global_time: Some(self.global_time),
+                sequence_number: self.sequence_number,
+                resolution_index: self.resolution_index,
+                relay_hops: self.relay_hops,
+                payload: Some(self.payload.clone()),
+            })),
+        }
+        .encode_to_vec()
+    }
+}
+
+/// The message of a signature-request or -response: a community message of exactly two authors.
+fn co_signed(descriptor: &[u8]) -> Result<CommunityMessage, DecodeError> {
+    let message = CommunityMessage::from_descriptor(descriptor)?;
+    if message.authors.len() != 2 {
+        return Err(DecodeError::Invalid {
+            field: "CommunityMessage.members",
+            reason: "a co-signed message has two authors",
+        });
+    }
+    Ok(message)
+}
+
+impl SignedMessage {
+    /// Decodes and verifies one stored or received community message packet.
+    pub fn decode(packet: &[u8]) -> Result<Self, DecodeError> {
+        let envelope = pb::Message::decode(packet)?;
+        Self::from_proto(&envelope, packet.to_vec())
+    }
+
+    fn from_proto(envelope: &pb::Message, packet: Vec<u8>) -> Result<Self, DecodeError> {
+        let descriptor_bytes = envelope
+            .descriptor
+            .as_deref()
+            .ok_or(DecodeError::Missing("Message.descriptor"))?;
+        let message = CommunityMessage::from_descriptor(descriptor_bytes)?;
+        verify_signatures(descriptor_bytes, &message.authors, &envelope.signatures)?;
+        Ok(SignedMessage { message, packet })
+    }
+
+    /// A double-member message from its descriptor and both authors' signatures, in author
+    /// order (checked).
+    pub fn assemble(
+        message: CommunityMessage,
+        descriptor: Vec<u8>,
+        signatures: Vec<Vec<u8>>,
+    ) -> Result<Self, DecodeError> {
+        verify_signatures(&descriptor, &message.authors, &signatures)?;
+        let packet = pb::Message {
+            descriptor: Some(descriptor),
+            signatures,
+        }
+        .encode_to_vec();
         Ok(SignedMessage { message, packet })
     }
 
@@ -867,24 +1019,7 @@ impl SignedMessage {
         {
             return Err(SignError::WrongSigners);
         }
-        let descriptor = pb::Descriptor {
-            message: Some(pb::descriptor::Message::Community(pb::CommunityMessage {
-                community: Some(message.community.0.to_vec()),
-                message_type: Some(message.message_type),
-                conversion: Some(message.conversion.as_bytes().to_vec()),
-                members: message
-                    .authors
-                    .iter()
-                    .map(|key| key.as_bytes().to_vec())
-                    .collect(),
-                global_time: Some(message.global_time),
-                sequence_number: message.sequence_number,
-                resolution_index: message.resolution_index,
-                relay_hops: message.relay_hops,
-                payload: Some(message.payload.clone()),
-            })),
-        }
-        .encode_to_vec();
+        let descriptor = message.descriptor();
         let packet = seal(descriptor, signers);
         Ok(SignedMessage { message, packet })
     }
@@ -1023,6 +1158,28 @@ impl Packet {
                     member: Some(m.member.as_bytes().to_vec()),
                     community: Some(m.community.0.to_vec()),
                     random: Some(m.random),
+                }),
+                false,
+            ),
+            Packet::SignatureRequest(m) => (
+                D::SignatureRequest(pb::SignatureRequest {
+                    session: Some(m.session),
+                    request: Some(m.request),
+                    message: Some(pb::Message {
+                        descriptor: Some(m.descriptor.clone()),
+                        signatures: Vec::new(),
+                    }),
+                }),
+                false,
+            ),
+            Packet::SignatureResponse(m) => (
+                D::SignatureResponse(pb::SignatureResponse {
+                    session: Some(m.session),
+                    request: Some(m.request),
+                    message: Some(pb::Message {
+                        descriptor: Some(m.descriptor.clone()),
+                        signatures: vec![m.signature.clone()],
+                    }),
                 }),
                 false,
             ),

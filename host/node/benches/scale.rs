@@ -68,6 +68,7 @@ async fn main() {
                     sequence: None,
                     priority: 128,
                     history: None,
+                    co_signer: None,
                     hash: PacketHash::of(&packet),
                     packet,
                 }

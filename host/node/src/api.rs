@@ -132,12 +132,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> ApiResult<T> {
+    ask_within(shared, REPLY_TIMEOUT, make).await
+}
+
+/// [`ask`] with another timeout (a co-signed message waits for its co-signer).
+async fn ask_within<T>(
+    shared: &Shared,
+    timeout: Duration,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> ApiResult<T> {
     let (reply, answer) = oneshot::channel();
     shared
         .commands
         .try_send(make(reply))
         .map_err(|_| ApiError::unavailable("node busy (command queue full) or stopping"))?;
-    match tokio::time::timeout(REPLY_TIMEOUT, answer).await {
+    match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(value)) => Ok(value),
         _ => Err(ApiError::unavailable("node did not answer")),
     }
@@ -225,6 +234,17 @@ struct NewMessage {
     payload: Value,
     #[serde(default)]
     candidates: Vec<String>,
+    /// For double-member metas: the second author.
+    #[serde(default)]
+    co_signer: Option<CoSigner>,
+}
+
+/// The second author of a double-member message: its public key (hex) and `ip:port`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoSigner {
+    public_key: String,
+    address: String,
 }
 
 async fn create_message(
@@ -250,6 +270,17 @@ async fn create_message(
             ApiError::bad_request(format!("candidate {candidate:?} is not ip:port"))
         })?);
     }
+    let co_signer = match &request.co_signer {
+        None => None,
+        Some(c) => Some((
+            dispersy_core::identity::PublicKey::from_hex(&c.public_key).map_err(|e| {
+                ApiError::bad_request(format!("co_signer.public_key {:?}: {e}", c.public_key))
+            })?,
+            c.address.parse().map_err(|_| {
+                ApiError::bad_request(format!("co_signer.address {:?} is not ip:port", c.address))
+            })?,
+        )),
+    };
     let json = request.payload.to_string();
     let meta_id = meta.id;
     let payload = ask_worker(&worker, |reply| Job::FromJson {
@@ -268,17 +299,25 @@ async fn create_message(
         ),
     })?;
     let meta_name = meta.name.clone();
-    let created = ask(&shared, |reply| Command::Create {
+    // The core answers a co-signed message within its signature timeout (10 s by default).
+    let timeout = REPLY_TIMEOUT * if co_signer.is_some() { 2 } else { 1 };
+    let created = ask_within(&shared, timeout, |reply| Command::Create {
         community,
         meta: meta_name,
         payload,
         candidates,
+        co_signer,
         reply: Some(reply),
     })
     .await?
     .map_err(|e| match e {
         CreateError::UnknownCommunity(_) => ApiError::not_found(e.to_string()),
         CreateError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        CreateError::Signature(dispersy_core::signature::SignError::Timeout) => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+        }
+        CreateError::Signature(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        CreateError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         _ => ApiError::bad_request(e.to_string()),
     })?;
     Ok((

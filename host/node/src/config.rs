@@ -46,6 +46,8 @@ pub struct Config {
     pub missing: Missing,
     /// Relay distribution.
     pub relay: Relay,
+    /// Double-member co-signing.
+    pub signature: Signature,
     /// Bounds of every queue and table.
     pub limits: Limits,
 }
@@ -186,6 +188,27 @@ impl Default for Relay {
     }
 }
 
+/// Double-member messages: how long a co-signer may take, and how many wait at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Signature {
+    /// How long a signature-request waits for its response (and a request to us for our
+    /// plugin's verdict), in milliseconds (the original's 10 s).
+    pub timeout_ms: u64,
+    /// Signature-requests in flight at once, on each side.
+    pub max_pending: usize,
+}
+
+impl Default for Signature {
+    fn default() -> Self {
+        let core = dispersy_core::signature::Config::default();
+        Signature {
+            timeout_ms: core.timeout.as_millis() as u64,
+            max_pending: core.max_pending,
+        }
+    }
+}
+
 /// Range strategy of new filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -319,6 +342,7 @@ impl Default for Config {
             sync: Sync::default(),
             missing: Missing::default(),
             relay: Relay::default(),
+            signature: Signature::default(),
             limits: Limits::default(),
         }
     }
@@ -505,6 +529,10 @@ impl Config {
                 retry: ms(self.missing.retry_ms.max(1)),
                 answer_bytes: self.missing.answer_bytes,
             },
+            signature: dispersy_core::signature::Config {
+                timeout: ms(self.signature.timeout_ms),
+                max_pending: self.signature.max_pending,
+            },
             relay: dispersy_core::relay::Config {
                 hops: self.relay.hops,
                 fanout: self.relay.fanout,
@@ -565,6 +593,7 @@ mod tests {
         assert_eq!(parsed.sync, defaults.sync);
         assert_eq!(parsed.missing, defaults.missing);
         assert_eq!(parsed.relay, defaults.relay);
+        assert_eq!(parsed.signature, defaults.signature);
         assert_eq!(parsed.log, defaults.log);
     }
 

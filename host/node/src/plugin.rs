@@ -450,6 +450,14 @@ pub enum Job {
         /// The answer.
         reply: oneshot::Sender<Result<serde_json::Value, PluginError>>,
     },
+    /// Another member proposes a double-member message with ours as second author: ask the
+    /// plugin whether we sign.
+    AllowSignature {
+        /// The protocol task's question.
+        ask: u32,
+        /// The message.
+        message: Box<dispersy_core::wire::CommunityMessage>,
+    },
     /// A timer was scheduled: recompute the wake-up time.
     Wake,
     /// Finish the jobs queued before this one, then end the thread.
@@ -641,6 +649,29 @@ impl WorkerLoop {
                     lock(&self.shared.stats).error(e);
                 }
                 let _ = reply.send(result);
+            }
+            Job::AllowSignature { ask, message } => {
+                let raw = RawMessage {
+                    meta: message.message_type,
+                    conversion: RVec::from(message.conversion.as_bytes().to_vec()),
+                    authors: message
+                        .authors
+                        .iter()
+                        .map(|key| RVec::from(key.as_bytes().to_vec()))
+                        .collect(),
+                    global_time: message.global_time,
+                    sequence_number: 0,
+                    source: RString::new(),
+                    payload: RVec::from(message.payload.clone()),
+                };
+                let allow = match self.instance.allow_signature(&raw).into_result() {
+                    Ok(allow) => allow,
+                    Err(error) => {
+                        self.report(&error);
+                        false
+                    }
+                };
+                self.tell(Command::SignatureVerdict { ask, allow });
             }
             Job::Wake | Job::Stop => {}
         }
@@ -848,6 +879,7 @@ impl WorkerLoop {
                     sequence: message.sequence_number,
                     priority,
                     history,
+                    co_signer: message.authors.get(1).map(|a| a.member_id()),
                     packet: m.message.packet.clone(),
                     hash: dispersy_core::bloom::PacketHash::of(&m.message.packet),
                 })
@@ -1064,6 +1096,7 @@ impl HostApi for HostHandle {
             meta: meta.to_string(),
             payload: payload.into_vec(),
             candidates: addresses,
+            co_signer: None,
             reply: None,
         };
         match self.commands.try_send(command) {

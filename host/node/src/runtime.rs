@@ -48,6 +48,8 @@ pub enum Command {
         payload: Vec<u8>,
         /// Explicit destinations.
         candidates: Vec<SocketAddr>,
+        /// For double-member metas: the second author and its address.
+        co_signer: Option<(dispersy_core::identity::PublicKey, SocketAddr)>,
         /// Where to answer, if anyone waits.
         reply: Option<oneshot::Sender<Result<Created, CreateError>>>,
     },
@@ -125,6 +127,13 @@ pub enum Command {
         to: SocketAddr,
         /// Our winning packet.
         packet: Vec<u8>,
+    },
+    /// A plugin decided whether to co-sign ([`Event::SignatureAsked`]).
+    SignatureVerdict {
+        /// The question.
+        ask: u32,
+        /// Whether it signs.
+        allow: bool,
     },
     /// A plugin wants this message to wait for another one.
     Wait {
@@ -524,6 +533,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             registry: registry.clone(),
             dropped: Counters::default(),
             last_refresh: tokio::time::Instant::now(),
+            signing: HashMap::new(),
         }
         .run(datagrams_rx, commands_rx, shutdown.clone()),
     ));
@@ -846,6 +856,9 @@ struct Protocol {
     /// Drops decided by the driver (full queues).
     dropped: Counters,
     last_refresh: tokio::time::Instant,
+    /// API calls waiting for a co-signed message, by signature request (bounded by the core's
+    /// `signature.max_pending`: every request ends in an `Event::Signed`).
+    signing: HashMap<u32, oneshot::Sender<Result<Created, CreateError>>>,
 }
 
 impl Protocol {
@@ -909,6 +922,37 @@ impl Protocol {
                 meta,
                 payload,
                 candidates,
+                co_signer: Some((key, address)),
+                reply,
+            } => {
+                let requested = self.node.request_signature(
+                    now,
+                    community,
+                    &meta,
+                    payload,
+                    key,
+                    address,
+                    &candidates,
+                );
+                match (requested, reply) {
+                    (Ok(request), Some(reply)) => {
+                        self.signing.insert(request, reply);
+                    }
+                    (Ok(_), None) => {}
+                    (Err(error), reply) => {
+                        tracing::debug!(%community, %meta, %error, "co-signed message not started");
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+            }
+            Command::Create {
+                community,
+                meta,
+                payload,
+                candidates,
+                co_signer: None,
                 reply,
             } => {
                 let result = self
@@ -974,6 +1018,9 @@ impl Protocol {
                 message,
                 awaited,
             } => self.node.handle_wait(now, community, *message, awaited),
+            Command::SignatureVerdict { ask, allow } => {
+                self.node.handle_signature_verdict(now, ask, allow);
+            }
             Command::AnswerRead { request, packets } => {
                 self.node.send_answer(now, request, packets);
             }
@@ -1054,6 +1101,28 @@ impl Protocol {
                     lookup,
                     max_bytes,
                 }),
+                Event::SignatureAsked {
+                    community,
+                    ask,
+                    message,
+                } => match self.registry.as_ref().and_then(|r| r.worker(&community)) {
+                    // Unanswered questions expire in the core.
+                    Some(worker) => {
+                        let job = Job::AllowSignature {
+                            ask,
+                            message: Box::new(message),
+                        };
+                        if worker.submit(job).is_err() {
+                            self.dropped.bump("plugin-queue-full");
+                        }
+                    }
+                    None => self.dropped.bump("no-plugin"),
+                },
+                Event::Signed { request, result } => {
+                    if let Some(reply) = self.signing.remove(&request) {
+                        let _ = reply.send(result);
+                    }
+                }
                 Event::SendPackets { request, rows } => {
                     let job = SyncJob::Packets { request, ids: rows };
                     if self.sync_jobs.try_send(job).is_err() {

@@ -64,8 +64,11 @@ pub struct NewMessage {
     pub sequence: Option<u32>,
     /// Priority of its meta.
     pub priority: u8,
-    /// For last-sync metas: how many messages per member are kept.
+    /// For last-sync metas: how many messages per member (per pair of signers for
+    /// double-member messages) are kept.
     pub history: Option<u16>,
+    /// Second author's member id, for double-member messages.
+    pub co_signer: Option<MemberId>,
     /// The signed packet.
     pub packet: Vec<u8>,
     /// Its hash (computed once, by whoever built this value).
@@ -289,20 +292,44 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let mut stored = result.rows_affected() == 1;
+            if let (true, Some(co_signer)) = (stored, m.co_signer) {
+                pair(&mut tx, m, co_signer).await?;
+            }
             if let (true, Some(history)) = (stored, m.history) {
-                // Last-sync: keep the newest `history` of this member and meta. A message older
-                // than all of them goes at once, and counts as not stored.
-                sqlx::query(
-                    "DELETE FROM sync WHERE id IN (
-                         SELECT id FROM sync WHERE community = ?1 AND meta = ?2 AND member = ?3
-                         ORDER BY global_time DESC LIMIT -1 OFFSET ?4)",
-                )
-                .bind(m.community)
-                .bind(i64::from(m.meta))
-                .bind(m.member.0.to_vec())
-                .bind(i64::from(history))
-                .execute(&mut *tx)
-                .await?;
+                // Last-sync: keep the newest `history` of this member (or pair of signers) and
+                // meta. A message older than all of them goes at once, and counts as not stored.
+                match m.co_signer {
+                    None => {
+                        sqlx::query(
+                            "DELETE FROM sync WHERE id IN (
+                                 SELECT id FROM sync WHERE community = ?1 AND meta = ?2 AND member = ?3
+                                 ORDER BY global_time DESC LIMIT -1 OFFSET ?4)",
+                        )
+                        .bind(m.community)
+                        .bind(i64::from(m.meta))
+                        .bind(m.member.0.to_vec())
+                        .bind(i64::from(history))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Some(co_signer) => {
+                        let (first, second) = ordered(m.member, co_signer);
+                        sqlx::query(
+                            "DELETE FROM sync WHERE id IN (
+                                 SELECT s.id FROM sync s JOIN double_signed_sync d ON d.sync = s.id
+                                 WHERE s.community = ?1 AND s.meta = ?2
+                                   AND d.member1 = ?3 AND d.member2 = ?4
+                                 ORDER BY s.global_time DESC LIMIT -1 OFFSET ?5)",
+                        )
+                        .bind(m.community)
+                        .bind(i64::from(m.meta))
+                        .bind(first.0.to_vec())
+                        .bind(second.0.to_vec())
+                        .bind(i64::from(history))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
                 let kept: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM sync
                      WHERE community = ?1 AND member = ?2 AND global_time = ?3",
@@ -652,6 +679,40 @@ pub enum Outcome {
     Stale,
 }
 
+/// The two signers of a pair in a fixed order (the lower member id first), so that a pair is
+/// one key whoever signed first.
+fn ordered(a: MemberId, b: MemberId) -> (MemberId, MemberId) {
+    if a.0 <= b.0 { (a, b) } else { (b, a) }
+}
+
+/// Records the pair of signers of a stored double-member message.
+async fn pair(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    m: &NewMessage,
+    co_signer: MemberId,
+) -> Result<(), StoreError> {
+    let (first, second) = ordered(m.member, co_signer);
+    let id: i64 = sqlx::query_scalar(
+        "SELECT id FROM sync WHERE community = ?1 AND member = ?2 AND global_time = ?3",
+    )
+    .bind(m.community)
+    .bind(m.member.0.to_vec())
+    .bind(to_i64(m.global_time))
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM double_signed_sync WHERE sync = ?1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO double_signed_sync (sync, member1, member2) VALUES (?1, ?2, ?3)")
+        .bind(id)
+        .bind(first.0.to_vec())
+        .bind(second.0.to_vec())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 enum Placed {
     Store,
     Not(Outcome),
@@ -847,6 +908,7 @@ mod tests {
             sequence: Some(seq),
             priority: 128,
             history: None,
+            co_signer: None,
             packet: vec![gt as u8; 10],
             hash: PacketHash::of(&[gt as u8; 10]),
         };
@@ -904,6 +966,7 @@ mod tests {
                 sequence: Some(seq),
                 priority: 128,
                 history: None,
+                co_signer: None,
                 hash: PacketHash::of(&packet),
                 packet,
             }
@@ -973,6 +1036,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn last_sync_of_double_member_messages_keeps_the_newest_per_pair() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let (a, b, c) = (MemberId([1; 20]), MemberId([2; 20]), MemberId([3; 20]));
+        let message = |first: MemberId, second: MemberId, gt: u64| NewMessage {
+            community: id,
+            member: first,
+            global_time: gt,
+            meta: 9,
+            sequence: None,
+            priority: 128,
+            history: Some(1),
+            co_signer: Some(second),
+            packet: vec![gt as u8; 4],
+            hash: PacketHash::of(&[gt as u8; 4]),
+        };
+        use Outcome::{Duplicate, Stored};
+        let outcomes = store
+            .insert(&[
+                message(a, b, 5),
+                // The same pair, the other signing first: replaces the first.
+                message(b, a, 7),
+                // Another pair with a: kept beside it.
+                message(a, c, 6),
+                // Older than the pair's newest: not kept.
+                message(a, b, 4),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![Stored, Stored, Stored, Duplicate]);
+        let mut kept: Vec<u64> = store
+            .messages(id, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.global_time)
+            .collect();
+        kept.sort_unstable();
+        assert_eq!(kept, vec![6, 7]);
+        let pairs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM double_signed_sync")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(pairs, 2, "rows of removed messages go with them");
+    }
+
+    #[tokio::test]
     async fn last_sync_keeps_the_newest_per_member() {
         let store = Store::open_in_memory().await.unwrap();
         let id = store.ensure_community(&definition()).await.unwrap();
@@ -985,6 +1095,7 @@ mod tests {
             sequence: None,
             priority: 128,
             history: Some(2),
+            co_signer: None,
             packet: vec![gt as u8; 4],
             hash: PacketHash::of(&[gt as u8; 4]),
         };
@@ -1023,6 +1134,7 @@ mod tests {
                 sequence: None,
                 priority: 128,
                 history: None,
+                co_signer: None,
                 packet: vec![1, 2, 3],
                 hash: PacketHash::of(&[1, 2, 3]),
             }];

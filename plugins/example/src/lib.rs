@@ -15,6 +15,9 @@
 //! that post is here (the host fetches the post from the reply's sender with missing-message), so
 //! a reply is never handled before its post. The meta-message `shout` is relay: not stored, sent
 //! to one random peer, which passes it on, so that it reaches peers the author never sent it to.
+//! The meta-message `pact` is signed by two members (double-member): the second signs only
+//! pacts with a non-negative amount; last-sync with a history of 1 per pair of signers, so
+//! every node keeps the newest pact of each pair.
 //!
 //! To make your own community: copy this crate, pick a name, create a master key with
 //! `dispersy keygen` and put its public key in [`MASTER_KEY`] (keep the secret key safe: it will
@@ -167,6 +170,8 @@ pub struct ExampleCommunity {
     replies_before_post: u64,
     /// Shouts handled (created here or received).
     shouts: u64,
+    /// Pacts handled (co-signed here or received).
+    pacts: u64,
 }
 
 impl ExampleCommunity {
@@ -239,6 +244,15 @@ impl ExampleCommunity {
                 global_time: message.payload.at,
             }
         }
+    }
+
+    fn allow_pact(&mut self, message: &Message<Example>) -> bool {
+        message.payload.amount >= 0
+    }
+
+    fn on_pact(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.pacts += messages.len() as u64;
+        Ok(())
     }
 
     fn on_shout(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
@@ -338,6 +352,18 @@ impl Community for ExampleCommunity {
                     .check(Self::check_example)
                     .handle(Self::on_shout),
             )
+            .meta(
+                Meta::<Self, Example>::new(7, "pact")
+                    .authentication(Authentication::DoubleMember)
+                    .distribution(Distribution::LastSync {
+                        history: 1,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_example)
+                    .allow_signature(Self::allow_pact)
+                    .handle(Self::on_pact),
+            )
     }
 
     fn create(host: Host) -> Result<Self, Error> {
@@ -359,6 +385,7 @@ impl Community for ExampleCommunity {
             replies: 0,
             replies_before_post: 0,
             shouts: 0,
+            pacts: 0,
         })
     }
 
@@ -377,6 +404,7 @@ impl Community for ExampleCommunity {
             "replies": self.replies,
             "replies_before_post": self.replies_before_post,
             "shouts": self.shouts,
+            "pacts": self.pacts,
         })
     }
 }

@@ -8,7 +8,7 @@ use crate::candidate::Category;
 use crate::community::{Definition, Resume};
 use crate::identity::{CommunityId, MemberId};
 use crate::meta::{Authentication, Destination, Distribution, MetaMessage, Resolution};
-use crate::node::Incoming;
+use crate::node::{CreateError, Incoming};
 use crate::wire::{self, ConnectionType, Conversion, IntroductionRequest, Packet};
 
 fn definition() -> Definition {
@@ -102,6 +102,20 @@ fn definition() -> Definition {
                 destination: Destination::Community { node_count: 0 },
                 // Not synchronised: only a missing-last-message brings it.
                 priority: 32,
+                batch_window: Duration::ZERO,
+            },
+            MetaMessage {
+                id: 8,
+                name: "pact".into(),
+                authentication: Authentication::DoubleMember,
+                resolution: Resolution::Public,
+                distribution: Distribution::LastSync {
+                    history: 1,
+                    order: crate::meta::SyncOrder::Ascending,
+                    pruning: None,
+                },
+                destination: Destination::Community { node_count: 10 },
+                priority: 128,
                 batch_window: Duration::ZERO,
             },
             MetaMessage {
@@ -1080,4 +1094,77 @@ fn a_relay_never_forwards_beyond_the_signed_budget() {
     sim.run_for(Duration::from_secs(1));
     let c = sim.nodes[1].community(&id()).expect("joined");
     assert_eq!(c.stats.dropped.get("wrong-relay-header"), 1);
+}
+
+#[test]
+fn a_double_member_message_is_co_signed_published_and_synced() {
+    let mut sim = public_network(6);
+    sim.run_for(Duration::from_secs(10));
+    let co_signer = Sim::key(3).public().clone();
+    let to = sim.address(2);
+    let now = sim.now;
+    let request = sim.nodes[1]
+        .request_signature(
+            now,
+            id(),
+            "pact",
+            b"deal".to_vec(),
+            co_signer.clone(),
+            to,
+            &[],
+        )
+        .expect("requested");
+    // A member-authenticated call cannot make it, nor can a co-signer that is ourselves.
+    assert!(matches!(
+        sim.nodes[1].create_message(now, id(), "pact", b"x".to_vec(), &[]),
+        Err(CreateError::Authentication(_))
+    ));
+    let me = Sim::key(2).public().clone();
+    assert_eq!(
+        sim.nodes[1].request_signature(now, id(), "pact", vec![], me, to, &[]),
+        Err(CreateError::CoSigner)
+    );
+    sim.run_for(Duration::from_secs(1));
+    let signed = sim.events[1].iter().find_map(|e| match e {
+        Event::Signed { request: r, result } if *r == request => Some(result.clone()),
+        _ => None,
+    });
+    assert!(matches!(signed, Some(Ok(_))), "{signed:?}");
+    sim.run_for(Duration::from_secs(120));
+    let first = Sim::key(2).public().member_id();
+    for i in 1..=6 {
+        let pacts: Vec<&super::Kept> = sim.stores[i]
+            .rows
+            .iter()
+            .filter(|k| k.meta == 8 && k.member == first)
+            .collect();
+        assert_eq!(pacts.len(), 1, "node {i}");
+        let message = wire::SignedMessage::decode(&pacts[0].packet).expect("verifies");
+        assert_eq!(message.message.authors[1], co_signer);
+    }
+}
+
+#[test]
+fn a_refused_signature_times_out_and_nothing_is_published() {
+    let mut sim = public_network(3);
+    sim.run_for(Duration::from_secs(10));
+    let co_signer = Sim::key(3).public().clone();
+    let to = sim.address(2);
+    let now = sim.now;
+    let request = sim.nodes[1]
+        .request_signature(now, id(), "pact", b"refuse".to_vec(), co_signer, to, &[])
+        .expect("requested");
+    sim.run_for(Duration::from_secs(11));
+    let signed = sim.events[1].iter().find_map(|e| match e {
+        Event::Signed { request: r, result } if *r == request => Some(result.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        signed,
+        Some(Err(CreateError::Signature(
+            crate::signature::SignError::Timeout
+        )))
+    );
+    assert!((1..=3).all(|i| sim.stores[i].rows.iter().all(|k| k.meta != 8)));
+    assert_eq!(sim.nodes[2].stats().packets.get("signature-refused"), 1);
 }

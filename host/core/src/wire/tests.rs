@@ -71,8 +71,43 @@ fn community_message(k: &KeyPair, gt: u64) -> SignedMessage {
     .unwrap()
 }
 
+fn co_signed(k: &KeyPair) -> (CommunityMessage, Vec<u8>) {
+    let other = key(77);
+    let message = CommunityMessage {
+        community: cid(),
+        message_type: 2,
+        conversion: Conversion::version(1).unwrap(),
+        authors: vec![other.public().clone(), k.public().clone()],
+        global_time: 9,
+        sequence_number: None,
+        resolution_index: None,
+        relay_hops: None,
+        payload: b"pact".to_vec(),
+    };
+    let descriptor = message.descriptor();
+    (message, descriptor)
+}
+
 fn all_packets(k: &KeyPair) -> Vec<Packet> {
+    let (message, descriptor) = co_signed(k);
+    let signature = k
+        .sign_digest(&crate::identity::digest(&descriptor))
+        .to_vec();
     vec![
+        Packet::SignatureRequest(SignatureRequest {
+            session: 3,
+            request: 41,
+            message: message.clone(),
+            descriptor: descriptor.clone(),
+        }),
+        Packet::SignatureResponse(SignatureResponse {
+            session: 3,
+            request: 41,
+            message,
+            descriptor,
+            signer: 1,
+            signature,
+        }),
         Packet::IntroductionRequest(request(k)),
         Packet::IntroductionRequest(IntroductionRequest {
             sync: None,
@@ -405,6 +440,61 @@ fn unsupported_and_invalid_fields_are_typed_errors() {
     assert!(Conversion::new(&[0xFF]).is_err());
     assert!(Conversion::new(&[0xFF, 1]).is_ok());
     assert!(Conversion::new(&[1, 2]).is_err());
+}
+
+#[test]
+fn co_signing_messages_are_checked() {
+    let k = key(3);
+    let (message, descriptor) = co_signed(&k);
+    // A response whose signature is by neither author is refused.
+    let stranger = key(78)
+        .sign_digest(&crate::identity::digest(&descriptor))
+        .to_vec();
+    let forged = Packet::SignatureResponse(SignatureResponse {
+        session: 1,
+        request: 1,
+        message: message.clone(),
+        descriptor: descriptor.clone(),
+        signer: 1,
+        signature: stranger,
+    })
+    .encode(&k);
+    assert!(matches!(
+        decode(&forged, 1500, known()),
+        Err(DecodeError::Invalid { .. }) | Err(DecodeError::Signature(_))
+    ));
+    // A request for a message of one author is refused.
+    let mut single = message.clone();
+    single.authors.truncate(1);
+    let request = Packet::SignatureRequest(SignatureRequest {
+        session: 1,
+        request: 1,
+        descriptor: single.descriptor(),
+        message: single,
+    })
+    .encode(&k);
+    assert!(matches!(
+        decode(&request, 1500, known()),
+        Err(DecodeError::Invalid {
+            field: "CommunityMessage.members",
+            ..
+        })
+    ));
+    // Both signatures in author order make the message; in the wrong order they do not.
+    let first = key(77)
+        .sign_digest(&crate::identity::digest(&descriptor))
+        .to_vec();
+    let second = k
+        .sign_digest(&crate::identity::digest(&descriptor))
+        .to_vec();
+    let signed = SignedMessage::assemble(
+        message.clone(),
+        descriptor.clone(),
+        vec![first.clone(), second.clone()],
+    )
+    .unwrap();
+    assert_eq!(SignedMessage::decode(&signed.packet).unwrap(), signed);
+    assert!(SignedMessage::assemble(message, descriptor, vec![second, first]).is_err());
 }
 
 #[test]

@@ -1,0 +1,318 @@
+//! Double-member authentication: a message signed by two members (original-implementation §8.3;
+//! seed: "signature-request", "signature-response").
+//!
+//! The first author builds the message naming both authors, claims its global time and asks the
+//! second with a signature-request ([`crate::node::Node::request_signature`]). The second author's
+//! node asks its plugin ([`crate::node::Event::SignatureAsked`], answered by
+//! [`crate::node::Node::handle_signature_verdict`]) and, if allowed, answers with its signature
+//! over the very same descriptor. The first author checks it, adds its own and publishes the
+//! message like any other it creates ([`crate::node::Event::Signed`] tells the driver). A
+//! response for another descriptor (a modified message) is refused: both sign exactly what the
+//! first proposed. Requests in flight on both sides are bounded in count and time.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::identity::CommunityId;
+use crate::time::Instant;
+use crate::wire::CommunityMessage;
+
+/// Bounds of co-signing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// How long the first author waits for the signature (the original's 10 s), and how long
+    /// the second author's plugin may take to decide.
+    pub timeout: Duration,
+    /// Requests in flight at once, on each side.
+    pub max_pending: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            timeout: Duration::from_secs(10),
+            max_pending: 64,
+        }
+    }
+}
+
+/// Why a double-member message was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// The co-signer did not answer in time (or refused: a refusal is silent, as in the
+    /// original).
+    #[error("the co-signer did not sign within the timeout")]
+    Timeout,
+    /// The co-signer answered with another message.
+    #[error("the co-signer signed another message")]
+    Modified,
+}
+
+/// Our signature-request waiting for its response.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub community: CommunityId,
+    pub message: CommunityMessage,
+    pub descriptor: Vec<u8>,
+    /// The co-signer's address.
+    pub to: SocketAddr,
+    /// Explicit destinations given at creation.
+    pub candidates: Vec<SocketAddr>,
+    pub deadline: Instant,
+}
+
+/// A signature-request to us, waiting for our plugin's verdict.
+#[derive(Debug, Clone)]
+pub(crate) struct Asked {
+    pub from: SocketAddr,
+    /// The requester's identifier.
+    pub request: u32,
+    pub message: CommunityMessage,
+    pub descriptor: Vec<u8>,
+    pub deadline: Instant,
+}
+
+mod driving {
+    //! The node's side of co-signing.
+
+    use std::net::SocketAddr;
+
+    use super::{Asked, Pending, SignError};
+    use crate::identity::{CommunityId, PublicKey};
+    use crate::meta::Authentication;
+    use crate::node::{CreateError, Created, Event, Node};
+    use crate::time::Instant;
+    use crate::wire::{
+        CommunityMessage, Packet, SignatureRequest, SignatureResponse, SignedMessage,
+    };
+
+    impl Node {
+        /// Starts a double-member message of meta `meta` with `co_signer` (reachable at `to`)
+        /// as its second author: claims its global time and sends the signature-request.
+        /// Returns the request id that [`Event::Signed`] reports on.
+        #[allow(clippy::too_many_arguments)]
+        pub fn request_signature(
+            &mut self,
+            now: Instant,
+            community: CommunityId,
+            meta: &str,
+            payload: Vec<u8>,
+            co_signer: PublicKey,
+            to: SocketAddr,
+            candidates: &[SocketAddr],
+        ) -> Result<u32, CreateError> {
+            if self.signing.len() >= self.config.signature.max_pending {
+                return Err(CreateError::Busy);
+            }
+            let me = self.key.public().clone();
+            if co_signer == me {
+                return Err(CreateError::CoSigner);
+            }
+            let c = self
+                .communities
+                .get_mut(&community)
+                .ok_or(CreateError::UnknownCommunity(community))?;
+            let definition = c
+                .definition
+                .as_ref()
+                .ok_or(CreateError::UnknownCommunity(community))?;
+            let meta = definition
+                .meta_by_name(meta)
+                .ok_or_else(|| CreateError::UnknownMeta(meta.to_owned()))?
+                .clone();
+            if meta.authentication != Authentication::DoubleMember {
+                return Err(CreateError::Authentication(meta.name));
+            }
+            let message = CommunityMessage {
+                community,
+                message_type: meta.id,
+                conversion: definition.conversions[0].clone(),
+                authors: vec![me, co_signer],
+                global_time: c.global_time + 1,
+                sequence_number: None,
+                resolution_index: None,
+                relay_hops: None,
+                payload,
+            };
+            let descriptor = message.descriptor();
+            // Two signatures and the envelope: what the final message will take.
+            if descriptor.len() + 160 > self.config.max_datagram {
+                return Err(CreateError::TooLarge {
+                    len: descriptor.len() + 160,
+                    max: self.config.max_datagram,
+                });
+            }
+            c.claim_global_time();
+            let request = self.next_response_id();
+            let session = self.sessions.id(&to).unwrap_or(0);
+            self.send(
+                to,
+                Packet::SignatureRequest(SignatureRequest {
+                    session,
+                    request,
+                    message: message.clone(),
+                    descriptor: descriptor.clone(),
+                }),
+            );
+            self.signing.insert(
+                request,
+                Pending {
+                    community,
+                    message,
+                    descriptor,
+                    to,
+                    candidates: candidates.to_vec(),
+                    deadline: now + self.config.signature.timeout,
+                },
+            );
+            Ok(request)
+        }
+
+        /// A signature-request from a proven address naming us as second author: our plugin
+        /// decides ([`Event::SignatureAsked`]).
+        pub(crate) fn on_signature_request(
+            &mut self,
+            now: Instant,
+            from: SocketAddr,
+            m: SignatureRequest,
+        ) -> Result<(), &'static str> {
+            if !self.proven(now, from, m.session) {
+                return Err("unproven-signature-request");
+            }
+            if m.message.authors.get(1) != Some(self.key.public())
+                || m.message.authors.first() == Some(self.key.public())
+            {
+                return Err("signature-request-not-for-us");
+            }
+            let margin = self.config.global_time_margin;
+            let c = self
+                .communities
+                .get(&m.message.community)
+                .filter(|c| c.definition.is_some())
+                .ok_or("unknown-community")?;
+            let double = c
+                .definition
+                .as_ref()
+                .and_then(|d| d.meta_by_id(m.message.message_type))
+                .is_some_and(|meta| meta.authentication == Authentication::DoubleMember);
+            if !double {
+                return Err("signature-request-wrong-meta");
+            }
+            if m.message.global_time > c.acceptable_global_time(now, margin) {
+                return Err("global-time-beyond-limit");
+            }
+            if self.asked.len() >= self.config.signature.max_pending {
+                return Err("signature-busy");
+            }
+            let ask = self.next_response_id();
+            let community = m.message.community;
+            self.push(Event::SignatureAsked {
+                community,
+                ask,
+                message: m.message.clone(),
+            });
+            self.asked.insert(
+                ask,
+                Asked {
+                    from,
+                    request: m.request,
+                    message: m.message,
+                    descriptor: m.descriptor,
+                    deadline: now + self.config.signature.timeout,
+                },
+            );
+            Ok(())
+        }
+
+        /// Our plugin's verdict on [`Event::SignatureAsked`] `ask`: when allowed, our signature
+        /// goes back to the requester.
+        pub fn handle_signature_verdict(&mut self, now: Instant, ask: u32, allow: bool) {
+            let Some(asked) = self.asked.remove(&ask) else {
+                return;
+            };
+            if !allow || asked.deadline <= now {
+                self.stats.packets.bump("signature-refused");
+                return;
+            }
+            let digest = crate::identity::digest(&asked.descriptor);
+            let signature = self.key.sign_digest(&digest).to_vec();
+            let session = self.sessions.id(&asked.from).unwrap_or(0);
+            self.stats.packets.bump("signature-given");
+            self.send(
+                asked.from,
+                Packet::SignatureResponse(SignatureResponse {
+                    session,
+                    request: asked.request,
+                    message: asked.message,
+                    descriptor: asked.descriptor,
+                    signer: 1,
+                    signature,
+                }),
+            );
+        }
+
+        /// The co-signer's signature: checked, completed with ours, published.
+        pub(crate) fn on_signature_response(
+            &mut self,
+            now: Instant,
+            from: SocketAddr,
+            m: SignatureResponse,
+        ) -> Result<(), &'static str> {
+            let matches = self
+                .signing
+                .get(&m.request)
+                .is_some_and(|p| p.to == from && m.signer == 1);
+            if !matches {
+                return Err("unexpected-signature-response");
+            }
+            let Some(pending) = self.signing.remove(&m.request) else {
+                return Err("unexpected-signature-response");
+            };
+            if m.descriptor != pending.descriptor {
+                self.push(Event::Signed {
+                    request: m.request,
+                    result: Err(SignError::Modified.into()),
+                });
+                return Err("signature-response-modified");
+            }
+            let digest = crate::identity::digest(&pending.descriptor);
+            let mine = self.key.sign_digest(&digest).to_vec();
+            let signed = SignedMessage::assemble(
+                pending.message,
+                pending.descriptor,
+                vec![mine, m.signature],
+            )
+            .map_err(|_| "bad-signature")?;
+            let result = self
+                .publish(now, pending.community, signed, &pending.candidates)
+                .map(|(global_time, sent_to)| Created {
+                    global_time,
+                    sequence_number: None,
+                    sent_to,
+                });
+            self.push(Event::Signed {
+                request: m.request,
+                result,
+            });
+            Ok(())
+        }
+
+        /// Gives up on signatures not given in time, and on verdicts not taken in time.
+        pub(crate) fn expire_signatures(&mut self, now: Instant) {
+            let expired: Vec<u32> = self
+                .signing
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for request in expired {
+                self.signing.remove(&request);
+                self.push(Event::Signed {
+                    request,
+                    result: Err(SignError::Timeout.into()),
+                });
+            }
+            self.asked.retain(|_, a| a.deadline > now);
+        }
+    }
+}
