@@ -145,13 +145,15 @@ impl State {
         crate::bloom::capacity(self.filter_bytes * 8, ERROR_RATE).max(1)
     }
 
-    /// How many of our newest rows the filter of a follow-up round holds: a quarter of
-    /// [`State::capacity`]. A filter that full has a false-positive rate of about 4 in a million
-    /// instead of 1 in 100 (7 functions, 38 bits per row), so a catch-up of 100,000 messages
-    /// expects less than one message the responder wrongly believes we have; the rows of the
-    /// last round that fit the window are offered again under a new salt anyway.
+    /// How many of our newest rows the filter of a follow-up round holds: an eighth of
+    /// [`State::capacity`]. A filter that full has a false-positive rate of about 4 in 100
+    /// million instead of 1 in 100 (7 functions, 77 bits per row). A message the responder
+    /// wrongly believes we have is not offered again by later follow-ups once it is below their
+    /// windows, and walk-driven rounds find a few messages deep in a large history only slowly;
+    /// so a catch-up of 100,000 messages must expect far less than one. The window still holds
+    /// plenty of the last response for the responder to judge its budget by.
     pub fn window(&self) -> usize {
-        (self.capacity() / 4).max(1)
+        (self.capacity() / 8).max(1)
     }
 }
 
@@ -494,7 +496,16 @@ pub const MAX_FILL: (usize, usize) = (3, 2);
 
 impl Cache {
     /// Decides what the next request to `target` carries; `capacity` is what one filter holds.
-    pub fn next(&mut self, rng: &mut Rng, target: SocketAddr, capacity: usize) -> Next {
+    /// `behind`: the target last reported a higher global time than ours, so it holds messages
+    /// we lack; such a request is never skipped (the original skips blindly, and a node whose
+    /// first filters met an empty community would go on skipping 90 % of its rounds).
+    pub fn next(
+        &mut self,
+        rng: &mut Rng,
+        target: SocketAddr,
+        capacity: usize,
+        behind: bool,
+    ) -> Next {
         if let Some(claim) = self.reuse(target, capacity) {
             return Next::Reuse(claim);
         }
@@ -505,7 +516,7 @@ impl Cache {
                 self.skips = (self.skips + 1).min(SKIP_CURVE.len());
             }
         }
-        if self.skips > 0 && rng.unit() < SKIP_CURVE[self.skips - 1] {
+        if self.skips > 0 && !behind && rng.unit() < SKIP_CURVE[self.skips - 1] {
             self.last = None;
             return Next::Skip;
         }
@@ -516,18 +527,6 @@ impl Cache {
     /// was used fewer than [`MAX_REUSE`] times and holds fewer than [`MAX_FILL`] times
     /// `capacity` rows.
     pub fn reuse(&mut self, target: SocketAddr, capacity: usize) -> Option<Claim> {
-        self.again(target, capacity, true)
-    }
-
-    /// Like [`Cache::reuse`], for a follow-up round with the peer the filter was sent to: the
-    /// filter keeps counting as productive, so that when the follow-ups end (that peer has
-    /// nothing more in the range) the next walk still offers it to another peer, as a walk
-    /// reusing it would have.
-    pub fn follow_up(&mut self, target: SocketAddr, capacity: usize) -> Option<Claim> {
-        self.again(target, capacity, false)
-    }
-
-    fn again(&mut self, target: SocketAddr, capacity: usize, reset: bool) -> Option<Claim> {
         let last = self.last.as_mut()?;
         let room = capacity.saturating_mul(MAX_FILL.0) / MAX_FILL.1;
         if last.responses == 0 || last.used >= MAX_REUSE || last.claim.held >= room {
@@ -535,9 +534,7 @@ impl Cache {
         }
         self.skips = 0;
         last.used += 1;
-        if reset {
-            last.responses = 0;
-        }
+        last.responses = 0;
         last.target = Some(target);
         Some(last.claim.clone())
     }
@@ -923,7 +920,7 @@ mod tests {
         let mut rng = Rng::new(8);
         let target: SocketAddr = "10.0.0.1:1".parse().expect("address");
         let mut cache = Cache::default();
-        assert_eq!(cache.next(&mut rng, target, 1059), Next::New);
+        assert_eq!(cache.next(&mut rng, target, 1059, false), Next::New);
         let claim = Claim {
             range: Range {
                 low: 1,
@@ -937,20 +934,24 @@ mod tests {
         cache.sent(claim.clone(), target);
         let r = row(1, 50);
         cache.stored(&r.hash, 50, Some(target));
-        match cache.next(&mut rng, target, 1059) {
+        match cache.next(&mut rng, target, 1059, false) {
             Next::Reuse(again) => assert!(again.filter.contains(&r.hash)),
             other => panic!("expected reuse, got {other:?}"),
         }
         // Fruitless filters: after a few, some requests carry no sync part.
         let mut skipped = 0;
         for _ in 0..200 {
-            match cache.next(&mut rng, target, 1059) {
+            match cache.next(&mut rng, target, 1059, false) {
                 Next::Skip => skipped += 1,
                 Next::New => cache.sent(claim.clone(), target),
                 Next::Reuse(_) => {}
             }
         }
         assert!(skipped > 50, "{skipped}");
+        // Unless the target told us it holds more (a higher global time than ours).
+        for _ in 0..50 {
+            assert_ne!(cache.next(&mut rng, target, 1059, true), Next::Skip);
+        }
     }
 
     #[test]
@@ -978,7 +979,7 @@ mod tests {
                 gt += 1;
                 assert!(cache.stored(&row(gt, gt).hash, gt, Some(target)));
             }
-            match cache.next(&mut rng, target, 100) {
+            match cache.next(&mut rng, target, 100, false) {
                 Next::Reuse(again) => {
                     assert!(again.held < 150, "{}", again.held);
                     reused += 1;
@@ -1202,7 +1203,11 @@ mod driving {
                 return;
             };
             let capacity = c.sync.capacity();
-            match c.sync.cache.next(&mut self.rng, target, capacity) {
+            let behind = c
+                .candidates
+                .get(&target)
+                .is_some_and(|candidate| candidate.global_time > c.global_time);
+            match c.sync.cache.next(&mut self.rng, target, capacity, behind) {
                 Next::Reuse(claim) => {
                     c.stats.sync_reused += 1;
                     request.sync = Some(synchronization(&claim));
@@ -1272,8 +1277,6 @@ mod driving {
                 return;
             }
             let target = chase.target;
-            let capacity = c.sync.capacity();
-            let reused = c.sync.cache.follow_up(target, capacity);
             let walk = loop {
                 let walk = self.rng.nonzero_u32();
                 if !c.pending_walks.contains_key(&walk) {
@@ -1295,7 +1298,7 @@ mod driving {
                 return;
             };
             chase.sent(now, walk);
-            let mut request = IntroductionRequest {
+            let request = IntroductionRequest {
                 community: id,
                 member: self.key.public().clone(),
                 session: self.sessions.id(&target).unwrap_or(0),
@@ -1309,15 +1312,10 @@ mod driving {
                 advice: false,
                 sync: None,
             };
-            // The productive filter while it has room (the responder's range is where we lack
-            // messages); else a window of our newest rows: the left side of a pivot above every
-            // global time.
-            if let Some(claim) = reused {
-                request.sync = Some(synchronization(&claim));
-                c.stats.sync_follow_ups += 1;
-                self.send(target, Packet::IntroductionRequest(request));
-                return;
-            }
+            // A window of our newest rows: the left side of a pivot above every global time.
+            // (Not the productive filter again: it holds up to 1.5 times its capacity, and what
+            // its false positives hide in a range the follow-ups then leave would stay missing
+            // for long.)
             let query = Query::Pivot {
                 pivot: u64::MAX,
                 limit: c.sync.window() + 1,
