@@ -209,7 +209,7 @@ impl Default for Sync {
         Sync {
             strategy: SyncStrategy::Largest,
             min_budget: 5 * 1024,
-            max_budget: 256 * 1024,
+            max_budget: 1024 * 1024,
             global_time_margin: 10_000,
             store_timeout_ms: 2_000,
             follow_up_quiet_ms: 50,
