@@ -237,6 +237,8 @@ pub struct CommunityStatsView {
     pub sync_reused: u64,
     /// Introduction-requests sent without a filter.
     pub sync_skipped: u64,
+    /// Sync-only follow-up requests sent (catch-up rounds that do not wait for the walk).
+    pub sync_follow_ups: u64,
     /// Stored messages sent answering filters.
     pub sync_packets_sent: u64,
     /// Stored messages sent answering missing-sequence, -message and -last-message.
@@ -251,16 +253,6 @@ pub struct CommunityStatsView {
     pub messages_received: u64,
     /// Messages dropped by the host, by reason.
     pub dropped: HashMap<&'static str, u64>,
-    /// Introduction-requests sent with a new filter.
-    pub sync_new: u64,
-    /// Introduction-requests sent with a reused filter.
-    pub sync_reused: u64,
-    /// Introduction-requests sent without a filter.
-    pub sync_skipped: u64,
-    /// Sync-only follow-up requests sent.
-    pub sync_follow_ups: u64,
-    /// Stored messages sent to requesters.
-    pub sync_packets_sent: u64,
 }
 
 /// One candidate, as the control API shows it.
@@ -1167,6 +1159,7 @@ impl Protocol {
                         sync_new: c.stats.sync_new,
                         sync_reused: c.stats.sync_reused,
                         sync_skipped: c.stats.sync_skipped,
+                        sync_follow_ups: c.stats.sync_follow_ups,
                         sync_packets_sent: c.stats.sync_packets_sent,
                         missing_packets_sent: c.stats.missing_packets_sent,
                         relayed: c.stats.relayed,
@@ -1174,11 +1167,6 @@ impl Protocol {
                         messages_created: c.stats.messages_created,
                         messages_received: c.stats.messages_received,
                         dropped: c.stats.dropped.iter().collect(),
-                        sync_new: c.stats.sync_new,
-                        sync_reused: c.stats.sync_reused,
-                        sync_skipped: c.stats.sync_skipped,
-                        sync_follow_ups: c.stats.sync_follow_ups,
-                        sync_packets_sent: c.stats.sync_packets_sent,
                     },
                 }
             })
