@@ -104,6 +104,9 @@ pub struct PendingWalk {
     pub deadline: Instant,
     /// Whether the introduction-response arrived.
     pub answered: bool,
+    /// A sync-only request of follow-up rounds ([`sync::Chase`]), not a walk step: its
+    /// response and its expiry are not counted as walk successes or failures.
+    pub sync_only: bool,
 }
 
 /// The state of one community in the node.

@@ -540,7 +540,8 @@ impl Node {
         Ok(())
     }
 
-    /// Runs what is due at `now`: walk steps, request timeouts, identity timeouts, cleanup.
+    /// Runs what is due at `now`: walk steps, follow-up sync rounds, request timeouts, identity
+    /// timeouts, cleanup.
     pub fn handle_timeout(&mut self, now: Instant) {
         let cleanup = now >= self.next_cleanup;
         if cleanup {
@@ -562,6 +563,7 @@ impl Node {
         for id in ids {
             self.expire_walks(now, id);
             self.expire_sync_query(now, id);
+            self.follow_up(now, id);
             if cleanup {
                 self.cleanup(now, id);
             }
@@ -588,6 +590,9 @@ impl Node {
             }
             if let Some(pending) = &community.sync.pending {
                 next = next.min(Some(pending.deadline));
+            }
+            if let Some(due) = self.follow_up_due(community) {
+                next = next.min(Some(due));
             }
         }
         for response in self.responses.values() {

@@ -555,7 +555,7 @@ impl Sim {
                 } => {
                     let outcome = self.stores[i].store(*community, messages);
                     if !outcome.synced.is_empty() {
-                        self.nodes[i].handle_stored(*community, &outcome.synced);
+                        self.nodes[i].handle_stored(now, *community, &outcome.synced);
                     }
                     for (incoming, low, high) in outcome.gaps {
                         self.nodes[i].handle_sequence_gap(now, *community, incoming, low, high);

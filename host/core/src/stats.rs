@@ -79,6 +79,8 @@ pub struct CommunityStats {
     pub sync_reused: u64,
     /// Introduction-requests sent without a filter (skipped, or the store was too slow).
     pub sync_skipped: u64,
+    /// Sync-only introduction-requests of follow-up rounds sent (`sync::Chase`).
+    pub sync_follow_ups: u64,
     /// Stored messages sent to requesters.
     pub sync_packets_sent: u64,
     /// Stored messages sent answering missing-sequence, -message and -last-message requests.

@@ -7,7 +7,7 @@
 //! its store and hands the [`Row`]s back. Rows carry each packet's hash, computed once when it
 //! was stored, so neither side hashes packets per round.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use crate::bloom::{BloomFilter, PacketHash};
@@ -37,7 +37,9 @@ pub struct Config {
     pub strategy: Strategy,
     /// Smallest (and first) response budget per request, in bytes (the original's fixed 5 KiB).
     pub min_budget: usize,
-    /// Largest response budget per request, in bytes.
+    /// Largest response budget per request, in bytes. The default, 1 MiB (about 4,000 messages
+    /// of 250 bytes, some 700 datagrams), is reached after eight lossless rounds; it makes a
+    /// catch-up need few rounds, and it stays far below the 4 MiB receive buffer of the host.
     pub max_budget: usize,
     /// Requesters whose budget is remembered.
     pub max_peers: usize,
@@ -46,6 +48,18 @@ pub struct Config {
     /// How long a walk waits for the store's rows before it goes without a filter, and a
     /// response for its rows before it is dropped.
     pub store_timeout: std::time::Duration,
+    /// Follow-up rounds: after a round with a peer brought messages, the next request to it
+    /// goes once no message from it was stored for this long (the round is complete), without
+    /// waiting for the walk. See [`Chase`]. It must exceed the host's gaps between two stored
+    /// batches of one response: too short (20 ms in the catch-up benchmark), a round goes before
+    /// the last one is stored, and the responder sends again what is still being stored.
+    pub follow_up_quiet: std::time::Duration,
+    /// A follow-up round that brings nothing within this long ends the follow-ups; sync goes
+    /// back to riding on walks.
+    pub follow_up_timeout: std::time::Duration,
+    /// Most follow-up rounds in a row with one peer (0: none, the original's walk-driven sync
+    /// only).
+    pub max_follow_ups: u32,
 }
 
 impl Default for Config {
@@ -53,10 +67,13 @@ impl Default for Config {
         Config {
             strategy: Strategy::Largest,
             min_budget: 5 * 1024,
-            max_budget: 256 * 1024,
+            max_budget: 1024 * 1024,
             max_peers: 1_024,
             max_responses: 64,
             store_timeout: std::time::Duration::from_secs(2),
+            follow_up_quiet: std::time::Duration::from_millis(50),
+            follow_up_timeout: std::time::Duration::from_secs(2),
+            max_follow_ups: 1_000,
         }
     }
 }
@@ -70,8 +87,11 @@ pub struct PendingQuery {
     pub request: IntroductionRequest,
     /// What was asked of the store.
     pub query: Query,
-    /// When to send it without a filter.
+    /// When to send it without a filter (a walk) or drop it (a follow-up round).
     pub deadline: Instant,
+    /// A follow-up round ([`Chase`]): its filter is a [`window`] of our newest rows, and it is
+    /// not remembered for reuse.
+    pub follow_up: bool,
 }
 
 /// A sync request waiting for the store's rows.
@@ -104,10 +124,13 @@ pub struct State {
     pub stored: u64,
     /// Bytes a filter may take in our introduction-requests.
     pub filter_bytes: usize,
-    /// Our request waiting for the rows of its filter.
+    /// Our request waiting for the rows of its filter (one store query per community at a
+    /// time).
     pub pending: Option<PendingQuery>,
     /// Running average size of the packets we offer, to know how many rows fill a budget.
     pub packet_size: usize,
+    /// Follow-up rounds with the peer of a productive round, while they bring messages.
+    pub chase: Option<Chase>,
 }
 
 impl State {
@@ -120,12 +143,24 @@ impl State {
             filter_bytes,
             pending: None,
             packet_size: 256,
+            chase: None,
         }
     }
 
     /// How many packets one of our filters holds.
     pub fn capacity(&self) -> usize {
         crate::bloom::capacity(self.filter_bytes * 8, ERROR_RATE).max(1)
+    }
+
+    /// How many of our newest rows the filter of a follow-up round holds: an eighth of
+    /// [`State::capacity`]. A filter that full has a false-positive rate of about 4 in 100
+    /// million instead of 1 in 100 (7 functions, 77 bits per row). A message the responder
+    /// wrongly believes we have is not offered again by later follow-ups once it is below their
+    /// windows, and walk-driven rounds find a few messages deep in a large history only slowly;
+    /// so a catch-up of 100,000 messages must expect far less than one. The window still holds
+    /// plenty of the last response for the responder to judge its budget by.
+    pub fn window(&self) -> usize {
+        (self.capacity() / 8).max(1)
     }
 }
 
@@ -246,6 +281,14 @@ fn cut(mut rows: Vec<Row>, capacity: usize) -> (Vec<Row>, Option<u64>) {
     (rows, Some(boundary))
 }
 
+/// Fills up to `room` more slots of a selection with `rows` (ordered away from the pivot), as
+/// the original does when more than 25 slots remain: the rows kept and where the range must end
+/// (the global time left out whole, `None` when every row fitted). `None` when too little room
+/// remains.
+fn top_up(rows: Vec<Row>, room: usize) -> Option<(Vec<Row>, Option<u64>)> {
+    (room > 25).then(|| cut(rows, room))
+}
+
 /// A filter to send, and the range it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -253,6 +296,8 @@ pub struct Claim {
     pub range: Range,
     /// The filter over the stored rows in the range.
     pub filter: BloomFilter,
+    /// How many rows the filter holds (what it learns later included).
+    pub held: usize,
 }
 
 /// Builds the filter for `query` from the rows the driver read (`right` ascending; `left`
@@ -284,32 +329,57 @@ pub fn claim(
             )
         }
         Query::Pivot { pivot, .. } => {
-            let (right_rows, right_cut) = cut(right, capacity);
-            let right_range = Range {
+            // Rows at the pivot come back on both sides; each side tops up from the other's
+            // rows strictly beyond the pivot.
+            let below: Vec<Row> = left
+                .iter()
+                .filter(|r| r.global_time < pivot)
+                .copied()
+                .collect();
+            let above: Vec<Row> = right
+                .iter()
+                .filter(|r| r.global_time > pivot)
+                .copied()
+                .collect();
+            let (mut right_rows, right_cut) = cut(right, capacity);
+            let mut right_range = Range {
                 low: pivot,
                 high: right_cut.map_or(acceptable, |at| at - 1),
                 modulo: 1,
                 offset: 0,
             };
-            // A full right side: the left side may span more global time (a sparser region,
-            // covering more history per filter); keep the wider.
-            if right_cut.is_some() {
-                let (left_rows, left_cut) = cut(left, capacity);
-                let left_range = Range {
+            if right_cut.is_none() {
+                // Room left on the right (the newest history is short): top up below the pivot,
+                // so that the filter covers as much history as it can hold.
+                if let Some((rows, low)) = top_up(below, capacity - right_rows.len()) {
+                    right_rows.extend(rows);
+                    right_range.low = low.map_or(1, |at| at + 1);
+                }
+                (right_rows, right_range)
+            } else {
+                // A full right side: the left side may span more global time (a sparser region,
+                // covering more history per filter); keep the wider. A left side that is not
+                // full (the pivot is near the oldest history) tops up above the pivot, so
+                // that the oldest messages are covered by more than pivots at 1.
+                let (mut left_rows, left_cut) = cut(left, capacity);
+                let mut left_range = Range {
                     low: left_cut.map_or(1, |at| at + 1),
                     high: pivot,
                     modulo: 1,
                     offset: 0,
                 };
+                if left_cut.is_none()
+                    && let Some((rows, high)) = top_up(above, capacity - left_rows.len())
+                {
+                    left_rows.extend(rows);
+                    left_range.high = high.map_or(acceptable, |at| at - 1);
+                }
                 let width = |r: &Range| r.high.saturating_sub(r.low);
                 if width(&left_range) > width(&right_range) {
                     (left_rows, left_range)
                 } else {
                     (right_rows, right_range)
                 }
-            } else {
-                // Room left on the right: the range reaches down to the pivot only.
-                (right_rows, right_range)
             }
         }
     };
@@ -318,10 +388,47 @@ pub fn claim(
         high: range.high.min(acceptable),
         ..range
     };
+    let mut held = 0;
     for row in rows.iter().filter(|r| range.contains(r.global_time)) {
         filter.insert(&row.hash);
+        held += 1;
     }
-    Claim { range, filter }
+    Claim {
+        range,
+        filter,
+        held,
+    }
+}
+
+/// Builds the filter of a follow-up round ([`Chase`]) from our newest stored rows (`newest`,
+/// descending by global time, as the left side of a [`Query::Pivot`] above every global time
+/// comes back): it holds at most `window` of them, never splitting a global time, and the range
+/// runs from just above the first one left out (or from 1) to `acceptable`. So the responder
+/// offers what it has beyond what we hold, plus what we miss among our newest rows: a
+/// catch-up from a peer that sends in ascending order moves up by a whole response per round,
+/// and a message lost or wrongly filtered in the last round is offered again. Rows below the
+/// window are left to walk-driven rounds.
+pub fn window(newest: Vec<Row>, acceptable: u64, mut filter: BloomFilter, window: usize) -> Claim {
+    let (rows, cut_at) = cut(newest, window);
+    let range = Range {
+        low: cut_at
+            .map_or(1, |at| at.saturating_add(1))
+            .min(acceptable)
+            .max(1),
+        high: acceptable,
+        modulo: 1,
+        offset: 0,
+    };
+    let mut held = 0;
+    for row in rows.iter().filter(|r| range.contains(r.global_time)) {
+        filter.insert(&row.hash);
+        held += 1;
+    }
+    Claim {
+        range,
+        filter,
+        held,
+    }
 }
 
 /// Rows a responder reads for one request: enough to fill `budget` with packets of about
@@ -358,8 +465,13 @@ pub fn missing<'a>(
 }
 
 /// The sync part of our next introduction-request (original §3.4): reuse a filter that brought
-/// messages (up to 100 times), and skip sync more and more often after filters that brought
-/// nothing.
+/// messages (up to [`MAX_REUSE`] times) while it holds fewer rows than its capacity, and skip
+/// sync more and more often after filters that brought nothing.
+///
+/// A reused filter learns every message stored in its range, so during a long catch-up it would
+/// fill far beyond its capacity: its false-positive rate climbs towards 100 % and the responder
+/// believes we hold everything. The cache therefore counts what the filter holds and builds a
+/// new one (a new range, moving on) once it is full, even while it is productive.
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
     last: Option<Cached>,
@@ -391,27 +503,56 @@ const SKIP_CURVE: [f64; 11] = [0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
 /// How often one productive filter is reused at most.
 pub const MAX_REUSE: u32 = 100;
 
+/// How full a reused filter may get, as a fraction (numerator, denominator) of its capacity:
+/// new filters hold up to their capacity (1 % false positives), so a productive one must be
+/// allowed to learn some more to be reused at all; at 1.5 times its capacity its
+/// false-positive rate is about 5.7 % (7 functions, 6.4 bits per row), the most of what we
+/// lack it hides from the responder. Beyond, a new filter moves on.
+pub const MAX_FILL: (usize, usize) = (3, 2);
+
 impl Cache {
-    /// Decides what the next request to `target` carries.
-    pub fn next(&mut self, rng: &mut Rng, target: SocketAddr) -> Next {
-        if let Some(last) = &mut self.last {
+    /// Decides what the next request to `target` carries; `capacity` is what one filter holds.
+    /// `behind`: the target last reported a higher global time than ours, so it holds messages
+    /// we lack; such a request is never skipped (the original skips blindly, and a node whose
+    /// first filters met an empty community would go on skipping 90 % of its rounds).
+    pub fn next(
+        &mut self,
+        rng: &mut Rng,
+        target: SocketAddr,
+        capacity: usize,
+        behind: bool,
+    ) -> Next {
+        if let Some(claim) = self.reuse(target, capacity) {
+            return Next::Reuse(claim);
+        }
+        if let Some(last) = &self.last {
             if last.responses > 0 {
                 self.skips = 0;
-                if last.used < MAX_REUSE {
-                    last.used += 1;
-                    last.responses = 0;
-                    last.target = Some(target);
-                    return Next::Reuse(last.claim.clone());
-                }
             } else if last.used <= 1 {
                 self.skips = (self.skips + 1).min(SKIP_CURVE.len());
             }
         }
-        if self.skips > 0 && rng.unit() < SKIP_CURVE[self.skips - 1] {
+        if self.skips > 0 && !behind && rng.unit() < SKIP_CURVE[self.skips - 1] {
             self.last = None;
             return Next::Skip;
         }
         Next::New
+    }
+
+    /// The cached filter again, for `target`, if it brought messages since it was last sent,
+    /// was used fewer than [`MAX_REUSE`] times and holds fewer than [`MAX_FILL`] times
+    /// `capacity` rows.
+    pub fn reuse(&mut self, target: SocketAddr, capacity: usize) -> Option<Claim> {
+        let last = self.last.as_mut()?;
+        let room = capacity.saturating_mul(MAX_FILL.0) / MAX_FILL.1;
+        if last.responses == 0 || last.used >= MAX_REUSE || last.claim.held >= room {
+            return None;
+        }
+        self.skips = 0;
+        last.used += 1;
+        last.responses = 0;
+        last.target = Some(target);
+        Some(last.claim.clone())
     }
 
     /// Remembers the new filter sent to `target`.
@@ -426,23 +567,121 @@ impl Cache {
 
     /// A message with `hash` and `global_time` was stored, from `source`: a cached filter
     /// covering it learns it, and counts a response when it came from the filter's target.
-    pub fn stored(&mut self, hash: &PacketHash, global_time: u64, source: Option<SocketAddr>) {
+    /// Returns whether it counted as a response.
+    pub fn stored(
+        &mut self,
+        hash: &PacketHash,
+        global_time: u64,
+        source: Option<SocketAddr>,
+    ) -> bool {
         if let Some(last) = &mut self.last
             && last.claim.range.contains(global_time)
         {
             last.claim.filter.insert(hash);
+            last.claim.held += 1;
             if source.is_some() && source == last.target {
                 last.responses += 1;
+                return true;
             }
         }
+        false
+    }
+}
+
+/// Follow-up rounds ("chase") with the peer `target` of a productive sync round.
+///
+/// A sync request rides on a walk step, and a walk to the same candidate waits its eligible
+/// delay (27.5 s): a fresh node with one peer holding much would get one response per half
+/// minute. Instead, once a round with a peer brought messages and none has been stored from it
+/// for [`Config::follow_up_quiet`] (the response is complete and stored, so the next filter
+/// holds it and the responder's budget sees it arrived), the node sends that peer a sync-only
+/// introduction-request at once (advice off: the peer introduces nobody) whose filter is a
+/// [`window`] of our newest rows. A round that brings nothing within
+/// [`Config::follow_up_timeout`] ends the chase; so does reaching [`Config::max_follow_ups`]
+/// rounds. Sync then rides on walks again (a later productive walk round starts a new chase).
+/// One chase per community, one request of it in flight; while it runs, walk steps carry no
+/// filter (the chase is the community's sync).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chase {
+    /// The peer.
+    pub target: SocketAddr,
+    /// Follow-up requests sent so far.
+    pub rounds: u32,
+    /// When the current round began (its request was sent, or the walk round's first message
+    /// was stored).
+    pub since: Instant,
+    /// When a message of the current round was last stored from the target; `None` while the
+    /// round has brought nothing.
+    pub last_arrival: Option<Instant>,
+    /// The walk identifier of the follow-up request in flight, if any.
+    pub walk: Option<u32>,
+}
+
+/// What a [`Chase`] does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChaseStep {
+    /// Nothing before this time.
+    Wait(Instant),
+    /// Send the next follow-up request now.
+    Send,
+    /// The chase is over.
+    Stop,
+}
+
+impl Chase {
+    /// A chase with `target`, whose (walk) round brought a message at `now`.
+    pub fn begin(target: SocketAddr, now: Instant) -> Self {
+        Chase {
+            target,
+            rounds: 0,
+            since: now,
+            last_arrival: Some(now),
+            walk: None,
+        }
+    }
+
+    /// A message from the target was stored at `now`.
+    pub fn arrived(&mut self, now: Instant) {
+        self.last_arrival = Some(now);
+    }
+
+    /// When the chase next has something to do.
+    pub fn due(&self, config: &Config) -> Instant {
+        match self.last_arrival {
+            Some(at) => at + config.follow_up_quiet,
+            None => self.since + config.follow_up_timeout,
+        }
+    }
+
+    /// What to do at `now`.
+    pub fn step(&self, now: Instant, config: &Config) -> ChaseStep {
+        let due = self.due(config);
+        if now < due {
+            ChaseStep::Wait(due)
+        } else if self.last_arrival.is_some() && self.rounds < config.max_follow_ups {
+            ChaseStep::Send
+        } else {
+            ChaseStep::Stop
+        }
+    }
+
+    /// The next follow-up request (walk identifier `walk`) was sent at `now`.
+    pub fn sent(&mut self, now: Instant, walk: u32) {
+        self.rounds += 1;
+        self.since = now;
+        self.last_arrival = None;
+        self.walk = Some(walk);
     }
 }
 
 /// The response budget towards one requester, adapted to what arrives (AIMD): the responder
-/// remembers the hashes it sent last time; when the requester's next filter over the same range
-/// contains (nearly) all of them, they arrived and the budget doubles, up to `max`; when many are
-/// missing, the path is lossy or slow and the budget halves, down to `min` (the original's fixed
-/// 5 KiB is `min == max`).
+/// remembers the hashes and global times it sent last time; when the requester's next filter
+/// contains (nearly) all of those inside its range, they arrived and the budget doubles, up to
+/// `max`; when many are missing, the path is lossy or slow and the budget halves, down to `min`
+/// (the original's fixed 5 KiB is `min == max`). Only rows inside the new range count: a filter
+/// elsewhere (or a follow-up's window, which holds the newest part of the last response only)
+/// says nothing about the others; a request whose range holds none of them leaves the budget as
+/// it is.
 #[derive(Debug, Clone)]
 pub struct Budgets {
     min: usize,
@@ -455,8 +694,8 @@ pub struct Budgets {
 #[derive(Debug, Clone)]
 struct Peer {
     budget: usize,
-    sent: HashSet<(u64, u64)>,
-    sent_times: (u64, u64),
+    /// (hash, global time) of the rows of our last response.
+    sent: Vec<(PacketHash, u64)>,
 }
 
 impl Budgets {
@@ -478,14 +717,17 @@ impl Budgets {
         let Some(state) = self.peers.get_mut(&peer) else {
             return min;
         };
-        let overlaps = state.sent_times.0 <= range.high && range.low <= state.sent_times.1;
-        if overlaps && !state.sent.is_empty() {
-            let arrived = state
-                .sent
-                .iter()
-                .filter(|(a, b)| filter.contains(&PacketHash(*a, *b)))
-                .count();
-            if arrived * 10 >= state.sent.len() * 9 {
+        let (mut inside, mut arrived) = (0usize, 0usize);
+        for (hash, global_time) in &state.sent {
+            if range.contains(*global_time) {
+                inside += 1;
+                if filter.contains(hash) {
+                    arrived += 1;
+                }
+            }
+        }
+        if inside > 0 {
+            if arrived * 10 >= inside * 9 {
                 state.budget = (state.budget * 2).min(max);
             } else {
                 state.budget = (state.budget / 2).max(min);
@@ -508,16 +750,12 @@ impl Budgets {
                 peer,
                 Peer {
                     budget: self.min,
-                    sent: HashSet::new(),
-                    sent_times: (u64::MAX, 0),
+                    sent: Vec::new(),
                 },
             );
         }
         if let Some(state) = self.peers.get_mut(&peer) {
-            state.sent = rows.iter().map(|r| (r.hash.0, r.hash.1)).collect();
-            state.sent_times = rows.iter().fold((u64::MAX, 0), |(lo, hi), r| {
-                (lo.min(r.global_time), hi.max(r.global_time))
-            });
+            state.sent = rows.iter().map(|r| (r.hash, r.global_time)).collect();
         }
     }
 }
@@ -698,7 +936,7 @@ mod tests {
         let mut rng = Rng::new(8);
         let target: SocketAddr = "10.0.0.1:1".parse().expect("address");
         let mut cache = Cache::default();
-        assert_eq!(cache.next(&mut rng, target), Next::New);
+        assert_eq!(cache.next(&mut rng, target, 1059, false), Next::New);
         let claim = Claim {
             range: Range {
                 low: 1,
@@ -707,24 +945,162 @@ mod tests {
                 offset: 0,
             },
             filter: empty_filter(1),
+            held: 0,
         };
         cache.sent(claim.clone(), target);
         let r = row(1, 50);
         cache.stored(&r.hash, 50, Some(target));
-        match cache.next(&mut rng, target) {
+        match cache.next(&mut rng, target, 1059, false) {
             Next::Reuse(again) => assert!(again.filter.contains(&r.hash)),
             other => panic!("expected reuse, got {other:?}"),
         }
         // Fruitless filters: after a few, some requests carry no sync part.
         let mut skipped = 0;
         for _ in 0..200 {
-            match cache.next(&mut rng, target) {
+            match cache.next(&mut rng, target, 1059, false) {
                 Next::Skip => skipped += 1,
                 Next::New => cache.sent(claim.clone(), target),
                 Next::Reuse(_) => {}
             }
         }
         assert!(skipped > 50, "{skipped}");
+        // Unless the target told us it holds more (a higher global time than ours).
+        for _ in 0..50 {
+            assert_ne!(cache.next(&mut rng, target, 1059, true), Next::Skip);
+        }
+    }
+
+    #[test]
+    fn a_productive_filter_is_not_reused_once_it_is_too_full() {
+        let mut rng = Rng::new(9);
+        let target: SocketAddr = "10.0.0.1:1".parse().expect("address");
+        let mut cache = Cache::default();
+        let claim = Claim {
+            range: Range {
+                low: 1,
+                high: 10_000,
+                modulo: 1,
+                offset: 0,
+            },
+            filter: empty_filter(1),
+            held: 0,
+        };
+        cache.sent(claim, target);
+        // Every round brings 40 messages; a filter holds 100, reuse stops at 150: reused three
+        // times (at 40, 80 and 120), then full.
+        let mut reused = 0;
+        let mut gt = 0;
+        loop {
+            for _ in 0..40 {
+                gt += 1;
+                assert!(cache.stored(&row(gt, gt).hash, gt, Some(target)));
+            }
+            match cache.next(&mut rng, target, 100, false) {
+                Next::Reuse(again) => {
+                    assert!(again.held < 150, "{}", again.held);
+                    reused += 1;
+                }
+                // Productive but full: a new filter (a new range), never a skip.
+                Next::New => break,
+                Next::Skip => panic!("a productive filter is never followed by a skip"),
+            }
+        }
+        assert_eq!(reused, 3);
+        // A message from someone else is learnt but is no response.
+        let other: SocketAddr = "10.0.0.9:1".parse().expect("address");
+        assert!(!cache.stored(&row(999, 5).hash, 5, Some(other)));
+    }
+
+    #[test]
+    fn a_follow_up_window_holds_our_newest_rows_and_reaches_past_them() {
+        // Newest first, as the left side of a pivot above everything comes back; 5 rows for a
+        // window of 3, rows 2 and 3 share global time 80.
+        let newest = vec![row(1, 100), row(2, 90), row(3, 80), row(4, 80), row(5, 70)];
+        let claim = window(newest.clone(), 10_100, empty_filter(4), 3);
+        assert_eq!(
+            claim.range,
+            Range {
+                low: 81,
+                high: 10_100,
+                modulo: 1,
+                offset: 0
+            }
+        );
+        assert_eq!(claim.held, 2);
+        assert!(claim.filter.contains(&newest[0].hash) && claim.filter.contains(&newest[1].hash));
+        // Fewer rows than the window: everything from the start.
+        let claim = window(newest[..2].to_vec(), 10_100, empty_filter(4), 3);
+        assert_eq!(claim.range.low, 1);
+        // Nothing stored: everything.
+        let claim = window(Vec::new(), 10_001, empty_filter(4), 3);
+        assert_eq!(
+            (claim.range.low, claim.range.high, claim.held),
+            (1, 10_001, 0)
+        );
+    }
+
+    #[test]
+    fn a_chase_follows_up_when_a_round_is_complete_and_stops_when_one_brings_nothing() {
+        let config = Config {
+            follow_up_quiet: std::time::Duration::from_millis(50),
+            follow_up_timeout: std::time::Duration::from_secs(2),
+            max_follow_ups: 3,
+            ..Config::default()
+        };
+        let target: SocketAddr = "10.0.0.1:1".parse().expect("address");
+        let t = |ms: u64| Instant::from_millis(ms);
+        let mut chase = Chase::begin(target, t(1_000));
+        // Messages keep arriving: the round is not complete.
+        chase.arrived(t(1_040));
+        assert_eq!(chase.step(t(1_060), &config), ChaseStep::Wait(t(1_090)));
+        assert_eq!(chase.step(t(1_090), &config), ChaseStep::Send);
+        chase.sent(t(1_090), 7);
+        // The request is out; nothing yet: wait up to the timeout.
+        assert_eq!(chase.step(t(1_500), &config), ChaseStep::Wait(t(3_090)));
+        chase.arrived(t(1_600));
+        assert_eq!(chase.step(t(1_650), &config), ChaseStep::Send);
+        chase.sent(t(1_650), 8);
+        // A round that brings nothing ends it.
+        assert_eq!(chase.step(t(3_650), &config), ChaseStep::Stop);
+        // So does the bound on rounds.
+        let mut chase = Chase::begin(target, t(0));
+        for round in 0..3u64 {
+            assert_eq!(chase.step(t(100 * round + 50), &config), ChaseStep::Send);
+            chase.sent(t(100 * round + 50), 1);
+            chase.arrived(t(100 * round + 60));
+        }
+        assert_eq!(chase.step(t(1_000), &config), ChaseStep::Stop);
+    }
+
+    #[test]
+    fn budgets_judge_only_what_the_new_range_covers() {
+        let peer: SocketAddr = "10.0.0.2:1".parse().expect("address");
+        let mut budgets = Budgets::new(5 * 1024, 256 * 1024, 10);
+        let rows: Vec<Row> = (1..=100).map(|i| row(i, i)).collect();
+        let all = Range {
+            low: 1,
+            high: 1000,
+            modulo: 1,
+            offset: 0,
+        };
+        assert_eq!(budgets.budget(peer, &all, &empty_filter(1)), 5 * 1024);
+        budgets.sent(peer, &rows);
+        // A follow-up window over the newest 25 rows of the response, which all arrived.
+        let newest = Range { low: 76, ..all };
+        let mut filter = empty_filter(2);
+        for r in &rows[75..] {
+            filter.insert(&r.hash);
+        }
+        assert_eq!(budgets.budget(peer, &newest, &filter), 10 * 1024);
+        // A range that holds none of the last response says nothing.
+        budgets.sent(peer, &rows);
+        let elsewhere = Range { low: 500, ..all };
+        assert_eq!(
+            budgets.budget(peer, &elsewhere, &empty_filter(3)),
+            10 * 1024
+        );
+        // The same response judged later by an overlapping filter lacking it: halved.
+        assert_eq!(budgets.budget(peer, &newest, &empty_filter(4)), 5 * 1024);
     }
 
     #[test]
@@ -759,8 +1135,11 @@ mod driving {
 
     use std::net::SocketAddr;
 
-    use super::{Claim, ERROR_RATE, Next, PendingQuery, PendingResponse, Range, Row};
+    use super::{
+        ChaseStep, Claim, ERROR_RATE, Next, PendingQuery, PendingResponse, Query, Range, Row,
+    };
     use crate::bloom::{BloomFilter, PacketHash};
+    use crate::community::PendingWalk;
     use crate::identity::CommunityId;
     use crate::node::{Event, Node};
     use crate::time::Instant;
@@ -803,7 +1182,8 @@ mod driving {
 
         /// Sends our introduction-request, with a sync part when the community syncs: a reused
         /// filter, none (skip), or a new one built from the store's rows (then the request waits
-        /// for [`Node::handle_sync_query`]).
+        /// for [`Node::handle_sync_query`]). While follow-up rounds run ([`super::Chase`]) the
+        /// walk carries no filter: they are the community's sync, one request at a time.
         pub(crate) fn send_request(
             &mut self,
             now: Instant,
@@ -820,6 +1200,13 @@ mod driving {
                 self.send(target, Packet::IntroductionRequest(request));
                 return;
             }
+            let chasing =
+                c.sync.chase.is_some() || c.sync.pending.as_ref().is_some_and(|p| p.follow_up);
+            if chasing {
+                c.stats.sync_skipped += 1;
+                self.send(target, Packet::IntroductionRequest(request));
+                return;
+            }
             // A request still waiting for its rows goes now, without a filter.
             if let Some(stale) = c.sync.pending.take() {
                 self.send(stale.target, Packet::IntroductionRequest(stale.request));
@@ -831,7 +1218,12 @@ mod driving {
             let Some(c) = self.communities.get_mut(&id) else {
                 return;
             };
-            match c.sync.cache.next(&mut self.rng, target) {
+            let capacity = c.sync.capacity();
+            let behind = c
+                .candidates
+                .get(&target)
+                .is_some_and(|candidate| candidate.global_time > c.global_time);
+            match c.sync.cache.next(&mut self.rng, target, capacity, behind) {
                 Next::Reuse(claim) => {
                     c.stats.sync_reused += 1;
                     request.sync = Some(synchronization(&claim));
@@ -847,13 +1239,14 @@ mod driving {
                         self.config.sync.strategy,
                         c.global_time,
                         c.sync.stored,
-                        c.sync.capacity(),
+                        capacity,
                     );
                     c.sync.pending = Some(PendingQuery {
                         target,
                         request,
                         query,
                         deadline: now + timeout,
+                        follow_up: false,
                     });
                     self.push(Event::SyncQuery {
                         community: id,
@@ -863,7 +1256,110 @@ mod driving {
             }
         }
 
-        /// The store did not answer in time: the walk goes without a filter.
+        /// Runs the follow-up rounds of community `id` ([`super::Chase`]): sends the next
+        /// sync-only introduction-request to the chased peer when its last round is complete,
+        /// or ends the chase.
+        pub(crate) fn follow_up(&mut self, now: Instant, id: CommunityId) {
+            let sync = self.config.sync.clone();
+            let max_pending = self.config.max_pending_walks;
+            let request_timeout = self.config.request_timeout;
+            let (lan, wan, connection_type) =
+                (self.lan, self.wan_address(), self.connection_type());
+            let Some(c) = self.communities.get_mut(&id) else {
+                return;
+            };
+            // One store query at a time: a walk's filter being built delays the round.
+            if c.sync.pending.is_some() {
+                return;
+            }
+            let Some(chase) = c.sync.chase.as_mut() else {
+                return;
+            };
+            let step = chase.step(now, &sync);
+            let previous = chase.walk.take();
+            if step != ChaseStep::Send {
+                chase.walk = previous;
+                if step == ChaseStep::Stop {
+                    c.sync.chase = None;
+                }
+                return;
+            }
+            // The previous follow-up is answered or lost: it no longer holds a walk slot.
+            if let Some(walk) = previous {
+                c.pending_walks.remove(&walk);
+            }
+            if c.pending_walks.len() >= max_pending {
+                c.sync.chase = None;
+                return;
+            }
+            let target = chase.target;
+            let walk = loop {
+                let walk = self.rng.nonzero_u32();
+                if !c.pending_walks.contains_key(&walk) {
+                    break walk;
+                }
+            };
+            let random = self.rng.nonzero_u32();
+            c.pending_walks.insert(
+                walk,
+                PendingWalk {
+                    destination: target,
+                    random,
+                    deadline: now + request_timeout,
+                    answered: false,
+                    sync_only: true,
+                },
+            );
+            let Some(chase) = c.sync.chase.as_mut() else {
+                return;
+            };
+            chase.sent(now, walk);
+            let request = IntroductionRequest {
+                community: id,
+                member: self.key.public().clone(),
+                session: self.sessions.id(&target).unwrap_or(0),
+                walk,
+                random,
+                global_time: c.global_time,
+                destination: target,
+                source_lan: lan,
+                source_wan: wan,
+                connection_type,
+                advice: false,
+                sync: None,
+            };
+            // A window of our newest rows: the left side of a pivot above every global time.
+            // (Not the productive filter again: it holds up to 1.5 times its capacity, and what
+            // its false positives hide in a range the follow-ups then leave would stay missing
+            // for long.)
+            let query = Query::Pivot {
+                pivot: u64::MAX,
+                limit: c.sync.window() + 1,
+            };
+            c.sync.pending = Some(PendingQuery {
+                target,
+                request,
+                query,
+                deadline: now + sync.store_timeout,
+                follow_up: true,
+            });
+            self.push(Event::SyncQuery {
+                community: id,
+                query,
+            });
+        }
+
+        /// When the follow-up rounds of `c` next need [`Node::handle_timeout`], if they run and
+        /// are not waiting for the store.
+        pub(crate) fn follow_up_due(&self, c: &crate::community::Community) -> Option<Instant> {
+            match (&c.sync.chase, &c.sync.pending) {
+                (Some(chase), None) => Some(chase.due(&self.config.sync)),
+                _ => None,
+            }
+        }
+
+        /// The store did not answer in time: the walk goes without a filter; a follow-up round
+        /// is dropped and ends the chase.
         pub(crate) fn expire_sync_query(&mut self, now: Instant, id: CommunityId) {
             let Some(c) = self.communities.get_mut(&id) else {
                 return;
@@ -872,7 +1368,12 @@ mod driving {
                 && let Some(pending) = c.sync.pending.take()
             {
                 c.stats.sync_skipped += 1;
-                self.send(pending.target, Packet::IntroductionRequest(pending.request));
+                if pending.follow_up {
+                    c.pending_walks.remove(&pending.request.walk);
+                    c.sync.chase = None;
+                } else {
+                    self.send(pending.target, Packet::IntroductionRequest(pending.request));
+                }
             }
         }
 
@@ -895,15 +1396,23 @@ mod driving {
             };
             let acceptable = c.acceptable_global_time(now, margin);
             let Ok(filter) = BloomFilter::sized(c.sync.filter_bytes, ERROR_RATE, salt) else {
-                self.send(pending.target, Packet::IntroductionRequest(pending.request));
+                if !pending.follow_up {
+                    self.send(pending.target, Packet::IntroductionRequest(pending.request));
+                }
                 return;
             };
-            let capacity = c.sync.capacity();
-            let claim = super::claim(pending.query, right, left, acceptable, filter, capacity);
             let mut request = pending.request;
-            request.sync = Some(synchronization(&claim));
-            c.sync.cache.sent(claim, pending.target);
-            c.stats.sync_new += 1;
+            if pending.follow_up {
+                let claim = super::window(left, acceptable, filter, c.sync.window());
+                request.sync = Some(synchronization(&claim));
+                c.stats.sync_follow_ups += 1;
+            } else {
+                let capacity = c.sync.capacity();
+                let claim = super::claim(pending.query, right, left, acceptable, filter, capacity);
+                request.sync = Some(synchronization(&claim));
+                c.sync.cache.sent(claim, pending.target);
+                c.stats.sync_new += 1;
+            }
             self.send(pending.target, Packet::IntroductionRequest(request));
         }
 
@@ -1024,17 +1533,32 @@ mod driving {
             }
         }
 
-        /// The driver stored these syncable messages of `community` (hash, global time, source):
-        /// counts them, and a cached filter covering them learns them.
+        /// The driver stored these syncable messages of `community` (hash, global time, source)
+        /// at `now`: counts them, a cached filter covering them learns them, and messages from
+        /// the peer of our last filter start follow-up rounds with it ([`super::Chase`]) or
+        /// keep them going.
         pub fn handle_stored(
             &mut self,
+            now: Instant,
             community: CommunityId,
             stored: &[(PacketHash, u64, Option<SocketAddr>)],
         ) {
+            let follow_ups = self.config.sync.max_follow_ups > 0;
             if let Some(c) = self.communities.get_mut(&community) {
                 c.sync.stored += stored.len() as u64;
                 for (hash, global_time, source) in stored {
-                    c.sync.cache.stored(hash, *global_time, *source);
+                    let response = c.sync.cache.stored(hash, *global_time, *source);
+                    let Some(source) = *source else {
+                        continue;
+                    };
+                    match &mut c.sync.chase {
+                        Some(chase) if chase.target == source => chase.arrived(now),
+                        Some(_) => {}
+                        None if response && follow_ups => {
+                            c.sync.chase = Some(super::Chase::begin(source, now));
+                        }
+                        None => {}
+                    }
                 }
             }
         }

@@ -111,6 +111,7 @@ impl Node {
                 random,
                 deadline: now + config.request_timeout,
                 answered: false,
+                sync_only: false,
             },
         );
         c.stats.walk_attempts += 1;
@@ -137,7 +138,7 @@ impl Node {
             let mut failures = 0;
             c.pending_walks.retain(|_, walk| {
                 let keep = walk.deadline > now;
-                if !keep && !walk.answered {
+                if !keep && !walk.answered && !walk.sync_only {
                     failures += 1;
                 }
                 keep
@@ -346,13 +347,18 @@ impl Node {
             .communities
             .get_mut(&response.community)
             .ok_or("unknown-community")?;
-        match c.pending_walks.get_mut(&response.walk) {
-            Some(walk) if walk.destination == from && !walk.answered => walk.answered = true,
+        let sync_only = match c.pending_walks.get_mut(&response.walk) {
+            Some(walk) if walk.destination == from && !walk.answered => {
+                walk.answered = true;
+                walk.sync_only
+            }
             Some(walk) if walk.destination == from => return Err("duplicate-response"),
             Some(_) => return Err("response-from-wrong-address"),
             None => return Err("unexpected-response"),
+        };
+        if !sync_only {
+            c.stats.walk_successes += 1;
         }
-        c.stats.walk_successes += 1;
         c.last_activity = now;
         if is_tracker {
             c.tracker_walks.insert(from, now);

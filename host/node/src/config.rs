@@ -136,6 +136,14 @@ pub struct Sync {
     pub global_time_margin: u64,
     /// How long a walk waits for the store to build its filter, and a response for its rows.
     pub store_timeout_ms: u64,
+    /// Follow-up rounds: after a round with a peer brought messages, the next sync request goes
+    /// to it once no message from it was stored for this long, without waiting for the walk.
+    pub follow_up_quiet_ms: u64,
+    /// A follow-up round that brings nothing within this long ends the follow-ups.
+    pub follow_up_timeout_ms: u64,
+    /// Most follow-up rounds in a row with one peer (0: sync only rides on walks, as in the
+    /// original).
+    pub max_follow_ups: u32,
 }
 
 /// Messages that wait for others (a sequence gap, a plugin's wait) and the missing-sequence,
@@ -224,9 +232,12 @@ impl Default for Sync {
         Sync {
             strategy: SyncStrategy::Largest,
             min_budget: 5 * 1024,
-            max_budget: 256 * 1024,
+            max_budget: 1024 * 1024,
             global_time_margin: 10_000,
             store_timeout_ms: 2_000,
+            follow_up_quiet_ms: 50,
+            follow_up_timeout_ms: 2_000,
+            max_follow_ups: 1_000,
         }
     }
 }
@@ -522,6 +533,9 @@ impl Config {
                 max_peers: l.sync_peers,
                 max_responses: l.sync_responses,
                 store_timeout: ms(self.sync.store_timeout_ms),
+                follow_up_quiet: ms(self.sync.follow_up_quiet_ms),
+                follow_up_timeout: ms(self.sync.follow_up_timeout_ms),
+                max_follow_ups: self.sync.max_follow_ups,
             },
             missing: dispersy_core::missing::Config {
                 max_delayed: self.missing.max_waiting,

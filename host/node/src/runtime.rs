@@ -246,6 +246,8 @@ pub struct CommunityStatsView {
     pub sync_reused: u64,
     /// Introduction-requests sent without a filter.
     pub sync_skipped: u64,
+    /// Sync-only follow-up requests sent (catch-up rounds that do not wait for the walk).
+    pub sync_follow_ups: u64,
     /// Stored messages sent answering filters.
     pub sync_packets_sent: u64,
     /// Stored messages sent answering missing-sequence, -message and -last-message.
@@ -997,7 +999,7 @@ impl Protocol {
                 items,
                 keys,
             } => {
-                self.node.handle_stored(community, &items);
+                self.node.handle_stored(now, community, &items);
                 self.node.handle_stored_keys(now, community, &keys);
             }
             Command::SequenceGap {
@@ -1228,6 +1230,7 @@ impl Protocol {
                         sync_new: c.stats.sync_new,
                         sync_reused: c.stats.sync_reused,
                         sync_skipped: c.stats.sync_skipped,
+                        sync_follow_ups: c.stats.sync_follow_ups,
                         sync_packets_sent: c.stats.sync_packets_sent,
                         missing_packets_sent: c.stats.missing_packets_sent,
                         relayed: c.stats.relayed,
