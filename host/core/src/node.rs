@@ -632,25 +632,14 @@ impl Node {
         let key = self.key.clone();
         let max_datagram = self.config.max_datagram;
         let relay_budget = self.config.relay.hops;
+        let (meta, conversion) = self.creatable(community, meta, Authentication::Member)?;
+        if meta.destination == Destination::Candidate && candidates.is_empty() {
+            return Err(CreateError::NoDestination(meta.name));
+        }
         let c = self
             .communities
             .get_mut(&community)
             .ok_or(CreateError::UnknownCommunity(community))?;
-        let definition = c
-            .definition
-            .as_ref()
-            .ok_or(CreateError::UnknownCommunity(community))?;
-        let meta = definition
-            .meta_by_name(meta)
-            .ok_or_else(|| CreateError::UnknownMeta(meta.to_owned()))?
-            .clone();
-        if meta.authentication != Authentication::Member {
-            return Err(CreateError::Authentication(meta.name));
-        }
-        if meta.destination == Destination::Candidate && candidates.is_empty() {
-            return Err(CreateError::NoDestination(meta.name));
-        }
-        let conversion = definition.conversions[0].clone();
         let global_time = c.global_time + 1;
         let sequence_number = meta
             .distribution
@@ -686,6 +675,29 @@ impl Node {
             sequence_number,
             sent_to,
         })
+    }
+
+    /// The meta named `meta` of a joined community, if messages of `authentication` are
+    /// created with it, and the conversion new messages use.
+    pub(crate) fn creatable(
+        &self,
+        community: CommunityId,
+        meta: &str,
+        authentication: Authentication,
+    ) -> Result<(crate::meta::MetaMessage, wire::Conversion), CreateError> {
+        let definition = self
+            .communities
+            .get(&community)
+            .and_then(|c| c.definition.as_ref())
+            .ok_or(CreateError::UnknownCommunity(community))?;
+        let meta = definition
+            .meta_by_name(meta)
+            .ok_or_else(|| CreateError::UnknownMeta(meta.to_owned()))?
+            .clone();
+        if meta.authentication != authentication {
+            return Err(CreateError::Authentication(meta.name));
+        }
+        Ok((meta, definition.conversions[0].clone()))
     }
 
     /// Sends a message this node (co-)created to its destination, and emits it as an

@@ -108,25 +108,16 @@ mod driving {
             if co_signer == me {
                 return Err(CreateError::CoSigner);
             }
+            let (meta, conversion) =
+                self.creatable(community, meta, Authentication::DoubleMember)?;
             let c = self
                 .communities
                 .get_mut(&community)
                 .ok_or(CreateError::UnknownCommunity(community))?;
-            let definition = c
-                .definition
-                .as_ref()
-                .ok_or(CreateError::UnknownCommunity(community))?;
-            let meta = definition
-                .meta_by_name(meta)
-                .ok_or_else(|| CreateError::UnknownMeta(meta.to_owned()))?
-                .clone();
-            if meta.authentication != Authentication::DoubleMember {
-                return Err(CreateError::Authentication(meta.name));
-            }
             let message = CommunityMessage {
                 community,
                 message_type: meta.id,
-                conversion: definition.conversions[0].clone(),
+                conversion,
                 authors: vec![me, co_signer],
                 global_time: c.global_time + 1,
                 sequence_number: None,

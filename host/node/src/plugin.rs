@@ -651,19 +651,7 @@ impl WorkerLoop {
                 let _ = reply.send(result);
             }
             Job::AllowSignature { ask, message } => {
-                let raw = RawMessage {
-                    meta: message.message_type,
-                    conversion: RVec::from(message.conversion.as_bytes().to_vec()),
-                    authors: message
-                        .authors
-                        .iter()
-                        .map(|key| RVec::from(key.as_bytes().to_vec()))
-                        .collect(),
-                    global_time: message.global_time,
-                    sequence_number: 0,
-                    source: RString::new(),
-                    payload: RVec::from(message.payload.clone()),
-                };
+                let raw = raw_message(&message, None);
                 let allow = match self.instance.allow_signature(&raw).into_result() {
                     Ok(allow) => allow,
                     Err(error) => {
@@ -1026,7 +1014,14 @@ impl WorkerLoop {
 }
 
 fn to_raw(incoming: &Incoming) -> RawMessage {
-    let message = &incoming.message.message;
+    raw_message(&incoming.message.message, incoming.source)
+}
+
+/// A message as the ABI hands it to a plugin.
+fn raw_message(
+    message: &dispersy_core::wire::CommunityMessage,
+    source: Option<SocketAddr>,
+) -> RawMessage {
     RawMessage {
         meta: message.message_type,
         conversion: RVec::from(message.conversion.as_bytes().to_vec()),
@@ -1037,8 +1032,7 @@ fn to_raw(incoming: &Incoming) -> RawMessage {
             .collect(),
         global_time: message.global_time,
         sequence_number: message.sequence_number.unwrap_or(0),
-        source: incoming
-            .source
+        source: source
             .map(|s| RString::from(s.to_string()))
             .unwrap_or_default(),
         payload: RVec::from(message.payload.clone()),
