@@ -213,7 +213,10 @@ async fn stored_posts_reach_a_node_that_joins_later_through_sync() {
     }
     stored.sort_unstable();
     assert_eq!(stored, (0..N).collect::<Vec<_>>());
-    assert_eq!(b.community(EXAMPLE).await["plugin"]["duplicates"], 0);
+    // Handled once each: a copy that arrives again (a follow-up round may overlap the previous
+    // one) is recognised by the store and not handed to the plugin.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.community(EXAMPLE).await["plugin"]["status"]["posts"], N);
     a.stop().await;
     b.stop().await;
 }
