@@ -581,34 +581,19 @@ impl Store {
             if left == 0 {
                 break;
             }
-            let sql = match order {
-                SyncOrder::Ascending => {
-                    "SELECT id, global_time, hash, length(packet) FROM sync INDEXED BY sync_cover
-                     WHERE community = ?1 AND meta = ?7 AND undone = 0
-                       AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
-                     ORDER BY global_time LIMIT ?6"
-                }
-                SyncOrder::Descending => {
-                    "SELECT id, global_time, hash, length(packet) FROM sync INDEXED BY sync_cover
-                     WHERE community = ?1 AND meta = ?7 AND undone = 0
-                       AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
-                     ORDER BY global_time DESC LIMIT ?6"
-                }
-                // Random order: a random sample of the range (SQLite must read the whole range
-                // of this meta to shuffle it).
-                SyncOrder::Random => {
-                    "SELECT id, global_time, hash, length(packet) FROM sync INDEXED BY sync_cover
-                     WHERE community = ?1 AND meta = ?7 AND undone = 0
-                       AND global_time BETWEEN ?2 AND ?3 AND global_time % ?4 = ?5
-                     ORDER BY random() LIMIT ?6"
-                }
-            };
+            let low = range.low.max(*active_from);
+            let modulo = u64::from(range.modulo.max(1));
+            // The first global time of the residue class at or above `low`.
+            let first = low + (range.offset % modulo + modulo - low % modulo) % modulo;
+            if first > range.high {
+                continue;
+            }
+            let sql = rows_sql(enumerate_residues(first, range.high, modulo, left), *order);
             let rows = sqlx::query(sql)
                 .bind(community)
-                .bind(to_i64(range.low.max(*active_from)))
+                .bind(to_i64(first))
                 .bind(to_i64(range.high))
-                .bind(i64::from(range.modulo.max(1)))
-                .bind(to_i64(range.offset))
+                .bind(to_i64(modulo))
                 .bind(i64::try_from(left).unwrap_or(i64::MAX))
                 .bind(i64::from(*meta))
                 .fetch_all(&self.pool)
@@ -711,6 +696,59 @@ async fn pair(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// The responder's row query: scanning the index over the range (keeping the residue class), or
+/// one index seek per global time of the class (`enumerate`), in `order`. Parameters: ?1
+/// community, ?2 first global time of the class, ?3 highest, ?4 modulo, ?5 limit, ?6 meta.
+fn rows_sql(enumerate: bool, order: SyncOrder) -> &'static str {
+    macro_rules! scan {
+        ($order:literal) => {
+            concat!(
+                "SELECT id, global_time, hash, length(packet) FROM sync INDEXED BY sync_cover
+                 WHERE community = ?1 AND meta = ?6 AND undone = 0
+                   AND global_time BETWEEN ?2 AND ?3 AND (global_time - ?2) % ?4 = 0
+                 ORDER BY ",
+                $order,
+                " LIMIT ?5"
+            )
+        };
+    }
+    macro_rules! seek {
+        ($order:literal) => {
+            concat!(
+                "WITH RECURSIVE t(g) AS (SELECT ?2 UNION ALL SELECT g + ?4 FROM t WHERE g + ?4 <= ?3)
+                 SELECT id, global_time, hash, length(packet)
+                 FROM t JOIN sync INDEXED BY sync_cover
+                   ON community = ?1 AND meta = ?6 AND undone = 0 AND global_time = t.g
+                 ORDER BY ",
+                $order,
+                " LIMIT ?5"
+            )
+        };
+    }
+    // Random order: a random sample of the candidates (all of them are read to shuffle).
+    match (enumerate, order) {
+        (false, SyncOrder::Ascending) => scan!("global_time"),
+        (false, SyncOrder::Descending) => scan!("global_time DESC"),
+        (false, SyncOrder::Random) => scan!("random()"),
+        (true, SyncOrder::Ascending) => seek!("global_time"),
+        (true, SyncOrder::Descending) => seek!("global_time DESC"),
+        (true, SyncOrder::Random) => seek!("random()"),
+    }
+}
+
+/// Whether reading the global times `first, first + modulo, … ≤ high` one index seek each is
+/// cheaper than scanning the index from `first` until `limit` of them are found. A seek costs
+/// about as much as passing over 20 index entries (measured on SQLite 3.4x); a scan passes over
+/// about `modulo` entries per row found when global times are dense.
+fn enumerate_residues(first: u64, high: u64, modulo: u64, limit: usize) -> bool {
+    if modulo < 2 {
+        return false;
+    }
+    let seeks = (high - first) / modulo + 1;
+    let scanned = (high - first + 1).min((limit as u64).saturating_mul(modulo));
+    seeks.saturating_mul(20) < scanned
 }
 
 enum Placed {
@@ -1080,6 +1118,79 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(pairs, 2, "rows of removed messages go with them");
+    }
+
+    #[tokio::test]
+    async fn range_rows_are_the_same_by_scan_and_by_seeks() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        // Global times 1..=3000 but the multiples of 7.
+        let batch: Vec<NewMessage> = (1..=3000u64)
+            .filter(|gt| gt % 7 != 0)
+            .map(|gt| NewMessage {
+                community: id,
+                member: MemberId([(gt % 50) as u8; 20]),
+                global_time: gt,
+                meta: 7,
+                sequence: None,
+                priority: 128,
+                history: None,
+                co_signer: None,
+                packet: gt.to_be_bytes().to_vec(),
+                hash: PacketHash::of(&gt.to_be_bytes()),
+            })
+            .collect();
+        store.insert(&batch).await.unwrap();
+        let times = |rows: Vec<Row>| rows.iter().map(|r| r.global_time).collect::<Vec<_>>();
+        for (modulo, offset, limit) in [(100u32, 7u64, 10usize), (100, 42, 40), (2, 1, 25)] {
+            let range = Range {
+                low: 5,
+                high: 2900,
+                modulo,
+                offset,
+            };
+            let expected: Vec<u64> = (5..=2900u64)
+                .filter(|gt| gt % 7 != 0 && gt % u64::from(modulo) == offset)
+                .collect();
+            for (order, want) in [
+                (
+                    SyncOrder::Ascending,
+                    expected.iter().copied().take(limit).collect(),
+                ),
+                (
+                    SyncOrder::Descending,
+                    expected
+                        .iter()
+                        .rev()
+                        .copied()
+                        .take(limit)
+                        .collect::<Vec<_>>(),
+                ),
+            ] {
+                let rows = store
+                    .sync_rows(id, range, limit, &[(7, order, 0)])
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    times(rows),
+                    want,
+                    "modulo {modulo} offset {offset} {order:?}"
+                );
+            }
+            let mut random = times(
+                store
+                    .sync_rows(id, range, limit, &[(7, SyncOrder::Random, 0)])
+                    .await
+                    .unwrap(),
+            );
+            random.sort_unstable();
+            assert_eq!(random.len(), limit.min(expected.len()));
+            assert!(random.iter().all(|gt| expected.contains(gt)));
+        }
+        // Which way is taken: seeks for a sparse class, a scan for a dense one.
+        assert!(enumerate_residues(5, 2900, 100, 10));
+        assert!(!enumerate_residues(5, 2900, 2, 25));
+        assert!(!enumerate_residues(5, 2900, 1, 25));
     }
 
     #[tokio::test]
