@@ -589,18 +589,18 @@ impl Store {
                 continue;
             }
             let sql = rows_sql(enumerate_residues(first, range.high, modulo, left), *order);
-            let rows = sqlx::query(sql)
+            // One row holding them all: sqlx hands rows over one by one between threads, which
+            // costs more than SQLite's own work here.
+            let text: Option<String> = sqlx::query_scalar(sql)
                 .bind(community)
                 .bind(to_i64(first))
                 .bind(to_i64(range.high))
                 .bind(to_i64(modulo))
                 .bind(i64::try_from(left).unwrap_or(i64::MAX))
                 .bind(i64::from(*meta))
-                .fetch_all(&self.pool)
+                .fetch_one(&self.pool)
                 .await?;
-            for row in &rows {
-                out.extend(sync_row(row)?);
-            }
+            out.extend(text.as_deref().map(parse_rows).unwrap_or_default());
         }
         Ok(out)
     }
@@ -622,7 +622,7 @@ impl Store {
     pub async fn packets(&self, ids: &[u64]) -> Result<Vec<Vec<u8>>, StoreError> {
         let list = serde_json::to_string(ids).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         let rows = sqlx::query(
-            "SELECT sync.id, packet FROM sync JOIN json_each(?1) ON sync.id = json_each.value",
+            "SELECT sync.id, packet FROM json_each(?1) CROSS JOIN sync ON sync.id = json_each.value",
         )
         .bind(list)
         .fetch_all(&self.pool)
@@ -699,18 +699,22 @@ async fn pair(
 }
 
 /// The responder's row query: scanning the index over the range (keeping the residue class), or
-/// one index seek per global time of the class (`enumerate`), in `order`. Parameters: ?1
+/// one index seek per global time of the class (`enumerate`; CROSS JOIN keeps the class as the
+/// outer loop, whatever the planner would think), in `order`. Parameters: ?1
 /// community, ?2 first global time of the class, ?3 highest, ?4 modulo, ?5 limit, ?6 meta.
 fn rows_sql(enumerate: bool, order: SyncOrder) -> &'static str {
+    // Rows as text `id:global_time:HASH:size`, comma-separated, in the query's order.
     macro_rules! scan {
         ($order:literal) => {
             concat!(
-                "SELECT id, global_time, hash, length(packet) FROM sync INDEXED BY sync_cover
-                 WHERE community = ?1 AND meta = ?6 AND undone = 0
-                   AND global_time BETWEEN ?2 AND ?3 AND (global_time - ?2) % ?4 = 0
-                 ORDER BY ",
+                "SELECT group_concat(printf('%d:%d:%s:%d', id, global_time, hex(hash), size), ',')
+                 FROM (SELECT id, global_time, hash, length(packet) AS size
+                       FROM sync INDEXED BY sync_cover
+                       WHERE community = ?1 AND meta = ?6 AND undone = 0
+                         AND global_time BETWEEN ?2 AND ?3 AND (global_time - ?2) % ?4 = 0
+                       ORDER BY ",
                 $order,
-                " LIMIT ?5"
+                " LIMIT ?5)"
             )
         };
     }
@@ -718,12 +722,13 @@ fn rows_sql(enumerate: bool, order: SyncOrder) -> &'static str {
         ($order:literal) => {
             concat!(
                 "WITH RECURSIVE t(g) AS (SELECT ?2 UNION ALL SELECT g + ?4 FROM t WHERE g + ?4 <= ?3)
-                 SELECT id, global_time, hash, length(packet)
-                 FROM t JOIN sync INDEXED BY sync_cover
-                   ON community = ?1 AND meta = ?6 AND undone = 0 AND global_time = t.g
-                 ORDER BY ",
+                 SELECT group_concat(printf('%d:%d:%s:%d', id, global_time, hex(hash), size), ',')
+                 FROM (SELECT id, global_time, hash, length(packet) AS size
+                       FROM t CROSS JOIN sync INDEXED BY sync_cover
+                       WHERE community = ?1 AND meta = ?6 AND undone = 0 AND global_time = t.g
+                       ORDER BY ",
                 $order,
-                " LIMIT ?5"
+                " LIMIT ?5)"
             )
         };
     }
@@ -736,6 +741,25 @@ fn rows_sql(enumerate: bool, order: SyncOrder) -> &'static str {
         (true, SyncOrder::Descending) => seek!("global_time DESC"),
         (true, SyncOrder::Random) => seek!("random()"),
     }
+}
+
+/// The rows of [`rows_sql`]'s text, in order; rows without a hash yet are left out.
+fn parse_rows(text: &str) -> Vec<Row> {
+    text.split(',')
+        .filter_map(|item| {
+            let mut fields = item.split(':');
+            let id = fields.next()?.parse().ok()?;
+            let global_time = fields.next()?.parse().ok()?;
+            let hash = hash_from(&hex::decode(fields.next()?).ok()?)?;
+            let size = fields.next()?.parse().ok()?;
+            Some(Row {
+                id,
+                global_time,
+                hash,
+                size,
+            })
+        })
+        .collect()
 }
 
 /// Whether reading the global times `first, first + modulo, … ≤ high` one index seek each is
