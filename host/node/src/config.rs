@@ -258,6 +258,9 @@ pub struct Limits {
     pub command_queue: usize,
     /// Batches waiting for one community's plugin thread.
     pub plugin_queue: usize,
+    /// Messages a community thread takes from its queue at once: one check call per meta, one
+    /// store transaction, one handle call per meta.
+    pub plugin_batch: usize,
     /// Messages waiting for the store.
     pub store_queue: usize,
     /// Store reads for synchronisation waiting for the sync task.
@@ -307,6 +310,7 @@ impl Default for Limits {
             verifiers: 8,
             command_queue: 4_096,
             plugin_queue: 1_024,
+            plugin_batch: 1_000,
             store_queue: 4_096,
             sync_queue: 256,
             max_candidates: 1_000,
@@ -435,6 +439,7 @@ impl Config {
             ("limits.verifiers", l.verifiers),
             ("limits.command_queue", l.command_queue),
             ("limits.plugin_queue", l.plugin_queue),
+            ("limits.plugin_batch", l.plugin_batch),
             ("limits.store_queue", l.store_queue),
             ("limits.sync_queue", l.sync_queue),
             ("limits.max_candidates", l.max_candidates),

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dispersy_core::identity::{CommunityId, KeyPair};
-use dispersy_core::node::{CreateError, Created, Event, Node};
+use dispersy_core::node::{CreateError, Created, Event, Incoming, Node};
 use dispersy_core::stats::Counters;
 use dispersy_core::time::Instant as CoreInstant;
 use dispersy_core::wire::{self, DecodeError, Packet};
@@ -495,6 +495,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 inserts: inserts_tx,
                 limits: WorkerLimits {
                     queue: limits.plugin_queue,
+                    batch: limits.plugin_batch,
                     recent: limits.recent_messages,
                     delayed: limits.delayed_messages,
                     delay_timeout: Duration::from_millis(limits.delay_timeout_ms),
@@ -1050,20 +1051,20 @@ impl Protocol {
                 self.dropped.bump("send-failed");
             }
         }
+        // Messages of one community and meta go to its thread as one job per flush.
+        let mut deliveries: Vec<(CommunityId, u32, Vec<Incoming>)> = Vec::new();
         while let Some(event) = self.node.poll_event() {
             match event {
                 Event::Messages {
                     community,
                     meta,
                     messages,
-                } => match self.registry.as_ref().and_then(|r| r.worker(&community)) {
-                    Some(worker) => {
-                        let n = messages.len() as u64;
-                        if worker.submit(Job::Deliver { meta, messages }).is_err() {
-                            self.dropped.add("plugin-queue-full", n);
-                        }
-                    }
-                    None => self.dropped.bump("no-plugin"),
+                } => match deliveries
+                    .iter_mut()
+                    .find(|(c, m, _)| *c == community && *m == meta)
+                {
+                    Some((_, _, list)) => list.extend(messages),
+                    None => deliveries.push((community, meta, messages)),
                 },
                 Event::SyncQuery { community, query } => {
                     self.sync_job(community, |row| SyncJob::Query {
@@ -1131,6 +1132,17 @@ impl Protocol {
                         self.dropped.bump("sync-queue-full");
                     }
                 }
+            }
+        }
+        for (community, meta, messages) in deliveries {
+            match self.registry.as_ref().and_then(|r| r.worker(&community)) {
+                Some(worker) => {
+                    let n = messages.len() as u64;
+                    if worker.submit(Job::Deliver { meta, messages }).is_err() {
+                        self.dropped.add("plugin-queue-full", n);
+                    }
+                }
+                None => self.dropped.bump("no-plugin"),
             }
         }
     }
