@@ -252,8 +252,13 @@ pub struct Limits {
     pub recv_buffer: usize,
     /// Received datagrams waiting for a verifier, and verified ones for the protocol task.
     pub datagram_queue: usize,
-    /// Verifier tasks (decoding and signature checks), at most one per core.
+    /// Datagrams read from the socket and handed to a verifier at once (the queues above hold
+    /// `datagram_queue / receive_batch` batches).
+    pub receive_batch: usize,
+    /// Verifier threads (decoding and signature checks), at most one per core.
     pub verifiers: usize,
+    /// Parsed author keys each verifier thread keeps.
+    pub verifier_keys: usize,
     /// Commands (API, plugins) waiting for the protocol task.
     pub command_queue: usize,
     /// Batches waiting for one community's plugin thread.
@@ -307,7 +312,9 @@ impl Default for Limits {
             max_datagram: dispersy_core::wire::DEFAULT_MAX_DATAGRAM,
             recv_buffer: 4 << 20,
             datagram_queue: 4_096,
+            receive_batch: 64,
             verifiers: 8,
+            verifier_keys: 1_024,
             command_queue: 4_096,
             plugin_queue: 1_024,
             plugin_batch: 1_000,
@@ -436,6 +443,7 @@ impl Config {
         let l = &self.limits;
         let positive = [
             ("limits.datagram_queue", l.datagram_queue),
+            ("limits.receive_batch", l.receive_batch),
             ("limits.verifiers", l.verifiers),
             ("limits.command_queue", l.command_queue),
             ("limits.plugin_queue", l.plugin_queue),
