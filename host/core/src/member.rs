@@ -5,11 +5,12 @@
 //! the datagram aside, asks the sender with a missing-identity, and decodes the datagram again
 //! when the identity arrives. Everything here is bounded: keys, waiting datagrams, open requests.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::identity::{MemberId, PublicKey};
+use crate::identity::{KeyError, MemberId, PUBLIC_KEY_LEN, PublicKey};
 use crate::time::Instant;
 use crate::wire::Keys;
 
@@ -184,3 +185,57 @@ impl Members {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("too many datagrams wait for identities")]
 pub struct Full;
+
+/// Keys parsed from packets, by their 33-byte compressed form, for a decoder that sees the same
+/// authors again and again: parsing a key (decompressing the point, hashing the member id) costs
+/// about a sixth of a signature check. Bounded: when full, one entry makes room. It knows no
+/// member by id (decoding on its own, it leaves those to the node's [`Members`]).
+#[derive(Debug)]
+pub struct KeyCache {
+    capacity: usize,
+    keys: RefCell<HashMap<[u8; PUBLIC_KEY_LEN], PublicKey>>,
+}
+
+impl KeyCache {
+    /// An empty cache keeping at most `capacity` keys (0: parse every time).
+    pub fn new(capacity: usize) -> Self {
+        KeyCache {
+            capacity,
+            keys: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.keys.borrow().len()
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Keys for KeyCache {
+    fn key(&self, _mid: &MemberId) -> Option<PublicKey> {
+        None
+    }
+
+    fn parse(&self, bytes: &[u8; PUBLIC_KEY_LEN]) -> Result<PublicKey, KeyError> {
+        if let Some(key) = self.keys.borrow().get(bytes) {
+            return Ok(key.clone());
+        }
+        let key = PublicKey::from_bytes(bytes)?;
+        if self.capacity > 0 {
+            let mut keys = self.keys.borrow_mut();
+            if keys.len() >= self.capacity {
+                let any = keys.keys().next().copied();
+                if let Some(any) = any {
+                    keys.remove(&any);
+                }
+            }
+            keys.insert(*bytes, key.clone());
+        }
+        Ok(key)
+    }
+}

@@ -23,10 +23,17 @@ use crate::identity::{
 /// The session handshake version this node speaks.
 pub const SESSION_VERSION: u32 = 1;
 
-/// Where the decoder looks up members that a packet names by their 20-byte id only.
+/// Where the decoder looks up members that a packet names by their 20-byte id only, and how it
+/// turns the 33-byte keys a packet carries into points.
 pub trait Keys {
     /// The public key of member `mid`, if known.
     fn key(&self, mid: &MemberId) -> Option<PublicKey>;
+
+    /// The key whose compressed form is `bytes`. Parsing decompresses the point and hashes the
+    /// member id; a cache of parsed keys answers without doing either again.
+    fn parse(&self, bytes: &[u8; PUBLIC_KEY_LEN]) -> Result<PublicKey, KeyError> {
+        PublicKey::from_bytes(bytes)
+    }
 }
 
 /// No keys: every member named by id only is unknown.
@@ -674,7 +681,7 @@ pub fn decode(
             let messages = c
                 .messages
                 .iter()
-                .map(|inner| SignedMessage::from_proto(inner, inner.encode_to_vec()))
+                .map(|inner| SignedMessage::from_proto(inner, inner.encode_to_vec(), keys))
                 .collect::<Result<Vec<_>, _>>()?;
             let community = messages[0].message.community;
             if messages.iter().any(|m| m.message.community != community) {
@@ -892,6 +899,11 @@ pub fn peek(datagram: &[u8]) -> Option<(&'static str, Option<CommunityId>)> {
 impl CommunityMessage {
     /// Parses a serialised descriptor holding a community message (no signature checked).
     pub fn from_descriptor(descriptor_bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::parse(descriptor_bytes, &())
+    }
+
+    /// [`CommunityMessage::from_descriptor`], its authors' keys parsed through `keys`.
+    fn parse(descriptor_bytes: &[u8], keys: &dyn Keys) -> Result<Self, DecodeError> {
         let descriptor = pb::Descriptor::decode(descriptor_bytes)?;
         let m = match descriptor.message {
             Some(pb::descriptor::Message::Community(m)) => m,
@@ -907,7 +919,7 @@ impl CommunityMessage {
         let authors = m
             .members
             .iter()
-            .map(|bytes| member_key(Some(bytes), "CommunityMessage.members", &()))
+            .map(|bytes| member_key(Some(bytes), "CommunityMessage.members", keys))
             .collect::<Result<Vec<_>, _>>()?;
         let message = CommunityMessage {
             community: community_id(m.community.as_deref())?,
@@ -980,15 +992,19 @@ impl SignedMessage {
     /// Decodes and verifies one stored or received community message packet.
     pub fn decode(packet: &[u8]) -> Result<Self, DecodeError> {
         let envelope = pb::Message::decode(packet)?;
-        Self::from_proto(&envelope, packet.to_vec())
+        Self::from_proto(&envelope, packet.to_vec(), &())
     }
 
-    fn from_proto(envelope: &pb::Message, packet: Vec<u8>) -> Result<Self, DecodeError> {
+    fn from_proto(
+        envelope: &pb::Message,
+        packet: Vec<u8>,
+        keys: &dyn Keys,
+    ) -> Result<Self, DecodeError> {
         let descriptor_bytes = envelope
             .descriptor
             .as_deref()
             .ok_or(DecodeError::Missing("Message.descriptor"))?;
-        let message = CommunityMessage::from_descriptor(descriptor_bytes)?;
+        let message = CommunityMessage::parse(descriptor_bytes, keys)?;
         verify_signatures(descriptor_bytes, &message.authors, &envelope.signatures)?;
         Ok(SignedMessage { message, packet })
     }
@@ -1341,8 +1357,10 @@ fn member_key(
             let mid = MemberId::from_slice(b).map_err(|_| DecodeError::Missing(field))?;
             keys.key(&mid).ok_or(DecodeError::UnknownMember(mid))
         }
-        Some(b) if b.len() == PUBLIC_KEY_LEN => Ok(PublicKey::from_bytes(b)?),
-        Some(b) => Err(KeyError::Length(b.len()).into()),
+        Some(b) => match <&[u8; PUBLIC_KEY_LEN]>::try_from(b) {
+            Ok(key) => Ok(keys.parse(key)?),
+            Err(_) => Err(KeyError::Length(b.len()).into()),
+        },
     }
 }
 

@@ -252,12 +252,20 @@ pub struct Limits {
     pub recv_buffer: usize,
     /// Received datagrams waiting for a verifier, and verified ones for the protocol task.
     pub datagram_queue: usize,
-    /// Verifier tasks (decoding and signature checks), at most one per core.
+    /// Datagrams read from the socket and handed to a verifier at once (the queues above hold
+    /// `datagram_queue / receive_batch` batches).
+    pub receive_batch: usize,
+    /// Verifier threads (decoding and signature checks), at most one per core.
     pub verifiers: usize,
+    /// Parsed author keys each verifier thread keeps.
+    pub verifier_keys: usize,
     /// Commands (API, plugins) waiting for the protocol task.
     pub command_queue: usize,
     /// Batches waiting for one community's plugin thread.
     pub plugin_queue: usize,
+    /// Messages a community thread takes from its queue at once: one check call per meta, one
+    /// store transaction, one handle call per meta.
+    pub plugin_batch: usize,
     /// Messages waiting for the store.
     pub store_queue: usize,
     /// Store reads for synchronisation waiting for the sync task.
@@ -304,9 +312,12 @@ impl Default for Limits {
             max_datagram: dispersy_core::wire::DEFAULT_MAX_DATAGRAM,
             recv_buffer: 4 << 20,
             datagram_queue: 4_096,
+            receive_batch: 64,
             verifiers: 8,
+            verifier_keys: 1_024,
             command_queue: 4_096,
             plugin_queue: 1_024,
+            plugin_batch: 1_000,
             store_queue: 4_096,
             sync_queue: 256,
             max_candidates: 1_000,
@@ -432,9 +443,11 @@ impl Config {
         let l = &self.limits;
         let positive = [
             ("limits.datagram_queue", l.datagram_queue),
+            ("limits.receive_batch", l.receive_batch),
             ("limits.verifiers", l.verifiers),
             ("limits.command_queue", l.command_queue),
             ("limits.plugin_queue", l.plugin_queue),
+            ("limits.plugin_batch", l.plugin_batch),
             ("limits.store_queue", l.store_queue),
             ("limits.sync_queue", l.sync_queue),
             ("limits.max_candidates", l.max_candidates),

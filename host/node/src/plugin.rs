@@ -300,6 +300,8 @@ fn meta_from_raw(raw: &MetaDef) -> Result<MetaMessage, String> {
 pub struct WorkerLimits {
     /// Jobs waiting for the thread.
     pub queue: usize,
+    /// Messages taken from the queue for one check → store → handle round.
+    pub batch: usize,
     /// Recently delivered messages kept for the API.
     pub recent: usize,
     /// Delayed messages kept.
@@ -585,17 +587,41 @@ struct WorkerLoop {
 
 impl WorkerLoop {
     fn run(mut self, jobs: Receiver<Job>) {
+        // A job taken from the queue while gathering a batch, to run right after it.
+        let mut next: Option<Job> = None;
         loop {
-            let now = Instant::now();
-            let next_timer = lock(&self.shared.timers).peek().map(|t| t.0.0);
-            let next_delay = self.delayed.iter().map(|d| d.retry_at).min();
-            let wake = [next_timer, next_delay].into_iter().flatten().min();
-            let job = match wake {
-                Some(at) => jobs.recv_timeout(at.saturating_duration_since(now)),
-                None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            let job = match next.take() {
+                Some(job) => Ok(job),
+                None => {
+                    let now = Instant::now();
+                    let next_timer = lock(&self.shared.timers).peek().map(|t| t.0.0);
+                    let next_delay = self.delayed.iter().map(|d| d.retry_at).min();
+                    let wake = [next_timer, next_delay].into_iter().flatten().min();
+                    match wake {
+                        Some(at) => jobs.recv_timeout(at.saturating_duration_since(now)),
+                        None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    }
+                }
             };
             match job {
                 Ok(Job::Stop) => break,
+                Ok(Job::Deliver { meta, messages }) => {
+                    // Take every delivery already waiting (up to the batch bound): one check per
+                    // meta, one store transaction and one handle per meta for all of them.
+                    let mut batch = Batch::default();
+                    batch.add(meta, messages);
+                    while batch.len < self.context.limits.batch {
+                        match jobs.try_recv() {
+                            Ok(Job::Deliver { meta, messages }) => batch.add(meta, messages),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.deliver(batch);
+                }
                 Ok(job) => self.process(job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -607,7 +633,11 @@ impl WorkerLoop {
 
     fn process(&mut self, job: Job) {
         match job {
-            Job::Deliver { meta, messages } => self.deliver(meta, messages),
+            Job::Deliver { meta, messages } => {
+                let mut batch = Batch::default();
+                batch.add(meta, messages);
+                self.deliver(batch);
+            }
             Job::ToJson { items, reply } => {
                 let rendered = items
                     .into_iter()
@@ -670,10 +700,21 @@ impl WorkerLoop {
         lock(&self.shared.stats).error(error);
     }
 
-    /// check → store (persistent) → handle, for a batch of one meta.
-    fn deliver(&mut self, meta: u32, messages: Vec<Incoming>) {
+    /// check → store (persistent) → handle for a gathered batch: one check call per meta, one
+    /// store transaction for all, one handle call per meta.
+    fn deliver(&mut self, batch: Batch) {
+        let mut accepted = Vec::with_capacity(batch.metas.len());
+        for (meta, messages) in batch.metas {
+            accepted.extend(self.check(meta, messages));
+        }
+        self.store_and_handle(accepted);
+    }
+
+    /// Runs the plugin's check over `messages` of `meta`: delays, parks and drops what it says,
+    /// returns the accepted ones.
+    fn check(&mut self, meta: u32, messages: Vec<Incoming>) -> Option<Accepted> {
         if messages.is_empty() {
-            return;
+            return None;
         }
         let raw: Vec<RawMessage> = messages.iter().map(to_raw).collect();
         let verdicts = match self.instance.check(RSlice::from(&raw[..])).into_result() {
@@ -689,19 +730,26 @@ impl WorkerLoop {
                 );
                 self.report(&error);
                 lock(&self.shared.stats).drop_reason("plugin error", messages.len() as u64);
-                return;
+                return None;
             }
             Err(error) => {
                 self.report(&error);
                 lock(&self.shared.stats).drop_reason("plugin error", messages.len() as u64);
-                return;
+                return None;
             }
         };
         let now = Instant::now();
-        let mut accepted = Vec::new();
+        let mut accepted = Accepted {
+            meta,
+            messages: Vec::with_capacity(messages.len()),
+            raw: Vec::with_capacity(messages.len()),
+        };
         for ((message, raw), verdict) in messages.into_iter().zip(raw).zip(verdicts) {
             match verdict.kind {
-                abi::verdict::ACCEPT => accepted.push((message, raw)),
+                abi::verdict::ACCEPT => {
+                    accepted.messages.push(message);
+                    accepted.raw.push(raw);
+                }
                 abi::verdict::DELAY => {
                     self.delay(meta, message, &verdict.reason, verdict.delay_ms, now)
                 }
@@ -711,7 +759,7 @@ impl WorkerLoop {
                 _ => lock(&self.shared.stats).drop_reason(verdict.reason.as_str(), 1),
             }
         }
-        self.store_and_handle(meta, accepted);
+        Some(accepted)
     }
 
     fn delay(
@@ -802,8 +850,11 @@ impl WorkerLoop {
                         }
                     }
                     Some((abi::verdict::ACCEPT, _)) => {
-                        let [raw] = raw;
-                        self.store_and_handle(delayed.meta, vec![(delayed.message, raw)]);
+                        self.store_and_handle(vec![Accepted {
+                            meta: delayed.meta,
+                            messages: vec![delayed.message],
+                            raw: Vec::from(raw),
+                        }]);
                     }
                     Some((abi::verdict::DELAY, ms)) if now < delayed.expires_at => {
                         let wait = Duration::from_millis(u64::from(ms));
@@ -823,132 +874,179 @@ impl WorkerLoop {
         }
     }
 
-    fn store_and_handle(&mut self, meta: u32, accepted: Vec<(Incoming, RawMessage)>) {
-        if accepted.is_empty() {
+    fn store_and_handle(&mut self, accepted: Vec<Accepted>) {
+        if accepted.iter().all(|a| a.messages.is_empty()) {
             return;
         }
-        let accepted = self.store(meta, accepted);
-        if accepted.is_empty() {
-            return;
-        }
-        let raw: Vec<RawMessage> = accepted.iter().map(|(_, raw, _)| raw.clone()).collect();
-        match self.instance.handle(RSlice::from(&raw[..])).into_result() {
-            Ok(()) => {
-                lock(&self.shared.stats).accepted += accepted.len() as u64;
-                self.remember(meta, accepted);
+        for (handled, stored) in self.store(accepted) {
+            if handled.messages.is_empty() {
+                continue;
             }
-            Err(error) => self.report(&error),
+            match self
+                .instance
+                .handle(RSlice::from(&handled.raw[..]))
+                .into_result()
+            {
+                Ok(()) => {
+                    lock(&self.shared.stats).accepted += handled.messages.len() as u64;
+                    self.remember(handled.meta, handled.messages, stored);
+                }
+                Err(error) => self.report(&error),
+            }
         }
     }
 
-    /// Stores the persistent messages and waits for the acknowledgement; returns the messages to
-    /// handle (those already stored before are left out) with their stored flag.
-    fn store(
-        &mut self,
-        meta: u32,
-        accepted: Vec<(Incoming, RawMessage)>,
-    ) -> Vec<(Incoming, RawMessage, bool)> {
-        let definition = self.context.definition.meta_by_id(meta);
-        let priority = definition.map_or(128, |m| m.priority);
-        let history = definition.and_then(|m| match m.distribution {
-            dispersy_core::meta::Distribution::LastSync { history, .. } => Some(history),
-            _ => None,
-        });
-        let persistent: Vec<NewMessage> = accepted
-            .iter()
-            .filter(|(m, _)| m.persistent)
-            .filter_map(|(m, _)| {
-                let message = &m.message.message;
-                Some(NewMessage {
+    /// Stores the persistent messages of all metas in one insert (one transaction) and waits
+    /// for the acknowledgement; returns per meta the messages to handle (those already stored
+    /// before, and those that wait or lose, are left out) with their stored flags. Nothing when
+    /// storing failed.
+    fn store(&mut self, accepted: Vec<Accepted>) -> Vec<(Accepted, Vec<bool>)> {
+        // Per message, its row in `rows` if it is stored.
+        let mut slots: Vec<Vec<Option<usize>>> = Vec::with_capacity(accepted.len());
+        let mut rows: Vec<NewMessage> = Vec::new();
+        let mut sources: Vec<Option<SocketAddr>> = Vec::new();
+        for batch in &accepted {
+            let definition = self.context.definition.meta_by_id(batch.meta);
+            let priority = definition.map_or(128, |m| m.priority);
+            let history = definition.and_then(|m| match m.distribution {
+                dispersy_core::meta::Distribution::LastSync { history, .. } => Some(history),
+                _ => None,
+            });
+            let mut meta_slots = Vec::with_capacity(batch.messages.len());
+            for incoming in &batch.messages {
+                let message = &incoming.message.message;
+                let member = message.authors.first().map(PublicKey::member_id);
+                let (true, Some(member)) = (incoming.persistent, member) else {
+                    meta_slots.push(None);
+                    continue;
+                };
+                let packet = &incoming.message.packet;
+                meta_slots.push(Some(rows.len()));
+                sources.push(incoming.source);
+                rows.push(NewMessage {
                     community: self.context.community_row,
-                    member: message.authors.first()?.member_id(),
+                    member,
                     global_time: message.global_time,
-                    meta,
+                    meta: batch.meta,
                     sequence: message.sequence_number,
                     priority,
                     history,
                     co_signer: message.authors.get(1).map(|a| a.member_id()),
-                    packet: m.message.packet.clone(),
-                    hash: dispersy_core::bloom::PacketHash::of(&m.message.packet),
-                })
-            })
-            .collect();
-        if persistent.is_empty() {
-            return accepted.into_iter().map(|(m, r)| (m, r, false)).collect();
+                    hash: dispersy_core::bloom::PacketHash::of(packet),
+                    packet: packet.clone(),
+                });
+            }
+            slots.push(meta_slots);
         }
-        // (hash, global time, source) of each persistent message, in the order of `persistent`.
-        let hashes: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)> = accepted
+        if rows.is_empty() {
+            return accepted
+                .into_iter()
+                .map(|a| {
+                    let n = a.messages.len();
+                    (a, vec![false; n])
+                })
+                .collect();
+        }
+        // (hash, global time, source) of each row, for the sync state.
+        let items: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)> = rows
             .iter()
-            .filter(|(m, _)| m.persistent)
-            .zip(&persistent)
-            .map(|((m, _), row)| (row.hash, row.global_time, m.source))
+            .zip(&sources)
+            .map(|(row, source)| (row.hash, row.global_time, *source))
             .collect();
         let (ack, done) = oneshot::channel();
+        let count = rows.len();
+        let total: usize = accepted.iter().map(|a| a.messages.len()).sum();
         let stored = self
             .context
             .store
             .blocking_send(Insert {
-                messages: persistent,
+                messages: rows,
                 ack,
             })
             .ok()
             .and_then(|()| done.blocking_recv().ok());
         let outcomes = match stored {
-            Some(Ok(outcomes)) => outcomes,
+            Some(Ok(outcomes)) if outcomes.len() == count => outcomes,
+            Some(Ok(outcomes)) => {
+                tracing::error!(community = %self.context.definition.name, rows = count, outcomes = outcomes.len(), "store answered for other messages");
+                lock(&self.shared.stats).drop_reason("store failed", total as u64);
+                return Vec::new();
+            }
             Some(Err(error)) => {
                 tracing::error!(community = %self.context.definition.name, %error, "messages not stored");
-                lock(&self.shared.stats).drop_reason("store failed", accepted.len() as u64);
+                lock(&self.shared.stats).drop_reason("store failed", total as u64);
                 return Vec::new();
             }
             None => return Vec::new(), // shutting down
         };
+        let mut outcomes: Vec<Option<Outcome>> = outcomes.into_iter().map(Some).collect();
         let mut new = Vec::new();
         let mut keys = Vec::new();
         let mut out = Vec::with_capacity(accepted.len());
-        let mut outcomes = outcomes.into_iter().zip(hashes);
-        for (message, raw) in accepted {
-            if !message.persistent {
-                out.push((message, raw, false));
-                continue;
-            }
-            let Some((outcome, item)) = outcomes.next() else {
-                break;
+        for (batch, meta_slots) in accepted.into_iter().zip(slots) {
+            let n = batch.messages.len();
+            let mut kept = Accepted {
+                meta: batch.meta,
+                messages: Vec::with_capacity(n),
+                raw: Vec::with_capacity(n),
             };
-            let signed = &message.message.message;
-            match outcome {
-                Outcome::Stored => {
-                    new.push(item);
-                    if let Some(author) = signed.authors.first() {
-                        keys.push(StoredKey {
-                            member: author.member_id(),
-                            meta: signed.message_type,
-                            global_time: signed.global_time,
-                            sequence: signed.sequence_number,
-                        });
+            let mut stored = Vec::with_capacity(n);
+            for ((message, raw), slot) in batch.messages.into_iter().zip(batch.raw).zip(meta_slots)
+            {
+                let Some(row) = slot else {
+                    kept.messages.push(message);
+                    kept.raw.push(raw);
+                    stored.push(false);
+                    continue;
+                };
+                let (Some(outcome), Some(item)) =
+                    (outcomes.get_mut(row).and_then(Option::take), items.get(row))
+                else {
+                    continue;
+                };
+                let signed = &message.message.message;
+                match outcome {
+                    Outcome::Stored => {
+                        new.push(*item);
+                        if let Some(author) = signed.authors.first() {
+                            keys.push(StoredKey {
+                                member: author.member_id(),
+                                meta: signed.message_type,
+                                global_time: signed.global_time,
+                                sequence: signed.sequence_number,
+                            });
+                        }
+                        kept.messages.push(message);
+                        kept.raw.push(raw);
+                        stored.push(true);
                     }
-                    out.push((message, raw, true));
-                }
-                // Our own messages are handled even if storage already had them.
-                Outcome::Duplicate if message.source.is_none() => out.push((message, raw, true)),
-                Outcome::Duplicate => lock(&self.shared.stats).duplicates += 1,
-                Outcome::Stale => lock(&self.shared.stats).drop_reason("stale-sequence", 1),
-                Outcome::Gap { low, high } => self.tell(Command::SequenceGap {
-                    community: self.context.community,
-                    message: Box::new(message),
-                    low,
-                    high,
-                }),
-                Outcome::Conflict(ours) => {
-                    lock(&self.shared.stats).drop_reason("sequence-conflict-lost", 1);
-                    if let Some(to) = message.source {
-                        self.tell(Command::Conflict {
-                            community: self.context.community,
-                            to,
-                            packet: ours,
-                        });
+                    // Our own messages are handled even if storage already had them.
+                    Outcome::Duplicate if message.source.is_none() => {
+                        kept.messages.push(message);
+                        kept.raw.push(raw);
+                        stored.push(true);
+                    }
+                    Outcome::Duplicate => lock(&self.shared.stats).duplicates += 1,
+                    Outcome::Stale => lock(&self.shared.stats).drop_reason("stale-sequence", 1),
+                    Outcome::Gap { low, high } => self.tell(Command::SequenceGap {
+                        community: self.context.community,
+                        message: Box::new(message),
+                        low,
+                        high,
+                    }),
+                    Outcome::Conflict(ours) => {
+                        lock(&self.shared.stats).drop_reason("sequence-conflict-lost", 1);
+                        if let Some(to) = message.source {
+                            self.tell(Command::Conflict {
+                                community: self.context.community,
+                                to,
+                                packet: ours,
+                            });
+                        }
                     }
                 }
             }
+            out.push((kept, stored));
         }
         if !new.is_empty() {
             self.tell(Command::Stored {
@@ -968,9 +1066,9 @@ impl WorkerLoop {
         }
     }
 
-    fn remember(&self, meta: u32, handled: Vec<(Incoming, RawMessage, bool)>) {
+    fn remember(&self, meta: u32, handled: Vec<Incoming>, stored: Vec<bool>) {
         let mut recent = lock(&self.shared.recent);
-        for (incoming, _, stored) in handled {
+        for (incoming, stored) in handled.into_iter().zip(stored) {
             let message = incoming.message.message;
             let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
             if recent.len() >= self.context.limits.recent {
@@ -1011,6 +1109,31 @@ impl WorkerLoop {
             }
         }
     }
+}
+
+/// Deliveries of several metas taken from a community's queue, each meta's messages in arrival
+/// order.
+#[derive(Default)]
+struct Batch {
+    metas: Vec<(u32, Vec<Incoming>)>,
+    len: usize,
+}
+
+impl Batch {
+    fn add(&mut self, meta: u32, messages: Vec<Incoming>) {
+        self.len += messages.len();
+        match self.metas.iter_mut().find(|(m, _)| *m == meta) {
+            Some((_, list)) => list.extend(messages),
+            None => self.metas.push((meta, messages)),
+        }
+    }
+}
+
+/// Messages of one meta the plugin accepted, with their ABI form (same order, same length).
+struct Accepted {
+    meta: u32,
+    messages: Vec<Incoming>,
+    raw: Vec<RawMessage>,
 }
 
 fn to_raw(incoming: &Incoming) -> RawMessage {

@@ -2,9 +2,12 @@
 //! timer, and routes the core's events to community threads. It makes no protocol decisions.
 //!
 //! Tasks (all stopped by one cancellation token, all awaited by [`Running::wait`]):
-//! - **receive**: reads datagrams and deals them out to the verifiers;
-//! - **verify** (one per core, `limits.verifiers` at most): decodes and verifies datagrams
-//!   (`wire::decode`, the CPU-heavy part, off the protocol task) and queues the result;
+//! - **receive**: reads datagrams, as many as are waiting (`limits.receive_batch` at most), and
+//!   queues them as one batch for the verifiers;
+//! - **verifier threads** (one per core, `limits.verifiers` at most; std threads, not tokio
+//!   tasks, so that signature checks never hold up a tokio worker): each takes the next batch,
+//!   decodes and verifies its datagrams (`wire::decode`, the CPU-heavy part, with a bounded cache
+//!   of parsed author keys) and queues the results as one batch;
 //! - **protocol**: owns the core [`Node`]; handles datagrams, commands and timeouts, sends what the
 //!   core asks, hands verified messages to community threads;
 //! - **store**: batches inserts into SQLite;
@@ -20,7 +23,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dispersy_core::identity::{CommunityId, KeyPair};
-use dispersy_core::node::{CreateError, Created, Event, Node};
+use dispersy_core::member::KeyCache;
+use dispersy_core::node::{CreateError, Created, Event, Incoming, Node};
 use dispersy_core::stats::Counters;
 use dispersy_core::time::Instant as CoreInstant;
 use dispersy_core::wire::{self, DecodeError, Packet};
@@ -364,6 +368,9 @@ pub enum StartError {
     /// The operating system's random generator failed.
     #[error("random generator: {0}")]
     Random(String),
+    /// A thread could not be started.
+    #[error("starting a thread: {0}")]
+    Thread(String),
 }
 
 /// A started node. Drop does not stop it: cancel the token given to [`start`] and call
@@ -378,6 +385,7 @@ pub struct Running {
     /// The node's member public key, hex.
     pub member: String,
     tasks: Vec<JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     registry: Option<Arc<Registry>>,
 }
 
@@ -389,6 +397,19 @@ impl Running {
             if let Err(error) = task.await {
                 tracing::error!(%error, "task failed");
             }
+        }
+        // The verifier threads end once the receive task is gone and their queue is empty.
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    tracing::error!("a verifier thread panicked");
+                }
+            }
+        })
+        .await;
+        if let Err(error) = joined {
+            tracing::error!(%error, "joining verifier threads failed");
         }
         if let Some(registry) = self.registry {
             let stopped = tokio::task::spawn_blocking(move || registry.stop_all()).await;
@@ -468,7 +489,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         clock.now(),
     );
     let (commands_tx, commands_rx) = mpsc::channel(config.limits.command_queue);
-    let (datagrams_tx, datagrams_rx) = mpsc::channel(config.limits.datagram_queue);
+    // Both datagram queues hold batches of up to `receive_batch` datagrams; their bound in
+    // datagrams is `datagram_queue`.
+    let batches = config
+        .limits
+        .datagram_queue
+        .div_ceil(config.limits.receive_batch)
+        .max(1);
+    let (datagrams_tx, datagrams_rx) = mpsc::channel(batches);
     let mut tasks = Vec::new();
     let (sync_jobs_tx, sync_jobs_rx) = mpsc::channel(config.limits.sync_queue);
     let registry = match &store {
@@ -495,6 +523,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 inserts: inserts_tx,
                 limits: WorkerLimits {
                     queue: limits.plugin_queue,
+                    batch: limits.plugin_batch,
                     recent: limits.recent_messages,
                     delayed: limits.delayed_messages,
                     delay_timeout: Duration::from_millis(limits.delay_timeout_ms),
@@ -508,21 +537,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let verifier_count = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, config.limits.verifiers.max(1));
-    let mut verifiers = Vec::with_capacity(verifier_count);
-    for _ in 0..verifier_count {
-        let (tx, rx) = mpsc::channel(config.limits.datagram_queue);
-        verifiers.push(tx);
-        tasks.push(tokio::spawn(verify(
-            rx,
-            datagrams_tx.clone(),
-            config.limits.max_datagram,
-        )));
+    let (raw_tx, raw_rx) = mpsc::channel(batches);
+    let raw_rx = Arc::new(std::sync::Mutex::new(raw_rx));
+    let mut threads = Vec::with_capacity(verifier_count);
+    for n in 0..verifier_count {
+        let raw = raw_rx.clone();
+        let datagrams = datagrams_tx.clone();
+        let max_datagram = config.limits.max_datagram;
+        let keys = config.limits.verifier_keys;
+        let thread = std::thread::Builder::new()
+            .name(format!("verifier-{n}"))
+            .spawn(move || verify(&raw, &datagrams, max_datagram, &KeyCache::new(keys)))
+            .map_err(|e| StartError::Thread(e.to_string()))?;
+        threads.push(thread);
     }
     drop(datagrams_tx);
     tasks.push(tokio::spawn(receive(
         socket.clone(),
-        verifiers,
+        raw_tx,
         config.limits.max_datagram,
+        config.limits.receive_batch,
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(
@@ -569,6 +603,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         token,
         member: key.public().to_hex(),
         tasks,
+        threads,
         registry,
     })
 }
@@ -791,60 +826,71 @@ fn write_endpoints(dir: &std::path::Path, udp: SocketAddr, api: SocketAddr, key:
     }
 }
 
+/// A batch of received datagrams: (source, bytes).
+type RawBatch = Vec<(SocketAddr, Vec<u8>)>;
+
+/// The receive task: reads every datagram waiting (up to `batch`) and hands them to the
+/// verifiers as one batch.
 async fn receive(
     socket: Arc<UdpSocket>,
-    verifiers: Vec<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
+    verifiers: mpsc::Sender<RawBatch>,
     max_datagram: usize,
+    batch: usize,
     shutdown: CancellationToken,
 ) {
     // One byte more than the limit, so an oversized datagram is seen as such, not truncated.
     let mut buffer = vec![0u8; max_datagram + 1];
-    let mut next = 0;
     loop {
         let received = tokio::select! {
             received = socket.recv_from(&mut buffer) => received,
             () = shutdown.cancelled() => break,
         };
-        let (len, from) = match received {
-            Ok(received) => received,
-            Err(error) => {
-                // ICMP errors from earlier sends surface here on Linux; they concern nobody.
-                tracing::trace!(%error, "receive error");
-                continue;
+        let mut datagrams = Vec::with_capacity(batch.min(64));
+        match received {
+            Ok((len, from)) => datagrams.push((from, buffer[..len].to_vec())),
+            // ICMP errors from earlier sends surface here on Linux; they concern nobody.
+            Err(error) => tracing::trace!(%error, "receive error"),
+        }
+        // Whatever else is already waiting, without waiting for more.
+        for _ in 1..batch {
+            match socket.try_recv_from(&mut buffer) {
+                Ok((len, from)) => datagrams.push((from, buffer[..len].to_vec())),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) => tracing::trace!(%error, "receive error"),
             }
-        };
-        // Round robin over the verifiers: signature checks run on every core.
-        next = (next + 1) % verifiers.len();
-        if verifiers[next]
-            .send((from, buffer[..len].to_vec()))
-            .await
-            .is_err()
-        {
+        }
+        if !datagrams.is_empty() && verifiers.send(datagrams).await.is_err() {
             break;
         }
     }
 }
 
-/// A verifier task: decodes and verifies datagrams (the CPU-heavy part) and hands them on. A
-/// datagram longer than the buffer arrived truncated to `max_datagram + 1` bytes, which `decode`
-/// reports as oversized.
-async fn verify(
-    mut raw: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
-    datagrams: mpsc::Sender<Datagram>,
+/// A verifier thread: takes the next batch from the shared queue, decodes and verifies its
+/// datagrams (the CPU-heavy part) and hands them on as one batch. A datagram longer than the
+/// buffer arrived truncated to `max_datagram + 1` bytes, which `decode` reports as oversized.
+/// Ends when the receive task or the protocol task is gone.
+fn verify(
+    raw: &std::sync::Mutex<mpsc::Receiver<RawBatch>>,
+    datagrams: &mpsc::Sender<Vec<Datagram>>,
     max_datagram: usize,
+    keys: &KeyCache,
 ) {
-    while let Some((from, bytes)) = raw.recv().await {
-        let decoded = wire::decode(&bytes, max_datagram, &());
-        let datagram = Datagram {
-            from,
-            bytes,
-            decoded,
+    loop {
+        // Whoever holds the lock waits for the next batch; the others wait for the lock.
+        let Some(batch) = lock(raw).blocking_recv() else {
+            break;
         };
-        if datagrams.send(datagram).await.is_err() {
+        let verified: Vec<Datagram> = batch
+            .into_iter()
+            .map(|(from, bytes)| Datagram {
+                decoded: wire::decode(&bytes, max_datagram, keys),
+                from,
+                bytes,
+            })
+            .collect();
+        if datagrams.blocking_send(verified).is_err() {
             break;
         }
-        // Long bursts of verification must not starve the other tasks of this worker.
-        tokio::task::yield_now().await;
     }
 }
 
@@ -866,7 +912,7 @@ struct Protocol {
 impl Protocol {
     async fn run(
         mut self,
-        mut datagrams: mpsc::Receiver<Datagram>,
+        mut datagrams: mpsc::Receiver<Vec<Datagram>>,
         mut commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
@@ -882,13 +928,17 @@ impl Protocol {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                datagram = datagrams.recv() => match datagram {
-                    Some(d) => {
-                        self.datagram(d);
+                batch = datagrams.recv() => match batch {
+                    Some(batch) => {
+                        let mut handled = batch.len();
+                        self.datagrams(batch);
                         // Take what else is waiting before flushing (bounded, to stay fair).
-                        for _ in 0..256 {
+                        while handled < 1024 {
                             match datagrams.try_recv() {
-                                Ok(d) => self.datagram(d),
+                                Ok(batch) => {
+                                    handled += batch.len();
+                                    self.datagrams(batch);
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -911,9 +961,11 @@ impl Protocol {
         }
     }
 
-    fn datagram(&mut self, d: Datagram) {
-        self.node
-            .handle_decoded(self.clock.now(), d.from, &d.bytes, d.decoded);
+    fn datagrams(&mut self, batch: Vec<Datagram>) {
+        let now = self.clock.now();
+        for d in batch {
+            self.node.handle_decoded(now, d.from, &d.bytes, d.decoded);
+        }
     }
 
     fn command(&mut self, command: Command) {
@@ -1050,20 +1102,20 @@ impl Protocol {
                 self.dropped.bump("send-failed");
             }
         }
+        // Messages of one community and meta go to its thread as one job per flush.
+        let mut deliveries: Vec<(CommunityId, u32, Vec<Incoming>)> = Vec::new();
         while let Some(event) = self.node.poll_event() {
             match event {
                 Event::Messages {
                     community,
                     meta,
                     messages,
-                } => match self.registry.as_ref().and_then(|r| r.worker(&community)) {
-                    Some(worker) => {
-                        let n = messages.len() as u64;
-                        if worker.submit(Job::Deliver { meta, messages }).is_err() {
-                            self.dropped.add("plugin-queue-full", n);
-                        }
-                    }
-                    None => self.dropped.bump("no-plugin"),
+                } => match deliveries
+                    .iter_mut()
+                    .find(|(c, m, _)| *c == community && *m == meta)
+                {
+                    Some((_, _, list)) => list.extend(messages),
+                    None => deliveries.push((community, meta, messages)),
                 },
                 Event::SyncQuery { community, query } => {
                     self.sync_job(community, |row| SyncJob::Query {
@@ -1131,6 +1183,17 @@ impl Protocol {
                         self.dropped.bump("sync-queue-full");
                     }
                 }
+            }
+        }
+        for (community, meta, messages) in deliveries {
+            match self.registry.as_ref().and_then(|r| r.worker(&community)) {
+                Some(worker) => {
+                    let n = messages.len() as u64;
+                    if worker.submit(Job::Deliver { meta, messages }).is_err() {
+                        self.dropped.add("plugin-queue-full", n);
+                    }
+                }
+                None => self.dropped.bump("no-plugin"),
             }
         }
     }

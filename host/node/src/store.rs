@@ -5,6 +5,7 @@
 //! takes every insert waiting in its queue and commits them in one transaction, then
 //! acknowledges each; a message counts as stored only after that acknowledgement.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -106,6 +107,193 @@ fn hash_from(bytes: &[u8]) -> Option<PacketHash> {
     let a: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     let b: [u8; 8] = bytes.get(8..16)?.try_into().ok()?;
     Some(PacketHash(u64::from_le_bytes(a), u64::from_le_bytes(b)))
+}
+
+/// Rows written by one multi-row INSERT (8 bound values each, far below SQLite's 32,766).
+const INSERT_ROWS: usize = 256;
+
+/// The upsert of `rows` rows: the binary-higher packet wins.
+fn upsert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO sync (community, member, global_time, meta, sequence, priority, packet, hash) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?,?)");
+    }
+    sql.push_str(
+        " ON CONFLICT (community, member, global_time) DO UPDATE SET
+             meta = excluded.meta, sequence = excluded.sequence,
+             priority = excluded.priority, packet = excluded.packet, hash = excluded.hash
+         WHERE excluded.packet > sync.packet",
+    );
+    sql
+}
+
+/// The stored packets under `rows` (community, member, global time) keys, through the unique
+/// index.
+fn stored_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "SELECT community, member, global_time, packet FROM sync
+         WHERE (community, member, global_time) IN (VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?)");
+    }
+    sql.push(')');
+    sql
+}
+
+/// Upserts `run` (messages without history, at most [`INSERT_ROWS`]); returns for each whether
+/// it was stored, exactly as if they had been written one by one in order. The packets already
+/// stored under the run's keys are read first (usually none), the outcome of each message is
+/// decided from them (a message is stored when its key is free or its packet is binary-higher
+/// than the one it meets, SQLite's BLOB order being byte order like Rust's), and only the stored
+/// ones are written. Reading the answer back from the INSERT (RETURNING) costs more than this
+/// read: sqlx builds a row object per returned row. The caller's transaction is IMMEDIATE, so
+/// nothing changes between the read and the write.
+async fn insert_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    run: &[NewMessage],
+) -> Result<Vec<bool>, StoreError> {
+    type Key = (i64, MemberId, i64);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(stored_sql(run.len())));
+    for m in run {
+        query = query
+            .bind(m.community)
+            .bind(m.member.0.to_vec())
+            .bind(to_i64(m.global_time));
+    }
+    let mut current: HashMap<Key, Vec<u8>> = HashMap::new();
+    for row in query.fetch_all(&mut **tx).await? {
+        let member: Vec<u8> = row.try_get(1)?;
+        let member = MemberId::from_slice(&member).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        current.insert((row.try_get(0)?, member, row.try_get(2)?), row.try_get(3)?);
+    }
+    let mut stored = Vec::with_capacity(run.len());
+    let mut written: HashMap<Key, &[u8]> = HashMap::new();
+    for m in run {
+        let key = (m.community, m.member, to_i64(m.global_time));
+        let before = written
+            .get(&key)
+            .copied()
+            .or_else(|| current.get(&key).map(Vec::as_slice));
+        let new = before.is_none_or(|packet| m.packet.as_slice() > packet);
+        if new {
+            written.insert(key, &m.packet);
+        }
+        stored.push(new);
+    }
+    let count = stored.iter().filter(|new| **new).count();
+    if count == 0 {
+        return Ok(stored);
+    }
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(upsert_sql(count)));
+    for (m, _) in run.iter().zip(&stored).filter(|(_, new)| **new) {
+        query = query
+            .bind(m.community)
+            .bind(m.member.0.to_vec())
+            .bind(to_i64(m.global_time))
+            .bind(i64::from(m.meta))
+            .bind(m.sequence.map(i64::from))
+            .bind(i64::from(m.priority))
+            .bind(m.packet.as_slice())
+            .bind(hash_bytes(&m.hash));
+    }
+    query.execute(&mut **tx).await?;
+    Ok(stored)
+}
+
+/// Inserts one message that is not plain (numbered, last-sync or double-signed): places a
+/// numbered one against its member's sequence, upserts it, records a pair of signers, keeps only
+/// the newest `history` of a last-sync meta.
+async fn insert_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    m: &NewMessage,
+) -> Result<Outcome, StoreError> {
+    if let Some(sequence) = m.sequence
+        && let Placed::Not(outcome) = place(tx, m, sequence).await?
+    {
+        return Ok(outcome);
+    }
+    let result = sqlx::query(
+        "INSERT INTO sync (community, member, global_time, meta, sequence, priority, packet, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (community, member, global_time) DO UPDATE SET
+             meta = excluded.meta, sequence = excluded.sequence,
+             priority = excluded.priority, packet = excluded.packet, hash = excluded.hash
+         WHERE excluded.packet > sync.packet",
+    )
+    .bind(m.community)
+    .bind(m.member.0.to_vec())
+    .bind(to_i64(m.global_time))
+    .bind(i64::from(m.meta))
+    .bind(m.sequence.map(i64::from))
+    .bind(i64::from(m.priority))
+    .bind(m.packet.as_slice())
+    .bind(hash_bytes(&m.hash))
+    .execute(&mut **tx)
+    .await?;
+    let mut stored = result.rows_affected() == 1;
+    if let (true, Some(co_signer)) = (stored, m.co_signer) {
+        pair(tx, m, co_signer).await?;
+    }
+    if let (true, Some(history)) = (stored, m.history) {
+        // Last-sync: keep the newest `history` of this member (or pair of signers) and
+        // meta. A message older than all of them goes at once, and counts as not stored.
+        match m.co_signer {
+            None => {
+                sqlx::query(
+                    "DELETE FROM sync WHERE id IN (
+                         SELECT id FROM sync WHERE community = ?1 AND meta = ?2 AND member = ?3
+                         ORDER BY global_time DESC LIMIT -1 OFFSET ?4)",
+                )
+                .bind(m.community)
+                .bind(i64::from(m.meta))
+                .bind(m.member.0.to_vec())
+                .bind(i64::from(history))
+                .execute(&mut **tx)
+                .await?;
+            }
+            Some(co_signer) => {
+                let (first, second) = ordered(m.member, co_signer);
+                sqlx::query(
+                    "DELETE FROM sync WHERE id IN (
+                         SELECT s.id FROM sync s JOIN double_signed_sync d ON d.sync = s.id
+                         WHERE s.community = ?1 AND s.meta = ?2
+                           AND d.member1 = ?3 AND d.member2 = ?4
+                         ORDER BY s.global_time DESC LIMIT -1 OFFSET ?5)",
+                )
+                .bind(m.community)
+                .bind(i64::from(m.meta))
+                .bind(first.0.to_vec())
+                .bind(second.0.to_vec())
+                .bind(i64::from(history))
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        let kept: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sync
+             WHERE community = ?1 AND member = ?2 AND global_time = ?3",
+        )
+        .bind(m.community)
+        .bind(m.member.0.to_vec())
+        .bind(to_i64(m.global_time))
+        .fetch_one(&mut **tx)
+        .await?;
+        stored = kept == 1;
+    }
+    Ok(if stored {
+        Outcome::Stored
+    } else {
+        Outcome::Duplicate
+    })
 }
 
 fn sync_row(row: &sqlx::sqlite::SqliteRow) -> Result<Option<Row>, sqlx::Error> {
@@ -260,92 +448,37 @@ impl Store {
     /// replaces the lower. Messages with sequence numbers are first placed against what is
     /// stored of their member and meta ([`dispersy_core::missing::check`]), in the same
     /// transaction.
+    ///
+    /// Runs of plain messages (no sequence number, no last-sync history, one signer) are written
+    /// [`INSERT_ROWS`] per statement (sqlx costs per statement, not per row); the others one by
+    /// one, in order.
     pub async fn insert(&self, messages: &[NewMessage]) -> Result<Vec<Outcome>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: the transaction writes, and reads before it writes (`insert_rows`, `place`).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut outcomes = Vec::with_capacity(messages.len());
-        for m in messages {
-            if let Some(sequence) = m.sequence {
-                match place(&mut tx, m, sequence).await? {
-                    Placed::Store => {}
-                    Placed::Not(outcome) => {
-                        outcomes.push(outcome);
-                        continue;
+        let mut rest = messages;
+        while !rest.is_empty() {
+            let plain = rest
+                .iter()
+                .take(INSERT_ROWS)
+                .take_while(|m| {
+                    m.sequence.is_none() && m.history.is_none() && m.co_signer.is_none()
+                })
+                .count();
+            if plain > 0 {
+                let (run, after) = rest.split_at(plain);
+                outcomes.extend(insert_rows(&mut tx, run).await?.into_iter().map(|stored| {
+                    if stored {
+                        Outcome::Stored
+                    } else {
+                        Outcome::Duplicate
                     }
-                }
+                }));
+                rest = after;
+            } else if let Some((m, after)) = rest.split_first() {
+                outcomes.push(insert_one(&mut tx, m).await?);
+                rest = after;
             }
-            let result = sqlx::query(
-                "INSERT INTO sync (community, member, global_time, meta, sequence, priority, packet, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (community, member, global_time) DO UPDATE SET
-                     meta = excluded.meta, sequence = excluded.sequence,
-                     priority = excluded.priority, packet = excluded.packet, hash = excluded.hash
-                 WHERE excluded.packet > sync.packet",
-            )
-            .bind(m.community)
-            .bind(m.member.0.to_vec())
-            .bind(to_i64(m.global_time))
-            .bind(i64::from(m.meta))
-            .bind(m.sequence.map(i64::from))
-            .bind(i64::from(m.priority))
-            .bind(m.packet.as_slice())
-            .bind(hash_bytes(&m.hash))
-            .execute(&mut *tx)
-            .await?;
-            let mut stored = result.rows_affected() == 1;
-            if let (true, Some(co_signer)) = (stored, m.co_signer) {
-                pair(&mut tx, m, co_signer).await?;
-            }
-            if let (true, Some(history)) = (stored, m.history) {
-                // Last-sync: keep the newest `history` of this member (or pair of signers) and
-                // meta. A message older than all of them goes at once, and counts as not stored.
-                match m.co_signer {
-                    None => {
-                        sqlx::query(
-                            "DELETE FROM sync WHERE id IN (
-                                 SELECT id FROM sync WHERE community = ?1 AND meta = ?2 AND member = ?3
-                                 ORDER BY global_time DESC LIMIT -1 OFFSET ?4)",
-                        )
-                        .bind(m.community)
-                        .bind(i64::from(m.meta))
-                        .bind(m.member.0.to_vec())
-                        .bind(i64::from(history))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    Some(co_signer) => {
-                        let (first, second) = ordered(m.member, co_signer);
-                        sqlx::query(
-                            "DELETE FROM sync WHERE id IN (
-                                 SELECT s.id FROM sync s JOIN double_signed_sync d ON d.sync = s.id
-                                 WHERE s.community = ?1 AND s.meta = ?2
-                                   AND d.member1 = ?3 AND d.member2 = ?4
-                                 ORDER BY s.global_time DESC LIMIT -1 OFFSET ?5)",
-                        )
-                        .bind(m.community)
-                        .bind(i64::from(m.meta))
-                        .bind(first.0.to_vec())
-                        .bind(second.0.to_vec())
-                        .bind(i64::from(history))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                let kept: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM sync
-                     WHERE community = ?1 AND member = ?2 AND global_time = ?3",
-                )
-                .bind(m.community)
-                .bind(m.member.0.to_vec())
-                .bind(to_i64(m.global_time))
-                .fetch_one(&mut *tx)
-                .await?;
-                stored = kept == 1;
-            }
-            outcomes.push(if stored {
-                Outcome::Stored
-            } else {
-                Outcome::Duplicate
-            });
         }
         tx.commit().await?;
         Ok(outcomes)
@@ -889,8 +1022,8 @@ pub async fn run(
             },
             () = shutdown.cancelled() => break,
         };
+        let mut count = first.messages.len();
         let mut pending = vec![first];
-        let mut count = pending[0].messages.len();
         while count < batch {
             match inserts.try_recv() {
                 Ok(insert) => {
@@ -900,24 +1033,25 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let all: Vec<NewMessage> = pending
-            .iter()
-            .flat_map(|insert| insert.messages.iter().cloned())
-            .collect();
+        let mut all: Vec<NewMessage> = Vec::with_capacity(count);
+        let mut acks = Vec::with_capacity(pending.len());
+        for insert in pending {
+            acks.push((insert.messages.len(), insert.ack));
+            all.extend(insert.messages);
+        }
         let result = store.insert(&all).await.map_err(|e| e.to_string());
         if let Err(error) = &result {
             tracing::error!(%error, messages = all.len(), "storing messages failed");
         }
         let mut offset = 0;
-        for insert in pending {
-            let n = insert.messages.len();
+        for (n, ack) in acks {
             let answer = result
                 .as_ref()
                 .map(|flags| flags[offset..offset + n].to_vec())
                 .map_err(Clone::clone);
             offset += n;
             // The waiting plugin thread may be gone (shutdown); nothing to do then.
-            let _ = insert.ack.send(answer);
+            let _ = ack.send(answer);
         }
     }
     store.close().await;
@@ -1215,6 +1349,75 @@ mod tests {
         assert!(enumerate_residues(5, 2900, 100, 10));
         assert!(!enumerate_residues(5, 2900, 2, 25));
         assert!(!enumerate_residues(5, 2900, 1, 25));
+    }
+
+    #[tokio::test]
+    async fn one_batch_resolves_repeats_and_versions_as_one_by_one_inserts() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let message = |member: u8, gt: u64, byte: u8, history: Option<u16>| NewMessage {
+            community: id,
+            member: MemberId([member; 20]),
+            global_time: gt,
+            meta: if history.is_some() { 9 } else { 7 },
+            sequence: None,
+            priority: 128,
+            history,
+            co_signer: None,
+            packet: vec![byte; 6],
+            hash: PacketHash::of(&[byte; 6]),
+        };
+        let batch = [
+            message(1, 1, 10, None),
+            message(1, 1, 10, None), // the same bytes again
+            message(1, 1, 20, None), // a higher version replaces it
+            message(1, 1, 10, None), // the lower one again
+            message(1, 2, 30, None),
+            message(1, 2, 5, None),    // a lower version of global time 2
+            message(2, 3, 1, Some(1)), // last-sync in between
+            message(2, 4, 1, Some(1)), // pushes global time 3 out
+            message(2, 2, 1, Some(1)), // older than the one kept
+            message(1, 2, 30, None),
+            message(1, 5, 1, None),
+        ];
+        let stored: Vec<bool> = store
+            .insert(&batch)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|outcome| outcome == Outcome::Stored)
+            .collect();
+        assert_eq!(
+            stored,
+            vec![
+                true, false, true, false, true, false, true, true, false, false, true
+            ]
+        );
+        let kept: Vec<(u64, Vec<u8>)> = store
+            .messages(id, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.global_time, m.packet))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                (1, vec![20; 6]),
+                (2, vec![30; 6]),
+                (4, vec![1; 6]),
+                (5, vec![1; 6])
+            ]
+        );
+        // More rows than one statement takes: every one is new, then none is.
+        let many: Vec<NewMessage> = (1..=600)
+            .map(|gt| message(3, gt, (gt % 200) as u8, None))
+            .collect();
+        let outcomes = store.insert(&many).await.unwrap();
+        assert!(outcomes.iter().all(|o| *o == Outcome::Stored));
+        let outcomes = store.insert(&many).await.unwrap();
+        assert!(outcomes.iter().all(|o| *o == Outcome::Duplicate));
+        assert_eq!(store.count(id).await.unwrap(), 604);
     }
 
     #[tokio::test]

@@ -282,6 +282,44 @@ fn collection_with_a_forged_inner_message_is_dropped_whole() {
 }
 
 #[test]
+fn a_key_cache_decodes_like_parsing_and_stays_bounded() {
+    let cache = crate::member::KeyCache::new(2);
+    let packets: Vec<SignedMessage> = (1..=4u8)
+        .flat_map(|n| [community_message(&key(n), 5), community_message(&key(n), 6)])
+        .collect();
+    for message in &packets {
+        let bytes = encode_collection(0, &[&message.packet]);
+        let parsed = decode(&bytes, DEFAULT_MAX_DATAGRAM, &()).unwrap();
+        assert_eq!(
+            decode(&bytes, DEFAULT_MAX_DATAGRAM, &cache).unwrap(),
+            parsed
+        );
+        assert!(cache.len() <= 2);
+    }
+    // A cached author does not make a forged signature pass.
+    let mut forged = community_message(&key(4), 7);
+    let last = forged.packet.len() - 1;
+    forged.packet[last] ^= 1;
+    let bytes = encode_collection(0, &[&forged.packet]);
+    assert_eq!(
+        decode(&bytes, DEFAULT_MAX_DATAGRAM, &cache)
+            .unwrap_err()
+            .kind(),
+        "bad-signature"
+    );
+    // Bytes that are no point are refused, and not kept.
+    assert!(cache.parse(&[7; PUBLIC_KEY_LEN]).is_err());
+    assert!(cache.len() <= 2);
+    // Capacity 0 parses every time.
+    let none = crate::member::KeyCache::new(0);
+    assert_eq!(
+        none.parse(key(1).public().as_bytes()).unwrap(),
+        *key(1).public()
+    );
+    assert!(none.is_empty());
+}
+
+#[test]
 fn truncations_never_panic_and_never_verify() {
     let k = key(1);
     for packet in all_packets(&k) {
