@@ -50,7 +50,7 @@ pub mod prelude {
     pub use crate::export_community;
     pub use crate::sdk::{
         Authentication, Community, Definition, Destination, Distribution, Error, Host, Level,
-        Message, Meta, Order, Payload, Resolution, StaticResolution, Verdict,
+        Message, Meta, Order, Payload, Resolution, StaticResolution, Verdict, parse_hex, to_hex,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -223,7 +223,7 @@ impl<P> Message<P> {
     pub fn author_hex(&self) -> String {
         self.authors
             .first()
-            .map(|key| key.iter().map(|b| format!("{b:02x}")).collect())
+            .map(|key| to_hex(key))
             .unwrap_or_default()
     }
 }
@@ -619,7 +619,13 @@ impl<C: Community> Definition<C> {
     }
 }
 
-fn parse_hex(text: &str) -> Option<Vec<u8>> {
+/// Lower-case hexadecimal text of `bytes` (as the host shows keys and ids).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes from hexadecimal text (surrounding whitespace ignored); `None` if it is not hex.
+pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
     if !text.len().is_multiple_of(2) {
         return None;

@@ -109,6 +109,37 @@ pub struct PendingWalk {
     pub sync_only: bool,
 }
 
+impl Community {
+    /// Registers an introduction-request to `destination` (a walk step, or a sync-only request
+    /// when `sync_only`) under a fresh walk identifier; returns (walk, random).
+    pub(crate) fn start_walk(
+        &mut self,
+        rng: &mut crate::rng::Rng,
+        destination: SocketAddr,
+        deadline: Instant,
+        sync_only: bool,
+    ) -> (u32, u32) {
+        let walk = loop {
+            let walk = rng.nonzero_u32();
+            if !self.pending_walks.contains_key(&walk) {
+                break walk;
+            }
+        };
+        let random = rng.nonzero_u32();
+        self.pending_walks.insert(
+            walk,
+            PendingWalk {
+                destination,
+                random,
+                deadline,
+                answered: false,
+                sync_only,
+            },
+        );
+        (walk, random)
+    }
+}
+
 /// The state of one community in the node.
 #[derive(Debug, Clone)]
 pub struct Community {

@@ -1139,7 +1139,6 @@ mod driving {
         ChaseStep, Claim, ERROR_RATE, Next, PendingQuery, PendingResponse, Query, Range, Row,
     };
     use crate::bloom::{BloomFilter, PacketHash};
-    use crate::community::PendingWalk;
     use crate::identity::CommunityId;
     use crate::node::{Event, Node};
     use crate::time::Instant;
@@ -1293,23 +1292,7 @@ mod driving {
                 return;
             }
             let target = chase.target;
-            let walk = loop {
-                let walk = self.rng.nonzero_u32();
-                if !c.pending_walks.contains_key(&walk) {
-                    break walk;
-                }
-            };
-            let random = self.rng.nonzero_u32();
-            c.pending_walks.insert(
-                walk,
-                PendingWalk {
-                    destination: target,
-                    random,
-                    deadline: now + request_timeout,
-                    answered: false,
-                    sync_only: true,
-                },
-            );
+            let (walk, random) = c.start_walk(&mut self.rng, target, now + request_timeout, true);
             let Some(chase) = c.sync.chase.as_mut() else {
                 return;
             };

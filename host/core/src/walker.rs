@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use crate::address;
 use crate::candidate::Category;
-use crate::community::{Community, PendingWalk, Resume};
+use crate::community::{Community, Resume};
 use crate::identity::CommunityId;
 use crate::node::{Config, Node};
 use crate::time::Instant;
@@ -97,23 +97,8 @@ impl Node {
         {
             candidate.last_walk_attempt = Some(now);
         }
-        let walk = loop {
-            let walk = self.rng.nonzero_u32();
-            if !c.pending_walks.contains_key(&walk) {
-                break walk;
-            }
-        };
-        let random = self.rng.nonzero_u32();
-        c.pending_walks.insert(
-            walk,
-            PendingWalk {
-                destination: target,
-                random,
-                deadline: now + config.request_timeout,
-                answered: false,
-                sync_only: false,
-            },
-        );
+        let (walk, random) =
+            c.start_walk(&mut self.rng, target, now + config.request_timeout, false);
         c.stats.walk_attempts += 1;
         let request = IntroductionRequest {
             community: id,

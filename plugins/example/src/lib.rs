@@ -88,25 +88,11 @@ pub struct Reply {
     pub text: String,
 }
 
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Payload for Reply {
     // Conversion 1: the post author's key (one-byte length), the post's global time (8 bytes
     // big-endian), the text (one-byte length).
     fn encode(&self, _conversion: &[u8]) -> Result<Vec<u8>, Error> {
-        let to = from_hex(&self.to)
+        let to = parse_hex(&self.to)
             .filter(|key| key.len() == 33)
             .ok_or_else(|| Error::invalid("`to` must be a 33-byte public key in hexadecimal"))?;
         if self.text.len() > MAX_TEXT {
@@ -233,7 +219,7 @@ impl ExampleCommunity {
 
     /// A reply waits for its post (the host fetches it).
     fn check_reply(&mut self, message: &Message<Reply>) -> Verdict {
-        let Some(to) = from_hex(&message.payload.to) else {
+        let Some(to) = parse_hex(&message.payload.to) else {
             return Verdict::Drop("bad post author".into());
         };
         if self.known_posts.contains(&(to.clone(), message.payload.at)) {
@@ -264,7 +250,7 @@ impl ExampleCommunity {
         for message in messages {
             self.replies += 1;
             let post = (
-                from_hex(&message.payload.to).unwrap_or_default(),
+                parse_hex(&message.payload.to).unwrap_or_default(),
                 message.payload.at,
             );
             if !self.known_posts.contains(&post) {
