@@ -11,7 +11,7 @@
 //! - its plugin waits for the newest message of a member and meta: missing-last-message.
 //!
 //! The waiting messages are held here, bounded in count and time (the original's 10 s). When the
-//! driver reports what it stored ([`crate::node::Node::handle_stored_keys`]), the messages whose
+//! driver reports what it stored ([`crate::node::Node::handle_stored`]), the messages whose
 //! wait is over are handed to the driver again as [`crate::node::Event::Messages`], to be checked
 //! and stored as if they had just arrived. A request is sent once per awaited thing, repeated
 //! after [`Config::retry`] while the wait lasts; a missing-sequence answered in part (the
@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::identity::{CommunityId, MemberId};
-use crate::node::Incoming;
+use crate::node::{Incoming, Stored};
 use crate::time::Instant;
 
 /// Bounds of waiting.
@@ -155,22 +155,9 @@ pub enum Awaited {
     },
 }
 
-/// A stored message, as far as waits care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredKey {
-    /// Its author.
-    pub member: MemberId,
-    /// Its meta.
-    pub meta: u32,
-    /// Its global time.
-    pub global_time: u64,
-    /// Its sequence number, if numbered.
-    pub sequence: Option<u32>,
-}
-
 impl Awaited {
     /// Whether storing `key` ends this wait.
-    fn satisfied_by(&self, key: &StoredKey) -> bool {
+    fn satisfied_by(&self, key: &Stored) -> bool {
         match *self {
             Awaited::Sequence {
                 member,
@@ -273,7 +260,7 @@ impl Delays {
 
     /// Messages of `community` were stored: ends the waits they satisfy, and asks for the rest
     /// of a gap whose requested part has arrived.
-    pub fn stored(&mut self, community: CommunityId, keys: &[StoredKey], now: Instant) -> Outcome {
+    pub fn stored(&mut self, community: CommunityId, keys: &[Stored], now: Instant) -> Outcome {
         let mut out = Outcome::default();
         if self.entries.is_empty() {
             return out;
@@ -469,7 +456,6 @@ pub(crate) struct Answer {
     pub community: CommunityId,
     pub to: SocketAddr,
     pub deadline: Instant,
-    pub max_bytes: usize,
 }
 
 mod driving {
@@ -477,12 +463,13 @@ mod driving {
 
     use std::net::SocketAddr;
 
-    use super::{Answer, Awaited, Delayed, Lookup, Outcome, Request, StoredKey};
+    use super::{Answer, Awaited, Delayed, Lookup, Outcome, Request};
     use crate::identity::CommunityId;
     use crate::meta::Distribution;
+    use crate::node::Stored;
     use crate::node::{Event, Incoming, Node};
     use crate::time::Instant;
-    use crate::wire::{self, MissingLastMessage, MissingMessage, MissingSequence, Packet};
+    use crate::wire::{MissingLastMessage, MissingMessage, MissingSequence, Packet};
 
     impl Node {
         /// The driver's store found numbers `low..=high` missing before `incoming` (see
@@ -563,13 +550,13 @@ mod driving {
             }
         }
 
-        /// The driver stored these messages of `community`: messages waiting for them go back
-        /// to the driver as [`Event::Messages`]; the rest of a gap is requested.
-        pub fn handle_stored_keys(
+        /// Messages of `community` were stored: messages waiting for them go back to the
+        /// driver as [`Event::Messages`]; the rest of a gap is requested.
+        pub(crate) fn resume_waiting(
             &mut self,
             now: Instant,
             community: CommunityId,
-            keys: &[StoredKey],
+            keys: &[Stored],
         ) {
             let outcome = self.delays.stored(community, keys, now);
             self.apply(outcome);
@@ -647,25 +634,9 @@ mod driving {
 
         /// The driver's store found that `packet`, ours, wins over a conflicting message that
         /// `to` sent (same member and sequence number): it goes back to `to`.
-        pub fn handle_conflict(
-            &mut self,
-            _now: Instant,
-            community: CommunityId,
-            to: SocketAddr,
-            packet: &[u8],
-        ) {
+        pub fn handle_conflict(&mut self, _now: Instant, to: SocketAddr, packet: &[u8]) {
             let session = self.sessions.id(&to).unwrap_or(0);
-            match wire::encode_collections(session, &[packet], self.config.max_datagram) {
-                Ok(datagrams) => {
-                    for datagram in datagrams {
-                        self.send_bytes(to, datagram);
-                    }
-                    if let Some(c) = self.communities.get_mut(&community) {
-                        c.stats.dropped.bump("sequence-conflict-lost");
-                    }
-                }
-                Err(_) => self.stats.dropped.bump("oversized-stored-packet"),
-            }
+            self.send_collections(to, session, &[packet]);
         }
 
         /// Whether `from` proved its address: a session, or a walk of ours to it.
@@ -776,7 +747,6 @@ mod driving {
                     community,
                     to,
                     deadline: now + self.config.sync.store_timeout,
-                    max_bytes,
                 },
             );
             self.push(Event::ReadPackets {
@@ -794,29 +764,12 @@ mod driving {
             let Some(answer) = self.answers.remove(&request) else {
                 return;
             };
-            let mut used = 0;
-            let mut refs: Vec<&[u8]> = Vec::new();
-            for packet in &packets {
-                if used + packet.len() > answer.max_bytes && !refs.is_empty() {
-                    break;
-                }
-                used += packet.len();
-                refs.push(packet);
-            }
-            if refs.is_empty() {
-                return;
-            }
+            // The driver read within the byte budget (`Event::ReadPackets`).
+            let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
             let session = self.sessions.id(&answer.to).unwrap_or(0);
-            match wire::encode_collections(session, &refs, self.config.max_datagram) {
-                Ok(datagrams) => {
-                    for datagram in datagrams {
-                        self.send_bytes(answer.to, datagram);
-                    }
-                    if let Some(c) = self.communities.get_mut(&answer.community) {
-                        c.stats.missing_packets_sent += refs.len() as u64;
-                    }
-                }
-                Err(_) => self.stats.dropped.bump("oversized-stored-packet"),
+            let sent = self.send_collections(answer.to, session, &refs);
+            if let Some(c) = self.communities.get_mut(&answer.community) {
+                c.stats.missing_packets_sent += sent as u64;
             }
         }
     }

@@ -142,6 +142,42 @@ pub struct Incoming {
     pub persistent: bool,
 }
 
+/// A message the driver stored: new, or replacing a lower version of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Its packet hash.
+    pub hash: crate::bloom::PacketHash,
+    /// Where it came from; `None` for our own.
+    pub source: Option<SocketAddr>,
+    /// Its (first) author.
+    pub member: crate::identity::MemberId,
+    /// Its meta.
+    pub meta: u32,
+    /// Its global time.
+    pub global_time: u64,
+    /// Its sequence number, if numbered.
+    pub sequence: Option<u32>,
+}
+
+impl Stored {
+    /// What the store keeps of `message`, which has `hash`.
+    pub fn of(
+        message: &SignedMessage,
+        hash: crate::bloom::PacketHash,
+        source: Option<SocketAddr>,
+    ) -> Option<Stored> {
+        let m = &message.message;
+        Some(Stored {
+            hash,
+            source,
+            member: m.authors.first()?.member_id(),
+            meta: m.message_type,
+            global_time: m.global_time,
+            sequence: m.sequence_number,
+        })
+    }
+}
+
 /// What the node tells its driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -973,6 +1009,30 @@ impl Node {
     pub(crate) fn send(&mut self, destination: SocketAddr, packet: Packet) {
         let bytes = packet.encode(&self.key);
         self.send_bytes(destination, bytes);
+    }
+
+    /// Sends stored `packets` (verbatim) to `to` as collections naming `session`; returns how
+    /// many went. Each packet fits a datagram alone (it was received or created within the
+    /// budget); one that does not is dropped and counted.
+    pub(crate) fn send_collections(
+        &mut self,
+        to: SocketAddr,
+        session: u32,
+        packets: &[&[u8]],
+    ) -> usize {
+        let mut sent = 0;
+        for chunk in packets.chunks(64) {
+            match wire::encode_collections(session, chunk, self.config.max_datagram) {
+                Ok(datagrams) => {
+                    for datagram in datagrams {
+                        self.send_bytes(to, datagram);
+                    }
+                    sent += chunk.len();
+                }
+                Err(_) => self.stats.dropped.bump("oversized-stored-packet"),
+            }
+        }
+        sent
     }
 
     pub(crate) fn send_bytes(&mut self, destination: SocketAddr, bytes: Vec<u8>) {

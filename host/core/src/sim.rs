@@ -135,10 +135,8 @@ pub(crate) struct Kept {
 /// What one call to [`Store::store`] did.
 #[derive(Debug, Default)]
 struct Outcome {
-    /// (hash, global time, source) of the new syncable messages.
-    synced: Vec<(PacketHash, u64, Option<SocketAddr>)>,
-    /// The new messages, for waits.
-    keys: Vec<crate::missing::StoredKey>,
+    /// The messages stored (new, or replacing a lower version).
+    stored: Vec<crate::node::Stored>,
     /// Messages behind a sequence gap: (message, low, high).
     gaps: Vec<(crate::node::Incoming, u32, u32)>,
     /// Our winning packet, to send back to the loser's sender.
@@ -215,8 +213,11 @@ impl Store {
                 if *packet > existing.packet {
                     existing.packet = packet.clone();
                     existing.row.hash = PacketHash::of(packet);
-                    out.synced
-                        .push((existing.row.hash, message.global_time, m.source));
+                    out.stored.extend(crate::node::Stored::of(
+                        &m.message,
+                        existing.row.hash,
+                        m.source,
+                    ));
                 }
                 continue;
             }
@@ -236,13 +237,8 @@ impl Store {
                 row,
                 packet: packet.clone(),
             });
-            out.synced.push((hash, message.global_time, m.source));
-            out.keys.push(crate::missing::StoredKey {
-                member,
-                meta: message.message_type,
-                global_time: message.global_time,
-                sequence: message.sequence_number,
-            });
+            out.stored
+                .extend(crate::node::Stored::of(&m.message, hash, m.source));
         }
         out
     }
@@ -554,17 +550,16 @@ impl Sim {
                     ..
                 } => {
                     let outcome = self.stores[i].store(*community, messages);
-                    if !outcome.synced.is_empty() {
-                        self.nodes[i].handle_stored(now, *community, &outcome.synced);
-                    }
+                    // Gaps first, as the runtime tells them: a number stored later in the same
+                    // batch then ends the wait at once.
                     for (incoming, low, high) in outcome.gaps {
                         self.nodes[i].handle_sequence_gap(now, *community, incoming, low, high);
                     }
                     for (to, packet) in outcome.conflicts {
-                        self.nodes[i].handle_conflict(now, *community, to, &packet);
+                        self.nodes[i].handle_conflict(now, to, &packet);
                     }
-                    if !outcome.keys.is_empty() {
-                        self.nodes[i].handle_stored_keys(now, *community, &outcome.keys);
+                    if !outcome.stored.is_empty() {
+                        self.nodes[i].handle_stored(now, *community, &outcome.stored);
                     }
                 }
                 Event::SyncQuery { community, query } => {

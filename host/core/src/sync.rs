@@ -307,7 +307,7 @@ pub fn claim(
     right: Vec<Row>,
     left: Vec<Row>,
     acceptable: u64,
-    mut filter: BloomFilter,
+    filter: BloomFilter,
     capacity: usize,
 ) -> Claim {
     let (rows, range) = match query {
@@ -388,15 +388,22 @@ pub fn claim(
         high: range.high.min(acceptable),
         ..range
     };
-    let mut held = 0;
-    for row in rows.iter().filter(|r| range.contains(r.global_time)) {
-        filter.insert(&row.hash);
-        held += 1;
-    }
-    Claim {
-        range,
-        filter,
-        held,
+    Claim::of(range, &rows, filter)
+}
+
+impl Claim {
+    /// The claim over `range` whose filter holds those of `rows` in it.
+    fn of(range: Range, rows: &[Row], mut filter: BloomFilter) -> Claim {
+        let mut held = 0;
+        for row in rows.iter().filter(|r| range.contains(r.global_time)) {
+            filter.insert(&row.hash);
+            held += 1;
+        }
+        Claim {
+            range,
+            filter,
+            held,
+        }
     }
 }
 
@@ -408,7 +415,7 @@ pub fn claim(
 /// catch-up from a peer that sends in ascending order moves up by a whole response per round,
 /// and a message lost or wrongly filtered in the last round is offered again. Rows below the
 /// window are left to walk-driven rounds.
-pub fn window(newest: Vec<Row>, acceptable: u64, mut filter: BloomFilter, window: usize) -> Claim {
+pub fn window(newest: Vec<Row>, acceptable: u64, filter: BloomFilter, window: usize) -> Claim {
     let (rows, cut_at) = cut(newest, window);
     let range = Range {
         low: cut_at
@@ -419,16 +426,7 @@ pub fn window(newest: Vec<Row>, acceptable: u64, mut filter: BloomFilter, window
         modulo: 1,
         offset: 0,
     };
-    let mut held = 0;
-    for row in rows.iter().filter(|r| range.contains(r.global_time)) {
-        filter.insert(&row.hash);
-        held += 1;
-    }
-    Claim {
-        range,
-        filter,
-        held,
-    }
+    Claim::of(range, &rows, filter)
 }
 
 /// Rows a responder reads for one request: enough to fill `budget` with packets of about
@@ -1138,11 +1136,11 @@ mod driving {
     use super::{
         ChaseStep, Claim, ERROR_RATE, Next, PendingQuery, PendingResponse, Query, Range, Row,
     };
-    use crate::bloom::{BloomFilter, PacketHash};
+    use crate::bloom::BloomFilter;
     use crate::identity::CommunityId;
     use crate::node::{Event, Node};
     use crate::time::Instant;
-    use crate::wire::{self, ConnectionType, IntroductionRequest, Packet, Synchronization};
+    use crate::wire::{ConnectionType, IntroductionRequest, Packet, Synchronization};
 
     impl Node {
         /// Bytes a filter may take in an introduction-request of `community`: what the datagram
@@ -1261,9 +1259,6 @@ mod driving {
         pub(crate) fn follow_up(&mut self, now: Instant, id: CommunityId) {
             let sync = self.config.sync.clone();
             let max_pending = self.config.max_pending_walks;
-            let request_timeout = self.config.request_timeout;
-            let (lan, wan, connection_type) =
-                (self.lan, self.wan_address(), self.connection_type());
             let Some(c) = self.communities.get_mut(&id) else {
                 return;
             };
@@ -1292,25 +1287,16 @@ mod driving {
                 return;
             }
             let target = chase.target;
-            let (walk, random) = c.start_walk(&mut self.rng, target, now + request_timeout, true);
+            let Some(request) = self.introduction_request(now, id, target, true) else {
+                return;
+            };
+            let Some(c) = self.communities.get_mut(&id) else {
+                return;
+            };
             let Some(chase) = c.sync.chase.as_mut() else {
                 return;
             };
-            chase.sent(now, walk);
-            let request = IntroductionRequest {
-                community: id,
-                member: self.key.public().clone(),
-                session: self.sessions.id(&target).unwrap_or(0),
-                walk,
-                random,
-                global_time: c.global_time,
-                destination: target,
-                source_lan: lan,
-                source_wan: wan,
-                connection_type,
-                advice: false,
-                sync: None,
-            };
+            chase.sent(now, request.walk);
             // A window of our newest rows: the left side of a pivot above every global time.
             // (Not the productive filter again: it holds up to 1.5 times its capacity, and what
             // its false positives hide in a range the follow-ups then leave would stay missing
@@ -1498,40 +1484,28 @@ mod driving {
                 return;
             };
             let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
-            // Each packet fits a datagram alone (it was received or created within the budget).
-            let mut sent = 0;
-            for chunk in refs.chunks(64) {
-                match wire::encode_collections(pending.session, chunk, self.config.max_datagram) {
-                    Ok(datagrams) => {
-                        for datagram in datagrams {
-                            self.send_bytes(pending.to, datagram);
-                        }
-                        sent += chunk.len();
-                    }
-                    Err(_) => self.stats.dropped.bump("oversized-stored-packet"),
-                }
-            }
+            let sent = self.send_collections(pending.to, pending.session, &refs);
             if let Some(c) = self.communities.get_mut(&pending.community) {
                 c.stats.sync_packets_sent += sent as u64;
             }
         }
 
-        /// The driver stored these syncable messages of `community` (hash, global time, source)
-        /// at `now`: counts them, a cached filter covering them learns them, and messages from
-        /// the peer of our last filter start follow-up rounds with it ([`super::Chase`]) or
-        /// keep them going.
+        /// The driver stored these messages of `community` at `now`: counts them, a cached
+        /// filter covering them learns them, messages from the peer of our last filter start
+        /// follow-up rounds with it ([`super::Chase`]) or keep them going, and messages waiting
+        /// for them resume ([`crate::missing`]).
         pub fn handle_stored(
             &mut self,
             now: Instant,
             community: CommunityId,
-            stored: &[(PacketHash, u64, Option<SocketAddr>)],
+            stored: &[crate::node::Stored],
         ) {
             let follow_ups = self.config.sync.max_follow_ups > 0;
             if let Some(c) = self.communities.get_mut(&community) {
                 c.sync.stored += stored.len() as u64;
-                for (hash, global_time, source) in stored {
-                    let response = c.sync.cache.stored(hash, *global_time, *source);
-                    let Some(source) = *source else {
+                for s in stored {
+                    let response = c.sync.cache.stored(&s.hash, s.global_time, s.source);
+                    let Some(source) = s.source else {
                         continue;
                     };
                     match &mut c.sync.chase {
@@ -1544,6 +1518,7 @@ mod driving {
                     }
                 }
             }
+            self.resume_waiting(now, community, stored);
         }
     }
 

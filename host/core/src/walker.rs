@@ -37,9 +37,6 @@ impl Node {
     /// One walk step in community `id`: choose a candidate (or a tracker) and send it an
     /// introduction-request.
     pub(crate) fn take_step(&mut self, now: Instant, id: CommunityId) {
-        let lan = self.lan;
-        let wan = self.wan_address();
-        let connection_type = self.connection_type();
         let config = &self.config;
         let Some(c) = self.communities.get_mut(&id) else {
             return;
@@ -97,24 +94,43 @@ impl Node {
         {
             candidate.last_walk_attempt = Some(now);
         }
-        let (walk, random) =
-            c.start_walk(&mut self.rng, target, now + config.request_timeout, false);
         c.stats.walk_attempts += 1;
-        let request = IntroductionRequest {
+        if let Some(request) = self.introduction_request(now, id, target, false) {
+            self.send_request(now, id, target, request);
+        }
+    }
+
+    /// Registers an introduction-request of community `id` to `target` under a fresh walk
+    /// identifier and builds it, without its sync part: a walk step, or with `sync_only` a
+    /// request that only carries a filter (no introduction asked, not counted as a walk).
+    pub(crate) fn introduction_request(
+        &mut self,
+        now: Instant,
+        id: CommunityId,
+        target: SocketAddr,
+        sync_only: bool,
+    ) -> Option<IntroductionRequest> {
+        let (source_lan, source_wan) = (self.lan, self.wan_address());
+        let connection_type = self.connection_type();
+        let session = self.sessions.id(&target).unwrap_or(0);
+        let member = self.key.public().clone();
+        let deadline = now + self.config.request_timeout;
+        let c = self.communities.get_mut(&id)?;
+        let (walk, random) = c.start_walk(&mut self.rng, target, deadline, sync_only);
+        Some(IntroductionRequest {
             community: id,
-            member: self.key.public().clone(),
-            session: self.sessions.id(&target).unwrap_or(0),
+            member,
+            session,
             walk,
             random,
             global_time: c.global_time,
             destination: target,
-            source_lan: lan,
-            source_wan: wan,
+            source_lan,
+            source_wan,
             connection_type,
-            advice: true,
+            advice: !sync_only,
             sync: None,
-        };
-        self.send_request(now, id, target, request);
+        })
     }
 
     /// Forgets walks past their deadline; an unanswered one is a failure.

@@ -41,7 +41,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::runtime::Command;
 use crate::store::{Insert, InsertSender, NewMessage, Outcome};
 use dispersy_core::identity::MemberId;
-use dispersy_core::missing::{Awaited, StoredKey};
+use dispersy_core::missing::Awaited;
+use dispersy_core::node::Stored;
 
 /// A loaded plugin file and the community type it defines.
 #[derive(Clone)]
@@ -904,7 +905,6 @@ impl WorkerLoop {
         // Per message, its row in `rows` if it is stored.
         let mut slots: Vec<Vec<Option<usize>>> = Vec::with_capacity(accepted.len());
         let mut rows: Vec<NewMessage> = Vec::new();
-        let mut sources: Vec<Option<SocketAddr>> = Vec::new();
         for batch in &accepted {
             let definition = self.context.definition.meta_by_id(batch.meta);
             let priority = definition.map_or(128, |m| m.priority);
@@ -922,7 +922,6 @@ impl WorkerLoop {
                 };
                 let packet = &incoming.message.packet;
                 meta_slots.push(Some(rows.len()));
-                sources.push(incoming.source);
                 rows.push(NewMessage {
                     community: self.context.community_row,
                     member,
@@ -947,12 +946,8 @@ impl WorkerLoop {
                 })
                 .collect();
         }
-        // (hash, global time, source) of each row, for the sync state.
-        let items: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)> = rows
-            .iter()
-            .zip(&sources)
-            .map(|(row, source)| (row.hash, row.global_time, *source))
-            .collect();
+        let hashes: Vec<dispersy_core::bloom::PacketHash> =
+            rows.iter().map(|row| row.hash).collect();
         let (ack, done) = oneshot::channel();
         let count = rows.len();
         let total: usize = accepted.iter().map(|a| a.messages.len()).sum();
@@ -981,7 +976,6 @@ impl WorkerLoop {
         };
         let mut outcomes: Vec<Option<Outcome>> = outcomes.into_iter().map(Some).collect();
         let mut new = Vec::new();
-        let mut keys = Vec::new();
         let mut out = Vec::with_capacity(accepted.len());
         for (batch, meta_slots) in accepted.into_iter().zip(slots) {
             let n = batch.messages.len();
@@ -999,23 +993,15 @@ impl WorkerLoop {
                     stored.push(false);
                     continue;
                 };
-                let (Some(outcome), Some(item)) =
-                    (outcomes.get_mut(row).and_then(Option::take), items.get(row))
-                else {
+                let (Some(outcome), Some(hash)) = (
+                    outcomes.get_mut(row).and_then(Option::take),
+                    hashes.get(row),
+                ) else {
                     continue;
                 };
-                let signed = &message.message.message;
                 match outcome {
                     Outcome::Stored => {
-                        new.push(*item);
-                        if let Some(author) = signed.authors.first() {
-                            keys.push(StoredKey {
-                                member: author.member_id(),
-                                meta: signed.message_type,
-                                global_time: signed.global_time,
-                                sequence: signed.sequence_number,
-                            });
-                        }
+                        new.extend(Stored::of(&message.message, *hash, message.source));
                         kept.messages.push(message);
                         kept.raw.push(raw);
                         stored.push(true);
@@ -1037,11 +1023,7 @@ impl WorkerLoop {
                     Outcome::Conflict(ours) => {
                         lock(&self.shared.stats).drop_reason("sequence-conflict-lost", 1);
                         if let Some(to) = message.source {
-                            self.tell(Command::Conflict {
-                                community: self.context.community,
-                                to,
-                                packet: ours,
-                            });
+                            self.tell(Command::Conflict { to, packet: ours });
                         }
                     }
                 }
@@ -1051,8 +1033,7 @@ impl WorkerLoop {
         if !new.is_empty() {
             self.tell(Command::Stored {
                 community: self.context.community,
-                items: new,
-                keys,
+                messages: new,
             });
         }
         out

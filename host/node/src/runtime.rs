@@ -101,15 +101,12 @@ pub enum Command {
         /// The packets.
         packets: Vec<Vec<u8>>,
     },
-    /// A community thread stored these new messages: (hash, global time, source), and what
-    /// waits care about.
+    /// A community thread stored these messages (told after the gaps of the same batch).
     Stored {
         /// The community.
         community: CommunityId,
         /// The messages.
-        items: Vec<(dispersy_core::bloom::PacketHash, u64, Option<SocketAddr>)>,
-        /// The same messages, for waiting ones.
-        keys: Vec<dispersy_core::missing::StoredKey>,
+        messages: Vec<dispersy_core::node::Stored>,
     },
     /// The store found sequence numbers `low..=high` missing before this message.
     SequenceGap {
@@ -125,8 +122,6 @@ pub enum Command {
     /// A message lost a sequence-number conflict against our stored `packet`: it goes back to
     /// the sender.
     Conflict {
-        /// The community.
-        community: CommunityId,
         /// The loser's sender.
         to: SocketAddr,
         /// Our winning packet.
@@ -1048,12 +1043,8 @@ impl Protocol {
             }
             Command::Stored {
                 community,
-                items,
-                keys,
-            } => {
-                self.node.handle_stored(now, community, &items);
-                self.node.handle_stored_keys(now, community, &keys);
-            }
+                messages,
+            } => self.node.handle_stored(now, community, &messages),
             Command::SequenceGap {
                 community,
                 message,
@@ -1062,11 +1053,7 @@ impl Protocol {
             } => self
                 .node
                 .handle_sequence_gap(now, community, *message, low, high),
-            Command::Conflict {
-                community,
-                to,
-                packet,
-            } => self.node.handle_conflict(now, community, to, &packet),
+            Command::Conflict { to, packet } => self.node.handle_conflict(now, to, &packet),
             Command::Wait {
                 community,
                 message,
