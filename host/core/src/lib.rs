@@ -9,6 +9,7 @@
 //!
 //! Modules are named after protocol nouns:
 //! - [`identity`]: keys, member and community ids, signatures;
+//! - [`verifier`]: signature checks in batches, with precomputed combs for frequent signers;
 //! - [`wire`]: datagrams to validated domain types and back (the only user of `dispersy-proto`);
 //! - [`meta`]: meta-message policies;
 //! - [`address`]: LAN/WAN estimation, WAN address voting, connection type;
@@ -42,6 +43,7 @@ pub mod signature;
 pub mod stats;
 pub mod sync;
 pub mod time;
+pub mod verifier;
 pub mod walker;
 pub mod wire;
 

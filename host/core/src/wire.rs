@@ -10,6 +10,7 @@
 //! signatures cover SHA-256 of exactly those bytes. Persistent (community) messages travel inside a
 //! `Collection`, each as its own signed `Message`, and are stored verbatim as their `packet` bytes.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use dispersy_proto as pb;
@@ -19,6 +20,7 @@ use crate::identity::{
     self, CommunityId, ID_LEN, KeyError, KeyPair, MemberId, PUBLIC_KEY_LEN, PublicKey,
     SignatureError,
 };
+use crate::verifier::{Check, Verifier};
 
 /// The session handshake version this node speaks.
 pub const SESSION_VERSION: u32 = 1;
@@ -574,6 +576,74 @@ pub fn decode(
     max_datagram: usize,
     keys: &dyn Keys,
 ) -> Result<Packet, DecodeError> {
+    decode_checked(datagram, max_datagram, keys, &Checks::Now)
+}
+
+/// Decodes and verifies datagrams as [`decode`] does, one result each in their order, with all
+/// their signatures checked together by `verifier` (cheaper per signature for frequent signers).
+/// A datagram with a signature that fails is an error, as with [`decode`]; when it has other
+/// faults too, which one is reported may differ.
+pub fn decode_batch(
+    datagrams: &[&[u8]],
+    max_datagram: usize,
+    keys: &dyn Keys,
+    verifier: &mut Verifier,
+) -> Vec<Result<Packet, DecodeError>> {
+    let noted = RefCell::new(Vec::new());
+    // Per noted signature, the datagram it belongs to.
+    let mut owners = Vec::new();
+    let mut packets: Vec<Result<Packet, DecodeError>> = datagrams
+        .iter()
+        .enumerate()
+        .map(|(i, datagram)| {
+            let result = decode_checked(datagram, max_datagram, keys, &Checks::Later(&noted));
+            let mut noted = noted.borrow_mut();
+            if result.is_err() {
+                // Nothing to check for a datagram that is dropped anyway.
+                noted.truncate(owners.len());
+            }
+            owners.resize(noted.len(), i);
+            result
+        })
+        .collect();
+    let noted = noted.into_inner();
+    let checks: Vec<Check<'_>> = noted
+        .iter()
+        .map(|n| Check {
+            key: &n.key,
+            digest: &n.digest,
+            signature: &n.signature,
+        })
+        .collect();
+    for (result, owner) in verifier.check(&checks).into_iter().zip(owners) {
+        if let (Err(error), Some(packet)) = (result, packets.get_mut(owner))
+            && packet.is_ok()
+        {
+            *packet = Err(error.into());
+        }
+    }
+    packets
+}
+
+/// How decoding checks signatures: at once, or noted for one check of a whole batch.
+enum Checks<'a> {
+    Now,
+    Later(&'a RefCell<Vec<Noted>>),
+}
+
+/// A signature noted for later.
+struct Noted {
+    key: PublicKey,
+    digest: [u8; 32],
+    signature: Vec<u8>,
+}
+
+fn decode_checked(
+    datagram: &[u8],
+    max_datagram: usize,
+    keys: &dyn Keys,
+    checks: &Checks<'_>,
+) -> Result<Packet, DecodeError> {
     if datagram.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -596,6 +666,7 @@ pub fn decode(
             descriptor_bytes,
             std::slice::from_ref(&member),
             &envelope.signatures,
+            checks,
         )?;
         Ok(member)
     };
@@ -681,7 +752,7 @@ pub fn decode(
             let messages = c
                 .messages
                 .iter()
-                .map(|inner| SignedMessage::from_proto(inner, inner.encode_to_vec(), keys))
+                .map(|inner| SignedMessage::from_proto(inner, inner.encode_to_vec(), keys, checks))
                 .collect::<Result<Vec<_>, _>>()?;
             let community = messages[0].message.community;
             if messages.iter().any(|m| m.message.community != community) {
@@ -992,20 +1063,26 @@ impl SignedMessage {
     /// Decodes and verifies one stored or received community message packet.
     pub fn decode(packet: &[u8]) -> Result<Self, DecodeError> {
         let envelope = pb::Message::decode(packet)?;
-        Self::from_proto(&envelope, packet.to_vec(), &())
+        Self::from_proto(&envelope, packet.to_vec(), &(), &Checks::Now)
     }
 
     fn from_proto(
         envelope: &pb::Message,
         packet: Vec<u8>,
         keys: &dyn Keys,
+        checks: &Checks<'_>,
     ) -> Result<Self, DecodeError> {
         let descriptor_bytes = envelope
             .descriptor
             .as_deref()
             .ok_or(DecodeError::Missing("Message.descriptor"))?;
         let message = CommunityMessage::parse(descriptor_bytes, keys)?;
-        verify_signatures(descriptor_bytes, &message.authors, &envelope.signatures)?;
+        verify_signatures(
+            descriptor_bytes,
+            &message.authors,
+            &envelope.signatures,
+            checks,
+        )?;
         Ok(SignedMessage { message, packet })
     }
 
@@ -1016,7 +1093,7 @@ impl SignedMessage {
         descriptor: Vec<u8>,
         signatures: Vec<Vec<u8>>,
     ) -> Result<Self, DecodeError> {
-        verify_signatures(&descriptor, &message.authors, &signatures)?;
+        verify_signatures(&descriptor, &message.authors, &signatures, &Checks::Now)?;
         let packet = pb::Message {
             descriptor: Some(descriptor),
             signatures,
@@ -1329,6 +1406,7 @@ fn verify_signatures(
     descriptor: &[u8],
     members: &[PublicKey],
     signatures: &[Vec<u8>],
+    checks: &Checks<'_>,
 ) -> Result<(), DecodeError> {
     if members.len() != signatures.len() {
         return Err(DecodeError::SignatureCount {
@@ -1341,7 +1419,14 @@ fn verify_signatures(
     }
     let digest = identity::digest(descriptor);
     for (member, signature) in members.iter().zip(signatures) {
-        member.verify_digest(&digest, signature)?;
+        match checks {
+            Checks::Now => member.verify_digest(&digest, signature)?,
+            Checks::Later(noted) => noted.borrow_mut().push(Noted {
+                key: member.clone(),
+                digest,
+                signature: signature.clone(),
+            }),
+        }
     }
     Ok(())
 }

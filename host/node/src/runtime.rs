@@ -27,6 +27,7 @@ use dispersy_core::member::KeyCache;
 use dispersy_core::node::{CreateError, Created, Event, Incoming, Node};
 use dispersy_core::stats::Counters;
 use dispersy_core::time::Instant as CoreInstant;
+use dispersy_core::verifier::{self, Verifier};
 use dispersy_core::wire::{self, DecodeError, Packet};
 use serde::Serialize;
 use tokio::net::UdpSocket;
@@ -540,9 +541,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let datagrams = datagrams_tx.clone();
         let max_datagram = config.limits.max_datagram;
         let keys = config.limits.verifier_keys;
+        let combs = verifier::Config {
+            hot_after: config.limits.verifier_hot_after,
+            max_tables: config.limits.verifier_tables,
+            max_counted: keys,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("verifier-{n}"))
-            .spawn(move || verify(&raw, &datagrams, max_datagram, &KeyCache::new(keys)))
+            .spawn(move || {
+                verify(
+                    &raw,
+                    &datagrams,
+                    max_datagram,
+                    &KeyCache::new(keys),
+                    &mut Verifier::new(combs),
+                )
+            })
             .map_err(|e| StartError::Thread(e.to_string()))?;
         threads.push(thread);
     }
@@ -861,24 +875,29 @@ async fn receive(
 }
 
 /// A verifier thread: takes the next batch from the shared queue, decodes and verifies its
-/// datagrams (the CPU-heavy part) and hands them on as one batch. A datagram longer than the
-/// buffer arrived truncated to `max_datagram + 1` bytes, which `decode` reports as oversized.
-/// Ends when the receive task or the protocol task is gone.
+/// datagrams (the CPU-heavy part; all signatures of a batch checked together, see
+/// `dispersy_core::verifier`) and hands them on as one batch. A datagram longer than the buffer
+/// arrived truncated to `max_datagram + 1` bytes, which decoding reports as oversized. Ends when
+/// the receive task or the protocol task is gone.
 fn verify(
     raw: &std::sync::Mutex<mpsc::Receiver<RawBatch>>,
     datagrams: &mpsc::Sender<Vec<Datagram>>,
     max_datagram: usize,
     keys: &KeyCache,
+    verifier: &mut Verifier,
 ) {
     loop {
         // Whoever holds the lock waits for the next batch; the others wait for the lock.
         let Some(batch) = lock(raw).blocking_recv() else {
             break;
         };
+        let bytes: Vec<&[u8]> = batch.iter().map(|(_, bytes)| bytes.as_slice()).collect();
+        let decoded = wire::decode_batch(&bytes, max_datagram, keys, verifier);
         let verified: Vec<Datagram> = batch
             .into_iter()
-            .map(|(from, bytes)| Datagram {
-                decoded: wire::decode(&bytes, max_datagram, keys),
+            .zip(decoded)
+            .map(|((from, bytes), decoded)| Datagram {
+                decoded,
                 from,
                 bytes,
             })

@@ -282,6 +282,49 @@ fn collection_with_a_forged_inner_message_is_dropped_whole() {
 }
 
 #[test]
+fn a_batch_decodes_as_one_by_one_with_combs_or_without() {
+    // Every packet kind, collections of a frequent signer (checked through its comb once it
+    // has one) with good, forged and foreign messages, and garbage, in one batch.
+    let (k, forger) = (key(1), key(2));
+    let mut datagrams: Vec<Vec<u8>> = all_packets(&k).iter().map(|p| p.encode(&k)).collect();
+    datagrams.push(Packet::IntroductionRequest(request(&k)).encode(&forger));
+    for gt in 1..=40 {
+        let good = community_message(&k, gt);
+        let other = community_message(&forger, gt);
+        let mut forged = community_message(&k, gt + 100);
+        let last = forged.packet.len() - 1;
+        forged.packet[last] ^= 1;
+        datagrams.push(encode_collection(0, &[&good.packet, &other.packet]));
+        datagrams.push(encode_collection(0, &[&good.packet, &forged.packet]));
+        datagrams.push(encode_collection(0, &[&forged.packet]));
+        datagrams.push(good.packet[..good.packet.len() / 2].to_vec());
+    }
+    let refs: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
+    for tables in [0, 2] {
+        let mut verifier = crate::verifier::Verifier::new(crate::verifier::Config {
+            hot_after: 5,
+            max_tables: tables,
+            max_counted: 16,
+        });
+        // Twice: the second time with combs for both signers.
+        for _ in 0..2 {
+            let batch = decode_batch(&refs, DEFAULT_MAX_DATAGRAM, known(), &mut verifier);
+            assert_eq!(batch.len(), refs.len());
+            for (bytes, got) in refs.iter().zip(batch) {
+                let expected = decode(bytes, DEFAULT_MAX_DATAGRAM, known());
+                assert_eq!(got.is_ok(), expected.is_ok());
+                match (got, expected) {
+                    (Ok(got), Ok(expected)) => assert_eq!(got, expected),
+                    (Err(got), Err(expected)) => assert_eq!(got.kind(), expected.kind()),
+                    _ => unreachable!(),
+                }
+            }
+        }
+        assert_eq!(verifier.tables(), tables);
+    }
+}
+
+#[test]
 fn a_key_cache_decodes_like_parsing_and_stays_bounded() {
     let cache = crate::member::KeyCache::new(2);
     let packets: Vec<SignedMessage> = (1..=4u8)
