@@ -2,8 +2,8 @@
 //!
 //! An ECDSA check computes R = u1·G + u2·Q with u1 = e/s and u2 = r/s, and accepts when the x
 //! coordinate of R, reduced modulo the group order n, equals r. libsecp256k1 does this for any key
-//! Q in about 40 µs on this project's 2-core machines (and 25 µs on faster days): most of it is the
-//! 128 point doublings that a key without precomputation needs.
+//! Q in about 41 µs on this project's 2-core machine (measured 2026-11-21; an earlier day gave
+//! 25 µs): most of it is the 128 point doublings that a key without precomputation needs.
 //!
 //! Messages come in runs from few authors (an active member, a catch-up from one peer), so a
 //! [`Verifier`] keeps, for each key that has signed at least `hot_after` verified messages, a
