@@ -721,13 +721,15 @@ impl Store {
             if first > range.high {
                 continue;
             }
-            let sql = rows_sql(enumerate_residues(first, range.high, modulo, left), *order);
+            // The last one at or below `high`.
+            let last = first + (range.high - first) / modulo * modulo;
+            let sql = rows_sql(enumerate_residues(first, last, modulo, left), *order);
             // One row holding them all: sqlx hands rows over one by one between threads, which
             // costs more than SQLite's own work here.
             let text: Option<String> = sqlx::query_scalar(sql)
                 .bind(community)
                 .bind(to_i64(first))
-                .bind(to_i64(range.high))
+                .bind(to_i64(last))
                 .bind(to_i64(modulo))
                 .bind(i64::try_from(left).unwrap_or(i64::MAX))
                 .bind(i64::from(*meta))
@@ -834,7 +836,7 @@ async fn pair(
 /// The responder's row query: scanning the index over the range (keeping the residue class), or
 /// one index seek per global time of the class (`enumerate`; CROSS JOIN keeps the class as the
 /// outer loop, whatever the planner would think), in `order`. Parameters: ?1
-/// community, ?2 first global time of the class, ?3 highest, ?4 modulo, ?5 limit, ?6 meta.
+/// community, ?2 first global time of the class, ?3 last one, ?4 modulo, ?5 limit, ?6 meta.
 fn rows_sql(enumerate: bool, order: SyncOrder) -> &'static str {
     // Rows as text `id:global_time:HASH:size`, comma-separated, in the query's order.
     macro_rules! scan {
@@ -851,15 +853,19 @@ fn rows_sql(enumerate: bool, order: SyncOrder) -> &'static str {
             )
         };
     }
+    // One index seek per global time of the residue class, in the order wanted: the class is
+    // the outer loop (CROSS JOIN) and a recursive CTE yields its rows as it makes them, so
+    // without ORDER BY the rows come in that order and LIMIT ends the seeks early.
     macro_rules! seek {
-        ($order:literal) => {
+        ($classes:literal, $order:literal) => {
             concat!(
-                "WITH RECURSIVE t(g) AS (SELECT ?2 UNION ALL SELECT g + ?4 FROM t WHERE g + ?4 <= ?3)
+                "WITH RECURSIVE t(g) AS (",
+                $classes,
+                ")
                  SELECT group_concat(printf('%d:%d:%s:%d', id, global_time, hex(hash), size), ',')
                  FROM (SELECT id, global_time, hash, length(packet) AS size
                        FROM t CROSS JOIN sync INDEXED BY sync_cover
-                       WHERE community = ?1 AND meta = ?6 AND undone = 0 AND global_time = t.g
-                       ORDER BY ",
+                       WHERE community = ?1 AND meta = ?6 AND undone = 0 AND global_time = t.g ",
                 $order,
                 " LIMIT ?5)"
             )
@@ -870,9 +876,22 @@ fn rows_sql(enumerate: bool, order: SyncOrder) -> &'static str {
         (false, SyncOrder::Ascending) => scan!("global_time"),
         (false, SyncOrder::Descending) => scan!("global_time DESC"),
         (false, SyncOrder::Random) => scan!("random()"),
-        (true, SyncOrder::Ascending) => seek!("global_time"),
-        (true, SyncOrder::Descending) => seek!("global_time DESC"),
-        (true, SyncOrder::Random) => seek!("random()"),
+        (true, SyncOrder::Ascending) => {
+            seek!(
+                "SELECT ?2 UNION ALL SELECT g + ?4 FROM t WHERE g + ?4 <= ?3",
+                ""
+            )
+        }
+        (true, SyncOrder::Descending) => {
+            seek!(
+                "SELECT ?3 UNION ALL SELECT g - ?4 FROM t WHERE g - ?4 >= ?2",
+                ""
+            )
+        }
+        (true, SyncOrder::Random) => seek!(
+            "SELECT ?2 UNION ALL SELECT g + ?4 FROM t WHERE g + ?4 <= ?3",
+            "ORDER BY random()"
+        ),
     }
 }
 
