@@ -5,7 +5,8 @@
 //! a node process holding them uses.
 //!
 //! Run: `cargo build --release && cargo bench -p dispersy-node --bench scale`
-//! (`BENCH_MESSAGES`, `BENCH_REQUESTS` per kind, default 200).
+//! (`BENCH_MESSAGES`, `BENCH_REQUESTS` per kind, default 200; `BENCH_KINDS`, a comma-separated
+//! choice of `fresh`, `pivot`, `modulo`; `DISPERSY_LIMITS__STORE_MMAP_MIB`, the store's memory map).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +30,8 @@ const FILTER_BYTES: usize = 1_000;
 async fn main() {
     let count = env_or("BENCH_MESSAGES", 1_000_000);
     let requests = env_or("BENCH_REQUESTS", 200) as usize;
+    // BENCH_KINDS: which requests to time (default all three).
+    let kinds = std::env::var("BENCH_KINDS").unwrap_or_else(|_| "fresh,pivot,modulo".into());
     let work = tempfile::tempdir().unwrap();
 
     // A node creates its database and the community, then stops; the store is filled directly
@@ -38,7 +41,13 @@ async fn main() {
     a.kill().unwrap();
     a.wait().unwrap();
     let db = work.path().join("a").join("dispersy.db");
-    let store = Store::open(&db).await.unwrap();
+    // The node's setting, if given (DISPERSY_LIMITS__STORE_MMAP_MIB reaches the node processes
+    // below as well).
+    let tuning = dispersy_node::store::Tuning {
+        mmap_mib: env_or("DISPERSY_LIMITS__STORE_MMAP_MIB", 0) as u32,
+        ..Default::default()
+    };
+    let store = Store::open_with(&db, tuning).await.unwrap();
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
@@ -86,7 +95,10 @@ async fn main() {
     let capacity = dispersy_core::bloom::capacity(FILTER_BYTES * 8, ERROR_RATE);
     let metas = [(2u32, SyncOrder::Ascending, 0u64)];
     for budget in [256 * 1024usize, 5 * 1024] {
-        for kind in ["fresh", "pivot", "modulo"] {
+        for kind in kinds
+            .split(',')
+            .filter(|k| ["fresh", "pivot", "modulo"].contains(k))
+        {
             let mut times = Vec::with_capacity(requests);
             let mut sent = 0usize;
             for _ in 0..requests {

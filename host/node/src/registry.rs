@@ -184,9 +184,15 @@ impl Registry {
             .remember_member(&definition.master)
             .await
             .map_err(|e| fail(&e))?;
+        let syncable: Vec<u32> = definition
+            .metas
+            .iter()
+            .filter(|m| m.is_synced())
+            .map(|m| m.id)
+            .collect();
         let resume = context
             .store
-            .resume(row, context.key.member_id())
+            .resume(row, context.key.member_id(), &syncable)
             .await
             .map_err(|e| fail(&e))?;
         // Known before the join, so that the protocol task can read the community's rows from

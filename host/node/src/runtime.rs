@@ -461,9 +461,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             path: path.clone(),
             source,
         };
-        let store = Store::open_with(&path, config.limits.store_cache_kib)
-            .await
-            .map_err(store_error)?;
+        let store = Store::open_with(
+            &path,
+            store::Tuning {
+                cache_kib: config.limits.store_cache_kib,
+                mmap_mib: config.limits.store_mmap_mib,
+            },
+        )
+        .await
+        .map_err(store_error)?;
         store.backfill_hashes().await.map_err(store_error)?;
         store
             .remember_member(key.public())
