@@ -313,6 +313,15 @@ impl Store {
                     .collect(),
                 Vec::new(),
             ),
+            Query::Below { high, limit } => (
+                Vec::new(),
+                rows.iter()
+                    .rev()
+                    .filter(|r| r.global_time <= high)
+                    .take(limit)
+                    .copied()
+                    .collect(),
+            ),
             Query::Pivot { pivot, limit } => {
                 let right = rows
                     .iter()

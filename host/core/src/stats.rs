@@ -81,6 +81,8 @@ pub struct CommunityStats {
     pub sync_skipped: u64,
     /// Sync-only introduction-requests of follow-up rounds sent (`sync::Chase`).
     pub sync_follow_ups: u64,
+    /// Sync-only introduction-requests of a chase's sweep sent (`sync::Chase`).
+    pub sync_sweeps: u64,
     /// Stored messages sent to requesters.
     pub sync_packets_sent: u64,
     /// Stored messages sent answering missing-sequence, -message and -last-message requests.

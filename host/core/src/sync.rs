@@ -58,8 +58,15 @@ pub struct Config {
     /// back to riding on walks.
     pub follow_up_timeout: std::time::Duration,
     /// Most follow-up rounds in a row with one peer (0: none, the original's walk-driven sync
-    /// only).
+    /// only); a sweep after them has as many again at most.
     pub max_follow_ups: u32,
+    /// A chase that brought at least this many messages ends with a sweep (see [`Chase`]): a
+    /// catch-up whose losses fell below the follow-ups' windows is completed in seconds, not by
+    /// walks in minutes. 0: no sweep.
+    pub sweep_after: u64,
+    /// A sweep round that brings nothing is followed by the next one after this long (one that
+    /// brings messages, once they are stored, as follow-ups are).
+    pub sweep_gap: std::time::Duration,
 }
 
 impl Default for Config {
@@ -74,6 +81,8 @@ impl Default for Config {
             follow_up_quiet: std::time::Duration::from_millis(50),
             follow_up_timeout: std::time::Duration::from_secs(2),
             max_follow_ups: 1_000,
+            sweep_after: 1_000,
+            sweep_gap: std::time::Duration::from_millis(100),
         }
     }
 }
@@ -216,6 +225,14 @@ pub enum Query {
         /// How many rows at most on each side.
         limit: usize,
     },
+    /// Up to `limit` rows with global time ≤ `high`, descending ("left"; a sweep round of a
+    /// [`Chase`]).
+    Below {
+        /// The highest global time.
+        high: u64,
+        /// How many rows at most.
+        limit: usize,
+    },
     /// The first `limit` rows, ascending, whose global time `t` has `t % modulo == offset`.
     Modulo {
         /// At least 2.
@@ -311,6 +328,7 @@ pub fn claim(
     capacity: usize,
 ) -> Claim {
     let (rows, range) = match query {
+        Query::Below { high, .. } => return window(left, high.min(acceptable), filter, capacity),
         Query::Oldest { .. } | Query::Modulo { .. } => {
             let (modulo, offset) = match query {
                 Query::Modulo { modulo, offset, .. } => (modulo, offset),
@@ -599,6 +617,14 @@ impl Cache {
 /// rounds. Sync then rides on walks again (a later productive walk round starts a new chase).
 /// One chase per community, one request of it in flight; while it runs, walk steps carry no
 /// filter (the chase is the community's sync).
+///
+/// A message lost (or hidden by a false positive) below the windows is not offered by later
+/// follow-ups, and a walk-driven round covers a given old message rarely (one filter's worth of
+/// a large history). So a chase that brought at least [`Config::sweep_after`] messages ends
+/// with a sweep: rounds whose filters hold our rows from the newest down, a filter's capacity
+/// each ([`Query::Below`], [`window`]), until the oldest; what the peer has in between and we
+/// lack comes back. A sweep round waits for its response as a follow-up does, or
+/// [`Config::sweep_gap`] when nothing comes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chase {
     /// The peer.
@@ -613,6 +639,55 @@ pub struct Chase {
     pub last_arrival: Option<Instant>,
     /// The walk identifier of the follow-up request in flight, if any.
     pub walk: Option<u32>,
+    /// Messages stored from the target during the chase.
+    pub brought: u64,
+    /// The sweep, once it runs.
+    pub sweep: Option<Sweep>,
+}
+
+/// Where a [`Chase`]'s sweep is. A round that brought messages is repeated (some of its
+/// response may have been lost); one that brought nothing is followed by the next range down;
+/// after the oldest, a pass that brought anything is followed by another from the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// The current round covers our rows at or below this global time.
+    pub high: u64,
+    /// The highest global time below the current round's range (0: it reached the oldest).
+    pub below: u64,
+    /// Whether a round of this pass brought messages.
+    pub brought: bool,
+}
+
+impl Sweep {
+    /// The first round of a sweep: our newest rows.
+    fn start() -> Self {
+        Sweep {
+            high: u64::MAX,
+            below: u64::MAX,
+            brought: false,
+        }
+    }
+
+    /// The round after the current one, which `brought` messages or not; `None`: the sweep is
+    /// over.
+    fn next(&self, brought: bool) -> Option<Sweep> {
+        if brought {
+            Some(Sweep {
+                brought: true,
+                ..*self
+            })
+        } else if self.below > 0 {
+            Some(Sweep {
+                high: self.below,
+                below: self.below,
+                brought: self.brought,
+            })
+        } else if self.brought {
+            Some(Sweep::start())
+        } else {
+            None
+        }
+    }
 }
 
 /// What a [`Chase`] does next.
@@ -635,36 +710,60 @@ impl Chase {
             since: now,
             last_arrival: Some(now),
             walk: None,
+            brought: 1,
+            sweep: None,
         }
     }
 
     /// A message from the target was stored at `now`.
     pub fn arrived(&mut self, now: Instant) {
         self.last_arrival = Some(now);
+        self.brought += 1;
     }
 
     /// When the chase next has something to do.
     pub fn due(&self, config: &Config) -> Instant {
-        match self.last_arrival {
-            Some(at) => at + config.follow_up_quiet,
-            None => self.since + config.follow_up_timeout,
+        match (self.last_arrival, self.sweep) {
+            (Some(at), _) => at + config.follow_up_quiet,
+            (None, None) => self.since + config.follow_up_timeout,
+            (None, Some(_)) => self.since + config.sweep_gap,
         }
     }
 
-    /// What to do at `now`.
-    pub fn step(&self, now: Instant, config: &Config) -> ChaseStep {
+    /// What to do at `now`. When the follow-ups are over and the chase has earned a sweep, the
+    /// sweep begins (its first round is due at once).
+    pub fn step(&mut self, now: Instant, config: &Config) -> ChaseStep {
         let due = self.due(config);
         if now < due {
-            ChaseStep::Wait(due)
-        } else if self.last_arrival.is_some() && self.rounds < config.max_follow_ups {
-            ChaseStep::Send
-        } else {
-            ChaseStep::Stop
+            return ChaseStep::Wait(due);
+        }
+        match self.sweep {
+            None if self.last_arrival.is_some() && self.rounds < config.max_follow_ups => {
+                ChaseStep::Send
+            }
+            None if config.sweep_after > 0 && self.brought >= config.sweep_after => {
+                self.sweep = Some(Sweep::start());
+                self.rounds = 0;
+                ChaseStep::Send
+            }
+            Some(sweep)
+                if self.rounds < config.max_follow_ups
+                    && (self.rounds == 0 || sweep.next(self.last_arrival.is_some()).is_some()) =>
+            {
+                ChaseStep::Send
+            }
+            _ => ChaseStep::Stop,
         }
     }
 
-    /// The next follow-up request (walk identifier `walk`) was sent at `now`.
+    /// The next follow-up request (walk identifier `walk`) was sent at `now`. A sweep moves on
+    /// by what its previous round brought.
     pub fn sent(&mut self, now: Instant, walk: u32) {
+        if let Some(sweep) = self.sweep
+            && self.rounds > 0
+        {
+            self.sweep = sweep.next(self.last_arrival.is_some());
+        }
         self.rounds += 1;
         self.since = now;
         self.last_arrival = None;
@@ -860,6 +959,7 @@ mod tests {
         for _ in 0..draws {
             match query(&mut rng, Strategy::Largest, 10_000, 1_000_000, 1059) {
                 Query::Pivot { pivot, .. } if pivot > 5_000 => recent += 1,
+                Query::Below { .. } => panic!("walks never sweep"),
                 Query::Pivot { .. } | Query::Oldest { .. } | Query::Modulo { .. } => {}
             }
         }
@@ -1068,6 +1168,66 @@ mod tests {
             chase.arrived(t(100 * round + 60));
         }
         assert_eq!(chase.step(t(1_000), &config), ChaseStep::Stop);
+    }
+
+    #[test]
+    fn a_chase_that_brought_enough_ends_with_a_sweep_that_repeats_what_brings_messages() {
+        let config = Config {
+            follow_up_quiet: std::time::Duration::from_millis(50),
+            follow_up_timeout: std::time::Duration::from_secs(2),
+            max_follow_ups: 100,
+            sweep_after: 3,
+            sweep_gap: std::time::Duration::from_millis(100),
+            ..Config::default()
+        };
+        let target: SocketAddr = "10.0.0.1:1".parse().expect("address");
+        let t = |ms: u64| Instant::from_millis(ms);
+        // Too little brought: no sweep.
+        let mut small = Chase::begin(target, t(0));
+        assert_eq!(small.step(t(50), &config), ChaseStep::Send);
+        small.sent(t(50), 1);
+        assert_eq!(small.step(t(2_050), &config), ChaseStep::Stop);
+        assert_eq!(small.sweep, None);
+        // Enough: the sweep starts from our newest rows, at once.
+        let mut chase = Chase::begin(target, t(0));
+        chase.arrived(t(10));
+        chase.arrived(t(20));
+        assert_eq!(chase.step(t(70), &config), ChaseStep::Send);
+        chase.sent(t(70), 1);
+        assert_eq!(chase.step(t(2_070), &config), ChaseStep::Send);
+        assert_eq!(chase.sweep, Some(Sweep::start()));
+        chase.sent(t(2_070), 2);
+        assert_eq!(chase.sweep.map(|s| s.high), Some(u64::MAX));
+        // What the driver found below the first round's range.
+        let below = |chase: &mut Chase, at: u64| {
+            if let Some(sweep) = chase.sweep.as_mut() {
+                sweep.below = at;
+            }
+        };
+        below(&mut chase, 500);
+        // Nothing within the gap: the next range down.
+        assert_eq!(chase.step(t(2_150), &config), ChaseStep::Wait(t(2_170)));
+        assert_eq!(chase.step(t(2_170), &config), ChaseStep::Send);
+        chase.sent(t(2_170), 3);
+        assert_eq!(chase.sweep.map(|s| s.high), Some(500));
+        below(&mut chase, 200);
+        // It brought messages: once they are stored, the same range again.
+        chase.arrived(t(2_200));
+        assert_eq!(chase.step(t(2_250), &config), ChaseStep::Send);
+        chase.sent(t(2_250), 4);
+        assert_eq!(chase.sweep.map(|s| (s.high, s.brought)), Some((500, true)));
+        below(&mut chase, 200);
+        assert_eq!(chase.step(t(2_350), &config), ChaseStep::Send);
+        chase.sent(t(2_350), 5);
+        assert_eq!(chase.sweep.map(|s| s.high), Some(200));
+        // The oldest reached in a pass that brought something: another pass from the newest.
+        below(&mut chase, 0);
+        assert_eq!(chase.step(t(2_450), &config), ChaseStep::Send);
+        chase.sent(t(2_450), 6);
+        assert_eq!(chase.sweep, Some(Sweep::start()));
+        // A pass that brings nothing ends the sweep.
+        below(&mut chase, 0);
+        assert_eq!(chase.step(t(2_550), &config), ChaseStep::Stop);
     }
 
     #[test]
@@ -1300,10 +1460,16 @@ mod driving {
             // A window of our newest rows: the left side of a pivot above every global time.
             // (Not the productive filter again: it holds up to 1.5 times its capacity, and what
             // its false positives hide in a range the follow-ups then leave would stay missing
-            // for long.)
-            let query = Query::Pivot {
-                pivot: u64::MAX,
-                limit: c.sync.window() + 1,
+            // for long.) A sweep round: a filter's worth of our rows below the last one's.
+            let query = match chase.sweep {
+                None => Query::Pivot {
+                    pivot: u64::MAX,
+                    limit: c.sync.window() + 1,
+                },
+                Some(sweep) => Query::Below {
+                    high: sweep.high,
+                    limit: c.sync.capacity() + 1,
+                },
             };
             c.sync.pending = Some(PendingQuery {
                 target,
@@ -1371,7 +1537,20 @@ mod driving {
                 return;
             };
             let mut request = pending.request;
-            if pending.follow_up {
+            let sweep = c.sync.chase.as_ref().and_then(|chase| chase.sweep);
+            if let (true, Some(current)) = (pending.follow_up, sweep) {
+                let capacity = c.sync.capacity();
+                let high = current.high;
+                let claim = super::window(left, high.min(acceptable), filter, capacity);
+                // What lies below this round's range; none when it reached the oldest row (or
+                // could not move down).
+                let below = claim.range.low.saturating_sub(1);
+                if let Some(Some(sweep)) = c.sync.chase.as_mut().map(|chase| chase.sweep.as_mut()) {
+                    sweep.below = if below < high { below } else { 0 };
+                }
+                request.sync = Some(synchronization(&claim));
+                c.stats.sync_sweeps += 1;
+            } else if pending.follow_up {
                 let claim = super::window(left, acceptable, filter, c.sync.window());
                 request.sync = Some(synchronization(&claim));
                 c.stats.sync_follow_ups += 1;

@@ -144,6 +144,11 @@ pub struct Sync {
     /// Most follow-up rounds in a row with one peer (0: sync only rides on walks, as in the
     /// original).
     pub max_follow_ups: u32,
+    /// A chase that brought at least this many messages ends with a sweep of our history, a
+    /// filter at a time, so that what a catch-up lost is fetched at once (0: never).
+    pub sweep_after: u64,
+    /// A sweep round that brings nothing is followed by the next after this long.
+    pub sweep_gap_ms: u64,
 }
 
 /// Messages that wait for others (a sequence gap, a plugin's wait) and the missing-sequence,
@@ -238,6 +243,8 @@ impl Default for Sync {
             follow_up_quiet_ms: 50,
             follow_up_timeout_ms: 2_000,
             max_follow_ups: 1_000,
+            sweep_after: 1_000,
+            sweep_gap_ms: 100,
         }
     }
 }
@@ -562,6 +569,8 @@ impl Config {
                 follow_up_quiet: ms(self.sync.follow_up_quiet_ms),
                 follow_up_timeout: ms(self.sync.follow_up_timeout_ms),
                 max_follow_ups: self.sync.max_follow_ups,
+                sweep_after: self.sync.sweep_after,
+                sweep_gap: ms(self.sync.sweep_gap_ms),
             },
             missing: dispersy_core::missing::Config {
                 max_delayed: self.missing.max_waiting,

@@ -248,6 +248,8 @@ pub struct CommunityStatsView {
     pub sync_skipped: u64,
     /// Sync-only follow-up requests sent (catch-up rounds that do not wait for the walk).
     pub sync_follow_ups: u64,
+    /// Sync-only sweep requests sent (after a catch-up, our whole history a filter at a time).
+    pub sync_sweeps: u64,
     /// Stored messages sent answering filters.
     pub sync_packets_sent: u64,
     /// Stored messages sent answering missing-sequence, -message and -last-message.
@@ -1306,6 +1308,7 @@ impl Protocol {
                         sync_reused: c.stats.sync_reused,
                         sync_skipped: c.stats.sync_skipped,
                         sync_follow_ups: c.stats.sync_follow_ups,
+                        sync_sweeps: c.stats.sync_sweeps,
                         sync_packets_sent: c.stats.sync_packets_sent,
                         missing_packets_sent: c.stats.missing_packets_sent,
                         relayed: c.stats.relayed,

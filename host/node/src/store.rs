@@ -703,6 +703,19 @@ impl Store {
                 .await?;
                 Ok((collect(rows)?, Vec::new()))
             }
+            Query::Below { high, limit } => {
+                let left = sqlx::query(
+                    "SELECT id, global_time, hash, length(packet) FROM sync
+                     WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time <= ?2
+                     ORDER BY global_time DESC, id DESC LIMIT ?3",
+                )
+                .bind(community)
+                .bind(to_i64(high))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok((Vec::new(), collect(left)?))
+            }
             Query::Pivot { pivot, limit } => {
                 let limit = i64::try_from(limit).unwrap_or(i64::MAX);
                 let right = sqlx::query(
