@@ -704,20 +704,9 @@ impl Store {
                 Ok((collect(rows)?, Vec::new()))
             }
             Query::Below { high, limit } => {
-                let left = sqlx::query(
-                    "SELECT id, global_time, hash, length(packet) FROM sync
-                     WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time <= ?2
-                     ORDER BY global_time DESC, id DESC LIMIT ?3",
-                )
-                .bind(community)
-                .bind(to_i64(high))
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&self.pool)
-                .await?;
-                Ok((Vec::new(), collect(left)?))
+                Ok((Vec::new(), self.rows_below(community, high, limit).await?))
             }
             Query::Pivot { pivot, limit } => {
-                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
                 let right = sqlx::query(
                     "SELECT id, global_time, hash, length(packet) FROM sync
                      WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time >= ?2
@@ -725,22 +714,37 @@ impl Store {
                 )
                 .bind(community)
                 .bind(to_i64(pivot))
-                .bind(limit)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .fetch_all(&self.pool)
                 .await?;
-                let left = sqlx::query(
-                    "SELECT id, global_time, hash, length(packet) FROM sync
-                     WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time <= ?2
-                     ORDER BY global_time DESC, id DESC LIMIT ?3",
-                )
-                .bind(community)
-                .bind(to_i64(pivot))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                Ok((collect(right)?, collect(left)?))
+                let left = self.rows_below(community, pivot, limit).await?;
+                Ok((collect(right)?, left))
             }
         }
+    }
+
+    /// Up to `limit` syncable rows at or below global time `high`, descending.
+    async fn rows_below(
+        &self,
+        community: i64,
+        high: u64,
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, global_time, hash, length(packet) FROM sync
+             WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time <= ?2
+             ORDER BY global_time DESC, id DESC LIMIT ?3",
+        )
+        .bind(community)
+        .bind(to_i64(high))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.extend(sync_row(row)?);
+        }
+        Ok(out)
     }
 
     /// The syncable rows of `range`, meta by meta in the order given (the driver lists the
@@ -1366,6 +1370,22 @@ mod tests {
         assert_eq!(pairs, 2, "rows of removed messages go with them");
     }
 
+    /// A plain message of meta 7 at `global_time`, by a member of its own.
+    fn post(community: i64, global_time: u64, packet: Vec<u8>) -> NewMessage {
+        NewMessage {
+            community,
+            member: MemberId([global_time as u8; 20]),
+            global_time,
+            meta: 7,
+            sequence: None,
+            priority: 128,
+            history: None,
+            co_signer: None,
+            hash: PacketHash::of(&packet),
+            packet,
+        }
+    }
+
     #[tokio::test]
     async fn packets_come_back_whole_and_in_the_order_asked() {
         let store = Store::open_in_memory().await.unwrap();
@@ -1376,20 +1396,7 @@ mod tests {
                 .map(|i| [0u8, b':', b'7', 0xff][(i % 4) as usize] ^ (gt as u8))
                 .collect()
         };
-        let batch: Vec<NewMessage> = (1..=60u64)
-            .map(|gt| NewMessage {
-                community: id,
-                member: MemberId([gt as u8; 20]),
-                global_time: gt,
-                meta: 7,
-                sequence: None,
-                priority: 128,
-                history: None,
-                co_signer: None,
-                packet: packet(gt),
-                hash: PacketHash::of(&packet(gt)),
-            })
-            .collect();
+        let batch: Vec<NewMessage> = (1..=60u64).map(|gt| post(id, gt, packet(gt))).collect();
         store.insert(&batch).await.unwrap();
         let range = Range {
             low: 1,
@@ -1596,18 +1603,7 @@ mod tests {
         let mut acks = Vec::new();
         for gt in 1..=5u64 {
             let (ack, done) = oneshot::channel();
-            let messages = vec![NewMessage {
-                community: id,
-                member: MemberId([gt as u8; 20]),
-                global_time: gt,
-                meta: 7,
-                sequence: None,
-                priority: 128,
-                history: None,
-                co_signer: None,
-                packet: vec![1, 2, 3],
-                hash: PacketHash::of(&[1, 2, 3]),
-            }];
+            let messages = vec![post(id, gt, vec![1, 2, 3])];
             tx.send(Insert { messages, ack }).await.unwrap();
             acks.push(done);
         }
