@@ -48,8 +48,11 @@ pub struct Tuning {
     /// reads stay in memory up to that size.
     pub cache_kib: u32,
     /// The part of the file SQLite reads through a memory map, in MiB (0: none, every page is
-    /// read into the page cache). Mapped pages are the operating system's file cache, counted
-    /// in the process's RSS once touched; reads through them cost no system call and no copy.
+    /// read into the page cache). Reads through the map cost no system call and no copy. The
+    /// mapped pages are the operating system's file cache, which holds them without the map as
+    /// well, but they count in the process's RSS once mapped, with the cached pages around each
+    /// one touched (the kernel maps 64 KiB per fault): one index scan at the start (the count of
+    /// syncable rows) maps most of the file.
     pub mmap_mib: u32,
 }
 
