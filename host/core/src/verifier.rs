@@ -102,6 +102,9 @@ impl Verifier {
         let mut results = Vec::with_capacity(checks.len());
         // Checks for keys with a comb: (index, r, s).
         let mut batch: Vec<(usize, Scalar, Scalar)> = Vec::new();
+        // Keys without a comb that signed validly: counted once the batch is done, so that no
+        // comb the batch relies on gives way in the middle of it.
+        let mut valid = Vec::new();
         for (i, check) in checks.iter().enumerate() {
             let key = check.key.as_bytes();
             if let Some(table) = self.tables.get_mut(key) {
@@ -117,12 +120,15 @@ impl Verifier {
             }
             let result = check.key.verify_digest(check.digest, check.signature);
             if result.is_ok() {
-                self.count(check.key);
+                valid.push(check.key);
             }
             results.push(result);
         }
         if !batch.is_empty() {
             self.combine(checks, &batch, &mut results);
+        }
+        for key in valid {
+            self.count(key);
         }
         results
     }
@@ -430,6 +436,34 @@ mod tests {
     fn d_signed(key: &KeyPair) -> ([u8; 32], Vec<u8>) {
         let d = digest(b"good");
         (d, key.sign_digest(&d).to_vec())
+    }
+
+    #[test]
+    fn a_comb_giving_way_within_a_batch_still_checks_that_batch() {
+        // Key A has the only comb; in one batch, key C earns one and takes A's place.
+        let (a, c) = (key(20), key(21));
+        let mut verifier = Verifier::new(Config {
+            hot_after: 2,
+            max_tables: 1,
+            max_counted: 8,
+        });
+        let sign = |k: &KeyPair, i: u32| {
+            let d = digest(&i.to_be_bytes());
+            (k.public().clone(), d, k.sign_digest(&d).to_vec())
+        };
+        let warm = vec![sign(&a, 0), sign(&a, 1), sign(&a, 2)];
+        assert_eq!(agree(&mut verifier, &warm), 3);
+        assert!(verifier.tables.contains_key(a.public().as_bytes()));
+        // A's comb has served 4 checks by then; C's fifth valid signature outweighs it.
+        let mut batch = vec![sign(&a, 3)];
+        batch.extend((4..9).map(|i| sign(&c, i)));
+        assert_eq!(
+            agree(&mut verifier, &batch),
+            6,
+            "A's check used the comb it started with"
+        );
+        assert!(verifier.tables.contains_key(c.public().as_bytes()));
+        assert!(!verifier.tables.contains_key(a.public().as_bytes()));
     }
 
     #[test]
