@@ -94,7 +94,12 @@ impl Peer {
         self.send(node, Packet::IntroductionRequest(request));
         let mut waiting: Vec<Vec<u8>> = Vec::new();
         let mut buffer = [0u8; 2048];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no introduction-response from the node"
+            );
             let (len, from) = self
                 .socket
                 .recv_from(&mut buffer)

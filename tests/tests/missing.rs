@@ -56,7 +56,14 @@ fn entry(author: &KeyPair, sequence: u32, global_time: u64) -> SignedMessage {
 /// node's own walk, is skipped).
 fn receive<T>(peer: &Peer, node: SocketAddr, mut pick: impl FnMut(Packet) -> Option<T>) -> T {
     let mut buffer = [0u8; 2048];
+    // The node walks to the peer now and then: without a deadline, a missing answer would keep
+    // this loop reading those forever instead of failing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no matching packet from the node"
+        );
         let (len, from) = peer.socket.recv_from(&mut buffer).expect("a datagram");
         if from != node {
             continue;

@@ -251,6 +251,11 @@ impl Community {
         moved
     }
 
+    /// The meta `id` of this community's definition (none for a bare community).
+    pub fn meta(&self, id: u32) -> Option<&MetaMessage> {
+        self.definition.as_ref()?.meta_by_id(id)
+    }
+
     /// The highest global time a received persistent message may carry at `now`: our own global
     /// time or, when more than five verified neighbours reported theirs, their median if higher,
     /// plus `margin` (seed: "Global time"; original-implementation §5). A peer cannot push the

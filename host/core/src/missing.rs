@@ -525,18 +525,17 @@ mod driving {
                 // Our own messages wait for nothing.
                 return;
             };
-            let config = self.config.missing.clone();
             let delayed = Delayed {
                 community,
                 awaited,
                 incoming,
                 source,
-                expires: now + config.timeout,
+                expires: now + self.config.missing.timeout,
                 requested: now,
                 seen,
                 asked: 0,
             };
-            let (taken, request) = self.delays.add(&config, now, delayed);
+            let (taken, request) = self.delays.add(&self.config.missing, now, delayed);
             let Some(c) = self.communities.get_mut(&community) else {
                 return;
             };
@@ -564,8 +563,7 @@ mod driving {
 
         /// Drops waits that lasted too long and repeats unanswered requests.
         pub(crate) fn expire_delays(&mut self, now: Instant) {
-            let config = self.config.missing.clone();
-            let outcome = self.delays.timeout(&config, now);
+            let outcome = self.delays.timeout(&self.config.missing, now);
             if outcome.expired > 0 {
                 self.stats.dropped.add("delay-timeout", outcome.expired);
             }
@@ -661,8 +659,7 @@ mod driving {
             let numbered = self
                 .communities
                 .get(&m.community)
-                .and_then(|c| c.definition.as_ref())
-                .and_then(|d| d.meta_by_id(m.meta))
+                .and_then(|c| c.meta(m.meta))
                 .is_some_and(|meta| meta.distribution.has_sequence_numbers());
             if !numbered {
                 return Err("missing-sequence-unknown-meta");
@@ -707,8 +704,7 @@ mod driving {
             let history = self
                 .communities
                 .get(&m.community)
-                .and_then(|c| c.definition.as_ref())
-                .and_then(|d| d.meta_by_id(m.meta))
+                .and_then(|c| c.meta(m.meta))
                 .and_then(|meta| match meta.distribution {
                     Distribution::LastSync { history, .. } => Some(history),
                     _ => None,

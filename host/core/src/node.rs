@@ -637,6 +637,10 @@ impl Node {
         for answer in self.answers.values() {
             next = next.min(Some(answer.deadline));
         }
+        // A co-signature not given in time is reported when it expires, not at the next walk.
+        for pending in self.signing.values() {
+            next = next.min(Some(pending.deadline));
+        }
         next = next
             .min(self.delays.next_deadline(&self.config.missing))
             .or(next);
@@ -751,9 +755,7 @@ impl Node {
             .get_mut(&community)
             .ok_or(CreateError::UnknownCommunity(community))?;
         let meta = c
-            .definition
-            .as_ref()
-            .and_then(|d| d.meta_by_id(signed.message.message_type))
+            .meta(signed.message.message_type)
             .ok_or(CreateError::UnknownCommunity(community))?
             .clone();
         let mut destinations: Vec<SocketAddr> = candidates.to_vec();

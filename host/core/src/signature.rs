@@ -182,9 +182,7 @@ mod driving {
                 .filter(|c| c.definition.is_some())
                 .ok_or("unknown-community")?;
             let double = c
-                .definition
-                .as_ref()
-                .and_then(|d| d.meta_by_id(m.message.message_type))
+                .meta(m.message.message_type)
                 .is_some_and(|meta| meta.authentication == Authentication::DoubleMember);
             if !double {
                 return Err("signature-request-wrong-meta");
@@ -225,8 +223,7 @@ mod driving {
                 self.stats.packets.bump("signature-refused");
                 return;
             }
-            let digest = crate::identity::digest(&asked.descriptor);
-            let signature = self.key.sign_digest(&digest).to_vec();
+            let signature = self.key.sign(&asked.descriptor).to_vec();
             let session = self.sessions.id(&asked.from).unwrap_or(0);
             self.stats.packets.bump("signature-given");
             self.send(
@@ -266,14 +263,14 @@ mod driving {
                 });
                 return Err("signature-response-modified");
             }
-            let digest = crate::identity::digest(&pending.descriptor);
-            let mine = self.key.sign_digest(&digest).to_vec();
-            let signed = SignedMessage::assemble(
+            // The co-signer's signature was checked when its response was decoded, over these
+            // very bytes; ours is made here.
+            let mine = self.key.sign(&pending.descriptor).to_vec();
+            let signed = SignedMessage::checked(
                 pending.message,
                 pending.descriptor,
                 vec![mine, m.signature],
-            )
-            .map_err(|_| "bad-signature")?;
+            );
             let result = self
                 .publish(now, pending.community, signed, &pending.candidates)
                 .map(|(global_time, sent_to)| Created {

@@ -748,7 +748,7 @@ impl Chase {
             }
             Some(sweep)
                 if self.rounds < config.max_follow_ups
-                    && (self.rounds == 0 || sweep.next(self.last_arrival.is_some()).is_some()) =>
+                    && sweep.next(self.last_arrival.is_some()).is_some() =>
             {
                 ChaseStep::Send
             }
@@ -1417,7 +1417,6 @@ mod driving {
         /// sync-only introduction-request to the chased peer when its last round is complete,
         /// or ends the chase.
         pub(crate) fn follow_up(&mut self, now: Instant, id: CommunityId) {
-            let sync = self.config.sync.clone();
             let max_pending = self.config.max_pending_walks;
             let Some(c) = self.communities.get_mut(&id) else {
                 return;
@@ -1429,17 +1428,16 @@ mod driving {
             let Some(chase) = c.sync.chase.as_mut() else {
                 return;
             };
-            let step = chase.step(now, &sync);
-            let previous = chase.walk.take();
-            if step != ChaseStep::Send {
-                chase.walk = previous;
-                if step == ChaseStep::Stop {
+            match chase.step(now, &self.config.sync) {
+                ChaseStep::Wait(_) => return,
+                ChaseStep::Stop => {
                     c.sync.chase = None;
+                    return;
                 }
-                return;
+                ChaseStep::Send => {}
             }
             // The previous follow-up is answered or lost: it no longer holds a walk slot.
-            if let Some(walk) = previous {
+            if let Some(walk) = chase.walk.take() {
                 c.pending_walks.remove(&walk);
             }
             if c.pending_walks.len() >= max_pending {
@@ -1475,7 +1473,7 @@ mod driving {
                 target,
                 request,
                 query,
-                deadline: now + sync.store_timeout,
+                deadline: now + self.config.sync.store_timeout,
                 follow_up: true,
             });
             self.push(Event::SyncQuery {
@@ -1537,30 +1535,42 @@ mod driving {
                 return;
             };
             let mut request = pending.request;
-            let sweep = c.sync.chase.as_ref().and_then(|chase| chase.sweep);
-            if let (true, Some(current)) = (pending.follow_up, sweep) {
-                let capacity = c.sync.capacity();
-                let high = current.high;
-                let claim = super::window(left, high.min(acceptable), filter, capacity);
-                // What lies below this round's range; none when it reached the oldest row (or
-                // could not move down).
-                let below = claim.range.low.saturating_sub(1);
-                if let Some(Some(sweep)) = c.sync.chase.as_mut().map(|chase| chase.sweep.as_mut()) {
-                    sweep.below = if below < high { below } else { 0 };
+            let sync = match (pending.follow_up, pending.query) {
+                (true, Query::Below { high, .. }) => {
+                    let claim = super::claim(
+                        pending.query,
+                        right,
+                        left,
+                        acceptable,
+                        filter,
+                        c.sync.capacity(),
+                    );
+                    // What lies below this sweep round's range; none when it reached the
+                    // oldest row (or could not move down).
+                    let below = claim.range.low.saturating_sub(1);
+                    if let Some(sweep) =
+                        c.sync.chase.as_mut().and_then(|chase| chase.sweep.as_mut())
+                    {
+                        sweep.below = if below < high { below } else { 0 };
+                    }
+                    c.stats.sync_sweeps += 1;
+                    synchronization(&claim)
                 }
-                request.sync = Some(synchronization(&claim));
-                c.stats.sync_sweeps += 1;
-            } else if pending.follow_up {
-                let claim = super::window(left, acceptable, filter, c.sync.window());
-                request.sync = Some(synchronization(&claim));
-                c.stats.sync_follow_ups += 1;
-            } else {
-                let capacity = c.sync.capacity();
-                let claim = super::claim(pending.query, right, left, acceptable, filter, capacity);
-                request.sync = Some(synchronization(&claim));
-                c.sync.cache.sent(claim, pending.target);
-                c.stats.sync_new += 1;
-            }
+                (true, _) => {
+                    c.stats.sync_follow_ups += 1;
+                    synchronization(&super::window(left, acceptable, filter, c.sync.window()))
+                }
+                (false, _) => {
+                    let capacity = c.sync.capacity();
+                    let claim =
+                        super::claim(pending.query, right, left, acceptable, filter, capacity);
+                    let sync = synchronization(&claim);
+                    c.sync.cache.sent(claim, pending.target);
+                    c.stats.sync_new += 1;
+                    sync
+                }
+            };
+            request.sync = Some(sync);
             self.send(pending.target, Packet::IntroductionRequest(request));
         }
 

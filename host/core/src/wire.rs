@@ -18,7 +18,7 @@ use prost::Message as _;
 
 use crate::identity::{
     self, CommunityId, ID_LEN, KeyError, KeyPair, MemberId, PUBLIC_KEY_LEN, PublicKey,
-    SignatureError,
+    SIGNATURE_LEN, SignatureError,
 };
 use crate::verifier::{Check, Verifier};
 
@@ -631,11 +631,11 @@ enum Checks<'a> {
     Later(&'a RefCell<Vec<Noted>>),
 }
 
-/// A signature noted for later.
+/// A signature noted for later (its length checked already).
 struct Noted {
     key: PublicKey,
     digest: [u8; 32],
-    signature: Vec<u8>,
+    signature: [u8; SIGNATURE_LEN],
 }
 
 fn decode_checked(
@@ -804,18 +804,12 @@ fn decode_checked(
         }
         D::MissingIdentity(m) => {
             unsigned(&envelope)?;
-            let member = m
-                .member
-                .as_deref()
-                .ok_or(DecodeError::Missing("MissingIdentity.member"))?;
+            let member = member_id(m.member.as_deref(), "MissingIdentity.member")?;
             Ok(Packet::MissingIdentity(MissingIdentity {
                 community: community_id(m.community.as_deref())?,
                 session: m.session.unwrap_or(0),
                 random: nonzero(m.random, "MissingIdentity.random")?,
-                member: MemberId::from_slice(member).map_err(|_| DecodeError::Invalid {
-                    field: "MissingIdentity.member",
-                    reason: "a member id is 20 bytes",
-                })?,
+                member,
             }))
         }
         D::MissingSequence(m) => {
@@ -908,10 +902,14 @@ fn decode_checked(
                 .ok_or(DecodeError::Missing("SignatureResponse.message"))?;
             let message = co_signed(&descriptor)?;
             let digest = identity::digest(&descriptor);
-            let signer = message
-                .authors
-                .iter()
-                .position(|a| a.verify_digest(&digest, &signature).is_ok())
+            // The co-signer (the second author) answers, as a rule: tried first.
+            let signer = (0..message.authors.len())
+                .rev()
+                .find(|&i| {
+                    message.authors[i]
+                        .verify_digest(&digest, &signature)
+                        .is_ok()
+                })
                 .ok_or(DecodeError::Invalid {
                     field: "SignatureResponse.message",
                     reason: "the signature is by neither author",
@@ -1094,12 +1092,22 @@ impl SignedMessage {
         signatures: Vec<Vec<u8>>,
     ) -> Result<Self, DecodeError> {
         verify_signatures(&descriptor, &message.authors, &signatures, &Checks::Now)?;
+        Ok(Self::checked(message, descriptor, signatures))
+    }
+
+    /// A double-member message from signatures already checked (ours just made, the
+    /// co-signer's verified when its signature-response was decoded).
+    pub(crate) fn checked(
+        message: CommunityMessage,
+        descriptor: Vec<u8>,
+        signatures: Vec<Vec<u8>>,
+    ) -> Self {
         let packet = pb::Message {
             descriptor: Some(descriptor),
             signatures,
         }
         .encode_to_vec();
-        Ok(SignedMessage { message, packet })
+        SignedMessage { message, packet }
     }
 
     /// Signs `message` with the keys of its authors, in order.
@@ -1424,7 +1432,8 @@ fn verify_signatures(
             Checks::Later(noted) => noted.borrow_mut().push(Noted {
                 key: member.clone(),
                 digest,
-                signature: signature.clone(),
+                signature: <[u8; SIGNATURE_LEN]>::try_from(signature.as_slice())
+                    .map_err(|_| SignatureError::Length(signature.len()))?,
             }),
         }
     }

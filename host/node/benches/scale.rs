@@ -86,7 +86,7 @@ async fn main() {
         store.insert(&batch).await.unwrap();
     }
     println!(
-        "scale: stored {count} messages in {:.1} s",
+        "scale: made and stored {count} messages in {:.1} s",
         filled.elapsed().as_secs_f64()
     );
 
@@ -99,8 +99,10 @@ async fn main() {
             .split(',')
             .filter(|k| ["fresh", "pivot", "modulo"].contains(k))
         {
-            let mut times = Vec::with_capacity(requests);
-            let mut sent = 0usize;
+            // The requests first (a pivot request reads its range to fill its filter), then
+            // the responder's work on each, timed: no request is timed right after its own
+            // range was read.
+            let mut asked = Vec::with_capacity(requests);
             for _ in 0..requests {
                 let mut filter =
                     BloomFilter::sized(FILTER_BYTES, ERROR_RATE, rng.next_u32()).expect("filter");
@@ -114,7 +116,8 @@ async fn main() {
                     },
                     // A node holding every other message around a random pivot.
                     "pivot" => {
-                        let low = 1 + rng.next_u64() % count.saturating_sub(2 * capacity as u64);
+                        let span = count.saturating_sub(2 * capacity as u64).max(1);
+                        let low = 1 + rng.next_u64() % span;
                         let high = low + 2 * capacity as u64;
                         let rows = store
                             .sync_rows(
@@ -151,19 +154,27 @@ async fn main() {
                         }
                     }
                 };
+                asked.push((filter, range));
+            }
+            let mut times = Vec::with_capacity(requests);
+            let mut sent = 0usize;
+            for (filter, range) in &asked {
                 let start = Instant::now();
                 // As the node does: enough rows to fill the budget past what the filter holds.
                 let limit =
                     dispersy_core::sync::rows_to_read(budget, filter.estimated_count(), 256);
                 let rows = store
-                    .sync_rows(community, range, limit, &metas)
+                    .sync_rows(community, *range, limit, &metas)
                     .await
                     .unwrap();
-                let chosen = dispersy_core::sync::missing(&filter, &range, &rows, budget);
+                let chosen = dispersy_core::sync::missing(filter, range, &rows, budget);
                 let ids: Vec<u64> = chosen.iter().map(|r| r.id).collect();
                 let packets = store.packets(&ids).await.unwrap();
                 times.push(start.elapsed());
                 sent += packets.len();
+            }
+            if times.is_empty() {
+                continue;
             }
             times.sort();
             let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];

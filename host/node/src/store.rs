@@ -121,6 +121,16 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// A row count as SQLite takes it.
+fn limit_i64(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// `values` as a JSON array, for `json_each`.
+fn json_list<T: serde::Serialize>(values: &[T]) -> Result<String, StoreError> {
+    Ok(serde_json::to_string(values).map_err(|e| sqlx::Error::Protocol(e.to_string()))?)
+}
+
 fn hash_bytes(hash: &PacketHash) -> Vec<u8> {
     let mut bytes = hash.0.to_le_bytes().to_vec();
     bytes.extend_from_slice(&hash.1.to_le_bytes());
@@ -154,6 +164,22 @@ fn upsert_sql(rows: usize) -> String {
          WHERE excluded.packet > sync.packet",
     );
     sql
+}
+
+/// Binds the values of `m` for one row of [`upsert_sql`].
+fn bind_row<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    m: &'q NewMessage,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(m.community)
+        .bind(m.member.0.as_slice())
+        .bind(to_i64(m.global_time))
+        .bind(i64::from(m.meta))
+        .bind(m.sequence.map(i64::from))
+        .bind(i64::from(m.priority))
+        .bind(m.packet.as_slice())
+        .bind(hash_bytes(&m.hash))
 }
 
 /// The stored packets under `rows` (community, member, global time) keys, through the unique
@@ -190,7 +216,7 @@ async fn insert_rows(
     for m in run {
         query = query
             .bind(m.community)
-            .bind(m.member.0.to_vec())
+            .bind(m.member.0.as_slice())
             .bind(to_i64(m.global_time));
     }
     let mut current: HashMap<Key, Vec<u8>> = HashMap::new();
@@ -219,15 +245,7 @@ async fn insert_rows(
     }
     let mut query = sqlx::query(sqlx::AssertSqlSafe(upsert_sql(count)));
     for (m, _) in run.iter().zip(&stored).filter(|(_, new)| **new) {
-        query = query
-            .bind(m.community)
-            .bind(m.member.0.to_vec())
-            .bind(to_i64(m.global_time))
-            .bind(i64::from(m.meta))
-            .bind(m.sequence.map(i64::from))
-            .bind(i64::from(m.priority))
-            .bind(m.packet.as_slice())
-            .bind(hash_bytes(&m.hash));
+        query = bind_row(query, m);
     }
     query.execute(&mut **tx).await?;
     Ok(stored)
@@ -245,24 +263,9 @@ async fn insert_one(
     {
         return Ok(outcome);
     }
-    let result = sqlx::query(
-        "INSERT INTO sync (community, member, global_time, meta, sequence, priority, packet, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (community, member, global_time) DO UPDATE SET
-             meta = excluded.meta, sequence = excluded.sequence,
-             priority = excluded.priority, packet = excluded.packet, hash = excluded.hash
-         WHERE excluded.packet > sync.packet",
-    )
-    .bind(m.community)
-    .bind(m.member.0.to_vec())
-    .bind(to_i64(m.global_time))
-    .bind(i64::from(m.meta))
-    .bind(m.sequence.map(i64::from))
-    .bind(i64::from(m.priority))
-    .bind(m.packet.as_slice())
-    .bind(hash_bytes(&m.hash))
-    .execute(&mut **tx)
-    .await?;
+    let result = bind_row(sqlx::query(sqlx::AssertSqlSafe(upsert_sql(1))), m)
+        .execute(&mut **tx)
+        .await?;
     let mut stored = result.rows_affected() == 1;
     if let (true, Some(co_signer)) = (stored, m.co_signer) {
         pair(tx, m, co_signer).await?;
@@ -279,7 +282,7 @@ async fn insert_one(
                 )
                 .bind(m.community)
                 .bind(i64::from(m.meta))
-                .bind(m.member.0.to_vec())
+                .bind(m.member.0.as_slice())
                 .bind(i64::from(history))
                 .execute(&mut **tx)
                 .await?;
@@ -295,8 +298,8 @@ async fn insert_one(
                 )
                 .bind(m.community)
                 .bind(i64::from(m.meta))
-                .bind(first.0.to_vec())
-                .bind(second.0.to_vec())
+                .bind(first.0.as_slice())
+                .bind(second.0.as_slice())
                 .bind(i64::from(history))
                 .execute(&mut **tx)
                 .await?;
@@ -307,7 +310,7 @@ async fn insert_one(
              WHERE community = ?1 AND member = ?2 AND global_time = ?3",
         )
         .bind(m.community)
-        .bind(m.member.0.to_vec())
+        .bind(m.member.0.as_slice())
         .bind(to_i64(m.global_time))
         .fetch_one(&mut **tx)
         .await?;
@@ -320,17 +323,23 @@ async fn insert_one(
     })
 }
 
-fn sync_row(row: &sqlx::sqlite::SqliteRow) -> Result<Option<Row>, sqlx::Error> {
-    let id: i64 = row.try_get(0)?;
-    let global_time: i64 = row.try_get(1)?;
-    let hash: Option<Vec<u8>> = row.try_get(2)?;
-    let size: i64 = row.try_get(3)?;
-    Ok(hash.as_deref().and_then(hash_from).map(|hash| Row {
-        id: u64::try_from(id).unwrap_or(0),
-        global_time: u64::try_from(global_time).unwrap_or(0),
-        hash,
-        size: u32::try_from(size).unwrap_or(u32::MAX),
-    }))
+/// The sync rows of query rows (id, global time, hash, size); rows without a hash yet are left
+/// out.
+fn sync_rows_of(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<Row>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.try_get(0)?;
+        let global_time: i64 = row.try_get(1)?;
+        let hash: Option<Vec<u8>> = row.try_get(2)?;
+        let size: i64 = row.try_get(3)?;
+        out.extend(hash.as_deref().and_then(hash_from).map(|hash| Row {
+            id: u64::try_from(id).unwrap_or(0),
+            global_time: u64::try_from(global_time).unwrap_or(0),
+            hash,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+        }));
+    }
+    Ok(out)
 }
 
 impl Store {
@@ -451,8 +460,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         // From the covering index: a row's priority is its meta's.
-        let syncable =
-            serde_json::to_string(syncable).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let syncable = json_list(syncable)?;
         let stored: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM json_each(?2) CROSS JOIN sync INDEXED BY sync_cover
              WHERE community = ?1 AND meta = json_each.value AND undone = 0",
@@ -528,6 +536,9 @@ impl Store {
         lookup: &Lookup,
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
+        // Every stored packet holds a signature at least: no more rows than this can fit, and a
+        // requester's range of sequence numbers may be as wide as it likes.
+        let most = max_bytes / dispersy_core::identity::SIGNATURE_LEN + 1;
         let rows = match lookup {
             Lookup::Sequences {
                 member,
@@ -539,13 +550,14 @@ impl Store {
                     "SELECT packet FROM sync
                      WHERE community = ?1 AND meta = ?2 AND member = ?3
                        AND sequence BETWEEN ?4 AND ?5
-                     ORDER BY sequence",
+                     ORDER BY sequence LIMIT ?6",
                 )
                 .bind(community)
                 .bind(i64::from(*meta))
-                .bind(member.0.to_vec())
+                .bind(member.0.as_slice())
                 .bind(i64::from(*low))
                 .bind(i64::from(*high))
+                .bind(limit_i64(most))
                 .fetch_all(&self.pool)
                 .await?
             }
@@ -553,15 +565,14 @@ impl Store {
                 member,
                 global_times,
             } => {
-                let list = serde_json::to_string(global_times)
-                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                let list = json_list(global_times)?;
                 sqlx::query(
                     "SELECT packet FROM sync JOIN json_each(?3) ON sync.global_time = json_each.value
                      WHERE community = ?1 AND member = ?2
                      ORDER BY global_time",
                 )
                 .bind(community)
-                .bind(member.0.to_vec())
+                .bind(member.0.as_slice())
                 .bind(list)
                 .fetch_all(&self.pool)
                 .await?
@@ -577,7 +588,7 @@ impl Store {
                 )
                 .bind(community)
                 .bind(i64::from(*meta))
-                .bind(member.0.to_vec())
+                .bind(member.0.as_slice())
                 .bind(i64::from(*count))
                 .fetch_all(&self.pool)
                 .await?
@@ -667,25 +678,9 @@ impl Store {
         community: i64,
         query: Query,
     ) -> Result<(Vec<Row>, Vec<Row>), StoreError> {
-        let collect = |rows: Vec<sqlx::sqlite::SqliteRow>| -> Result<Vec<Row>, StoreError> {
-            let mut out = Vec::with_capacity(rows.len());
-            for row in &rows {
-                out.extend(sync_row(row)?);
-            }
-            Ok(out)
-        };
         match query {
             Query::Oldest { limit } => {
-                let rows = sqlx::query(
-                    "SELECT id, global_time, hash, length(packet) FROM sync
-                     WHERE community = ?1 AND priority > 32 AND undone = 0
-                     ORDER BY global_time, id LIMIT ?2",
-                )
-                .bind(community)
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&self.pool)
-                .await?;
-                Ok((collect(rows)?, Vec::new()))
+                Ok((self.rows_above(community, 0, limit).await?, Vec::new()))
             }
             Query::Modulo {
                 modulo,
@@ -701,29 +696,39 @@ impl Store {
                 .bind(community)
                 .bind(i64::from(modulo))
                 .bind(to_i64(offset))
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(limit_i64(limit))
                 .fetch_all(&self.pool)
                 .await?;
-                Ok((collect(rows)?, Vec::new()))
+                Ok((sync_rows_of(&rows)?, Vec::new()))
             }
             Query::Below { high, limit } => {
                 Ok((Vec::new(), self.rows_below(community, high, limit).await?))
             }
-            Query::Pivot { pivot, limit } => {
-                let right = sqlx::query(
-                    "SELECT id, global_time, hash, length(packet) FROM sync
-                     WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time >= ?2
-                     ORDER BY global_time, id LIMIT ?3",
-                )
-                .bind(community)
-                .bind(to_i64(pivot))
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&self.pool)
-                .await?;
-                let left = self.rows_below(community, pivot, limit).await?;
-                Ok((collect(right)?, left))
-            }
+            Query::Pivot { pivot, limit } => Ok((
+                self.rows_above(community, pivot, limit).await?,
+                self.rows_below(community, pivot, limit).await?,
+            )),
         }
+    }
+
+    /// Up to `limit` syncable rows at or above global time `low`, ascending.
+    async fn rows_above(
+        &self,
+        community: i64,
+        low: u64,
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, global_time, hash, length(packet) FROM sync
+             WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time >= ?2
+             ORDER BY global_time, id LIMIT ?3",
+        )
+        .bind(community)
+        .bind(to_i64(low))
+        .bind(limit_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sync_rows_of(&rows)
     }
 
     /// Up to `limit` syncable rows at or below global time `high`, descending.
@@ -740,14 +745,10 @@ impl Store {
         )
         .bind(community)
         .bind(to_i64(high))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(limit_i64(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.extend(sync_row(row)?);
-        }
-        Ok(out)
+        sync_rows_of(&rows)
     }
 
     /// The syncable rows of `range`, meta by meta in the order given (the driver lists the
@@ -784,7 +785,7 @@ impl Store {
                 .bind(to_i64(first))
                 .bind(to_i64(last))
                 .bind(to_i64(modulo))
-                .bind(i64::try_from(left).unwrap_or(i64::MAX))
+                .bind(limit_i64(left))
                 .bind(i64::from(*meta))
                 .fetch_one(&self.pool)
                 .await?;
@@ -808,7 +809,7 @@ impl Store {
 
     /// The packets of rows `ids`, in that order (missing rows are left out).
     pub async fn packets(&self, ids: &[u64]) -> Result<Vec<Vec<u8>>, StoreError> {
-        let list = serde_json::to_string(ids).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let list = json_list(ids)?;
         // One value holding them all, each as `id:length:` and its bytes: sqlx hands rows over
         // one by one between threads, which costs more than reading them.
         let all: Option<Vec<u8>> = sqlx::query_scalar(
@@ -818,7 +819,7 @@ impl Store {
         .bind(list)
         .fetch_one(&self.pool)
         .await?;
-        let mut by_id = std::collections::HashMap::with_capacity(ids.len());
+        let mut by_id = HashMap::with_capacity(ids.len());
         let mut rest = all.as_deref().unwrap_or_default();
         while !rest.is_empty() {
             let (id, packet, after) =
@@ -874,7 +875,7 @@ async fn pair(
         "SELECT id FROM sync WHERE community = ?1 AND member = ?2 AND global_time = ?3",
     )
     .bind(m.community)
-    .bind(m.member.0.to_vec())
+    .bind(m.member.0.as_slice())
     .bind(to_i64(m.global_time))
     .fetch_one(&mut **tx)
     .await?;
@@ -884,8 +885,8 @@ async fn pair(
         .await?;
     sqlx::query("INSERT INTO double_signed_sync (sync, member1, member2) VALUES (?1, ?2, ?3)")
         .bind(id)
-        .bind(first.0.to_vec())
-        .bind(second.0.to_vec())
+        .bind(first.0.as_slice())
+        .bind(second.0.as_slice())
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -1135,13 +1136,17 @@ pub async fn run(
         if let Err(error) = &result {
             tracing::error!(%error, messages = all.len(), "storing messages failed");
         }
-        let mut offset = 0;
+        // Each insert gets its own outcomes, in order (moved, not copied: a conflict's carries
+        // a packet).
+        let (mut outcomes, failure) = match result {
+            Ok(outcomes) => (outcomes.into_iter(), None),
+            Err(error) => (Vec::new().into_iter(), Some(error)),
+        };
         for (n, ack) in acks {
-            let answer = result
-                .as_ref()
-                .map(|flags| flags[offset..offset + n].to_vec())
-                .map_err(Clone::clone);
-            offset += n;
+            let answer = match &failure {
+                None => Ok(outcomes.by_ref().take(n).collect()),
+                Some(error) => Err(error.clone()),
+            };
             // The waiting plugin thread may be gone (shutdown); nothing to do then.
             let _ = ack.send(answer);
         }

@@ -609,7 +609,7 @@ fn fifty_nodes_know_ten_verified_peers_quickly() {
     let mut times: Vec<Duration> = done[1..].iter().flatten().copied().collect();
     times.sort();
     assert_eq!(times.len(), 50, "{times:?}");
-    // Measured: median 2.3 s, last 3.1 s (virtual time).
+    // Measured: median 2.6 s, last 3.1 s (virtual time).
     assert!(times[49] <= Duration::from_secs(5), "{times:?}");
 }
 
@@ -941,7 +941,7 @@ fn a_message_waiting_for_a_members_last_message_fetches_it_and_resumes() {
         .iter()
         .position(|e| matches!(e, Event::Messages { meta: 6, .. }));
     assert!(
-        profile < resumed && resumed.is_some(),
+        matches!((profile, resumed), (Some(p), Some(r)) if p < r),
         "{profile:?} {resumed:?}"
     );
     assert!(
@@ -1025,7 +1025,7 @@ fn relayed_messages_reach_beyond_the_first_receiver_once_each() {
     };
     let reached = (2..=20).filter(|&i| handled(i) == 1).count();
     assert!((2..=20).all(|i| handled(i) <= 1), "handled at most once");
-    // Hops 3, fanout 5: practically everyone among 19 (measured: all of them).
+    // Hops 3, fanout 5: practically everyone among 19 (measured: 18).
     assert!(reached >= 17, "reached {reached}");
     let duplicates: u64 = (1..=20)
         .map(|i| {
@@ -1077,15 +1077,14 @@ fn a_relay_never_forwards_beyond_the_signed_budget() {
         sim.nodes[1].community(&id()).expect("joined").stats.relayed,
         0
     );
-    let receivers = (2..=5)
-        .filter(|&i| {
-            sim.events[i].iter().any(|e| {
-                matches!(e, Event::Messages { messages, .. }
-                    if messages.iter().any(|m| m.message.packet == zero.packet))
-            })
+    let got = |sim: &Sim, i: usize| {
+        sim.events[i].iter().any(|e| {
+            matches!(e, Event::Messages { messages, .. }
+                if messages.iter().any(|m| m.message.packet == zero.packet))
         })
-        .count();
-    assert_eq!(receivers, 0);
+    };
+    assert!(got(&sim, 1), "node 1 handled it");
+    assert_eq!((2..=5).filter(|&i| got(&sim, i)).count(), 0);
     // A relay header on a meta that is not relay is refused.
     let mut direct = signed(1, b"direct");
     direct.message.message_type = 1;
@@ -1256,14 +1255,9 @@ fn catching_up_over_a_lossy_path_still_gets_everything() {
         Duration::from_secs(1_200),
     );
     let b = sim.nodes.len() - 1;
-    assert!(
-        took.is_some(),
-        "B has {} of 2000",
-        sim.stores[b].count(id())
-    );
+    let took = took.unwrap_or_else(|| panic!("B has {} of 2000", sim.stores[b].count(id())));
     // Measured: 33 s of virtual time with sweeps (596 s without: walks found the messages lost
     // below the follow-ups' windows).
-    let took = took.unwrap_or_default();
     assert!(took <= Duration::from_secs(60), "{took:?}");
     let c = sim.nodes[b].community(&id()).expect("joined");
     assert!(c.stats.sync_sweeps > 0);
