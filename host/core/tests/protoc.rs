@@ -54,6 +54,8 @@ fn protoc(mode: &str, input: &[u8]) -> Vec<u8> {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
+    // This test drives a protoc process, not the core: a writer thread feeds its stdin.
+    #[allow(clippy::disallowed_methods)]
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let output = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();

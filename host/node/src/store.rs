@@ -493,7 +493,7 @@ impl Store {
     /// transaction.
     ///
     /// Runs of plain messages (no sequence number, no last-sync history, one signer) are written
-    /// [`INSERT_ROWS`] per statement (sqlx costs per statement, not per row); the others one by
+    /// up to 256 per statement (`INSERT_ROWS`) (sqlx costs per statement, not per row); the others one by
     /// one, in order.
     pub async fn insert(&self, messages: &[NewMessage]) -> Result<Vec<Outcome>, StoreError> {
         // IMMEDIATE: the transaction writes, and reads before it writes (`insert_rows`, `place`).
