@@ -80,4 +80,3 @@ impl From<prost::DecodeError> for DecodeError {
         DecodeError::Protobuf(error.to_string())
     }
 }
-
