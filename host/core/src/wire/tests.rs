@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::identity::KeyPair;
 use crate::rng::Rng;
 
 /// The keys of the test members, as a node that met them knows them.
