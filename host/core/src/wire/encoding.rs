@@ -6,9 +6,10 @@
 use dispersy_proto as pb;
 use prost::Message as _;
 
+use super::batch::{Checks, verify_signatures};
 use super::collection::collection_datagram;
 use super::field::{to_address, to_connection_type};
-use super::{Checks, CommunityMessage, DecodeError, Packet, SignedMessage, verify_signatures};
+use super::{CommunityMessage, DecodeError, Packet, SignedMessage};
 use crate::identity::{self, KeyPair};
 
 impl CommunityMessage {
