@@ -9,7 +9,12 @@ use prost::Message as _;
 use super::batch::{Checks, verify_signatures};
 use super::collection::collection_datagram;
 use super::field::{to_address, to_connection_type};
-use super::{CommunityMessage, DecodeError, Packet, SignedMessage};
+use super::{
+    CommunityMessage, DecodeError, Identity, IntroductionRequest, IntroductionResponse,
+    MissingIdentity, MissingLastMessage, MissingMessage, MissingSequence, Packet, Puncture,
+    PunctureRequest, SessionRequest, SessionResponse, SignatureRequest, SignatureResponse,
+    SignedMessage,
+};
 use crate::identity::{self, KeyPair};
 
 impl CommunityMessage {
@@ -105,172 +110,23 @@ impl Packet {
     pub fn encode(&self, key: &KeyPair) -> Vec<u8> {
         use pb::descriptor::Message as D;
         let (message, signed) = match self {
-            Packet::IntroductionRequest(m) => (
-                D::IntroductionRequest(pb::IntroductionRequest {
-                    session: Some(m.session),
-                    walk: Some(m.walk),
-                    community: Some(m.community.0.to_vec()),
-                    global_time: Some(m.global_time),
-                    destination: Some(to_address(m.destination)),
-                    sources: vec![to_address(m.source_lan), to_address(m.source_wan)],
-                    random: Some(m.random),
-                    member: Some(m.member.member_id().0.to_vec()),
-                    synchronization: m.sync.as_ref().map(|s| {
-                        pb::introduction_request::Synchronization {
-                            low: Some(s.low),
-                            high: Some(s.high),
-                            modulo: Some(s.modulo),
-                            offset: Some(s.offset),
-                            bloomfilter: Some(s.bloom.clone()),
-                            functions: Some(s.functions),
-                            prefix: Some(s.prefix),
-                        }
-                    }),
-                    connection_type: Some(to_connection_type(m.connection_type)),
-                    advice: Some(m.advice),
-                }),
-                true,
-            ),
-            Packet::IntroductionResponse(m) => (
-                D::IntroductionResponse(pb::IntroductionResponse {
-                    session: Some(m.session),
-                    walk: Some(m.walk),
-                    community: Some(m.community.0.to_vec()),
-                    global_time: Some(m.global_time),
-                    invitee: m
-                        .introduced
-                        .map(|(lan, wan)| vec![to_address(lan), to_address(wan)])
-                        .unwrap_or_default(),
-                    destination: Some(to_address(m.destination)),
-                    sources: vec![to_address(m.source_lan), to_address(m.source_wan)],
-                    member: Some(m.member.member_id().0.to_vec()),
-                    connection_type: Some(to_connection_type(m.connection_type)),
-                }),
-                true,
-            ),
-            Packet::PunctureRequest(m) => (
-                D::PunctureRequest(pb::PunctureRequest {
-                    session: Some(m.session),
-                    walk: Some(m.walk),
-                    global_time: Some(m.global_time),
-                    initiator: vec![to_address(m.initiator_lan), to_address(m.initiator_wan)],
-                    community: Some(m.community.0.to_vec()),
-                    random: Some(m.random),
-                }),
-                false,
-            ),
-            Packet::Puncture(m) => (
-                D::Puncture(pb::Puncture {
-                    session: Some(m.session),
-                    walk: Some(m.walk),
-                    source: vec![to_address(m.source_lan), to_address(m.source_wan)],
-                    community: Some(m.community.0.to_vec()),
-                    random: Some(m.random),
-                    // The full key: the receiver has most likely never met the sender, and it may
-                    // not ask (it shares no session with it).
-                    member: Some(m.member.as_bytes().to_vec()),
-                }),
-                true,
-            ),
+            Packet::IntroductionRequest(m) => (D::IntroductionRequest(m.to_proto()), true),
+            Packet::IntroductionResponse(m) => (D::IntroductionResponse(m.to_proto()), true),
+            Packet::PunctureRequest(m) => (D::PunctureRequest(m.to_proto()), false),
+            Packet::Puncture(m) => (D::Puncture(m.to_proto()), true),
             Packet::Collection(c) => {
                 let packets: Vec<&[u8]> = c.messages.iter().map(|m| m.packet.as_slice()).collect();
                 return collection_datagram(c.session, &packets, c.relay_hops);
             }
-            Packet::SessionRequest(m) => (
-                D::SessionRequest(pb::SessionRequest {
-                    version: Some(m.version),
-                    version_blacklist: Vec::new(),
-                    walk: Some(m.walk),
-                    random_b: Some(m.random),
-                    destination: Some(to_address(m.destination)),
-                    source: vec![to_address(m.source_lan), to_address(m.source_wan)],
-                    community: Some(m.community.0.to_vec()),
-                }),
-                false,
-            ),
-            Packet::SessionResponse(m) => (
-                D::SessionResponse(pb::SessionResponse {
-                    version: Some(m.version),
-                    walk: Some(m.walk),
-                    random_a: Some(m.random),
-                    community: Some(m.community.0.to_vec()),
-                }),
-                false,
-            ),
-            Packet::MissingIdentity(m) => (
-                D::MissingIdentity(pb::MissingIdentity {
-                    session: Some(m.session),
-                    random: Some(m.random),
-                    member: Some(m.member.0.to_vec()),
-                    community: Some(m.community.0.to_vec()),
-                }),
-                false,
-            ),
-            Packet::Identity(m) => (
-                D::Identity(pb::Identity {
-                    session: Some(m.session),
-                    member: Some(m.member.as_bytes().to_vec()),
-                    community: Some(m.community.0.to_vec()),
-                    random: Some(m.random),
-                }),
-                false,
-            ),
-            Packet::SignatureRequest(m) => (
-                D::SignatureRequest(pb::SignatureRequest {
-                    session: Some(m.session),
-                    request: Some(m.request),
-                    message: Some(pb::Message {
-                        descriptor: Some(m.descriptor.clone()),
-                        signatures: Vec::new(),
-                    }),
-                }),
-                false,
-            ),
-            Packet::SignatureResponse(m) => (
-                D::SignatureResponse(pb::SignatureResponse {
-                    session: Some(m.session),
-                    request: Some(m.request),
-                    message: Some(pb::Message {
-                        descriptor: Some(m.descriptor.clone()),
-                        signatures: vec![m.signature.clone()],
-                    }),
-                }),
-                false,
-            ),
-            Packet::MissingSequence(m) => (
-                D::MissingSequence(pb::MissingSequence {
-                    session: Some(m.session),
-                    random: None,
-                    member: Some(m.member.0.to_vec()),
-                    descriptor: Some(pb::descriptor::Type::Community as i32),
-                    sequence_low: Some(m.low),
-                    sequence_high: Some(m.high),
-                    community: Some(m.community.0.to_vec()),
-                    community_message: Some(m.meta),
-                }),
-                false,
-            ),
-            Packet::MissingMessage(m) => (
-                D::MissingMessage(pb::MissingMessage {
-                    session: Some(m.session),
-                    random: None,
-                    member: Some(m.member.0.to_vec()),
-                    global_times: m.global_times.clone(),
-                    community: Some(m.community.0.to_vec()),
-                }),
-                false,
-            ),
-            Packet::MissingLastMessage(m) => (
-                D::MissingLastMessage(pb::MissingLastMessage {
-                    session: Some(m.session),
-                    random: None,
-                    member: Some(m.member.0.to_vec()),
-                    descriptor: Some(pb::descriptor::Type::Community as i32),
-                    community: Some(m.community.0.to_vec()),
-                    community_message: Some(m.meta),
-                }),
-                false,
-            ),
+            Packet::SessionRequest(m) => (D::SessionRequest(m.to_proto()), false),
+            Packet::SessionResponse(m) => (D::SessionResponse(m.to_proto()), false),
+            Packet::MissingIdentity(m) => (D::MissingIdentity(m.to_proto()), false),
+            Packet::Identity(m) => (D::Identity(m.to_proto()), false),
+            Packet::SignatureRequest(m) => (D::SignatureRequest(m.to_proto()), false),
+            Packet::SignatureResponse(m) => (D::SignatureResponse(m.to_proto()), false),
+            Packet::MissingSequence(m) => (D::MissingSequence(m.to_proto()), false),
+            Packet::MissingMessage(m) => (D::MissingMessage(m.to_proto()), false),
+            Packet::MissingLastMessage(m) => (D::MissingLastMessage(m.to_proto()), false),
         };
         let descriptor = pb::Descriptor {
             message: Some(message),
@@ -280,6 +136,211 @@ impl Packet {
             seal(descriptor, &[key])
         } else {
             seal(descriptor, &[])
+        }
+    }
+}
+
+impl IntroductionRequest {
+    /// The wire form of the introduction-request: the member named by its id.
+    fn to_proto(&self) -> pb::IntroductionRequest {
+        pb::IntroductionRequest {
+            session: Some(self.session),
+            walk: Some(self.walk),
+            community: Some(self.community.0.to_vec()),
+            global_time: Some(self.global_time),
+            destination: Some(to_address(self.destination)),
+            sources: vec![to_address(self.source_lan), to_address(self.source_wan)],
+            random: Some(self.random),
+            member: Some(self.member.member_id().0.to_vec()),
+            synchronization: self.sync.as_ref().map(|s| {
+                pb::introduction_request::Synchronization {
+                    low: Some(s.low),
+                    high: Some(s.high),
+                    modulo: Some(s.modulo),
+                    offset: Some(s.offset),
+                    bloomfilter: Some(s.bloom.clone()),
+                    functions: Some(s.functions),
+                    prefix: Some(s.prefix),
+                }
+            }),
+            connection_type: Some(to_connection_type(self.connection_type)),
+            advice: Some(self.advice),
+        }
+    }
+}
+
+impl IntroductionResponse {
+    /// The wire form of the introduction-response: the member named by its id; the invitee is
+    /// empty or its LAN and WAN address.
+    fn to_proto(&self) -> pb::IntroductionResponse {
+        pb::IntroductionResponse {
+            session: Some(self.session),
+            walk: Some(self.walk),
+            community: Some(self.community.0.to_vec()),
+            global_time: Some(self.global_time),
+            invitee: self
+                .introduced
+                .map(|(lan, wan)| vec![to_address(lan), to_address(wan)])
+                .unwrap_or_default(),
+            destination: Some(to_address(self.destination)),
+            sources: vec![to_address(self.source_lan), to_address(self.source_wan)],
+            member: Some(self.member.member_id().0.to_vec()),
+            connection_type: Some(to_connection_type(self.connection_type)),
+        }
+    }
+}
+
+impl PunctureRequest {
+    /// The wire form of the puncture-request.
+    fn to_proto(&self) -> pb::PunctureRequest {
+        pb::PunctureRequest {
+            session: Some(self.session),
+            walk: Some(self.walk),
+            global_time: Some(self.global_time),
+            initiator: vec![
+                to_address(self.initiator_lan),
+                to_address(self.initiator_wan),
+            ],
+            community: Some(self.community.0.to_vec()),
+            random: Some(self.random),
+        }
+    }
+}
+
+impl Puncture {
+    /// The wire form of the puncture: the member by its full key.
+    fn to_proto(&self) -> pb::Puncture {
+        pb::Puncture {
+            session: Some(self.session),
+            walk: Some(self.walk),
+            source: vec![to_address(self.source_lan), to_address(self.source_wan)],
+            community: Some(self.community.0.to_vec()),
+            random: Some(self.random),
+            // The full key: the receiver has most likely never met the sender, and it may
+            // not ask (it shares no session with it).
+            member: Some(self.member.as_bytes().to_vec()),
+        }
+    }
+}
+
+impl SessionRequest {
+    /// The wire form of the session-request.
+    fn to_proto(&self) -> pb::SessionRequest {
+        pb::SessionRequest {
+            version: Some(self.version),
+            version_blacklist: Vec::new(),
+            walk: Some(self.walk),
+            random_b: Some(self.random),
+            destination: Some(to_address(self.destination)),
+            source: vec![to_address(self.source_lan), to_address(self.source_wan)],
+            community: Some(self.community.0.to_vec()),
+        }
+    }
+}
+
+impl SessionResponse {
+    /// The wire form of the session-response.
+    fn to_proto(&self) -> pb::SessionResponse {
+        pb::SessionResponse {
+            version: Some(self.version),
+            walk: Some(self.walk),
+            random_a: Some(self.random),
+            community: Some(self.community.0.to_vec()),
+        }
+    }
+}
+
+impl MissingIdentity {
+    /// The wire form of the missing-identity.
+    fn to_proto(&self) -> pb::MissingIdentity {
+        pb::MissingIdentity {
+            session: Some(self.session),
+            random: Some(self.random),
+            member: Some(self.member.0.to_vec()),
+            community: Some(self.community.0.to_vec()),
+        }
+    }
+}
+
+impl Identity {
+    /// The wire form of the identity.
+    fn to_proto(&self) -> pb::Identity {
+        pb::Identity {
+            session: Some(self.session),
+            member: Some(self.member.as_bytes().to_vec()),
+            community: Some(self.community.0.to_vec()),
+            random: Some(self.random),
+        }
+    }
+}
+
+impl SignatureRequest {
+    /// The wire form of the signature-request: the message without signatures.
+    fn to_proto(&self) -> pb::SignatureRequest {
+        pb::SignatureRequest {
+            session: Some(self.session),
+            request: Some(self.request),
+            message: Some(pb::Message {
+                descriptor: Some(self.descriptor.clone()),
+                signatures: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl SignatureResponse {
+    /// The wire form of the signature-response: the message with the one signature.
+    fn to_proto(&self) -> pb::SignatureResponse {
+        pb::SignatureResponse {
+            session: Some(self.session),
+            request: Some(self.request),
+            message: Some(pb::Message {
+                descriptor: Some(self.descriptor.clone()),
+                signatures: vec![self.signature.clone()],
+            }),
+        }
+    }
+}
+
+impl MissingSequence {
+    /// The wire form of the missing-sequence: asking for community messages.
+    fn to_proto(&self) -> pb::MissingSequence {
+        pb::MissingSequence {
+            session: Some(self.session),
+            random: None,
+            member: Some(self.member.0.to_vec()),
+            descriptor: Some(pb::descriptor::Type::Community as i32),
+            sequence_low: Some(self.low),
+            sequence_high: Some(self.high),
+            community: Some(self.community.0.to_vec()),
+            community_message: Some(self.meta),
+        }
+    }
+}
+
+impl MissingMessage {
+    /// The wire form of the missing-message.
+    fn to_proto(&self) -> pb::MissingMessage {
+        pb::MissingMessage {
+            session: Some(self.session),
+            random: None,
+            member: Some(self.member.0.to_vec()),
+            global_times: self.global_times.clone(),
+            community: Some(self.community.0.to_vec()),
+        }
+    }
+}
+
+impl MissingLastMessage {
+    /// The wire form of the missing-last-message: asking for community messages.
+    fn to_proto(&self) -> pb::MissingLastMessage {
+        pb::MissingLastMessage {
+            session: Some(self.session),
+            random: None,
+            member: Some(self.member.0.to_vec()),
+            descriptor: Some(pb::descriptor::Type::Community as i32),
+            community: Some(self.community.0.to_vec()),
+            community_message: Some(self.meta),
         }
     }
 }
