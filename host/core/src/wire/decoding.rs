@@ -1,7 +1,8 @@
 //! Datagrams to domain types: [`decode`] and [`peek`], and the decoding of community messages.
 //!
-//! Checks run in a fixed order (size, envelope, descriptor, then the fields of the packet kind in
-//! the order listed here): a malformed datagram always gets the same [`DecodeError`].
+//! Checks run in a fixed order (size, outer message, descriptor, then the checks of the packet
+//! kind in the order its `from_proto` makes them): a malformed datagram always gets the same
+//! [`DecodeError`].
 
 use dispersy_proto as pb;
 use prost::Message as _;

@@ -9,6 +9,13 @@
 //! Every datagram is one `Message` whose `descriptor` holds the serialized `Descriptor`; the
 //! signatures cover SHA-256 of exactly those bytes. Persistent (community) messages travel inside a
 //! `Collection`, each as its own signed `Message`, and are stored verbatim as their `packet` bytes.
+//!
+//! Layout, by concern: `packet` holds the domain types; `decoding` turns datagrams into them (one
+//! `from_proto` per packet kind, dispatched by [`decode`]) and `encoding` back ([`Packet::encode`],
+//! one `to_proto` per kind, and the signing of community messages); `field` converts the single
+//! fields both ways; `batch` checks signatures at once or for a whole batch ([`decode_batch`]);
+//! `collection` builds collection datagrams from stored packets; `error` holds [`DecodeError`].
+//! Everything public is re-exported here: the paths are `wire::X`.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
