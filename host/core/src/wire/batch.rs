@@ -8,10 +8,10 @@ use super::{DecodeError, Keys, Packet};
 use crate::identity::{self, PublicKey, SIGNATURE_LEN, SignatureError};
 use crate::verifier::{Check, Verifier};
 
-/// Decodes and verifies datagrams as [`decode`](super::decode) does, one result each in their order, with all
-/// their signatures checked together by `verifier` (cheaper per signature for frequent signers).
-/// A datagram with a signature that fails is an error, as with [`decode`](super::decode); when it has other
-/// faults too, which one is reported may differ.
+/// Decodes and verifies datagrams as [`decode`](super::decode) does, one result each in their
+/// order, with all their signatures checked together by `verifier` (cheaper per signature for
+/// frequent signers). A datagram with a signature that fails is an error, as with
+/// [`decode`](super::decode); when it has other faults too, which one is reported may differ.
 pub fn decode_batch(
     datagrams: &[&[u8]],
     max_datagram: usize,
