@@ -1,6 +1,10 @@
 use std::collections::HashMap;
 
+use dispersy_proto as pb;
+use prost::Message as _;
+
 use super::*;
+use crate::identity::{CommunityId, KeyPair};
 use crate::rng::Rng;
 
 /// The keys of the test members, as a node that met them knows them.

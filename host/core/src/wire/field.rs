@@ -1,0 +1,193 @@
+//! Single fields between prost and domain types: member keys and ids, community ids, addresses,
+//! connection types, sync parameters, required and non-zero numbers. Every reader names the field
+//! it reads in the [`DecodeError`] it returns.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use dispersy_proto as pb;
+
+use super::{ConnectionType, DecodeError, Keys, Synchronization};
+use crate::identity::{CommunityId, ID_LEN, KeyError, MemberId, PUBLIC_KEY_LEN, PublicKey};
+
+/// A member given by its 33-byte key (parsed through `keys`) or by its 20-byte id (looked up in
+/// `keys`).
+pub(super) fn member_key(
+    bytes: Option<&[u8]>,
+    field: &'static str,
+    keys: &dyn Keys,
+) -> Result<PublicKey, DecodeError> {
+    match bytes {
+        None => Err(DecodeError::Missing(field)),
+        Some(b) if b.len() == ID_LEN => {
+            let mid = MemberId::from_slice(b).map_err(|_| DecodeError::Missing(field))?;
+            keys.key(&mid).ok_or(DecodeError::UnknownMember(mid))
+        }
+        Some(b) => match <&[u8; PUBLIC_KEY_LEN]>::try_from(b) {
+            Ok(key) => Ok(keys.parse(key)?),
+            Err(_) => Err(KeyError::Length(b.len()).into()),
+        },
+    }
+}
+
+/// A 20-byte member id.
+pub(super) fn member_id(
+    bytes: Option<&[u8]>,
+    field: &'static str,
+) -> Result<MemberId, DecodeError> {
+    MemberId::from_slice(bytes.ok_or(DecodeError::Missing(field))?).map_err(|_| {
+        DecodeError::Invalid {
+            field,
+            reason: "a member id is 20 bytes",
+        }
+    })
+}
+
+/// The community message type a missing-sequence or missing-last-message names: the descriptor
+/// must say COMMUNITY (the built-in persistent types are not served yet) and the type be given.
+pub(super) fn community_type(
+    descriptor: Option<i32>,
+    community_message: Option<u32>,
+    field: &'static str,
+) -> Result<u32, DecodeError> {
+    if descriptor != Some(pb::descriptor::Type::Community as i32) {
+        return Err(DecodeError::Invalid {
+            field,
+            reason: "only community message types are requested",
+        });
+    }
+    required(community_message, field)
+}
+
+/// A 20-byte community id.
+pub(super) fn community_id(bytes: Option<&[u8]>) -> Result<CommunityId, DecodeError> {
+    let bytes = bytes.ok_or(DecodeError::Missing("community"))?;
+    CommunityId::from_slice(bytes).map_err(|_| DecodeError::Invalid {
+        field: "community",
+        reason: "a community id is 20 bytes",
+    })
+}
+
+/// A field that must be present.
+pub(super) fn required<T>(value: Option<T>, field: &'static str) -> Result<T, DecodeError> {
+    value.ok_or(DecodeError::Missing(field))
+}
+
+/// A field that must be present and non-zero.
+pub(super) fn nonzero(value: Option<u32>, field: &'static str) -> Result<u32, DecodeError> {
+    match required(value, field)? {
+        0 => Err(DecodeError::Invalid {
+            field,
+            reason: "must be non-zero",
+        }),
+        v => Ok(v),
+    }
+}
+
+/// A socket address: an IPv4 or an IPv6 host (exactly one) and a port.
+pub(super) fn address(
+    a: Option<&pb::Address>,
+    field: &'static str,
+) -> Result<SocketAddr, DecodeError> {
+    let a = a.ok_or(DecodeError::Missing(field))?;
+    let port = u16::try_from(a.ipv4_port.unwrap_or(0)).map_err(|_| DecodeError::Invalid {
+        field,
+        reason: "port above 65535",
+    })?;
+    let ip = match (a.ipv4_host, a.ipv6_host.as_deref()) {
+        (Some(v4), None) => IpAddr::V4(Ipv4Addr::from(v4)),
+        (None, Some(v6)) => {
+            let octets: [u8; 16] = v6.try_into().map_err(|_| DecodeError::Invalid {
+                field,
+                reason: "an IPv6 host is 16 bytes",
+            })?;
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        (None, None) => {
+            return Err(DecodeError::Invalid {
+                field,
+                reason: "no host",
+            });
+        }
+        (Some(_), Some(_)) => {
+            return Err(DecodeError::Invalid {
+                field,
+                reason: "both an IPv4 and an IPv6 host",
+            });
+        }
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// The wire form of a socket address.
+pub(super) fn to_address(addr: SocketAddr) -> pb::Address {
+    match addr {
+        SocketAddr::V4(v4) => pb::Address {
+            ipv4_host: Some(u32::from(*v4.ip())),
+            ipv4_port: Some(u32::from(v4.port())),
+            r#type: None,
+            ipv6_host: None,
+        },
+        SocketAddr::V6(v6) => pb::Address {
+            ipv4_host: None,
+            ipv4_port: Some(u32::from(v6.port())),
+            r#type: None,
+            ipv6_host: Some(v6.ip().octets().to_vec()),
+        },
+    }
+}
+
+/// A connection type; absent or unknown values mean [`ConnectionType::Unknown`].
+pub(super) fn connection_type(value: Option<i32>) -> ConnectionType {
+    match value.and_then(|v| pb::ConnectionType::try_from(v).ok()) {
+        Some(pb::ConnectionType::Public) => ConnectionType::Public,
+        Some(pb::ConnectionType::SymmetricNat) => ConnectionType::SymmetricNat,
+        Some(pb::ConnectionType::UnknownNat) | None => ConnectionType::Unknown,
+    }
+}
+
+/// The wire form of a connection type.
+pub(super) fn to_connection_type(value: ConnectionType) -> i32 {
+    match value {
+        ConnectionType::Unknown => pb::ConnectionType::UnknownNat,
+        ConnectionType::Public => pb::ConnectionType::Public,
+        ConnectionType::SymmetricNat => pb::ConnectionType::SymmetricNat,
+    }
+    .into()
+}
+
+/// The sync parameters of an introduction-request, defaults filled in and checked.
+pub(super) fn synchronization(
+    s: pb::introduction_request::Synchronization,
+) -> Result<Synchronization, DecodeError> {
+    let sync = Synchronization {
+        low: s.low.unwrap_or(1),
+        high: s.high.unwrap_or(1),
+        modulo: s.modulo.unwrap_or(1),
+        offset: s.offset.unwrap_or(0),
+        functions: s.functions.unwrap_or(0),
+        prefix: s.prefix.unwrap_or(0),
+        bloom: s.bloomfilter.unwrap_or_default(),
+    };
+    let invalid = |reason| {
+        Err(DecodeError::Invalid {
+            field: "IntroductionRequest.synchronization",
+            reason,
+        })
+    };
+    if sync.low == 0 {
+        return invalid("low must be 1 or higher");
+    }
+    if sync.high != 0 && sync.high < sync.low {
+        return invalid("high must be 0 or at least low");
+    }
+    if sync.modulo == 0 || sync.offset >= u64::from(sync.modulo) {
+        return invalid("need 0 <= offset < modulo");
+    }
+    if sync.functions == 0 || sync.functions > 64 {
+        return invalid("1..=64 hash functions");
+    }
+    if sync.bloom.is_empty() {
+        return invalid("empty bloom filter");
+    }
+    Ok(sync)
+}
