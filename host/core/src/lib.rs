@@ -22,6 +22,7 @@
 //! - [`relay`]: relay distribution (hop-limited forwarding of messages that are not stored);
 //! - [`sync`]: sync ranges, filter reuse, the responder's choice and adaptive budgets;
 //! - [`walker`]: the walk: steps, introductions, punctures, fast start;
+//! - [`message`]: verified messages for plugins and storage, and what the store kept;
 //! - [`community`]: one community's state (definition, global time, candidates);
 //! - [`node`]: the state machine that ties them together;
 //! - [`stats`]: counters kept per node and per community;
@@ -33,6 +34,7 @@ pub mod candidate;
 pub mod community;
 pub mod identity;
 pub mod member;
+pub mod message;
 pub mod meta;
 pub mod missing;
 pub mod node;

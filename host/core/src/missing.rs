@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::identity::{CommunityId, MemberId};
-use crate::node::{Incoming, Stored};
+use crate::message::{Incoming, Stored};
 use crate::time::Instant;
 
 /// Bounds of waiting.
@@ -466,8 +466,8 @@ mod driving {
     use super::{Answer, Awaited, Delayed, Lookup, Outcome, Request};
     use crate::identity::CommunityId;
     use crate::meta::Distribution;
-    use crate::node::Stored;
-    use crate::node::{Event, Incoming, Node};
+    use crate::message::{Incoming, Stored};
+    use crate::node::{Event, Node};
     use crate::time::Instant;
     use crate::wire::{MissingLastMessage, MissingMessage, MissingSequence, Packet};
 

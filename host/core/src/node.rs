@@ -19,6 +19,7 @@ use crate::candidate;
 use crate::community::{Community, Definition, DefinitionError, Resume};
 use crate::identity::{CommunityId, KeyPair};
 use crate::member::{self, Members};
+pub use crate::message::{Incoming, Stored};
 use crate::meta::{Authentication, Destination, Distribution};
 use crate::missing;
 use crate::relay;
@@ -129,53 +130,6 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// The datagram.
     pub bytes: Vec<u8>,
-}
-
-/// A verified community message, for the community's plugin (and storage when persistent).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incoming {
-    /// The message and its packet bytes.
-    pub message: SignedMessage,
-    /// The address it came from; `None` for a message this node created.
-    pub source: Option<SocketAddr>,
-    /// Whether its distribution stores it.
-    pub persistent: bool,
-}
-
-/// A message the driver stored: new, or replacing a lower version of itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    /// Its packet hash.
-    pub hash: crate::bloom::PacketHash,
-    /// Where it came from; `None` for our own.
-    pub source: Option<SocketAddr>,
-    /// Its (first) author.
-    pub member: crate::identity::MemberId,
-    /// Its meta.
-    pub meta: u32,
-    /// Its global time.
-    pub global_time: u64,
-    /// Its sequence number, if numbered.
-    pub sequence: Option<u32>,
-}
-
-impl Stored {
-    /// What the store keeps of `message`, which has `hash`.
-    pub fn of(
-        message: &SignedMessage,
-        hash: crate::bloom::PacketHash,
-        source: Option<SocketAddr>,
-    ) -> Option<Stored> {
-        let m = &message.message;
-        Some(Stored {
-            hash,
-            source,
-            member: m.authors.first()?.member_id(),
-            meta: m.message_type,
-            global_time: m.global_time,
-            sequence: m.sequence_number,
-        })
-    }
 }
 
 /// What the node tells its driver.
