@@ -14,6 +14,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod walk;
+
 use crate::address::{self, Interface, Votes};
 use crate::candidate;
 use crate::community::{Community, Definition, DefinitionError, Resume};
