@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod sync;
 mod walk;
 
 use crate::address::{self, Interface, Votes};
@@ -29,7 +30,6 @@ use crate::rng::Rng;
 use crate::session::{self, Sessions};
 use crate::signature;
 use crate::stats::Stats;
-use crate::sync;
 use crate::time::Instant;
 use crate::wire::{
     self, CommunityMessage, ConnectionType, DecodeError, Identity, MissingIdentity, Packet,
@@ -84,7 +84,7 @@ pub struct Config {
     /// may be (the original's 10,000).
     pub global_time_margin: u64,
     /// Synchronisation bounds.
-    pub sync: sync::Config,
+    pub sync: crate::sync::Config,
     /// Bounds of messages waiting for others, and of answers to missing-* requests.
     pub missing: missing::Config,
     /// Relay distribution: hop budget, fanout, packets remembered.
@@ -117,7 +117,7 @@ impl Default for Config {
             max_transmits: 65_536,
             max_events: 65_536,
             global_time_margin: 10_000,
-            sync: sync::Config::default(),
+            sync: crate::sync::Config::default(),
             missing: missing::Config::default(),
             relay: relay::Config::default(),
             signature: signature::Config::default(),
@@ -153,7 +153,7 @@ pub enum Event {
         /// The community.
         community: CommunityId,
         /// What to read.
-        query: sync::Query,
+        query: crate::sync::Query,
     },
     /// Read the rows of `range` (global time, hash, size) of each of `metas` in turn (the
     /// synchronised metas, highest priority first), each in its order and from its lowest still
@@ -164,7 +164,7 @@ pub enum Event {
         /// Identifies the request.
         request: u32,
         /// The range.
-        range: sync::Range,
+        range: crate::sync::Range,
         /// How many rows at most.
         limit: usize,
         /// (meta, order, lowest active global time), highest priority first.
@@ -297,7 +297,7 @@ pub struct Node {
     pub(crate) stats: Stats,
     next_cleanup: Instant,
     /// Sync requests being answered, by request id.
-    pub(crate) responses: HashMap<u32, sync::PendingResponse>,
+    pub(crate) responses: HashMap<u32, crate::sync::PendingResponse>,
     next_response: u32,
     /// Received messages waiting for others.
     pub(crate) delays: missing::Delays,
@@ -404,7 +404,7 @@ impl Node {
         if self.communities.len() >= self.config.max_communities {
             return Err(JoinError::Full(self.config.max_communities));
         }
-        let sync = sync::State::new(&self.config.sync, resume.stored, self.filter_bytes(id));
+        let sync = crate::sync::State::new(&self.config.sync, resume.stored, self.filter_bytes(id));
         let community = Community::new(
             id,
             Some(definition),
