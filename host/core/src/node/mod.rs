@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod missing;
 mod sync;
 mod walk;
 
@@ -24,7 +25,6 @@ use crate::identity::{CommunityId, KeyPair};
 use crate::member::{self, Members};
 pub use crate::message::{Incoming, Stored};
 use crate::meta::{Authentication, Destination, Distribution};
-use crate::missing;
 use crate::relay;
 use crate::rng::Rng;
 use crate::session::{self, Sessions};
@@ -86,7 +86,7 @@ pub struct Config {
     /// Synchronisation bounds.
     pub sync: crate::sync::Config,
     /// Bounds of messages waiting for others, and of answers to missing-* requests.
-    pub missing: missing::Config,
+    pub missing: crate::missing::Config,
     /// Relay distribution: hop budget, fanout, packets remembered.
     pub relay: relay::Config,
     /// Double-member co-signing bounds.
@@ -118,7 +118,7 @@ impl Default for Config {
             max_events: 65_536,
             global_time_margin: 10_000,
             sync: crate::sync::Config::default(),
-            missing: missing::Config::default(),
+            missing: crate::missing::Config::default(),
             relay: relay::Config::default(),
             signature: signature::Config::default(),
         }
@@ -187,7 +187,7 @@ pub enum Event {
         /// The community.
         community: CommunityId,
         /// What to read.
-        lookup: missing::Lookup,
+        lookup: crate::missing::Lookup,
         /// Bytes of packets at most (one more packet may cross it).
         max_bytes: usize,
     },
@@ -300,9 +300,9 @@ pub struct Node {
     pub(crate) responses: HashMap<u32, crate::sync::PendingResponse>,
     next_response: u32,
     /// Received messages waiting for others.
-    pub(crate) delays: missing::Delays,
+    pub(crate) delays: crate::missing::Delays,
     /// Missing-* requests being answered, by request id.
-    pub(crate) answers: HashMap<u32, missing::Answer>,
+    pub(crate) answers: HashMap<u32, crate::missing::Answer>,
     /// Relayed packets handled lately.
     relayed: relay::Seen,
     /// Our signature-requests waiting for their response.
@@ -330,7 +330,7 @@ impl Node {
             stats: Stats::default(),
             responses: HashMap::new(),
             next_response: 1,
-            delays: missing::Delays::default(),
+            delays: crate::missing::Delays::default(),
             answers: HashMap::new(),
             relayed: relay::Seen::default(),
             signing: HashMap::new(),
