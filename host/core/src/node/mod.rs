@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 mod missing;
+mod signature;
 mod sync;
 mod walk;
 
@@ -28,7 +29,6 @@ use crate::meta::{Authentication, Destination, Distribution};
 use crate::relay;
 use crate::rng::Rng;
 use crate::session::{self, Sessions};
-use crate::signature;
 use crate::stats::Stats;
 use crate::time::Instant;
 use crate::wire::{
@@ -90,7 +90,7 @@ pub struct Config {
     /// Relay distribution: hop budget, fanout, packets remembered.
     pub relay: relay::Config,
     /// Double-member co-signing bounds.
-    pub signature: signature::Config,
+    pub signature: crate::signature::Config,
 }
 
 impl Default for Config {
@@ -120,7 +120,7 @@ impl Default for Config {
             sync: crate::sync::Config::default(),
             missing: crate::missing::Config::default(),
             relay: relay::Config::default(),
-            signature: signature::Config::default(),
+            signature: crate::signature::Config::default(),
         }
     }
 }
@@ -252,7 +252,7 @@ pub enum CreateError {
     CoSigner,
     /// The co-signer did not sign.
     #[error(transparent)]
-    Signature(#[from] signature::SignError),
+    Signature(#[from] crate::signature::SignError),
     /// Candidate destination without candidates.
     #[error("meta-message {0:?} has a candidate destination: name at least one candidate")]
     NoDestination(String),
@@ -306,9 +306,9 @@ pub struct Node {
     /// Relayed packets handled lately.
     relayed: relay::Seen,
     /// Our signature-requests waiting for their response.
-    pub(crate) signing: HashMap<u32, signature::Pending>,
+    pub(crate) signing: HashMap<u32, crate::signature::Pending>,
     /// Signature-requests to us waiting for our plugin.
-    pub(crate) asked: HashMap<u32, signature::Asked>,
+    pub(crate) asked: HashMap<u32, crate::signature::Asked>,
 }
 
 impl Node {
