@@ -93,12 +93,7 @@ impl Node {
 
     /// Messages of `community` were stored: messages waiting for them go back to the
     /// driver as [`Event::Messages`]; the rest of a gap is requested.
-    pub(super) fn resume_waiting(
-        &mut self,
-        now: Instant,
-        community: CommunityId,
-        keys: &[Stored],
-    ) {
+    pub(super) fn resume_waiting(&mut self, now: Instant, community: CommunityId, keys: &[Stored]) {
         let outcome = self.delays.stored(community, keys, now);
         self.apply(outcome);
     }
@@ -180,7 +175,7 @@ impl Node {
     }
 
     /// Whether `from` proved its address: a session, or a walk of ours to it.
-    pub(crate) fn proven(&mut self, now: Instant, from: SocketAddr, session: u32) -> bool {
+    pub(super) fn proven(&mut self, now: Instant, from: SocketAddr, session: u32) -> bool {
         self.sessions.check(now, from, session)
             || self
                 .communities

@@ -34,8 +34,7 @@ impl Node {
         if co_signer == me {
             return Err(CreateError::CoSigner);
         }
-        let (meta, conversion) =
-            self.creatable(community, meta, Authentication::DoubleMember)?;
+        let (meta, conversion) = self.creatable(community, meta, Authentication::DoubleMember)?;
         let c = self
             .communities
             .get_mut(&community)
@@ -192,11 +191,8 @@ impl Node {
         // The co-signer's signature was checked when its response was decoded, over these
         // very bytes; ours is made here.
         let mine = self.key.sign(&pending.descriptor).to_vec();
-        let signed = SignedMessage::checked(
-            pending.message,
-            pending.descriptor,
-            vec![mine, m.signature],
-        );
+        let signed =
+            SignedMessage::checked(pending.message, pending.descriptor, vec![mine, m.signature]);
         let result = self
             .publish(now, pending.community, signed, &pending.candidates)
             .map(|(global_time, sent_to)| Created {

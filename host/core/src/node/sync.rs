@@ -260,9 +260,7 @@ impl Node {
                 // What lies below this sweep round's range; none when it reached the
                 // oldest row (or could not move down).
                 let below = claim.range.low.saturating_sub(1);
-                if let Some(sweep) =
-                    c.sync.chase.as_mut().and_then(|chase| chase.sweep.as_mut())
-                {
+                if let Some(sweep) = c.sync.chase.as_mut().and_then(|chase| chase.sweep.as_mut()) {
                     sweep.below = if below < high { below } else { 0 };
                 }
                 c.stats.sync_sweeps += 1;
@@ -274,8 +272,7 @@ impl Node {
             }
             (false, _) => {
                 let capacity = c.sync.capacity();
-                let claim =
-                    sync::claim(pending.query, right, left, acceptable, filter, capacity);
+                let claim = sync::claim(pending.query, right, left, acceptable, filter, capacity);
                 let sync = synchronization(&claim);
                 c.sync.cache.sent(claim, pending.target);
                 c.stats.sync_new += 1;
@@ -305,8 +302,7 @@ impl Node {
         if !c.definition.as_ref().is_some_and(|d| d.syncs()) {
             return;
         }
-        let Ok(filter) =
-            BloomFilter::from_bytes(sync.bloom.clone(), sync.functions, sync.prefix)
+        let Ok(filter) = BloomFilter::from_bytes(sync.bloom.clone(), sync.functions, sync.prefix)
         else {
             self.stats.dropped.bump("bad-filter");
             return;
@@ -395,12 +391,7 @@ impl Node {
     /// filter covering them learns them, messages from the peer of our last filter start
     /// follow-up rounds with it ([`sync::Chase`]) or keep them going, and messages waiting
     /// for them resume ([`crate::missing`]).
-    pub fn handle_stored(
-        &mut self,
-        now: Instant,
-        community: CommunityId,
-        stored: &[Stored],
-    ) {
+    pub fn handle_stored(&mut self, now: Instant, community: CommunityId, stored: &[Stored]) {
         let follow_ups = self.config.sync.max_follow_ups > 0;
         if let Some(c) = self.communities.get_mut(&community) {
             c.sync.stored += stored.len() as u64;

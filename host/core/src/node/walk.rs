@@ -85,7 +85,7 @@ impl Node {
     /// Registers an introduction-request of community `id` to `target` under a fresh walk
     /// identifier and builds it, without its sync part: a walk step, or with `sync_only` a
     /// request that only carries a filter (no introduction asked, not counted as a walk).
-    pub(crate) fn introduction_request(
+    pub(super) fn introduction_request(
         &mut self,
         now: Instant,
         id: CommunityId,
