@@ -279,34 +279,38 @@ pub struct Created {
 }
 
 /// The state machine of one host. See the module documentation.
+///
+/// Its fields are private to `node` and its children (the files of this folder); only
+/// `sessions` is visible to the crate, for the simulation's tests.
 #[derive(Debug)]
 pub struct Node {
-    pub(crate) config: Config,
-    pub(crate) key: KeyPair,
-    pub(crate) rng: Rng,
+    config: Config,
+    key: KeyPair,
+    rng: Rng,
     /// Our LAN address (the bound socket address as the driver knows it).
-    pub(crate) lan: SocketAddr,
-    pub(crate) votes: Votes,
+    lan: SocketAddr,
+    votes: Votes,
+    /// Established sessions and handshakes (read by the simulation's tests).
     pub(crate) sessions: Sessions,
-    pub(crate) members: Members,
-    pub(crate) communities: HashMap<CommunityId, Community>,
+    members: Members,
+    communities: HashMap<CommunityId, Community>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    pub(crate) stats: Stats,
+    stats: Stats,
     next_cleanup: Instant,
     /// Sync requests being answered, by request id.
-    pub(crate) responses: HashMap<u32, crate::sync::PendingResponse>,
+    responses: HashMap<u32, crate::sync::PendingResponse>,
     next_response: u32,
     /// Received messages waiting for others.
-    pub(crate) delays: crate::missing::Delays,
+    delays: crate::missing::Delays,
     /// Missing-* requests being answered, by request id.
-    pub(crate) answers: HashMap<u32, crate::missing::Answer>,
+    answers: HashMap<u32, crate::missing::Answer>,
     /// Relayed packets handled lately.
     relayed: relay::Seen,
     /// Our signature-requests waiting for their response.
-    pub(crate) signing: HashMap<u32, crate::signature::Pending>,
+    signing: HashMap<u32, crate::signature::Pending>,
     /// Signature-requests to us waiting for our plugin.
-    pub(crate) asked: HashMap<u32, crate::signature::Asked>,
+    asked: HashMap<u32, crate::signature::Asked>,
 }
 
 impl Node {
@@ -612,24 +616,24 @@ impl Node {
     }
 
     /// Our WAN address changed: candidates at our own addresses are ourselves; forget them.
-    pub(crate) fn forget_own_addresses(&mut self) {
+    fn forget_own_addresses(&mut self) {
         let own = [self.lan, self.wan_address()];
         for community in self.communities.values_mut() {
             community.candidates.remove(&own);
         }
     }
 
-    pub(crate) fn push(&mut self, event: Event) {
+    fn push(&mut self, event: Event) {
         self.push_event(event);
     }
 
-    pub(crate) fn next_response_id(&mut self) -> u32 {
+    fn next_response_id(&mut self) -> u32 {
         let id = self.next_response;
         self.next_response = self.next_response.wrapping_add(1).max(1);
         id
     }
 
-    pub(crate) fn send(&mut self, destination: SocketAddr, packet: Packet) {
+    fn send(&mut self, destination: SocketAddr, packet: Packet) {
         let bytes = packet.encode(&self.key);
         self.send_bytes(destination, bytes);
     }
@@ -637,7 +641,7 @@ impl Node {
     /// Sends stored `packets` (verbatim) to `to` as collections naming `session`; returns how
     /// many went. Each packet fits a datagram alone (it was received or created within the
     /// budget); one that does not is dropped and counted.
-    pub(crate) fn send_collections(
+    fn send_collections(
         &mut self,
         to: SocketAddr,
         session: u32,
@@ -658,7 +662,7 @@ impl Node {
         sent
     }
 
-    pub(crate) fn send_bytes(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
+    fn send_bytes(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
         if self.transmits.len() >= self.config.max_transmits {
             self.stats.dropped.bump("transmit-queue-full");
             return;
