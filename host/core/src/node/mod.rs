@@ -1,14 +1,29 @@
-//! The node: the sans-IO state machine of one Dispersy host.
+//! The node: the sans-IO state machine of one Dispersy host, and all its glue.
 //!
-//! Inputs, each with the time it happened: [`Node::handle_datagram`] (bytes from a UDP address),
-//! [`Node::handle_decoded`] (the same, decoded elsewhere), [`Node::handle_timeout`] (the time
-//! [`Node::poll_timeout`] asked for has come), [`Node::join`] (a plugin's community),
-//! [`Node::create_message`] (a community creates a message). Outputs, drained by the driver after
-//! every input: [`Node::poll_transmit`] (datagrams to send), [`Node::poll_event`] (verified
-//! community messages for plugins and storage), and [`Node::poll_timeout`].
+//! Inputs, each with the time it happened:
+//! - set-up: [`Node::join`] (a plugin's community), [`Node::add_candidate`] (a configured peer);
+//! - the network: [`Node::handle_datagram`] (bytes from a UDP address), [`Node::handle_decoded`]
+//!   (the same, decoded elsewhere);
+//! - time: [`Node::handle_timeout`] (the time [`Node::poll_timeout`] asked for has come);
+//! - communities: [`Node::create_message`], [`Node::request_signature`] and
+//!   [`Node::handle_signature_verdict`] (answering [`Event::SignatureAsked`]);
+//! - the store, answering events: [`Node::handle_sync_query`] ([`Event::SyncQuery`]),
+//!   [`Node::handle_sync_rows`] ([`Event::SyncRows`]), [`Node::send_packets`]
+//!   ([`Event::SendPackets`]), [`Node::send_answer`] ([`Event::ReadPackets`]);
+//! - the store, reporting what became of [`Event::Messages`]: [`Node::handle_stored`],
+//!   [`Node::handle_sequence_gap`], [`Node::handle_conflict`], and a plugin's wait,
+//!   [`Node::handle_wait`].
 //!
-//! The walk itself (steps, introductions, sessions, punctures) is in [`crate::walker`]; this
-//! module holds the state, dispatches packets, exchanges identities and handles messages.
+//! Outputs, drained by the driver after every input: [`Node::poll_transmit`] (datagrams to
+//! send), [`Node::poll_event`] (messages for plugins and storage, store reads, co-signing), and
+//! [`Node::poll_timeout`].
+//!
+//! This file holds the state, the I/O types, dispatch, timers and the output queues. Each
+//! concern's reactions are a child file, next to the pure rules of the module of the same name:
+//! `walk` (steps, introductions, sessions, punctures; rules in [`crate::walker`]), `collection`
+//! (creating, publishing and receiving messages), `member` (the identity exchange), `sync`
+//! (bloom-filter sync and `handle_stored`), `missing` (waiting messages and missing-* requests),
+//! `signature` (co-signing). The pure modules never import the node.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -641,12 +656,7 @@ impl Node {
     /// Sends stored `packets` (verbatim) to `to` as collections naming `session`; returns how
     /// many went. Each packet fits a datagram alone (it was received or created within the
     /// budget); one that does not is dropped and counted.
-    fn send_collections(
-        &mut self,
-        to: SocketAddr,
-        session: u32,
-        packets: &[&[u8]],
-    ) -> usize {
+    fn send_collections(&mut self, to: SocketAddr, session: u32, packets: &[&[u8]]) -> usize {
         let mut sent = 0;
         for chunk in packets.chunks(64) {
             match wire::encode_collections(session, chunk, self.config.max_datagram) {
