@@ -7,23 +7,26 @@
 //! communities and storage (`poll_event`), and when to be woken next (`poll_timeout`). This is the
 //! quinn-proto model, and it makes every protocol rule testable in a deterministic simulation.
 //!
-//! Modules are named after protocol nouns:
+//! Modules are named after protocol nouns. All but [`node`] are pure: they hold rules and
+//! bounded state, and none imports the node. [`node`] owns the [`node::Node`] and, one child file
+//! per concern, how it reacts with those rules:
 //! - [`identity`]: keys, member and community ids, signatures;
 //! - [`verifier`]: signature checks in batches, with precomputed combs for frequent signers;
 //! - [`wire`]: datagrams to validated domain types and back (the only user of `dispersy-proto`);
 //! - [`meta`]: meta-message policies;
 //! - [`address`]: LAN/WAN estimation, WAN address voting, connection type;
 //! - [`session`]: sessions against IP spoofing;
-//! - [`signature`]: double-member messages, co-signed with signature-request/-response;
-//! - [`member`]: known public keys and the missing-identity exchange;
+//! - [`signature`]: double-member co-signing: bounds, errors, requests in flight;
+//! - [`member`]: known public keys and the datagrams waiting for a missing identity;
 //! - [`candidate`]: peers of a community and their categories;
 //! - [`bloom`]: bloom filters for synchronisation;
-//! - [`missing`]: messages waiting for others, and the missing-* requests;
+//! - [`message`]: verified messages for plugins and storage, and what the store kept;
+//! - [`missing`]: messages waiting for others, the missing-* lookups, the sequence-number rule;
 //! - [`relay`]: relay distribution (hop-limited forwarding of messages that are not stored);
-//! - [`sync`]: sync ranges, filter reuse, the responder's choice and adaptive budgets;
-//! - [`walker`]: the walk: steps, introductions, punctures, fast start;
+//! - [`sync`]: sync ranges, filter reuse, the responder's choice, adaptive budgets, follow-ups;
+//! - [`walker`]: the walk's rules: whom to introduce, reported addresses completed;
 //! - [`community`]: one community's state (definition, global time, candidates);
-//! - [`node`]: the state machine that ties them together;
+//! - [`node`]: the state machine that ties them together (walk, messages, sync, waits, co-signing);
 //! - [`stats`]: counters kept per node and per community;
 //! - [`time`], [`rng`]: the clock and randomness the driver hands in.
 
@@ -33,6 +36,7 @@ pub mod candidate;
 pub mod community;
 pub mod identity;
 pub mod member;
+pub mod message;
 pub mod meta;
 pub mod missing;
 pub mod node;

@@ -1,37 +1,53 @@
-//! The node: the sans-IO state machine of one Dispersy host.
+//! The node: the sans-IO state machine of one Dispersy host, and all its glue.
 //!
-//! Inputs, each with the time it happened: [`Node::handle_datagram`] (bytes from a UDP address),
-//! [`Node::handle_decoded`] (the same, decoded elsewhere), [`Node::handle_timeout`] (the time
-//! [`Node::poll_timeout`] asked for has come), [`Node::join`] (a plugin's community),
-//! [`Node::create_message`] (a community creates a message). Outputs, drained by the driver after
-//! every input: [`Node::poll_transmit`] (datagrams to send), [`Node::poll_event`] (verified
-//! community messages for plugins and storage), and [`Node::poll_timeout`].
+//! Inputs, each with the time it happened:
+//! - set-up: [`Node::join`] (a plugin's community), [`Node::add_candidate`] (a configured peer);
+//! - the network: [`Node::handle_datagram`] (bytes from a UDP address), [`Node::handle_decoded`]
+//!   (the same, decoded elsewhere);
+//! - time: [`Node::handle_timeout`] (the time [`Node::poll_timeout`] asked for has come);
+//! - communities: [`Node::create_message`], [`Node::request_signature`] and
+//!   [`Node::handle_signature_verdict`] (answering [`Event::SignatureAsked`]);
+//! - the store, answering events: [`Node::handle_sync_query`] ([`Event::SyncQuery`]),
+//!   [`Node::handle_sync_rows`] ([`Event::SyncRows`]), [`Node::send_packets`]
+//!   ([`Event::SendPackets`]), [`Node::send_answer`] ([`Event::ReadPackets`]);
+//! - the store, reporting what became of [`Event::Messages`]: [`Node::handle_stored`],
+//!   [`Node::handle_sequence_gap`], [`Node::handle_conflict`], and a plugin's wait,
+//!   [`Node::handle_wait`].
 //!
-//! The walk itself (steps, introductions, sessions, punctures) is in [`crate::walker`]; this
-//! module holds the state, dispatches packets, exchanges identities and handles messages.
+//! Outputs, drained by the driver after every input: [`Node::poll_transmit`] (datagrams to
+//! send), [`Node::poll_event`] (messages for plugins and storage, store reads, co-signing), and
+//! [`Node::poll_timeout`].
+//!
+//! This file holds the state, the I/O types, dispatch, timers and the output queues. Each
+//! concern's reactions are a child file, next to the pure rules of the module of the same name:
+//! `walk` (steps, introductions, sessions, punctures; rules in [`crate::walker`]), `collection`
+//! (creating, publishing and receiving messages), `member` (the identity exchange), `sync`
+//! (bloom-filter sync and `handle_stored`), `missing` (waiting messages and missing-* requests),
+//! `signature` (co-signing). The pure modules never import the node.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod collection;
+mod member;
+mod missing;
+mod signature;
+mod sync;
+mod walk;
+
 use crate::address::{self, Interface, Votes};
 use crate::candidate;
 use crate::community::{Community, Definition, DefinitionError, Resume};
 use crate::identity::{CommunityId, KeyPair};
-use crate::member::{self, Members};
-use crate::meta::{Authentication, Destination, Distribution};
-use crate::missing;
+use crate::member::Members;
+pub use crate::message::{Incoming, Stored};
 use crate::relay;
 use crate::rng::Rng;
 use crate::session::{self, Sessions};
-use crate::signature;
 use crate::stats::Stats;
-use crate::sync;
 use crate::time::Instant;
-use crate::wire::{
-    self, CommunityMessage, ConnectionType, DecodeError, Identity, MissingIdentity, Packet,
-    SignedMessage,
-};
+use crate::wire::{self, CommunityMessage, ConnectionType, DecodeError, MissingIdentity, Packet};
 
 /// The node's tunables. Defaults are the original's values (DESIGN.md §7).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +78,7 @@ pub struct Config {
     /// Session table bounds.
     pub sessions: session::Config,
     /// Member cache bounds.
-    pub members: member::Config,
+    pub members: crate::member::Config,
     /// Our network interfaces, to tell LAN from WAN peers (empty: private ranges count as LAN).
     pub interfaces: Vec<Interface>,
     /// Bootstrap addresses.
@@ -81,13 +97,13 @@ pub struct Config {
     /// may be (the original's 10,000).
     pub global_time_margin: u64,
     /// Synchronisation bounds.
-    pub sync: sync::Config,
+    pub sync: crate::sync::Config,
     /// Bounds of messages waiting for others, and of answers to missing-* requests.
-    pub missing: missing::Config,
+    pub missing: crate::missing::Config,
     /// Relay distribution: hop budget, fanout, packets remembered.
     pub relay: relay::Config,
     /// Double-member co-signing bounds.
-    pub signature: signature::Config,
+    pub signature: crate::signature::Config,
 }
 
 impl Default for Config {
@@ -105,7 +121,7 @@ impl Default for Config {
             max_voters: 100,
             candidates: candidate::Config::default(),
             sessions: session::Config::default(),
-            members: member::Config::default(),
+            members: crate::member::Config::default(),
             interfaces: Vec::new(),
             trackers: Vec::new(),
             tracker: false,
@@ -114,10 +130,10 @@ impl Default for Config {
             max_transmits: 65_536,
             max_events: 65_536,
             global_time_margin: 10_000,
-            sync: sync::Config::default(),
-            missing: missing::Config::default(),
+            sync: crate::sync::Config::default(),
+            missing: crate::missing::Config::default(),
             relay: relay::Config::default(),
-            signature: signature::Config::default(),
+            signature: crate::signature::Config::default(),
         }
     }
 }
@@ -129,53 +145,6 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// The datagram.
     pub bytes: Vec<u8>,
-}
-
-/// A verified community message, for the community's plugin (and storage when persistent).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incoming {
-    /// The message and its packet bytes.
-    pub message: SignedMessage,
-    /// The address it came from; `None` for a message this node created.
-    pub source: Option<SocketAddr>,
-    /// Whether its distribution stores it.
-    pub persistent: bool,
-}
-
-/// A message the driver stored: new, or replacing a lower version of itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    /// Its packet hash.
-    pub hash: crate::bloom::PacketHash,
-    /// Where it came from; `None` for our own.
-    pub source: Option<SocketAddr>,
-    /// Its (first) author.
-    pub member: crate::identity::MemberId,
-    /// Its meta.
-    pub meta: u32,
-    /// Its global time.
-    pub global_time: u64,
-    /// Its sequence number, if numbered.
-    pub sequence: Option<u32>,
-}
-
-impl Stored {
-    /// What the store keeps of `message`, which has `hash`.
-    pub fn of(
-        message: &SignedMessage,
-        hash: crate::bloom::PacketHash,
-        source: Option<SocketAddr>,
-    ) -> Option<Stored> {
-        let m = &message.message;
-        Some(Stored {
-            hash,
-            source,
-            member: m.authors.first()?.member_id(),
-            meta: m.message_type,
-            global_time: m.global_time,
-            sequence: m.sequence_number,
-        })
-    }
 }
 
 /// What the node tells its driver.
@@ -197,7 +166,7 @@ pub enum Event {
         /// The community.
         community: CommunityId,
         /// What to read.
-        query: sync::Query,
+        query: crate::sync::Query,
     },
     /// Read the rows of `range` (global time, hash, size) of each of `metas` in turn (the
     /// synchronised metas, highest priority first), each in its order and from its lowest still
@@ -208,7 +177,7 @@ pub enum Event {
         /// Identifies the request.
         request: u32,
         /// The range.
-        range: sync::Range,
+        range: crate::sync::Range,
         /// How many rows at most.
         limit: usize,
         /// (meta, order, lowest active global time), highest priority first.
@@ -231,7 +200,7 @@ pub enum Event {
         /// The community.
         community: CommunityId,
         /// What to read.
-        lookup: missing::Lookup,
+        lookup: crate::missing::Lookup,
         /// Bytes of packets at most (one more packet may cross it).
         max_bytes: usize,
     },
@@ -296,7 +265,7 @@ pub enum CreateError {
     CoSigner,
     /// The co-signer did not sign.
     #[error(transparent)]
-    Signature(#[from] signature::SignError),
+    Signature(#[from] crate::signature::SignError),
     /// Candidate destination without candidates.
     #[error("meta-message {0:?} has a candidate destination: name at least one candidate")]
     NoDestination(String),
@@ -325,34 +294,38 @@ pub struct Created {
 }
 
 /// The state machine of one host. See the module documentation.
+///
+/// Its fields are private to `node` and its children (the files of this folder); only
+/// `sessions` is visible to the crate, for the simulation's tests.
 #[derive(Debug)]
 pub struct Node {
-    pub(crate) config: Config,
-    pub(crate) key: KeyPair,
-    pub(crate) rng: Rng,
+    config: Config,
+    key: KeyPair,
+    rng: Rng,
     /// Our LAN address (the bound socket address as the driver knows it).
-    pub(crate) lan: SocketAddr,
-    pub(crate) votes: Votes,
+    lan: SocketAddr,
+    votes: Votes,
+    /// Established sessions and handshakes (read by the simulation's tests).
     pub(crate) sessions: Sessions,
-    pub(crate) members: Members,
-    pub(crate) communities: HashMap<CommunityId, Community>,
+    members: Members,
+    communities: HashMap<CommunityId, Community>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    pub(crate) stats: Stats,
+    stats: Stats,
     next_cleanup: Instant,
     /// Sync requests being answered, by request id.
-    pub(crate) responses: HashMap<u32, sync::PendingResponse>,
+    responses: HashMap<u32, crate::sync::PendingResponse>,
     next_response: u32,
     /// Received messages waiting for others.
-    pub(crate) delays: missing::Delays,
+    delays: crate::missing::Delays,
     /// Missing-* requests being answered, by request id.
-    pub(crate) answers: HashMap<u32, missing::Answer>,
+    answers: HashMap<u32, crate::missing::Answer>,
     /// Relayed packets handled lately.
     relayed: relay::Seen,
     /// Our signature-requests waiting for their response.
-    pub(crate) signing: HashMap<u32, signature::Pending>,
+    signing: HashMap<u32, crate::signature::Pending>,
     /// Signature-requests to us waiting for our plugin.
-    pub(crate) asked: HashMap<u32, signature::Asked>,
+    asked: HashMap<u32, crate::signature::Asked>,
 }
 
 impl Node {
@@ -374,7 +347,7 @@ impl Node {
             stats: Stats::default(),
             responses: HashMap::new(),
             next_response: 1,
-            delays: missing::Delays::default(),
+            delays: crate::missing::Delays::default(),
             answers: HashMap::new(),
             relayed: relay::Seen::default(),
             signing: HashMap::new(),
@@ -448,7 +421,7 @@ impl Node {
         if self.communities.len() >= self.config.max_communities {
             return Err(JoinError::Full(self.config.max_communities));
         }
-        let sync = sync::State::new(&self.config.sync, resume.stored, self.filter_bytes(id));
+        let sync = crate::sync::State::new(&self.config.sync, resume.stored, self.filter_bytes(id));
         let community = Community::new(
             id,
             Some(definition),
@@ -526,7 +499,7 @@ impl Node {
                         self.stats.packets.bump("identity-requested");
                     }
                     Ok(None) => self.stats.packets.bump("identity-awaited"),
-                    Err(member::Full) => self.stats.dropped.bump("identity-queue-full"),
+                    Err(crate::member::Full) => self.stats.dropped.bump("identity-queue-full"),
                 }
             }
             Err(error) => self.stats.dropped.bump(error.kind()),
@@ -657,358 +630,25 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// Creates, signs and sends a member-authenticated message of meta `meta` carrying `payload`
-    /// (already encoded by the plugin's current conversion). Persistent messages and, like the
-    /// original's "update", every created message are also emitted as an [`Event::Messages`] with
-    /// no source, so the plugin handles and the store keeps its own messages.
-    pub fn create_message(
-        &mut self,
-        now: Instant,
-        community: CommunityId,
-        meta: &str,
-        payload: Vec<u8>,
-        candidates: &[SocketAddr],
-    ) -> Result<Created, CreateError> {
-        let key = self.key.clone();
-        let max_datagram = self.config.max_datagram;
-        let relay_budget = self.config.relay.hops;
-        let (meta, conversion) = self.creatable(community, meta, Authentication::Member)?;
-        if meta.destination == Destination::Candidate && candidates.is_empty() {
-            return Err(CreateError::NoDestination(meta.name));
-        }
-        let c = self
-            .communities
-            .get_mut(&community)
-            .ok_or(CreateError::UnknownCommunity(community))?;
-        let global_time = c.global_time + 1;
-        let sequence_number = meta
-            .distribution
-            .has_sequence_numbers()
-            .then(|| c.sequences.get(&meta.id).copied().unwrap_or(0) + 1);
-        let message = CommunityMessage {
-            community,
-            message_type: meta.id,
-            conversion,
-            authors: vec![key.public().clone()],
-            global_time,
-            sequence_number,
-            resolution_index: None,
-            relay_hops: (meta.distribution == Distribution::Relay).then_some(relay_budget),
-            payload,
-        };
-        let signed = SignedMessage::sign(message, &[&key])?;
-        let datagram = wire::encode_collection(0, &[&signed.packet]);
-        if datagram.len() + 8 > max_datagram {
-            return Err(CreateError::TooLarge {
-                len: datagram.len(),
-                max: max_datagram,
-            });
-        }
-        // Only now, with nothing left to fail, claim the global time and sequence number.
-        c.claim_global_time();
-        if sequence_number.is_some() {
-            c.claim_sequence_number(meta.id);
-        }
-        let (global_time, sent_to) = self.publish(now, community, signed, candidates)?;
-        Ok(Created {
-            global_time,
-            sequence_number,
-            sent_to,
-        })
-    }
-
-    /// The meta named `meta` of a joined community, if messages of `authentication` are
-    /// created with it, and the conversion new messages use.
-    pub(crate) fn creatable(
-        &self,
-        community: CommunityId,
-        meta: &str,
-        authentication: Authentication,
-    ) -> Result<(crate::meta::MetaMessage, wire::Conversion), CreateError> {
-        let definition = self
-            .communities
-            .get(&community)
-            .and_then(|c| c.definition.as_ref())
-            .ok_or(CreateError::UnknownCommunity(community))?;
-        let meta = definition
-            .meta_by_name(meta)
-            .ok_or_else(|| CreateError::UnknownMeta(meta.to_owned()))?
-            .clone();
-        if meta.authentication != authentication {
-            return Err(CreateError::Authentication(meta.name));
-        }
-        Ok((meta, definition.conversions[0].clone()))
-    }
-
-    /// Sends a message this node (co-)created to its destination, and emits it as an
-    /// [`Event::Messages`] with no source (the plugin handles and the store keeps our own
-    /// messages). Returns its global time and how many candidates it went to.
-    pub(crate) fn publish(
-        &mut self,
-        now: Instant,
-        community: CommunityId,
-        signed: SignedMessage,
-        candidates: &[SocketAddr],
-    ) -> Result<(u64, usize), CreateError> {
-        let c = self
-            .communities
-            .get_mut(&community)
-            .ok_or(CreateError::UnknownCommunity(community))?;
-        let meta = c
-            .meta(signed.message.message_type)
-            .ok_or(CreateError::UnknownCommunity(community))?
-            .clone();
-        let mut destinations: Vec<SocketAddr> = candidates.to_vec();
-        if let Destination::Community { node_count } = meta.destination {
-            let extra = c.candidates.random_verified(
-                now,
-                &mut self.rng,
-                usize::from(node_count) + destinations.len(),
-                None,
-            );
-            for address in extra {
-                if destinations.len() >= usize::from(node_count) + candidates.len() {
-                    break;
-                }
-                if !destinations.contains(&address) {
-                    destinations.push(address);
-                }
-            }
-        }
-        c.stats.messages_created += 1;
-        c.last_activity = now;
-        for (meta, below) in c.prune_thresholds() {
-            self.events.push_back(Event::Prune {
-                community,
-                meta,
-                below,
-            });
-        }
-        let global_time = signed.message.global_time;
-        let sent_to = destinations.len();
-        let relay_hops = signed.message.relay_hops;
-        if relay_hops.is_some() {
-            // Our own relayed message coming back is neither handled nor forwarded.
-            let max_seen = self.config.relay.max_seen;
-            self.relayed
-                .insert(crate::bloom::PacketHash::of(&signed.packet), max_seen);
-        }
-        for destination in destinations {
-            // The collection carries the session with its destination (0 when there is none,
-            // as for an explicit candidate we never walked with).
-            let session = self.sessions.id(&destination).unwrap_or(0);
-            let datagram = match relay_hops {
-                Some(hops) => wire::encode_relay(session, &signed.packet, hops),
-                None => wire::encode_collection(session, &[&signed.packet]),
-            };
-            self.send_bytes(destination, datagram);
-        }
-        self.push_event(Event::Messages {
-            community,
-            meta: meta.id,
-            messages: vec![Incoming {
-                message: signed,
-                source: None,
-                persistent: meta.distribution.is_persistent(),
-            }],
-        });
-        Ok((global_time, sent_to))
-    }
-
-    fn on_collection(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        session: u32,
-        messages: Vec<SignedMessage>,
-        relay_hops: Option<u32>,
-    ) -> Result<(), &'static str> {
-        // A collection names the session with its source, or none (0) when the sender has none
-        // with us; a wrong one is a forgery or a stale peer.
-        if session != 0 && !self.sessions.check(now, from, session) {
-            return Err("bad-session");
-        }
-        let Some(first) = messages.first() else {
-            return Err("empty-collection");
-        };
-        let id = first.message.community;
-        let c = self
-            .communities
-            .get_mut(&id)
-            .filter(|c| c.definition.is_some())
-            .ok_or("unknown-community")?;
-        c.last_activity = now;
-        let Some(definition) = c.definition.as_ref() else {
-            return Err("unknown-community");
-        };
-        let acceptable = c.acceptable_global_time(now, self.config.global_time_margin);
-        // Group by meta, keeping arrival order within each meta.
-        let mut batches: Vec<(u32, Vec<Incoming>)> = Vec::new();
-        let mut forward: Vec<(Vec<u8>, u32)> = Vec::new();
-        let mut highest = 0;
-        for signed in messages {
-            let m = &signed.message;
-            let verdict = match definition.meta_by_id(m.message_type) {
-                None => Err("unknown-meta"),
-                Some(meta) if meta.authentication.signers() != m.authors.len() => {
-                    Err("wrong-authentication")
-                }
-                Some(meta)
-                    if meta.distribution.has_sequence_numbers() != m.sequence_number.is_some() =>
-                {
-                    Err("wrong-sequence-header")
-                }
-                Some(meta)
-                    if (meta.distribution == Distribution::Relay) != m.relay_hops.is_some() =>
-                {
-                    Err("wrong-relay-header")
-                }
-                Some(_) if !definition.conversions.contains(&m.conversion) => {
-                    Err("unknown-conversion")
-                }
-                Some(meta) if meta.distribution == Distribution::Relay => {
-                    if self.relayed.insert(
-                        crate::bloom::PacketHash::of(&signed.packet),
-                        self.config.relay.max_seen,
-                    ) {
-                        if let Some(hops) = relay::remaining(relay_hops, m.relay_hops) {
-                            forward.push((signed.packet.clone(), hops));
-                        }
-                        Ok(false)
-                    } else {
-                        Err("relay-duplicate")
-                    }
-                }
-                Some(meta) if meta.distribution.is_persistent() && m.global_time > acceptable => {
-                    Err("global-time-beyond-limit")
-                }
-                Some(meta) if !c.is_active(meta, m.global_time) => Err("pruned"),
-                Some(meta) => Ok(meta.distribution.is_persistent()),
-            };
-            match verdict {
-                Err(reason) => c.stats.dropped.bump(reason),
-                Ok(persistent) => {
-                    // Only stored messages move the clock (direct ones are not checked).
-                    if persistent {
-                        highest = highest.max(m.global_time);
-                    }
-                    let meta = m.message_type;
-                    let incoming = Incoming {
-                        message: signed,
-                        source: Some(from),
-                        persistent,
-                    };
-                    match batches.iter_mut().find(|(id, _)| *id == meta) {
-                        Some((_, batch)) => batch.push(incoming),
-                        None => batches.push((meta, vec![incoming])),
-                    }
-                }
-            }
-        }
-        c.observe_global_time(highest);
-        if !forward.is_empty() {
-            let targets = c.candidates.random_verified(
-                now,
-                &mut self.rng,
-                self.config.relay.fanout + 1,
-                None,
-            );
-            let targets: Vec<SocketAddr> = targets
-                .into_iter()
-                .filter(|t| *t != from)
-                .take(self.config.relay.fanout)
-                .collect();
-            c.stats.relayed += (forward.len() * targets.len()) as u64;
-            for (packet, hops) in &forward {
-                for to in &targets {
-                    let session = self.sessions.id(to).unwrap_or(0);
-                    let datagram = wire::encode_relay(session, packet, *hops);
-                    self.send_bytes(*to, datagram);
-                }
-            }
-        }
-        let Some(c) = self.communities.get_mut(&id) else {
-            return Err("unknown-community");
-        };
-        let prune = c.prune_thresholds();
-        for (meta, below) in prune {
-            self.push_event(Event::Prune {
-                community: id,
-                meta,
-                below,
-            });
-        }
-        for (meta, messages) in batches {
-            if let Some(c) = self.communities.get_mut(&id) {
-                c.stats.messages_received += messages.len() as u64;
-            }
-            self.push_event(Event::Messages {
-                community: id,
-                meta,
-                messages,
-            });
-        }
-        Ok(())
-    }
-
-    /// Answers a missing-identity from an address that proved itself (a session) or that we
-    /// walk to: never a key to an unproven address.
-    fn on_missing_identity(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        request: MissingIdentity,
-    ) -> Result<(), &'static str> {
-        if !self.proven(now, from, request.session) {
-            return Err("unproven-identity-request");
-        }
-        let key = wire::Keys::key(&self.members, &request.member).ok_or("unknown-identity")?;
-        let identity = Identity {
-            community: request.community,
-            session: self.sessions.id(&from).unwrap_or(0),
-            random: request.random,
-            member: key,
-        };
-        self.send(from, Packet::Identity(identity));
-        Ok(())
-    }
-
-    /// Learns a key we asked for, then handles the datagrams that waited for it.
-    fn on_identity(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        identity: Identity,
-    ) -> Result<(), &'static str> {
-        let ready = self
-            .members
-            .identity(from, identity.random, identity.member)
-            .ok_or("unexpected-identity")?;
-        for waiting in ready {
-            self.process(now, waiting.from, &waiting.bytes);
-        }
-        Ok(())
-    }
-
     /// Our WAN address changed: candidates at our own addresses are ourselves; forget them.
-    pub(crate) fn forget_own_addresses(&mut self) {
+    fn forget_own_addresses(&mut self) {
         let own = [self.lan, self.wan_address()];
         for community in self.communities.values_mut() {
             community.candidates.remove(&own);
         }
     }
 
-    pub(crate) fn push(&mut self, event: Event) {
+    fn push(&mut self, event: Event) {
         self.push_event(event);
     }
 
-    pub(crate) fn next_response_id(&mut self) -> u32 {
+    fn next_response_id(&mut self) -> u32 {
         let id = self.next_response;
         self.next_response = self.next_response.wrapping_add(1).max(1);
         id
     }
 
-    pub(crate) fn send(&mut self, destination: SocketAddr, packet: Packet) {
+    fn send(&mut self, destination: SocketAddr, packet: Packet) {
         let bytes = packet.encode(&self.key);
         self.send_bytes(destination, bytes);
     }
@@ -1016,12 +656,7 @@ impl Node {
     /// Sends stored `packets` (verbatim) to `to` as collections naming `session`; returns how
     /// many went. Each packet fits a datagram alone (it was received or created within the
     /// budget); one that does not is dropped and counted.
-    pub(crate) fn send_collections(
-        &mut self,
-        to: SocketAddr,
-        session: u32,
-        packets: &[&[u8]],
-    ) -> usize {
+    fn send_collections(&mut self, to: SocketAddr, session: u32, packets: &[&[u8]]) -> usize {
         let mut sent = 0;
         for chunk in packets.chunks(64) {
             match wire::encode_collections(session, chunk, self.config.max_datagram) {
@@ -1037,7 +672,7 @@ impl Node {
         sent
     }
 
-    pub(crate) fn send_bytes(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
+    fn send_bytes(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
         if self.transmits.len() >= self.config.max_transmits {
             self.stats.dropped.bump("transmit-queue-full");
             return;
