@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
@@ -38,7 +38,8 @@ use dispersy_plugin_api::abi::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::Command;
+use crate::command::Command;
+use crate::mutex::lock;
 use crate::store::{Insert, InsertSender, NewMessage, Outcome};
 use dispersy_core::identity::MemberId;
 use dispersy_core::missing::Awaited;
@@ -390,14 +391,6 @@ pub struct Shared {
     recent: Mutex<VecDeque<Delivered>>,
     next_seq: AtomicU64,
     timers: Mutex<BinaryHeap<Reverse<(Instant, u64)>>>,
-}
-
-/// Locks a mutex, recovering the data if a thread panicked while holding it (the data here are
-/// counters and snapshots, always consistent between statements).
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {

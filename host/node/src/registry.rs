@@ -19,8 +19,9 @@ use dispersy_core::identity::{CommunityId, KeyPair};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::plugin::{self, Worker, WorkerContext, WorkerLimits, lock};
-use crate::runtime::Command;
+use crate::command::Command;
+use crate::mutex::lock;
+use crate::plugin::{self, Worker, WorkerContext, WorkerLimits};
 use crate::store::{InsertSender, Store};
 
 /// A loaded plugin or a refused plugin file, for `GET /v1/plugins`.
