@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RSlice, RStr, RString, RVec};
+use dispersy_core::bloom::PacketHash;
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
 use dispersy_core::missing::Awaited;
@@ -522,57 +523,114 @@ impl WorkerLoop {
     /// Stores the persistent messages of all metas in one insert (one transaction) and waits
     /// for the acknowledgement; returns per meta the messages to handle (those already stored
     /// before, and those that wait or lose, are left out) with their stored flags. Nothing when
-    /// storing failed.
+    /// storing failed. Gaps and conflicts are told in message order, then the stored news at once.
     fn store(&mut self, accepted: Vec<Accepted>) -> Vec<(Accepted, Vec<bool>)> {
-        // Per message, its row in `rows` if it is stored.
-        let mut slots: Vec<Vec<Option<usize>>> = Vec::with_capacity(accepted.len());
-        let mut rows: Vec<NewMessage> = Vec::new();
-        for batch in &accepted {
-            let definition = self.context.definition.meta_by_id(batch.meta);
-            let priority = definition.map_or(128, |m| m.priority);
-            let history = definition.and_then(|m| match m.distribution {
-                dispersy_core::meta::Distribution::LastSync { history, .. } => Some(history),
-                _ => None,
+        let total: usize = accepted.iter().map(|a| a.messages.len()).sum();
+        let mut metas: Vec<(u32, Vec<Pending>)> = accepted
+            .into_iter()
+            .map(|batch| (batch.meta, self.pending(batch)))
+            .collect();
+        let rows: Vec<NewMessage> = metas
+            .iter_mut()
+            .flat_map(|(_, pending)| pending.iter_mut())
+            .filter_map(|p| p.row.take())
+            .collect();
+        if !rows.is_empty() {
+            let Some(outcomes) = self.insert(rows, total) else {
+                return Vec::new();
+            };
+            let mut outcomes = outcomes.into_iter();
+            for p in metas.iter_mut().flat_map(|(_, pending)| pending.iter_mut()) {
+                if p.hash.is_some() {
+                    p.outcome = outcomes.next();
+                }
+            }
+        }
+        let mut news = Vec::new();
+        let mut out = Vec::with_capacity(metas.len());
+        for (meta, pending) in metas {
+            let mut kept = Accepted {
+                meta,
+                messages: Vec::with_capacity(pending.len()),
+                raw: Vec::with_capacity(pending.len()),
+            };
+            let mut stored = Vec::with_capacity(pending.len());
+            for p in pending {
+                let handled = match (p.hash, p.outcome) {
+                    (None, _) => Some((p.message, false)),
+                    (Some(hash), Some(outcome)) => self
+                        .settle(p.message, hash, outcome, &mut news)
+                        .map(|message| (message, true)),
+                    (Some(_), None) => None,
+                };
+                if let Some((message, flag)) = handled {
+                    kept.messages.push(message);
+                    kept.raw.push(p.raw);
+                    stored.push(flag);
+                }
+            }
+            out.push((kept, stored));
+        }
+        if !news.is_empty() {
+            self.tell(Command::Stored {
+                community: self.context.community,
+                messages: news,
             });
-            let mut meta_slots = Vec::with_capacity(batch.messages.len());
-            for incoming in &batch.messages {
+        }
+        out
+    }
+
+    /// The messages of `batch` on their way to the store, each with its row when it is
+    /// persistent (and has an author).
+    fn pending(&self, batch: Accepted) -> Vec<Pending> {
+        let definition = self.context.definition.meta_by_id(batch.meta);
+        let priority = definition.map_or(128, |m| m.priority);
+        let history = definition.and_then(|m| match m.distribution {
+            dispersy_core::meta::Distribution::LastSync { history, .. } => Some(history),
+            _ => None,
+        });
+        batch
+            .messages
+            .into_iter()
+            .zip(batch.raw)
+            .map(|(incoming, raw)| {
                 let message = &incoming.message.message;
                 let member = message.authors.first().map(PublicKey::member_id);
-                let (true, Some(member)) = (incoming.persistent, member) else {
-                    meta_slots.push(None);
-                    continue;
+                let row = match (incoming.persistent, member) {
+                    (true, Some(member)) => {
+                        let packet = &incoming.message.packet;
+                        Some(NewMessage {
+                            community: self.context.community_row,
+                            member,
+                            global_time: message.global_time,
+                            meta: batch.meta,
+                            sequence: message.sequence_number,
+                            priority,
+                            history,
+                            co_signer: message.authors.get(1).map(|a| a.member_id()),
+                            hash: PacketHash::of(packet),
+                            packet: packet.clone(),
+                        })
+                    }
+                    _ => None,
                 };
-                let packet = &incoming.message.packet;
-                meta_slots.push(Some(rows.len()));
-                rows.push(NewMessage {
-                    community: self.context.community_row,
-                    member,
-                    global_time: message.global_time,
-                    meta: batch.meta,
-                    sequence: message.sequence_number,
-                    priority,
-                    history,
-                    co_signer: message.authors.get(1).map(|a| a.member_id()),
-                    hash: dispersy_core::bloom::PacketHash::of(packet),
-                    packet: packet.clone(),
-                });
-            }
-            slots.push(meta_slots);
-        }
-        if rows.is_empty() {
-            return accepted
-                .into_iter()
-                .map(|a| {
-                    let n = a.messages.len();
-                    (a, vec![false; n])
-                })
-                .collect();
-        }
-        let hashes: Vec<dispersy_core::bloom::PacketHash> =
-            rows.iter().map(|row| row.hash).collect();
+                Pending {
+                    hash: row.as_ref().map(|row| row.hash),
+                    row,
+                    outcome: None,
+                    message: incoming,
+                    raw,
+                }
+            })
+            .collect()
+    }
+
+    /// Sends `rows` to the store task in one insert and waits for their outcomes, in order.
+    /// `None` when storing failed (the `total` messages of the round are counted as dropped)
+    /// or the host is shutting down.
+    fn insert(&self, rows: Vec<NewMessage>, total: usize) -> Option<Vec<Outcome>> {
         let (ack, done) = oneshot::channel();
         let count = rows.len();
-        let total: usize = accepted.iter().map(|a| a.messages.len()).sum();
         let stored = self
             .context
             .store
@@ -582,83 +640,64 @@ impl WorkerLoop {
             })
             .ok()
             .and_then(|()| done.blocking_recv().ok());
-        let outcomes = match stored {
-            Some(Ok(outcomes)) if outcomes.len() == count => outcomes,
+        match stored {
+            Some(Ok(outcomes)) if outcomes.len() == count => Some(outcomes),
             Some(Ok(outcomes)) => {
                 tracing::error!(community = %self.context.definition.name, rows = count, outcomes = outcomes.len(), "store answered for other messages");
                 lock(&self.shared.stats).drop_reason("store failed", total as u64);
-                return Vec::new();
+                None
             }
             Some(Err(error)) => {
                 tracing::error!(community = %self.context.definition.name, %error, "messages not stored");
                 lock(&self.shared.stats).drop_reason("store failed", total as u64);
-                return Vec::new();
+                None
             }
-            None => return Vec::new(), // shutting down
-        };
-        let mut outcomes: Vec<Option<Outcome>> = outcomes.into_iter().map(Some).collect();
-        let mut new = Vec::new();
-        let mut out = Vec::with_capacity(accepted.len());
-        for (batch, meta_slots) in accepted.into_iter().zip(slots) {
-            let n = batch.messages.len();
-            let mut kept = Accepted {
-                meta: batch.meta,
-                messages: Vec::with_capacity(n),
-                raw: Vec::with_capacity(n),
-            };
-            let mut stored = Vec::with_capacity(n);
-            for ((message, raw), slot) in batch.messages.into_iter().zip(batch.raw).zip(meta_slots)
-            {
-                let Some(row) = slot else {
-                    kept.messages.push(message);
-                    kept.raw.push(raw);
-                    stored.push(false);
-                    continue;
-                };
-                let (Some(outcome), Some(hash)) = (
-                    outcomes.get_mut(row).and_then(Option::take),
-                    hashes.get(row),
-                ) else {
-                    continue;
-                };
-                match outcome {
-                    Outcome::Stored => {
-                        new.extend(Stored::of(&message.message, *hash, message.source));
-                        kept.messages.push(message);
-                        kept.raw.push(raw);
-                        stored.push(true);
-                    }
-                    // Our own messages are handled even if storage already had them.
-                    Outcome::Duplicate if message.source.is_none() => {
-                        kept.messages.push(message);
-                        kept.raw.push(raw);
-                        stored.push(true);
-                    }
-                    Outcome::Duplicate => lock(&self.shared.stats).duplicates += 1,
-                    Outcome::Stale => lock(&self.shared.stats).drop_reason("stale-sequence", 1),
-                    Outcome::Gap { low, high } => self.tell(Command::SequenceGap {
-                        community: self.context.community,
-                        message: Box::new(message),
-                        low,
-                        high,
-                    }),
-                    Outcome::Conflict(ours) => {
-                        lock(&self.shared.stats).drop_reason("sequence-conflict-lost", 1);
-                        if let Some(to) = message.source {
-                            self.tell(Command::Conflict { to, packet: ours });
-                        }
-                    }
+            None => None, // shutting down
+        }
+    }
+
+    /// What the store's `outcome` for `message` (stored with packet hash `hash`) means: returns
+    /// the message when it is to be handled, adds newly stored ones to `news`, tells the protocol
+    /// task of a sequence gap or a lost conflict, and counts the rest.
+    fn settle(
+        &self,
+        message: Incoming,
+        hash: PacketHash,
+        outcome: Outcome,
+        news: &mut Vec<Stored>,
+    ) -> Option<Incoming> {
+        match outcome {
+            Outcome::Stored => {
+                news.extend(Stored::of(&message.message, hash, message.source));
+                Some(message)
+            }
+            // Our own messages are handled even if storage already had them.
+            Outcome::Duplicate if message.source.is_none() => Some(message),
+            Outcome::Duplicate => {
+                lock(&self.shared.stats).duplicates += 1;
+                None
+            }
+            Outcome::Stale => {
+                lock(&self.shared.stats).drop_reason("stale-sequence", 1);
+                None
+            }
+            Outcome::Gap { low, high } => {
+                self.tell(Command::SequenceGap {
+                    community: self.context.community,
+                    message: Box::new(message),
+                    low,
+                    high,
+                });
+                None
+            }
+            Outcome::Conflict(ours) => {
+                lock(&self.shared.stats).drop_reason("sequence-conflict-lost", 1);
+                if let Some(to) = message.source {
+                    self.tell(Command::Conflict { to, packet: ours });
                 }
+                None
             }
-            out.push((kept, stored));
         }
-        if !new.is_empty() {
-            self.tell(Command::Stored {
-                community: self.context.community,
-                messages: new,
-            });
-        }
-        out
     }
 
     /// Tells the protocol task; when its queue is full the news is dropped (sync state and
@@ -730,6 +769,16 @@ impl Batch {
             None => self.metas.push((meta, messages)),
         }
     }
+}
+
+/// One accepted message on its way through the store: its row while it is not yet sent (only a
+/// persistent message has one, and then a packet hash), then what became of it.
+struct Pending {
+    message: Incoming,
+    raw: RawMessage,
+    row: Option<NewMessage>,
+    hash: Option<PacketHash>,
+    outcome: Option<Outcome>,
 }
 
 /// Messages of one meta the plugin accepted, with their ABI form (same order, same length).
