@@ -813,3 +813,6 @@ fn raw_message(
         payload: RVec::from(message.payload.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests;
