@@ -1,4 +1,4 @@
-//! Plugins: finding and loading community plugin files ([`load`]), the thread that drives each
+//! Plugins: finding and loading community plugin files ([`mod@load`]), the thread that drives each
 //! community instance ([`worker`]), and the host side plugins call ([`host`]).
 //!
 //! A plugin file defines one community type; the registry loads it ([`load()`]), then starts a
