@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,13 +32,156 @@ use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, PublicKey};
 use dispersy_core::node::CreateError;
 use dispersy_core::wire::SignedMessage;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::plugin::{Job, QueueError, Worker, lock};
-use crate::runtime::{Command, Shared};
+use crate::command::Command;
+use crate::mutex::lock;
+use crate::plugin::{Job, QueueError, Worker};
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Everything the API needs.
+pub(crate) struct Shared {
+    pub commands: mpsc::Sender<Command>,
+    /// `None` for a tracker.
+    pub registry: Option<Arc<Registry>>,
+    pub store: Option<Store>,
+    pub token: String,
+    pub shutdown: CancellationToken,
+    pub api_body: usize,
+}
+
+/// Node facts, as the control API shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeInfo {
+    /// Public key, hex.
+    pub member: String,
+    /// Member id, hex.
+    pub mid: String,
+    /// Bound UDP address.
+    pub udp: SocketAddr,
+    /// LAN address as the node reports it.
+    pub lan: SocketAddr,
+    /// WAN address as peers see it.
+    pub wan: SocketAddr,
+    /// `public`, `unknown` or `symmetric-NAT`.
+    pub connection_type: &'static str,
+    /// Tracker role.
+    pub tracker: bool,
+    /// Milliseconds since start.
+    pub uptime_ms: u64,
+    /// Communities known (a tracker's bare ones included).
+    pub communities: usize,
+    /// Sessions established with peers.
+    pub sessions: usize,
+    /// Traffic counters.
+    pub stats: NodeStats,
+}
+
+/// Node traffic counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStats {
+    /// Datagrams received.
+    pub datagrams_received: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Accepted packets by kind.
+    pub packets: HashMap<&'static str, u64>,
+    /// Dropped packets by reason (core and driver).
+    pub dropped: HashMap<&'static str, u64>,
+}
+
+/// Community facts, as the control API shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommunityInfo {
+    /// Community id, hex.
+    pub id: String,
+    /// Type name (`null` for a tracker's bare community).
+    pub name: Option<String>,
+    /// Plugin version.
+    pub version: Option<String>,
+    /// Global time.
+    pub global_time: u64,
+    /// Candidates by category.
+    pub candidates: HashMap<&'static str, usize>,
+    /// Walker and message counters.
+    pub stats: CommunityStatsView,
+}
+
+/// Per-community counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommunityStatsView {
+    /// Introduction-requests sent.
+    pub walk_attempts: u64,
+    /// Introduction-responses received.
+    pub walk_successes: u64,
+    /// Introduction-requests that timed out.
+    pub walk_failures: u64,
+    /// Introduction-requests received.
+    pub stumbles: u64,
+    /// Session handshakes completed as responder.
+    pub handshakes: u64,
+    /// Introduction-responses that introduced nobody.
+    pub responses_without_introduction: u64,
+    /// Introductions refused because both peers are behind symmetric NATs.
+    pub introductions_refused: u64,
+    /// Punctures received for our walks.
+    pub punctures: u64,
+    /// Introduction-requests sent with a new bloom filter.
+    pub sync_new: u64,
+    /// Introduction-requests sent with a reused filter.
+    pub sync_reused: u64,
+    /// Introduction-requests sent without a filter.
+    pub sync_skipped: u64,
+    /// Sync-only follow-up requests sent (catch-up rounds that do not wait for the walk).
+    pub sync_follow_ups: u64,
+    /// Sync-only sweep requests sent (after a catch-up, our whole history a filter at a time).
+    pub sync_sweeps: u64,
+    /// Stored messages sent answering filters.
+    pub sync_packets_sent: u64,
+    /// Stored messages sent answering missing-sequence, -message and -last-message.
+    pub missing_packets_sent: u64,
+    /// Relayed messages passed on (one per copy).
+    pub relayed: u64,
+    /// Received messages that waited for others (a sequence gap, a plugin's wait).
+    pub delayed: u64,
+    /// Messages created here.
+    pub messages_created: u64,
+    /// Verified messages passed to the plugin.
+    pub messages_received: u64,
+    /// Messages dropped by the host, by reason.
+    pub dropped: HashMap<&'static str, u64>,
+}
+
+/// One candidate, as the control API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateView {
+    /// Address used to reach it.
+    pub address: SocketAddr,
+    /// Its LAN address.
+    pub lan: SocketAddr,
+    /// Its WAN address.
+    pub wan: SocketAddr,
+    /// Member id, hex, once verified.
+    pub member: Option<String>,
+    /// `walk`, `stumble`, `intro` or `none`.
+    pub category: &'static str,
+    /// Whether it is verified (walk or stumble).
+    pub verified: bool,
+    /// Its connection type as reported.
+    pub connection_type: &'static str,
+    /// Its global time as reported.
+    pub global_time: u64,
+    /// Milliseconds since we last heard of it.
+    pub last_seen_ms: Option<u64>,
+}
 
 /// How long the API waits for the protocol task or a community thread.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -562,7 +706,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
         "counter",
         labelled(&s.dropped, "reason"),
     );
-    let per = |f: &dyn Fn(&crate::runtime::CommunityInfo) -> u64| {
+    let per = |f: &dyn Fn(&CommunityInfo) -> u64| {
         communities
             .iter()
             .map(|c| (format!("{{community=\"{}\"}}", c.id), f(c)))

@@ -19,8 +19,9 @@ use dispersy_core::identity::{CommunityId, KeyPair};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::plugin::{self, Worker, WorkerContext, WorkerLimits, lock};
-use crate::runtime::Command;
+use crate::command::Command;
+use crate::mutex::lock;
+use crate::plugin::{self, Worker, WorkerContext, WorkerLimits};
 use crate::store::{InsertSender, Store};
 
 /// A loaded plugin or a refused plugin file, for `GET /v1/plugins`.
@@ -164,14 +165,7 @@ impl Registry {
             .map_err(|e| e.to_string())?;
         let definition = plugin.definition.clone();
         let id = definition.id();
-        if let Some((_, _, other)) = lock(&self.state).definitions.get(&id) {
-            return Err(plugin::LoadError::Duplicate {
-                path: path.to_path_buf(),
-                community: id,
-                other: other.clone(),
-            }
-            .to_string());
-        }
+        self.refuse_joined(path, id)?;
         let context = &self.context;
         let fail = |e: &dyn std::fmt::Display| format!("plugin {}: {e}", path.display());
         let row = context
@@ -230,6 +224,19 @@ impl Registry {
         Ok(report)
     }
 
+    /// Refuses a file whose community `id` another file already provides.
+    fn refuse_joined(&self, path: &Path, id: CommunityId) -> Result<(), String> {
+        match lock(&self.state).definitions.get(&id) {
+            Some((_, _, other)) => Err(plugin::LoadError::Duplicate {
+                path: path.to_path_buf(),
+                community: id,
+                other: other.clone(),
+            }
+            .to_string()),
+            None => Ok(()),
+        }
+    }
+
     /// Asks the protocol task to join the community.
     async fn join(
         &self,
@@ -265,4 +272,126 @@ impl Registry {
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dispersy_core::meta::{Authentication, Destination, Distribution, MetaMessage, Resolution};
+    use dispersy_core::wire::Conversion;
+
+    use super::*;
+
+    /// A registry over plugin folder `dir`, with an in-memory store; the receiver stands for the
+    /// protocol task.
+    async fn registry(dir: &Path) -> (Registry, mpsc::Receiver<Command>) {
+        let (commands, commands_rx) = mpsc::channel(8);
+        let (inserts, _) = mpsc::channel(8);
+        let store = Store::open_in_memory().await.unwrap();
+        let registry = Registry::new(Context {
+            store,
+            key: KeyPair::from_secret(&[5u8; 32]).unwrap(),
+            commands,
+            inserts,
+            limits: WorkerLimits {
+                queue: 8,
+                batch: 8,
+                recent: 8,
+                delayed: 8,
+                delay_timeout: Duration::from_secs(1),
+                timers: 1,
+            },
+            peers: Vec::new(),
+            dirs: vec![dir.to_path_buf()],
+        });
+        (registry, commands_rx)
+    }
+
+    fn plugin_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+        let path = dir.join(format!("lib{name}{}", std::env::consts::DLL_SUFFIX));
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn each_refused_file_gets_its_own_report_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = plugin_file(dir.path(), "text", b"not a library");
+        let empty = plugin_file(dir.path(), "empty", b"");
+        std::fs::write(dir.path().join("notes.txt"), b"not a plugin file name").unwrap();
+        let (registry, _commands) = registry(dir.path()).await;
+        let reports = registry.scan().await;
+        let mut paths: Vec<&Path> = reports.iter().map(|r| r.path.as_path()).collect();
+        paths.sort();
+        let mut expected = vec![empty.as_path(), text.as_path()];
+        expected.sort();
+        assert_eq!(paths, expected, "only lib*.so files are tried");
+        for report in &reports {
+            let error = report.error.as_deref().unwrap_or_default();
+            assert!(
+                error.contains(&report.path.display().to_string()),
+                "{error:?} names {}",
+                report.path.display()
+            );
+            assert!(report.name.is_none() && report.community.is_none());
+        }
+        let missing = dir.path().join("libgone.so");
+        let report = registry.load(&missing).await;
+        assert!(report.error.unwrap().contains("libgone.so"));
+        assert_eq!(registry.reports().len(), 3);
+        assert!(registry.workers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_file_is_tried_again_only_once_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = plugin_file(dir.path(), "broken", b"v1");
+        let (registry, _commands) = registry(dir.path()).await;
+        assert_eq!(registry.scan().await.len(), 1);
+        assert!(
+            registry.scan().await.is_empty(),
+            "unchanged: not tried again"
+        );
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+            .unwrap();
+        drop(file);
+        assert_eq!(registry.scan().await.len(), 1, "changed: tried again");
+        assert_eq!(registry.reports().len(), 1, "one report per file");
+    }
+
+    #[tokio::test]
+    async fn a_community_already_provided_by_another_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, _commands) = registry(dir.path()).await;
+        let definition = Definition {
+            name: "twice".into(),
+            version: "1".into(),
+            master: KeyPair::from_secret(&[3u8; 32]).unwrap().public().clone(),
+            conversions: vec![Conversion::version(1).unwrap()],
+            metas: vec![MetaMessage {
+                id: 1,
+                name: "post".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Public,
+                distribution: Distribution::Direct,
+                destination: Destination::Community { node_count: 5 },
+                priority: 128,
+                batch_window: Duration::ZERO,
+            }],
+        };
+        let id = definition.id();
+        let first = dir.path().join("libfirst.so");
+        let second = dir.path().join("libsecond.so");
+        assert_eq!(registry.refuse_joined(&first, id), Ok(()));
+        lock(&registry.state)
+            .definitions
+            .insert(id, (definition, 1, first.clone()));
+        let error = registry.refuse_joined(&second, id).unwrap_err();
+        assert!(error.contains("libsecond.so"), "{error}");
+        assert!(error.contains("libfirst.so"), "{error}");
+        assert!(error.contains(&id.to_string()), "{error}");
+        assert_eq!(registry.definition(&id).map(|(_, row)| row), Some(1));
+    }
 }

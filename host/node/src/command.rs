@@ -1,0 +1,130 @@
+//! The requests other parts of the host send to the protocol task, the only owner of protocol
+//! state: the API, the registry, community threads and the sync-read task all speak to it
+//! through [`Command`]s, and some wait for an answer on a oneshot channel carried inside.
+
+use std::net::SocketAddr;
+
+use dispersy_core::identity::CommunityId;
+use dispersy_core::node::{CreateError, Created};
+use tokio::sync::oneshot;
+
+use crate::api::{CandidateView, CommunityInfo, NodeInfo};
+
+/// A request to the protocol task.
+pub enum Command {
+    /// Create and send a message (from the API or a plugin).
+    Create {
+        /// The community.
+        community: CommunityId,
+        /// Meta-message name.
+        meta: String,
+        /// Encoded payload.
+        payload: Vec<u8>,
+        /// Explicit destinations.
+        candidates: Vec<SocketAddr>,
+        /// For double-member metas: the second author and its address.
+        co_signer: Option<(dispersy_core::identity::PublicKey, SocketAddr)>,
+        /// Where to answer, if anyone waits.
+        reply: Option<oneshot::Sender<Result<Created, CreateError>>>,
+    },
+    /// Node facts for the API.
+    Node {
+        /// The answer.
+        reply: oneshot::Sender<NodeInfo>,
+    },
+    /// Community facts for the API.
+    Communities {
+        /// The answer.
+        reply: oneshot::Sender<Vec<CommunityInfo>>,
+    },
+    /// Join a community a plugin defines.
+    Join {
+        /// The plugin's definition.
+        definition: Box<dispersy_core::community::Definition>,
+        /// State from storage.
+        resume: dispersy_core::community::Resume,
+        /// Peers to add as candidates.
+        peers: Vec<SocketAddr>,
+        /// The answer.
+        reply: oneshot::Sender<Result<CommunityId, dispersy_core::node::JoinError>>,
+    },
+    /// The store read the rows of a sync query.
+    SyncQueried {
+        /// The community.
+        community: CommunityId,
+        /// Rows from the pivot up (or the oldest).
+        right: Vec<dispersy_core::sync::Row>,
+        /// Rows from the pivot down.
+        left: Vec<dispersy_core::sync::Row>,
+    },
+    /// The store read the rows of a requested range.
+    SyncRowsRead {
+        /// The request.
+        request: u32,
+        /// The rows.
+        rows: Vec<dispersy_core::sync::Row>,
+    },
+    /// The store read the packets to send.
+    PacketsRead {
+        /// The request.
+        request: u32,
+        /// The packets.
+        packets: Vec<Vec<u8>>,
+    },
+    /// A community thread stored these messages (told after the gaps of the same batch).
+    Stored {
+        /// The community.
+        community: CommunityId,
+        /// The messages.
+        messages: Vec<dispersy_core::node::Stored>,
+    },
+    /// The store found sequence numbers `low..=high` missing before this message.
+    SequenceGap {
+        /// The community.
+        community: CommunityId,
+        /// The message, to retry once the gap is filled.
+        message: Box<dispersy_core::node::Incoming>,
+        /// First missing number.
+        low: u32,
+        /// Last missing number.
+        high: u32,
+    },
+    /// A message lost a sequence-number conflict against our stored `packet`: it goes back to
+    /// the sender.
+    Conflict {
+        /// The loser's sender.
+        to: SocketAddr,
+        /// Our winning packet.
+        packet: Vec<u8>,
+    },
+    /// A plugin decided whether to co-sign ([`Event::SignatureAsked`](dispersy_core::node::Event::SignatureAsked)).
+    SignatureVerdict {
+        /// The question.
+        ask: u32,
+        /// Whether it signs.
+        allow: bool,
+    },
+    /// A plugin wants this message to wait for another one.
+    Wait {
+        /// The community.
+        community: CommunityId,
+        /// The message, checked again once the wait is over.
+        message: Box<dispersy_core::node::Incoming>,
+        /// What it waits for.
+        awaited: dispersy_core::missing::Awaited,
+    },
+    /// The store read the packets answering a missing-* request.
+    AnswerRead {
+        /// The request.
+        request: u32,
+        /// The packets.
+        packets: Vec<Vec<u8>>,
+    },
+    /// The candidates of one community.
+    Candidates {
+        /// The community.
+        community: CommunityId,
+        /// The answer; `None` for an unknown community.
+        reply: oneshot::Sender<Option<Vec<CandidateView>>>,
+    },
+}

@@ -1,0 +1,271 @@
+//! Finding and loading plugin files, and converting what they define into the core's types.
+//!
+//! Loading uses `lib_header_from_path` + `init_root_module` (never `RootModule::load_from_*`,
+//! which caches one module per interface type per process). abi_stable checks the plugin-api
+//! version and the layout of every type crossing the boundary; a mismatch is reported in one line
+//! naming the file, with abi_stable's full report at debug level. Libraries are never unloaded.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use abi_stable::library::{LibraryError, lib_header_from_path};
+use dispersy_core::community::Definition;
+use dispersy_core::identity::{CommunityId, PublicKey};
+use dispersy_core::meta::{
+    Authentication, Destination, Distribution, MetaMessage, Pruning, Resolution, StaticResolution,
+    SyncOrder,
+};
+use dispersy_core::wire::Conversion;
+use dispersy_plugin_api::abi::{self, MetaDef, PluginModuleRef};
+
+/// A loaded plugin file and the community type it defines.
+#[derive(Clone)]
+pub struct Plugin {
+    /// The file.
+    pub path: PathBuf,
+    /// Its root module.
+    pub module: PluginModuleRef,
+    /// Its definition, validated.
+    pub definition: Definition,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("name", &self.definition.name)
+            .finish()
+    }
+}
+
+/// Why a plugin file was refused. The message is one line and names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be opened as a library or is not a plugin.
+    #[error("plugin {path}: {reason}")]
+    Library {
+        /// The file.
+        path: PathBuf,
+        /// Summary.
+        reason: String,
+    },
+    /// Built against an incompatible plugin API.
+    #[error(
+        "plugin {path}: built against an incompatible plugin ABI ({reason}); rebuild it against dispersy-plugin-api {host}"
+    )]
+    Incompatible {
+        /// The file.
+        path: PathBuf,
+        /// Summary.
+        reason: String,
+        /// The host's plugin-api version.
+        host: &'static str,
+    },
+    /// The plugin's entry points failed or its definition is invalid.
+    #[error("plugin {path}: {reason}")]
+    Definition {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another plugin already defines this community.
+    #[error("plugin {path}: community {community} is already provided by {other}")]
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+        /// The community id.
+        community: CommunityId,
+        /// The first file.
+        other: PathBuf,
+    },
+}
+
+/// The plugin-api version this host was built with.
+pub const HOST_API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").trim().to_owned()
+}
+
+/// The plugin files (`lib*.so`) in `dirs`, in directory order then by name, without repeats.
+pub fn discover(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = Vec::new();
+    let mut files = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with("lib") && n.ends_with(std::env::consts::DLL_SUFFIX)
+                    })
+            })
+            .collect();
+        found.sort();
+        for path in found {
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+            if !seen.contains(&canonical) {
+                seen.push(canonical);
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// Loads and validates one plugin file.
+pub fn load(path: &Path) -> Result<Plugin, LoadError> {
+    let library_error = |reason: String| LoadError::Library {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let header = lib_header_from_path(path).map_err(|e| match e {
+        LibraryError::OpenError { .. } => library_error(first_line(&e.to_string())),
+        LibraryError::GetSymbolError { .. } => {
+            library_error("not a Dispersy plugin (no abi_stable root module)".into())
+        }
+        other => library_error(first_line(&other.to_string())),
+    })?;
+    let module = header.init_root_module::<PluginModuleRef>().map_err(|e| {
+        tracing::debug!(path = %path.display(), report = %e, "plugin ABI report");
+        match e {
+            LibraryError::AbiInstability(_) => LoadError::Incompatible {
+                path: path.to_path_buf(),
+                reason: "type layouts differ".into(),
+                host: HOST_API_VERSION,
+            },
+            LibraryError::IncompatibleVersionNumber { .. } => LoadError::Incompatible {
+                path: path.to_path_buf(),
+                reason: first_line(&e.to_string()),
+                host: HOST_API_VERSION,
+            },
+            other => library_error(first_line(&other.to_string())),
+        }
+    })?;
+    let definition_error = |reason: String| LoadError::Definition {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let version = (module.abi_version())();
+    if version != abi::ABI_VERSION {
+        return Err(LoadError::Incompatible {
+            path: path.to_path_buf(),
+            reason: format!(
+                "ABI version {version}, the host speaks {}",
+                abi::ABI_VERSION
+            ),
+            host: HOST_API_VERSION,
+        });
+    }
+    let raw = (module.definition())()
+        .into_result()
+        .map_err(|e| definition_error(format!("definition failed: {e}")))?;
+    let definition = definition_from_raw(&raw).map_err(definition_error)?;
+    Ok(Plugin {
+        path: path.to_path_buf(),
+        module,
+        definition,
+    })
+}
+
+/// Converts and validates a plugin's raw definition.
+pub fn definition_from_raw(raw: &abi::CommunityDef) -> Result<Definition, String> {
+    let master = PublicKey::from_bytes(&raw.master_key).map_err(|e| format!("master key: {e}"))?;
+    let conversions = raw
+        .conversions
+        .iter()
+        .map(|c| Conversion::new(c).map_err(|e| format!("conversion {c:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let metas = raw
+        .metas
+        .iter()
+        .map(meta_from_raw)
+        .collect::<Result<Vec<_>, _>>()?;
+    let definition = Definition {
+        name: raw.name.to_string(),
+        version: raw.version.to_string(),
+        master,
+        conversions,
+        metas,
+    };
+    definition.validate().map_err(|e| e.to_string())?;
+    Ok(definition)
+}
+
+fn meta_from_raw(raw: &MetaDef) -> Result<MetaMessage, String> {
+    let unknown = |policy: &str, code: u8| {
+        format!(
+            "meta-message {:?}: unknown {policy} code {code} (plugin newer than the host?)",
+            raw.name.as_str()
+        )
+    };
+    let authentication = match raw.authentication {
+        abi::authentication::NONE => Authentication::None,
+        abi::authentication::MEMBER => Authentication::Member,
+        abi::authentication::DOUBLE_MEMBER => Authentication::DoubleMember,
+        code => return Err(unknown("authentication", code)),
+    };
+    let static_resolution = |code: u8| match code {
+        abi::resolution::PUBLIC => Ok(StaticResolution::Public),
+        abi::resolution::LINEAR => Ok(StaticResolution::Linear),
+        code => Err(unknown("resolution", code)),
+    };
+    let resolution = match raw.resolution {
+        abi::resolution::PUBLIC => Resolution::Public,
+        abi::resolution::LINEAR => Resolution::Linear,
+        abi::resolution::DYNAMIC => Resolution::Dynamic(
+            raw.dynamic_policies
+                .iter()
+                .map(|c| static_resolution(*c))
+                .collect::<Result<_, _>>()?,
+        ),
+        code => return Err(unknown("resolution", code)),
+    };
+    let order = match raw.order {
+        abi::order::ASCENDING => SyncOrder::Ascending,
+        abi::order::DESCENDING => SyncOrder::Descending,
+        abi::order::RANDOM => SyncOrder::Random,
+        code => return Err(unknown("order", code)),
+    };
+    let pruning = (raw.prune_inactive != 0 || raw.prune_remove != 0).then_some(Pruning {
+        inactive_after: raw.prune_inactive,
+        prune_after: raw.prune_remove,
+    });
+    let distribution = match raw.distribution {
+        abi::distribution::DIRECT => Distribution::Direct,
+        abi::distribution::RELAY => Distribution::Relay,
+        abi::distribution::FULL_SYNC => Distribution::FullSync {
+            sequence_numbers: raw.sequence_numbers,
+            order,
+            pruning,
+        },
+        abi::distribution::LAST_SYNC => Distribution::LastSync {
+            history: raw.history,
+            order,
+            pruning,
+        },
+        code => return Err(unknown("distribution", code)),
+    };
+    let destination = match raw.destination {
+        abi::destination::CANDIDATE => Destination::Candidate,
+        abi::destination::COMMUNITY => Destination::Community {
+            node_count: raw.node_count,
+        },
+        code => return Err(unknown("destination", code)),
+    };
+    Ok(MetaMessage {
+        id: raw.id,
+        name: raw.name.to_string(),
+        authentication,
+        resolution,
+        distribution,
+        destination,
+        priority: raw.priority,
+        batch_window: Duration::from_millis(u64::from(raw.batch_window_ms)),
+    })
+}

@@ -1,0 +1,818 @@
+//! The community worker: one thread per community instance ([`Worker`]). Plugin calls are
+//! synchronous and may be slow, and a plugin keeps its own copy of std and its statics, so it
+//! never runs on a tokio worker. The thread receives [`Job`]s through a bounded channel, runs
+//! check → store → handle for delivered messages (gathering what is waiting, up to the batch
+//! bound), keeps delayed messages and plugin timers (both bounded), and answers the control API's
+//! requests (JSON conversion, status).
+
+use std::cmp::Reverse;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RSlice, RStr, RString, RVec};
+use dispersy_core::bloom::PacketHash;
+use dispersy_core::community::Definition;
+use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
+use dispersy_core::missing::Awaited;
+use dispersy_core::node::{Incoming, Stored};
+use dispersy_plugin_api::abi::{self, CommunityBox, HostApi_TO, PluginError, RawMessage};
+use tokio::sync::{mpsc, oneshot};
+
+use super::host::{Delivered, HostHandle, Shared};
+use super::load::Plugin;
+use crate::command::Command;
+use crate::mutex::lock;
+use crate::store::{Insert, InsertSender, NewMessage, Outcome};
+
+/// Bounds of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerLimits {
+    /// Jobs waiting for the thread.
+    pub queue: usize,
+    /// Messages taken from the queue for one check → store → handle round.
+    pub batch: usize,
+    /// Recently delivered messages kept for the API.
+    pub recent: usize,
+    /// Delayed messages kept.
+    pub delayed: usize,
+    /// Longest a message stays delayed.
+    pub delay_timeout: Duration,
+    /// Timers scheduled at once.
+    pub timers: usize,
+}
+
+/// Work for a community's thread.
+pub enum Job {
+    /// Verified messages of one meta from the protocol task.
+    Deliver {
+        /// Meta-message type.
+        meta: u32,
+        /// The messages.
+        messages: Vec<Incoming>,
+    },
+    /// Render payloads as JSON (one result per item).
+    ToJson {
+        /// (meta, conversion, payload) triples.
+        items: Vec<(u32, Vec<u8>, Vec<u8>)>,
+        /// The answer.
+        reply: oneshot::Sender<Vec<Result<serde_json::Value, String>>>,
+    },
+    /// Encode a JSON payload.
+    FromJson {
+        /// Meta-message type.
+        meta: u32,
+        /// The JSON text.
+        json: String,
+        /// The answer.
+        reply: oneshot::Sender<Result<Vec<u8>, PluginError>>,
+    },
+    /// The plugin's status document.
+    Status {
+        /// The answer.
+        reply: oneshot::Sender<Result<serde_json::Value, PluginError>>,
+    },
+    /// Another member proposes a double-member message with ours as second author: ask the
+    /// plugin whether we sign.
+    AllowSignature {
+        /// The protocol task's question.
+        ask: u32,
+        /// The message.
+        message: Box<dispersy_core::wire::CommunityMessage>,
+    },
+    /// A timer was scheduled: recompute the wake-up time.
+    Wake,
+    /// Finish the jobs queued before this one, then end the thread.
+    Stop,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The queue is full.
+    #[error("the community's queue is full")]
+    Full,
+    /// The thread is gone.
+    #[error("the community's thread has stopped")]
+    Stopped,
+}
+
+/// The handle of one community's thread.
+pub struct Worker {
+    jobs: SyncSender<Job>,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+/// What a worker needs besides the plugin.
+pub struct WorkerContext {
+    /// The community.
+    pub community: CommunityId,
+    /// Its definition.
+    pub definition: Definition,
+    /// Its row in the store.
+    pub community_row: i64,
+    /// The node's member key.
+    pub member: PublicKey,
+    /// Commands to the protocol task.
+    pub commands: mpsc::Sender<Command>,
+    /// Inserts to the store task.
+    pub store: InsertSender,
+    /// Bounds.
+    pub limits: WorkerLimits,
+}
+
+impl Worker {
+    /// Creates the community instance and starts its thread.
+    pub fn start(plugin: &Plugin, context: WorkerContext) -> Result<Worker, PluginError> {
+        let shared = Arc::new(Shared::new());
+        let (jobs, receiver) = std::sync::mpsc::sync_channel(context.limits.queue);
+        let host = HostHandle {
+            community: context.community,
+            name: context.definition.name.clone(),
+            member: context.member.clone(),
+            commands: context.commands.clone(),
+            shared: shared.clone(),
+            wake: jobs.clone(),
+            max_timers: context.limits.timers,
+        };
+        let instance =
+            (plugin.module.create())(HostApi_TO::from_value(host, TD_Opaque)).into_result()?;
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("community-{}", context.definition.name))
+            .spawn(move || {
+                WorkerLoop {
+                    instance,
+                    context,
+                    shared: thread_shared,
+                    delayed: VecDeque::new(),
+                }
+                .run(receiver)
+            })
+            .map_err(|e| PluginError::new(abi::ERROR_HOST, format!("spawning thread: {e}")))?;
+        Ok(Worker {
+            jobs,
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a job without blocking.
+    pub fn submit(&self, job: Job) -> Result<(), QueueError> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => {
+                lock(&self.shared.stats).queue_full += 1;
+                QueueError::Full
+            }
+            TrySendError::Disconnected(_) => QueueError::Stopped,
+        })
+    }
+
+    /// Stops the thread after the jobs already queued. (Dropping the sender is not enough: the
+    /// community's host handle holds a sender too, to wake the thread for timers.)
+    pub fn stop(&self) {
+        if self.jobs.send(Job::Stop).is_err() {
+            tracing::debug!("community thread already stopped");
+        }
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread {
+            // A plugin that panicked was caught at the boundary; a join error means a panic in
+            // the host's own loop, already reported by the panic hook.
+            let _ = thread.join();
+        }
+    }
+}
+
+struct DelayedMessage {
+    meta: u32,
+    message: Incoming,
+    retry_at: Instant,
+    expires_at: Instant,
+}
+
+struct WorkerLoop {
+    instance: CommunityBox,
+    context: WorkerContext,
+    shared: Arc<Shared>,
+    delayed: VecDeque<DelayedMessage>,
+}
+
+impl WorkerLoop {
+    fn run(mut self, jobs: Receiver<Job>) {
+        // A job taken from the queue while gathering a batch, to run right after it.
+        let mut next: Option<Job> = None;
+        loop {
+            let job = match next.take() {
+                Some(job) => Ok(job),
+                None => {
+                    let now = Instant::now();
+                    let next_timer = lock(&self.shared.timers).peek().map(|t| t.0.0);
+                    let next_delay = self.delayed.iter().map(|d| d.retry_at).min();
+                    let wake = [next_timer, next_delay].into_iter().flatten().min();
+                    match wake {
+                        Some(at) => jobs.recv_timeout(at.saturating_duration_since(now)),
+                        None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    }
+                }
+            };
+            match job {
+                Ok(Job::Stop) => break,
+                Ok(Job::Deliver { meta, messages }) => {
+                    // Take every delivery already waiting (up to the batch bound): one check per
+                    // meta, one store transaction and one handle per meta for all of them.
+                    let mut batch = Batch::default();
+                    batch.add(meta, messages);
+                    while batch.len < self.context.limits.batch {
+                        match jobs.try_recv() {
+                            Ok(Job::Deliver { meta, messages }) => batch.add(meta, messages),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.deliver(batch);
+                }
+                Ok(job) => self.process(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.fire_timers();
+            self.retry_delayed();
+        }
+    }
+
+    fn process(&mut self, job: Job) {
+        match job {
+            Job::Deliver { meta, messages } => {
+                let mut batch = Batch::default();
+                batch.add(meta, messages);
+                self.deliver(batch);
+            }
+            Job::ToJson { items, reply } => {
+                let rendered = items
+                    .into_iter()
+                    .map(|(meta, conversion, payload)| {
+                        let json = self
+                            .instance
+                            .payload_to_json(
+                                meta,
+                                RSlice::from(&conversion[..]),
+                                RSlice::from(&payload[..]),
+                            )
+                            .into_result()
+                            .map_err(|e| e.message.to_string())?;
+                        serde_json::from_str(json.as_str()).map_err(|e| e.to_string())
+                    })
+                    .collect();
+                let _ = reply.send(rendered);
+            }
+            Job::FromJson { meta, json, reply } => {
+                let result = self
+                    .instance
+                    .payload_from_json(meta, RStr::from(json.as_str()))
+                    .into_result()
+                    .map(RVec::into_vec);
+                if let Err(e) = &result
+                    && e.code != abi::ERROR_INVALID
+                {
+                    lock(&self.shared.stats).error(e);
+                }
+                let _ = reply.send(result);
+            }
+            Job::Status { reply } => {
+                let result = self.instance.status().into_result().and_then(|text| {
+                    serde_json::from_str(text.as_str()).map_err(|e| {
+                        PluginError::new(abi::ERROR_INTERNAL, format!("status is not JSON: {e}"))
+                    })
+                });
+                if let Err(e) = &result {
+                    lock(&self.shared.stats).error(e);
+                }
+                let _ = reply.send(result);
+            }
+            Job::AllowSignature { ask, message } => {
+                let raw = raw_message(&message, None);
+                let allow = match self.instance.allow_signature(&raw).into_result() {
+                    Ok(allow) => allow,
+                    Err(error) => {
+                        self.report(&error);
+                        false
+                    }
+                };
+                self.tell(Command::SignatureVerdict { ask, allow });
+            }
+            Job::Wake | Job::Stop => {}
+        }
+    }
+
+    fn report(&self, error: &PluginError) {
+        tracing::warn!(community = %self.context.definition.name, %error, "plugin error");
+        lock(&self.shared.stats).error(error);
+    }
+
+    /// check → store (persistent) → handle for a gathered batch: one check call per meta, one
+    /// store transaction for all, one handle call per meta.
+    fn deliver(&mut self, batch: Batch) {
+        let mut accepted = Vec::with_capacity(batch.metas.len());
+        for (meta, messages) in batch.metas {
+            accepted.extend(self.check(meta, messages));
+        }
+        self.store_and_handle(accepted);
+    }
+
+    /// Runs the plugin's check over `messages` of `meta`: delays, parks and drops what it says,
+    /// returns the accepted ones.
+    fn check(&mut self, meta: u32, messages: Vec<Incoming>) -> Option<Accepted> {
+        if messages.is_empty() {
+            return None;
+        }
+        let raw: Vec<RawMessage> = messages.iter().map(to_raw).collect();
+        let verdicts = match self.instance.check(RSlice::from(&raw[..])).into_result() {
+            Ok(v) if v.len() == messages.len() => v,
+            Ok(v) => {
+                let error = PluginError::new(
+                    abi::ERROR_INTERNAL,
+                    format!(
+                        "check returned {} verdicts for {} messages",
+                        v.len(),
+                        messages.len()
+                    ),
+                );
+                self.report(&error);
+                lock(&self.shared.stats).drop_reason("plugin error", messages.len() as u64);
+                return None;
+            }
+            Err(error) => {
+                self.report(&error);
+                lock(&self.shared.stats).drop_reason("plugin error", messages.len() as u64);
+                return None;
+            }
+        };
+        let now = Instant::now();
+        let mut accepted = Accepted {
+            meta,
+            messages: Vec::with_capacity(messages.len()),
+            raw: Vec::with_capacity(messages.len()),
+        };
+        for ((message, raw), verdict) in messages.into_iter().zip(raw).zip(verdicts) {
+            match verdict.kind {
+                abi::verdict::ACCEPT => {
+                    accepted.messages.push(message);
+                    accepted.raw.push(raw);
+                }
+                abi::verdict::DELAY => {
+                    self.delay(meta, message, &verdict.reason, verdict.delay_ms, now)
+                }
+                abi::verdict::WAIT_MESSAGE | abi::verdict::WAIT_LAST => {
+                    self.wait(message, &verdict)
+                }
+                _ => lock(&self.shared.stats).drop_reason(verdict.reason.as_str(), 1),
+            }
+        }
+        Some(accepted)
+    }
+
+    fn delay(
+        &mut self,
+        meta: u32,
+        message: Incoming,
+        reason: &RString,
+        delay_ms: u32,
+        now: Instant,
+    ) {
+        let limits = &self.context.limits;
+        let mut stats = lock(&self.shared.stats);
+        if self.delayed.len() >= limits.delayed {
+            stats.delay_expired += 1;
+            return;
+        }
+        stats.delayed += 1;
+        tracing::debug!(community = %self.context.definition.name, reason = %reason, "message delayed");
+        let wait = Duration::from_millis(u64::from(delay_ms)).min(limits.delay_timeout);
+        self.delayed.push_back(DelayedMessage {
+            meta,
+            message,
+            retry_at: now + wait,
+            expires_at: now + limits.delay_timeout,
+        });
+    }
+
+    /// The plugin wants `message` to wait for another message: the protocol task holds it,
+    /// asks the sender, and hands it back once the awaited message is stored.
+    fn wait(&self, message: Incoming, verdict: &abi::RawVerdict) {
+        let member = match verdict.member.len() {
+            20 => MemberId::from_slice(&verdict.member).ok(),
+            _ => PublicKey::from_bytes(&verdict.member)
+                .ok()
+                .map(|key| key.member_id()),
+        };
+        let Some(member) = member else {
+            let error = PluginError::new(
+                abi::ERROR_INTERNAL,
+                "a wait verdict names no valid member (33-byte key or 20-byte id)",
+            );
+            self.report(&error);
+            lock(&self.shared.stats).drop_reason("plugin error", 1);
+            return;
+        };
+        if message.source.is_none() {
+            lock(&self.shared.stats).drop_reason("own message cannot wait", 1);
+            return;
+        }
+        let awaited = if verdict.kind == abi::verdict::WAIT_MESSAGE {
+            Awaited::Message {
+                member,
+                global_time: verdict.global_time,
+            }
+        } else {
+            Awaited::Last {
+                member,
+                meta: verdict.meta,
+            }
+        };
+        lock(&self.shared.stats).delayed += 1;
+        self.tell(Command::Wait {
+            community: self.context.community,
+            message: Box::new(message),
+            awaited,
+        });
+    }
+
+    fn retry_delayed(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.delayed.len());
+        for delayed in self.delayed.drain(..) {
+            if delayed.retry_at <= now {
+                due.push(delayed);
+            } else {
+                keep.push_back(delayed);
+            }
+        }
+        self.delayed = keep;
+        for delayed in due {
+            let raw = [to_raw(&delayed.message)];
+            match self.instance.check(RSlice::from(&raw[..])).into_result() {
+                Ok(v) => match v.first().map(|v| (v.kind, v.delay_ms)) {
+                    Some((abi::verdict::WAIT_MESSAGE | abi::verdict::WAIT_LAST, _)) => {
+                        if let Some(verdict) = v.first() {
+                            self.wait(delayed.message, verdict);
+                        }
+                    }
+                    Some((abi::verdict::ACCEPT, _)) => {
+                        self.store_and_handle(vec![Accepted {
+                            meta: delayed.meta,
+                            messages: vec![delayed.message],
+                            raw: Vec::from(raw),
+                        }]);
+                    }
+                    Some((abi::verdict::DELAY, ms)) if now < delayed.expires_at => {
+                        let wait = Duration::from_millis(u64::from(ms));
+                        self.delayed.push_back(DelayedMessage {
+                            retry_at: (now + wait).min(delayed.expires_at),
+                            ..delayed
+                        });
+                    }
+                    Some((abi::verdict::DELAY, _)) => lock(&self.shared.stats).delay_expired += 1,
+                    Some((_, _)) | None => {
+                        let reason = v.first().map(|v| v.reason.to_string()).unwrap_or_default();
+                        lock(&self.shared.stats).drop_reason(&reason, 1);
+                    }
+                },
+                Err(error) => self.report(&error),
+            }
+        }
+    }
+
+    fn store_and_handle(&mut self, accepted: Vec<Accepted>) {
+        if accepted.iter().all(|a| a.messages.is_empty()) {
+            return;
+        }
+        for (handled, stored) in self.store(accepted) {
+            if handled.messages.is_empty() {
+                continue;
+            }
+            match self
+                .instance
+                .handle(RSlice::from(&handled.raw[..]))
+                .into_result()
+            {
+                Ok(()) => {
+                    lock(&self.shared.stats).accepted += handled.messages.len() as u64;
+                    self.remember(handled.meta, handled.messages, stored);
+                }
+                Err(error) => self.report(&error),
+            }
+        }
+    }
+
+    /// Stores the persistent messages of all metas in one insert (one transaction) and waits
+    /// for the acknowledgement; returns per meta the messages to handle (those already stored
+    /// before, and those that wait or lose, are left out) with their stored flags. Nothing when
+    /// storing failed. Gaps and conflicts are told in message order, then the stored news at once.
+    fn store(&mut self, accepted: Vec<Accepted>) -> Vec<(Accepted, Vec<bool>)> {
+        let total: usize = accepted.iter().map(|a| a.messages.len()).sum();
+        let mut metas: Vec<(u32, Vec<Pending>)> = accepted
+            .into_iter()
+            .map(|batch| (batch.meta, self.pending(batch)))
+            .collect();
+        let rows: Vec<NewMessage> = metas
+            .iter_mut()
+            .flat_map(|(_, pending)| pending.iter_mut())
+            .filter_map(|p| p.row.take())
+            .collect();
+        if !rows.is_empty() {
+            let Some(outcomes) = self.insert(rows, total) else {
+                return Vec::new();
+            };
+            let mut outcomes = outcomes.into_iter();
+            for p in metas.iter_mut().flat_map(|(_, pending)| pending.iter_mut()) {
+                if p.hash.is_some() {
+                    p.outcome = outcomes.next();
+                }
+            }
+        }
+        let mut news = Vec::new();
+        let mut out = Vec::with_capacity(metas.len());
+        for (meta, pending) in metas {
+            let mut kept = Accepted {
+                meta,
+                messages: Vec::with_capacity(pending.len()),
+                raw: Vec::with_capacity(pending.len()),
+            };
+            let mut stored = Vec::with_capacity(pending.len());
+            for p in pending {
+                let handled = match (p.hash, p.outcome) {
+                    (None, _) => Some((p.message, false)),
+                    (Some(hash), Some(outcome)) => self
+                        .settle(p.message, hash, outcome, &mut news)
+                        .map(|message| (message, true)),
+                    (Some(_), None) => None,
+                };
+                if let Some((message, flag)) = handled {
+                    kept.messages.push(message);
+                    kept.raw.push(p.raw);
+                    stored.push(flag);
+                }
+            }
+            out.push((kept, stored));
+        }
+        if !news.is_empty() {
+            self.tell(Command::Stored {
+                community: self.context.community,
+                messages: news,
+            });
+        }
+        out
+    }
+
+    /// The messages of `batch` on their way to the store, each with its row when it is
+    /// persistent (and has an author).
+    fn pending(&self, batch: Accepted) -> Vec<Pending> {
+        let definition = self.context.definition.meta_by_id(batch.meta);
+        let priority = definition.map_or(128, |m| m.priority);
+        let history = definition.and_then(|m| match m.distribution {
+            dispersy_core::meta::Distribution::LastSync { history, .. } => Some(history),
+            _ => None,
+        });
+        batch
+            .messages
+            .into_iter()
+            .zip(batch.raw)
+            .map(|(incoming, raw)| {
+                let message = &incoming.message.message;
+                let member = message.authors.first().map(PublicKey::member_id);
+                let row = match (incoming.persistent, member) {
+                    (true, Some(member)) => {
+                        let packet = &incoming.message.packet;
+                        Some(NewMessage {
+                            community: self.context.community_row,
+                            member,
+                            global_time: message.global_time,
+                            meta: batch.meta,
+                            sequence: message.sequence_number,
+                            priority,
+                            history,
+                            co_signer: message.authors.get(1).map(|a| a.member_id()),
+                            hash: PacketHash::of(packet),
+                            packet: packet.clone(),
+                        })
+                    }
+                    _ => None,
+                };
+                Pending {
+                    hash: row.as_ref().map(|row| row.hash),
+                    row,
+                    outcome: None,
+                    message: incoming,
+                    raw,
+                }
+            })
+            .collect()
+    }
+
+    /// Sends `rows` to the store task in one insert and waits for their outcomes, in order.
+    /// `None` when storing failed (the `total` messages of the round are counted as dropped)
+    /// or the host is shutting down.
+    fn insert(&self, rows: Vec<NewMessage>, total: usize) -> Option<Vec<Outcome>> {
+        let (ack, done) = oneshot::channel();
+        let count = rows.len();
+        let stored = self
+            .context
+            .store
+            .blocking_send(Insert {
+                messages: rows,
+                ack,
+            })
+            .ok()
+            .and_then(|()| done.blocking_recv().ok());
+        match stored {
+            Some(Ok(outcomes)) if outcomes.len() == count => Some(outcomes),
+            Some(Ok(outcomes)) => {
+                tracing::error!(community = %self.context.definition.name, rows = count, outcomes = outcomes.len(), "store answered for other messages");
+                lock(&self.shared.stats).drop_reason("store failed", total as u64);
+                None
+            }
+            Some(Err(error)) => {
+                tracing::error!(community = %self.context.definition.name, %error, "messages not stored");
+                lock(&self.shared.stats).drop_reason("store failed", total as u64);
+                None
+            }
+            None => None, // shutting down
+        }
+    }
+
+    /// What the store's `outcome` for `message` (stored with packet hash `hash`) means: returns
+    /// the message when it is to be handled, adds newly stored ones to `news`, tells the protocol
+    /// task of a sequence gap or a lost conflict, and counts the rest.
+    fn settle(
+        &self,
+        message: Incoming,
+        hash: PacketHash,
+        outcome: Outcome,
+        news: &mut Vec<Stored>,
+    ) -> Option<Incoming> {
+        match outcome {
+            Outcome::Stored => {
+                news.extend(Stored::of(&message.message, hash, message.source));
+                Some(message)
+            }
+            // Our own messages are handled even if storage already had them.
+            Outcome::Duplicate if message.source.is_none() => Some(message),
+            Outcome::Duplicate => {
+                lock(&self.shared.stats).duplicates += 1;
+                None
+            }
+            Outcome::Stale => {
+                lock(&self.shared.stats).drop_reason("stale-sequence", 1);
+                None
+            }
+            Outcome::Gap { low, high } => {
+                self.tell(Command::SequenceGap {
+                    community: self.context.community,
+                    message: Box::new(message),
+                    low,
+                    high,
+                });
+                None
+            }
+            Outcome::Conflict(ours) => {
+                lock(&self.shared.stats).drop_reason("sequence-conflict-lost", 1);
+                if let Some(to) = message.source {
+                    self.tell(Command::Conflict { to, packet: ours });
+                }
+                None
+            }
+        }
+    }
+
+    /// Tells the protocol task; when its queue is full the news is dropped (sync state and
+    /// waits recover from later news and timeouts).
+    fn tell(&self, command: Command) {
+        if self.context.commands.try_send(command).is_err() {
+            tracing::debug!("protocol task not told (queue full)");
+        }
+    }
+
+    fn remember(&self, meta: u32, handled: Vec<Incoming>, stored: Vec<bool>) {
+        let mut recent = lock(&self.shared.recent);
+        for (incoming, stored) in handled.into_iter().zip(stored) {
+            let message = incoming.message.message;
+            let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
+            if recent.len() >= self.context.limits.recent {
+                recent.pop_front();
+            }
+            if self.context.limits.recent == 0 {
+                continue;
+            }
+            recent.push_back(Delivered {
+                seq,
+                meta,
+                author: message.authors.into_iter().next(),
+                global_time: message.global_time,
+                sequence_number: message.sequence_number,
+                source: incoming.source,
+                stored,
+                conversion: message.conversion.as_bytes().to_vec(),
+                payload: message.payload,
+            });
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        loop {
+            let token = {
+                let mut timers = lock(&self.shared.timers);
+                match timers.peek() {
+                    Some(Reverse((at, _))) if *at <= now => timers.pop().map(|t| t.0.1),
+                    _ => None,
+                }
+            };
+            let Some(token) = token else {
+                break;
+            };
+            if let Err(error) = self.instance.timer(token).into_result() {
+                self.report(&error);
+            }
+        }
+    }
+}
+
+/// Deliveries of several metas taken from a community's queue, each meta's messages in arrival
+/// order.
+#[derive(Default)]
+struct Batch {
+    metas: Vec<(u32, Vec<Incoming>)>,
+    len: usize,
+}
+
+impl Batch {
+    fn add(&mut self, meta: u32, messages: Vec<Incoming>) {
+        self.len += messages.len();
+        match self.metas.iter_mut().find(|(m, _)| *m == meta) {
+            Some((_, list)) => list.extend(messages),
+            None => self.metas.push((meta, messages)),
+        }
+    }
+}
+
+/// One accepted message on its way through the store: its row while it is not yet sent (only a
+/// persistent message has one, and then a packet hash), then what became of it.
+struct Pending {
+    message: Incoming,
+    raw: RawMessage,
+    row: Option<NewMessage>,
+    hash: Option<PacketHash>,
+    outcome: Option<Outcome>,
+}
+
+/// Messages of one meta the plugin accepted, with their ABI form (same order, same length).
+struct Accepted {
+    meta: u32,
+    messages: Vec<Incoming>,
+    raw: Vec<RawMessage>,
+}
+
+fn to_raw(incoming: &Incoming) -> RawMessage {
+    raw_message(&incoming.message.message, incoming.source)
+}
+
+/// A message as the ABI hands it to a plugin.
+fn raw_message(
+    message: &dispersy_core::wire::CommunityMessage,
+    source: Option<SocketAddr>,
+) -> RawMessage {
+    RawMessage {
+        meta: message.message_type,
+        conversion: RVec::from(message.conversion.as_bytes().to_vec()),
+        authors: message
+            .authors
+            .iter()
+            .map(|key| RVec::from(key.as_bytes().to_vec()))
+            .collect(),
+        global_time: message.global_time,
+        sequence_number: message.sequence_number.unwrap_or(0),
+        source: source
+            .map(|s| RString::from(s.to_string()))
+            .unwrap_or_default(),
+        payload: RVec::from(message.payload.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,509 @@
+//! The community worker in-process: a fake community built through the ABI's trait-object
+//! constructor (no plugin file) and a fake store task answering the worker's inserts with
+//! scripted outcomes. Each test queues its jobs before the worker's loop starts, so that what the
+//! loop gathers into one round is known.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec};
+use dispersy_core::community::Definition;
+use dispersy_core::identity::{KeyPair, MemberId};
+use dispersy_core::meta::{
+    Authentication, Destination, Distribution, MetaMessage, Resolution, SyncOrder,
+};
+use dispersy_core::missing::Awaited;
+use dispersy_core::node::Incoming;
+use dispersy_core::wire::{CommunityMessage, Conversion, SignedMessage};
+use dispersy_plugin_api::abi::{
+    self, CommunityApi, CommunityApi_TO, PluginError, RawMessage, RawVerdict,
+};
+use tokio::sync::mpsc;
+
+use super::{Job, WorkerContext, WorkerLimits, WorkerLoop};
+use crate::command::Command;
+use crate::mutex::lock;
+use crate::plugin::host::Shared;
+use crate::store::{Insert, Outcome};
+
+/// What the fake community and the fake store saw, in order.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, line: String) {
+        lock(&self.0).push(line);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        lock(&self.0).clone()
+    }
+}
+
+/// Payload codes telling the fake community its verdict on a message.
+const ACCEPT: u8 = b'a';
+const DROP: u8 = b'd';
+/// Delay once (10 ms), then accept.
+const DELAY_ONCE: u8 = b'l';
+/// Wait for the message of member `[9; 20]` at global time 42.
+const WAIT_MESSAGE: u8 = b'w';
+/// Wait for the last message of meta 2 by the test key (named by its 33-byte key).
+const WAIT_LAST: u8 = b'W';
+/// A wait naming no valid member.
+const WAIT_NOBODY: u8 = b'x';
+
+struct FakeCommunity {
+    log: Log,
+    delayed: HashSet<u64>,
+}
+
+fn global_times(batch: &RSlice<'_, RawMessage>) -> Vec<u64> {
+    batch.iter().map(|m| m.global_time).collect()
+}
+
+impl CommunityApi for FakeCommunity {
+    fn check(&mut self, batch: RSlice<'_, RawMessage>) -> RResult<RVec<RawVerdict>, PluginError> {
+        let meta = batch.first().map_or(0, |m| m.meta);
+        self.log
+            .push(format!("check {meta} {:?}", global_times(&batch)));
+        let verdicts = batch
+            .iter()
+            .map(|m| {
+                let mut verdict = RawVerdict {
+                    kind: abi::verdict::ACCEPT,
+                    reason: RString::from("test"),
+                    delay_ms: 0,
+                    member: RVec::new(),
+                    global_time: 0,
+                    meta: 0,
+                };
+                match m.payload.first().copied() {
+                    Some(DROP) => verdict.kind = abi::verdict::DROP,
+                    Some(DELAY_ONCE) if self.delayed.insert(m.global_time) => {
+                        verdict.kind = abi::verdict::DELAY;
+                        verdict.delay_ms = 10;
+                    }
+                    Some(WAIT_MESSAGE) => {
+                        verdict.kind = abi::verdict::WAIT_MESSAGE;
+                        verdict.member = RVec::from(vec![9u8; 20]);
+                        verdict.global_time = 42;
+                    }
+                    Some(WAIT_LAST) => {
+                        verdict.kind = abi::verdict::WAIT_LAST;
+                        verdict.member = RVec::from(key().public().as_bytes().to_vec());
+                        verdict.meta = 2;
+                    }
+                    Some(WAIT_NOBODY) => {
+                        verdict.kind = abi::verdict::WAIT_MESSAGE;
+                        verdict.member = RVec::from(vec![1u8; 5]);
+                    }
+                    _ => {}
+                }
+                verdict
+            })
+            .collect();
+        ROk(verdicts)
+    }
+
+    fn handle(&mut self, batch: RSlice<'_, RawMessage>) -> RResult<(), PluginError> {
+        let meta = batch.first().map_or(0, |m| m.meta);
+        self.log
+            .push(format!("handle {meta} {:?}", global_times(&batch)));
+        ROk(())
+    }
+
+    fn timer(&mut self, _token: u64) -> RResult<(), PluginError> {
+        ROk(())
+    }
+
+    fn payload_to_json(
+        &self,
+        _meta: u32,
+        _conversion: RSlice<'_, u8>,
+        _payload: RSlice<'_, u8>,
+    ) -> RResult<RString, PluginError> {
+        RErr(PluginError::new(abi::ERROR_INVALID, "no JSON here"))
+    }
+
+    fn payload_from_json(&self, _meta: u32, _json: RStr<'_>) -> RResult<RVec<u8>, PluginError> {
+        RErr(PluginError::new(abi::ERROR_INVALID, "no JSON here"))
+    }
+
+    fn status(&self) -> RResult<RString, PluginError> {
+        ROk(RString::from("{}"))
+    }
+}
+
+fn key() -> KeyPair {
+    KeyPair::from_secret(&[5u8; 32]).unwrap()
+}
+
+fn definition() -> Definition {
+    let meta = |id: u32, name: &str| MetaMessage {
+        id,
+        name: name.into(),
+        authentication: Authentication::Member,
+        resolution: Resolution::Public,
+        distribution: Distribution::FullSync {
+            sequence_numbers: false,
+            order: SyncOrder::Ascending,
+            pruning: None,
+        },
+        destination: Destination::Community { node_count: 5 },
+        priority: 128,
+        batch_window: Duration::ZERO,
+    };
+    Definition {
+        name: "worker-test".into(),
+        version: "1".into(),
+        master: KeyPair::from_secret(&[3u8; 32]).unwrap().public().clone(),
+        conversions: vec![Conversion::version(1).unwrap()],
+        metas: vec![meta(1, "one"), meta(2, "two")],
+    }
+}
+
+fn peer() -> SocketAddr {
+    "10.0.0.2:7000".parse().unwrap()
+}
+
+/// A message of `meta` at `global_time` whose payload tells the fake community its verdict.
+fn message(meta: u32, global_time: u64, code: u8, source: Option<SocketAddr>) -> Incoming {
+    Incoming {
+        message: SignedMessage {
+            message: CommunityMessage {
+                community: definition().id(),
+                message_type: meta,
+                conversion: Conversion::version(1).unwrap(),
+                authors: vec![key().public().clone()],
+                global_time,
+                sequence_number: None,
+                resolution_index: None,
+                relay_hops: None,
+                payload: vec![code],
+            },
+            packet: vec![code, global_time as u8, meta as u8],
+        },
+        source,
+        persistent: true,
+    }
+}
+
+fn deliver(meta: u32, messages: Vec<Incoming>) -> Job {
+    Job::Deliver { meta, messages }
+}
+
+fn limits() -> WorkerLimits {
+    WorkerLimits {
+        queue: 64,
+        batch: 100,
+        recent: 100,
+        delayed: 10,
+        delay_timeout: Duration::from_secs(5),
+        timers: 4,
+    }
+}
+
+/// A worker loop on its own thread, with a fake community and a fake store.
+struct Harness {
+    log: Log,
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    jobs: SyncSender<Job>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Queues `jobs`, then starts the loop; the store answers `outcomes` by global time (stored
+/// otherwise).
+fn start(limits: WorkerLimits, outcomes: HashMap<u64, Outcome>, jobs: Vec<Job>) -> Harness {
+    let log = Log::default();
+    let (inserts_tx, mut inserts_rx) = mpsc::channel::<Insert>(8);
+    let store_log = log.clone();
+    // Ends when the worker loop, the only sender, is gone.
+    std::thread::spawn(move || {
+        while let Some(insert) = inserts_rx.blocking_recv() {
+            let times: Vec<u64> = insert.messages.iter().map(|m| m.global_time).collect();
+            store_log.push(format!("insert {times:?}"));
+            let answer = times
+                .iter()
+                .map(|t| outcomes.get(t).cloned().unwrap_or(Outcome::Stored))
+                .collect();
+            let _ = insert.ack.send(Ok(answer));
+        }
+    });
+    let (commands_tx, commands) = mpsc::channel(64);
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(limits.queue);
+    for job in jobs {
+        jobs_tx.send(job).unwrap();
+    }
+    let shared = Arc::new(Shared::new());
+    let definition = definition();
+    let worker = WorkerLoop {
+        instance: CommunityApi_TO::from_value(
+            FakeCommunity {
+                log: log.clone(),
+                delayed: HashSet::new(),
+            },
+            TD_Opaque,
+        ),
+        context: WorkerContext {
+            community: definition.id(),
+            definition,
+            community_row: 1,
+            member: key().public().clone(),
+            commands: commands_tx,
+            store: inserts_tx,
+            limits,
+        },
+        shared: shared.clone(),
+        delayed: Default::default(),
+    };
+    let thread = std::thread::spawn(move || worker.run(jobs_rx));
+    Harness {
+        log,
+        shared,
+        commands,
+        jobs: jobs_tx,
+        thread,
+    }
+}
+
+impl Harness {
+    /// Waits until the log holds `line` (at most 5 s).
+    fn wait_for(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log.lines().iter().any(|l| l == line) {
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} in {:?}",
+                self.log.lines()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the loop after the queued jobs; returns what the protocol task was told, in order.
+    fn stop(mut self) -> (Vec<String>, Vec<Command>, Arc<Shared>) {
+        self.jobs.send(Job::Stop).unwrap();
+        self.thread.join().unwrap();
+        let mut told = Vec::new();
+        while let Ok(command) = self.commands.try_recv() {
+            told.push(command);
+        }
+        (self.log.lines(), told, self.shared)
+    }
+}
+
+/// A short form of what the worker tells the protocol task.
+fn describe(command: &Command) -> String {
+    match command {
+        Command::Stored { messages, .. } => {
+            let times: Vec<u64> = messages.iter().map(|m| m.global_time).collect();
+            format!("stored {times:?}")
+        }
+        Command::SequenceGap {
+            message, low, high, ..
+        } => format!(
+            "gap {low}..={high} before {}",
+            message.message.message.global_time
+        ),
+        Command::Conflict { to, packet } => format!("conflict to {to} with {packet:?}"),
+        Command::Wait {
+            message, awaited, ..
+        } => format!(
+            "wait {} for {awaited:?}",
+            message.message.message.global_time
+        ),
+        _ => "other".into(),
+    }
+}
+
+fn describe_all(commands: &[Command]) -> Vec<String> {
+    commands.iter().map(describe).collect()
+}
+
+#[test]
+fn a_batch_is_checked_then_stored_then_handled() {
+    let mut transient = message(1, 2, ACCEPT, Some(peer()));
+    transient.persistent = false;
+    let jobs = vec![
+        deliver(1, vec![message(1, 1, ACCEPT, Some(peer())), transient]),
+        deliver(2, vec![message(2, 3, ACCEPT, Some(peer()))]),
+        deliver(1, vec![message(1, 4, DROP, Some(peer()))]),
+    ];
+    let (log, told, shared) = start(limits(), HashMap::new(), jobs).stop();
+    assert_eq!(
+        log,
+        [
+            "check 1 [1, 2, 4]",
+            "check 2 [3]",
+            "insert [1, 3]",
+            "handle 1 [1, 2]",
+            "handle 2 [3]",
+        ],
+        "one check per meta, one insert for the round (persistent messages only), then handle"
+    );
+    assert_eq!(describe_all(&told), ["stored [1, 3]"]);
+    let stats = lock(&shared.stats).clone();
+    assert_eq!(stats.accepted, 3);
+    assert_eq!(stats.dropped.get("test"), Some(&1));
+    let stored: Vec<(u64, bool)> = shared
+        .recent(0, 10)
+        .iter()
+        .map(|d| (d.global_time, d.stored))
+        .collect();
+    assert_eq!(stored, [(1, true), (2, false), (3, true)]);
+}
+
+#[test]
+fn a_duplicate_from_the_network_is_not_handled_but_our_own_is() {
+    let outcomes = HashMap::from([(1, Outcome::Duplicate), (2, Outcome::Duplicate)]);
+    let jobs = vec![deliver(
+        1,
+        vec![
+            message(1, 1, ACCEPT, Some(peer())),
+            message(1, 2, ACCEPT, None),
+        ],
+    )];
+    let (log, told, shared) = start(limits(), outcomes, jobs).stop();
+    assert_eq!(log, ["check 1 [1, 2]", "insert [1, 2]", "handle 1 [2]"]);
+    assert!(
+        told.is_empty(),
+        "nothing new was stored: {:?}",
+        describe_all(&told)
+    );
+    assert_eq!(lock(&shared.stats).duplicates, 1);
+    let own: Vec<(u64, bool)> = shared
+        .recent(0, 10)
+        .iter()
+        .map(|d| (d.global_time, d.stored))
+        .collect();
+    assert_eq!(own, [(2, true)]);
+}
+
+#[test]
+fn gaps_and_lost_conflicts_are_told_before_the_stored_news() {
+    let outcomes = HashMap::from([
+        (1, Outcome::Gap { low: 3, high: 4 }),
+        (2, Outcome::Conflict(vec![7, 7])),
+        (4, Outcome::Stale),
+    ]);
+    let jobs = vec![deliver(
+        1,
+        vec![
+            message(1, 1, ACCEPT, Some(peer())),
+            message(1, 2, ACCEPT, Some(peer())),
+            message(1, 3, ACCEPT, Some(peer())),
+            message(1, 4, ACCEPT, Some(peer())),
+        ],
+    )];
+    let (log, told, shared) = start(limits(), outcomes, jobs).stop();
+    assert_eq!(
+        log,
+        [
+            "check 1 [1, 2, 3, 4]",
+            "insert [1, 2, 3, 4]",
+            "handle 1 [3]"
+        ]
+    );
+    assert_eq!(
+        describe_all(&told),
+        [
+            "gap 3..=4 before 1".to_owned(),
+            format!("conflict to {} with [7, 7]", peer()),
+            "stored [3]".to_owned(),
+        ]
+    );
+    let stats = lock(&shared.stats).clone();
+    assert_eq!(stats.dropped.get("sequence-conflict-lost"), Some(&1));
+    assert_eq!(stats.dropped.get("stale-sequence"), Some(&1));
+}
+
+#[test]
+fn a_delayed_message_is_checked_again_then_stored_and_handled() {
+    let jobs = vec![deliver(1, vec![message(1, 1, DELAY_ONCE, Some(peer()))])];
+    let harness = start(limits(), HashMap::new(), jobs);
+    harness.wait_for("handle 1 [1]");
+    let (log, told, shared) = harness.stop();
+    assert_eq!(
+        log,
+        ["check 1 [1]", "check 1 [1]", "insert [1]", "handle 1 [1]"]
+    );
+    assert_eq!(describe_all(&told), ["stored [1]"]);
+    assert_eq!(lock(&shared.stats).delayed, 1);
+}
+
+#[test]
+fn a_full_delay_queue_drops_the_message() {
+    let limits = WorkerLimits {
+        delayed: 0,
+        ..limits()
+    };
+    let jobs = vec![deliver(1, vec![message(1, 1, DELAY_ONCE, Some(peer()))])];
+    let (log, told, shared) = start(limits, HashMap::new(), jobs).stop();
+    assert_eq!(log, ["check 1 [1]"]);
+    assert!(told.is_empty());
+    let stats = lock(&shared.stats).clone();
+    assert_eq!((stats.delayed, stats.delay_expired), (0, 1));
+}
+
+#[test]
+fn wait_verdicts_go_to_the_protocol_task() {
+    let jobs = vec![deliver(
+        1,
+        vec![
+            message(1, 1, WAIT_MESSAGE, Some(peer())),
+            message(1, 2, WAIT_LAST, Some(peer())),
+            message(1, 3, WAIT_MESSAGE, None),
+            message(1, 4, WAIT_NOBODY, Some(peer())),
+        ],
+    )];
+    let (log, told, shared) = start(limits(), HashMap::new(), jobs).stop();
+    assert_eq!(log, ["check 1 [1, 2, 3, 4]"], "nothing stored or handled");
+    let message = Awaited::Message {
+        member: MemberId([9; 20]),
+        global_time: 42,
+    };
+    let last = Awaited::Last {
+        member: key().member_id(),
+        meta: 2,
+    };
+    assert_eq!(
+        describe_all(&told),
+        [
+            format!("wait 1 for {message:?}"),
+            format!("wait 2 for {last:?}")
+        ]
+    );
+    let stats = lock(&shared.stats).clone();
+    assert_eq!(stats.delayed, 2);
+    assert_eq!(stats.dropped.get("own message cannot wait"), Some(&1));
+    assert_eq!(stats.dropped.get("plugin error"), Some(&1));
+}
+
+#[test]
+fn a_round_gathers_deliveries_up_to_the_batch_bound() {
+    let limits = WorkerLimits {
+        batch: 3,
+        ..limits()
+    };
+    let jobs = (1..=5)
+        .map(|t| deliver(1, vec![message(1, t, ACCEPT, Some(peer()))]))
+        .collect();
+    let (log, told, _) = start(limits, HashMap::new(), jobs).stop();
+    assert_eq!(
+        log,
+        [
+            "check 1 [1, 2, 3]",
+            "insert [1, 2, 3]",
+            "handle 1 [1, 2, 3]",
+            "check 1 [4, 5]",
+            "insert [4, 5]",
+            "handle 1 [4, 5]",
+        ]
+    );
+    assert_eq!(describe_all(&told), ["stored [1, 2, 3]", "stored [4, 5]"]);
+}

@@ -1,0 +1,506 @@
+//! The protocol task: it owns the core [`Node`] and is the only writer of protocol state. It
+//! handles verified datagrams, [`Command`]s and the core's timeouts, sends what the core queues,
+//! hands store reads to the sync-read task and verified messages to community threads. It makes
+//! no protocol decisions of its own.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use dispersy_core::identity::CommunityId;
+use dispersy_core::node::{CreateError, Created, Event, Incoming, Node};
+use dispersy_core::stats::Counters;
+use dispersy_core::time::Instant as CoreInstant;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{CandidateView, CommunityInfo, CommunityStatsView, NodeInfo, NodeStats};
+use crate::command::Command;
+use crate::mutex::lock;
+use crate::net::Datagram;
+use crate::plugin::{self, Job};
+use crate::registry::Registry;
+use crate::store::sync_task::SyncJob;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    /// The tokio instant that is the core's time zero.
+    pub start: tokio::time::Instant,
+}
+
+impl Clock {
+    /// The core's time now.
+    pub fn now(&self) -> CoreInstant {
+        let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        CoreInstant::from_millis(millis)
+    }
+
+    /// The tokio instant of core time `at`.
+    pub fn to_tokio(self, at: CoreInstant) -> tokio::time::Instant {
+        self.start + Duration::from_millis(at.as_millis())
+    }
+}
+
+/// The protocol task's state: the core node and the driver's own bits around it.
+pub(crate) struct Protocol {
+    node: Node,
+    udp: SocketAddr,
+    sync_jobs: mpsc::Sender<SyncJob>,
+    socket: Arc<UdpSocket>,
+    clock: Clock,
+    registry: Option<Arc<Registry>>,
+    /// Drops decided by the driver (full queues).
+    dropped: Counters,
+    last_refresh: tokio::time::Instant,
+    /// API calls waiting for a co-signed message, by signature request (bounded by the core's
+    /// `signature.max_pending`: every request ends in an `Event::Signed`).
+    signing: HashMap<u32, oneshot::Sender<Result<Created, CreateError>>>,
+}
+
+impl Protocol {
+    /// A protocol task for `node`, bound at `udp` on `socket`, handing store reads to
+    /// `sync_jobs` and messages to the threads of `registry` (`None` for a tracker).
+    pub fn new(
+        node: Node,
+        udp: SocketAddr,
+        socket: Arc<UdpSocket>,
+        clock: Clock,
+        sync_jobs: mpsc::Sender<SyncJob>,
+        registry: Option<Arc<Registry>>,
+    ) -> Self {
+        Protocol {
+            node,
+            udp,
+            sync_jobs,
+            socket,
+            clock,
+            registry,
+            dropped: Counters::default(),
+            last_refresh: tokio::time::Instant::now(),
+            signing: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled or an input queue closes.
+    pub async fn run(
+        mut self,
+        mut datagrams: mpsc::Receiver<Vec<Datagram>>,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        self.refresh();
+        loop {
+            let deadline = self.node.poll_timeout().map(|t| self.clock.to_tokio(t));
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                batch = datagrams.recv() => match batch {
+                    Some(batch) => {
+                        let mut handled = batch.len();
+                        self.datagrams(batch);
+                        // Take what else is waiting before flushing (bounded, to stay fair).
+                        while handled < 1024 {
+                            match datagrams.try_recv() {
+                                Ok(batch) => {
+                                    handled += batch.len();
+                                    self.datagrams(batch);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                () = timer => {
+                    self.node.handle_timeout(self.clock.now());
+                    self.refresh();
+                }
+            }
+            self.flush().await;
+            if self.last_refresh.elapsed() >= Duration::from_millis(250) {
+                self.refresh();
+            }
+        }
+    }
+
+    fn datagrams(&mut self, batch: Vec<Datagram>) {
+        let now = self.clock.now();
+        for d in batch {
+            self.node.handle_decoded(now, d.from, &d.bytes, d.decoded);
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = self.clock.now();
+        match command {
+            Command::Create {
+                community,
+                meta,
+                payload,
+                candidates,
+                co_signer: Some((key, address)),
+                reply,
+            } => {
+                let requested = self.node.request_signature(
+                    now,
+                    community,
+                    &meta,
+                    payload,
+                    key,
+                    address,
+                    &candidates,
+                );
+                match (requested, reply) {
+                    (Ok(request), Some(reply)) => {
+                        self.signing.insert(request, reply);
+                    }
+                    (Ok(_), None) => {}
+                    (Err(error), reply) => {
+                        tracing::debug!(%community, %meta, %error, "co-signed message not started");
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+            }
+            Command::Create {
+                community,
+                meta,
+                payload,
+                candidates,
+                co_signer: None,
+                reply,
+            } => {
+                let result = self
+                    .node
+                    .create_message(now, community, &meta, payload, &candidates);
+                if let Err(error) = &result {
+                    tracing::debug!(%community, %meta, %error, "message not created");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::Join {
+                definition,
+                resume,
+                peers,
+                reply,
+            } => {
+                let joined = self.node.join(now, *definition, resume);
+                if let Ok(id) = &joined {
+                    for peer in peers {
+                        if let Err(error) = self.node.add_candidate(now, *id, peer) {
+                            tracing::warn!(%peer, %error, "peer not added");
+                        }
+                    }
+                }
+                let _ = reply.send(joined);
+            }
+            Command::SyncQueried {
+                community,
+                right,
+                left,
+            } => self.node.handle_sync_query(now, community, right, left),
+            Command::SyncRowsRead { request, rows } => {
+                self.node.handle_sync_rows(now, request, rows);
+            }
+            Command::PacketsRead { request, packets } => {
+                self.node.send_packets(now, request, packets);
+            }
+            Command::Stored {
+                community,
+                messages,
+            } => self.node.handle_stored(now, community, &messages),
+            Command::SequenceGap {
+                community,
+                message,
+                low,
+                high,
+            } => self
+                .node
+                .handle_sequence_gap(now, community, *message, low, high),
+            Command::Conflict { to, packet } => self.node.handle_conflict(now, to, &packet),
+            Command::Wait {
+                community,
+                message,
+                awaited,
+            } => self.node.handle_wait(now, community, *message, awaited),
+            Command::SignatureVerdict { ask, allow } => {
+                self.node.handle_signature_verdict(now, ask, allow);
+            }
+            Command::AnswerRead { request, packets } => {
+                self.node.send_answer(now, request, packets);
+            }
+            Command::Node { reply } => {
+                let _ = reply.send(self.node_info(now));
+            }
+            Command::Communities { reply } => {
+                let _ = reply.send(self.communities(now));
+            }
+            Command::Candidates { community, reply } => {
+                let _ = reply.send(self.candidates(community, now));
+            }
+        }
+    }
+
+    /// Sends what the core queued and hands events to community threads.
+    async fn flush(&mut self) {
+        while let Some(transmit) = self.node.poll_transmit() {
+            if let Err(error) = self
+                .socket
+                .send_to(&transmit.bytes, transmit.destination)
+                .await
+            {
+                tracing::debug!(destination = %transmit.destination, %error, "send failed");
+                self.dropped.bump("send-failed");
+            }
+        }
+        // Messages of one community and meta go to its thread as one job per flush.
+        let mut deliveries: Vec<(CommunityId, u32, Vec<Incoming>)> = Vec::new();
+        while let Some(event) = self.node.poll_event() {
+            match event {
+                Event::Messages {
+                    community,
+                    meta,
+                    messages,
+                } => match deliveries
+                    .iter_mut()
+                    .find(|(c, m, _)| *c == community && *m == meta)
+                {
+                    Some((_, _, list)) => list.extend(messages),
+                    None => deliveries.push((community, meta, messages)),
+                },
+                Event::SyncQuery { community, query } => {
+                    self.sync_job(community, |row| SyncJob::Query {
+                        community,
+                        row,
+                        query,
+                    });
+                }
+                Event::SyncRows {
+                    community,
+                    request,
+                    range,
+                    limit,
+                    metas,
+                } => {
+                    self.sync_job(community, |row| SyncJob::Rows {
+                        request,
+                        row,
+                        range,
+                        limit,
+                        metas,
+                    });
+                }
+                Event::Prune {
+                    community,
+                    meta,
+                    below,
+                } => self.sync_job(community, |row| SyncJob::Prune { row, meta, below }),
+                Event::ReadPackets {
+                    request,
+                    community,
+                    lookup,
+                    max_bytes,
+                } => self.sync_job(community, |row| SyncJob::Lookup {
+                    request,
+                    row,
+                    lookup,
+                    max_bytes,
+                }),
+                Event::SignatureAsked {
+                    community,
+                    ask,
+                    message,
+                } => match self.registry.as_ref().and_then(|r| r.worker(&community)) {
+                    // Unanswered questions expire in the core.
+                    Some(worker) => {
+                        let job = Job::AllowSignature {
+                            ask,
+                            message: Box::new(message),
+                        };
+                        if worker.submit(job).is_err() {
+                            self.dropped.bump("plugin-queue-full");
+                        }
+                    }
+                    None => self.dropped.bump("no-plugin"),
+                },
+                Event::Signed { request, result } => {
+                    if let Some(reply) = self.signing.remove(&request) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Event::SendPackets { request, rows } => {
+                    let job = SyncJob::Packets { request, ids: rows };
+                    if self.sync_jobs.try_send(job).is_err() {
+                        self.dropped.bump("sync-queue-full");
+                    }
+                }
+            }
+        }
+        for (community, meta, messages) in deliveries {
+            match self.registry.as_ref().and_then(|r| r.worker(&community)) {
+                Some(worker) => {
+                    let n = messages.len() as u64;
+                    if worker.submit(Job::Deliver { meta, messages }).is_err() {
+                        self.dropped.add("plugin-queue-full", n);
+                    }
+                }
+                None => self.dropped.bump("no-plugin"),
+            }
+        }
+    }
+
+    /// Hands a store read to the sync task; when it is busy the read is dropped (the walk then
+    /// goes without a filter, the request without an answer).
+    fn sync_job(&mut self, community: CommunityId, job: impl FnOnce(i64) -> SyncJob) {
+        let row = self
+            .registry
+            .as_ref()
+            .and_then(|r| r.definition(&community))
+            .map(|(_, row)| row);
+        match row {
+            Some(row) => {
+                if self.sync_jobs.try_send(job(row)).is_err() {
+                    self.dropped.bump("sync-queue-full");
+                }
+            }
+            None => self.dropped.bump("no-plugin"),
+        }
+    }
+
+    /// Publishes global times and candidate lists to the community threads.
+    fn refresh(&mut self) {
+        self.last_refresh = tokio::time::Instant::now();
+        let now = self.clock.now();
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        for (id, worker) in registry.workers() {
+            if let Some(community) = self.node.community(&id) {
+                worker
+                    .shared
+                    .global_time
+                    .store(community.global_time, Ordering::Relaxed);
+                *lock(&worker.shared.candidates) = plugin::candidate_infos(community, now);
+            }
+        }
+    }
+
+    fn node_info(&self, now: CoreInstant) -> NodeInfo {
+        let stats = self.node.stats();
+        let mut dropped: HashMap<&'static str, u64> = stats.dropped.iter().collect();
+        for (name, n) in self.dropped.iter() {
+            *dropped.entry(name).or_default() += n;
+        }
+        NodeInfo {
+            member: self.node.key().public().to_hex(),
+            mid: self.node.key().member_id().to_hex(),
+            udp: self.udp,
+            lan: self.node.lan_address(),
+            wan: self.node.wan_address(),
+            connection_type: self.node.connection_type().as_str(),
+            tracker: self.node.config().tracker,
+            uptime_ms: now.as_millis(),
+            communities: self.node.communities().count(),
+            sessions: self.node.session_count(),
+            stats: NodeStats {
+                datagrams_received: stats.datagrams_received,
+                bytes_received: stats.bytes_received,
+                datagrams_sent: stats.datagrams_sent,
+                bytes_sent: stats.bytes_sent,
+                packets: stats.packets.iter().collect(),
+                dropped,
+            },
+        }
+    }
+
+    fn communities(&self, now: CoreInstant) -> Vec<CommunityInfo> {
+        let mut out: Vec<CommunityInfo> = self
+            .node
+            .communities()
+            .map(|c| {
+                let config = c.candidates.config();
+                let mut candidates = HashMap::from([("walk", 0), ("stumble", 0), ("intro", 0)]);
+                for candidate in c.candidates.iter() {
+                    let category = candidate.category(now, config);
+                    if category != dispersy_core::candidate::Category::None {
+                        *candidates.entry(category.as_str()).or_default() += 1;
+                    }
+                }
+                CommunityInfo {
+                    id: c.id.to_hex(),
+                    name: c.definition.as_ref().map(|d| d.name.clone()),
+                    version: c.definition.as_ref().map(|d| d.version.clone()),
+                    global_time: c.global_time,
+                    candidates,
+                    stats: CommunityStatsView {
+                        walk_attempts: c.stats.walk_attempts,
+                        walk_successes: c.stats.walk_successes,
+                        walk_failures: c.stats.walk_failures,
+                        stumbles: c.stats.stumbles,
+                        handshakes: c.stats.handshakes,
+                        responses_without_introduction: c.stats.responses_without_introduction,
+                        introductions_refused: c.stats.introductions_refused,
+                        punctures: c.stats.punctures,
+                        sync_new: c.stats.sync_new,
+                        sync_reused: c.stats.sync_reused,
+                        sync_skipped: c.stats.sync_skipped,
+                        sync_follow_ups: c.stats.sync_follow_ups,
+                        sync_sweeps: c.stats.sync_sweeps,
+                        sync_packets_sent: c.stats.sync_packets_sent,
+                        missing_packets_sent: c.stats.missing_packets_sent,
+                        relayed: c.stats.relayed,
+                        delayed: c.stats.delayed,
+                        messages_created: c.stats.messages_created,
+                        messages_received: c.stats.messages_received,
+                        dropped: c.stats.dropped.iter().collect(),
+                    },
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn candidates(&self, id: CommunityId, now: CoreInstant) -> Option<Vec<CandidateView>> {
+        let community = self.node.community(&id)?;
+        let config = community.candidates.config();
+        let mut out: Vec<CandidateView> = community
+            .candidates
+            .iter()
+            .map(|c| {
+                let category = c.category(now, config);
+                CandidateView {
+                    address: c.address,
+                    lan: c.lan,
+                    wan: c.wan,
+                    member: c.member.map(|m| m.to_hex()),
+                    category: category.as_str(),
+                    verified: c.is_verified(now, config),
+                    connection_type: c.connection_type.as_str(),
+                    global_time: c.global_time,
+                    last_seen_ms: c
+                        .last_seen()
+                        .map(|t| now.saturating_since(t).as_millis() as u64),
+                }
+            })
+            .collect();
+        out.sort_by_key(|c| c.address);
+        Some(out)
+    }
+}

@@ -1,0 +1,224 @@
+//! SQLite storage through sqlx: members, communities, meta-messages and persistent messages.
+//!
+//! The database is a file in the data folder, in WAL mode with `synchronous=NORMAL`: a process
+//! crash (kill -9) loses no committed transaction. Writes go through one task ([`run`]) that
+//! takes every insert waiting in its queue and commits them in one transaction, then
+//! acknowledges each; a message counts as stored only after that acknowledgement.
+//!
+//! This file holds the handle ([`Store`]: opening, the pool and its [`Tuning`]), the values
+//! that go in and out, and [`StoreError`]. The work is split by concern:
+//! - `setup`: members, community and meta-message rows, hashes of old rows;
+//! - `write`: the insert transaction, the placement rules for sequence numbers, pairs of signers,
+//!   upserts and pruning;
+//! - `read`: resume state, missing-* lookups, the API's listing and counts;
+//! - `sync_read`: the responder's range and modulo reads and the packets it sends (rows framed as
+//!   text inside SQL; its header says why);
+//! - `task`: the batching store task ([`run`]); `sync_task`: the task running the protocol
+//!   task's reads.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use dispersy_core::bloom::PacketHash;
+use dispersy_core::identity::MemberId;
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+mod read;
+mod setup;
+mod sync_read;
+pub(crate) mod sync_task;
+mod task;
+#[cfg(test)]
+mod testing;
+mod write;
+
+pub use task::{Insert, InsertSender, run};
+
+/// The embedded migrations.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite or sqlx failed.
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed (for example a database written by a newer version).
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store task is gone (shutting down).
+    #[error("the store is shut down")]
+    Closed,
+}
+
+/// SQLite page cache per connection by default, in KiB.
+pub const DEFAULT_CACHE_KIB: u32 = 8 * 1024;
+
+/// How much memory SQLite may use for a database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Page cache per connection (there are [`CONNECTIONS`]), in KiB: the responder's index
+    /// reads stay in memory up to that size.
+    pub cache_kib: u32,
+    /// The part of the file SQLite reads through a memory map, in MiB (0: none, every page is
+    /// read into the page cache). Reads through the map cost no system call and no copy. The
+    /// mapped pages are the operating system's file cache, which holds them without the map as
+    /// well, but they count in the process's RSS once mapped, with the cached pages around each
+    /// one touched (the kernel maps 64 KiB per fault): one index scan at the start (the count of
+    /// syncable rows) maps most of the file.
+    pub mmap_mib: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            cache_kib: DEFAULT_CACHE_KIB,
+            mmap_mib: 0,
+        }
+    }
+}
+
+/// Connections of a file database.
+pub const CONNECTIONS: u32 = 4;
+
+/// A handle to the database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// A persistent message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Community row id.
+    pub community: i64,
+    /// First author's member id.
+    pub member: MemberId,
+    /// Global time.
+    pub global_time: u64,
+    /// Meta-message type.
+    pub meta: u32,
+    /// Sequence number, if any.
+    pub sequence: Option<u32>,
+    /// Priority of its meta.
+    pub priority: u8,
+    /// For last-sync metas: how many messages per member (per pair of signers for
+    /// double-member messages) are kept.
+    pub history: Option<u16>,
+    /// Second author's member id, for double-member messages.
+    pub co_signer: Option<MemberId>,
+    /// The signed packet.
+    pub packet: Vec<u8>,
+    /// Its hash (computed once, by whoever built this value).
+    pub hash: PacketHash,
+}
+
+/// A stored message as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Row id (increasing in insertion order).
+    pub id: i64,
+    /// Author's member id.
+    pub member: MemberId,
+    /// Global time.
+    pub global_time: u64,
+    /// Meta-message type.
+    pub meta: u32,
+    /// Sequence number.
+    pub sequence: Option<u32>,
+    /// The signed packet.
+    pub packet: Vec<u8>,
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A row count as SQLite takes it.
+fn limit_i64(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// `values` as a JSON array, for `json_each`.
+fn json_list<T: serde::Serialize>(values: &[T]) -> Result<String, StoreError> {
+    Ok(serde_json::to_string(values).map_err(|e| sqlx::Error::Protocol(e.to_string()))?)
+}
+
+fn hash_bytes(hash: &PacketHash) -> Vec<u8> {
+    let mut bytes = hash.0.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&hash.1.to_le_bytes());
+    bytes
+}
+
+fn hash_from(bytes: &[u8]) -> Option<PacketHash> {
+    let a: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let b: [u8; 8] = bytes.get(8..16)?.try_into().ok()?;
+    Some(PacketHash(u64::from_le_bytes(a), u64::from_le_bytes(b)))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file at `path` and applies migrations, with the
+    /// default [`Tuning`].
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, Tuning::default()).await
+    }
+
+    /// [`Store::open`] with the memory given in `tuning`.
+    pub async fn open_with(path: &Path, tuning: Tuning) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", format!("-{}", tuning.cache_kib.max(64)))
+            .pragma("mmap_size", (u64::from(tuning.mmap_mib) << 20).to_string());
+        Self::connect(options, CONNECTIONS).await
+    }
+
+    /// A private in-memory database (tests).
+    pub async fn open_in_memory() -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        // An in-memory database exists per connection: keep exactly one.
+        Self::connect(options, 1).await
+    }
+
+    async fn connect(options: SqliteConnectOptions, connections: u32) -> Result<Store, StoreError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(connections)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Closes the pool, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// What became of one message given to [`Store::insert`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored (new, or replacing a lower version of itself or a losing claim on its sequence
+    /// number).
+    Stored,
+    /// Not stored: the same message (or a winning version of it, or newer last-sync messages)
+    /// is stored.
+    Duplicate,
+    /// Not stored: sequence numbers `low..=high` of its member and meta are missing before it.
+    Gap {
+        /// First missing number.
+        low: u32,
+        /// Last missing number.
+        high: u32,
+    },
+    /// Not stored: its sequence number is held by this stored packet, which wins.
+    Conflict(Vec<u8>),
+    /// Not stored: numbered next, but not newer than the member's last message of the meta.
+    Stale,
+}

@@ -1,0 +1,182 @@
+//! Reads for the node and the control API: where a community resumes, the packets a
+//! missing-* request names, stored messages listed for the API, counts.
+
+use dispersy_core::community::Resume;
+use dispersy_core::identity::MemberId;
+use dispersy_core::missing::Lookup;
+use sqlx::Row as _;
+
+use super::{Store, StoreError, StoredMessage, json_list, limit_i64};
+
+impl Store {
+    /// What the core needs to continue where it stopped: the highest stored global time, our
+    /// own highest sequence number per meta, and how many messages of the `syncable` metas
+    /// (priority above 32) are stored and not undone.
+    pub async fn resume(
+        &self,
+        community: i64,
+        me: MemberId,
+        syncable: &[u32],
+    ) -> Result<Resume, StoreError> {
+        let global_time: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(global_time) FROM sync WHERE community = ?1")
+                .bind(community)
+                .fetch_one(&self.pool)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT meta, MAX(sequence) FROM sync
+             WHERE community = ?1 AND member = ?2 AND sequence IS NOT NULL GROUP BY meta",
+        )
+        .bind(community)
+        .bind(me.0.to_vec())
+        .fetch_all(&self.pool)
+        .await?;
+        // From the covering index: a row's priority is its meta's.
+        let syncable = json_list(syncable)?;
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM json_each(?2) CROSS JOIN sync INDEXED BY sync_cover
+             WHERE community = ?1 AND meta = json_each.value AND undone = 0",
+        )
+        .bind(community)
+        .bind(syncable)
+        .fetch_one(&self.pool)
+        .await?;
+        let mut sequences = Vec::new();
+        for row in rows {
+            let meta: i64 = row.try_get(0)?;
+            let sequence: i64 = row.try_get(1)?;
+            if let (Ok(meta), Ok(sequence)) = (u32::try_from(meta), u32::try_from(sequence)) {
+                sequences.push((meta, sequence));
+            }
+        }
+        Ok(Resume {
+            global_time: global_time.and_then(|g| u64::try_from(g).ok()).unwrap_or(0),
+            sequences,
+            stored: u64::try_from(stored).unwrap_or(0),
+        })
+    }
+
+    /// The stored packets a missing-* request names, in its order (sequence order; newest first
+    /// for the last messages), stopping once `max_bytes` are reached (the packet crossing it is
+    /// included).
+    pub async fn lookup(
+        &self,
+        community: i64,
+        lookup: &Lookup,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        // Every stored packet holds a signature at least: no more rows than this can fit, and a
+        // requester's range of sequence numbers may be as wide as it likes.
+        let most = max_bytes / dispersy_core::identity::SIGNATURE_LEN + 1;
+        let rows = match lookup {
+            Lookup::Sequences {
+                member,
+                meta,
+                low,
+                high,
+            } => {
+                sqlx::query(
+                    "SELECT packet FROM sync
+                     WHERE community = ?1 AND meta = ?2 AND member = ?3
+                       AND sequence BETWEEN ?4 AND ?5
+                     ORDER BY sequence LIMIT ?6",
+                )
+                .bind(community)
+                .bind(i64::from(*meta))
+                .bind(member.0.as_slice())
+                .bind(i64::from(*low))
+                .bind(i64::from(*high))
+                .bind(limit_i64(most))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Lookup::GlobalTimes {
+                member,
+                global_times,
+            } => {
+                let list = json_list(global_times)?;
+                sqlx::query(
+                    "SELECT packet FROM sync JOIN json_each(?3) ON sync.global_time = json_each.value
+                     WHERE community = ?1 AND member = ?2
+                     ORDER BY global_time",
+                )
+                .bind(community)
+                .bind(member.0.as_slice())
+                .bind(list)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Lookup::Last {
+                member,
+                meta,
+                count,
+            } => {
+                sqlx::query(
+                    "SELECT packet FROM sync WHERE community = ?1 AND meta = ?2 AND member = ?3
+                     ORDER BY global_time DESC LIMIT ?4",
+                )
+                .bind(community)
+                .bind(i64::from(*meta))
+                .bind(member.0.as_slice())
+                .bind(i64::from(*count))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let mut out = Vec::new();
+        let mut used = 0;
+        for row in rows {
+            if used >= max_bytes {
+                break;
+            }
+            let packet: Vec<u8> = row.try_get(0)?;
+            used += packet.len();
+            out.push(packet);
+        }
+        Ok(out)
+    }
+
+    /// Stored messages of `community` with a row id above `after`, oldest first, at most `limit`.
+    pub async fn messages(
+        &self,
+        community: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, member, global_time, meta, sequence, packet FROM sync
+             WHERE community = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )
+        .bind(community)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let member: Vec<u8> = row.try_get(1)?;
+            let global_time: i64 = row.try_get(2)?;
+            let meta: i64 = row.try_get(3)?;
+            let sequence: Option<i64> = row.try_get(4)?;
+            out.push(StoredMessage {
+                id: row.try_get(0)?,
+                member: MemberId::from_slice(&member)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                global_time: u64::try_from(global_time).unwrap_or(0),
+                meta: u32::try_from(meta).unwrap_or(0),
+                sequence: sequence.and_then(|s| u32::try_from(s).ok()),
+                packet: row.try_get(5)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of stored messages of `community`.
+    pub async fn count(&self, community: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sync WHERE community = ?1")
+            .bind(community)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
