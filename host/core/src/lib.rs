@@ -28,6 +28,7 @@
 //! - [`community`]: one community's state (definition, global time, candidates);
 //! - [`node`]: the state machine that ties them together (walk, messages, sync, waits, co-signing);
 //! - [`stats`]: counters kept per node and per community;
+//! - [`store`]: the storage contract every driver's store follows, and the reference store;
 //! - [`time`], [`rng`]: the clock and randomness the driver hands in.
 
 pub mod address;
@@ -45,6 +46,7 @@ pub mod rng;
 pub mod session;
 pub mod signature;
 pub mod stats;
+pub mod store;
 pub mod sync;
 pub mod time;
 pub mod verifier;

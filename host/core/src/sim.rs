@@ -13,12 +13,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::address::Interface;
-use crate::bloom::PacketHash;
 use crate::identity::KeyPair;
-use crate::identity::{CommunityId, MemberId};
 use crate::node::{Config, Event, Node};
 use crate::rng::Rng;
-use crate::sync::{Query, Row};
 use crate::time::Instant;
 
 /// How a NAT router maps and filters (RFC 4787 terms in brackets).
@@ -114,25 +111,7 @@ struct Flight {
     bytes: Vec<u8>,
 }
 
-/// What a node's store holds: its persistent messages (the simulation's in-memory store).
-#[derive(Debug, Default)]
-pub(crate) struct Store {
-    pub rows: Vec<Kept>,
-    next_id: u64,
-}
-
-/// One stored message.
-#[derive(Debug, Clone)]
-pub(crate) struct Kept {
-    pub community: CommunityId,
-    pub meta: u32,
-    pub member: MemberId,
-    pub sequence: Option<u32>,
-    pub row: Row,
-    pub packet: Vec<u8>,
-}
-
-/// What one call to [`Store::store`] did.
+/// What one call to [`Store::store`] did, as the node is told it.
 #[derive(Debug, Default)]
 struct Outcome {
     /// The messages stored (new, or replacing a lower version).
@@ -143,253 +122,48 @@ struct Outcome {
     conflicts: Vec<(SocketAddr, Vec<u8>)>,
 }
 
-impl Store {
-    /// Stores new messages, with the store's rules: two versions of one message → the
-    /// binary-higher packet; sequence numbers checked with [`crate::missing::check`].
-    fn store(&mut self, community: CommunityId, messages: &[crate::node::Incoming]) -> Outcome {
-        use crate::missing::{Numbered, Verdict};
-        let mut out = Outcome::default();
-        for m in messages.iter().filter(|m| m.persistent) {
-            let message = &m.message.message;
-            let Some(author) = message.authors.first() else {
-                continue;
-            };
-            let member = author.member_id();
-            let packet = &m.message.packet;
-            if let Some(sequence) = message.sequence_number {
-                fn numbered(k: &Kept) -> Numbered<'_> {
-                    Numbered {
-                        sequence: k.sequence.unwrap_or(0),
-                        global_time: k.row.global_time,
-                        packet: &k.packet,
-                    }
-                }
-                let mine = |k: &&Kept| {
-                    k.community == community && k.member == member && k.meta == message.message_type
-                };
-                let last = self
-                    .rows
-                    .iter()
-                    .filter(mine)
-                    .max_by_key(|k| k.sequence)
-                    .map(numbered);
-                let same = self
-                    .rows
-                    .iter()
-                    .filter(mine)
-                    .find(|k| k.sequence == Some(sequence))
-                    .map(numbered);
-                let verdict =
-                    crate::missing::check(sequence, message.global_time, packet, last, same);
-                match verdict {
-                    Verdict::Store => {}
-                    Verdict::Duplicate | Verdict::Stale => continue,
-                    Verdict::Gap { low, high } => {
-                        out.gaps.push((m.clone(), low, high));
-                        continue;
-                    }
-                    Verdict::Keep => {
-                        if let (Some(source), Some(ours)) = (m.source, same) {
-                            out.conflicts.push((source, ours.packet.to_vec()));
-                        }
-                        continue;
-                    }
-                    Verdict::Replace => {
-                        self.rows.retain(|k| {
-                            !(k.community == community
-                                && k.member == member
-                                && k.meta == message.message_type
-                                && k.sequence >= Some(sequence))
-                        });
-                    }
-                }
-            }
-            if let Some(existing) = self.rows.iter_mut().find(|k| {
-                k.community == community
-                    && k.member == member
-                    && k.row.global_time == message.global_time
-            }) {
-                // Two versions of one message: the binary-higher packet wins (as in the store).
-                if *packet > existing.packet {
-                    existing.packet = packet.clone();
-                    existing.row.hash = PacketHash::of(packet);
-                    out.stored.extend(crate::node::Stored::of(
-                        &m.message,
-                        existing.row.hash,
-                        m.source,
-                    ));
-                }
-                continue;
-            }
-            let hash = PacketHash::of(packet);
-            self.next_id += 1;
-            let row = Row {
-                id: self.next_id,
-                global_time: message.global_time,
-                hash,
-                size: packet.len() as u32,
-            };
-            self.rows.push(Kept {
-                community,
-                meta: message.message_type,
-                member,
-                sequence: message.sequence_number,
-                row,
-                packet: packet.clone(),
-            });
-            out.stored
-                .extend(crate::node::Stored::of(&m.message, hash, m.source));
-        }
-        out
-    }
+/// A node's store: the reference store of [`crate::store::memory`].
+#[derive(Debug, Default)]
+pub(crate) struct Store(pub crate::store::memory::Store);
 
-    /// The packets a missing-* request names, within `max_bytes` (one more may cross it).
-    fn lookup(
-        &self,
-        community: CommunityId,
-        lookup: &crate::missing::Lookup,
-        max_bytes: usize,
-    ) -> Vec<Vec<u8>> {
-        use crate::missing::Lookup;
-        let mut found: Vec<&Kept> = self
-            .rows
+impl std::ops::Deref for Store {
+    type Target = crate::store::memory::Store;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Store {
+    /// Stores the persistent ones of `messages` (of metas of `definition`) and sorts what
+    /// became of them as the node is told it.
+    fn store(
+        &mut self,
+        definition: &crate::community::Definition,
+        messages: &[crate::node::Incoming],
+    ) -> Outcome {
+        use crate::store::{Entry, Outcome as Stored};
+        let mut out = Outcome::default();
+        let persistent: Vec<(&crate::node::Incoming, Entry)> = messages
             .iter()
-            .filter(|k| k.community == community)
-            .filter(|k| match lookup {
-                Lookup::Sequences {
-                    member,
-                    meta,
-                    low,
-                    high,
-                } => {
-                    k.member == *member
-                        && k.meta == *meta
-                        && k.sequence.is_some_and(|s| (*low..=*high).contains(&s))
-                }
-                Lookup::GlobalTimes {
-                    member,
-                    global_times,
-                } => k.member == *member && global_times.contains(&k.row.global_time),
-                Lookup::Last { member, meta, .. } => k.member == *member && k.meta == *meta,
+            .filter(|m| m.persistent)
+            .filter_map(|m| {
+                let meta = definition.meta_by_id(m.message.message.message_type)?;
+                Some((m, Entry::of(&m.message, meta)?))
             })
             .collect();
-        found.sort_by_key(|k| (k.sequence, k.row.global_time));
-        if let Lookup::Last { count, .. } = lookup {
-            found.reverse();
-            found.truncate(usize::from(*count));
-        }
-        let mut used = 0;
-        let mut out = Vec::new();
-        for k in found {
-            if used >= max_bytes {
-                break;
+        let entries: Vec<Entry> = persistent.iter().map(|(_, e)| e.clone()).collect();
+        let outcomes = self.0.insert(definition.id(), &entries);
+        for ((m, entry), outcome) in persistent.into_iter().zip(outcomes) {
+            match outcome {
+                Stored::Stored => out
+                    .stored
+                    .extend(crate::node::Stored::of(&m.message, entry.hash, m.source)),
+                Stored::Gap { low, high } => out.gaps.push((m.clone(), low, high)),
+                Stored::Conflict(ours) => out.conflicts.extend(m.source.map(|to| (to, ours))),
+                Stored::Duplicate | Stored::Stale => {}
             }
-            used += k.packet.len();
-            out.push(k.packet.clone());
         }
         out
-    }
-
-    fn of(&self, community: CommunityId) -> impl Iterator<Item = &Row> {
-        self.rows
-            .iter()
-            .filter(move |k| k.community == community)
-            .map(|k| &k.row)
-    }
-
-    fn query(&self, community: CommunityId, query: Query) -> (Vec<Row>, Vec<Row>) {
-        let mut rows: Vec<Row> = self.of(community).copied().collect();
-        rows.sort_by_key(|r| (r.global_time, r.id));
-        match query {
-            Query::Oldest { limit } => (rows.into_iter().take(limit).collect(), Vec::new()),
-            Query::Modulo {
-                modulo,
-                offset,
-                limit,
-            } => (
-                rows.into_iter()
-                    .filter(|r| r.global_time % u64::from(modulo) == offset)
-                    .take(limit)
-                    .collect(),
-                Vec::new(),
-            ),
-            Query::Below { high, limit } => (
-                Vec::new(),
-                rows.iter()
-                    .rev()
-                    .filter(|r| r.global_time <= high)
-                    .take(limit)
-                    .copied()
-                    .collect(),
-            ),
-            Query::Pivot { pivot, limit } => {
-                let right = rows
-                    .iter()
-                    .filter(|r| r.global_time >= pivot)
-                    .take(limit)
-                    .copied()
-                    .collect();
-                let left = rows
-                    .iter()
-                    .rev()
-                    .filter(|r| r.global_time <= pivot)
-                    .take(limit)
-                    .copied()
-                    .collect();
-                (right, left)
-            }
-        }
-    }
-
-    fn range(
-        &self,
-        community: CommunityId,
-        range: crate::sync::Range,
-        limit: usize,
-        metas: &[(u32, crate::meta::SyncOrder, u64)],
-    ) -> Vec<Row> {
-        let mut out = Vec::new();
-        for (meta, order, active_from) in metas {
-            let mut rows: Vec<Row> = self
-                .rows
-                .iter()
-                .filter(|k| {
-                    k.community == community
-                        && k.meta == *meta
-                        && k.row.global_time >= *active_from
-                        && range.contains(k.row.global_time)
-                })
-                .map(|k| k.row)
-                .collect();
-            rows.sort_by_key(|r| (r.global_time, r.id));
-            if *order == crate::meta::SyncOrder::Descending {
-                rows.reverse();
-            }
-            out.extend(rows);
-        }
-        out.truncate(limit);
-        out
-    }
-
-    fn packets(&self, ids: &[u64]) -> Vec<Vec<u8>> {
-        ids.iter()
-            .filter_map(|id| {
-                self.rows
-                    .iter()
-                    .find(|k| k.row.id == *id)
-                    .map(|k| k.packet.clone())
-            })
-            .collect()
-    }
-
-    fn prune(&mut self, community: CommunityId, meta: u32, below: u64) {
-        self.rows
-            .retain(|k| !(k.community == community && k.meta == meta && k.row.global_time < below));
-    }
-
-    /// Number of messages stored for `community`.
-    pub fn count(&self, community: CommunityId) -> usize {
-        self.of(community).count()
     }
 }
 
@@ -558,7 +332,13 @@ impl Sim {
                     messages,
                     ..
                 } => {
-                    let outcome = self.stores[i].store(*community, messages);
+                    let Some(definition) = self.nodes[i]
+                        .community(community)
+                        .and_then(|c| c.definition.clone())
+                    else {
+                        continue;
+                    };
+                    let outcome = self.stores[i].store(&definition, messages);
                     // Gaps first, as the runtime tells them: a number stored later in the same
                     // batch then ends the wait at once.
                     for (incoming, low, high) in outcome.gaps {
@@ -572,7 +352,7 @@ impl Sim {
                     }
                 }
                 Event::SyncQuery { community, query } => {
-                    let (right, left) = self.stores[i].query(*community, *query);
+                    let (right, left) = self.stores[i].sync_query(*community, *query);
                     self.nodes[i].handle_sync_query(now, *community, right, left);
                 }
                 Event::SyncRows {
@@ -582,14 +362,16 @@ impl Sim {
                     limit,
                     metas,
                 } => {
-                    let rows = self.stores[i].range(*community, *range, *limit, metas);
+                    let rows = self.stores[i].sync_rows(*community, *range, *limit, metas);
                     self.nodes[i].handle_sync_rows(now, *request, rows);
                 }
                 Event::Prune {
                     community,
                     meta,
                     below,
-                } => self.stores[i].prune(*community, *meta, *below),
+                } => {
+                    self.stores[i].0.prune(*community, *meta, *below);
+                }
                 Event::ReadPackets {
                     request,
                     community,

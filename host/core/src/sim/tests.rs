@@ -1132,7 +1132,7 @@ fn a_double_member_message_is_co_signed_published_and_synced() {
     sim.run_for(Duration::from_secs(120));
     let first = Sim::key(2).public().member_id();
     for i in 1..=6 {
-        let pacts: Vec<&super::Kept> = sim.stores[i]
+        let pacts: Vec<&crate::store::memory::Kept> = sim.stores[i]
             .rows
             .iter()
             .filter(|k| k.meta == 8 && k.member == first)
