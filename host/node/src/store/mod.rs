@@ -201,24 +201,5 @@ impl Store {
     }
 }
 
-/// What became of one message given to [`Store::insert`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Stored (new, or replacing a lower version of itself or a losing claim on its sequence
-    /// number).
-    Stored,
-    /// Not stored: the same message (or a winning version of it, or newer last-sync messages)
-    /// is stored.
-    Duplicate,
-    /// Not stored: sequence numbers `low..=high` of its member and meta are missing before it.
-    Gap {
-        /// First missing number.
-        low: u32,
-        /// Last missing number.
-        high: u32,
-    },
-    /// Not stored: its sequence number is held by this stored packet, which wins.
-    Conflict(Vec<u8>),
-    /// Not stored: numbered next, but not newer than the member's last message of the meta.
-    Stale,
-}
+/// What became of one message given to [`Store::insert`]: the core's storage contract.
+pub use dispersy_core::store::Outcome;

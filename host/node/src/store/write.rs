@@ -212,7 +212,7 @@ async fn insert_one(
                 .await?;
             }
             Some(co_signer) => {
-                let (first, second) = ordered(m.member, co_signer);
+                let (first, second) = dispersy_core::store::pair(m.member, co_signer);
                 sqlx::query(
                     "DELETE FROM sync WHERE id IN (
                          SELECT s.id FROM sync s JOIN double_signed_sync d ON d.sync = s.id
@@ -247,19 +247,13 @@ async fn insert_one(
     })
 }
 
-/// The two signers of a pair in a fixed order (the lower member id first), so that a pair is
-/// one key whoever signed first.
-fn ordered(a: MemberId, b: MemberId) -> (MemberId, MemberId) {
-    if a.0 <= b.0 { (a, b) } else { (b, a) }
-}
-
 /// Records the pair of signers of a stored double-member message.
 async fn pair(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     m: &NewMessage,
     co_signer: MemberId,
 ) -> Result<(), StoreError> {
-    let (first, second) = ordered(m.member, co_signer);
+    let (first, second) = dispersy_core::store::pair(m.member, co_signer);
     let id: i64 = sqlx::query_scalar(
         "SELECT id FROM sync WHERE community = ?1 AND member = ?2 AND global_time = ?3",
     )
