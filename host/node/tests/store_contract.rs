@@ -43,9 +43,12 @@ enum Answer {
     Rows(Vec<Row>),
     Packets(Vec<Vec<u8>>),
     Pruned(u64),
-    /// (row id, member, global time, meta, sequence, packet), in row id order.
-    Messages(Vec<(u64, MemberId, u64, u32, Option<u32>, Vec<u8>)>),
+    /// The stored messages, in row id order.
+    Messages(Vec<Message>),
 }
+
+/// (row id, member, global time, meta, sequence, packet) of a stored message.
+type Message = (u64, MemberId, u64, u32, Option<u32>, Vec<u8>);
 
 fn definition() -> Definition {
     let master = KeyPair::from_secret(&[3u8; 32]).expect("key");
