@@ -379,7 +379,7 @@ impl Sim {
                     max_bytes,
                 } => {
                     let packets = self.stores[i].lookup(*community, lookup, *max_bytes);
-                    self.nodes[i].send_answer(now, *request, packets);
+                    self.nodes[i].handle_answer_read(now, *request, packets);
                 }
                 // The simulated plugins sign whatever does not ask to be refused.
                 Event::SignatureAsked { ask, message, .. } => {
@@ -389,7 +389,7 @@ impl Sim {
                 Event::Signed { .. } => {}
                 Event::SendPackets { request, rows } => {
                     let packets = self.stores[i].packets(rows);
-                    self.nodes[i].send_packets(now, *request, packets);
+                    self.nodes[i].handle_packets_read(now, *request, packets);
                 }
             }
             self.events[i].push(event);

@@ -60,14 +60,14 @@ pub enum Command {
     /// The store read the rows of a requested range.
     SyncRowsRead {
         /// The request.
-        request: u32,
+        request: dispersy_core::node::RequestId,
         /// The rows.
         rows: Vec<dispersy_core::sync::Row>,
     },
     /// The store read the packets to send.
     PacketsRead {
         /// The request.
-        request: u32,
+        request: dispersy_core::node::RequestId,
         /// The packets.
         packets: Vec<Vec<u8>>,
     },
@@ -100,7 +100,7 @@ pub enum Command {
     /// A plugin decided whether to co-sign ([`Event::SignatureAsked`](dispersy_core::node::Event::SignatureAsked)).
     SignatureVerdict {
         /// The question.
-        ask: u32,
+        ask: dispersy_core::node::RequestId,
         /// Whether it signs.
         allow: bool,
     },
@@ -116,7 +116,7 @@ pub enum Command {
     /// The store read the packets answering a missing-* request.
     AnswerRead {
         /// The request.
-        request: u32,
+        request: dispersy_core::node::RequestId,
         /// The packets.
         packets: Vec<Vec<u8>>,
     },

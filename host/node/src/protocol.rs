@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dispersy_core::identity::CommunityId;
-use dispersy_core::node::{CreateError, Created, Event, Incoming, Node};
+use dispersy_core::node::{CreateError, Created, Event, Incoming, Node, RequestId};
 use dispersy_core::stats::Counters;
 use dispersy_core::time::Instant as CoreInstant;
 use tokio::net::UdpSocket;
@@ -57,7 +57,7 @@ pub(crate) struct Protocol {
     last_refresh: tokio::time::Instant,
     /// API calls waiting for a co-signed message, by signature request (bounded by the core's
     /// `signature.max_pending`: every request ends in an `Event::Signed`).
-    signing: HashMap<u32, oneshot::Sender<Result<Created, CreateError>>>,
+    signing: HashMap<RequestId, oneshot::Sender<Result<Created, CreateError>>>,
 }
 
 impl Protocol {
@@ -219,7 +219,7 @@ impl Protocol {
                 self.node.handle_sync_rows(now, request, rows);
             }
             Command::PacketsRead { request, packets } => {
-                self.node.send_packets(now, request, packets);
+                self.node.handle_packets_read(now, request, packets);
             }
             Command::Stored {
                 community,
@@ -243,7 +243,7 @@ impl Protocol {
                 self.node.handle_signature_verdict(now, ask, allow);
             }
             Command::AnswerRead { request, packets } => {
-                self.node.send_answer(now, request, packets);
+                self.node.handle_answer_read(now, request, packets);
             }
             Command::Node { reply } => {
                 let _ = reply.send(self.node_info(now));

@@ -2,11 +2,11 @@
 //! delaying a message for a sequence gap or a plugin's wait, sending the missing-sequence /
 //! -message / -last-message requests and repeating them, resuming what was waiting once its
 //! message is stored, expiring waits, and answering others' requests through the driver's store
-//! reads ([`Event::ReadPackets`] answered by [`Node::send_answer`]).
+//! reads ([`Event::ReadPackets`] answered by [`Node::handle_answer_read`]).
 
 use std::net::SocketAddr;
 
-use super::{Event, Incoming, Node, Stored};
+use super::{Event, Incoming, Node, RequestId, Stored};
 use crate::identity::CommunityId;
 use crate::meta::Distribution;
 use crate::missing::{Answer, Awaited, Delayed, Lookup, Outcome, Request};
@@ -272,7 +272,7 @@ impl Node {
         if self.answers.len() >= self.config.sync.max_responses {
             return Err("missing-busy");
         }
-        let request = self.next_response_id();
+        let request = self.next_request_id();
         let max_bytes = self.config.missing.answer_bytes;
         self.answers.insert(
             request,
@@ -293,7 +293,7 @@ impl Node {
 
     /// The packets answering [`Event::ReadPackets`]: sent as collections, within the byte
     /// budget of the request.
-    pub fn send_answer(&mut self, _now: Instant, request: u32, packets: Vec<Vec<u8>>) {
+    pub fn handle_answer_read(&mut self, _now: Instant, request: RequestId, packets: Vec<Vec<u8>>) {
         let Some(answer) = self.answers.remove(&request) else {
             return;
         };

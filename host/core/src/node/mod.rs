@@ -8,8 +8,8 @@
 //! - communities: [`Node::create_message`], [`Node::request_signature`] and
 //!   [`Node::handle_signature_verdict`] (answering [`Event::SignatureAsked`]);
 //! - the store, answering events: [`Node::handle_sync_query`] ([`Event::SyncQuery`]),
-//!   [`Node::handle_sync_rows`] ([`Event::SyncRows`]), [`Node::send_packets`]
-//!   ([`Event::SendPackets`]), [`Node::send_answer`] ([`Event::ReadPackets`]);
+//!   [`Node::handle_sync_rows`] ([`Event::SyncRows`]), [`Node::handle_packets_read`]
+//!   ([`Event::SendPackets`]), [`Node::handle_answer_read`] ([`Event::ReadPackets`]);
 //! - the store, reporting what became of [`Event::Messages`]: [`Node::handle_stored`],
 //!   [`Node::handle_sequence_gap`], [`Node::handle_conflict`], and a plugin's wait,
 //!   [`Node::handle_wait`].
@@ -175,7 +175,7 @@ pub enum Event {
         /// The community.
         community: CommunityId,
         /// Identifies the request.
-        request: u32,
+        request: RequestId,
         /// The range.
         range: crate::sync::Range,
         /// How many rows at most.
@@ -193,10 +193,10 @@ pub enum Event {
         below: u64,
     },
     /// Read the stored packets `lookup` names, in its order, stopping after `max_bytes`, and hand
-    /// them to [`Node::send_answer`] (answers to missing-* requests).
+    /// them to [`Node::handle_answer_read`] (answers to missing-* requests).
     ReadPackets {
         /// Identifies the request.
-        request: u32,
+        request: RequestId,
         /// The community.
         community: CommunityId,
         /// What to read.
@@ -210,24 +210,37 @@ pub enum Event {
         /// The community.
         community: CommunityId,
         /// Identifies the question.
-        ask: u32,
+        ask: RequestId,
         /// The message to co-sign.
         message: CommunityMessage,
     },
     /// A double-member message started with [`Node::request_signature`] is published, or not.
     Signed {
         /// The request.
-        request: u32,
+        request: RequestId,
         /// What became of it.
         result: Result<Created, CreateError>,
     },
-    /// Read the packets of these rows and hand them to [`Node::send_packets`].
+    /// Read the packets of these rows and hand them to [`Node::handle_packets_read`].
     SendPackets {
         /// Identifies the request.
-        request: u32,
+        request: RequestId,
         /// The rows, in sending order.
         rows: Vec<u64>,
     },
+}
+
+/// Names one request the node made of its driver ([`Event::SyncRows`], [`Event::ReadPackets`],
+/// [`Event::SendPackets`], [`Event::SignatureAsked`]) or one co-signed message in flight
+/// ([`Node::request_signature`], [`Event::Signed`]); the driver hands it back with the answer.
+/// Ids of one node are distinct among the requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u32);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
 }
 
 /// Why a community could not be joined.
@@ -314,18 +327,18 @@ pub struct Node {
     stats: Stats,
     next_cleanup: Instant,
     /// Sync requests being answered, by request id.
-    responses: HashMap<u32, crate::sync::PendingResponse>,
+    responses: HashMap<RequestId, crate::sync::PendingResponse>,
     next_response: u32,
     /// Received messages waiting for others.
     delays: crate::missing::Delays,
     /// Missing-* requests being answered, by request id.
-    answers: HashMap<u32, crate::missing::Answer>,
+    answers: HashMap<RequestId, crate::missing::Answer>,
     /// Relayed packets handled lately.
     relayed: relay::Seen,
     /// Our signature-requests waiting for their response.
-    signing: HashMap<u32, crate::signature::Pending>,
+    signing: HashMap<RequestId, crate::signature::Pending>,
     /// Signature-requests to us waiting for our plugin.
-    asked: HashMap<u32, crate::signature::Asked>,
+    asked: HashMap<RequestId, crate::signature::Asked>,
 }
 
 impl Node {
@@ -642,10 +655,10 @@ impl Node {
         self.push_event(event);
     }
 
-    fn next_response_id(&mut self) -> u32 {
+    fn next_request_id(&mut self) -> RequestId {
         let id = self.next_response;
         self.next_response = self.next_response.wrapping_add(1).max(1);
-        id
+        RequestId(id)
     }
 
     fn send(&mut self, destination: SocketAddr, packet: Packet) {

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::{CreateError, Created, Event, Node};
+use super::{CreateError, Created, Event, Node, RequestId};
 use crate::identity::{CommunityId, PublicKey};
 use crate::meta::Authentication;
 use crate::signature::{Asked, Pending, SignError};
@@ -26,7 +26,7 @@ impl Node {
         co_signer: PublicKey,
         to: SocketAddr,
         candidates: &[SocketAddr],
-    ) -> Result<u32, CreateError> {
+    ) -> Result<RequestId, CreateError> {
         if self.signing.len() >= self.config.signature.max_pending {
             return Err(CreateError::Busy);
         }
@@ -59,13 +59,13 @@ impl Node {
             });
         }
         c.claim_global_time();
-        let request = self.next_response_id();
+        let request = self.next_request_id();
         let session = self.sessions.id(&to).unwrap_or(0);
         self.send(
             to,
             Packet::SignatureRequest(SignatureRequest {
                 session,
-                request,
+                request: request.0,
                 message: message.clone(),
                 descriptor: descriptor.clone(),
             }),
@@ -118,7 +118,7 @@ impl Node {
         if self.asked.len() >= self.config.signature.max_pending {
             return Err("signature-busy");
         }
-        let ask = self.next_response_id();
+        let ask = self.next_request_id();
         let community = m.message.community;
         self.push(Event::SignatureAsked {
             community,
@@ -140,7 +140,7 @@ impl Node {
 
     /// Our plugin's verdict on [`Event::SignatureAsked`] `ask`: when allowed, our signature
     /// goes back to the requester.
-    pub fn handle_signature_verdict(&mut self, now: Instant, ask: u32, allow: bool) {
+    pub fn handle_signature_verdict(&mut self, now: Instant, ask: RequestId, allow: bool) {
         let Some(asked) = self.asked.remove(&ask) else {
             return;
         };
@@ -173,17 +173,17 @@ impl Node {
     ) -> Result<(), &'static str> {
         let matches = self
             .signing
-            .get(&m.request)
+            .get(&RequestId(m.request))
             .is_some_and(|p| p.to == from && m.signer == 1);
         if !matches {
             return Err("unexpected-signature-response");
         }
-        let Some(pending) = self.signing.remove(&m.request) else {
+        let Some(pending) = self.signing.remove(&RequestId(m.request)) else {
             return Err("unexpected-signature-response");
         };
         if m.descriptor != pending.descriptor {
             self.push(Event::Signed {
-                request: m.request,
+                request: RequestId(m.request),
                 result: Err(SignError::Modified.into()),
             });
             return Err("signature-response-modified");
@@ -201,7 +201,7 @@ impl Node {
                 sent_to,
             });
         self.push(Event::Signed {
-            request: m.request,
+            request: RequestId(m.request),
             result,
         });
         Ok(())
@@ -209,7 +209,7 @@ impl Node {
 
     /// Gives up on signatures not given in time, and on verdicts not taken in time.
     pub(super) fn expire_signatures(&mut self, now: Instant) {
-        let expired: Vec<u32> = self
+        let expired: Vec<RequestId> = self
             .signing
             .iter()
             .filter(|(_, p)| p.deadline <= now)

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Event, Node, Stored};
+use super::{Event, Node, RequestId, Stored};
 use crate::bloom::BloomFilter;
 use crate::identity::CommunityId;
 use crate::sync::{
@@ -326,7 +326,7 @@ impl Node {
             return;
         }
         let metas = synced_metas(c);
-        let request = self.next_response_id();
+        let request = self.next_request_id();
         self.responses.insert(
             request,
             PendingResponse {
@@ -350,7 +350,7 @@ impl Node {
 
     /// The rows answering [`Event::SyncRows`]: chooses what the requester lacks, within its
     /// budget, and asks for their packets.
-    pub fn handle_sync_rows(&mut self, _now: Instant, request: u32, rows: Vec<Row>) {
+    pub fn handle_sync_rows(&mut self, _now: Instant, request: RequestId, rows: Vec<Row>) {
         let Some(pending) = self.responses.get(&request) else {
             return;
         };
@@ -376,7 +376,12 @@ impl Node {
     }
 
     /// The packets answering [`Event::SendPackets`]: sent as collections.
-    pub fn send_packets(&mut self, _now: Instant, request: u32, packets: Vec<Vec<u8>>) {
+    pub fn handle_packets_read(
+        &mut self,
+        _now: Instant,
+        request: RequestId,
+        packets: Vec<Vec<u8>>,
+    ) {
         let Some(pending) = self.responses.remove(&request) else {
             return;
         };

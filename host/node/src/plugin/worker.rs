@@ -80,7 +80,7 @@ pub enum Job {
     /// plugin whether we sign.
     AllowSignature {
         /// The protocol task's question.
-        ask: u32,
+        ask: dispersy_core::node::RequestId,
         /// The message.
         message: Box<dispersy_core::wire::CommunityMessage>,
     },

@@ -19,7 +19,7 @@ pub(crate) enum SyncJob {
         query: dispersy_core::sync::Query,
     },
     Rows {
-        request: u32,
+        request: dispersy_core::node::RequestId,
         row: i64,
         range: dispersy_core::sync::Range,
         limit: usize,
@@ -31,11 +31,11 @@ pub(crate) enum SyncJob {
         below: u64,
     },
     Packets {
-        request: u32,
+        request: dispersy_core::node::RequestId,
         ids: Vec<u64>,
     },
     Lookup {
-        request: u32,
+        request: dispersy_core::node::RequestId,
         row: i64,
         lookup: dispersy_core::missing::Lookup,
         max_bytes: usize,
