@@ -4,14 +4,14 @@
 //!
 //! Three things make a received message wait:
 //! - a gap before its sequence number (full-sync with sequence numbers): the store saw it, found
-//!   `low..=high` missing and handed it back ([`crate::node::Node::handle_sequence_gap`]); the
+//!   `low..=high` missing and handed it back ([`crate::node::Node::handle_store_report`]); the
 //!   node asks the sender with a missing-sequence;
 //! - its plugin waits for another message of a member at a global time (a reply to a post not
 //!   here yet): missing-message;
 //! - its plugin waits for the newest message of a member and meta: missing-last-message.
 //!
 //! The waiting messages are held here, bounded in count and time (the original's 10 s). When the
-//! driver reports what it stored ([`crate::node::Node::handle_stored`]), the messages whose
+//! driver reports what it stored ([`crate::node::Node::handle_store_report`]), the messages whose
 //! wait is over are handed to the driver again as [`crate::node::Event::Messages`], to be checked
 //! and stored as if they had just arrived. A request is sent once per awaited thing, repeated
 //! after [`Config::retry`] while the wait lasts; a missing-sequence answered in part (the

@@ -111,17 +111,6 @@ struct Flight {
     bytes: Vec<u8>,
 }
 
-/// What one call to [`Store::store`] did, as the node is told it.
-#[derive(Debug, Default)]
-struct Outcome {
-    /// The messages stored (new, or replacing a lower version).
-    stored: Vec<crate::node::Stored>,
-    /// Messages behind a sequence gap: (message, low, high).
-    gaps: Vec<(crate::node::Incoming, u32, u32)>,
-    /// Our winning packet, to send back to the loser's sender.
-    conflicts: Vec<(SocketAddr, Vec<u8>)>,
-}
-
 /// A node's store: the reference store of [`crate::store::memory`].
 #[derive(Debug, Default)]
 pub(crate) struct Store(pub crate::store::memory::Store);
@@ -134,15 +123,14 @@ impl std::ops::Deref for Store {
 }
 
 impl Store {
-    /// Stores the persistent ones of `messages` (of metas of `definition`) and sorts what
-    /// became of them as the node is told it.
+    /// Stores the persistent ones of `messages` (of metas of `definition`) and files what
+    /// became of them, as the runtime's community worker does.
     fn store(
         &mut self,
         definition: &crate::community::Definition,
         messages: &[crate::node::Incoming],
-    ) -> Outcome {
-        use crate::store::{Entry, Outcome as Stored};
-        let mut out = Outcome::default();
+    ) -> crate::store::Report {
+        use crate::store::{Entry, Report};
         let persistent: Vec<(&crate::node::Incoming, Entry)> = messages
             .iter()
             .filter(|m| m.persistent)
@@ -153,17 +141,11 @@ impl Store {
             .collect();
         let entries: Vec<Entry> = persistent.iter().map(|(_, e)| e.clone()).collect();
         let outcomes = self.0.insert(definition.id(), &entries);
+        let mut report = Report::default();
         for ((m, entry), outcome) in persistent.into_iter().zip(outcomes) {
-            match outcome {
-                Stored::Stored => out
-                    .stored
-                    .extend(crate::node::Stored::of(&m.message, entry.hash, m.source)),
-                Stored::Gap { low, high } => out.gaps.push((m.clone(), low, high)),
-                Stored::Conflict(ours) => out.conflicts.extend(m.source.map(|to| (to, ours))),
-                Stored::Duplicate | Stored::Stale => {}
-            }
+            report.file(m.clone(), entry.hash, outcome);
         }
-        out
+        report
     }
 }
 
@@ -338,18 +320,8 @@ impl Sim {
                     else {
                         continue;
                     };
-                    let outcome = self.stores[i].store(&definition, messages);
-                    // Gaps first, as the runtime tells them: a number stored later in the same
-                    // batch then ends the wait at once.
-                    for (incoming, low, high) in outcome.gaps {
-                        self.nodes[i].handle_sequence_gap(now, *community, incoming, low, high);
-                    }
-                    for (to, packet) in outcome.conflicts {
-                        self.nodes[i].handle_conflict(now, to, &packet);
-                    }
-                    if !outcome.stored.is_empty() {
-                        self.nodes[i].handle_stored(now, *community, &outcome.stored);
-                    }
+                    let report = self.stores[i].store(&definition, messages);
+                    self.nodes[i].handle_store_report(now, *community, report);
                 }
                 Event::SyncQuery { community, query } => {
                     let (right, left) = self.stores[i].sync_query(*community, *query);

@@ -71,31 +71,12 @@ pub enum Command {
         /// The packets.
         packets: Vec<Vec<u8>>,
     },
-    /// A community thread stored these messages (told after the gaps of the same batch).
-    Stored {
+    /// A community thread stored a batch of messages and filed what became of each.
+    StoreReport {
         /// The community.
         community: CommunityId,
-        /// The messages.
-        messages: Vec<dispersy_core::node::Stored>,
-    },
-    /// The store found sequence numbers `low..=high` missing before this message.
-    SequenceGap {
-        /// The community.
-        community: CommunityId,
-        /// The message, to retry once the gap is filled.
-        message: Box<dispersy_core::node::Incoming>,
-        /// First missing number.
-        low: u32,
-        /// Last missing number.
-        high: u32,
-    },
-    /// A message lost a sequence-number conflict against our stored `packet`: it goes back to
-    /// the sender.
-    Conflict {
-        /// The loser's sender.
-        to: SocketAddr,
-        /// Our winning packet.
-        packet: Vec<u8>,
+        /// What the store did ([`dispersy_core::store::Report`]).
+        report: Box<dispersy_core::store::Report>,
     },
     /// A plugin decided whether to co-sign ([`Event::SignatureAsked`](dispersy_core::node::Event::SignatureAsked)).
     SignatureVerdict {

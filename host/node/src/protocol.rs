@@ -221,19 +221,9 @@ impl Protocol {
             Command::PacketsRead { request, packets } => {
                 self.node.handle_packets_read(now, request, packets);
             }
-            Command::Stored {
-                community,
-                messages,
-            } => self.node.handle_stored(now, community, &messages),
-            Command::SequenceGap {
-                community,
-                message,
-                low,
-                high,
-            } => self
-                .node
-                .handle_sequence_gap(now, community, *message, low, high),
-            Command::Conflict { to, packet } => self.node.handle_conflict(now, to, &packet),
+            Command::StoreReport { community, report } => {
+                self.node.handle_store_report(now, community, *report);
+            }
             Command::Wait {
                 community,
                 message,

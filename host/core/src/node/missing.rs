@@ -17,7 +17,7 @@ impl Node {
     /// The driver's store found numbers `low..=high` missing before `incoming` (see
     /// [`crate::missing::check`]): it waits for them, and they are requested from its sender unless
     /// they are being requested already.
-    pub fn handle_sequence_gap(
+    pub(super) fn handle_sequence_gap(
         &mut self,
         now: Instant,
         community: CommunityId,
@@ -169,7 +169,7 @@ impl Node {
 
     /// The driver's store found that `packet`, ours, wins over a conflicting message that
     /// `to` sent (same member and sequence number): it goes back to `to`.
-    pub fn handle_conflict(&mut self, _now: Instant, to: SocketAddr, packet: &[u8]) {
+    pub(super) fn handle_conflict(&mut self, _now: Instant, to: SocketAddr, packet: &[u8]) {
         let session = self.sessions.id(&to).unwrap_or(0);
         self.send_collections(to, session, &[packet]);
     }

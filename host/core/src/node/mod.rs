@@ -1,29 +1,48 @@
 //! The node: the sans-IO state machine of one Dispersy host, and all its glue.
 //!
-//! Inputs, each with the time it happened:
-//! - set-up: [`Node::join`] (a plugin's community), [`Node::add_candidate`] (a configured peer);
-//! - the network: [`Node::handle_datagram`] (bytes from a UDP address), [`Node::handle_decoded`]
-//!   (the same, decoded elsewhere);
-//! - time: [`Node::handle_timeout`] (the time [`Node::poll_timeout`] asked for has come);
-//! - communities: [`Node::create_message`], [`Node::request_signature`] and
-//!   [`Node::handle_signature_verdict`] (answering [`Event::SignatureAsked`]);
-//! - the store, answering events: [`Node::handle_sync_query`] ([`Event::SyncQuery`]),
-//!   [`Node::handle_sync_rows`] ([`Event::SyncRows`]), [`Node::handle_packets_read`]
-//!   ([`Event::SendPackets`]), [`Node::handle_answer_read`] ([`Event::ReadPackets`]);
-//! - the store, reporting what became of [`Event::Messages`]: [`Node::handle_stored`],
-//!   [`Node::handle_sequence_gap`], [`Node::handle_conflict`], and a plugin's wait,
-//!   [`Node::handle_wait`].
+//! The driver (host/node's tokio runtime, or the simulation) owns a [`Node`] and talks to it
+//! only through the methods below, each given the time it is called at. After every call it
+//! drains the outputs, in this order: [`Node::poll_transmit`] until `None`, then
+//! [`Node::poll_event`] until `None`, then arms a timer for [`Node::poll_timeout`].
 //!
-//! Outputs, drained by the driver after every input: [`Node::poll_transmit`] (datagrams to
-//! send), [`Node::poll_event`] (messages for plugins and storage, store reads, co-signing), and
-//! [`Node::poll_timeout`].
+//! Commands, what the driver itself wants:
+//! - [`Node::join`]: run a plugin's community (or a tracker's bare one);
+//! - [`Node::add_candidate`]: a peer from the configuration, walked to like a tracker;
+//! - [`Node::create_message`]: sign and publish a member-authenticated message;
+//! - [`Node::request_signature`]: start a double-member message (ends in [`Event::Signed`]).
+//!
+//! Inputs, what happened (every one `handle_*`):
+//! - [`Node::handle_datagram`]: bytes from a UDP address;
+//! - [`Node::handle_decoded`]: the same, decoded and verified by the driver's verifier threads;
+//! - [`Node::handle_timeout`]: the time [`Node::poll_timeout`] named has come;
+//! - [`Node::handle_store_report`]: what the store did with an [`Event::Messages`] batch;
+//! - [`Node::handle_wait`]: a plugin wants a message of such a batch to wait for another;
+//! - [`Node::handle_sync_query`]: the rows an [`Event::SyncQuery`] asked for;
+//! - [`Node::handle_sync_rows`]: the rows an [`Event::SyncRows`] asked for;
+//! - [`Node::handle_packets_read`]: the packets an [`Event::SendPackets`] asked for;
+//! - [`Node::handle_answer_read`]: the packets an [`Event::ReadPackets`] asked for;
+//! - [`Node::handle_signature_verdict`]: a plugin's answer to an [`Event::SignatureAsked`].
+//!
+//! Events, what the driver must do (answers carry the event's [`RequestId`]):
+//! - [`Event::Messages`]: check, store and handle verified messages of one meta (answered by
+//!   [`Node::handle_store_report`] and [`Node::handle_wait`]);
+//! - [`Event::SyncQuery`]: read syncable rows to build a bloom filter;
+//! - [`Event::SyncRows`]: read the rows of a requester's range, to answer its filter;
+//! - [`Event::SendPackets`]: read the packets of the rows chosen for a requester;
+//! - [`Event::ReadPackets`]: read the packets a missing-* request names;
+//! - [`Event::Prune`]: delete a meta's messages below a global time;
+//! - [`Event::SignatureAsked`]: ask a plugin whether it co-signs a message;
+//! - [`Event::Signed`]: a co-signed message is published, or why not.
+//!
+//! Outputs: [`Node::poll_transmit`] (datagrams to send), [`Node::poll_event`] (the events
+//! above), [`Node::poll_timeout`] (when to call [`Node::handle_timeout`]).
 //!
 //! This file holds the state, the I/O types, dispatch, timers and the output queues. Each
 //! concern's reactions are a child file, next to the pure rules of the module of the same name:
 //! `walk` (steps, introductions, sessions, punctures; rules in [`crate::walker`]), `collection`
 //! (creating, publishing and receiving messages), `member` (the identity exchange), `sync`
-//! (bloom-filter sync and `handle_stored`), `missing` (waiting messages and missing-* requests),
-//! `signature` (co-signing). The pure modules never import the node.
+//! (bloom-filter sync, and what stored messages change), `missing` (waiting messages and
+//! missing-* requests), `signature` (co-signing). The pure modules never import the node.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -151,7 +170,7 @@ pub struct Transmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Messages of one community and meta, in arrival order, for check, storage and handling.
-    /// The driver reports stored ones with [`Node::handle_stored`].
+    /// The driver reports what became of them with [`Node::handle_store_report`].
     Messages {
         /// The community.
         community: CommunityId,
@@ -636,6 +655,29 @@ impl Node {
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// The driver stored (or did not store) the messages of one [`Event::Messages`] of
+    /// `community`, and filed what became of each in `report` ([`crate::store::Report::file`]).
+    /// Messages behind a sequence gap wait and the missing numbers are requested; our winning
+    /// packets go back to the senders of lost conflicts; then the stored messages are learnt
+    /// (sync state, follow-up rounds, messages waiting for them resume), in that order, so that a
+    /// number stored later in the same batch ends a wait at once.
+    pub fn handle_store_report(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        report: crate::store::Report,
+    ) {
+        for (incoming, low, high) in report.gaps {
+            self.handle_sequence_gap(now, community, incoming, low, high);
+        }
+        for (to, packet) in report.conflicts {
+            self.handle_conflict(now, to, &packet);
+        }
+        if !report.stored.is_empty() {
+            self.handle_stored(now, community, &report.stored);
+        }
     }
 
     /// The next event for the driver.

@@ -396,7 +396,12 @@ impl Node {
     /// filter covering them learns them, messages from the peer of our last filter start
     /// follow-up rounds with it ([`sync::Chase`]) or keep them going, and messages waiting
     /// for them resume ([`crate::missing`]).
-    pub fn handle_stored(&mut self, now: Instant, community: CommunityId, stored: &[Stored]) {
+    pub(super) fn handle_stored(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        stored: &[Stored],
+    ) {
         let follow_ups = self.config.sync.max_follow_ups > 0;
         if let Some(c) = self.communities.get_mut(&community) {
             c.sync.stored += stored.len() as u64;

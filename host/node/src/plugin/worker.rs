@@ -19,7 +19,8 @@ use dispersy_core::bloom::PacketHash;
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
 use dispersy_core::missing::Awaited;
-use dispersy_core::node::{Incoming, Stored};
+use dispersy_core::node::Incoming;
+use dispersy_core::store::{Entry, Report};
 use dispersy_plugin_api::abi::{self, CommunityBox, HostApi_TO, PluginError, RawMessage};
 use tokio::sync::{mpsc, oneshot};
 
@@ -546,7 +547,7 @@ impl WorkerLoop {
                 }
             }
         }
-        let mut news = Vec::new();
+        let mut report = Report::default();
         let mut out = Vec::with_capacity(metas.len());
         for (meta, pending) in metas {
             let mut kept = Accepted {
@@ -558,8 +559,8 @@ impl WorkerLoop {
             for p in pending {
                 let handled = match (p.hash, p.outcome) {
                     (None, _) => Some((p.message, false)),
-                    (Some(hash), Some(outcome)) => self
-                        .settle(p.message, hash, outcome, &mut news)
+                    (Some(hash), Some(outcome)) => report
+                        .file(p.message, hash, outcome)
                         .map(|message| (message, true)),
                     (Some(_), None) => None,
                 };
@@ -571,52 +572,43 @@ impl WorkerLoop {
             }
             out.push((kept, stored));
         }
-        if !news.is_empty() {
-            self.tell(Command::Stored {
+        self.count(&report);
+        if report.has_news() {
+            self.tell(Command::StoreReport {
                 community: self.context.community,
-                messages: news,
+                report: Box::new(report),
             });
         }
         out
     }
 
+    /// Counts the messages of `report` that are dropped.
+    fn count(&self, report: &Report) {
+        let mut stats = lock(&self.shared.stats);
+        stats.duplicates += report.duplicates;
+        if report.stale > 0 {
+            stats.drop_reason("stale-sequence", report.stale);
+        }
+        if report.conflicts_lost > 0 {
+            stats.drop_reason("sequence-conflict-lost", report.conflicts_lost);
+        }
+    }
+
     /// The messages of `batch` on their way to the store, each with its row when it is
     /// persistent (and has an author).
     fn pending(&self, batch: Accepted) -> Vec<Pending> {
-        let definition = self.context.definition.meta_by_id(batch.meta);
-        let priority = definition.map_or(128, |m| m.priority);
-        let history = definition.and_then(|m| match m.distribution {
-            dispersy_core::meta::Distribution::LastSync { history, .. } => Some(history),
-            _ => None,
-        });
+        let meta = self.context.definition.meta_by_id(batch.meta);
         batch
             .messages
             .into_iter()
             .zip(batch.raw)
             .map(|(incoming, raw)| {
-                let message = &incoming.message.message;
-                let member = message.authors.first().map(PublicKey::member_id);
-                let row = match (incoming.persistent, member) {
-                    (true, Some(member)) => {
-                        let packet = &incoming.message.packet;
-                        Some(NewMessage {
-                            community: self.context.community_row,
-                            member,
-                            global_time: message.global_time,
-                            meta: batch.meta,
-                            sequence: message.sequence_number,
-                            priority,
-                            history,
-                            co_signer: message.authors.get(1).map(|a| a.member_id()),
-                            hash: PacketHash::of(packet),
-                            packet: packet.clone(),
-                        })
-                    }
-                    _ => None,
-                };
+                let entry = meta
+                    .filter(|_| incoming.persistent)
+                    .and_then(|meta| Entry::of(&incoming.message, meta));
                 Pending {
-                    hash: row.as_ref().map(|row| row.hash),
-                    row,
+                    hash: entry.as_ref().map(|entry| entry.hash),
+                    row: entry.map(|entry| NewMessage::new(self.context.community_row, entry)),
                     outcome: None,
                     message: incoming,
                     raw,
@@ -653,50 +645,6 @@ impl WorkerLoop {
                 None
             }
             None => None, // shutting down
-        }
-    }
-
-    /// What the store's `outcome` for `message` (stored with packet hash `hash`) means: returns
-    /// the message when it is to be handled, adds newly stored ones to `news`, tells the protocol
-    /// task of a sequence gap or a lost conflict, and counts the rest.
-    fn settle(
-        &self,
-        message: Incoming,
-        hash: PacketHash,
-        outcome: Outcome,
-        news: &mut Vec<Stored>,
-    ) -> Option<Incoming> {
-        match outcome {
-            Outcome::Stored => {
-                news.extend(Stored::of(&message.message, hash, message.source));
-                Some(message)
-            }
-            // Our own messages are handled even if storage already had them.
-            Outcome::Duplicate if message.source.is_none() => Some(message),
-            Outcome::Duplicate => {
-                lock(&self.shared.stats).duplicates += 1;
-                None
-            }
-            Outcome::Stale => {
-                lock(&self.shared.stats).drop_reason("stale-sequence", 1);
-                None
-            }
-            Outcome::Gap { low, high } => {
-                self.tell(Command::SequenceGap {
-                    community: self.context.community,
-                    message: Box::new(message),
-                    low,
-                    high,
-                });
-                None
-            }
-            Outcome::Conflict(ours) => {
-                lock(&self.shared.stats).drop_reason("sequence-conflict-lost", 1);
-                if let Some(to) = message.source {
-                    self.tell(Command::Conflict { to, packet: ours });
-                }
-                None
-            }
         }
     }
 

@@ -115,6 +115,25 @@ pub struct NewMessage {
     pub hash: PacketHash,
 }
 
+impl NewMessage {
+    /// The row of `entry` (what the storage contract keeps of a message) in the community of
+    /// row id `community`.
+    pub fn new(community: i64, entry: dispersy_core::store::Entry) -> NewMessage {
+        NewMessage {
+            community,
+            member: entry.member,
+            global_time: entry.global_time,
+            meta: entry.meta,
+            sequence: entry.sequence,
+            priority: entry.priority,
+            history: entry.history,
+            co_signer: entry.co_signer,
+            packet: entry.packet,
+            hash: entry.hash,
+        }
+    }
+}
+
 /// A stored message as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {

@@ -297,32 +297,37 @@ impl Harness {
     }
 }
 
-/// A short form of what the worker tells the protocol task.
-fn describe(command: &Command) -> String {
+/// Short forms of what the worker tells the protocol task; a store report in the order the node
+/// applies it (gaps, conflicts, then the stored news).
+fn describe(command: &Command) -> Vec<String> {
     match command {
-        Command::Stored { messages, .. } => {
-            let times: Vec<u64> = messages.iter().map(|m| m.global_time).collect();
-            format!("stored {times:?}")
+        Command::StoreReport { report, .. } => {
+            let mut out = Vec::new();
+            for (message, low, high) in &report.gaps {
+                let before = message.message.message.global_time;
+                out.push(format!("gap {low}..={high} before {before}"));
+            }
+            for (to, packet) in &report.conflicts {
+                out.push(format!("conflict to {to} with {packet:?}"));
+            }
+            if !report.stored.is_empty() {
+                let times: Vec<u64> = report.stored.iter().map(|m| m.global_time).collect();
+                out.push(format!("stored {times:?}"));
+            }
+            out
         }
-        Command::SequenceGap {
-            message, low, high, ..
-        } => format!(
-            "gap {low}..={high} before {}",
-            message.message.message.global_time
-        ),
-        Command::Conflict { to, packet } => format!("conflict to {to} with {packet:?}"),
         Command::Wait {
             message, awaited, ..
-        } => format!(
+        } => vec![format!(
             "wait {} for {awaited:?}",
             message.message.message.global_time
-        ),
-        _ => "other".into(),
+        )],
+        _ => vec!["other".into()],
     }
 }
 
 fn describe_all(commands: &[Command]) -> Vec<String> {
-    commands.iter().map(describe).collect()
+    commands.iter().flat_map(describe).collect()
 }
 
 #[test]
