@@ -1,42 +1,49 @@
-//! The example community of the Dispersy documentation ("Usage"), written as the template a third
-//! party copies to start a new community type.
+//! A test-only community that exercises every kind of meta-message the host implements and
+//! counts what reaches it, so that the host's black-box tests (`tests/`) and benchmarks
+//! (`host/node/benches/`) can read through the control API what the host delivered. It is not a
+//! template: a third party starts from `plugins/example` instead.
 //!
-//! The meta-message `example` carries a text of at most 255 UTF-8 bytes and an amount. It is
-//! member-authenticated (signed by its author), public (anyone may create it), direct (sent once,
-//! not stored) to 10 random verified candidates of the community. The check drops negative
-//! amounts; the handler counts what arrives, so the control API can show that every message was
-//! delivered exactly once. The meta-message `post` carries the same payload but is full-sync:
-//! stored by every node and spread by the bloom-filter synchronisation to nodes that join later.
-//! The meta-message `profile` is last-sync with a history of 1: every node keeps only the newest
-//! profile of each member. The meta-message `entry` is full-sync with sequence numbers: each
-//! member's entries form a log numbered 1, 2, 3, …, which the host hands over in order, fetching
-//! any gap with missing-sequence first (the handler counts entries that arrive out of order:
-//! there should be none). The meta-message `reply` answers a post: its check makes it wait until
-//! that post is here (the host fetches the post from the reply's sender with missing-message), so
-//! a reply is never handled before its post. The meta-message `shout` is relay: not stored, sent
-//! to one random peer, which passes it on, so that it reaches peers the author never sent it to.
-//! The meta-message `pact` is signed by two members (double-member): the second signs only
-//! pacts with a non-negative amount; last-sync with a history of 1 per pair of signers, so
-//! every node keeps the newest pact of each pair.
+//! Its metas, policies and payloads are fixed: the benchmarks' numbers are comparable over time
+//! only while they stay the same (the `example` and `post` metas are those the example community
+//! had when the benchmarks were written).
 //!
-//! To make your own community: copy this crate, pick a name, create a master key with
-//! `dispersy keygen` and put its public key in [`MASTER_KEY`] (keep the secret key safe: it will
-//! sign the community's permissions), define your payloads and metas, and build with
-//! `cargo build --release`. Drop the resulting `lib<name>.so` into the host's plugin folder.
+//! - `example` (1): member-authenticated, public, direct (sent once, not stored) to 10 random
+//!   verified candidates. The check drops negative amounts; the handler counts what arrives and
+//!   what arrives twice (`received`, `distinct`, `duplicates`, `total_amount`, `last_text`).
+//! - `post` (2): the same payload, full-sync: stored by every node and spread by the bloom-filter
+//!   synchronisation to nodes that join later (`posts`).
+//! - `profile` (3): last-sync with a history of 1: every node keeps only the newest profile of
+//!   each member (`profiles`).
+//! - `entry` (4): full-sync with sequence numbers: each member's entries form a log numbered 1,
+//!   2, 3, …, which the host hands over in order, fetching any gap with missing-sequence first
+//!   (`entries`; `entries_out_of_order` counts a host fault: there should be none).
+//! - `reply` (5): answers a post; its check makes it wait until that post is here (the host
+//!   fetches the post from the reply's sender with missing-message), so a reply is never handled
+//!   before its post (`replies`; `replies_before_post` counts a host fault).
+//! - `shout` (6): relay: not stored, sent to one random peer, which passes it on, so that it
+//!   reaches peers the author never sent it to (`shouts`).
+//! - `pact` (7): signed by two members (double-member): the second signs only pacts with a
+//!   non-negative amount; last-sync with a history of 1 per pair of signers, so every node keeps
+//!   the newest pact of each pair (`pacts`).
+//!
+//! The duplicate and fault detectors remember up to [`MAX_TRACKED`] messages or authors, enough
+//! for the largest benchmark.
 
 use std::collections::{HashMap, HashSet};
 
 use dispersy_plugin_api::prelude::*;
 use dispersy_plugin_api::serde_json::{Value, json};
 
-/// The master public key of the example community; the community id is derived from it.
-pub const MASTER_KEY: &str = "03d803ecf0f109b86394dbb34d309e55ebb421084d28352674bdb2b9470ff1ea95";
+/// The master public key of the probe community; the community id
+/// (`a2954e175d875cfdadc3a03557c72372038ec2b1`) is derived from it. Its secret key was thrown
+/// away: the probe never signs permissions.
+pub const MASTER_KEY: &str = "038ca28f49513f4a2d8d3f8ed95ba1bf1423e845070838e623e30e85bc0fb9313b";
 
-/// Largest text, in UTF-8 bytes (the documentation's limit).
+/// Largest text, in UTF-8 bytes.
 pub const MAX_TEXT: usize = 255;
 
-/// How many distinct messages the duplicate detector remembers.
-const MAX_TRACKED: usize = 1_000_000;
+/// How many messages (or authors) each detector remembers.
+pub const MAX_TRACKED: usize = 1_000_000;
 
 /// The payload of an `example` message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,8 +131,8 @@ impl Payload for Reply {
     }
 }
 
-/// One instance of the example community in a host.
-pub struct ExampleCommunity {
+/// One instance of the probe community in a host.
+pub struct ProbeCommunity {
     host: Host,
     /// Messages from other members.
     received: u64,
@@ -160,7 +167,7 @@ pub struct ExampleCommunity {
     pacts: u64,
 }
 
-impl ExampleCommunity {
+impl ProbeCommunity {
     fn check_example(&mut self, message: &Message<Example>) -> Verdict {
         if message.payload.amount < 0 {
             return Verdict::Drop("amount must not be negative".into());
@@ -200,7 +207,7 @@ impl ExampleCommunity {
     }
 }
 
-impl ExampleCommunity {
+impl ProbeCommunity {
     fn on_profile(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         self.profiles += messages.len() as u64;
         Ok(())
@@ -277,9 +284,9 @@ impl ExampleCommunity {
     }
 }
 
-impl Community for ExampleCommunity {
+impl Community for ProbeCommunity {
     fn definition() -> Definition<Self> {
-        Definition::new("example", env!("CARGO_PKG_VERSION"), MASTER_KEY)
+        Definition::new("probe", env!("CARGO_PKG_VERSION"), MASTER_KEY)
             .conversion(&[1])
             .meta(
                 Meta::<Self, Example>::new(1, "example")
@@ -353,8 +360,8 @@ impl Community for ExampleCommunity {
     }
 
     fn create(host: Host) -> Result<Self, Error> {
-        host.log(Level::Info, "example community started");
-        Ok(ExampleCommunity {
+        host.log(Level::Info, "probe community started");
+        Ok(ProbeCommunity {
             host,
             received: 0,
             created: 0,
@@ -395,7 +402,7 @@ impl Community for ExampleCommunity {
     }
 }
 
-export_community!(ExampleCommunity);
+export_community!(ProbeCommunity);
 
 #[cfg(test)]
 mod tests {
