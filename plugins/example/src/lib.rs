@@ -95,7 +95,8 @@ pub struct ExampleCommunity {
 }
 
 impl ExampleCommunity {
-    /// The check of both metas: runs before a message is stored or handled.
+    /// The check of both metas: a message received from the network passes it before it is
+    /// stored or handled.
     fn check(&mut self, message: &Message<Example>) -> Verdict {
         if message.payload.amount < 0 {
             return Verdict::Drop("amount must not be negative".into());
