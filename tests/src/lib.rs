@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 pub mod peer;
 
-/// The id of the example community (from its master key).
+/// The id of the example community (from its master key): the template, `plugins/example`.
 pub const EXAMPLE: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
+/// The id of the probe test community (`plugins/probe`): every meta kind, fault counters.
+pub const PROBE: &str = "a2954e175d875cfdadc3a03557c72372038ec2b1";
 /// The id of the faulty test community.
 pub const FAULTY: &str = "6d68501485e1b1c41272e8dca867d570e89f9e29";
 
@@ -166,8 +168,9 @@ where
     }
 }
 
-/// Two nodes with `plugins` that know each other (the second was given the first as a peer).
-pub async fn pair(plugins: &Path) -> (TestNode, TestNode) {
+/// Two nodes with `plugins` that know each other in `community` (the second was given the first
+/// as a peer).
+pub async fn pair(plugins: &Path, community: &str) -> (TestNode, TestNode) {
     let a = TestNode::start(plugins, |_| {}).await;
     let a_udp = a.udp;
     let b = TestNode::start(plugins, |c| c.peers = vec![a_udp.to_string()]).await;
@@ -175,7 +178,7 @@ pub async fn pair(plugins: &Path) -> (TestNode, TestNode) {
     wait_until(
         Duration::from_secs(20),
         "the nodes to know each other",
-        || async { a.knows(EXAMPLE, b_udp).await && b.knows(EXAMPLE, a_udp).await },
+        || async { a.knows(community, b_udp).await && b.knows(community, a_udp).await },
     )
     .await;
     (a, b)

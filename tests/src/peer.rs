@@ -10,7 +10,7 @@ use dispersy_core::wire::{
     MissingIdentity, Packet, SESSION_VERSION, SessionResponse,
 };
 
-use crate::EXAMPLE;
+use crate::{EXAMPLE, PROBE};
 
 /// The test member `n`.
 pub fn key(n: u8) -> KeyPair {
@@ -45,6 +45,11 @@ pub fn example() -> CommunityId {
     CommunityId::from_hex(EXAMPLE).unwrap()
 }
 
+/// The probe community id.
+pub fn probe() -> CommunityId {
+    CommunityId::from_hex(PROBE).unwrap()
+}
+
 /// A well-behaved peer played by the test: it walks to the node and goes through the whole
 /// exchange (identity, session handshake) the way a real node does.
 pub struct Peer {
@@ -52,6 +57,8 @@ pub struct Peer {
     pub socket: UdpSocket,
     /// Its member.
     pub key: KeyPair,
+    /// The community it walks in.
+    pub community: CommunityId,
     /// Keys it learnt.
     pub keys: HashMap<MemberId, PublicKey>,
     /// Its session with the node, 0 before the first walk.
@@ -59,8 +66,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A peer with `key` on a fresh loopback socket.
-    pub fn new(key: KeyPair) -> Peer {
+    /// A peer of `community` with `key` on a fresh loopback socket.
+    pub fn new(community: CommunityId, key: KeyPair) -> Peer {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -68,6 +75,7 @@ impl Peer {
         Peer {
             socket,
             key,
+            community,
             keys: HashMap::new(),
             session: 0,
         }
@@ -85,7 +93,7 @@ impl Peer {
 
     /// Walks to `node` and returns its introduction-response.
     pub fn walk(&mut self, node: SocketAddr, walk: u32) -> IntroductionResponse {
-        let mut request = match request(&self.key, example(), node, self.address()) {
+        let mut request = match request(&self.key, self.community, node, self.address()) {
             Packet::IntroductionRequest(r) => r,
             _ => unreachable!(),
         };
@@ -142,7 +150,7 @@ impl Peer {
                     Err(DecodeError::UnknownMember(member)) => {
                         waiting.push(bytes);
                         let ask = MissingIdentity {
-                            community: example(),
+                            community: self.community,
                             session: self.session,
                             random: 99,
                             member,

@@ -30,7 +30,7 @@ async fn assert_dropped(node: &TestNode, peer: &mut Peer, bytes: &[u8], reason: 
 async fn bad_datagrams_are_dropped_counted_and_the_node_keeps_serving() {
     let plugins = plugin_dir(&["example_community"]);
     let node = TestNode::start(plugins.path(), |_| {}).await;
-    let mut peer = Peer::new(key(9));
+    let mut peer = Peer::new(example(), key(9));
     let me = key(9);
     let from = peer.address();
 

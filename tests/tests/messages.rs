@@ -1,17 +1,18 @@
-//! Two nodes exchange example messages through the control API.
+//! Nodes exchange messages through the control API: the example community's direct and
+//! full-sync metas, and the probe community's other kinds (last-sync, relay, double-member).
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use integration_tests::{EXAMPLE, pair, plugin_dir, wait_until};
+use integration_tests::{EXAMPLE, PROBE, pair, plugin_dir, wait_until};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_arrive_verified_once_each() {
-    let plugins = plugin_dir(&["example_community"]);
-    let (a, b) = pair(plugins.path()).await;
-    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    let plugins = plugin_dir(&["probe_community"]);
+    let (a, b) = pair(plugins.path(), PROBE).await;
+    let path = format!("/v1/communities/{PROBE}/messages");
     const N: u64 = 1_000;
     let mut global_times = Vec::new();
     for i in 0..N {
@@ -27,10 +28,10 @@ async fn a_thousand_messages_arrive_verified_once_each() {
     wait_until(
         Duration::from_secs(30),
         "B's plugin to receive every message",
-        || async { b.community(EXAMPLE).await["plugin"]["status"]["received"] == N },
+        || async { b.community(PROBE).await["plugin"]["status"]["received"] == N },
     )
     .await;
-    let status = b.community(EXAMPLE).await["plugin"]["status"].clone();
+    let status = b.community(PROBE).await["plugin"]["status"].clone();
     assert_eq!(status["distinct"], N, "{status}");
     assert_eq!(status["duplicates"], 0, "{status}");
     let expected_sum: u64 = (0..N).sum();
@@ -59,7 +60,7 @@ async fn a_thousand_messages_arrive_verified_once_each() {
     // Nothing was dropped on the way.
     let node = b.get("/v1/node").await;
     assert_eq!(node["stats"]["dropped"], json!({}), "{node}");
-    let community = b.community(EXAMPLE).await;
+    let community = b.community(PROBE).await;
     assert_eq!(community["stats"]["messages_received"], N);
     a.stop().await;
     b.stop().await;
@@ -68,7 +69,7 @@ async fn a_thousand_messages_arrive_verified_once_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_rejects_bad_requests_with_clear_errors() {
     let plugins = plugin_dir(&["example_community"]);
-    let (a, b) = pair(plugins.path()).await;
+    let (a, b) = pair(plugins.path(), EXAMPLE).await;
     let path = format!("/v1/communities/{EXAMPLE}/messages");
     let cases = [
         (
@@ -227,7 +228,7 @@ async fn two_versions_of_one_message_resolve_to_the_same_one_everywhere() {
     use dispersy_core::wire::{self, CommunityMessage, Conversion, SignedMessage};
 
     let plugins = plugin_dir(&["example_community"]);
-    let (a, b) = pair(plugins.path()).await;
+    let (a, b) = pair(plugins.path(), EXAMPLE).await;
     // One author, one global time, two payloads: two versions of "one message".
     let author = KeyPair::from_secret(&[42; 32]).unwrap();
     let version = |text: &str| {
@@ -295,9 +296,9 @@ async fn stored_text(node: &integration_tests::TestNode, key: &str) -> Option<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_sync_keeps_only_the_newest_profile_everywhere() {
-    let plugins = plugin_dir(&["example_community"]);
+    let plugins = plugin_dir(&["probe_community"]);
     let a = integration_tests::TestNode::start(plugins.path(), |_| {}).await;
-    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    let path = format!("/v1/communities/{PROBE}/messages");
     for version in 0..5u64 {
         let body = json!({"meta": "profile", "payload": {"text": format!("profile v{version}"), "amount": version}});
         a.client.post(&path, &body).await.unwrap();
@@ -337,7 +338,7 @@ async fn last_sync_keeps_only_the_newest_profile_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_shouts_reach_peers_the_author_did_not_send_them_to() {
     use integration_tests::TestNode;
-    let plugins = plugin_dir(&["example_community"]);
+    let plugins = plugin_dir(&["probe_community"]);
     let a = TestNode::start(plugins.path(), |_| {}).await;
     let a_udp = a.udp;
     let b = TestNode::start(plugins.path(), |c| c.peers = vec![a_udp.to_string()]).await;
@@ -347,14 +348,14 @@ async fn relayed_shouts_reach_peers_the_author_did_not_send_them_to() {
         Duration::from_secs(30),
         "the three nodes to know each other",
         || async {
-            a.knows(EXAMPLE, b_udp).await
-                && a.knows(EXAMPLE, c_udp).await
-                && b.knows(EXAMPLE, c_udp).await
-                && c.knows(EXAMPLE, b_udp).await
+            a.knows(PROBE, b_udp).await
+                && a.knows(PROBE, c_udp).await
+                && b.knows(PROBE, c_udp).await
+                && c.knows(PROBE, b_udp).await
         },
     )
     .await;
-    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    let path = format!("/v1/communities/{PROBE}/messages");
     const N: u64 = 10;
     for i in 0..N {
         let body = json!({"meta": "shout", "payload": {"text": format!("shout {i}"), "amount": i}});
@@ -397,9 +398,9 @@ async fn relayed_shouts_reach_peers_the_author_did_not_send_them_to() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pacts_are_co_signed_and_each_pair_keeps_its_newest() {
-    let plugins = plugin_dir(&["example_community"]);
-    let (a, b) = pair(plugins.path()).await;
-    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    let plugins = plugin_dir(&["probe_community"]);
+    let (a, b) = pair(plugins.path(), PROBE).await;
+    let path = format!("/v1/communities/{PROBE}/messages");
     let pact = |amount: i64| {
         json!({
             "meta": "pact",

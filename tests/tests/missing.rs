@@ -12,10 +12,10 @@ use dispersy_core::identity::KeyPair;
 use dispersy_core::wire::{
     self, CommunityMessage, Conversion, MissingSequence, Packet, SignedMessage,
 };
-use integration_tests::peer::{Peer, example, key};
-use integration_tests::{EXAMPLE, TestNode, plugin_dir, wait_until};
+use integration_tests::peer::{Peer, key, probe};
+use integration_tests::{PROBE, TestNode, plugin_dir, wait_until};
 
-/// A message of meta `meta` of the example community.
+/// A message of meta `meta` of the probe community.
 fn signed(
     author: &KeyPair,
     meta: u32,
@@ -25,7 +25,7 @@ fn signed(
 ) -> SignedMessage {
     SignedMessage::sign(
         CommunityMessage {
-            community: example(),
+            community: probe(),
             message_type: meta,
             conversion: Conversion::version(1).unwrap(),
             authors: vec![author.public().clone()],
@@ -40,7 +40,7 @@ fn signed(
     .unwrap()
 }
 
-/// Entry `sequence` of `author`'s log (meta 4 of the example community) at `global_time`.
+/// Entry `sequence` of `author`'s log (meta 4 of the probe community) at `global_time`.
 fn entry(author: &KeyPair, sequence: u32, global_time: u64) -> SignedMessage {
     let text = format!("entry {sequence}");
     let payload = [
@@ -77,16 +77,16 @@ fn receive<T>(peer: &Peer, node: SocketAddr, mut pick: impl FnMut(Packet) -> Opt
 }
 
 async fn status(node: &TestNode, field: &str) -> u64 {
-    node.community(EXAMPLE).await["plugin"]["status"][field]
+    node.community(PROBE).await["plugin"]["status"][field]
         .as_u64()
         .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_is_fetched_from_the_sender_and_the_log_arrives_in_order() {
-    let plugins = plugin_dir(&["example_community"]);
+    let plugins = plugin_dir(&["probe_community"]);
     let node = TestNode::start(plugins.path(), |_| {}).await;
-    let mut peer = Peer::new(key(32));
+    let mut peer = Peer::new(probe(), key(32));
     peer.walk(node.udp, 1);
     let author = key(31);
     let entries: Vec<SignedMessage> = (1..=5)
@@ -116,16 +116,16 @@ async fn a_gap_is_fetched_from_the_sender_and_the_log_arrives_in_order() {
     })
     .await;
     assert_eq!(status(&node, "entries_out_of_order").await, 0);
-    let community = node.community(EXAMPLE).await;
+    let community = node.community(PROBE).await;
     assert_eq!(community["stats"]["delayed"], 1, "{community}");
     node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_sequence_is_answered_from_the_store_to_proven_peers_only() {
-    let plugins = plugin_dir(&["example_community"]);
+    let plugins = plugin_dir(&["probe_community"]);
     let node = TestNode::start(plugins.path(), |_| {}).await;
-    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    let path = format!("/v1/communities/{PROBE}/messages");
     for i in 0..6 {
         let body =
             serde_json::json!({"meta": "entry", "payload": {"text": format!("e{i}"), "amount": i}});
@@ -144,10 +144,10 @@ async fn missing_sequence_is_answered_from_the_store_to_proven_peers_only() {
     let node_member = dispersy_core::identity::PublicKey::from_hex(node.member())
         .unwrap()
         .member_id();
-    let mut peer = Peer::new(key(33));
+    let mut peer = Peer::new(probe(), key(33));
     let ask = |session| {
         Packet::MissingSequence(MissingSequence {
-            community: example(),
+            community: probe(),
             session,
             member: node_member,
             meta: 4,
@@ -180,9 +180,9 @@ async fn missing_sequence_is_answered_from_the_store_to_proven_peers_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_waits_for_its_post_which_is_fetched_with_missing_message() {
-    let plugins = plugin_dir(&["example_community"]);
+    let plugins = plugin_dir(&["probe_community"]);
     let node = TestNode::start(plugins.path(), |_| {}).await;
-    let mut peer = Peer::new(key(34));
+    let mut peer = Peer::new(probe(), key(34));
     peer.walk(node.udp, 1);
     let (poster, replier) = (key(35), key(36));
     let text = b"a post";

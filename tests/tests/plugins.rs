@@ -11,7 +11,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_plugin_fails_alone() {
     let plugins = plugin_dir(&["example_community", "faulty_community"]);
-    let (a, b) = pair(plugins.path()).await;
+    let (a, b) = pair(plugins.path(), EXAMPLE).await;
     let b_udp = b.udp;
     wait_until(
         Duration::from_secs(20),

@@ -2,7 +2,7 @@
 //! of one community; a fresh node B is started with A as its only peer; prints how many posts B
 //! has after how long (until all, or BENCH_TIMEOUT_SECS, default 120). Default configuration.
 //!
-//! Run: `cargo build --release && cargo bench -p dispersy-node --bench catchup`
+//! Run: `cargo build --release --workspace && cargo bench -p dispersy-node --bench catchup`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -2,11 +2,11 @@
 //!
 //! 1. time until each of N nodes (default 50) on loopback knows at least K (default 10) verified
 //!    peers, with the default configuration: a tracker and N `dispersy run` processes, each
-//!    loading the example plugin, started together;
+//!    loading the probe plugin, started together;
 //! 2. idle CPU of one node with those peers, after discovery, over a window (default 30 s),
 //!    from /proc (user + system time).
 //!
-//! Run: `cargo build --release && cargo bench -p dispersy-node --bench discovery`
+//! Run: `cargo build --release --workspace && cargo bench -p dispersy-node --bench discovery`
 //! Options (environment): BENCH_NODES, BENCH_PEERS, BENCH_IDLE_SECS.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,10 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cpu_time, env_or};
+use common::{COMMUNITY, PLUGIN, cpu_time, env_or};
 use dispersy_node::client::{Client, Endpoints};
-
-const COMMUNITY: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
 
 struct Process {
     child: Child,
@@ -33,18 +31,14 @@ fn plugin_dir() -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_dispersy"));
     let dir = exe.parent().unwrap().to_path_buf();
     assert!(
-        dir.join("libexample_community.so").is_file(),
-        "{} has no libexample_community.so: run `cargo build --release` first",
+        dir.join(PLUGIN).is_file(),
+        "{} has no {PLUGIN}: run `cargo build --release --workspace` first",
         dir.display()
     );
     let private =
         std::env::temp_dir().join(format!("dispersy-bench-plugins-{}", std::process::id()));
     std::fs::create_dir_all(&private).unwrap();
-    std::fs::copy(
-        dir.join("libexample_community.so"),
-        private.join("libexample_community.so"),
-    )
-    .unwrap();
+    std::fs::copy(dir.join(PLUGIN), private.join(PLUGIN)).unwrap();
     private
 }
 

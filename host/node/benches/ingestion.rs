@@ -1,5 +1,5 @@
 //! Ingestion benchmark (a bench binary, not a timed test): a `dispersy run` process with the
-//! example plugin receives N (default 20,000) signed full-sync `post` messages of one author,
+//! probe plugin receives N (default 20,000) signed full-sync `post` messages of one author,
 //! sent as collections over loopback; the node verifies, stores and hands every one to the
 //! plugin. Prints messages per second from the first datagram until the plugin has handled all,
 //! and the node's CPU time.
@@ -7,7 +7,7 @@
 //! The sender keeps at most a window of datagrams ahead of what the node has handled (read from
 //! the control API), so the node's receive buffer never overflows and nothing is lost.
 //!
-//! Run: `cargo build --release && cargo bench -p dispersy-node --bench ingestion`
+//! Run: `cargo build --release --workspace && cargo bench -p dispersy-node --bench ingestion`
 //! Options (environment): BENCH_MESSAGES, BENCH_WINDOW (datagrams ahead), BENCH_META (2: the
 //! stored `post` meta, the default; 1: the direct `example` meta, to see what storing costs).
 

@@ -4,7 +4,7 @@
 //! the budget, read their packets: the exact calls the running node makes), and how much memory
 //! a node process holding them uses.
 //!
-//! Run: `cargo build --release && cargo bench -p dispersy-node --bench scale`
+//! Run: `cargo build --release --workspace && cargo bench -p dispersy-node --bench scale`
 //! (`BENCH_MESSAGES`, `BENCH_REQUESTS` per kind, default 200; `BENCH_KINDS`, a comma-separated
 //! choice of `fresh`, `pivot`, `modulo`; `DISPERSY_LIMITS__STORE_MMAP_MIB`, the store's memory map).
 

@@ -1,55 +1,57 @@
-//! The example community of the Dispersy documentation ("Usage"), written as the template a third
-//! party copies to start a new community type.
+//! The example community of the Dispersy documentation, written as the template a third party
+//! copies to start a new community type (the README's "Write your own community" walks through
+//! it).
 //!
-//! The meta-message `example` carries a text of at most 255 UTF-8 bytes and an amount. It is
-//! member-authenticated (signed by its author), public (anyone may create it), direct (sent once,
-//! not stored) to 10 random verified candidates of the community. The check drops negative
-//! amounts; the handler counts what arrives, so the control API can show that every message was
-//! delivered exactly once. The meta-message `post` carries the same payload but is full-sync:
-//! stored by every node and spread by the bloom-filter synchronisation to nodes that join later.
-//! The meta-message `profile` is last-sync with a history of 1: every node keeps only the newest
-//! profile of each member. The meta-message `entry` is full-sync with sequence numbers: each
-//! member's entries form a log numbered 1, 2, 3, …, which the host hands over in order, fetching
-//! any gap with missing-sequence first (the handler counts entries that arrive out of order:
-//! there should be none). The meta-message `reply` answers a post: its check makes it wait until
-//! that post is here (the host fetches the post from the reply's sender with missing-message), so
-//! a reply is never handled before its post. The meta-message `shout` is relay: not stored, sent
-//! to one random peer, which passes it on, so that it reaches peers the author never sent it to.
-//! The meta-message `pact` is signed by two members (double-member): the second signs only
-//! pacts with a non-negative amount; last-sync with a history of 1 per pair of signers, so
-//! every node keeps the newest pact of each pair.
+//! Its two meta-messages carry the same payload, [`Example`]: a text of at most 255 UTF-8 bytes
+//! and an amount.
 //!
-//! To make your own community: copy this crate, pick a name, create a master key with
-//! `dispersy keygen` and put its public key in [`MASTER_KEY`] (keep the secret key safe: it will
-//! sign the community's permissions), define your payloads and metas, and build with
-//! `cargo build --release`. Drop the resulting `lib<name>.so` into the host's plugin folder.
+//! - `example` is **direct**: signed by its author, sent once to up to 10 random verified
+//!   candidates of the community, never stored. Whoever is not reachable at that moment never
+//!   sees it.
+//! - `post` is **full-sync**: every node stores it, and the bloom-filter synchronisation brings it
+//!   to nodes that join later.
+//!
+//! Both checks drop negative amounts; the handlers count what arrives. The counters are the
+//! community's status, which the control API shows (`GET /v1/communities`, `plugin.status`) and
+//! `dispersy demo` reads.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use dispersy_plugin_api::prelude::*;
 use dispersy_plugin_api::serde_json::{Value, json};
 
-/// The master public key of the example community; the community id is derived from it.
+/// The master public key of the example community; the community id
+/// (`e5901df2bfc4bc84bdbe490d5690273cf96491f1`) is derived from it. Make your own with
+/// `dispersy keygen --out master.key` and keep the secret key safe: it signs the community's
+/// permissions.
 pub const MASTER_KEY: &str = "03d803ecf0f109b86394dbb34d309e55ebb421084d28352674bdb2b9470ff1ea95";
 
 /// Largest text, in UTF-8 bytes (the documentation's limit).
 pub const MAX_TEXT: usize = 255;
 
-/// How many distinct messages the duplicate detector remembers.
-const MAX_TRACKED: usize = 1_000_000;
+/// How many direct messages the duplicate counter remembers. Everything a plugin keeps about
+/// what peers send must be bounded: peers can send without end.
+const REMEMBERED: usize = 100_000;
 
-/// The payload of an `example` message.
+/// The payload of both metas. Serde gives its JSON form in the control API:
+/// `{"text": "hello", "amount": 3}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Example {
-    /// Up to 255 UTF-8 bytes.
+    /// Up to [`MAX_TEXT`] UTF-8 bytes.
     pub text: String,
-    /// Any 64-bit amount (the check drops negative ones).
+    /// Any 64-bit amount (the checks drop negative ones).
     pub amount: i64,
 }
 
+/// The binary form, per conversion. Conversion 1: a one-byte length, the UTF-8 text, the amount
+/// as 8 bytes big-endian. To change the layout later, add conversion 2 in front
+/// (`.conversion(&[2]).conversion(&[1])`): new messages are written with 2, messages written with
+/// 1 still decode.
 impl Payload for Example {
-    // Conversion 1: a one-byte length, the UTF-8 text, the amount as 8 bytes big-endian.
-    fn encode(&self, _conversion: &[u8]) -> Result<Vec<u8>, Error> {
+    fn encode(&self, conversion: &[u8]) -> Result<Vec<u8>, Error> {
+        if conversion != [1] {
+            return Err(Error::invalid("unknown conversion"));
+        }
         if self.text.len() > MAX_TEXT {
             return Err(Error::invalid(format!(
                 "text is {} bytes, at most {MAX_TEXT}",
@@ -62,6 +64,7 @@ impl Payload for Example {
             .finish())
     }
 
+    // Bytes come from the network: every failure is an error, never a panic.
     fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
         if conversion != [1] {
             return Err(Error::invalid("unknown conversion"));
@@ -76,203 +79,57 @@ impl Payload for Example {
     }
 }
 
-/// The payload of a `reply`: the post it answers (its author's public key in hexadecimal and its
-/// global time) and a text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply {
-    /// The post's author, 66 hexadecimal digits (a 33-byte public key).
-    pub to: String,
-    /// The post's global time.
-    pub at: u64,
-    /// Up to 255 UTF-8 bytes.
-    pub text: String,
-}
-
-impl Payload for Reply {
-    // Conversion 1: the post author's key (one-byte length), the post's global time (8 bytes
-    // big-endian), the text (one-byte length).
-    fn encode(&self, _conversion: &[u8]) -> Result<Vec<u8>, Error> {
-        let to = parse_hex(&self.to)
-            .filter(|key| key.len() == 33)
-            .ok_or_else(|| Error::invalid("`to` must be a 33-byte public key in hexadecimal"))?;
-        if self.text.len() > MAX_TEXT {
-            return Err(Error::invalid(format!("text is {} bytes", self.text.len())));
-        }
-        Ok(Writer::new()
-            .short_bytes(&to)?
-            .u64(self.at)
-            .short_bytes(self.text.as_bytes())?
-            .finish())
-    }
-
-    fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
-        if conversion != [1] {
-            return Err(Error::invalid("unknown conversion"));
-        }
-        let mut reader = Reader::new(bytes);
-        let to = reader.short_bytes()?;
-        if to.len() != 33 {
-            return Err(Error::invalid("`to` is not a 33-byte public key"));
-        }
-        let to = to_hex(to);
-        let at = reader.u64()?;
-        let text = std::str::from_utf8(reader.short_bytes()?)
-            .map_err(|_| Error::invalid("text is not UTF-8"))?
-            .to_owned();
-        reader.finish()?;
-        Ok(Reply { to, at, text })
-    }
-}
-
-/// One instance of the example community in a host.
+/// One instance of the example community in a host: what its status shows.
 pub struct ExampleCommunity {
     host: Host,
-    /// Messages from other members.
+    /// `example` messages received from other nodes.
     received: u64,
-    /// Messages this node created (handled locally too, as in the original).
-    created: u64,
-    /// Messages seen twice (same author and global time).
+    /// `example` messages received a second time (same author and global time).
     duplicates: u64,
-    /// Sum of the amounts received from others.
-    total_amount: i128,
-    /// (author, global time) of every message seen, up to `MAX_TRACKED`.
+    /// (author, global time) of the `example` messages received, up to [`REMEMBERED`].
     seen: HashSet<(Vec<u8>, u64)>,
+    /// The text of the last `example` message received.
     last_text: Option<String>,
-    /// Posts handled (created here or received).
+    /// Posts handled, ours and others'.
     posts: u64,
-    /// Profiles handled (created here or received).
-    profiles: u64,
-    /// Entries handled (created here or received).
-    entries: u64,
-    /// Entries whose number was not the next of their author's log (a host fault).
-    entries_out_of_order: u64,
-    /// The last entry number handled per author, up to `MAX_TRACKED` authors.
-    logs: HashMap<Vec<u8>, u32>,
-    /// (author, global time) of the posts handled, up to `MAX_TRACKED`.
-    known_posts: HashSet<(Vec<u8>, u64)>,
-    /// Replies handled.
-    replies: u64,
-    /// Replies handled before their post (a host fault; there should be none).
-    replies_before_post: u64,
-    /// Shouts handled (created here or received).
-    shouts: u64,
-    /// Pacts handled (co-signed here or received).
-    pacts: u64,
 }
 
 impl ExampleCommunity {
-    fn check_example(&mut self, message: &Message<Example>) -> Verdict {
+    /// The check of both metas: a message received from the network passes it before it is
+    /// stored or handled.
+    fn check(&mut self, message: &Message<Example>) -> Verdict {
         if message.payload.amount < 0 {
             return Verdict::Drop("amount must not be negative".into());
         }
         Verdict::Accept
     }
 
+    /// Handles a batch of `example` messages that passed the check.
     fn on_example(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         for message in messages {
-            let key = (
-                message.authors.first().cloned().unwrap_or_default(),
-                message.global_time,
-            );
+            // The host hands this node's own messages over too (`source` is `None`).
+            let Some(source) = &message.source else {
+                continue;
+            };
+            let key = (message.authors.concat(), message.global_time);
             if self.seen.contains(&key) {
                 self.duplicates += 1;
-            } else if self.seen.len() < MAX_TRACKED {
+            } else if self.seen.len() < REMEMBERED {
                 self.seen.insert(key);
             }
-            if message.source.is_none() {
-                self.created += 1;
-                continue;
-            }
             self.received += 1;
-            self.total_amount += i128::from(message.payload.amount);
             self.host.log(
                 Level::Debug,
-                format!(
-                    "example from {}: {:?} ({})",
-                    message.source.as_deref().unwrap_or("?"),
-                    message.payload.text,
-                    message.payload.amount
-                ),
+                format!("example from {source}: {:?}", message.payload.text),
             );
             self.last_text = Some(message.payload.text);
         }
         Ok(())
     }
-}
 
-impl ExampleCommunity {
-    fn on_profile(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
-        self.profiles += messages.len() as u64;
-        Ok(())
-    }
-
+    /// Handles a batch of stored posts (the store already dropped copies it holds).
     fn on_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         self.posts += messages.len() as u64;
-        for message in messages {
-            if self.known_posts.len() < MAX_TRACKED {
-                let author = message.authors.first().cloned().unwrap_or_default();
-                self.known_posts.insert((author, message.global_time));
-            }
-        }
-        Ok(())
-    }
-
-    /// A reply waits for its post (the host fetches it).
-    fn check_reply(&mut self, message: &Message<Reply>) -> Verdict {
-        let Some(to) = parse_hex(&message.payload.to) else {
-            return Verdict::Drop("bad post author".into());
-        };
-        if self.known_posts.contains(&(to.clone(), message.payload.at)) {
-            Verdict::Accept
-        } else {
-            Verdict::WaitForMessage {
-                member: to,
-                global_time: message.payload.at,
-            }
-        }
-    }
-
-    fn allow_pact(&mut self, message: &Message<Example>) -> bool {
-        message.payload.amount >= 0
-    }
-
-    fn on_pact(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
-        self.pacts += messages.len() as u64;
-        Ok(())
-    }
-
-    fn on_shout(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
-        self.shouts += messages.len() as u64;
-        Ok(())
-    }
-
-    fn on_reply(&mut self, messages: Vec<Message<Reply>>) -> Result<(), Error> {
-        for message in messages {
-            self.replies += 1;
-            let post = (
-                parse_hex(&message.payload.to).unwrap_or_default(),
-                message.payload.at,
-            );
-            if !self.known_posts.contains(&post) {
-                self.replies_before_post += 1;
-            }
-        }
-        Ok(())
-    }
-
-    fn on_entry(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
-        for message in messages {
-            self.entries += 1;
-            let author = message.authors.first().cloned().unwrap_or_default();
-            let number = message.sequence_number.unwrap_or(0);
-            let last = self.logs.get(&author).copied().unwrap_or(0);
-            if number != last + 1 {
-                self.entries_out_of_order += 1;
-            }
-            if self.logs.len() < MAX_TRACKED || self.logs.contains_key(&author) {
-                self.logs.insert(author, number.max(last));
-            }
-        }
         Ok(())
     }
 }
@@ -288,67 +145,19 @@ impl Community for ExampleCommunity {
                     .distribution(Distribution::Direct)
                     .destination(Destination::Community { node_count: 10 })
                     .priority(128)
-                    .check(Self::check_example)
+                    .check(Self::check)
                     .handle(Self::on_example),
             )
             .meta(
-                Meta::<Self, Example>::new(3, "profile")
-                    .distribution(Distribution::LastSync {
-                        history: 1,
-                        order: Order::Descending,
-                    })
-                    .destination(Destination::Community { node_count: 10 })
-                    .check(Self::check_example)
-                    .handle(Self::on_profile),
-            )
-            .meta(
+                // Member-authenticated and public, like every meta unless told otherwise.
                 Meta::<Self, Example>::new(2, "post")
                     .distribution(Distribution::FullSync {
                         sequence_numbers: false,
                         order: Order::Ascending,
                     })
                     .destination(Destination::Community { node_count: 10 })
-                    .check(Self::check_example)
+                    .check(Self::check)
                     .handle(Self::on_post),
-            )
-            .meta(
-                Meta::<Self, Example>::new(4, "entry")
-                    .distribution(Distribution::FullSync {
-                        sequence_numbers: true,
-                        order: Order::Ascending,
-                    })
-                    .destination(Destination::Community { node_count: 10 })
-                    .check(Self::check_example)
-                    .handle(Self::on_entry),
-            )
-            .meta(
-                Meta::<Self, Reply>::new(5, "reply")
-                    .distribution(Distribution::FullSync {
-                        sequence_numbers: false,
-                        order: Order::Ascending,
-                    })
-                    .destination(Destination::Community { node_count: 10 })
-                    .check(Self::check_reply)
-                    .handle(Self::on_reply),
-            )
-            .meta(
-                Meta::<Self, Example>::new(6, "shout")
-                    .distribution(Distribution::Relay)
-                    .destination(Destination::Community { node_count: 1 })
-                    .check(Self::check_example)
-                    .handle(Self::on_shout),
-            )
-            .meta(
-                Meta::<Self, Example>::new(7, "pact")
-                    .authentication(Authentication::DoubleMember)
-                    .distribution(Distribution::LastSync {
-                        history: 1,
-                        order: Order::Ascending,
-                    })
-                    .destination(Destination::Community { node_count: 10 })
-                    .check(Self::check_example)
-                    .allow_signature(Self::allow_pact)
-                    .handle(Self::on_pact),
             )
     }
 
@@ -357,40 +166,19 @@ impl Community for ExampleCommunity {
         Ok(ExampleCommunity {
             host,
             received: 0,
-            created: 0,
             duplicates: 0,
-            total_amount: 0,
             seen: HashSet::new(),
             last_text: None,
             posts: 0,
-            profiles: 0,
-            entries: 0,
-            entries_out_of_order: 0,
-            logs: HashMap::new(),
-            known_posts: HashSet::new(),
-            replies: 0,
-            replies_before_post: 0,
-            shouts: 0,
-            pacts: 0,
         })
     }
 
     fn status(&self) -> Value {
         json!({
             "received": self.received,
-            "created": self.created,
-            "distinct": self.seen.len(),
             "duplicates": self.duplicates,
-            "total_amount": self.total_amount.to_string(),
             "last_text": self.last_text,
             "posts": self.posts,
-            "profiles": self.profiles,
-            "entries": self.entries,
-            "entries_out_of_order": self.entries_out_of_order,
-            "replies": self.replies,
-            "replies_before_post": self.replies_before_post,
-            "shouts": self.shouts,
-            "pacts": self.pacts,
         })
     }
 }
@@ -417,7 +205,7 @@ mod tests {
         trailing.push(0);
         assert!(Example::decode(&[1], &trailing).is_err());
         let long = Example {
-            text: "x".repeat(256),
+            text: "x".repeat(MAX_TEXT + 1),
             amount: 1,
         };
         assert!(long.encode(&[1]).is_err());

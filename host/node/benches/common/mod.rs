@@ -1,4 +1,7 @@
-//! Helpers shared by the bench binaries.
+//! Helpers shared by the bench binaries. Every bench node loads the probe test community
+//! (`plugins/probe`), whose metas and policies stay fixed so that numbers remain comparable; its
+//! `example` (1) and `post` (2) metas are those of the example community when the benchmarks were
+//! written. `cargo build --release --workspace` builds it next to the `dispersy` binary.
 
 #![allow(dead_code)] // each bench uses part of it
 
@@ -26,7 +29,7 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// Signed `post` messages of the example community by one author, global times 1..=`count`,
+/// Signed `post` messages of the probe community by one author, global times 1..=`count`,
 /// packed into collection datagrams of at most 1500 bytes. Returns the datagrams and how many
 /// messages one holds on average.
 pub fn post_datagrams(count: u64) -> (Vec<Vec<u8>>, f64) {
@@ -66,10 +69,13 @@ pub fn post_datagrams(count: u64) -> (Vec<Vec<u8>>, f64) {
     (datagrams, per)
 }
 
-/// The example community.
-pub const COMMUNITY: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
+/// The probe community.
+pub const COMMUNITY: &str = "a2954e175d875cfdadc3a03557c72372038ec2b1";
 
-/// A `dispersy run` process of the release build with the example plugin and data folder
+/// The probe plugin's file, built next to the `dispersy` binary.
+pub const PLUGIN: &str = "libprobe_community.so";
+
+/// A `dispersy run` process of the release build with the probe plugin and data folder
 /// `data`, started on loopback with `extra` flags; returns it with its endpoints.
 #[allow(clippy::zombie_processes)] // the caller kills and waits for it
 pub async fn start_node(
@@ -78,16 +84,16 @@ pub async fn start_node(
     extra: &[&str],
 ) -> (std::process::Child, dispersy_node::client::Endpoints) {
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_dispersy"));
-    let built = exe
-        .parent()
-        .expect("target folder")
-        .join("libexample_community.so");
-    assert!(built.is_file(), "run `cargo build --release` first");
+    let built = exe.parent().expect("target folder").join(PLUGIN);
+    assert!(
+        built.is_file(),
+        "run `cargo build --release --workspace` first"
+    );
     let plugins = work.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugins folder");
     // Never overwrite a library another node has loaded: that crashes it.
-    if !plugins.join("libexample_community.so").exists() {
-        std::fs::copy(&built, plugins.join("libexample_community.so")).expect("copy plugin");
+    if !plugins.join(PLUGIN).exists() {
+        std::fs::copy(&built, plugins.join(PLUGIN)).expect("copy plugin");
     }
     let data = work.join(name);
     let child = std::process::Command::new(&exe)
@@ -119,7 +125,7 @@ pub async fn start_node(
     }
 }
 
-/// A status field of the example plugin at the node behind `client` (0 when unreadable).
+/// A status field of the probe plugin at the node behind `client` (0 when unreadable).
 pub async fn status(client: &dispersy_node::client::Client, field: &str) -> u64 {
     match client.get("/v1/communities").await {
         Ok(list) => list

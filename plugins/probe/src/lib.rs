@@ -1,0 +1,434 @@
+//! A test-only community that exercises every kind of meta-message the host implements and
+//! counts what reaches it, so that the host's black-box tests (`tests/`) and benchmarks
+//! (`host/node/benches/`) can read through the control API what the host delivered. It is not a
+//! template: a third party starts from `plugins/example` instead.
+//!
+//! Its metas, policies and payloads are fixed: the benchmarks' numbers are comparable over time
+//! only while they stay the same (the `example` and `post` metas are those the example community
+//! had when the benchmarks were written).
+//!
+//! - `example` (1): member-authenticated, public, direct (sent once, not stored) to 10 random
+//!   verified candidates. The check drops negative amounts; the handler counts what arrives and
+//!   what arrives twice (`received`, `distinct`, `duplicates`, `total_amount`, `last_text`).
+//! - `post` (2): the same payload, full-sync: stored by every node and spread by the bloom-filter
+//!   synchronisation to nodes that join later (`posts`).
+//! - `profile` (3): last-sync with a history of 1: every node keeps only the newest profile of
+//!   each member (`profiles`).
+//! - `entry` (4): full-sync with sequence numbers: each member's entries form a log numbered 1,
+//!   2, 3, …, which the host hands over in order, fetching any gap with missing-sequence first
+//!   (`entries`; `entries_out_of_order` counts a host fault: there should be none).
+//! - `reply` (5): answers a post; its check makes it wait until that post is here (the host
+//!   fetches the post from the reply's sender with missing-message), so a reply is never handled
+//!   before its post (`replies`; `replies_before_post` counts a host fault).
+//! - `shout` (6): relay: not stored, sent to one random peer, which passes it on, so that it
+//!   reaches peers the author never sent it to (`shouts`).
+//! - `pact` (7): signed by two members (double-member): the second signs only pacts with a
+//!   non-negative amount; last-sync with a history of 1 per pair of signers, so every node keeps
+//!   the newest pact of each pair (`pacts`).
+//!
+//! The duplicate and fault detectors remember up to [`MAX_TRACKED`] messages or authors, enough
+//! for the largest benchmark.
+
+use std::collections::{HashMap, HashSet};
+
+use dispersy_plugin_api::prelude::*;
+use dispersy_plugin_api::serde_json::{Value, json};
+
+/// The master public key of the probe community; the community id
+/// (`a2954e175d875cfdadc3a03557c72372038ec2b1`) is derived from it. Its secret key was thrown
+/// away: the probe never signs permissions.
+pub const MASTER_KEY: &str = "038ca28f49513f4a2d8d3f8ed95ba1bf1423e845070838e623e30e85bc0fb9313b";
+
+/// Largest text, in UTF-8 bytes.
+pub const MAX_TEXT: usize = 255;
+
+/// How many messages (or authors) each detector remembers.
+pub const MAX_TRACKED: usize = 1_000_000;
+
+/// The payload of an `example` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Example {
+    /// Up to 255 UTF-8 bytes.
+    pub text: String,
+    /// Any 64-bit amount (the check drops negative ones).
+    pub amount: i64,
+}
+
+impl Payload for Example {
+    // Conversion 1: a one-byte length, the UTF-8 text, the amount as 8 bytes big-endian.
+    fn encode(&self, _conversion: &[u8]) -> Result<Vec<u8>, Error> {
+        if self.text.len() > MAX_TEXT {
+            return Err(Error::invalid(format!(
+                "text is {} bytes, at most {MAX_TEXT}",
+                self.text.len()
+            )));
+        }
+        Ok(Writer::new()
+            .short_bytes(self.text.as_bytes())?
+            .i64(self.amount)
+            .finish())
+    }
+
+    fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+        if conversion != [1] {
+            return Err(Error::invalid("unknown conversion"));
+        }
+        let mut reader = Reader::new(bytes);
+        let text = std::str::from_utf8(reader.short_bytes()?)
+            .map_err(|_| Error::invalid("text is not UTF-8"))?
+            .to_owned();
+        let amount = reader.i64()?;
+        reader.finish()?;
+        Ok(Example { text, amount })
+    }
+}
+
+/// The payload of a `reply`: the post it answers (its author's public key in hexadecimal and its
+/// global time) and a text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The post's author, 66 hexadecimal digits (a 33-byte public key).
+    pub to: String,
+    /// The post's global time.
+    pub at: u64,
+    /// Up to 255 UTF-8 bytes.
+    pub text: String,
+}
+
+impl Payload for Reply {
+    // Conversion 1: the post author's key (one-byte length), the post's global time (8 bytes
+    // big-endian), the text (one-byte length).
+    fn encode(&self, _conversion: &[u8]) -> Result<Vec<u8>, Error> {
+        let to = parse_hex(&self.to)
+            .filter(|key| key.len() == 33)
+            .ok_or_else(|| Error::invalid("`to` must be a 33-byte public key in hexadecimal"))?;
+        if self.text.len() > MAX_TEXT {
+            return Err(Error::invalid(format!("text is {} bytes", self.text.len())));
+        }
+        Ok(Writer::new()
+            .short_bytes(&to)?
+            .u64(self.at)
+            .short_bytes(self.text.as_bytes())?
+            .finish())
+    }
+
+    fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+        if conversion != [1] {
+            return Err(Error::invalid("unknown conversion"));
+        }
+        let mut reader = Reader::new(bytes);
+        let to = reader.short_bytes()?;
+        if to.len() != 33 {
+            return Err(Error::invalid("`to` is not a 33-byte public key"));
+        }
+        let to = to_hex(to);
+        let at = reader.u64()?;
+        let text = std::str::from_utf8(reader.short_bytes()?)
+            .map_err(|_| Error::invalid("text is not UTF-8"))?
+            .to_owned();
+        reader.finish()?;
+        Ok(Reply { to, at, text })
+    }
+}
+
+/// One instance of the probe community in a host.
+pub struct ProbeCommunity {
+    host: Host,
+    /// Messages from other members.
+    received: u64,
+    /// Messages this node created (handled locally too, as in the original).
+    created: u64,
+    /// Messages seen twice (same author and global time).
+    duplicates: u64,
+    /// Sum of the amounts received from others.
+    total_amount: i128,
+    /// (author, global time) of every message seen, up to `MAX_TRACKED`.
+    seen: HashSet<(Vec<u8>, u64)>,
+    last_text: Option<String>,
+    /// Posts handled (created here or received).
+    posts: u64,
+    /// Profiles handled (created here or received).
+    profiles: u64,
+    /// Entries handled (created here or received).
+    entries: u64,
+    /// Entries whose number was not the next of their author's log (a host fault).
+    entries_out_of_order: u64,
+    /// The last entry number handled per author, up to `MAX_TRACKED` authors.
+    logs: HashMap<Vec<u8>, u32>,
+    /// (author, global time) of the posts handled, up to `MAX_TRACKED`.
+    known_posts: HashSet<(Vec<u8>, u64)>,
+    /// Replies handled.
+    replies: u64,
+    /// Replies handled before their post (a host fault; there should be none).
+    replies_before_post: u64,
+    /// Shouts handled (created here or received).
+    shouts: u64,
+    /// Pacts handled (co-signed here or received).
+    pacts: u64,
+}
+
+impl ProbeCommunity {
+    fn check_example(&mut self, message: &Message<Example>) -> Verdict {
+        if message.payload.amount < 0 {
+            return Verdict::Drop("amount must not be negative".into());
+        }
+        Verdict::Accept
+    }
+
+    fn on_example(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        for message in messages {
+            let key = (
+                message.authors.first().cloned().unwrap_or_default(),
+                message.global_time,
+            );
+            if self.seen.contains(&key) {
+                self.duplicates += 1;
+            } else if self.seen.len() < MAX_TRACKED {
+                self.seen.insert(key);
+            }
+            if message.source.is_none() {
+                self.created += 1;
+                continue;
+            }
+            self.received += 1;
+            self.total_amount += i128::from(message.payload.amount);
+            self.host.log(
+                Level::Debug,
+                format!(
+                    "example from {}: {:?} ({})",
+                    message.source.as_deref().unwrap_or("?"),
+                    message.payload.text,
+                    message.payload.amount
+                ),
+            );
+            self.last_text = Some(message.payload.text);
+        }
+        Ok(())
+    }
+}
+
+impl ProbeCommunity {
+    fn on_profile(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.profiles += messages.len() as u64;
+        Ok(())
+    }
+
+    fn on_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.posts += messages.len() as u64;
+        for message in messages {
+            if self.known_posts.len() < MAX_TRACKED {
+                let author = message.authors.first().cloned().unwrap_or_default();
+                self.known_posts.insert((author, message.global_time));
+            }
+        }
+        Ok(())
+    }
+
+    /// A reply waits for its post (the host fetches it).
+    fn check_reply(&mut self, message: &Message<Reply>) -> Verdict {
+        let Some(to) = parse_hex(&message.payload.to) else {
+            return Verdict::Drop("bad post author".into());
+        };
+        if self.known_posts.contains(&(to.clone(), message.payload.at)) {
+            Verdict::Accept
+        } else {
+            Verdict::WaitForMessage {
+                member: to,
+                global_time: message.payload.at,
+            }
+        }
+    }
+
+    fn allow_pact(&mut self, message: &Message<Example>) -> bool {
+        message.payload.amount >= 0
+    }
+
+    fn on_pact(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.pacts += messages.len() as u64;
+        Ok(())
+    }
+
+    fn on_shout(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.shouts += messages.len() as u64;
+        Ok(())
+    }
+
+    fn on_reply(&mut self, messages: Vec<Message<Reply>>) -> Result<(), Error> {
+        for message in messages {
+            self.replies += 1;
+            let post = (
+                parse_hex(&message.payload.to).unwrap_or_default(),
+                message.payload.at,
+            );
+            if !self.known_posts.contains(&post) {
+                self.replies_before_post += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_entry(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        for message in messages {
+            self.entries += 1;
+            let author = message.authors.first().cloned().unwrap_or_default();
+            let number = message.sequence_number.unwrap_or(0);
+            let last = self.logs.get(&author).copied().unwrap_or(0);
+            if number != last + 1 {
+                self.entries_out_of_order += 1;
+            }
+            if self.logs.len() < MAX_TRACKED || self.logs.contains_key(&author) {
+                self.logs.insert(author, number.max(last));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Community for ProbeCommunity {
+    fn definition() -> Definition<Self> {
+        Definition::new("probe", env!("CARGO_PKG_VERSION"), MASTER_KEY)
+            .conversion(&[1])
+            .meta(
+                Meta::<Self, Example>::new(1, "example")
+                    .authentication(Authentication::Member)
+                    .resolution(Resolution::Public)
+                    .distribution(Distribution::Direct)
+                    .destination(Destination::Community { node_count: 10 })
+                    .priority(128)
+                    .check(Self::check_example)
+                    .handle(Self::on_example),
+            )
+            .meta(
+                Meta::<Self, Example>::new(3, "profile")
+                    .distribution(Distribution::LastSync {
+                        history: 1,
+                        order: Order::Descending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_example)
+                    .handle(Self::on_profile),
+            )
+            .meta(
+                Meta::<Self, Example>::new(2, "post")
+                    .distribution(Distribution::FullSync {
+                        sequence_numbers: false,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_example)
+                    .handle(Self::on_post),
+            )
+            .meta(
+                Meta::<Self, Example>::new(4, "entry")
+                    .distribution(Distribution::FullSync {
+                        sequence_numbers: true,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_example)
+                    .handle(Self::on_entry),
+            )
+            .meta(
+                Meta::<Self, Reply>::new(5, "reply")
+                    .distribution(Distribution::FullSync {
+                        sequence_numbers: false,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_reply)
+                    .handle(Self::on_reply),
+            )
+            .meta(
+                Meta::<Self, Example>::new(6, "shout")
+                    .distribution(Distribution::Relay)
+                    .destination(Destination::Community { node_count: 1 })
+                    .check(Self::check_example)
+                    .handle(Self::on_shout),
+            )
+            .meta(
+                Meta::<Self, Example>::new(7, "pact")
+                    .authentication(Authentication::DoubleMember)
+                    .distribution(Distribution::LastSync {
+                        history: 1,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_example)
+                    .allow_signature(Self::allow_pact)
+                    .handle(Self::on_pact),
+            )
+    }
+
+    fn create(host: Host) -> Result<Self, Error> {
+        host.log(Level::Info, "probe community started");
+        Ok(ProbeCommunity {
+            host,
+            received: 0,
+            created: 0,
+            duplicates: 0,
+            total_amount: 0,
+            seen: HashSet::new(),
+            last_text: None,
+            posts: 0,
+            profiles: 0,
+            entries: 0,
+            entries_out_of_order: 0,
+            logs: HashMap::new(),
+            known_posts: HashSet::new(),
+            replies: 0,
+            replies_before_post: 0,
+            shouts: 0,
+            pacts: 0,
+        })
+    }
+
+    fn status(&self) -> Value {
+        json!({
+            "received": self.received,
+            "created": self.created,
+            "distinct": self.seen.len(),
+            "duplicates": self.duplicates,
+            "total_amount": self.total_amount.to_string(),
+            "last_text": self.last_text,
+            "posts": self.posts,
+            "profiles": self.profiles,
+            "entries": self.entries,
+            "entries_out_of_order": self.entries_out_of_order,
+            "replies": self.replies,
+            "replies_before_post": self.replies_before_post,
+            "shouts": self.shouts,
+            "pacts": self.pacts,
+        })
+    }
+}
+
+export_community!(ProbeCommunity);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_round_trips_and_rejects_bad_input() {
+        let example = Example {
+            text: "héllo".into(),
+            amount: -42,
+        };
+        let bytes = example.encode(&[1]).unwrap();
+        assert_eq!(Example::decode(&[1], &bytes).unwrap(), example);
+        assert!(Example::decode(&[2], &bytes).is_err());
+        for len in 0..bytes.len() {
+            assert!(Example::decode(&[1], &bytes[..len]).is_err());
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(Example::decode(&[1], &trailing).is_err());
+        let long = Example {
+            text: "x".repeat(256),
+            amount: 1,
+        };
+        assert!(long.encode(&[1]).is_err());
+        let bad_utf8 = Writer::new().short_bytes(&[0xff]).unwrap().i64(1).finish();
+        assert!(Example::decode(&[1], &bad_utf8).is_err());
+    }
+}
