@@ -377,7 +377,7 @@ pub struct Stats {
     pub packets: Counters,
     /// Dropped packets by reason ([`DropReason::Malformed`], [`DropReason::BadSignature`],
     /// [`DropReason::UnknownCommunity`], …).
-    pub dropped: Counters,
+    pub dropped: Counters<DropReason>,
 }
 
 /// Counters of one community.
@@ -423,7 +423,7 @@ pub struct CommunityStats {
     /// Verified messages passed to the community's plugin.
     pub messages_received: u64,
     /// Community messages dropped, by reason.
-    pub dropped: Counters,
+    pub dropped: Counters<DropReason>,
 }
 
 #[cfg(test)]
