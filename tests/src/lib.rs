@@ -11,6 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dispersy_core::stats::DropReason;
 use dispersy_node::client::Client;
 use dispersy_node::config::{Config, Walker};
 use serde_json::Value;
@@ -125,9 +126,9 @@ impl TestNode {
             .unwrap_or(Value::Null)
     }
 
-    /// Counter `reason` of the node's dropped packets.
-    pub async fn dropped(&self, reason: &str) -> u64 {
-        self.get("/v1/node").await["stats"]["dropped"][reason]
+    /// Counter `reason` of the node's dropped packets, read by its name in the control API.
+    pub async fn dropped(&self, reason: DropReason) -> u64 {
+        self.get("/v1/node").await["stats"]["dropped"][reason.as_str()]
             .as_u64()
             .unwrap_or(0)
     }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use dispersy_core::identity::CommunityId;
+use dispersy_core::stats::DropReason;
 use dispersy_proto as pb;
 use integration_tests::peer::{Peer, example, key, request};
 use integration_tests::{TestNode, plugin_dir, wait_until};
@@ -13,7 +14,7 @@ use prost::Message as _;
 
 /// Sends `bytes` to the node, waits until `reason` counts one more drop, then checks that the
 /// node still answers a walk.
-async fn assert_dropped(node: &TestNode, peer: &mut Peer, bytes: &[u8], reason: &str) {
+async fn assert_dropped(node: &TestNode, peer: &mut Peer, bytes: &[u8], reason: DropReason) {
     let before = node.dropped(reason).await;
     peer.socket.send_to(bytes, node.udp).unwrap();
     wait_until(
@@ -49,28 +50,34 @@ async fn bad_datagrams_are_dropped_counted_and_the_node_keeps_serving() {
             state as u8
         })
         .collect();
-    assert_dropped(&node, &mut peer, &random, "malformed").await;
+    assert_dropped(&node, &mut peer, &random, DropReason::Malformed).await;
 
     // Truncated: a valid packet cut short.
     let valid = request(&me, example(), node.udp, from).encode(&me);
-    assert_dropped(&node, &mut peer, &valid[..valid.len() - 10], "malformed").await;
+    assert_dropped(
+        &node,
+        &mut peer,
+        &valid[..valid.len() - 10],
+        DropReason::Malformed,
+    )
+    .await;
 
     // Oversized: larger than the 1500-byte budget.
-    assert_dropped(&node, &mut peer, &vec![0x0A; 4000], "oversized").await;
+    assert_dropped(&node, &mut peer, &vec![0x0A; 4000], DropReason::Oversized).await;
 
     // Valid protobuf, wrong signature: signed by another key than the member it names.
     let forged = request(&me, example(), node.udp, from).encode(&key(2));
-    assert_dropped(&node, &mut peer, &forged, "bad-signature").await;
+    assert_dropped(&node, &mut peer, &forged, DropReason::BadSignature).await;
 
     // Unknown community: valid and signed, for a community this node did not join.
     let unknown = request(&me, CommunityId([0x77; 20]), node.udp, from).encode(&me);
-    assert_dropped(&node, &mut peer, &unknown, "unknown-community").await;
+    assert_dropped(&node, &mut peer, &unknown, DropReason::UnknownCommunity).await;
 
     // A huge length prefix: field 1 claims 2^62 bytes.
     let mut huge = vec![0x0A];
     prost::encoding::encode_varint(1 << 62, &mut huge);
     huge.extend_from_slice(&[1, 2, 3]);
-    assert_dropped(&node, &mut peer, &huge, "malformed").await;
+    assert_dropped(&node, &mut peer, &huge, DropReason::Malformed).await;
 
     // Valid protobuf of the wrong shape: a descriptor with nothing in it.
     let empty = pb::Message {
@@ -78,10 +85,10 @@ async fn bad_datagrams_are_dropped_counted_and_the_node_keeps_serving() {
         signatures: vec![],
     }
     .encode_to_vec();
-    assert_dropped(&node, &mut peer, &empty, "no-message").await;
+    assert_dropped(&node, &mut peer, &empty, DropReason::NoMessage).await;
 
     // An empty datagram.
-    assert_dropped(&node, &mut peer, &[], "empty").await;
+    assert_dropped(&node, &mut peer, &[], DropReason::Empty).await;
 
     let info = node.get("/v1/node").await;
     assert!(

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dispersy_core::identity::KeyPair;
+use dispersy_core::stats::DropReason;
 use dispersy_core::wire::{
     self, CommunityMessage, Conversion, MissingSequence, Packet, SignedMessage,
 };
@@ -160,7 +161,7 @@ async fn missing_sequence_is_answered_from_the_store_to_proven_peers_only() {
     wait_until(
         Duration::from_secs(10),
         "the unproven request counted",
-        || async { node.dropped("unproven-missing-request").await == 1 },
+        || async { node.dropped(DropReason::UnprovenMissingRequest).await == 1 },
     )
     .await;
     peer.walk(node.udp, 1);

@@ -1,28 +1,55 @@
-//! Counters kept by the node, per node and per community.
+//! Counters kept by the node, per node and per community, and [`DropReason`], the one typed
+//! source of the reasons a packet or message is dropped.
 //!
-//! Keys are `&'static str` names from the code (packet kinds, drop reasons), so every map has a
-//! bounded, small number of entries whatever the network sends.
+//! [`Counters`] are keyed by a [`Key`]: packet kinds by their `&'static str` names, drops by
+//! [`DropReason`] (so a misspelt reason does not compile). Either way every map has a bounded,
+//! small number of entries whatever the network sends, and [`Counters::iter`] yields the stable
+//! names the control API and the metrics print.
 
 use std::collections::BTreeMap;
 
-/// A bounded family of named counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters(BTreeMap<&'static str, u64>);
+/// The key of a family of [`Counters`]: a small, closed set of values, each with a stable name.
+pub trait Key: Copy + Ord {
+    /// The stable name of this key (a counter's name in the control API and the metrics).
+    fn name(self) -> &'static str;
+}
 
-impl Counters {
-    /// Adds one to `name`.
-    pub fn bump(&mut self, name: &'static str) {
-        *self.0.entry(name).or_default() += 1;
+impl Key for &'static str {
+    fn name(self) -> &'static str {
+        self
+    }
+}
+
+impl Key for DropReason {
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// A bounded family of counters, by key (`&'static str` names by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters<K: Key = &'static str>(BTreeMap<K, u64>);
+
+impl<K: Key> Default for Counters<K> {
+    fn default() -> Self {
+        Counters(BTreeMap::new())
+    }
+}
+
+impl<K: Key> Counters<K> {
+    /// Adds one to `key`.
+    pub fn bump(&mut self, key: K) {
+        *self.0.entry(key).or_default() += 1;
     }
 
-    /// Adds `n` to `name`.
-    pub fn add(&mut self, name: &'static str, n: u64) {
-        *self.0.entry(name).or_default() += n;
+    /// Adds `n` to `key`.
+    pub fn add(&mut self, key: K, n: u64) {
+        *self.0.entry(key).or_default() += n;
     }
 
-    /// The value of `name` (0 when never counted).
-    pub fn get(&self, name: &str) -> u64 {
-        self.0.get(name).copied().unwrap_or(0)
+    /// The value of `key` (0 when never counted).
+    pub fn get(&self, key: K) -> u64 {
+        self.0.get(&key).copied().unwrap_or(0)
     }
 
     /// Sum of all counters.
@@ -30,9 +57,308 @@ impl Counters {
         self.0.values().sum()
     }
 
-    /// All non-zero counters, by name.
+    /// All counted keys, by name, with their values.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        self.0.iter().map(|(k, v)| (*k, *v))
+        self.0.iter().map(|(k, v)| (k.name(), *v))
+    }
+}
+
+/// Why a packet or message was dropped: the one source of drop reasons of the core and the host.
+/// Each has a stable name ([`DropReason::as_str`], also its `Display`): the key of the drop
+/// counters in the control API's JSON and the Prometheus metrics, so a name never changes.
+/// Reasons marked "(host)" are decided by the host around the core (sockets, queues, plugins,
+/// the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// An empty datagram.
+    Empty,
+    /// A datagram above the size budget.
+    Oversized,
+    /// Bytes that are not the protobuf of the expected schema.
+    Malformed,
+    /// A descriptor that carries no message.
+    NoMessage,
+    /// A message type this node does not handle.
+    Unsupported,
+    /// A field the message needs is absent.
+    MissingField,
+    /// A field holds a value outside its domain.
+    InvalidField,
+    /// A member key that is not a valid public key.
+    InvalidKey,
+    /// Signed by a member given by id whose key this node does not know (the node asks for the
+    /// identity and waits instead of counting it; see [`DropReason::IdentityQueueFull`]).
+    UnknownMember,
+    /// Not as many signatures as signing members.
+    SignatureCount,
+    /// A signature that does not verify.
+    BadSignature,
+    /// For a community this node has not joined (or, for what needs a definition, one it only
+    /// tracks).
+    UnknownCommunity,
+    /// A tracker's table of bare communities is full.
+    CommunityLimit,
+    /// The session named does not match the source address.
+    BadSession,
+    /// A session-request for no walk of ours towards its source.
+    UnexpectedSessionRequest,
+    /// A session-response to no session-request of ours, or for another community.
+    UnexpectedSessionResponse,
+    /// A session-request of a protocol version this node does not speak.
+    UnsupportedSessionVersion,
+    /// An introduction-response to no walk of ours.
+    UnexpectedResponse,
+    /// A second introduction-response for one walk.
+    DuplicateResponse,
+    /// An introduction-response from another address than the one the walk went to.
+    ResponseFromWrongAddress,
+    /// An introduction of an address that cannot be used (unusable, ourselves, a tracker).
+    InvalidIntroduction,
+    /// A new candidate while the community's candidate table is full.
+    CandidateTableFull,
+    /// A puncture-request whose target cannot be used (unusable, the requester, ourselves).
+    InvalidAddress,
+    /// A datagram from an address that cannot be used or that is one of our own.
+    InvalidSource,
+    /// An introduction-request from this node's own member.
+    OwnMember,
+    /// A puncture for no walk of ours.
+    UnexpectedPuncture,
+    /// A missing-identity request from an address that has not proven itself (no session, no
+    /// walk of ours to it).
+    UnprovenIdentityRequest,
+    /// A missing-identity request for a member whose key this node does not know.
+    UnknownIdentity,
+    /// An identity nobody here asked for.
+    UnexpectedIdentity,
+    /// A collection without messages.
+    EmptyCollection,
+    /// A message of a meta-message type the community does not define.
+    UnknownMeta,
+    /// A message in a conversion the community's definition does not list.
+    UnknownConversion,
+    /// Signed by another number of members than its meta requires.
+    WrongAuthentication,
+    /// A sequence number where its meta has none, or none where it has.
+    WrongSequenceHeader,
+    /// A hop budget where its meta does not relay, or none where it does.
+    WrongRelayHeader,
+    /// A global time above the acceptable limit (a message, or a signature-request's message).
+    GlobalTimeBeyondLimit,
+    /// A message older than its meta's pruning threshold (inactive).
+    Pruned,
+    /// A relayed message this node has handled already.
+    RelayDuplicate,
+    /// A stored packet too large to send in a datagram.
+    OversizedStoredPacket,
+    /// A missing-sequence, -message or -last-message request from an address that has not
+    /// proven itself (no session, no walk of ours to it).
+    UnprovenMissingRequest,
+    /// A missing-* request while too many are being answered.
+    MissingBusy,
+    /// A missing-sequence request for a meta that is unknown or has no sequence numbers.
+    MissingSequenceUnknownMeta,
+    /// A missing-last-message request for a meta that is unknown or not last-sync.
+    MissingLastMessageUnknownMeta,
+    /// A signature-request from an address that has not proven itself (no session, no walk of
+    /// ours to it).
+    UnprovenSignatureRequest,
+    /// A signature-request whose second author is not this node's member (or whose first is).
+    SignatureRequestNotForUs,
+    /// A signature-request for a meta that is unknown or not double-member.
+    SignatureRequestWrongMeta,
+    /// A signature-request while too many wait for our plugin's verdict.
+    SignatureBusy,
+    /// A signature-response to no signature-request of ours (or from another address).
+    UnexpectedSignatureResponse,
+    /// A signature-response whose message differs from the one asked to sign.
+    SignatureResponseModified,
+    /// A sync request whose bloom filter cannot be used.
+    BadFilter,
+    /// A sync request while too many sync answers are being read.
+    SyncBusy,
+    /// A message that must wait while the table of waiting messages is full.
+    DelayQueueFull,
+    /// A waiting message whose wait ran out.
+    DelayTimeout,
+    /// A datagram of an unknown member while too many wait for identities.
+    IdentityQueueFull,
+    /// A datagram whose author's identity did not come in time.
+    IdentityTimeout,
+    /// An event while the node's queue of events for the driver is full.
+    EventQueueFull,
+    /// A datagram to send while the node's queue of outgoing datagrams is full.
+    TransmitQueueFull,
+    /// A datagram the socket refused (host).
+    SendFailed,
+    /// A store read while the sync-read task's queue is full (host).
+    SyncQueueFull,
+    /// Messages, a signature question or a store read for a community without a running plugin
+    /// (host).
+    NoPlugin,
+    /// Messages or a signature question the community's plugin queue refused as full (host).
+    PluginQueueFull,
+    /// Messages a plugin call failed on (an error, a panic, an answer that makes no sense) (host).
+    PluginError,
+    /// This node's own new message, which a plugin asked to wait (host).
+    OwnMessageCannotWait,
+    /// Messages the store could not write (host).
+    StoreFailed,
+    /// A message numbered next, but not newer than its author's last stored message of the meta
+    /// (host).
+    StaleSequence,
+    /// A message whose sequence number is held by a winning stored message (host).
+    SequenceConflictLost,
+}
+
+impl DropReason {
+    /// Every reason, in declaration order.
+    pub const ALL: &[DropReason] = &[
+        DropReason::Empty,
+        DropReason::Oversized,
+        DropReason::Malformed,
+        DropReason::NoMessage,
+        DropReason::Unsupported,
+        DropReason::MissingField,
+        DropReason::InvalidField,
+        DropReason::InvalidKey,
+        DropReason::UnknownMember,
+        DropReason::SignatureCount,
+        DropReason::BadSignature,
+        DropReason::UnknownCommunity,
+        DropReason::CommunityLimit,
+        DropReason::BadSession,
+        DropReason::UnexpectedSessionRequest,
+        DropReason::UnexpectedSessionResponse,
+        DropReason::UnsupportedSessionVersion,
+        DropReason::UnexpectedResponse,
+        DropReason::DuplicateResponse,
+        DropReason::ResponseFromWrongAddress,
+        DropReason::InvalidIntroduction,
+        DropReason::CandidateTableFull,
+        DropReason::InvalidAddress,
+        DropReason::InvalidSource,
+        DropReason::OwnMember,
+        DropReason::UnexpectedPuncture,
+        DropReason::UnprovenIdentityRequest,
+        DropReason::UnknownIdentity,
+        DropReason::UnexpectedIdentity,
+        DropReason::EmptyCollection,
+        DropReason::UnknownMeta,
+        DropReason::UnknownConversion,
+        DropReason::WrongAuthentication,
+        DropReason::WrongSequenceHeader,
+        DropReason::WrongRelayHeader,
+        DropReason::GlobalTimeBeyondLimit,
+        DropReason::Pruned,
+        DropReason::RelayDuplicate,
+        DropReason::OversizedStoredPacket,
+        DropReason::UnprovenMissingRequest,
+        DropReason::MissingBusy,
+        DropReason::MissingSequenceUnknownMeta,
+        DropReason::MissingLastMessageUnknownMeta,
+        DropReason::UnprovenSignatureRequest,
+        DropReason::SignatureRequestNotForUs,
+        DropReason::SignatureRequestWrongMeta,
+        DropReason::SignatureBusy,
+        DropReason::UnexpectedSignatureResponse,
+        DropReason::SignatureResponseModified,
+        DropReason::BadFilter,
+        DropReason::SyncBusy,
+        DropReason::DelayQueueFull,
+        DropReason::DelayTimeout,
+        DropReason::IdentityQueueFull,
+        DropReason::IdentityTimeout,
+        DropReason::EventQueueFull,
+        DropReason::TransmitQueueFull,
+        DropReason::SendFailed,
+        DropReason::SyncQueueFull,
+        DropReason::NoPlugin,
+        DropReason::PluginQueueFull,
+        DropReason::PluginError,
+        DropReason::OwnMessageCannotWait,
+        DropReason::StoreFailed,
+        DropReason::StaleSequence,
+        DropReason::SequenceConflictLost,
+    ];
+
+    /// The stable name: the counters' key in the control API and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Empty => "empty",
+            DropReason::Oversized => "oversized",
+            DropReason::Malformed => "malformed",
+            DropReason::NoMessage => "no-message",
+            DropReason::Unsupported => "unsupported",
+            DropReason::MissingField => "missing-field",
+            DropReason::InvalidField => "invalid-field",
+            DropReason::InvalidKey => "invalid-key",
+            DropReason::UnknownMember => "unknown-member",
+            DropReason::SignatureCount => "signature-count",
+            DropReason::BadSignature => "bad-signature",
+            DropReason::UnknownCommunity => "unknown-community",
+            DropReason::CommunityLimit => "community-limit",
+            DropReason::BadSession => "bad-session",
+            DropReason::UnexpectedSessionRequest => "unexpected-session-request",
+            DropReason::UnexpectedSessionResponse => "unexpected-session-response",
+            DropReason::UnsupportedSessionVersion => "unsupported-session-version",
+            DropReason::UnexpectedResponse => "unexpected-response",
+            DropReason::DuplicateResponse => "duplicate-response",
+            DropReason::ResponseFromWrongAddress => "response-from-wrong-address",
+            DropReason::InvalidIntroduction => "invalid-introduction",
+            DropReason::CandidateTableFull => "candidate-table-full",
+            DropReason::InvalidAddress => "invalid-address",
+            DropReason::InvalidSource => "invalid-source",
+            DropReason::OwnMember => "own-member",
+            DropReason::UnexpectedPuncture => "unexpected-puncture",
+            DropReason::UnprovenIdentityRequest => "unproven-identity-request",
+            DropReason::UnknownIdentity => "unknown-identity",
+            DropReason::UnexpectedIdentity => "unexpected-identity",
+            DropReason::EmptyCollection => "empty-collection",
+            DropReason::UnknownMeta => "unknown-meta",
+            DropReason::UnknownConversion => "unknown-conversion",
+            DropReason::WrongAuthentication => "wrong-authentication",
+            DropReason::WrongSequenceHeader => "wrong-sequence-header",
+            DropReason::WrongRelayHeader => "wrong-relay-header",
+            DropReason::GlobalTimeBeyondLimit => "global-time-beyond-limit",
+            DropReason::Pruned => "pruned",
+            DropReason::RelayDuplicate => "relay-duplicate",
+            DropReason::OversizedStoredPacket => "oversized-stored-packet",
+            DropReason::UnprovenMissingRequest => "unproven-missing-request",
+            DropReason::MissingBusy => "missing-busy",
+            DropReason::MissingSequenceUnknownMeta => "missing-sequence-unknown-meta",
+            DropReason::MissingLastMessageUnknownMeta => "missing-last-message-unknown-meta",
+            DropReason::UnprovenSignatureRequest => "unproven-signature-request",
+            DropReason::SignatureRequestNotForUs => "signature-request-not-for-us",
+            DropReason::SignatureRequestWrongMeta => "signature-request-wrong-meta",
+            DropReason::SignatureBusy => "signature-busy",
+            DropReason::UnexpectedSignatureResponse => "unexpected-signature-response",
+            DropReason::SignatureResponseModified => "signature-response-modified",
+            DropReason::BadFilter => "bad-filter",
+            DropReason::SyncBusy => "sync-busy",
+            DropReason::DelayQueueFull => "delay-queue-full",
+            DropReason::DelayTimeout => "delay-timeout",
+            DropReason::IdentityQueueFull => "identity-queue-full",
+            DropReason::IdentityTimeout => "identity-timeout",
+            DropReason::EventQueueFull => "event-queue-full",
+            DropReason::TransmitQueueFull => "transmit-queue-full",
+            DropReason::SendFailed => "send-failed",
+            DropReason::SyncQueueFull => "sync-queue-full",
+            DropReason::NoPlugin => "no-plugin",
+            DropReason::PluginQueueFull => "plugin-queue-full",
+            DropReason::PluginError => "plugin error",
+            DropReason::OwnMessageCannotWait => "own message cannot wait",
+            DropReason::StoreFailed => "store failed",
+            DropReason::StaleSequence => "stale-sequence",
+            DropReason::SequenceConflictLost => "sequence-conflict-lost",
+        }
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -49,8 +375,9 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// Accepted packets by kind (`introduction-request`, `collection`, …).
     pub packets: Counters,
-    /// Dropped packets by reason (`malformed`, `bad-signature`, `unknown-community`, …).
-    pub dropped: Counters,
+    /// Dropped packets by reason ([`DropReason::Malformed`], [`DropReason::BadSignature`],
+    /// [`DropReason::UnknownCommunity`], …).
+    pub dropped: Counters<DropReason>,
 }
 
 /// Counters of one community.
@@ -96,5 +423,48 @@ pub struct CommunityStats {
     /// Verified messages passed to the community's plugin.
     pub messages_received: u64,
     /// Community messages dropped, by reason.
-    pub dropped: Counters,
+    pub dropped: Counters<DropReason>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The three names from before the reasons were typed, kept for the API and the metrics.
+    const LEGACY: [&str; 3] = ["plugin error", "store failed", "own message cannot wait"];
+
+    fn kebab_case(name: &str) -> bool {
+        !name.is_empty()
+            && !name.starts_with('-')
+            && !name.ends_with('-')
+            && !name.contains("--")
+            && name.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+    }
+
+    #[test]
+    fn every_drop_reason_has_its_own_kebab_case_or_legacy_name() {
+        let mut seen = std::collections::HashSet::new();
+        for reason in DropReason::ALL {
+            let name = reason.as_str();
+            assert!(seen.insert(name), "{reason:?} reuses the name {name:?}");
+            assert!(
+                kebab_case(name) || LEGACY.contains(&name),
+                "{reason:?} is named {name:?}, neither kebab-case nor legacy"
+            );
+            assert_eq!(reason.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn drop_counters_are_read_by_reason_and_listed_by_name() {
+        let mut counters = Counters::<DropReason>::default();
+        counters.bump(DropReason::Pruned);
+        counters.add(DropReason::PluginError, 2);
+        assert_eq!(counters.get(DropReason::Pruned), 1);
+        assert_eq!(counters.get(DropReason::BadSession), 0);
+        assert_eq!(counters.total(), 3);
+        let mut names: Vec<_> = counters.iter().collect();
+        names.sort_unstable();
+        assert_eq!(names, [("plugin error", 2), ("pruned", 1)]);
+    }
 }

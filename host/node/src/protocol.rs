@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dispersy_core::identity::CommunityId;
 use dispersy_core::node::{CreateError, Created, Event, Incoming, Node, RequestId};
-use dispersy_core::stats::Counters;
+use dispersy_core::stats::{Counters, DropReason};
 use dispersy_core::time::Instant as CoreInstant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -53,7 +53,7 @@ pub(crate) struct Protocol {
     clock: Clock,
     registry: Option<Arc<Registry>>,
     /// Drops decided by the driver (full queues).
-    dropped: Counters,
+    dropped: Counters<DropReason>,
     last_refresh: tokio::time::Instant,
     /// API calls waiting for a co-signed message, by signature request (bounded by the core's
     /// `signature.max_pending`: every request ends in an `Event::Signed`).
@@ -256,7 +256,7 @@ impl Protocol {
                 .await
             {
                 tracing::debug!(destination = %transmit.destination, %error, "send failed");
-                self.dropped.bump("send-failed");
+                self.dropped.bump(DropReason::SendFailed);
             }
         }
         // Messages of one community and meta go to its thread as one job per flush.
@@ -324,10 +324,10 @@ impl Protocol {
                             message: Box::new(message),
                         };
                         if worker.submit(job).is_err() {
-                            self.dropped.bump("plugin-queue-full");
+                            self.dropped.bump(DropReason::PluginQueueFull);
                         }
                     }
-                    None => self.dropped.bump("no-plugin"),
+                    None => self.dropped.bump(DropReason::NoPlugin),
                 },
                 Event::Signed { request, result } => {
                     if let Some(reply) = self.signing.remove(&request) {
@@ -337,7 +337,7 @@ impl Protocol {
                 Event::SendPackets { request, rows } => {
                     let job = SyncJob::Packets { request, ids: rows };
                     if self.sync_jobs.try_send(job).is_err() {
-                        self.dropped.bump("sync-queue-full");
+                        self.dropped.bump(DropReason::SyncQueueFull);
                     }
                 }
             }
@@ -347,10 +347,10 @@ impl Protocol {
                 Some(worker) => {
                     let n = messages.len() as u64;
                     if worker.submit(Job::Deliver { meta, messages }).is_err() {
-                        self.dropped.add("plugin-queue-full", n);
+                        self.dropped.add(DropReason::PluginQueueFull, n);
                     }
                 }
-                None => self.dropped.bump("no-plugin"),
+                None => self.dropped.bump(DropReason::NoPlugin),
             }
         }
     }
@@ -366,10 +366,10 @@ impl Protocol {
         match row {
             Some(row) => {
                 if self.sync_jobs.try_send(job(row)).is_err() {
-                    self.dropped.bump("sync-queue-full");
+                    self.dropped.bump(DropReason::SyncQueueFull);
                 }
             }
-            None => self.dropped.bump("no-plugin"),
+            None => self.dropped.bump(DropReason::NoPlugin),
         }
     }
 

@@ -9,6 +9,7 @@ use super::{CreateError, Created, Event, Incoming, Node};
 use crate::identity::CommunityId;
 use crate::meta::{Authentication, Destination, Distribution};
 use crate::relay;
+use crate::stats::DropReason;
 use crate::time::Instant;
 use crate::wire::{self, CommunityMessage, SignedMessage};
 
@@ -178,24 +179,24 @@ impl Node {
         session: u32,
         messages: Vec<SignedMessage>,
         relay_hops: Option<u32>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         // A collection names the session with its source, or none (0) when the sender has none
         // with us; a wrong one is a forgery or a stale peer.
         if session != 0 && !self.sessions.check(now, from, session) {
-            return Err("bad-session");
+            return Err(DropReason::BadSession);
         }
         let Some(first) = messages.first() else {
-            return Err("empty-collection");
+            return Err(DropReason::EmptyCollection);
         };
         let id = first.message.community;
         let c = self
             .communities
             .get_mut(&id)
             .filter(|c| c.definition.is_some())
-            .ok_or("unknown-community")?;
+            .ok_or(DropReason::UnknownCommunity)?;
         c.last_activity = now;
         let Some(definition) = c.definition.as_ref() else {
-            return Err("unknown-community");
+            return Err(DropReason::UnknownCommunity);
         };
         let acceptable = c.acceptable_global_time(now, self.config.global_time_margin);
         // Group by meta, keeping arrival order within each meta.
@@ -205,22 +206,22 @@ impl Node {
         for signed in messages {
             let m = &signed.message;
             let verdict = match definition.meta_by_id(m.message_type) {
-                None => Err("unknown-meta"),
+                None => Err(DropReason::UnknownMeta),
                 Some(meta) if meta.authentication.signers() != m.authors.len() => {
-                    Err("wrong-authentication")
+                    Err(DropReason::WrongAuthentication)
                 }
                 Some(meta)
                     if meta.distribution.has_sequence_numbers() != m.sequence_number.is_some() =>
                 {
-                    Err("wrong-sequence-header")
+                    Err(DropReason::WrongSequenceHeader)
                 }
                 Some(meta)
                     if (meta.distribution == Distribution::Relay) != m.relay_hops.is_some() =>
                 {
-                    Err("wrong-relay-header")
+                    Err(DropReason::WrongRelayHeader)
                 }
                 Some(_) if !definition.conversions.contains(&m.conversion) => {
-                    Err("unknown-conversion")
+                    Err(DropReason::UnknownConversion)
                 }
                 Some(meta) if meta.distribution == Distribution::Relay => {
                     if self.relayed.insert(
@@ -232,13 +233,13 @@ impl Node {
                         }
                         Ok(false)
                     } else {
-                        Err("relay-duplicate")
+                        Err(DropReason::RelayDuplicate)
                     }
                 }
                 Some(meta) if meta.distribution.is_persistent() && m.global_time > acceptable => {
-                    Err("global-time-beyond-limit")
+                    Err(DropReason::GlobalTimeBeyondLimit)
                 }
-                Some(meta) if !c.is_active(meta, m.global_time) => Err("pruned"),
+                Some(meta) if !c.is_active(meta, m.global_time) => Err(DropReason::Pruned),
                 Some(meta) => Ok(meta.distribution.is_persistent()),
             };
             match verdict {
@@ -284,7 +285,7 @@ impl Node {
             }
         }
         let Some(c) = self.communities.get_mut(&id) else {
-            return Err("unknown-community");
+            return Err(DropReason::UnknownCommunity);
         };
         let prune = c.prune_thresholds();
         for (meta, below) in prune {

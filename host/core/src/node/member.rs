@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use super::Node;
+use crate::stats::DropReason;
 use crate::time::Instant;
 use crate::wire::{self, Identity, MissingIdentity, Packet};
 
@@ -16,11 +17,12 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         request: MissingIdentity,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         if !self.proven(now, from, request.session) {
-            return Err("unproven-identity-request");
+            return Err(DropReason::UnprovenIdentityRequest);
         }
-        let key = wire::Keys::key(&self.members, &request.member).ok_or("unknown-identity")?;
+        let key =
+            wire::Keys::key(&self.members, &request.member).ok_or(DropReason::UnknownIdentity)?;
         let identity = Identity {
             community: request.community,
             session: self.sessions.id(&from).unwrap_or(0),
@@ -37,11 +39,11 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         identity: Identity,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         let ready = self
             .members
             .identity(from, identity.random, identity.member)
-            .ok_or("unexpected-identity")?;
+            .ok_or(DropReason::UnexpectedIdentity)?;
         for waiting in ready {
             self.process(now, waiting.from, &waiting.bytes);
         }

@@ -10,6 +10,7 @@ use super::{Event, Incoming, Node, RequestId, Stored};
 use crate::identity::CommunityId;
 use crate::meta::Distribution;
 use crate::missing::{Answer, Awaited, Delayed, Lookup, Outcome, Request};
+use crate::stats::DropReason;
 use crate::time::Instant;
 use crate::wire::{MissingLastMessage, MissingMessage, MissingSequence, Packet};
 
@@ -82,7 +83,7 @@ impl Node {
             return;
         };
         if !taken {
-            c.stats.dropped.bump("delay-queue-full");
+            c.stats.dropped.bump(DropReason::DelayQueueFull);
             return;
         }
         c.stats.delayed += 1;
@@ -102,7 +103,9 @@ impl Node {
     pub(super) fn expire_delays(&mut self, now: Instant) {
         let outcome = self.delays.timeout(&self.config.missing, now);
         if outcome.expired > 0 {
-            self.stats.dropped.add("delay-timeout", outcome.expired);
+            self.stats
+                .dropped
+                .add(DropReason::DelayTimeout, outcome.expired);
         }
         self.apply(outcome);
         self.answers.retain(|_, a| a.deadline > now);
@@ -189,9 +192,9 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         m: MissingSequence,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         if !self.proven(now, from, m.session) {
-            return Err("unproven-missing-request");
+            return Err(DropReason::UnprovenMissingRequest);
         }
         let numbered = self
             .communities
@@ -199,7 +202,7 @@ impl Node {
             .and_then(|c| c.meta(m.meta))
             .is_some_and(|meta| meta.distribution.has_sequence_numbers());
         if !numbered {
-            return Err("missing-sequence-unknown-meta");
+            return Err(DropReason::MissingSequenceUnknownMeta);
         }
         let lookup = Lookup::Sequences {
             member: m.member,
@@ -216,9 +219,9 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         m: MissingMessage,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         if !self.proven(now, from, m.session) {
-            return Err("unproven-missing-request");
+            return Err(DropReason::UnprovenMissingRequest);
         }
         let lookup = Lookup::GlobalTimes {
             member: m.member,
@@ -234,9 +237,9 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         m: MissingLastMessage,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         if !self.proven(now, from, m.session) {
-            return Err("unproven-missing-request");
+            return Err(DropReason::UnprovenMissingRequest);
         }
         let history = self
             .communities
@@ -246,7 +249,7 @@ impl Node {
                 Distribution::LastSync { history, .. } => Some(history),
                 _ => None,
             })
-            .ok_or("missing-last-message-unknown-meta")?;
+            .ok_or(DropReason::MissingLastMessageUnknownMeta)?;
         let lookup = Lookup::Last {
             member: m.member,
             meta: m.meta,
@@ -261,16 +264,16 @@ impl Node {
         community: CommunityId,
         to: SocketAddr,
         lookup: Lookup,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         if self
             .communities
             .get(&community)
             .is_none_or(|c| c.definition.is_none())
         {
-            return Err("unknown-community");
+            return Err(DropReason::UnknownCommunity);
         }
         if self.answers.len() >= self.config.sync.max_responses {
-            return Err("missing-busy");
+            return Err(DropReason::MissingBusy);
         }
         let request = self.next_request_id();
         let max_bytes = self.config.missing.answer_bytes;

@@ -64,7 +64,7 @@ pub use crate::message::{Incoming, Stored};
 use crate::relay;
 use crate::rng::Rng;
 use crate::session::{self, Sessions};
-use crate::stats::Stats;
+use crate::stats::{DropReason, Stats};
 use crate::time::Instant;
 use crate::wire::{self, CommunityMessage, ConnectionType, DecodeError, MissingIdentity, Packet};
 
@@ -507,7 +507,7 @@ impl Node {
         decoded: Result<Packet, DecodeError>,
     ) {
         if !address::is_usable(from) || from == self.lan || from == self.wan_address() {
-            self.stats.dropped.bump("invalid-source");
+            self.stats.dropped.bump(DropReason::InvalidSource);
             return;
         }
         match decoded {
@@ -531,10 +531,12 @@ impl Node {
                         self.stats.packets.bump("identity-requested");
                     }
                     Ok(None) => self.stats.packets.bump("identity-awaited"),
-                    Err(crate::member::Full) => self.stats.dropped.bump("identity-queue-full"),
+                    Err(crate::member::Full) => {
+                        self.stats.dropped.bump(DropReason::IdentityQueueFull)
+                    }
                 }
             }
-            Err(error) => self.stats.dropped.bump(error.kind()),
+            Err(error) => self.stats.dropped.bump(error.reason()),
         }
     }
 
@@ -594,7 +596,9 @@ impl Node {
         }
         let expired = self.members.expire(now);
         if expired > 0 {
-            self.stats.dropped.add("identity-timeout", expired as u64);
+            self.stats
+                .dropped
+                .add(DropReason::IdentityTimeout, expired as u64);
         }
         self.responses.retain(|_, r| r.deadline > now);
         self.expire_delays(now);
@@ -721,7 +725,7 @@ impl Node {
                     }
                     sent += chunk.len();
                 }
-                Err(_) => self.stats.dropped.bump("oversized-stored-packet"),
+                Err(_) => self.stats.dropped.bump(DropReason::OversizedStoredPacket),
             }
         }
         sent
@@ -729,7 +733,7 @@ impl Node {
 
     fn send_bytes(&mut self, destination: SocketAddr, bytes: Vec<u8>) {
         if self.transmits.len() >= self.config.max_transmits {
-            self.stats.dropped.bump("transmit-queue-full");
+            self.stats.dropped.bump(DropReason::TransmitQueueFull);
             return;
         }
         self.stats.datagrams_sent += 1;
@@ -739,7 +743,7 @@ impl Node {
 
     fn push_event(&mut self, event: Event) {
         if self.events.len() >= self.config.max_events {
-            self.stats.dropped.bump("event-queue-full");
+            self.stats.dropped.bump(DropReason::EventQueueFull);
             return;
         }
         self.events.push_back(event);

@@ -9,6 +9,7 @@ use super::{CreateError, Created, Event, Node, RequestId};
 use crate::identity::{CommunityId, PublicKey};
 use crate::meta::Authentication;
 use crate::signature::{Asked, Pending, SignError};
+use crate::stats::DropReason;
 use crate::time::Instant;
 use crate::wire::{CommunityMessage, Packet, SignatureRequest, SignatureResponse, SignedMessage};
 
@@ -91,32 +92,32 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         m: SignatureRequest,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         if !self.proven(now, from, m.session) {
-            return Err("unproven-signature-request");
+            return Err(DropReason::UnprovenSignatureRequest);
         }
         if m.message.authors.get(1) != Some(self.key.public())
             || m.message.authors.first() == Some(self.key.public())
         {
-            return Err("signature-request-not-for-us");
+            return Err(DropReason::SignatureRequestNotForUs);
         }
         let margin = self.config.global_time_margin;
         let c = self
             .communities
             .get(&m.message.community)
             .filter(|c| c.definition.is_some())
-            .ok_or("unknown-community")?;
+            .ok_or(DropReason::UnknownCommunity)?;
         let double = c
             .meta(m.message.message_type)
             .is_some_and(|meta| meta.authentication == Authentication::DoubleMember);
         if !double {
-            return Err("signature-request-wrong-meta");
+            return Err(DropReason::SignatureRequestWrongMeta);
         }
         if m.message.global_time > c.acceptable_global_time(now, margin) {
-            return Err("global-time-beyond-limit");
+            return Err(DropReason::GlobalTimeBeyondLimit);
         }
         if self.asked.len() >= self.config.signature.max_pending {
-            return Err("signature-busy");
+            return Err(DropReason::SignatureBusy);
         }
         let ask = self.next_request_id();
         let community = m.message.community;
@@ -170,23 +171,23 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         m: SignatureResponse,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         let matches = self
             .signing
             .get(&RequestId(m.request))
             .is_some_and(|p| p.to == from && m.signer == 1);
         if !matches {
-            return Err("unexpected-signature-response");
+            return Err(DropReason::UnexpectedSignatureResponse);
         }
         let Some(pending) = self.signing.remove(&RequestId(m.request)) else {
-            return Err("unexpected-signature-response");
+            return Err(DropReason::UnexpectedSignatureResponse);
         };
         if m.descriptor != pending.descriptor {
             self.push(Event::Signed {
                 request: RequestId(m.request),
                 result: Err(SignError::Modified.into()),
             });
-            return Err("signature-response-modified");
+            return Err(DropReason::SignatureResponseModified);
         }
         // The co-signer's signature was checked when its response was decoded, over these
         // very bytes; ours is made here.

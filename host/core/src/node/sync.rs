@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use super::{Event, Node, RequestId, Stored};
 use crate::bloom::BloomFilter;
 use crate::identity::CommunityId;
+use crate::stats::DropReason;
 use crate::sync::{
     self, ChaseStep, Claim, ERROR_RATE, Next, PendingQuery, PendingResponse, Query, Range, Row,
 };
@@ -304,7 +305,7 @@ impl Node {
         }
         let Ok(filter) = BloomFilter::from_bytes(sync.bloom.clone(), sync.functions, sync.prefix)
         else {
-            self.stats.dropped.bump("bad-filter");
+            self.stats.dropped.bump(DropReason::BadFilter);
             return;
         };
         let acceptable = c.acceptable_global_time(now, margin);
@@ -322,7 +323,7 @@ impl Node {
         let budget = c.sync.budgets.budget(from, &range, &filter);
         let limit = sync::rows_to_read(budget, filter.estimated_count(), c.sync.packet_size);
         if self.responses.len() >= max {
-            self.stats.dropped.bump("sync-busy");
+            self.stats.dropped.bump(DropReason::SyncBusy);
             return;
         }
         let metas = synced_metas(c);

@@ -8,6 +8,7 @@ use super::{Config, Node};
 use crate::address;
 use crate::community::{Community, Resume};
 use crate::identity::CommunityId;
+use crate::stats::DropReason;
 use crate::time::Instant;
 use crate::walker::{choose_introduce, resolve};
 use crate::wire::{
@@ -149,9 +150,9 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         request: IntroductionRequest,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         if request.member.member_id() == self.key.member_id() {
-            return Err("own-member");
+            return Err(DropReason::OwnMember);
         }
         community_for(&mut self.communities, &self.config, now, request.community)?;
         if self.sessions.check(now, from, request.session) {
@@ -179,17 +180,17 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         request: SessionRequest,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         let c = self
             .communities
             .get(&request.community)
-            .ok_or("unknown-community")?;
+            .ok_or(DropReason::UnknownCommunity)?;
         match c.pending_walks.get(&request.walk) {
             Some(walk) if walk.destination == from => {}
-            _ => return Err("unexpected-session-request"),
+            _ => return Err(DropReason::UnexpectedSessionRequest),
         }
         if request.version != SESSION_VERSION {
-            return Err("unsupported-session-version");
+            return Err(DropReason::UnsupportedSessionVersion);
         }
         let random = loop {
             let random = self.rng.nonzero_u32();
@@ -216,13 +217,13 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         response: SessionResponse,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         let (session, request) = self
             .sessions
             .complete(now, from, response.walk, response.random)
-            .ok_or("unexpected-session-response")?;
+            .ok_or(DropReason::UnexpectedSessionResponse)?;
         if request.community != response.community {
-            return Err("unexpected-session-response");
+            return Err(DropReason::UnexpectedSessionResponse);
         }
         if let Some(c) = self.communities.get_mut(&request.community) {
             c.stats.handshakes += 1;
@@ -237,7 +238,7 @@ impl Node {
         from: SocketAddr,
         session: u32,
         request: IntroductionRequest,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         self.vote(now, from, request.destination);
         let interfaces = self.config.interfaces.clone();
         let lan = self.lan;
@@ -254,7 +255,7 @@ impl Node {
         let candidate = c
             .candidates
             .entry(from, now)
-            .map_err(|_| "candidate-table-full")?;
+            .map_err(|_| DropReason::CandidateTableFull)?;
         candidate.last_stumble = Some(now);
         candidate.member = Some(request.member.member_id());
         candidate.lan = requester_lan;
@@ -320,24 +321,24 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         response: IntroductionResponse,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         if !self.sessions.check(now, from, response.session) {
-            return Err("bad-session");
+            return Err(DropReason::BadSession);
         }
         let is_tracker = self.config.trackers.contains(&from);
         let interfaces = self.config.interfaces.clone();
         let c = self
             .communities
             .get_mut(&response.community)
-            .ok_or("unknown-community")?;
+            .ok_or(DropReason::UnknownCommunity)?;
         let sync_only = match c.pending_walks.get_mut(&response.walk) {
             Some(walk) if walk.destination == from && !walk.answered => {
                 walk.answered = true;
                 walk.sync_only
             }
-            Some(walk) if walk.destination == from => return Err("duplicate-response"),
-            Some(_) => return Err("response-from-wrong-address"),
-            None => return Err("unexpected-response"),
+            Some(walk) if walk.destination == from => return Err(DropReason::DuplicateResponse),
+            Some(_) => return Err(DropReason::ResponseFromWrongAddress),
+            None => return Err(DropReason::UnexpectedResponse),
         };
         if !sync_only {
             c.stats.walk_successes += 1;
@@ -355,7 +356,7 @@ impl Node {
             let candidate = c
                 .candidates
                 .entry(from, now)
-                .map_err(|_| "candidate-table-full")?;
+                .map_err(|_| DropReason::CandidateTableFull)?;
             candidate.last_walk = Some(now);
             candidate.member = Some(response.member.member_id());
             candidate.lan = lan;
@@ -377,16 +378,16 @@ impl Node {
         };
         let ourselves = address == my_lan || address == my_wan || lan == my_lan && wan == my_wan;
         if !address::is_usable(address) || ourselves || self.config.trackers.contains(&address) {
-            return Err("invalid-introduction");
+            return Err(DropReason::InvalidIntroduction);
         }
         let c = self
             .communities
             .get_mut(&response.community)
-            .ok_or("unknown-community")?;
+            .ok_or(DropReason::UnknownCommunity)?;
         let candidate = c
             .candidates
             .entry(address, now)
-            .map_err(|_| "candidate-table-full")?;
+            .map_err(|_| DropReason::CandidateTableFull)?;
         candidate.last_intro = Some(now);
         candidate.lan = lan;
         candidate.wan = wan;
@@ -399,15 +400,15 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         request: PunctureRequest,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         if !self.sessions.check(now, from, request.session) {
-            return Err("bad-session");
+            return Err(DropReason::BadSession);
         }
         let c = self
             .communities
             .get(&request.community)
             .filter(|c| c.definition.is_some())
-            .ok_or("unknown-community")?;
+            .ok_or(DropReason::UnknownCommunity)?;
         let my_wan = self.wan_address();
         // A behind our own NAT is reached on its LAN address.
         let target = if request.initiator_wan.ip() == my_wan.ip()
@@ -418,7 +419,7 @@ impl Node {
             request.initiator_wan
         };
         if !address::is_usable(target) || target == from || target == self.lan || target == my_wan {
-            return Err("invalid-address");
+            return Err(DropReason::InvalidAddress);
         }
         let puncture = Puncture {
             community: c.id,
@@ -439,16 +440,16 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         puncture: Puncture,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         let interfaces = self.config.interfaces.clone();
         let c = self
             .communities
             .get_mut(&puncture.community)
             .filter(|c| c.definition.is_some())
-            .ok_or("unknown-community")?;
+            .ok_or(DropReason::UnknownCommunity)?;
         match c.pending_walks.get(&puncture.walk) {
             Some(walk) if walk.random == puncture.random => {}
-            _ => return Err("unexpected-puncture"),
+            _ => return Err(DropReason::UnexpectedPuncture),
         }
         c.stats.punctures += 1;
         let (lan, wan) = address::estimate(
@@ -460,7 +461,7 @@ impl Node {
         let candidate = c
             .candidates
             .entry(from, now)
-            .map_err(|_| "candidate-table-full")?;
+            .map_err(|_| DropReason::CandidateTableFull)?;
         candidate.last_intro = Some(now);
         candidate.member = Some(puncture.member.member_id());
         candidate.lan = lan;
@@ -485,13 +486,13 @@ fn community_for<'a>(
     config: &Config,
     now: Instant,
     id: CommunityId,
-) -> Result<&'a mut Community, &'static str> {
+) -> Result<&'a mut Community, DropReason> {
     if !communities.contains_key(&id) {
         if !config.tracker {
-            return Err("unknown-community");
+            return Err(DropReason::UnknownCommunity);
         }
         if communities.len() >= config.max_communities {
-            return Err("community-limit");
+            return Err(DropReason::CommunityLimit);
         }
         let bare = Community::new(
             id,
@@ -504,7 +505,9 @@ fn community_for<'a>(
         );
         communities.insert(id, bare);
     }
-    let c = communities.get_mut(&id).ok_or("unknown-community")?;
+    let c = communities
+        .get_mut(&id)
+        .ok_or(DropReason::UnknownCommunity)?;
     c.last_activity = now;
     Ok(c)
 }

@@ -9,6 +9,7 @@ use crate::community::{Definition, Resume};
 use crate::identity::{CommunityId, MemberId};
 use crate::meta::{Authentication, Destination, Distribution, MetaMessage, Resolution};
 use crate::node::{CreateError, Incoming};
+use crate::stats::DropReason;
 use crate::wire::{self, ConnectionType, Conversion, IntroductionRequest, Packet};
 
 fn definition() -> Definition {
@@ -531,27 +532,27 @@ fn bad_walker_input_is_dropped_and_counted() {
             introduced,
         })
     };
-    let dropped = |sim: &Sim, reason: &str| sim.nodes[1].stats().dropped.get(reason);
+    let dropped = |sim: &Sim, reason: DropReason| sim.nodes[1].stats().dropped.get(reason);
 
     // A response to a walk nobody started.
-    let before = dropped(&sim, "unexpected-response");
+    let before = dropped(&sim, DropReason::UnexpectedResponse);
     sim.inject(
         peer,
         node,
         response(session, 0xDEAD_BEEF, None).encode(&peer_key),
     );
     sim.run_for(Duration::from_millis(100));
-    assert_eq!(dropped(&sim, "unexpected-response"), before + 1);
+    assert_eq!(dropped(&sim, DropReason::UnexpectedResponse), before + 1);
 
     // A response from an address that shares no session with us.
     let stranger = SocketAddr::from(([198, 18, 50, 50], 7000));
-    let before = dropped(&sim, "bad-session");
+    let before = dropped(&sim, DropReason::BadSession);
     sim.inject(stranger, node, response(12345, 1, None).encode(&peer_key));
     sim.run_for(Duration::from_millis(100));
-    assert_eq!(dropped(&sim, "bad-session"), before + 1);
+    assert_eq!(dropped(&sim, DropReason::BadSession), before + 1);
 
     // Sources that cannot be peers: unspecified, multicast, our own address.
-    let before = dropped(&sim, "invalid-source");
+    let before = dropped(&sim, DropReason::InvalidSource);
     for source in ["0.0.0.0:0", "224.0.0.1:7000", "255.255.255.255:7000"] {
         sim.inject(
             source.parse().expect("address"),
@@ -561,10 +562,10 @@ fn bad_walker_input_is_dropped_and_counted() {
     }
     sim.inject(node, node, response(session, 1, None).encode(&peer_key));
     sim.run_for(Duration::from_millis(100));
-    assert_eq!(dropped(&sim, "invalid-source"), before + 4);
+    assert_eq!(dropped(&sim, DropReason::InvalidSource), before + 4);
 
     // A puncture for a walk we did not start.
-    let before = dropped(&sim, "unexpected-puncture");
+    let before = dropped(&sim, DropReason::UnexpectedPuncture);
     let puncture = Packet::Puncture(Puncture {
         community: id(),
         member: peer_key.public().clone(),
@@ -576,7 +577,7 @@ fn bad_walker_input_is_dropped_and_counted() {
     });
     sim.inject(peer, node, puncture.encode(&peer_key));
     sim.run_for(Duration::from_millis(100));
-    assert_eq!(dropped(&sim, "unexpected-puncture"), before + 1);
+    assert_eq!(dropped(&sim, DropReason::UnexpectedPuncture), before + 1);
     // None of it created a candidate.
     let c = sim.nodes[1].community(&id()).expect("joined");
     assert!(c.candidates.get(&stranger).is_none());
@@ -645,7 +646,7 @@ fn persistent_messages_beyond_the_acceptable_global_time_are_dropped() {
     sim.inject(peer, node, message(local + 10_000));
     sim.run_for(Duration::from_millis(100));
     let c = sim.nodes[1].community(&id()).expect("joined");
-    assert_eq!(c.stats.dropped.get("global-time-beyond-limit"), 1);
+    assert_eq!(c.stats.dropped.get(DropReason::GlobalTimeBeyondLimit), 1);
     assert_eq!(c.stats.messages_received, 1);
     // The accepted stored message moved the clock.
     assert_eq!(c.global_time, local + 10_000);
@@ -765,7 +766,7 @@ fn pruned_messages_are_removed_and_inactive_ones_not_synced() {
     );
     let c = sim.nodes[late].community(&id()).expect("joined");
     assert_eq!(
-        c.stats.dropped.get("pruned"),
+        c.stats.dropped.get(DropReason::Pruned),
         0,
         "inactive messages are not even offered"
     );
@@ -996,12 +997,15 @@ fn waiting_messages_are_bounded_and_expire() {
     }
     let c = sim.nodes[i].community(&id()).expect("joined");
     assert_eq!(c.stats.delayed, 3);
-    assert_eq!(c.stats.dropped.get("delay-queue-full"), 2);
+    assert_eq!(c.stats.dropped.get(DropReason::DelayQueueFull), 2);
     // One request for the one awaited message, repeated each second while nobody answers.
     sim.run_for(Duration::from_millis(10_500));
     let sent = sim.nodes[i].stats().packets.get("missing-message-sent");
     assert!((10..=11).contains(&sent), "{sent}");
-    assert_eq!(sim.nodes[i].stats().dropped.get("delay-timeout"), 3);
+    assert_eq!(
+        sim.nodes[i].stats().dropped.get(DropReason::DelayTimeout),
+        3
+    );
 }
 
 #[test]
@@ -1034,7 +1038,7 @@ fn relayed_messages_reach_beyond_the_first_receiver_once_each() {
                 .expect("joined")
                 .stats
                 .dropped
-                .get("relay-duplicate")
+                .get(DropReason::RelayDuplicate)
         })
         .sum();
     assert!(
@@ -1092,7 +1096,7 @@ fn a_relay_never_forwards_beyond_the_signed_budget() {
     sim.inject(from, to, wire::encode_relay(0, &direct.packet, 1));
     sim.run_for(Duration::from_secs(1));
     let c = sim.nodes[1].community(&id()).expect("joined");
-    assert_eq!(c.stats.dropped.get("wrong-relay-header"), 1);
+    assert_eq!(c.stats.dropped.get(DropReason::WrongRelayHeader), 1);
 }
 
 #[test]
@@ -1235,7 +1239,7 @@ fn a_fresh_node_catches_up_with_a_full_peer_in_seconds_not_rounds_of_walks() {
         // Measured: 2 s of virtual time for both strategies, 7 follow-up rounds.
         assert!(took <= Duration::from_secs(20), "{strategy:?}: {took:?}");
         assert!(c.stats.sync_follow_ups > 0);
-        assert_eq!(c.stats.dropped.get("global-time-beyond-limit"), 0);
+        assert_eq!(c.stats.dropped.get(DropReason::GlobalTimeBeyondLimit), 0);
         // Once caught up, a round brings nothing and the follow-ups stop.
         let mut sim = sim;
         sim.run_for(Duration::from_secs(10));

@@ -1,8 +1,9 @@
 //! Why a datagram is not accepted: [`DecodeError`], the one error of every decoding operation.
 
 use crate::identity::{KeyError, MemberId, SignatureError};
+use crate::stats::DropReason;
 
-/// Why a datagram was not accepted. Every variant is counted under [`DecodeError::kind`].
+/// Why a datagram was not accepted. Every variant is counted under [`DecodeError::reason`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// Empty datagram.
@@ -57,21 +58,27 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// A stable, low-cardinality name for counters and tests.
-    pub fn kind(&self) -> &'static str {
+    /// The drop reason this error is counted under.
+    pub fn reason(&self) -> DropReason {
         match self {
-            DecodeError::Empty => "empty",
-            DecodeError::Oversized { .. } => "oversized",
-            DecodeError::Protobuf(_) => "malformed",
-            DecodeError::NoMessage => "no-message",
-            DecodeError::Unsupported(_) => "unsupported",
-            DecodeError::Missing(_) => "missing-field",
-            DecodeError::Invalid { .. } => "invalid-field",
-            DecodeError::Key(_) => "invalid-key",
-            DecodeError::UnknownMember(_) => "unknown-member",
-            DecodeError::SignatureCount { .. } => "signature-count",
-            DecodeError::Signature(_) => "bad-signature",
+            DecodeError::Empty => DropReason::Empty,
+            DecodeError::Oversized { .. } => DropReason::Oversized,
+            DecodeError::Protobuf(_) => DropReason::Malformed,
+            DecodeError::NoMessage => DropReason::NoMessage,
+            DecodeError::Unsupported(_) => DropReason::Unsupported,
+            DecodeError::Missing(_) => DropReason::MissingField,
+            DecodeError::Invalid { .. } => DropReason::InvalidField,
+            DecodeError::Key(_) => DropReason::InvalidKey,
+            DecodeError::UnknownMember(_) => DropReason::UnknownMember,
+            DecodeError::SignatureCount { .. } => DropReason::SignatureCount,
+            DecodeError::Signature(_) => DropReason::BadSignature,
         }
+    }
+
+    /// A stable, low-cardinality name for counters and tests: the name of
+    /// [`DecodeError::reason`].
+    pub fn kind(&self) -> &'static str {
+        self.reason().as_str()
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
 use dispersy_core::identity::{CommunityId, PublicKey};
+use dispersy_core::stats::DropReason;
 use dispersy_plugin_api::abi::{self, CandidateInfo, HostApi, PluginError};
 use tokio::sync::mpsc;
 
@@ -48,7 +49,8 @@ pub struct Delivered {
 pub struct PluginStats {
     /// Messages the plugin accepted.
     pub accepted: u64,
-    /// Messages the plugin dropped, by reason (at most 64 reasons; more go under "other").
+    /// Messages dropped, by reason: the host's ([`DropReason`] names, such as "plugin error") and
+    /// those the plugin gives (its own strings); at most 64 reasons, more go under "other".
     pub dropped: BTreeMap<String, u64>,
     /// Messages delayed (each time).
     pub delayed: u64,
@@ -67,7 +69,18 @@ pub struct PluginStats {
 }
 
 impl PluginStats {
-    pub(super) fn drop_reason(&mut self, reason: &str, n: u64) {
+    /// Counts `n` messages the host dropped for `reason` (a failed plugin call, the store, …).
+    pub(super) fn drop_reason(&mut self, reason: DropReason, n: u64) {
+        self.count_dropped(reason.as_str(), n);
+    }
+
+    /// Counts one message the plugin rejected for `reason`, a string of the plugin's own.
+    pub(super) fn plugin_reason(&mut self, reason: &str) {
+        self.count_dropped(reason, 1);
+    }
+
+    /// Adds `n` under `reason`, or under "other" once 64 reasons are counted.
+    fn count_dropped(&mut self, reason: &str, n: u64) {
         let key = if self.dropped.contains_key(reason) || self.dropped.len() < 64 {
             reason.to_owned()
         } else {

@@ -20,6 +20,7 @@ use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
 use dispersy_core::missing::Awaited;
 use dispersy_core::node::Incoming;
+use dispersy_core::stats::DropReason;
 use dispersy_core::store::{Entry, Report};
 use dispersy_plugin_api::abi::{self, CommunityBox, HostApi_TO, PluginError, RawMessage};
 use tokio::sync::{mpsc, oneshot};
@@ -354,12 +355,14 @@ impl WorkerLoop {
                     ),
                 );
                 self.report(&error);
-                lock(&self.shared.stats).drop_reason("plugin error", messages.len() as u64);
+                lock(&self.shared.stats)
+                    .drop_reason(DropReason::PluginError, messages.len() as u64);
                 return None;
             }
             Err(error) => {
                 self.report(&error);
-                lock(&self.shared.stats).drop_reason("plugin error", messages.len() as u64);
+                lock(&self.shared.stats)
+                    .drop_reason(DropReason::PluginError, messages.len() as u64);
                 return None;
             }
         };
@@ -381,7 +384,7 @@ impl WorkerLoop {
                 abi::verdict::WAIT_MESSAGE | abi::verdict::WAIT_LAST => {
                     self.wait(message, &verdict)
                 }
-                _ => lock(&self.shared.stats).drop_reason(verdict.reason.as_str(), 1),
+                _ => lock(&self.shared.stats).plugin_reason(verdict.reason.as_str()),
             }
         }
         Some(accepted)
@@ -427,11 +430,11 @@ impl WorkerLoop {
                 "a wait verdict names no valid member (33-byte key or 20-byte id)",
             );
             self.report(&error);
-            lock(&self.shared.stats).drop_reason("plugin error", 1);
+            lock(&self.shared.stats).drop_reason(DropReason::PluginError, 1);
             return;
         };
         if message.source.is_none() {
-            lock(&self.shared.stats).drop_reason("own message cannot wait", 1);
+            lock(&self.shared.stats).drop_reason(DropReason::OwnMessageCannotWait, 1);
             return;
         }
         let awaited = if verdict.kind == abi::verdict::WAIT_MESSAGE {
@@ -491,7 +494,7 @@ impl WorkerLoop {
                     Some((abi::verdict::DELAY, _)) => lock(&self.shared.stats).delay_expired += 1,
                     Some((_, _)) | None => {
                         let reason = v.first().map(|v| v.reason.to_string()).unwrap_or_default();
-                        lock(&self.shared.stats).drop_reason(&reason, 1);
+                        lock(&self.shared.stats).plugin_reason(&reason);
                     }
                 },
                 Err(error) => self.report(&error),
@@ -587,10 +590,10 @@ impl WorkerLoop {
         let mut stats = lock(&self.shared.stats);
         stats.duplicates += report.duplicates;
         if report.stale > 0 {
-            stats.drop_reason("stale-sequence", report.stale);
+            stats.drop_reason(DropReason::StaleSequence, report.stale);
         }
         if report.conflicts_lost > 0 {
-            stats.drop_reason("sequence-conflict-lost", report.conflicts_lost);
+            stats.drop_reason(DropReason::SequenceConflictLost, report.conflicts_lost);
         }
     }
 
@@ -636,12 +639,12 @@ impl WorkerLoop {
             Some(Ok(outcomes)) if outcomes.len() == count => Some(outcomes),
             Some(Ok(outcomes)) => {
                 tracing::error!(community = %self.context.definition.name, rows = count, outcomes = outcomes.len(), "store answered for other messages");
-                lock(&self.shared.stats).drop_reason("store failed", total as u64);
+                lock(&self.shared.stats).drop_reason(DropReason::StoreFailed, total as u64);
                 None
             }
             Some(Err(error)) => {
                 tracing::error!(community = %self.context.definition.name, %error, "messages not stored");
-                lock(&self.shared.stats).drop_reason("store failed", total as u64);
+                lock(&self.shared.stats).drop_reason(DropReason::StoreFailed, total as u64);
                 None
             }
             None => None, // shutting down

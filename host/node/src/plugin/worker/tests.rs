@@ -18,6 +18,7 @@ use dispersy_core::meta::{
 };
 use dispersy_core::missing::Awaited;
 use dispersy_core::node::Incoming;
+use dispersy_core::stats::DropReason;
 use dispersy_core::wire::{CommunityMessage, Conversion, SignedMessage};
 use dispersy_plugin_api::abi::{
     self, CommunityApi, CommunityApi_TO, PluginError, RawMessage, RawVerdict,
@@ -423,8 +424,14 @@ fn gaps_and_lost_conflicts_are_told_before_the_stored_news() {
         ]
     );
     let stats = lock(&shared.stats).clone();
-    assert_eq!(stats.dropped.get("sequence-conflict-lost"), Some(&1));
-    assert_eq!(stats.dropped.get("stale-sequence"), Some(&1));
+    assert_eq!(
+        stats.dropped.get(DropReason::SequenceConflictLost.as_str()),
+        Some(&1)
+    );
+    assert_eq!(
+        stats.dropped.get(DropReason::StaleSequence.as_str()),
+        Some(&1)
+    );
 }
 
 #[test]
@@ -485,8 +492,14 @@ fn wait_verdicts_go_to_the_protocol_task() {
     );
     let stats = lock(&shared.stats).clone();
     assert_eq!(stats.delayed, 2);
-    assert_eq!(stats.dropped.get("own message cannot wait"), Some(&1));
-    assert_eq!(stats.dropped.get("plugin error"), Some(&1));
+    assert_eq!(
+        stats.dropped.get(DropReason::OwnMessageCannotWait.as_str()),
+        Some(&1)
+    );
+    assert_eq!(
+        stats.dropped.get(DropReason::PluginError.as_str()),
+        Some(&1)
+    );
 }
 
 #[test]
