@@ -1,8 +1,8 @@
 //! Counters kept by the node, per node and per community, and [`DropReason`], the one typed
 //! source of the reasons a packet or message is dropped.
 //!
-//! [`Counters`] are keyed by a [`Key`]: packet kinds by their `&'static str` names, drops by
-//! [`DropReason`] (so a misspelt reason does not compile). Either way every map has a bounded,
+//! [`Counters`] are keyed by a [`Key`]: traffic by [`Traffic`], drops by [`DropReason`] (so a
+//! misspelt counter does not compile). Either way every map has a bounded,
 //! small number of entries whatever the network sends, and [`Counters::iter`] yields the stable
 //! names the control API and the metrics print.
 
@@ -14,21 +14,15 @@ pub trait Key: Copy + Ord {
     fn name(self) -> &'static str;
 }
 
-impl Key for &'static str {
-    fn name(self) -> &'static str {
-        self
-    }
-}
-
 impl Key for DropReason {
     fn name(self) -> &'static str {
         self.as_str()
     }
 }
 
-/// A bounded family of counters, by key (`&'static str` names by default).
+/// A bounded family of counters, by key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counters<K: Key = &'static str>(BTreeMap<K, u64>);
+pub struct Counters<K: Key>(BTreeMap<K, u64>);
 
 impl<K: Key> Default for Counters<K> {
     fn default() -> Self {
@@ -60,6 +54,122 @@ impl<K: Key> Counters<K> {
     /// All counted keys, by name, with their values.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         self.0.iter().map(|(k, v)| (k.name(), *v))
+    }
+}
+
+/// What the node counts of its traffic besides drops: packets accepted, by kind, and a few
+/// requests and answers it sent. Each has a stable name ([`Traffic::as_str`], also its
+/// `Display`), the key of the packet counters in the control API and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Traffic {
+    /// A introduction-request accepted.
+    IntroductionRequest,
+    /// A introduction-response accepted.
+    IntroductionResponse,
+    /// A puncture-request accepted.
+    PunctureRequest,
+    /// A puncture accepted.
+    Puncture,
+    /// A collection accepted.
+    Collection,
+    /// A session-request accepted.
+    SessionRequest,
+    /// A session-response accepted.
+    SessionResponse,
+    /// A missing-identity accepted.
+    MissingIdentity,
+    /// A identity accepted.
+    Identity,
+    /// A missing-sequence accepted.
+    MissingSequence,
+    /// A missing-message accepted.
+    MissingMessage,
+    /// A missing-last-message accepted.
+    MissingLastMessage,
+    /// A signature-request accepted.
+    SignatureRequest,
+    /// A signature-response accepted.
+    SignatureResponse,
+    /// A missing-identity sent for a datagram signed by an unknown member.
+    IdentityRequested,
+    /// A datagram of an unknown member set to wait for an identity already asked for.
+    IdentityAwaited,
+    /// A missing-sequence request sent.
+    MissingSequenceSent,
+    /// A missing-message request sent.
+    MissingMessageSent,
+    /// A missing-last-message request sent.
+    MissingLastMessageSent,
+    /// A co-signature given (the plugin allowed it).
+    SignatureGiven,
+    /// A co-signature refused (the plugin did not allow it, or did not answer in time).
+    SignatureRefused,
+}
+
+impl Traffic {
+    /// Every kind, in declaration order.
+    pub const ALL: &[Traffic] = &[
+        Traffic::IntroductionRequest,
+        Traffic::IntroductionResponse,
+        Traffic::PunctureRequest,
+        Traffic::Puncture,
+        Traffic::Collection,
+        Traffic::SessionRequest,
+        Traffic::SessionResponse,
+        Traffic::MissingIdentity,
+        Traffic::Identity,
+        Traffic::MissingSequence,
+        Traffic::MissingMessage,
+        Traffic::MissingLastMessage,
+        Traffic::SignatureRequest,
+        Traffic::SignatureResponse,
+        Traffic::IdentityRequested,
+        Traffic::IdentityAwaited,
+        Traffic::MissingSequenceSent,
+        Traffic::MissingMessageSent,
+        Traffic::MissingLastMessageSent,
+        Traffic::SignatureGiven,
+        Traffic::SignatureRefused,
+    ];
+
+    /// The stable name (the counter's key in the API and the metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Traffic::IntroductionRequest => "introduction-request",
+            Traffic::IntroductionResponse => "introduction-response",
+            Traffic::PunctureRequest => "puncture-request",
+            Traffic::Puncture => "puncture",
+            Traffic::Collection => "collection",
+            Traffic::SessionRequest => "session-request",
+            Traffic::SessionResponse => "session-response",
+            Traffic::MissingIdentity => "missing-identity",
+            Traffic::Identity => "identity",
+            Traffic::MissingSequence => "missing-sequence",
+            Traffic::MissingMessage => "missing-message",
+            Traffic::MissingLastMessage => "missing-last-message",
+            Traffic::SignatureRequest => "signature-request",
+            Traffic::SignatureResponse => "signature-response",
+            Traffic::IdentityRequested => "identity-requested",
+            Traffic::IdentityAwaited => "identity-awaited",
+            Traffic::MissingSequenceSent => "missing-sequence-sent",
+            Traffic::MissingMessageSent => "missing-message-sent",
+            Traffic::MissingLastMessageSent => "missing-last-message-sent",
+            Traffic::SignatureGiven => "signature-given",
+            Traffic::SignatureRefused => "signature-refused",
+        }
+    }
+}
+
+impl std::fmt::Display for Traffic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Key for Traffic {
+    fn name(self) -> &'static str {
+        self.as_str()
     }
 }
 
@@ -373,8 +483,8 @@ pub struct Stats {
     pub datagrams_sent: u64,
     /// Their bytes.
     pub bytes_sent: u64,
-    /// Accepted packets by kind (`introduction-request`, `collection`, …).
-    pub packets: Counters,
+    /// Accepted packets by kind, and a few requests and answers sent ([`Traffic`]).
+    pub packets: Counters<Traffic>,
     /// Dropped packets by reason ([`DropReason::Malformed`], [`DropReason::BadSignature`],
     /// [`DropReason::UnknownCommunity`], …).
     pub dropped: Counters<DropReason>,
@@ -466,5 +576,16 @@ mod tests {
         let mut names: Vec<_> = counters.iter().collect();
         names.sort_unstable();
         assert_eq!(names, [("plugin error", 2), ("pruned", 1)]);
+    }
+
+    #[test]
+    fn every_traffic_counter_has_its_own_kebab_case_name_and_packets_theirs() {
+        let mut seen = std::collections::HashSet::new();
+        for traffic in Traffic::ALL {
+            let name = traffic.as_str();
+            assert!(seen.insert(name), "{traffic:?} reuses the name {name:?}");
+            assert!(kebab_case(name), "{traffic:?} is named {name:?}");
+            assert_eq!(traffic.to_string(), name);
+        }
     }
 }

@@ -10,7 +10,7 @@ use super::{Event, Incoming, Node, RequestId, Stored};
 use crate::identity::CommunityId;
 use crate::meta::Distribution;
 use crate::missing::{Answer, Awaited, Delayed, Lookup, Outcome, Request};
-use crate::stats::DropReason;
+use crate::stats::{DropReason, Traffic};
 use crate::time::Instant;
 use crate::wire::{MissingLastMessage, MissingMessage, MissingSequence, Packet};
 
@@ -142,7 +142,7 @@ impl Node {
                     low,
                     high,
                 }),
-                "missing-sequence-sent",
+                Traffic::MissingSequenceSent,
             ),
             Request::Message {
                 member,
@@ -154,7 +154,7 @@ impl Node {
                     member,
                     global_times: vec![global_time],
                 }),
-                "missing-message-sent",
+                Traffic::MissingMessageSent,
             ),
             Request::Last { member, meta } => (
                 Packet::MissingLastMessage(MissingLastMessage {
@@ -163,7 +163,7 @@ impl Node {
                     member,
                     meta,
                 }),
-                "missing-last-message-sent",
+                Traffic::MissingLastMessageSent,
             ),
         };
         self.stats.packets.bump(name);

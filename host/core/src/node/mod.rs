@@ -64,7 +64,7 @@ pub use crate::message::{Incoming, Stored};
 use crate::relay;
 use crate::rng::Rng;
 use crate::session::{self, Sessions};
-use crate::stats::{DropReason, Stats};
+use crate::stats::{DropReason, Stats, Traffic};
 use crate::time::Instant;
 use crate::wire::{self, CommunityMessage, ConnectionType, DecodeError, MissingIdentity, Packet};
 
@@ -528,9 +528,9 @@ impl Node {
                             member,
                         };
                         self.send(from, Packet::MissingIdentity(request));
-                        self.stats.packets.bump("identity-requested");
+                        self.stats.packets.bump(Traffic::IdentityRequested);
                     }
-                    Ok(None) => self.stats.packets.bump("identity-awaited"),
+                    Ok(None) => self.stats.packets.bump(Traffic::IdentityAwaited),
                     Err(crate::member::Full) => {
                         self.stats.dropped.bump(DropReason::IdentityQueueFull)
                     }
@@ -541,7 +541,7 @@ impl Node {
     }
 
     fn handle_packet(&mut self, now: Instant, from: SocketAddr, packet: Packet) {
-        let name = packet.name();
+        let traffic = packet.traffic();
         let accepted = match packet {
             Packet::IntroductionRequest(m) => self.on_introduction_request(now, from, m),
             Packet::IntroductionResponse(m) => self.on_introduction_response(now, from, m),
@@ -561,7 +561,7 @@ impl Node {
             Packet::SignatureResponse(m) => self.on_signature_response(now, from, m),
         };
         match accepted {
-            Ok(()) => self.stats.packets.bump(name),
+            Ok(()) => self.stats.packets.bump(traffic),
             Err(reason) => self.stats.dropped.bump(reason),
         }
     }

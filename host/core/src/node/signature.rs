@@ -9,7 +9,7 @@ use super::{CreateError, Created, Event, Node, RequestId};
 use crate::identity::{CommunityId, PublicKey};
 use crate::meta::Authentication;
 use crate::signature::{Asked, Pending, SignError};
-use crate::stats::DropReason;
+use crate::stats::{DropReason, Traffic};
 use crate::time::Instant;
 use crate::wire::{CommunityMessage, Packet, SignatureRequest, SignatureResponse, SignedMessage};
 
@@ -146,12 +146,12 @@ impl Node {
             return;
         };
         if !allow || asked.deadline <= now {
-            self.stats.packets.bump("signature-refused");
+            self.stats.packets.bump(Traffic::SignatureRefused);
             return;
         }
         let signature = self.key.sign(&asked.descriptor).to_vec();
         let session = self.sessions.id(&asked.from).unwrap_or(0);
-        self.stats.packets.bump("signature-given");
+        self.stats.packets.bump(Traffic::SignatureGiven);
         self.send(
             asked.from,
             Packet::SignatureResponse(SignatureResponse {

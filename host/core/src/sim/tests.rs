@@ -9,7 +9,7 @@ use crate::community::{Definition, Resume};
 use crate::identity::{CommunityId, MemberId};
 use crate::meta::{Authentication, Destination, Distribution, MetaMessage, Resolution};
 use crate::node::{CreateError, Incoming};
-use crate::stats::DropReason;
+use crate::stats::{DropReason, Traffic};
 use crate::wire::{self, ConnectionType, Conversion, IntroductionRequest, Packet};
 
 fn definition() -> Definition {
@@ -496,8 +496,12 @@ fn first_contact_exchanges_identities_and_a_session() {
     sim.run_for(Duration::from_secs(3));
     for i in 1..=2 {
         let stats = sim.nodes[i].stats();
-        assert!(stats.packets.get("identity") > 0, "{stats:?}");
-        assert!(stats.packets.get("session-request") + stats.packets.get("session-response") > 0);
+        assert!(stats.packets.get(Traffic::Identity) > 0, "{stats:?}");
+        assert!(
+            stats.packets.get(Traffic::SessionRequest)
+                + stats.packets.get(Traffic::SessionResponse)
+                > 0
+        );
         assert!(
             sim.nodes[i].session_count() >= 2,
             "with the tracker and the other peer"
@@ -807,7 +811,12 @@ fn sequence_gaps_are_fetched_with_missing_sequence() {
     }
     // Sync handed out newest first, so the gaps were asked for.
     let asked: u64 = (1..=10)
-        .map(|i| sim.nodes[i].stats().packets.get("missing-sequence-sent"))
+        .map(|i| {
+            sim.nodes[i]
+                .stats()
+                .packets
+                .get(Traffic::MissingSequenceSent)
+        })
         .sum();
     let answered: u64 = (1..=10)
         .map(|i| {
@@ -930,7 +939,7 @@ fn a_message_waiting_for_a_members_last_message_fetches_it_and_resumes() {
         sim.nodes[1]
             .stats()
             .packets
-            .get("missing-last-message-sent"),
+            .get(Traffic::MissingLastMessageSent),
         1
     );
     // The waiting message came back to the driver after the profile, and was stored.
@@ -1000,7 +1009,10 @@ fn waiting_messages_are_bounded_and_expire() {
     assert_eq!(c.stats.dropped.get(DropReason::DelayQueueFull), 2);
     // One request for the one awaited message, repeated each second while nobody answers.
     sim.run_for(Duration::from_millis(10_500));
-    let sent = sim.nodes[i].stats().packets.get("missing-message-sent");
+    let sent = sim.nodes[i]
+        .stats()
+        .packets
+        .get(Traffic::MissingMessageSent);
     assert!((10..=11).contains(&sent), "{sent}");
     assert_eq!(
         sim.nodes[i].stats().dropped.get(DropReason::DelayTimeout),
@@ -1169,7 +1181,10 @@ fn a_refused_signature_times_out_and_nothing_is_published() {
         )))
     );
     assert!((1..=3).all(|i| sim.stores[i].rows.iter().all(|k| k.meta != 8)));
-    assert_eq!(sim.nodes[2].stats().packets.get("signature-refused"), 1);
+    assert_eq!(
+        sim.nodes[2].stats().packets.get(Traffic::SignatureRefused),
+        1
+    );
 }
 
 /// A fresh node B whose only peer A holds `count` notes (small datagrams: a filter holds a few

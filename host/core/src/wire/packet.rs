@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use super::DecodeError;
 use crate::identity::{CommunityId, MemberId, PublicKey};
+use crate::stats::Traffic;
 
 /// How a peer connects to the internet, as WAN address voting concludes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -417,6 +418,26 @@ impl Packet {
             Packet::MissingLastMessage(m) => Some(m.community),
             Packet::SignatureRequest(m) => Some(m.message.community),
             Packet::SignatureResponse(m) => Some(m.message.community),
+        }
+    }
+
+    /// The counter of this packet's kind, once accepted.
+    pub fn traffic(&self) -> Traffic {
+        match self {
+            Packet::IntroductionRequest(_) => Traffic::IntroductionRequest,
+            Packet::IntroductionResponse(_) => Traffic::IntroductionResponse,
+            Packet::PunctureRequest(_) => Traffic::PunctureRequest,
+            Packet::Puncture(_) => Traffic::Puncture,
+            Packet::Collection(_) => Traffic::Collection,
+            Packet::SessionRequest(_) => Traffic::SessionRequest,
+            Packet::SessionResponse(_) => Traffic::SessionResponse,
+            Packet::MissingIdentity(_) => Traffic::MissingIdentity,
+            Packet::Identity(_) => Traffic::Identity,
+            Packet::MissingSequence(_) => Traffic::MissingSequence,
+            Packet::MissingMessage(_) => Traffic::MissingMessage,
+            Packet::MissingLastMessage(_) => Traffic::MissingLastMessage,
+            Packet::SignatureRequest(_) => Traffic::SignatureRequest,
+            Packet::SignatureResponse(_) => Traffic::SignatureResponse,
         }
     }
 

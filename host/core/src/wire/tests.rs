@@ -604,3 +604,14 @@ fn collections_split_over_datagrams_within_budget() {
     let huge = vec![0u8; 1600];
     assert_eq!(encode_collections(0, &[&huge], 1500), Err(0));
 }
+
+#[test]
+fn a_packet_is_counted_under_its_own_name() {
+    let packet = Packet::MissingIdentity(MissingIdentity {
+        community: CommunityId([1; 20]),
+        session: 1,
+        random: 3,
+        member: crate::identity::MemberId([2; 20]),
+    });
+    assert_eq!(packet.traffic().as_str(), packet.name());
+}
