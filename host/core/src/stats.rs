@@ -536,6 +536,61 @@ pub struct CommunityStats {
     pub dropped: Counters<DropReason>,
 }
 
+impl CommunityStats {
+    /// Every plain counter with its stable name (the field's name), in declaration order: the
+    /// one list the control API and the metrics print, so a counter added here shows everywhere.
+    /// The drops are in [`CommunityStats::dropped`].
+    pub fn fields(&self) -> [(&'static str, u64); 19] {
+        // No `..`: a new counter that is not listed here does not compile.
+        let CommunityStats {
+            walk_attempts,
+            walk_successes,
+            walk_failures,
+            stumbles,
+            handshakes,
+            responses_without_introduction,
+            introductions_refused,
+            punctures,
+            sync_new,
+            sync_reused,
+            sync_skipped,
+            sync_follow_ups,
+            sync_sweeps,
+            sync_packets_sent,
+            missing_packets_sent,
+            relayed,
+            delayed,
+            messages_created,
+            messages_received,
+            dropped: _,
+        } = self;
+        [
+            ("walk_attempts", *walk_attempts),
+            ("walk_successes", *walk_successes),
+            ("walk_failures", *walk_failures),
+            ("stumbles", *stumbles),
+            ("handshakes", *handshakes),
+            (
+                "responses_without_introduction",
+                *responses_without_introduction,
+            ),
+            ("introductions_refused", *introductions_refused),
+            ("punctures", *punctures),
+            ("sync_new", *sync_new),
+            ("sync_reused", *sync_reused),
+            ("sync_skipped", *sync_skipped),
+            ("sync_follow_ups", *sync_follow_ups),
+            ("sync_sweeps", *sync_sweeps),
+            ("sync_packets_sent", *sync_packets_sent),
+            ("missing_packets_sent", *missing_packets_sent),
+            ("relayed", *relayed),
+            ("delayed", *delayed),
+            ("messages_created", *messages_created),
+            ("messages_received", *messages_received),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ use axum::{Json, Router};
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, PublicKey};
 use dispersy_core::node::CreateError;
+use dispersy_core::stats::CommunityStats;
 use dispersy_core::wire::SignedMessage;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -115,49 +116,23 @@ pub struct CommunityInfo {
     pub stats: CommunityStatsView,
 }
 
-/// Per-community counters.
-#[derive(Debug, Clone, Serialize)]
-pub struct CommunityStatsView {
-    /// Introduction-requests sent.
-    pub walk_attempts: u64,
-    /// Introduction-responses received.
-    pub walk_successes: u64,
-    /// Introduction-requests that timed out.
-    pub walk_failures: u64,
-    /// Introduction-requests received.
-    pub stumbles: u64,
-    /// Session handshakes completed as responder.
-    pub handshakes: u64,
-    /// Introduction-responses that introduced nobody.
-    pub responses_without_introduction: u64,
-    /// Introductions refused because both peers are behind symmetric NATs.
-    pub introductions_refused: u64,
-    /// Punctures received for our walks.
-    pub punctures: u64,
-    /// Introduction-requests sent with a new bloom filter.
-    pub sync_new: u64,
-    /// Introduction-requests sent with a reused filter.
-    pub sync_reused: u64,
-    /// Introduction-requests sent without a filter.
-    pub sync_skipped: u64,
-    /// Sync-only follow-up requests sent (catch-up rounds that do not wait for the walk).
-    pub sync_follow_ups: u64,
-    /// Sync-only sweep requests sent (after a catch-up, our whole history a filter at a time).
-    pub sync_sweeps: u64,
-    /// Stored messages sent answering filters.
-    pub sync_packets_sent: u64,
-    /// Stored messages sent answering missing-sequence, -message and -last-message.
-    pub missing_packets_sent: u64,
-    /// Relayed messages passed on (one per copy).
-    pub relayed: u64,
-    /// Received messages that waited for others (a sequence gap, a plugin's wait).
-    pub delayed: u64,
-    /// Messages created here.
-    pub messages_created: u64,
-    /// Verified messages passed to the plugin.
-    pub messages_received: u64,
-    /// Messages dropped by the host, by reason.
-    pub dropped: HashMap<&'static str, u64>,
+/// Per-community counters, shown as one JSON object: every counter of
+/// [`CommunityStats::fields`] by its name, and `dropped` (reason → count).
+#[derive(Debug, Clone)]
+pub struct CommunityStatsView(pub CommunityStats);
+
+impl Serialize for CommunityStatsView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let fields = self.0.fields();
+        let mut map = serializer.serialize_map(Some(fields.len() + 1))?;
+        for (name, value) in fields {
+            map.serialize_entry(name, &value)?;
+        }
+        let dropped: HashMap<&'static str, u64> = self.0.dropped.iter().collect();
+        map.serialize_entry("dropped", &dropped)?;
+        map.end()
+    }
 }
 
 /// One candidate, as the control API shows it.
@@ -728,25 +703,75 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
         "walk_attempts_total",
         "Introduction-requests sent.",
         "counter",
-        per(&|c| c.stats.walk_attempts),
+        per(&|c| c.stats.0.walk_attempts),
     );
     gauge(
         "walk_successes_total",
         "Introduction-responses received.",
         "counter",
-        per(&|c| c.stats.walk_successes),
+        per(&|c| c.stats.0.walk_successes),
     );
     gauge(
         "messages_received_total",
         "Verified messages passed to plugins.",
         "counter",
-        per(&|c| c.stats.messages_received),
+        per(&|c| c.stats.0.messages_received),
     );
     gauge(
         "messages_created_total",
         "Messages created.",
         "counter",
-        per(&|c| c.stats.messages_created),
+        per(&|c| c.stats.0.messages_created),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispersy_core::stats::DropReason;
+
+    #[test]
+    fn community_counters_keep_their_json_names() {
+        let mut stats = CommunityStats {
+            sync_follow_ups: 3,
+            ..CommunityStats::default()
+        };
+        stats.dropped.add(DropReason::Pruned, 2);
+        let json = serde_json::to_value(CommunityStatsView(stats)).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        // The control API's names: clients and dashboards read them.
+        let mut expected = vec![
+            "walk_attempts",
+            "walk_successes",
+            "walk_failures",
+            "stumbles",
+            "handshakes",
+            "responses_without_introduction",
+            "introductions_refused",
+            "punctures",
+            "sync_new",
+            "sync_reused",
+            "sync_skipped",
+            "sync_follow_ups",
+            "sync_sweeps",
+            "sync_packets_sent",
+            "missing_packets_sent",
+            "relayed",
+            "delayed",
+            "messages_created",
+            "messages_received",
+            "dropped",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        assert_eq!(json["sync_follow_ups"], 3);
+        assert_eq!(json["dropped"]["pruned"], 2);
+    }
 }
