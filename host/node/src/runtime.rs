@@ -214,6 +214,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             limits: worker_limits(&config.limits),
             peers,
             dirs: config.plugin_dir.clone(),
+            copies: data_dir.join("plugins"),
+            spare_copies: config.limits.plugin_copies,
         }))
     });
     let (raw_tx, threads) = spawn_verifiers(&config.limits, batches, datagrams_tx)?;
