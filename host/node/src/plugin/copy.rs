@@ -119,9 +119,8 @@ pub fn private_copy(path: &Path, dir: &Path) -> Result<PrivateCopy, CopyError> {
         .prefix(TEMPORARY_PREFIX)
         .tempfile_in(dir)
         .map_err(write)?;
-    let hash =
-        hash_stream(&mut source, |chunk| temporary.write_all(chunk))
-            .map_err(|(reading, e)| if reading { read(e) } else { write(e) })?;
+    let hash = hash_stream(&mut source, |chunk| temporary.write_all(chunk))
+        .map_err(|(reading, e)| if reading { read(e) } else { write(e) })?;
     let copy = copy_path(dir, hash);
     if digest(&copy).is_ok_and(|existing| existing == hash) {
         // Already there (the temporary file is deleted on drop). Freshen it for the pruning.
