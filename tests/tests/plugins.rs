@@ -226,3 +226,124 @@ async fn a_plugin_dropped_into_the_folder_of_a_running_host_is_deployed() {
     );
     node.stop().await;
 }
+
+/// The report of the example plugin in `GET /v1/plugins`.
+async fn example_report(node: &TestNode) -> serde_json::Value {
+    let list = node.get("/v1/plugins").await;
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("libexample_community.so")
+        })
+        .cloned()
+        .unwrap()
+}
+
+/// Received example messages at `node`.
+async fn received(node: &TestNode) -> u64 {
+    node.community(EXAMPLE).await["plugin"]["status"]["received"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwriting_or_deleting_a_loaded_plugin_file_disturbs_nothing() {
+    use sha2::{Digest, Sha256};
+
+    let plugins = plugin_dir(&["example_community"]);
+    let file = plugins.path().join("libexample_community.so");
+    let original = std::fs::read(&file).unwrap();
+    let (a, b) = pair(plugins.path(), EXAMPLE).await;
+
+    // The host runs a private copy named by the content's hash, not the operator's file.
+    let report = example_report(&a).await;
+    let loaded = hex::encode(Sha256::digest(&original));
+    assert_eq!(report["sha256"], loaded.as_str(), "{report}");
+    assert_eq!(report["candidate"], serde_json::Value::Null, "{report}");
+    let copy = std::path::PathBuf::from(report["copy"].as_str().unwrap());
+    assert_eq!(copy.file_name().unwrap(), format!("{loaded}.so").as_str());
+    assert_ne!(copy.parent().unwrap(), plugins.path());
+    assert_eq!(std::fs::read(&copy).unwrap(), original);
+
+    // Messages flow from A to B while the file is rewritten in place with another plugin's
+    // bytes (what `cp other.so libexample_community.so` does).
+    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    let writer = {
+        let client = a.client.clone();
+        let path = path.clone();
+        tokio::spawn(async move {
+            for amount in 0..100u64 {
+                let body =
+                    json!({"meta": "example", "payload": {"text": "flow", "amount": amount}});
+                client.post(&path, &body).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    wait_until(Duration::from_secs(20), "the first messages", || async {
+        received(&b).await >= 10
+    })
+    .await;
+    let other = std::fs::read(plugin_file("faulty_community")).unwrap();
+    std::fs::write(&file, &other).unwrap();
+    let candidate = hex::encode(Sha256::digest(&other));
+
+    // A rescan sees the change: an upgrade candidate, not loaded.
+    let scanned = a.client.post("/v1/plugins", &json!({})).await.unwrap();
+    assert!(
+        scanned.to_string().contains(&candidate),
+        "the rescan reports the candidate: {scanned}"
+    );
+    b.client.post("/v1/plugins", &json!({})).await.unwrap();
+    for node in [&a, &b] {
+        let report = example_report(node).await;
+        assert_eq!(report["candidate"], candidate.as_str(), "{report}");
+        assert_eq!(report["sha256"], loaded.as_str(), "{report}");
+        assert_eq!(report["error"], serde_json::Value::Null, "{report}");
+        assert!(node.community(FAULTY).await.is_null(), "not loaded");
+    }
+    writer.await.unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "every message delivered",
+        || async { received(&b).await == 100 },
+    )
+    .await;
+
+    // The original content back: no candidate any more.
+    std::fs::write(&file, &original).unwrap();
+    a.client.post("/v1/plugins", &json!({})).await.unwrap();
+    assert_eq!(
+        example_report(&a).await["candidate"],
+        serde_json::Value::Null
+    );
+
+    // Deleted: the community keeps running, both ways.
+    std::fs::remove_file(&file).unwrap();
+    a.client.post("/v1/plugins", &json!({})).await.unwrap();
+    b.client
+        .post(
+            &path,
+            &json!({"meta": "example", "payload": {"text": "after delete", "amount": 1}}),
+        )
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "a message after the delete",
+        || async { received(&a).await == 1 },
+    )
+    .await;
+    for node in [&a, &b] {
+        assert_eq!(
+            node.community(EXAMPLE).await["plugin"]["failed"],
+            serde_json::Value::Null
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}

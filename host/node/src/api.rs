@@ -8,7 +8,7 @@
 //! | GET | /v1/communities/{id}/candidates | candidates with category and addresses |
 //! | POST | /v1/communities/{id}/messages | create a message: `{"meta": NAME, "payload": {...}}` |
 //! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
-//! | GET | /v1/plugins | plugin files loaded and refused |
+//! | GET | /v1/plugins | plugin files loaded (hash, private copy, upgrade candidate) and refused |
 //! | POST | /v1/plugins | load `{"path": FILE}`, or rescan the plugin folders with `{}` |
 //! | POST | /v1/shutdown | stop the node |
 //! | GET | /metrics | Prometheus text format |

@@ -297,6 +297,9 @@ pub struct Limits {
     pub delay_timeout_ms: u64,
     /// Timers a plugin may have scheduled at once.
     pub plugin_timers: usize,
+    /// Private copies of plugin files kept in `DATA_DIR/plugins` besides those this process
+    /// loaded (the most recently used; older ones are deleted). 0: only the loaded ones.
+    pub plugin_copies: usize,
     /// Messages written to the database in one transaction.
     pub store_batch: usize,
     /// SQLite page cache per database connection (there are 4), in KiB.
@@ -346,6 +349,7 @@ impl Default for Limits {
             delayed_messages: 1_000,
             delay_timeout_ms: 10_000,
             plugin_timers: 1_024,
+            plugin_copies: 16,
             store_batch: 1_000,
             store_cache_kib: crate::store::DEFAULT_CACHE_KIB,
             store_mmap_mib: 0,

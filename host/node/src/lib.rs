@@ -10,7 +10,8 @@
 //! - [`registry`]: the joined communities and their plugins, loaded at start and at run time;
 //! - [`store`]: SQLite through sqlx, the batching store task and the sync-read task;
 //! - [`api`]: the control API and the JSON views it shows, [`client`]: a small client for it;
-//! - [`config`]: layered configuration, [`keys`]: key and token files, [`logging`];
+//! - [`config`]: layered configuration, [`keys`]: key and token files, [`lock`]: one process
+//!   per data folder, [`logging`];
 //! - [`mutex`]: locking that survives a panicked holder;
 //! - [`demo`]: `dispersy demo`, a tracker and three nodes on loopback.
 
@@ -20,6 +21,7 @@ pub mod command;
 pub mod config;
 pub mod demo;
 pub mod keys;
+pub mod lock;
 pub mod logging;
 pub mod mutex;
 mod net;

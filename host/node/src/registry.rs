@@ -3,16 +3,21 @@
 //! Plugins are loaded at start and whenever a new file appears in a plugin folder (the folders are
 //! rescanned every `plugin_scan_interval_ms`, and on `POST /v1/plugins`), so a new community type
 //! is deployed by copying its `.so` into the folder: no rebuild, no restart. Loading a file:
-//! open and check it (abi_stable), refuse a community that is already joined, create the
-//! community's rows in the store, ask the protocol task to join it, then start its thread.
-//! Libraries are never unloaded (abi_stable leaks them on purpose); a changed file with a new
-//! community id loads as a new community, a changed file for a joined community is refused.
+//! copy it privately ([`plugin::copy`]: `DATA_DIR/plugins/<sha256>.so`), open and check that
+//! copy (abi_stable), refuse a community that is already joined, create the community's rows in
+//! the store, ask the protocol task to join it, then start its thread. The registry remembers,
+//! per file, the content hash and the copy it runs.
+//!
+//! Libraries are never unloaded (abi_stable leaks them on purpose), and the operator's file is
+//! never mapped, so overwriting, deleting or rewriting it cannot disturb a running community. A
+//! file whose community runs and whose content changed is not loaded: it is an upgrade
+//! candidate, logged once per new content and shown in its report (`candidate`). A refused file
+//! is tried again when it changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, KeyPair};
@@ -21,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::command::Command;
 use crate::mutex::lock;
+use crate::plugin::copy::{self, ContentHash, PrivateCopy};
 use crate::plugin::{self, Worker, WorkerContext, WorkerLimits};
 use crate::store::{InsertSender, Store};
 
@@ -37,6 +43,13 @@ pub struct PluginReport {
     pub community: Option<String>,
     /// Why it was refused.
     pub error: Option<String>,
+    /// SHA-256 of the content loaded, hex, when loaded.
+    pub sha256: Option<String>,
+    /// The private copy the host loaded (`DATA_DIR/plugins/<sha256>.so`), when loaded.
+    pub copy: Option<PathBuf>,
+    /// SHA-256 of the file's current content, hex, when it differs from the content loaded:
+    /// an upgrade candidate, not loaded while the community runs.
+    pub candidate: Option<String>,
 }
 
 impl PluginReport {
@@ -47,6 +60,9 @@ impl PluginReport {
             version: None,
             community: None,
             error: Some(error.to_string()),
+            sha256: None,
+            copy: None,
+            candidate: None,
         }
     }
 }
@@ -67,6 +83,10 @@ pub struct Context {
     pub peers: Vec<SocketAddr>,
     /// Folders scanned for plugins.
     pub dirs: Vec<PathBuf>,
+    /// The private folder of plugin copies, `DATA_DIR/plugins`.
+    pub copies: PathBuf,
+    /// Copies kept there besides the loaded ones (`limits.plugin_copies`).
+    pub spare_copies: usize,
 }
 
 #[derive(Default)]
@@ -74,8 +94,32 @@ struct State {
     workers: HashMap<CommunityId, Arc<Worker>>,
     definitions: HashMap<CommunityId, (Definition, i64, PathBuf)>,
     reports: Vec<PluginReport>,
-    /// Files tried, with the modification time they had then.
-    tried: HashMap<PathBuf, Option<SystemTime>>,
+    /// Plugin files looked at, by absolute path.
+    files: HashMap<PathBuf, FileState>,
+    /// Private copies mapped into this process: never deleted while it runs.
+    mapped: HashSet<PathBuf>,
+}
+
+/// What the registry knows of one plugin file.
+#[derive(Default)]
+struct FileState {
+    /// Its metadata when last looked at (tried, or hashed for a candidate).
+    stamp: Option<Stamp>,
+    /// The content whose community runs, and its copy.
+    loaded: Option<PrivateCopy>,
+    /// The last upgrade candidate reported.
+    candidate: Option<ContentHash>,
+}
+
+/// What changes whenever a file's content may have changed: size, times (the change time
+/// cannot be set back) and inode (a file renamed over it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
 }
 
 /// The communities a host joined through plugins.
@@ -123,14 +167,16 @@ impl Registry {
         lock(&self.state).reports.clone()
     }
 
-    /// Loads the plugin files of the plugin folders that are new or changed since they were
-    /// last tried; returns their reports.
+    /// Looks at the plugin files of the plugin folders that are new or changed since they were
+    /// last looked at: loads them, or reports an upgrade candidate; returns their reports.
     pub async fn scan(&self) -> Vec<PluginReport> {
         let mut out = Vec::new();
         for path in plugin::discover(&self.context.dirs) {
-            let modified = modified(&path);
-            let key = path.canonicalize().unwrap_or_else(|_| path.clone());
-            let fresh = lock(&self.state).tried.get(&key) != Some(&modified);
+            let stamp = stamp(&path);
+            let fresh = lock(&self.state)
+                .files
+                .get(&file_key(&path))
+                .is_none_or(|file| file.stamp != stamp);
             if fresh {
                 out.push(self.load(&path).await);
             }
@@ -138,31 +184,96 @@ impl Registry {
         out
     }
 
-    /// Loads one plugin file and joins its community.
+    /// Loads one plugin file and joins its community; if the file's community already runs,
+    /// only compares its content with the content loaded (see [`PluginReport::candidate`]).
     pub async fn load(&self, path: &Path) -> PluginReport {
         let _one_at_a_time = self.loading.lock().await;
-        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        let modified = modified(path);
-        let report = match self.try_load(path).await {
-            Ok(report) => report,
-            Err(error) => {
-                tracing::warn!("{error}");
-                PluginReport::refused(path, error)
-            }
+        let key = file_key(path);
+        // Taken before the content is read: a change during the read is seen by the next scan.
+        let stamp = stamp(path);
+        let loaded = lock(&self.state)
+            .files
+            .get(&key)
+            .and_then(|file| file.loaded.clone());
+        let report = match loaded {
+            Some(loaded) => self.compare(&key, path, &loaded).await,
+            None => match self.try_load(&key, path).await {
+                Ok(report) => report,
+                Err(error) => {
+                    tracing::warn!("{error}");
+                    PluginReport::refused(path, error)
+                }
+            },
         };
         let mut state = lock(&self.state);
-        state.tried.insert(key, modified);
-        state.reports.retain(|r| r.path != report.path);
+        state.files.entry(key.clone()).or_default().stamp = stamp;
+        state.reports.retain(|r| file_key(&r.path) != key);
         state.reports.push(report.clone());
         report
     }
 
-    async fn try_load(&self, path: &Path) -> Result<PluginReport, String> {
+    /// The report of file `path`, whose community runs `loaded`, after comparing its current
+    /// content with `loaded`.
+    async fn compare(&self, key: &Path, path: &Path, loaded: &PrivateCopy) -> PluginReport {
         let owned = path.to_path_buf();
-        let plugin = tokio::task::spawn_blocking(move || plugin::load(&owned))
-            .await
-            .map_err(|e| format!("plugin {}: loader failed: {e}", path.display()))?
-            .map_err(|e| e.to_string())?;
+        let current = tokio::task::spawn_blocking(move || copy::digest(&owned)).await;
+        let mut state = lock(&self.state);
+        let mut report = state
+            .reports
+            .iter()
+            .find(|r| file_key(&r.path) == key)
+            .cloned()
+            .unwrap_or_else(|| PluginReport::refused(path, "no report"));
+        let Some(file) = state.files.get_mut(key) else {
+            return report;
+        };
+        match current {
+            Ok(Ok(hash)) if hash == loaded.hash => file.candidate = None,
+            Ok(Ok(hash)) => {
+                if file.candidate != Some(hash) {
+                    tracing::info!(
+                        path = %path.display(),
+                        candidate = %hash,
+                        running = %loaded.hash,
+                        community = report.community.as_deref().unwrap_or_default(),
+                        "plugin file changed: an upgrade candidate, not loaded; its community keeps running the content it loaded"
+                    );
+                }
+                file.candidate = Some(hash);
+            }
+            Ok(Err(error)) => tracing::warn!("{error}"),
+            Err(error) => tracing::warn!(path = %path.display(), %error, "hashing failed"),
+        }
+        report.candidate = file.candidate.map(|hash| hash.to_string());
+        report
+    }
+
+    /// Copies file `path` privately and loads the copy: the first step of [`Registry::load`].
+    async fn try_load(&self, key: &Path, path: &Path) -> Result<PluginReport, String> {
+        let owned = path.to_path_buf();
+        let copies = self.context.copies.clone();
+        let spare = self.context.spare_copies;
+        let mapped = lock(&self.state).mapped.clone();
+        let (private, plugin) = tokio::task::spawn_blocking(move || {
+            let private = copy::private_copy(&owned, &copies).map_err(|e| e.to_string())?;
+            let mut keep = mapped;
+            keep.insert(private.path.clone());
+            let deleted = copy::prune(&copies, &keep, spare);
+            if deleted > 0 {
+                tracing::debug!(deleted, folder = %copies.display(), "old plugin copies deleted");
+            }
+            let plugin = plugin::load_from(&owned, &private.path);
+            Ok::<_, String>((private, plugin))
+        })
+        .await
+        .map_err(|e| format!("plugin {}: loader failed: {e}", path.display()))??;
+        if plugin
+            .as_ref()
+            .map_or_else(plugin::LoadError::mapped, |_| true)
+        {
+            lock(&self.state).mapped.insert(private.path.clone());
+        }
+        let plugin = plugin.map_err(|e| e.to_string())?;
         let definition = plugin.definition.clone();
         let id = definition.id();
         self.refuse_joined(path, id)?;
@@ -219,8 +330,15 @@ impl Registry {
             version: Some(definition.version.clone()),
             community: Some(id.to_hex()),
             error: None,
+            sha256: Some(private.hash.to_string()),
+            copy: Some(private.path.clone()),
+            candidate: None,
         };
-        lock(&self.state).workers.insert(id, Arc::new(worker));
+        let mut state = lock(&self.state);
+        state.workers.insert(id, Arc::new(worker));
+        let file = state.files.entry(key.to_path_buf()).or_default();
+        file.loaded = Some(private);
+        file.candidate = None;
         Ok(report)
     }
 
@@ -270,8 +388,22 @@ impl Registry {
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// The key of a plugin file: its absolute path, symbolic links not followed (a link pointed
+/// at another file is the same plugin file with a new content).
+fn file_key(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        device: m.dev(),
+        inode: m.ino(),
+        size: m.size(),
+        modified: (m.mtime(), m.mtime_nsec()),
+        changed: (m.ctime(), m.ctime_nsec()),
+    })
 }
 
 #[cfg(test)]
@@ -304,6 +436,8 @@ mod tests {
             },
             peers: Vec::new(),
             dirs: vec![dir.to_path_buf()],
+            copies: dir.join("private"),
+            spare_copies: 2,
         });
         (registry, commands_rx)
     }

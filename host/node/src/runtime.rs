@@ -1,6 +1,6 @@
-//! Start-up and shutdown of a node: [`start`] opens the data folder, the keys, the sockets and
-//! the store, then spawns the tasks and threads; [`Running::wait`] joins them; [`run`] is both,
-//! the binary's and the tests' entry.
+//! Start-up and shutdown of a node: [`start`] locks the data folder (one process each), opens
+//! the keys, the sockets and the store, then spawns the tasks and threads; [`Running::wait`]
+//! joins them; [`run`] is both, the binary's and the tests' entry.
 //!
 //! Tasks (all stopped by one cancellation token, all awaited by [`Running::wait`]):
 //! - **receive** (`net`): reads datagrams, as many as are waiting
@@ -36,6 +36,7 @@ use crate::api::{self, Shared};
 use crate::command::Command;
 use crate::config::{Config, Limits};
 use crate::keys;
+use crate::lock::{self, DataLock};
 use crate::net::{self, Datagram, RawBatch};
 use crate::plugin::WorkerLimits;
 use crate::protocol::{Clock, Protocol};
@@ -56,6 +57,9 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// Another process uses the data folder, or it cannot be locked.
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
     /// A key or token file cannot be used.
     #[error(transparent)]
     Secret(#[from] keys::SecretError),
@@ -113,6 +117,8 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     registry: Option<Arc<Registry>>,
+    /// The data folder's lock, released when the node is gone.
+    lock: DataLock,
 }
 
 impl Running {
@@ -143,6 +149,7 @@ impl Running {
                 tracing::error!(%error, "stopping community threads failed");
             }
         }
+        drop(self.lock);
     }
 }
 
@@ -153,6 +160,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let peers = config.peer_addresses()?;
     let data_dir = config.data_dir.clone();
     create_private_dir(&data_dir)?;
+    // First, before the keys or the store are touched: one process per data folder.
+    let lock = lock::acquire(&data_dir)?;
     let key = keys::load_or_create(&data_dir.join("member.key"))?;
     let token = keys::load_or_create_token(&data_dir.join("api-token"))?;
     let seed = keys::random_seed().map_err(|e| StartError::Random(e.to_string()))?;
@@ -205,6 +214,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             limits: worker_limits(&config.limits),
             peers,
             dirs: config.plugin_dir.clone(),
+            copies: data_dir.join("plugins"),
+            spare_copies: config.limits.plugin_copies,
         }))
     });
     let (raw_tx, threads) = spawn_verifiers(&config.limits, batches, datagrams_tx)?;
@@ -244,6 +255,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tasks,
         threads,
         registry,
+        lock,
     })
 }
 

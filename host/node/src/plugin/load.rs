@@ -4,6 +4,8 @@
 //! which caches one module per interface type per process). abi_stable checks the plugin-api
 //! version and the layout of every type crossing the boundary; a mismatch is reported in one line
 //! naming the file, with abi_stable's full report at debug level. Libraries are never unloaded.
+//! The registry loads a private copy of each file ([`load_from`], [`super::copy`]), never the
+//! operator's file itself.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,7 +43,15 @@ impl std::fmt::Debug for Plugin {
 /// Why a plugin file was refused. The message is one line and names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The file could not be opened as a library or is not a plugin.
+    /// The file could not be opened as a library or is not a plugin; nothing stays mapped.
+    #[error("plugin {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Summary.
+        reason: String,
+    },
+    /// The library was opened (and stays mapped) but its root module could not be used.
     #[error("plugin {path}: {reason}")]
     Library {
         /// The file.
@@ -118,21 +128,38 @@ pub fn discover(dirs: &[PathBuf]) -> Vec<PathBuf> {
     files
 }
 
-/// Loads and validates one plugin file.
+impl LoadError {
+    /// Whether the library stayed mapped into the process (libraries are never unloaded).
+    pub fn mapped(&self) -> bool {
+        !matches!(self, LoadError::Open { .. })
+    }
+}
+
+/// Loads and validates one plugin file, mapping that very file.
 pub fn load(path: &Path) -> Result<Plugin, LoadError> {
+    load_from(path, path)
+}
+
+/// Loads and validates plugin file `path` by mapping `library`, a private copy of it
+/// ([`super::copy`]); errors and the returned plugin name `path`.
+pub fn load_from(path: &Path, library: &Path) -> Result<Plugin, LoadError> {
     let library_error = |reason: String| LoadError::Library {
         path: path.to_path_buf(),
         reason,
     };
-    let header = lib_header_from_path(path).map_err(|e| match e {
-        LibraryError::OpenError { .. } => library_error(first_line(&e.to_string())),
+    let open_error = |reason: String| LoadError::Open {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let header = lib_header_from_path(library).map_err(|e| match e {
+        LibraryError::OpenError { .. } => open_error(first_line(&e.to_string())),
         LibraryError::GetSymbolError { .. } => {
-            library_error("not a Dispersy plugin (no abi_stable root module)".into())
+            open_error("not a Dispersy plugin (no abi_stable root module)".into())
         }
-        other => library_error(first_line(&other.to_string())),
+        other => open_error(first_line(&other.to_string())),
     })?;
     let module = header.init_root_module::<PluginModuleRef>().map_err(|e| {
-        tracing::debug!(path = %path.display(), report = %e, "plugin ABI report");
+        tracing::debug!(path = %path.display(), library = %library.display(), report = %e, "plugin ABI report");
         match e {
             LibraryError::AbiInstability(_) => LoadError::Incompatible {
                 path: path.to_path_buf(),

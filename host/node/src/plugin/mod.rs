@@ -1,13 +1,17 @@
-//! Plugins: finding and loading community plugin files ([`mod@load`]), the thread that drives each
-//! community instance ([`worker`]), and the host side plugins call ([`host`]).
+//! Plugins: finding and loading community plugin files ([`mod@load`]) from private copies
+//! ([`copy`]), the thread that drives each community instance ([`worker`]), and the host side
+//! plugins call ([`host`]).
 //!
 //! A plugin file defines one community type; the registry loads it ([`load()`]), then starts a
 //! [`Worker`] for its community, whose plugin instance gets a [`host`] handle to the node.
 
+pub mod copy;
 pub mod host;
 pub mod load;
 pub mod worker;
 
 pub use host::{Delivered, PluginStats, Shared, candidate_infos};
-pub use load::{HOST_API_VERSION, LoadError, Plugin, definition_from_raw, discover, load};
+pub use load::{
+    HOST_API_VERSION, LoadError, Plugin, definition_from_raw, discover, load, load_from,
+};
 pub use worker::{Job, QueueError, Worker, WorkerContext, WorkerLimits};
