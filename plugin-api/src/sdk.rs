@@ -695,7 +695,7 @@ impl<C: Community> Definition<C> {
         self
     }
 
-    fn to_raw(&self) -> Result<CommunityDef, Error> {
+    pub(crate) fn to_raw(&self) -> Result<CommunityDef, Error> {
         let master_key = parse_hex(&self.master_key_hex)
             .ok_or_else(|| Error::invalid("master key is not hexadecimal"))?;
         Ok(CommunityDef {
@@ -925,7 +925,7 @@ extern "C" fn definition<C: Community>() -> RResult<CommunityDef, PluginError> {
     guard(|| C::definition().to_raw())
 }
 
-extern "C" fn create<C: Community>(host: HostBox) -> RResult<CommunityBox, PluginError> {
+pub(crate) extern "C" fn create<C: Community>(host: HostBox) -> RResult<CommunityBox, PluginError> {
     guard(|| {
         let definition = C::definition();
         let conversion = definition
