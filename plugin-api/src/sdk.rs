@@ -142,6 +142,13 @@ pub trait Compact: Serialize + DeserializeOwned + 'static {
     /// (the template's `.conversion(&[1])`). Encoding with any other conversion is an error.
     const CONVERSIONS: &'static [&'static [u8]] = &[&[1]];
 
+    /// Checks a value's bounds (a text's length, a list's size): called before encoding and
+    /// after decoding, so the limit holds for what this node writes and for what it reads from
+    /// the network. Default: everything fits.
+    fn validate(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Decodes bytes of a conversion not in [`Compact::CONVERSIONS`] (an older layout).
     /// Default: refused with [`Error::invalid`].
     fn decode_other(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
@@ -161,15 +168,18 @@ impl<T: Compact> Payload for T {
                 to_hex(conversion)
             )));
         }
+        self.validate()?;
         to_compact(self)
     }
 
     fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
-        if T::CONVERSIONS.contains(&conversion) {
-            from_compact(bytes)
+        let value = if T::CONVERSIONS.contains(&conversion) {
+            from_compact::<T>(bytes)?
         } else {
-            T::decode_other(conversion, bytes)
-        }
+            T::decode_other(conversion, bytes)?
+        };
+        value.validate()?;
+        Ok(value)
     }
 }
 
