@@ -33,8 +33,10 @@
 //! ```
 //!
 //! Rules for plugins: handlers are synchronous and must not block (all I/O goes through the host);
-//! build with the same toolchain as the host (`rust-toolchain.toml`); log with [`sdk::Host::log`]
-//! (a plugin's own `tracing` statics are not the host's).
+//! log with [`sdk::Host::log`] (a plugin's own `tracing` statics are not the host's). The
+//! compiler need not be the host's: only `#[repr(C)]` types checked by abi_stable cross the
+//! boundary (never a `std` type), so a plugin built by another `rustc` against a compatible
+//! version of this crate loads alike (tried: a plugin built by 1.97-nightly in a 1.95 host).
 
 #![allow(non_local_definitions)] // `#[sabi_trait]` expansions trip this lint on current rustc
 

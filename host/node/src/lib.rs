@@ -23,6 +23,7 @@ pub mod keys;
 pub mod logging;
 pub mod mutex;
 mod net;
+pub mod new_plugin;
 pub mod plugin;
 mod protocol;
 pub mod registry;
