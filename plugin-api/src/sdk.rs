@@ -257,7 +257,10 @@ pub enum Distribution {
         /// Responder order.
         order: Order,
     },
-    /// Stored and synchronised; only the newest `history` per member are kept.
+    /// Stored and synchronised; only the newest `history` per key are kept (by global time).
+    /// The key is the meta and the first author; for a double-member meta, the meta and the
+    /// pair of signers, whichever of the two signed first. A message older than the `history`
+    /// kept for its key is not stored.
     LastSync {
         /// Messages kept per member (at least 1).
         history: u16,
