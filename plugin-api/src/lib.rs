@@ -8,7 +8,10 @@
 //!   a plugin built against another ABI with a one-line error.
 //! - [`sdk`]: what a plugin author writes against — a [`sdk::Community`] trait, typed
 //!   [`sdk::Meta`] definitions with policies, versioned [`sdk::Payload`] conversions that also
-//!   convert to JSON through serde, and panic containment at every entry point.
+//!   convert to JSON through serde (derived from serde alone with [`sdk::Compact`], or written by
+//!   hand with [`codec`]), and panic containment at every entry point.
+//! - [`testing`]: a host double, to unit-test a community's checks, handlers, timers and status
+//!   without a node.
 //!
 //! A minimal plugin (see `plugins/example` for the complete template):
 //!
@@ -30,14 +33,17 @@
 //! ```
 //!
 //! Rules for plugins: handlers are synchronous and must not block (all I/O goes through the host);
-//! build with the same toolchain as the host (`rust-toolchain.toml`); log with [`sdk::Host::log`]
-//! (a plugin's own `tracing` statics are not the host's).
+//! log with [`sdk::Host::log`] (a plugin's own `tracing` statics are not the host's). The
+//! compiler need not be the host's: only `#[repr(C)]` types checked by abi_stable cross the
+//! boundary (never a `std` type), so a plugin built by another `rustc` against a compatible
+//! version of this crate loads alike (tried: a plugin built by 1.97-nightly in a 1.95 host).
 
 #![allow(non_local_definitions)] // `#[sabi_trait]` expansions trip this lint on current rustc
 
 pub mod abi;
 pub mod codec;
 pub mod sdk;
+pub mod testing;
 
 /// Re-exported so that [`export_community!`] expands in crates that do not depend on it.
 pub use abi_stable;
@@ -49,8 +55,9 @@ pub mod prelude {
     pub use crate::codec::{Reader, Writer};
     pub use crate::export_community;
     pub use crate::sdk::{
-        Authentication, Community, Definition, Destination, Distribution, Error, Host, Level,
-        Message, Meta, Order, Payload, Resolution, StaticResolution, Verdict, parse_hex, to_hex,
+        Authentication, Community, Compact, Definition, Destination, Distribution, Error, Host,
+        Level, Message, Meta, Order, Payload, Resolution, StaticResolution, Verdict, parse_hex,
+        to_hex,
     };
     pub use serde::{Deserialize, Serialize};
 }

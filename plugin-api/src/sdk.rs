@@ -89,6 +89,117 @@ pub trait Payload: Sized + Serialize + DeserializeOwned + 'static {
     fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error>;
 }
 
+/// A payload whose binary form is derived from its serde implementation: declare the type with
+/// `#[derive(Serialize, Deserialize)]`, add `impl Compact for YourType {}`, and it is a
+/// [`Payload`] (this trait has a blanket `Payload` implementation). One definition then serves
+/// the wire (postcard) and the control API (JSON). Types that implement [`Payload`] by hand keep
+/// doing so; a type implements one or the other.
+///
+/// # The format
+///
+/// [postcard](https://postcard.jamesmunns.com/wire-format) 1.x: compact (integers as varints,
+/// lengths as varint prefixes, no field names) and deterministic (a value has one encoding).
+/// Its wire format is specified and stable across every 1.x release, so plugin versions built
+/// years apart read each other's messages. Decoding is bounds-checked and rejects trailing bytes;
+/// it never panics on bytes from the network. Avoid maps whose iteration order is not fixed
+/// (`HashMap`): use `BTreeMap` or a list, so equal values encode to equal bytes.
+///
+/// # Changing a payload
+///
+/// postcard is not self-describing: bytes carry no field names, so a field added to a type does
+/// not decode from bytes written without it, and the other way round. A changed type is a new
+/// conversion. Keep the old layout as a type of its own, list the new conversion first in the
+/// definition (`.conversion(&[2]).conversion(&[1])`), name it in [`Compact::CONVERSIONS`], and
+/// read the old one in [`Compact::decode_other`]:
+///
+/// ```
+/// use dispersy_plugin_api::prelude::*;
+/// use dispersy_plugin_api::sdk::{Compact, from_compact};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct NoteV1 { text: String }
+///
+/// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+/// struct Note { text: String, pinned: bool }
+///
+/// impl Compact for Note {
+///     const CONVERSIONS: &'static [&'static [u8]] = &[&[2]];
+///     fn decode_other(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+///         match conversion {
+///             [1] => from_compact::<NoteV1>(bytes).map(|old| Note { text: old.text, pinned: false }),
+///             _ => Err(Error::invalid("unknown conversion")),
+///         }
+///     }
+/// }
+///
+/// let old = dispersy_plugin_api::sdk::to_compact(&NoteV1 { text: "hi".into() }).unwrap();
+/// assert_eq!(Note::decode(&[1], &old).unwrap(), Note { text: "hi".into(), pinned: false });
+/// ```
+///
+/// The JSON form follows serde too: the API accepts and shows the current type only.
+pub trait Compact: Serialize + DeserializeOwned + 'static {
+    /// The conversions whose payloads are this type in postcard form. Default: conversion 1
+    /// (the template's `.conversion(&[1])`). Encoding with any other conversion is an error.
+    const CONVERSIONS: &'static [&'static [u8]] = &[&[1]];
+
+    /// Checks a value's bounds (a text's length, a list's size): called before encoding and
+    /// after decoding, so the limit holds for what this node writes and for what it reads from
+    /// the network. Default: everything fits.
+    fn validate(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Decodes bytes of a conversion not in [`Compact::CONVERSIONS`] (an older layout).
+    /// Default: refused with [`Error::invalid`].
+    fn decode_other(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+        let _ = bytes;
+        Err(Error::invalid(format!(
+            "unknown conversion {}",
+            to_hex(conversion)
+        )))
+    }
+}
+
+impl<T: Compact> Payload for T {
+    fn encode(&self, conversion: &[u8]) -> Result<Vec<u8>, Error> {
+        if !T::CONVERSIONS.contains(&conversion) {
+            return Err(Error::invalid(format!(
+                "conversion {} is not one this payload type writes",
+                to_hex(conversion)
+            )));
+        }
+        self.validate()?;
+        to_compact(self)
+    }
+
+    fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+        let value = if T::CONVERSIONS.contains(&conversion) {
+            from_compact::<T>(bytes)?
+        } else {
+            T::decode_other(conversion, bytes)?
+        };
+        value.validate()?;
+        Ok(value)
+    }
+}
+
+/// The postcard form of `value` (the format of [`Compact`]).
+pub fn to_compact<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
+    postcard::to_allocvec(value).map_err(|e| Error::invalid(format!("does not encode: {e}")))
+}
+
+/// Decodes the postcard form of a `T`; every byte must be used (trailing bytes are an error).
+/// Never panics, whatever `bytes` hold.
+pub fn from_compact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let (value, rest) = postcard::take_from_bytes::<T>(bytes)
+        .map_err(|e| Error::invalid(format!("does not decode: {e}")))?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(Error::invalid(format!("{} trailing bytes", rest.len())))
+    }
+}
+
 /// Who signs messages of a meta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Authentication {
@@ -146,7 +257,10 @@ pub enum Distribution {
         /// Responder order.
         order: Order,
     },
-    /// Stored and synchronised; only the newest `history` per member are kept.
+    /// Stored and synchronised; only the newest `history` per key are kept (by global time).
+    /// The key is the meta and the first author; for a double-member meta, the meta and the
+    /// pair of signers, whichever of the two signed first. A message older than the `history`
+    /// kept for its key is not stored.
     LastSync {
         /// Messages kept per member (at least 1).
         history: u16,
@@ -594,7 +708,7 @@ impl<C: Community> Definition<C> {
         self
     }
 
-    fn to_raw(&self) -> Result<CommunityDef, Error> {
+    pub(crate) fn to_raw(&self) -> Result<CommunityDef, Error> {
         let master_key = parse_hex(&self.master_key_hex)
             .ok_or_else(|| Error::invalid("master key is not hexadecimal"))?;
         Ok(CommunityDef {
@@ -824,7 +938,7 @@ extern "C" fn definition<C: Community>() -> RResult<CommunityDef, PluginError> {
     guard(|| C::definition().to_raw())
 }
 
-extern "C" fn create<C: Community>(host: HostBox) -> RResult<CommunityBox, PluginError> {
+pub(crate) extern "C" fn create<C: Community>(host: HostBox) -> RResult<CommunityBox, PluginError> {
     guard(|| {
         let definition = C::definition();
         let conversion = definition

@@ -25,6 +25,7 @@ pub mod lock;
 pub mod logging;
 pub mod mutex;
 mod net;
+pub mod new_plugin;
 pub mod plugin;
 mod protocol;
 pub mod registry;

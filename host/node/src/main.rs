@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use dispersy_node::config::{Config, LogFormat};
-use dispersy_node::{demo, keys, logging};
+use dispersy_node::{demo, keys, logging, new_plugin};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +42,19 @@ enum Cmd {
         path: String,
         /// JSON body for POST.
         body: Option<String>,
+    },
+    /// Write a new community plugin crate NAME (standalone: `cargo build --release` in it makes
+    /// the plugin, `cargo test` runs its tests), with a fresh master key.
+    NewPlugin {
+        /// Crate and community type name: a-z, 0-9, '-' and '_', starting with a letter.
+        name: String,
+        /// Folder to create the crate folder NAME in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The dispersy-plugin-api crate to depend on (default: the one of the checkout this
+        /// binary was built from).
+        #[arg(long)]
+        plugin_api: Option<PathBuf>,
     },
     /// Start a tracker and three nodes on loopback and show them at work.
     Demo {
@@ -122,6 +135,27 @@ fn main() -> ExitCode {
         } => match runtime().and_then(|rt| rt.block_on(api(data_dir, method, path, body))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(error),
+        },
+        Cmd::NewPlugin {
+            name,
+            dir,
+            plugin_api,
+        } => match new_plugin::create(&name, &dir, plugin_api.as_deref()) {
+            Ok(created) => {
+                println!("created {}", created.dir.display());
+                println!("community id: {}", created.community_id);
+                println!(
+                    "master key:   {} (secret in master.key)",
+                    created.master_key
+                );
+                println!(
+                    "next: cd {} && cargo test && cargo build --release, then copy {} into a plugin folder of a node",
+                    created.dir.display(),
+                    created.library
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(error.into()),
         },
         Cmd::Demo {
             messages,

@@ -121,3 +121,92 @@ fn demo_discovers_peers_and_delivers_every_message() {
     assert!(text.contains("delivered 30/30"), "{text}");
     assert!(text.contains("duplicates 0"), "{text}");
 }
+
+#[test]
+fn new_plugin_writes_a_standalone_crate_with_a_fresh_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dispersy()
+        .args(["new-plugin", "chat-room", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let krate = dir.path().join("chat-room");
+    let read = |file: &str| std::fs::read_to_string(krate.join(file)).unwrap();
+
+    // Standalone: its own workspace, no workspace keys, the plugin API by path.
+    let manifest = read("Cargo.toml");
+    assert!(manifest.contains("name = \"chat-room\""), "{manifest}");
+    assert!(manifest.contains("\n[workspace]\n"), "{manifest}");
+    assert!(!manifest.contains(".workspace"), "{manifest}");
+    assert!(
+        manifest.contains("crate-type = [\"cdylib\", \"rlib\"]"),
+        "{manifest}"
+    );
+    let api =
+        std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/../../plugin-api")).unwrap();
+    assert!(
+        manifest.contains(&format!(
+            "dispersy-plugin-api = {{ path = \"{}\" }}",
+            api.display()
+        )),
+        "{manifest}"
+    );
+    assert_eq!(
+        read("rust-toolchain.toml"),
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../rust-toolchain.toml"
+        ))
+        .unwrap()
+    );
+    assert!(read(".gitignore").contains("/master.key"));
+
+    // A fresh master key: the secret in a private file, the public key in the code.
+    let key = dispersy_node::keys::load(&krate.join("master.key")).unwrap();
+    let public = key.public().to_hex();
+    let mode = std::fs::metadata(krate.join("master.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let lib = read("src/lib.rs");
+    assert!(
+        lib.contains(&format!("MASTER_KEY: &str = \"{public}\"")),
+        "{lib}"
+    );
+    assert!(
+        text.contains(&key.public().community_id().to_hex()),
+        "{text}"
+    );
+    // The name substituted everywhere, the tests on the host double, nothing left unfilled.
+    assert!(lib.contains("pub struct ChatRoomCommunity"));
+    assert!(lib.contains("Definition::new(\"chat-room\""));
+    assert!(lib.contains("export_community!(ChatRoomCommunity);"));
+    assert!(lib.contains("TestHost::<ChatRoomCommunity>::new()"));
+    assert!(!lib.contains("{{") && !manifest.contains("{{"));
+
+    // Never overwritten; bad names refused with one line naming them.
+    let again = dispersy()
+        .args(["new-plugin", "chat-room", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8(again.stderr)
+            .unwrap()
+            .contains("exists already")
+    );
+    let bad = dispersy()
+        .args(["new-plugin", "Chat Room", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let error = String::from_utf8(bad.stderr).unwrap();
+    assert!(error.contains("\"Chat Room\""), "{error}");
+    assert_eq!(error.trim().lines().count(), 1, "{error}");
+}

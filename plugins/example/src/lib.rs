@@ -33,8 +33,8 @@ pub const MAX_TEXT: usize = 255;
 /// what peers send must be bounded: peers can send without end.
 const REMEMBERED: usize = 100_000;
 
-/// The payload of both metas. Serde gives its JSON form in the control API:
-/// `{"text": "hello", "amount": 3}`.
+/// The payload of both metas. One serde definition gives both forms: its binary conversion
+/// (derived, [`Compact`]) and its JSON form in the control API: `{"text": "hello", "amount": 3}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Example {
     /// Up to [`MAX_TEXT`] UTF-8 bytes.
@@ -43,36 +43,35 @@ pub struct Example {
     pub amount: i64,
 }
 
-/// The binary form, per conversion. Conversion 1: a one-byte length, the UTF-8 text, the amount
-/// as 8 bytes big-endian. To change the layout later, add conversion 2 in front
-/// (`.conversion(&[2]).conversion(&[1])`): new messages are written with 2, messages written with
-/// 1 still decode.
-impl Payload for Example {
-    fn encode(&self, conversion: &[u8]) -> Result<Vec<u8>, Error> {
-        if conversion != [1] {
-            return Err(Error::invalid("unknown conversion"));
-        }
+/// The binary form, per conversion.
+///
+/// - Conversion 2 (current): derived from the serde definition (postcard; see [`Compact`]).
+/// - Conversion 1 (the first release): written by hand, a one-byte length, the UTF-8 text, the
+///   amount as 8 bytes big-endian. Still read, so messages of nodes running the first release,
+///   and the ones stored before the upgrade, decode.
+///
+/// To change the payload again, add conversion 3 in front in the definition, list it here, and
+/// read conversion 2 in `decode_other` through a copy of today's type.
+impl Compact for Example {
+    const CONVERSIONS: &'static [&'static [u8]] = &[&[2]];
+
+    fn validate(&self) -> Result<(), Error> {
         if self.text.len() > MAX_TEXT {
             return Err(Error::invalid(format!(
                 "text is {} bytes, at most {MAX_TEXT}",
                 self.text.len()
             )));
         }
-        Ok(Writer::new()
-            .short_bytes(self.text.as_bytes())?
-            .i64(self.amount)
-            .finish())
+        Ok(())
     }
 
     // Bytes come from the network: every failure is an error, never a panic.
-    fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+    fn decode_other(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
         if conversion != [1] {
             return Err(Error::invalid("unknown conversion"));
         }
         let mut reader = Reader::new(bytes);
-        let text = std::str::from_utf8(reader.short_bytes()?)
-            .map_err(|_| Error::invalid("text is not UTF-8"))?
-            .to_owned();
+        let text = reader.short_str()?.to_owned();
         let amount = reader.i64()?;
         reader.finish()?;
         Ok(Example { text, amount })
@@ -137,6 +136,8 @@ impl ExampleCommunity {
 impl Community for ExampleCommunity {
     fn definition() -> Definition<Self> {
         Definition::new("example", env!("CARGO_PKG_VERSION"), MASTER_KEY)
+            // New messages are written with conversion 2; conversion 1 is still read.
+            .conversion(&[2])
             .conversion(&[1])
             .meta(
                 Meta::<Self, Example>::new(1, "example")
@@ -188,28 +189,69 @@ export_community!(ExampleCommunity);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dispersy_plugin_api::testing::{TestHost, member_key};
+
+    fn example(text: &str, amount: i64) -> Example {
+        Example {
+            text: text.into(),
+            amount,
+        }
+    }
 
     #[test]
-    fn conversion_round_trips_and_rejects_bad_input() {
-        let example = Example {
-            text: "héllo".into(),
-            amount: -42,
-        };
-        let bytes = example.encode(&[1]).unwrap();
-        assert_eq!(Example::decode(&[1], &bytes).unwrap(), example);
-        assert!(Example::decode(&[2], &bytes).is_err());
+    fn conversions_round_trip_and_reject_bad_input() {
+        let value = example("héllo", -42);
+        let bytes = value.encode(&[2]).unwrap();
+        assert_eq!(Example::decode(&[2], &bytes).unwrap(), value);
+        assert!(Example::decode(&[3], &bytes).is_err());
         for len in 0..bytes.len() {
-            assert!(Example::decode(&[1], &bytes[..len]).is_err());
+            assert!(Example::decode(&[2], &bytes[..len]).is_err());
         }
-        let mut trailing = bytes.clone();
+        // Conversion 1, as the first release wrote it, still decodes.
+        let old = Writer::new().short_str("héllo").unwrap().i64(-42).finish();
+        assert_eq!(Example::decode(&[1], &old).unwrap(), value);
+        for len in 0..old.len() {
+            assert!(Example::decode(&[1], &old[..len]).is_err());
+        }
+        let mut trailing = old.clone();
         trailing.push(0);
         assert!(Example::decode(&[1], &trailing).is_err());
-        let long = Example {
-            text: "x".repeat(MAX_TEXT + 1),
-            amount: 1,
-        };
-        assert!(long.encode(&[1]).is_err());
         let bad_utf8 = Writer::new().short_bytes(&[0xff]).unwrap().i64(1).finish();
         assert!(Example::decode(&[1], &bad_utf8).is_err());
+        // The text limit holds on both sides.
+        let long = example(&"x".repeat(MAX_TEXT + 1), 1);
+        assert!(long.encode(&[2]).is_err());
+        let long_bytes = dispersy_plugin_api::sdk::to_compact(&long).unwrap();
+        assert!(Example::decode(&[2], &long_bytes).is_err());
+    }
+
+    #[test]
+    fn checks_handlers_and_status_on_a_host_double() {
+        let mut host = TestHost::<ExampleCommunity>::new().unwrap();
+        let peer = member_key(1);
+        for (global_time, text) in [(1, "one"), (2, "two")] {
+            let message = host
+                .message("example", &peer, global_time, example(text, 1))
+                .unwrap();
+            assert_eq!(host.receive(message).unwrap(), Verdict::Accept);
+        }
+        // The same message again is counted as a duplicate.
+        let again = host
+            .message("example", &peer, 2, example("two", 1))
+            .unwrap();
+        host.receive(again).unwrap();
+        let negative = host.message("post", &peer, 3, example("no", -1)).unwrap();
+        assert!(matches!(host.receive(negative).unwrap(), Verdict::Drop(_)));
+        let post = host.message("post", &peer, 4, example("yes", 5)).unwrap();
+        assert_eq!(host.receive(post).unwrap(), Verdict::Accept);
+        assert_eq!(
+            host.status().unwrap(),
+            json!({"received": 3, "duplicates": 1, "last_text": "two", "posts": 1})
+        );
+        assert_eq!(host.logs().len(), 4); // started, and one line per example received
+        assert_eq!(
+            host.to_json("post", &example("hi", 3)).unwrap(),
+            json!({"text": "hi", "amount": 3})
+        );
     }
 }

@@ -1,0 +1,625 @@
+//! A host double: unit-test a community's checks, handlers, timers and status without a node,
+//! sockets or a `.so`.
+//!
+//! [`TestHost`] creates an instance of community type `C` from its [`Community::definition`] and
+//! drives it through the same ABI calls the real host makes (so payloads go through their binary
+//! conversion and panics are caught as in a node). It records what the community sends,
+//! schedules and logs. It is deterministic: no clock, no randomness; timers fire when the test
+//! says so.
+//!
+//! ```
+//! use dispersy_plugin_api::prelude::*;
+//! use dispersy_plugin_api::sdk::Compact;
+//! use dispersy_plugin_api::testing::{TestHost, member_key};
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! struct Line { text: String }
+//! impl Compact for Line {}
+//!
+//! struct Chat { host: Host, lines: u64 }
+//!
+//! impl Community for Chat {
+//!     fn definition() -> Definition<Self> {
+//!         Definition::new("chat", "0.1.0", &format!("02{}", "11".repeat(32)))
+//!             .conversion(&[1])
+//!             .meta(Meta::<Self, Line>::new(1, "line")
+//!                 .check(|_, m| if m.payload.text.is_empty() { Verdict::Drop("empty".into()) } else { Verdict::Accept })
+//!                 .handle(|chat: &mut Chat, ms| { chat.lines += ms.len() as u64; Ok(()) }))
+//!     }
+//!     fn create(host: Host) -> Result<Self, Error> { Ok(Chat { host, lines: 0 }) }
+//!     fn status(&self) -> dispersy_plugin_api::serde_json::Value { self.lines.into() }
+//! }
+//!
+//! let mut host = TestHost::<Chat>::new().unwrap();
+//! let hello = host.message("line", &member_key(1), 5, Line { text: "hello".into() }).unwrap();
+//! assert_eq!(host.receive(hello).unwrap(), Verdict::Accept);
+//! let empty = host.message("line", &member_key(1), 6, Line { text: String::new() }).unwrap();
+//! assert_eq!(host.receive(empty).unwrap(), Verdict::Drop("empty".into()));
+//! assert_eq!(host.status().unwrap(), 1);
+//! ```
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+
+use crate::abi::{
+    self, CandidateInfo, CommunityBox, CommunityDef, HostApi, HostApi_TO, PluginError, RawMessage,
+    RawVerdict,
+};
+use crate::sdk::{self, Community, Error, Level, Message, Payload, Verdict, to_hex};
+
+/// The source address the double gives messages built by [`TestHost::message`] (a
+/// documentation address: `192.0.2.0/24`).
+pub const SOURCE: &str = "192.0.2.1:7000";
+
+/// A distinct, well-formed 33-byte public key for test author `n` (a compressed-key prefix and
+/// `n` repeated; not a point anyone holds a secret for). The double's own member is
+/// `member_key(0)`.
+pub fn member_key(n: u8) -> Vec<u8> {
+    let mut key = vec![0x02];
+    key.extend(std::iter::repeat_n(n, 32));
+    key
+}
+
+/// A message the community sent through [`crate::sdk::Host::send`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The meta-message name.
+    pub meta: String,
+    /// The encoded payload (decode it with [`TestHost::sent_payloads`]).
+    pub payload: Vec<u8>,
+    /// The explicit candidates (`ip:port`).
+    pub candidates: Vec<String>,
+    /// The global time the double claimed for it (one above the previous global time).
+    pub global_time: u64,
+}
+
+/// What the double records, shared by the host handle the community owns and the test.
+#[derive(Debug, Default)]
+struct State {
+    global_time: u64,
+    metas: Vec<String>,
+    candidates: Vec<CandidateInfo>,
+    sent: Vec<Sent>,
+    scheduled: Vec<(Duration, u64)>,
+    logs: Vec<(Level, String)>,
+}
+
+/// The host side of the double, handed to the community as its `Host`.
+#[derive(Clone)]
+struct Recorder(Arc<Mutex<State>>);
+
+impl Recorder {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl HostApi for Recorder {
+    fn member(&self) -> RVec<u8> {
+        RVec::from(member_key(0))
+    }
+
+    fn community(&self) -> RVec<u8> {
+        RVec::from(vec![0xc0; 20])
+    }
+
+    fn global_time(&self) -> u64 {
+        self.lock().global_time
+    }
+
+    fn candidates(&self) -> RVec<CandidateInfo> {
+        self.lock().candidates.iter().cloned().collect()
+    }
+
+    fn send(
+        &self,
+        meta: RStr<'_>,
+        payload: RVec<u8>,
+        candidates: RVec<RString>,
+    ) -> RResult<(), PluginError> {
+        let mut state = self.lock();
+        if !state.metas.iter().any(|m| m.as_str() == meta.as_str()) {
+            return RResult::RErr(PluginError::new(
+                abi::ERROR_HOST,
+                format!("no meta-message named {meta:?}"),
+            ));
+        }
+        state.global_time += 1;
+        let global_time = state.global_time;
+        state.sent.push(Sent {
+            meta: meta.to_string(),
+            payload: payload.into_vec(),
+            candidates: candidates.into_iter().map(RString::into_string).collect(),
+            global_time,
+        });
+        RResult::ROk(())
+    }
+
+    fn schedule(&self, delay_ms: u64, token: u64) -> RResult<(), PluginError> {
+        self.lock()
+            .scheduled
+            .push((Duration::from_millis(delay_ms), token));
+        RResult::ROk(())
+    }
+
+    fn log(&self, level: u8, message: RStr<'_>) {
+        let level = match level {
+            abi::level::ERROR => Level::Error,
+            abi::level::WARN => Level::Warn,
+            abi::level::INFO => Level::Info,
+            abi::level::DEBUG => Level::Debug,
+            _ => Level::Trace,
+        };
+        self.lock().logs.push((level, message.to_string()));
+    }
+}
+
+/// One instance of community type `C` on a host double. See the [module](self) documentation.
+pub struct TestHost<C: Community> {
+    instance: CommunityBox,
+    recorder: Recorder,
+    definition: CommunityDef,
+    community: PhantomData<fn() -> C>,
+}
+
+impl<C: Community> TestHost<C> {
+    /// Builds `C`'s definition, checks what a host would refuse at load (a master key that is
+    /// not 33 bytes of hex, no conversion, duplicate meta ids or names), and creates an instance
+    /// with `Community::create`. Its member is [`member_key`]`(0)`; global time starts at 0.
+    pub fn new() -> Result<Self, Error> {
+        let definition = C::definition().to_raw()?;
+        if definition.master_key.len() != 33 {
+            return Err(Error::invalid(format!(
+                "master key is {} bytes, a public key is 33",
+                definition.master_key.len()
+            )));
+        }
+        if definition.conversions.is_empty() {
+            return Err(Error::invalid("no conversion defined"));
+        }
+        for (i, meta) in definition.metas.iter().enumerate() {
+            if definition.metas[..i]
+                .iter()
+                .any(|m| m.id == meta.id || m.name == meta.name)
+            {
+                return Err(Error::invalid(format!(
+                    "meta-message {} ({:?}) repeats an id or a name",
+                    meta.id, meta.name
+                )));
+            }
+        }
+        let recorder = Recorder(Arc::new(Mutex::new(State {
+            metas: definition
+                .metas
+                .iter()
+                .map(|m| m.name.to_string())
+                .collect(),
+            ..State::default()
+        })));
+        let host = HostApi_TO::from_value(recorder.clone(), TD_Opaque);
+        let instance = sdk::create::<C>(host).into_result()?;
+        Ok(TestHost {
+            instance,
+            recorder,
+            definition,
+            community: PhantomData,
+        })
+    }
+
+    /// The community's current global time.
+    pub fn global_time(&self) -> u64 {
+        self.recorder.lock().global_time
+    }
+
+    /// Sets the community's global time (what `Host::global_time` answers; each send claims the
+    /// next one).
+    pub fn set_global_time(&mut self, global_time: u64) {
+        self.recorder.lock().global_time = global_time;
+    }
+
+    /// Adds a verified (walk) candidate at `address` with member id `member` (20 bytes, or
+    /// empty when unknown) to what `Host::candidates` answers.
+    pub fn add_candidate(&mut self, address: &str, member: &[u8]) {
+        self.recorder.lock().candidates.push(CandidateInfo {
+            address: RString::from(address),
+            member: RVec::from(member.to_vec()),
+            category: abi::category::WALK,
+        });
+    }
+
+    /// The wire type of the meta named `meta`.
+    pub fn meta_id(&self, meta: &str) -> Result<u32, Error> {
+        self.definition
+            .metas
+            .iter()
+            .find(|m| m.name.as_str() == meta)
+            .map(|m| m.id)
+            .ok_or_else(|| Error::invalid(format!("no meta-message named {meta:?}")))
+    }
+
+    /// A message of meta `meta` from another node: signed by `author`, at `global_time`, from
+    /// [`SOURCE`], without a sequence number. Change its public fields for other cases (a
+    /// second author, a sequence number, `source: None` for this node's own message).
+    pub fn message<P>(
+        &self,
+        meta: &str,
+        author: &[u8],
+        global_time: u64,
+        payload: P,
+    ) -> Result<Message<P>, Error> {
+        Ok(Message {
+            meta: self.meta_id(meta)?,
+            authors: vec![author.to_vec()],
+            global_time,
+            sequence_number: None,
+            source: Some(SOURCE.to_owned()),
+            payload,
+        })
+    }
+
+    fn conversion(&self) -> &[u8] {
+        // `new` checked that there is one.
+        self.definition
+            .conversions
+            .first()
+            .map(|c| c.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// `message` as the host hands it over: its payload encoded with the current conversion.
+    pub fn raw<P: Payload>(&self, message: &Message<P>) -> Result<RawMessage, Error> {
+        Ok(RawMessage {
+            meta: message.meta,
+            conversion: RVec::from(self.conversion().to_vec()),
+            authors: message
+                .authors
+                .iter()
+                .map(|a| RVec::from(a.clone()))
+                .collect(),
+            global_time: message.global_time,
+            sequence_number: message.sequence_number.unwrap_or(0),
+            source: RString::from(message.source.clone().unwrap_or_default()),
+            payload: RVec::from(message.payload.encode(self.conversion())?),
+        })
+    }
+
+    /// The community's check of one message (its payload encoded and decoded on the way).
+    pub fn check<P: Payload>(&mut self, message: &Message<P>) -> Result<Verdict, Error> {
+        let raw = self.raw(message)?;
+        self.check_raw(&raw)
+    }
+
+    /// The community's check of a message as raw bytes: for payloads that do not decode, other
+    /// conversions, or authors and sources a [`Message`] cannot express.
+    pub fn check_raw(&mut self, raw: &RawMessage) -> Result<Verdict, Error> {
+        let verdicts = self
+            .instance
+            .check(RSlice::from_slice(std::slice::from_ref(raw)))
+            .into_result()?;
+        let verdict = verdicts
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("the check returned no verdict"))?;
+        Ok(verdict_from_raw(verdict))
+    }
+
+    /// Hands a batch of messages of one meta to the community's handler (as the host does once
+    /// they passed the check and, if stored, were stored).
+    pub fn handle<P: Payload>(&mut self, messages: &[Message<P>]) -> Result<(), Error> {
+        let raw = messages
+            .iter()
+            .map(|m| self.raw(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self
+            .instance
+            .handle(RSlice::from_slice(&raw))
+            .into_result()?)
+    }
+
+    /// Checks `message` and, when the verdict is [`Verdict::Accept`], handles it: what a node
+    /// does with a message it receives. Returns the verdict.
+    pub fn receive<P: Payload>(&mut self, message: Message<P>) -> Result<Verdict, Error> {
+        let verdict = self.check(&message)?;
+        if verdict == Verdict::Accept {
+            self.handle(std::slice::from_ref(&message))?;
+        }
+        Ok(verdict)
+    }
+
+    /// Whether this member would co-sign `message` (a double-member meta's
+    /// `Meta::allow_signature`).
+    pub fn allow_signature<P: Payload>(&mut self, message: &Message<P>) -> Result<bool, Error> {
+        let raw = self.raw(message)?;
+        Ok(self.instance.allow_signature(&raw).into_result()?)
+    }
+
+    /// Calls `Community::on_timer(token)` and forgets the first scheduled timer with that token
+    /// (the timer fires whether or not it was scheduled; check [`TestHost::scheduled`] first).
+    pub fn fire_timer(&mut self, token: u64) -> Result<(), Error> {
+        {
+            let mut state = self.recorder.lock();
+            if let Some(i) = state.scheduled.iter().position(|(_, t)| *t == token) {
+                state.scheduled.remove(i);
+            }
+        }
+        Ok(self.instance.timer(token).into_result()?)
+    }
+
+    /// Timers scheduled and not fired yet: (delay, token), in the order scheduled.
+    pub fn scheduled(&self) -> Vec<(Duration, u64)> {
+        self.recorder.lock().scheduled.clone()
+    }
+
+    /// Everything the community sent, in order.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.recorder.lock().sent.clone()
+    }
+
+    /// The payloads of the messages of meta `meta` the community sent, decoded.
+    pub fn sent_payloads<P: Payload>(&self, meta: &str) -> Result<Vec<P>, Error> {
+        self.sent()
+            .iter()
+            .filter(|s| s.meta == meta)
+            .map(|s| P::decode(self.conversion(), &s.payload))
+            .collect()
+    }
+
+    /// Everything the community logged, in order.
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        self.recorder.lock().logs.clone()
+    }
+
+    /// The community's status document (what the control API shows).
+    pub fn status(&self) -> Result<serde_json::Value, Error> {
+        let text = self.instance.status().into_result()?;
+        serde_json::from_str(text.as_str())
+            .map_err(|e| Error::internal(format!("status is not JSON: {e}")))
+    }
+
+    /// The JSON form of `payload` as the control API shows a message of meta `meta` (encoded,
+    /// then converted by the community).
+    pub fn to_json<P: Payload>(&self, meta: &str, payload: &P) -> Result<serde_json::Value, Error> {
+        let bytes = payload.encode(self.conversion())?;
+        let text = self
+            .instance
+            .payload_to_json(
+                self.meta_id(meta)?,
+                RSlice::from_slice(self.conversion()),
+                RSlice::from_slice(&bytes),
+            )
+            .into_result()?;
+        serde_json::from_str(text.as_str())
+            .map_err(|e| Error::internal(format!("payload JSON does not parse: {e}")))
+    }
+
+    /// The payload a control API request with `json` would create for meta `meta` (converted by
+    /// the community, then decoded).
+    pub fn from_json<P: Payload>(&self, meta: &str, json: &serde_json::Value) -> Result<P, Error> {
+        let bytes = self
+            .instance
+            .payload_from_json(self.meta_id(meta)?, RStr::from(json.to_string().as_str()))
+            .into_result()?;
+        P::decode(self.conversion(), &bytes)
+    }
+}
+
+fn verdict_from_raw(raw: RawVerdict) -> Verdict {
+    let reason = raw.reason.into_string();
+    match raw.kind {
+        abi::verdict::ACCEPT => Verdict::Accept,
+        abi::verdict::DELAY => Verdict::Delay {
+            reason,
+            after: Duration::from_millis(u64::from(raw.delay_ms)),
+        },
+        abi::verdict::WAIT_MESSAGE => Verdict::WaitForMessage {
+            member: raw.member.into_vec(),
+            global_time: raw.global_time,
+        },
+        abi::verdict::WAIT_LAST => Verdict::WaitForLast {
+            member: raw.member.into_vec(),
+            meta: raw.meta,
+        },
+        abi::verdict::DROP => Verdict::Drop(reason),
+        other => Verdict::Drop(format!("unknown verdict code {other}: {reason}")),
+    }
+}
+
+impl<C: Community> std::fmt::Debug for TestHost<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestHost")
+            .field("community", &self.definition.name)
+            .field("master_key", &to_hex(&self.definition.master_key))
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sdk::{Compact, Definition, Host, Meta, from_compact, to_compact};
+    use serde::{Deserialize, Serialize};
+
+    /// A derived payload with every shape the format must carry.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Note {
+        text: String,
+        urgent: bool,
+        score: Option<i64>,
+        tags: Vec<String>,
+    }
+    impl Compact for Note {}
+
+    struct Board {
+        host: Host,
+        notes: Vec<String>,
+    }
+
+    impl Board {
+        fn check(&mut self, message: &Message<Note>) -> Verdict {
+            match message.payload.text.as_str() {
+                "" => Verdict::Drop("empty".into()),
+                "later" => Verdict::Delay {
+                    reason: "later".into(),
+                    after: Duration::from_secs(2),
+                },
+                "boom" => panic!("boom"),
+                _ => Verdict::Accept,
+            }
+        }
+
+        fn on_note(&mut self, messages: Vec<Message<Note>>) -> Result<(), Error> {
+            for message in messages {
+                self.host
+                    .log(Level::Info, format!("note {}", message.payload.text));
+                self.notes.push(message.payload.text);
+            }
+            Ok(())
+        }
+    }
+
+    impl Community for Board {
+        fn definition() -> Definition<Self> {
+            Definition::new("board", "0.1.0", &to_hex(&member_key(9)))
+                .conversion(&[1])
+                .meta(
+                    Meta::<Self, Note>::new(1, "note")
+                        .check(Self::check)
+                        .handle(Self::on_note),
+                )
+        }
+
+        fn create(host: Host) -> Result<Self, Error> {
+            host.schedule(Duration::from_secs(5), 7)?;
+            Ok(Board {
+                host,
+                notes: Vec::new(),
+            })
+        }
+
+        fn on_timer(&mut self, token: u64) -> Result<(), Error> {
+            let note = Note {
+                text: format!("timer {token}"),
+                urgent: false,
+                score: None,
+                tags: Vec::new(),
+            };
+            self.host.send("note", &note, &["192.0.2.2:7000"])?;
+            self.host.send("nothing", &note, &[])
+        }
+
+        fn status(&self) -> serde_json::Value {
+            serde_json::json!({ "notes": self.notes })
+        }
+    }
+
+    fn note(text: &str) -> Note {
+        Note {
+            text: text.into(),
+            urgent: true,
+            score: Some(-3),
+            tags: vec!["a".into(), "b".into()],
+        }
+    }
+
+    #[test]
+    fn compact_payloads_round_trip_and_refuse_malformed_bytes() {
+        let value = note("héllo");
+        let bytes = value.encode(&[1]).unwrap();
+        assert_eq!(bytes, to_compact(&value).unwrap());
+        assert_eq!(Note::decode(&[1], &bytes).unwrap(), value);
+        // The format is pinned: these bytes are what conversion 1 means, in every version.
+        assert_eq!(
+            to_compact(&note("hi")).unwrap(),
+            [2, b'h', b'i', 1, 1, 5, 2, 1, b'a', 1, b'b']
+        );
+        for len in 0..bytes.len() {
+            assert!(
+                Note::decode(&[1], &bytes[..len]).is_err(),
+                "truncated to {len}"
+            );
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(Note::decode(&[1], &trailing).is_err());
+        assert!(from_compact::<Note>(&[0xff; 12]).is_err());
+        // Other conversions are refused both ways.
+        assert!(value.encode(&[2]).is_err());
+        assert!(Note::decode(&[2], &bytes).is_err());
+    }
+
+    #[test]
+    fn the_double_drives_checks_handlers_timers_and_status() {
+        let mut host = TestHost::<Board>::new().unwrap();
+        assert_eq!(host.scheduled(), [(Duration::from_secs(5), 7)]);
+        let author = member_key(1);
+
+        let hello = host.message("note", &author, 3, note("hello")).unwrap();
+        assert_eq!(host.receive(hello).unwrap(), Verdict::Accept);
+        let empty = host.message("note", &author, 4, note("")).unwrap();
+        assert_eq!(host.receive(empty).unwrap(), Verdict::Drop("empty".into()));
+        let later = host.message("note", &author, 5, note("later")).unwrap();
+        assert!(matches!(host.check(&later).unwrap(), Verdict::Delay { .. }));
+        assert_eq!(
+            host.status().unwrap(),
+            serde_json::json!({"notes": ["hello"]})
+        );
+        assert_eq!(host.logs(), [(Level::Info, "note hello".to_owned())]);
+
+        // Bytes that do not decode are dropped by the SDK before the check sees them.
+        let mut raw = host
+            .raw(&host.message("note", &author, 6, note("x")).unwrap())
+            .unwrap();
+        raw.payload = RVec::from(vec![0xff]);
+        assert!(matches!(host.check_raw(&raw).unwrap(), Verdict::Drop(r) if r.contains("decode")));
+
+        // A timer sends (an unknown meta is refused by the host, which the community returns).
+        host.set_global_time(10);
+        assert!(host.fire_timer(7).is_err());
+        assert!(host.scheduled().is_empty());
+        let sent = host.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].global_time, 11);
+        assert_eq!(sent[0].candidates, ["192.0.2.2:7000"]);
+        let payloads: Vec<Note> = host.sent_payloads("note").unwrap();
+        assert_eq!(payloads[0].text, "timer 7");
+
+        // One serde definition gives the JSON form, both ways.
+        let json = host.to_json("note", &note("hi")).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"text": "hi", "urgent": true, "score": -3, "tags": ["a", "b"]})
+        );
+        assert_eq!(host.from_json::<Note>("note", &json).unwrap(), note("hi"));
+        assert!(
+            host.from_json::<Note>("note", &serde_json::json!({"text": 1}))
+                .is_err()
+        );
+        assert!(host.meta_id("nothing").is_err());
+
+        // A panic is caught and poisons the instance, as in a node.
+        let boom = host.message("note", &author, 7, note("boom")).unwrap();
+        let error = host.check(&boom).unwrap_err();
+        assert!(error.message().contains("boom"), "{error}");
+        assert!(host.status().is_err());
+    }
+
+    struct BadKey;
+    impl Community for BadKey {
+        fn definition() -> Definition<Self> {
+            Definition::new("bad", "0.1.0", "0211").conversion(&[1])
+        }
+        fn create(_: Host) -> Result<Self, Error> {
+            Ok(BadKey)
+        }
+    }
+
+    #[test]
+    fn the_double_refuses_definitions_a_host_refuses() {
+        let error = TestHost::<BadKey>::new().unwrap_err();
+        assert!(error.message().contains("33"), "{error}");
+    }
+}
