@@ -76,14 +76,15 @@ impl Node {
             });
             return Ok(request);
         }
+        let deadline = now + self.config.check_timeout;
         self.sign_created(
-            now,
             request,
             community,
             &meta,
             conversion,
             payload,
             candidates.to_vec(),
+            deadline,
         )?;
         Ok(request)
     }
@@ -101,17 +102,17 @@ impl Node {
     }
 
     /// Signs a new message with the next global time (claimed) and the next sequence number (not
-    /// yet claimed) and asks its plugin to check it.
+    /// yet claimed) and asks its plugin to check it by `deadline`.
     #[allow(clippy::too_many_arguments)]
     fn sign_created(
         &mut self,
-        now: Instant,
         request: RequestId,
         community: CommunityId,
         meta: &crate::meta::MetaMessage,
         conversion: wire::Conversion,
         payload: Vec<u8>,
         candidates: Vec<SocketAddr>,
+        deadline: Instant,
     ) -> Result<(), CreateError> {
         let key = self.key.clone();
         let max_datagram = self.config.max_datagram;
@@ -149,18 +150,19 @@ impl Node {
         // Only now, with nothing left to fail, claim the global time (the sequence number is
         // claimed when the message is published).
         c.claim_global_time();
-        self.check_created(now, request, community, signed, candidates);
+        self.check_created(request, community, signed, candidates, deadline);
         Ok(())
     }
 
-    /// Hands a signed message of ours to its plugin's check, and remembers it until the answer.
+    /// Hands a signed message of ours to its plugin's check, and remembers it until the answer
+    /// or `deadline`.
     pub(super) fn check_created(
         &mut self,
-        now: Instant,
         request: RequestId,
         community: CommunityId,
         signed: SignedMessage,
         candidates: Vec<SocketAddr>,
+        deadline: Instant,
     ) {
         let persistent = self
             .communities
@@ -182,7 +184,7 @@ impl Node {
                 community,
                 signed,
                 candidates,
-                deadline: now + self.config.check_timeout,
+                deadline,
             },
         );
     }
@@ -219,7 +221,7 @@ impl Node {
             result,
         });
         if numbered {
-            self.sign_queued(now, community, meta);
+            self.sign_queued(community, meta);
         }
     }
 
@@ -250,7 +252,7 @@ impl Node {
 
     /// Signs the oldest numbered message of `meta` that waits for the previous number's check
     /// (one that cannot be signed any more is reported, and the next one tried).
-    fn sign_queued(&mut self, now: Instant, community: CommunityId, meta: u32) {
+    fn sign_queued(&mut self, community: CommunityId, meta: u32) {
         while let Some(position) = self
             .queued
             .iter()
@@ -262,14 +264,15 @@ impl Node {
             let signed = self
                 .creatable(community, &queued.meta, Authentication::Member)
                 .and_then(|(meta, conversion)| {
+                    // The whole wait, queued and checked, is bounded by the one timeout.
                     self.sign_created(
-                        now,
                         queued.request,
                         community,
                         &meta,
                         conversion,
                         queued.payload,
                         queued.candidates,
+                        queued.deadline,
                     )
                 });
             match signed {
@@ -287,6 +290,16 @@ impl Node {
     /// stored), and on numbered ones that waited that long to be signed.
     pub(super) fn expire_checks(&mut self, now: Instant) {
         let timeout = u64::try_from(self.config.check_timeout.as_millis()).unwrap_or(u64::MAX);
+        // Those waiting to be signed first, so that none of them is signed only to expire.
+        while let Some(position) = self.queued.iter().position(|q| q.deadline <= now) {
+            if let Some(queued) = self.queued.remove(position) {
+                self.push(Event::Created {
+                    community: queued.community,
+                    request: queued.request,
+                    result: Err(CreateError::CheckTimeout(timeout)),
+                });
+            }
+        }
         let mut expired: Vec<RequestId> = self
             .checking
             .iter()
@@ -305,16 +318,7 @@ impl Node {
                 result: Err(CreateError::CheckTimeout(timeout)),
             });
             if checking.signed.message.sequence_number.is_some() {
-                self.sign_queued(now, community, checking.signed.message.message_type);
-            }
-        }
-        while let Some(position) = self.queued.iter().position(|q| q.deadline <= now) {
-            if let Some(queued) = self.queued.remove(position) {
-                self.push(Event::Created {
-                    community: queued.community,
-                    request: queued.request,
-                    result: Err(CreateError::CheckTimeout(timeout)),
-                });
+                self.sign_queued(community, checking.signed.message.message_type);
             }
         }
     }

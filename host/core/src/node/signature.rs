@@ -197,12 +197,13 @@ impl Node {
         let mine = self.key.sign(&pending.descriptor).to_vec();
         let signed =
             SignedMessage::checked(pending.message, pending.descriptor, vec![mine, m.signature]);
+        let deadline = now + self.config.check_timeout;
         self.check_created(
-            now,
             RequestId(m.request),
             pending.community,
             signed,
             pending.candidates,
+            deadline,
         );
         Ok(())
     }
