@@ -3,7 +3,8 @@
 //! (`host/node/benches/`) can read through the control API what the host delivered. It is not a
 //! template: a third party starts from `plugins/example` instead.
 //!
-//! Its metas, policies and payloads are fixed: the benchmarks' numbers are comparable over time
+//! Every check also runs on the messages the node creates, before they are sent (a refusal is
+//! the API's 422). Its metas, policies and payloads are fixed: the benchmarks' numbers are comparable over time
 //! only while they stay the same (the `example` and `post` metas are those the example community
 //! had when the benchmarks were written).
 //!
@@ -16,7 +17,9 @@
 //!   each member (`profiles`).
 //! - `entry` (4): full-sync with sequence numbers: each member's entries form a log numbered 1,
 //!   2, 3, …, which the host hands over in order, fetching any gap with missing-sequence first
-//!   (`entries`; `entries_out_of_order` counts a host fault: there should be none).
+//!   (`entries`; `entries_out_of_order` counts a host fault: there should be none). Its check
+//!   drops negative amounts, so creating one tests that a refused numbered message leaves no
+//!   gap.
 //! - `reply` (5): answers a post; its check makes it wait until that post is here (the host
 //!   fetches the post from the reply's sender with missing-message), so a reply is never handled
 //!   before its post (`replies`; `replies_before_post` counts a host fault).
