@@ -169,3 +169,41 @@ async fn a_refused_numbered_message_leaves_no_gap() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_plugin_sends_itself_is_checked_too() {
+    let plugins = plugin_dir(&["probe_community"]);
+    let (a, b) = pair(plugins.path(), PROBE).await;
+    let path = format!("/v1/communities/{PROBE}/messages");
+    // The probe sends an entry of amount -3 (refused by its check), then one of amount 4.
+    for amount in [-3, 4] {
+        let body = json!({"meta": "post", "payload": {"text": format!("send entry {amount}"), "amount": 0}});
+        a.client.post(&path, &body).await.unwrap();
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "B to handle the sent entry",
+        || async { b.community(PROBE).await["plugin"]["status"]["entries"] == 1 },
+    )
+    .await;
+    let stats = a.community(PROBE).await["stats"].clone();
+    assert_eq!(stats["messages_refused"], 1, "{stats}");
+    for node in [&a, &b] {
+        let entries: Vec<(u64, i64)> = listed(node, &path, true)
+            .await
+            .iter()
+            .filter(|m| m["meta"] == "entry")
+            .map(|m| {
+                (
+                    m["sequence_number"].as_u64().unwrap(),
+                    m["payload"]["amount"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(entries, [(1, 4)]);
+    }
+    let status = b.community(PROBE).await["plugin"]["status"].clone();
+    assert_eq!(status["entries_out_of_order"], 0, "{status}");
+    a.stop().await;
+    b.stop().await;
+}
