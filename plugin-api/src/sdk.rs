@@ -408,7 +408,11 @@ impl Host {
     }
 
     /// Creates, signs and sends a message of meta `meta` to its destination (plus `candidates`,
-    /// `ip:port`, which candidate destinations require). The host claims the global time.
+    /// `ip:port`, which candidate destinations require). The host claims the global time. The
+    /// call only queues the message: like every message created on this node, it first goes
+    /// through this community's own check (on the community's thread, after this call
+    /// returns), and one the check does not accept is neither sent nor stored (the host logs
+    /// and counts the refusal: `messages_refused`).
     pub fn send<P: Payload>(
         &self,
         meta: &str,

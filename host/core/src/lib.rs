@@ -3,7 +3,7 @@
 //! Everything here is pure computation over values: no sockets, no files, no clock, no global
 //! random generator, no threads. The driver (`host/node`, or the simulation in tests) feeds inputs
 //! with the time they happened — `Node::handle_datagram(now, from, bytes)`, `handle_timeout(now)`,
-//! `create_message(now, …)` — and drains outputs: datagrams to send (`poll_transmit`), events for
+//! `create_message(now, …)`, `handle_created_check(now, …)` — and drains outputs: datagrams to send (`poll_transmit`), events for
 //! communities and storage (`poll_event`), and when to be woken next (`poll_timeout`). This is the
 //! quinn-proto model, and it makes every protocol rule testable in a deterministic simulation.
 //!

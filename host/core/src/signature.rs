@@ -5,8 +5,9 @@
 //! second with a signature-request ([`crate::node::Node::request_signature`]). The second author's
 //! node asks its plugin ([`crate::node::Event::SignatureAsked`], answered by
 //! [`crate::node::Node::handle_signature_verdict`]) and, if allowed, answers with its signature
-//! over the very same descriptor. The first author checks it, adds its own and publishes the
-//! message like any other it creates ([`crate::node::Event::Signed`] tells the driver). A
+//! over the very same descriptor. The first author checks it, adds its own and, like any other
+//! message it creates, has its plugin check it before publishing it
+//! ([`crate::node::Event::Created`] tells the driver). A
 //! response for another descriptor (a modified message) is refused: both sign exactly what the
 //! first proposed. Requests in flight on both sides are bounded in count and time.
 //!

@@ -271,6 +271,32 @@ impl Sim {
         self.hosts[index].online = true;
     }
 
+    /// Node `i` creates a message (checked by the simulated plugin at once) and publishes it:
+    /// what [`Event::Created`] reports, or the error of [`Node::create_message`].
+    pub fn create(
+        &mut self,
+        i: usize,
+        community: crate::identity::CommunityId,
+        meta: &str,
+        payload: Vec<u8>,
+        candidates: &[SocketAddr],
+    ) -> Result<crate::node::Created, crate::node::CreateError> {
+        let request =
+            self.nodes[i].create_message(self.now, community, meta, payload, candidates)?;
+        // The check, then the publishing (whose datagrams leave at the next flush).
+        self.flush();
+        self.events[i]
+            .iter()
+            .rev()
+            .find_map(|event| match event {
+                Event::Created {
+                    request: r, result, ..
+                } if *r == request => Some(result.clone()),
+                _ => None,
+            })
+            .unwrap_or(Err(crate::node::CreateError::CheckTimeout(0)))
+    }
+
     /// Moves every node's output onto the network.
     fn flush(&mut self) {
         for i in 0..self.nodes.len() {
@@ -358,7 +384,18 @@ impl Sim {
                     let allow = !message.payload.starts_with(b"refuse");
                     self.nodes[i].handle_signature_verdict(now, *ask, allow);
                 }
-                Event::Signed { .. } => {}
+                // The simulated plugins pass whatever of ours does not ask to be dropped.
+                Event::CheckCreated {
+                    request, message, ..
+                } => {
+                    let verdict = if message.message.message.payload.starts_with(b"drop") {
+                        Err(crate::node::Refusal::Dropped("asked to be dropped".into()))
+                    } else {
+                        Ok(())
+                    };
+                    self.nodes[i].handle_created_check(now, *request, verdict);
+                }
+                Event::Created { .. } => {}
                 Event::SendPackets { request, rows } => {
                     let packets = self.stores[i].packets(rows);
                     self.nodes[i].handle_packets_read(now, *request, packets);

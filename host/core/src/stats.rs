@@ -530,6 +530,8 @@ pub struct CommunityStats {
     pub delayed: u64,
     /// Messages this node created.
     pub messages_created: u64,
+    /// Messages this node created that their plugin's check refused (nothing sent or stored).
+    pub messages_refused: u64,
     /// Verified messages passed to the community's plugin.
     pub messages_received: u64,
     /// Community messages dropped, by reason.
@@ -540,7 +542,7 @@ impl CommunityStats {
     /// Every plain counter with its stable name (the field's name), in declaration order: the
     /// one list the control API and the metrics print, so a counter added here shows everywhere.
     /// The drops are in [`CommunityStats::dropped`].
-    pub fn fields(&self) -> [(&'static str, u64); 19] {
+    pub fn fields(&self) -> [(&'static str, u64); 20] {
         // No `..`: a new counter that is not listed here does not compile.
         let CommunityStats {
             walk_attempts,
@@ -561,6 +563,7 @@ impl CommunityStats {
             relayed,
             delayed,
             messages_created,
+            messages_refused,
             messages_received,
             dropped: _,
         } = self;
@@ -586,6 +589,7 @@ impl CommunityStats {
             ("relayed", *relayed),
             ("delayed", *delayed),
             ("messages_created", *messages_created),
+            ("messages_refused", *messages_refused),
             ("messages_received", *messages_received),
         ]
     }

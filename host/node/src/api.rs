@@ -436,7 +436,15 @@ async fn create_message(
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
         }
         CreateError::Signature(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
-        CreateError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        CreateError::Busy | CreateError::Checking(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        // The community's own check refused it: nothing was sent or stored.
+        CreateError::Refused(ref refusal) if refusal.is_verdict() => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        CreateError::Refused(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        CreateError::CheckTimeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
         _ => ApiError::bad_request(e.to_string()),
     })?;
     Ok((
@@ -723,6 +731,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
         "counter",
         per(&|c| c.stats.0.messages_created),
     );
+    gauge(
+        "messages_refused_total",
+        "Messages created here that their plugin's check refused (not sent, not stored).",
+        "counter",
+        per(&|c| c.stats.0.messages_refused),
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
@@ -766,6 +780,7 @@ mod tests {
             "relayed",
             "delayed",
             "messages_created",
+            "messages_refused",
             "messages_received",
             "dropped",
         ];

@@ -12,7 +12,8 @@ use crate::api::{CandidateView, CommunityInfo, NodeInfo};
 
 /// A request to the protocol task.
 pub enum Command {
-    /// Create and send a message (from the API or a plugin).
+    /// Create a message (from the API or a plugin): its plugin checks it, then it is sent (and
+    /// stored and handled); the reply comes once it is published or refused.
     Create {
         /// The community.
         community: CommunityId,
@@ -84,6 +85,14 @@ pub enum Command {
         ask: dispersy_core::node::RequestId,
         /// Whether it signs.
         allow: bool,
+    },
+    /// A community thread ran its plugin's check on a message this node created
+    /// ([`Event::CheckCreated`](dispersy_core::node::Event::CheckCreated)).
+    CreatedChecked {
+        /// The message.
+        request: dispersy_core::node::RequestId,
+        /// Passed, or why not.
+        verdict: Result<(), dispersy_core::node::Refusal>,
     },
     /// A plugin wants this message to wait for another one.
     Wait {

@@ -300,6 +300,12 @@ pub struct Limits {
     /// Private copies of plugin files kept in `DATA_DIR/plugins` besides those this process
     /// loaded (the most recently used; older ones are deleted). 0: only the loaded ones.
     pub plugin_copies: usize,
+    /// Messages created here (API, plugins) waiting for their plugin's check before they are
+    /// sent, numbered ones waiting for the check of the previous number included.
+    pub created_checks: usize,
+    /// Longest a message created here waits for its plugin's check, in milliseconds; then it is
+    /// given up (nothing sent or stored). Keep it below the API's 10 s wait.
+    pub created_check_timeout_ms: u64,
     /// Messages written to the database in one transaction.
     pub store_batch: usize,
     /// SQLite page cache per database connection (there are 4), in KiB.
@@ -350,6 +356,8 @@ impl Default for Limits {
             delay_timeout_ms: 10_000,
             plugin_timers: 1_024,
             plugin_copies: 16,
+            created_checks: 4_096,
+            created_check_timeout_ms: 5_000,
             store_batch: 1_000,
             store_cache_kib: crate::store::DEFAULT_CACHE_KIB,
             store_mmap_mib: 0,
@@ -479,6 +487,7 @@ impl Config {
             ("limits.max_pending_walks", l.max_pending_walks),
             ("limits.store_batch", l.store_batch),
             ("limits.plugin_timers", l.plugin_timers),
+            ("limits.created_checks", l.created_checks),
             ("limits.max_sessions", l.max_sessions),
             ("limits.max_handshakes", l.max_handshakes),
             ("limits.max_keys", l.max_keys),
@@ -508,6 +517,10 @@ impl Config {
             (
                 "walker.cleanup_interval_ms",
                 self.walker.cleanup_interval_ms,
+            ),
+            (
+                "limits.created_check_timeout_ms",
+                l.created_check_timeout_ms,
             ),
         ] {
             if value == 0 {
@@ -603,6 +616,8 @@ impl Config {
             tracker: self.tracker,
             max_communities: self.limits.max_communities,
             max_pending_walks: self.limits.max_pending_walks,
+            max_checking: l.created_checks,
+            check_timeout: ms(l.created_check_timeout_ms),
             ..dispersy_core::node::Config::default()
         }
     }

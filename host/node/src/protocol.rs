@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dispersy_core::identity::CommunityId;
-use dispersy_core::node::{CreateError, Created, Event, Incoming, Node, RequestId};
+use dispersy_core::node::{CreateError, Created, Event, Incoming, Node, Refusal, RequestId};
 use dispersy_core::stats::{Counters, DropReason};
 use dispersy_core::time::Instant as CoreInstant;
 use tokio::net::UdpSocket;
@@ -55,9 +55,10 @@ pub(crate) struct Protocol {
     /// Drops decided by the driver (full queues).
     dropped: Counters<DropReason>,
     last_refresh: tokio::time::Instant,
-    /// API calls waiting for a co-signed message, by signature request (bounded by the core's
-    /// `signature.max_pending`: every request ends in an `Event::Signed`).
-    signing: HashMap<RequestId, oneshot::Sender<Result<Created, CreateError>>>,
+    /// API calls waiting for a created or co-signed message, by request (bounded by the core's
+    /// `max_checking` and `signature.max_pending`: every request ends in an `Event::Created`;
+    /// callers that gave up are forgotten at the next refresh).
+    creating: HashMap<RequestId, oneshot::Sender<Result<Created, CreateError>>>,
 }
 
 impl Protocol {
@@ -80,7 +81,7 @@ impl Protocol {
             registry,
             dropped: Counters::default(),
             last_refresh: tokio::time::Instant::now(),
-            signing: HashMap::new(),
+            creating: HashMap::new(),
         }
     }
 
@@ -163,18 +164,7 @@ impl Protocol {
                     address,
                     &candidates,
                 );
-                match (requested, reply) {
-                    (Ok(request), Some(reply)) => {
-                        self.signing.insert(request, reply);
-                    }
-                    (Ok(_), None) => {}
-                    (Err(error), reply) => {
-                        tracing::debug!(%community, %meta, %error, "co-signed message not started");
-                        if let Some(reply) = reply {
-                            let _ = reply.send(Err(error));
-                        }
-                    }
-                }
+                self.started(community, &meta, requested, reply);
             }
             Command::Create {
                 community,
@@ -184,15 +174,10 @@ impl Protocol {
                 co_signer: None,
                 reply,
             } => {
-                let result = self
+                let created = self
                     .node
                     .create_message(now, community, &meta, payload, &candidates);
-                if let Err(error) = &result {
-                    tracing::debug!(%community, %meta, %error, "message not created");
-                }
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
+                self.started(community, &meta, created, reply);
             }
             Command::Join {
                 definition,
@@ -229,6 +214,9 @@ impl Protocol {
                 message,
                 awaited,
             } => self.node.handle_wait(now, community, *message, awaited),
+            Command::CreatedChecked { request, verdict } => {
+                self.node.handle_created_check(now, request, verdict);
+            }
             Command::SignatureVerdict { ask, allow } => {
                 self.node.handle_signature_verdict(now, ask, allow);
             }
@@ -247,9 +235,41 @@ impl Protocol {
         }
     }
 
-    /// Sends what the core queued and hands events to community threads.
+    /// A message was started (created or co-signing asked): its caller waits for its
+    /// `Event::Created`; one that could not start is answered (or, from a plugin, logged) now.
+    fn started(
+        &mut self,
+        community: CommunityId,
+        meta: &str,
+        started: Result<RequestId, CreateError>,
+        reply: Option<oneshot::Sender<Result<Created, CreateError>>>,
+    ) {
+        match (started, reply) {
+            (Ok(request), Some(reply)) => {
+                self.creating.insert(request, reply);
+            }
+            (Ok(_), None) => {}
+            (Err(error), Some(reply)) => {
+                tracing::debug!(%community, %meta, %error, "message not created");
+                let _ = reply.send(Err(error));
+            }
+            (Err(error), None) => {
+                tracing::warn!(%community, %meta, %error, "message sent by the plugin not created");
+            }
+        }
+    }
+
+    /// Sends what the core queued and hands events to community threads, until the core has
+    /// nothing more (answering an event here may queue more: a check that cannot be asked).
     async fn flush(&mut self) {
+        while self.flush_once().await {}
+    }
+
+    /// One pass of [`Protocol::flush`]; whether there was anything.
+    async fn flush_once(&mut self) -> bool {
+        let mut any = false;
         while let Some(transmit) = self.node.poll_transmit() {
+            any = true;
             if let Err(error) = self
                 .socket
                 .send_to(&transmit.bytes, transmit.destination)
@@ -262,6 +282,7 @@ impl Protocol {
         // Messages of one community and meta go to its thread as one job per flush.
         let mut deliveries: Vec<(CommunityId, u32, Vec<Incoming>)> = Vec::new();
         while let Some(event) = self.node.poll_event() {
+            any = true;
             match event {
                 Event::Messages {
                     community,
@@ -329,11 +350,47 @@ impl Protocol {
                     }
                     None => self.dropped.bump(DropReason::NoPlugin),
                 },
-                Event::Signed { request, result } => {
-                    if let Some(reply) = self.signing.remove(&request) {
-                        let _ = reply.send(result);
+                Event::CheckCreated {
+                    community,
+                    request,
+                    message,
+                } => {
+                    // Messages already published go to the thread before this check, so that
+                    // the plugin has handled our earlier messages when it checks this one.
+                    self.deliver(&mut deliveries, Some(community));
+                    let job = Job::CheckCreated {
+                        request,
+                        message: Box::new(message),
+                    };
+                    let refusal = match self.registry.as_ref().and_then(|r| r.worker(&community)) {
+                        Some(worker) => match worker.submit(job) {
+                            Ok(()) => None,
+                            Err(error) => Some(error.to_string()),
+                        },
+                        None => Some("the community has no plugin".to_owned()),
+                    };
+                    if let Some(reason) = refusal {
+                        let now = self.clock.now();
+                        let verdict = Err(Refusal::Unchecked(reason));
+                        self.node.handle_created_check(now, request, verdict);
                     }
                 }
+                Event::Created {
+                    community,
+                    request,
+                    result,
+                } => match (self.creating.remove(&request), result) {
+                    (Some(reply), result) => {
+                        if let Err(error) = &result {
+                            tracing::debug!(%community, %error, "message not published");
+                        }
+                        let _ = reply.send(result);
+                    }
+                    (None, Err(error)) => {
+                        tracing::warn!(%community, %error, "message sent by the plugin not published");
+                    }
+                    (None, Ok(_)) => {}
+                },
                 Event::SendPackets { request, rows } => {
                     let job = SyncJob::Packets { request, ids: rows };
                     if self.sync_jobs.try_send(job).is_err() {
@@ -342,7 +399,22 @@ impl Protocol {
                 }
             }
         }
-        for (community, meta, messages) in deliveries {
+        self.deliver(&mut deliveries, None);
+        any
+    }
+
+    /// Hands the gathered `deliveries` of `community` (of every community: `None`) to their
+    /// threads.
+    fn deliver(
+        &mut self,
+        deliveries: &mut Vec<(CommunityId, u32, Vec<Incoming>)>,
+        community: Option<CommunityId>,
+    ) {
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(deliveries)
+            .into_iter()
+            .partition(|(c, _, _)| community.is_none_or(|id| id == *c));
+        *deliveries = later;
+        for (community, meta, messages) in now {
             match self.registry.as_ref().and_then(|r| r.worker(&community)) {
                 Some(worker) => {
                     let n = messages.len() as u64;
@@ -377,6 +449,7 @@ impl Protocol {
     fn refresh(&mut self) {
         self.last_refresh = tokio::time::Instant::now();
         let now = self.clock.now();
+        self.creating.retain(|_, reply| !reply.is_closed());
         let Some(registry) = &self.registry else {
             return;
         };

@@ -11,7 +11,8 @@
 //! - `post` is **full-sync**: every node stores it, and the bloom-filter synchronisation brings it
 //!   to nodes that join later.
 //!
-//! Both checks drop negative amounts; the handlers count what arrives. The counters are the
+//! Both checks drop negative amounts, received or created here (a message created here is checked
+//! before it is sent); the handlers count what arrives. The counters are the
 //! community's status, which the control API shows (`GET /v1/communities`, `plugin.status`) and
 //! `dispersy demo` reads.
 
@@ -94,8 +95,10 @@ pub struct ExampleCommunity {
 }
 
 impl ExampleCommunity {
-    /// The check of both metas: a message received from the network passes it before it is
-    /// stored or handled.
+    /// The check of both metas: every message passes it before it is stored or handled, those
+    /// received from the network and those this node creates (through the API or
+    /// `Host::send`), which are checked before they are sent: a negative amount created here is
+    /// refused (the API answers 422 with this reason) and never leaves the node.
     fn check(&mut self, message: &Message<Example>) -> Verdict {
         if message.payload.amount < 0 {
             return Verdict::Drop("amount must not be negative".into());

@@ -3,7 +3,8 @@
 //! (`host/node/benches/`) can read through the control API what the host delivered. It is not a
 //! template: a third party starts from `plugins/example` instead.
 //!
-//! Its metas, policies and payloads are fixed: the benchmarks' numbers are comparable over time
+//! Every check also runs on the messages the node creates, before they are sent (a refusal is
+//! the API's 422). Its metas, policies and payloads are fixed: the benchmarks' numbers are comparable over time
 //! only while they stay the same (the `example` and `post` metas are those the example community
 //! had when the benchmarks were written).
 //!
@@ -11,12 +12,15 @@
 //!   verified candidates. The check drops negative amounts; the handler counts what arrives and
 //!   what arrives twice (`received`, `distinct`, `duplicates`, `total_amount`, `last_text`).
 //! - `post` (2): the same payload, full-sync: stored by every node and spread by the bloom-filter
-//!   synchronisation to nodes that join later (`posts`).
+//!   synchronisation to nodes that join later (`posts`). A post created here with the text
+//!   `send entry N` makes the plugin send an `entry` of amount N itself (`Host::send`).
 //! - `profile` (3): last-sync with a history of 1: every node keeps only the newest profile of
 //!   each member (`profiles`).
 //! - `entry` (4): full-sync with sequence numbers: each member's entries form a log numbered 1,
 //!   2, 3, …, which the host hands over in order, fetching any gap with missing-sequence first
-//!   (`entries`; `entries_out_of_order` counts a host fault: there should be none).
+//!   (`entries`; `entries_out_of_order` counts a host fault: there should be none). Its check
+//!   drops negative amounts, so creating one tests that a refused numbered message leaves no
+//!   gap.
 //! - `reply` (5): answers a post; its check makes it wait until that post is here (the host
 //!   fetches the post from the reply's sender with missing-message), so a reply is never handled
 //!   before its post (`replies`; `replies_before_post` counts a host fault).
@@ -216,6 +220,18 @@ impl ProbeCommunity {
     fn on_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         self.posts += messages.len() as u64;
         for message in messages {
+            // "send entry N" posted here: the plugin itself sends an entry of amount N (a
+            // negative one is refused by its own check, before anything is sent).
+            if message.source.is_none()
+                && let Some(amount) = message.payload.text.strip_prefix("send entry ")
+                && let Ok(amount) = amount.parse::<i64>()
+            {
+                let entry = Example {
+                    text: format!("sent entry {amount}"),
+                    amount,
+                };
+                self.host.send("entry", &entry, &[])?;
+            }
             if self.known_posts.len() < MAX_TRACKED {
                 let author = message.authors.first().cloned().unwrap_or_default();
                 self.known_posts.insert((author, message.global_time));

@@ -1,11 +1,12 @@
-//! Community messages in and out of the node: [`Node::create_message`] and the publishing of
-//! what we (co-)created, and the collections received from peers, checked against the
+//! Community messages in and out of the node: [`Node::create_message`], the plugin's check of
+//! what we (co-)created ([`Node::handle_created_check`]) and its publishing, and the collections
+//! received from peers, checked against the
 //! community's definition, grouped by meta, relayed when their distribution says so, and handed
 //! to the driver as [`Event::Messages`].
 
 use std::net::SocketAddr;
 
-use super::{CreateError, Created, Event, Incoming, Node};
+use super::{CreateError, Created, Event, Incoming, Node, Refusal, RequestId};
 use crate::identity::CommunityId;
 use crate::meta::{Authentication, Destination, Distribution};
 use crate::relay;
@@ -13,11 +14,40 @@ use crate::stats::DropReason;
 use crate::time::Instant;
 use crate::wire::{self, CommunityMessage, SignedMessage};
 
+/// A message we created and signed, waiting for its plugin's check ([`Event::CheckCreated`]).
+#[derive(Debug, Clone)]
+pub(super) struct Checking {
+    community: CommunityId,
+    signed: SignedMessage,
+    candidates: Vec<SocketAddr>,
+    deadline: Instant,
+}
+
+/// A numbered message we created, waiting for the check of the previous number of its meta: it
+/// is signed (and claims its number) only then, so a refused number is given to the next one.
+#[derive(Debug, Clone)]
+pub(super) struct Queued {
+    request: RequestId,
+    community: CommunityId,
+    meta: String,
+    meta_id: u32,
+    payload: Vec<u8>,
+    candidates: Vec<SocketAddr>,
+    deadline: Instant,
+}
+
 impl Node {
-    /// Creates, signs and sends a member-authenticated message of meta `meta` carrying `payload`
-    /// (already encoded by the plugin's current conversion). Persistent messages and, like the
-    /// original's "update", every created message are also emitted as an [`Event::Messages`] with
-    /// no source, so the plugin handles and the store keeps its own messages.
+    /// Creates a member-authenticated message of meta `meta` carrying `payload` (already
+    /// encoded by the plugin's current conversion): claims its global time, signs it and hands
+    /// it to its plugin's check ([`Event::CheckCreated`]); nothing is sent or stored before the
+    /// check passes it ([`Node::handle_created_check`]). [`Event::Created`] with the returned id
+    /// tells what became of it. Once published, persistent messages and, like the original's
+    /// "update", every created message are also emitted as an [`Event::Messages`] with no
+    /// source, so the store keeps and the plugin handles its own messages.
+    ///
+    /// A numbered message takes its sequence number only when it is published; while an earlier
+    /// message of the same meta waits for its check, it waits too (and is signed after it), so
+    /// a refused message leaves no gap in the numbers.
     pub fn create_message(
         &mut self,
         now: Instant,
@@ -25,29 +55,85 @@ impl Node {
         meta: &str,
         payload: Vec<u8>,
         candidates: &[SocketAddr],
-    ) -> Result<Created, CreateError> {
-        let key = self.key.clone();
-        let max_datagram = self.config.max_datagram;
-        let relay_budget = self.config.relay.hops;
+    ) -> Result<RequestId, CreateError> {
+        if self.checking.len() + self.queued.len() >= self.config.max_checking {
+            return Err(CreateError::Checking(self.config.max_checking));
+        }
         let (meta, conversion) = self.creatable(community, meta, Authentication::Member)?;
         if meta.destination == Destination::Candidate && candidates.is_empty() {
             return Err(CreateError::NoDestination(meta.name));
         }
+        let request = self.next_request_id();
+        if meta.distribution.has_sequence_numbers() && self.numbering(community, meta.id) {
+            self.queued.push_back(Queued {
+                request,
+                community,
+                meta: meta.name,
+                meta_id: meta.id,
+                payload,
+                candidates: candidates.to_vec(),
+                deadline: now + self.config.check_timeout,
+            });
+            return Ok(request);
+        }
+        let deadline = now + self.config.check_timeout;
+        self.sign_created(
+            request,
+            community,
+            &meta,
+            conversion,
+            payload,
+            candidates.to_vec(),
+            deadline,
+        )?;
+        Ok(request)
+    }
+
+    /// Whether a numbered message of `meta` we created waits for its check (or to be signed).
+    fn numbering(&self, community: CommunityId, meta: u32) -> bool {
+        self.checking.values().any(|c| {
+            c.community == community
+                && c.signed.message.message_type == meta
+                && c.signed.message.sequence_number.is_some()
+        }) || self
+            .queued
+            .iter()
+            .any(|q| q.community == community && q.meta_id == meta)
+    }
+
+    /// Signs a new message with the next global time (claimed) and the next sequence number (not
+    /// yet claimed) and asks its plugin to check it by `deadline`.
+    #[allow(clippy::too_many_arguments)]
+    fn sign_created(
+        &mut self,
+        request: RequestId,
+        community: CommunityId,
+        meta: &crate::meta::MetaMessage,
+        conversion: wire::Conversion,
+        payload: Vec<u8>,
+        candidates: Vec<SocketAddr>,
+        deadline: Instant,
+    ) -> Result<(), CreateError> {
+        let key = self.key.clone();
+        let max_datagram = self.config.max_datagram;
+        let relay_budget = self.config.relay.hops;
         let c = self
             .communities
             .get_mut(&community)
             .ok_or(CreateError::UnknownCommunity(community))?;
-        let global_time = c.global_time + 1;
-        let sequence_number = meta
-            .distribution
-            .has_sequence_numbers()
-            .then(|| c.sequences.get(&meta.id).copied().unwrap_or(0) + 1);
+        let sequence_number = meta.distribution.has_sequence_numbers().then(|| {
+            c.sequences
+                .get(&meta.id)
+                .copied()
+                .unwrap_or(0)
+                .saturating_add(1)
+        });
         let message = CommunityMessage {
             community,
             message_type: meta.id,
             conversion,
             authors: vec![key.public().clone()],
-            global_time,
+            global_time: c.global_time.saturating_add(1),
             sequence_number,
             resolution_index: None,
             relay_hops: (meta.distribution == Distribution::Relay).then_some(relay_budget),
@@ -61,17 +147,187 @@ impl Node {
                 max: max_datagram,
             });
         }
-        // Only now, with nothing left to fail, claim the global time and sequence number.
+        // Only now, with nothing left to fail, claim the global time (the sequence number is
+        // claimed when the message is published).
         c.claim_global_time();
-        if sequence_number.is_some() {
-            c.claim_sequence_number(meta.id);
+        self.check_created(request, community, signed, candidates, deadline);
+        Ok(())
+    }
+
+    /// Hands a signed message of ours to its plugin's check, and remembers it until the answer
+    /// or `deadline`.
+    pub(super) fn check_created(
+        &mut self,
+        request: RequestId,
+        community: CommunityId,
+        signed: SignedMessage,
+        candidates: Vec<SocketAddr>,
+        deadline: Instant,
+    ) {
+        let persistent = self
+            .communities
+            .get(&community)
+            .and_then(|c| c.meta(signed.message.message_type))
+            .is_some_and(|meta| meta.distribution.is_persistent());
+        self.push_event(Event::CheckCreated {
+            community,
+            request,
+            message: Incoming {
+                message: signed.clone(),
+                source: None,
+                persistent,
+            },
+        });
+        self.checking.insert(
+            request,
+            Checking {
+                community,
+                signed,
+                candidates,
+                deadline,
+            },
+        );
+    }
+
+    /// The plugin's check of the message we created as `request` ([`Event::CheckCreated`]):
+    /// passed (`Ok`), it is published (and takes its sequence number); refused, nothing is sent
+    /// or stored and the refusal is counted. Either way [`Event::Created`] reports it, and the
+    /// next numbered message of its meta, if one waits, is signed and checked. An answer for an
+    /// unknown or expired request is ignored.
+    pub fn handle_created_check(
+        &mut self,
+        now: Instant,
+        request: RequestId,
+        verdict: Result<(), Refusal>,
+    ) {
+        let Some(checking) = self.checking.remove(&request) else {
+            return;
+        };
+        let community = checking.community;
+        let meta = checking.signed.message.message_type;
+        let numbered = checking.signed.message.sequence_number.is_some();
+        let result = match verdict {
+            Ok(()) => self.publish_created(now, checking),
+            Err(refusal) => {
+                if let Some(c) = self.communities.get_mut(&community) {
+                    c.stats.messages_refused += 1;
+                }
+                Err(CreateError::Refused(refusal))
+            }
+        };
+        self.push(Event::Created {
+            community,
+            request,
+            result,
+        });
+        if numbered {
+            self.sign_queued(community, meta);
         }
-        let (global_time, sent_to) = self.publish(now, community, signed, candidates)?;
+    }
+
+    /// Publishes a message its plugin passed, claiming its sequence number.
+    fn publish_created(
+        &mut self,
+        now: Instant,
+        checking: Checking,
+    ) -> Result<Created, CreateError> {
+        let Checking {
+            community,
+            signed,
+            candidates,
+            ..
+        } = checking;
+        let sequence_number = signed.message.sequence_number;
+        if let (Some(number), Some(c)) = (sequence_number, self.communities.get_mut(&community)) {
+            let claimed = c.sequences.entry(signed.message.message_type).or_insert(0);
+            *claimed = (*claimed).max(number);
+        }
+        let (global_time, sent_to) = self.publish(now, community, signed, &candidates)?;
         Ok(Created {
             global_time,
             sequence_number,
             sent_to,
         })
+    }
+
+    /// Signs the oldest numbered message of `meta` that waits for the previous number's check
+    /// (one that cannot be signed any more is reported, and the next one tried).
+    fn sign_queued(&mut self, community: CommunityId, meta: u32) {
+        while let Some(position) = self
+            .queued
+            .iter()
+            .position(|q| q.community == community && q.meta_id == meta)
+        {
+            let Some(queued) = self.queued.remove(position) else {
+                return;
+            };
+            let signed = self
+                .creatable(community, &queued.meta, Authentication::Member)
+                .and_then(|(meta, conversion)| {
+                    // The whole wait, queued and checked, is bounded by the one timeout.
+                    self.sign_created(
+                        queued.request,
+                        community,
+                        &meta,
+                        conversion,
+                        queued.payload,
+                        queued.candidates,
+                        queued.deadline,
+                    )
+                });
+            match signed {
+                Ok(()) => return,
+                Err(error) => self.push(Event::Created {
+                    community,
+                    request: queued.request,
+                    result: Err(error),
+                }),
+            }
+        }
+    }
+
+    /// Gives up on created messages their plugin did not check in time (nothing is sent or
+    /// stored), and on numbered ones that waited that long to be signed.
+    pub(super) fn expire_checks(&mut self, now: Instant) {
+        let timeout = u64::try_from(self.config.check_timeout.as_millis()).unwrap_or(u64::MAX);
+        // Those waiting to be signed first, so that none of them is signed only to expire.
+        while let Some(position) = self.queued.iter().position(|q| q.deadline <= now) {
+            if let Some(queued) = self.queued.remove(position) {
+                self.push(Event::Created {
+                    community: queued.community,
+                    request: queued.request,
+                    result: Err(CreateError::CheckTimeout(timeout)),
+                });
+            }
+        }
+        let mut expired: Vec<RequestId> = self
+            .checking
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        expired.sort_unstable();
+        for request in expired {
+            let Some(checking) = self.checking.remove(&request) else {
+                continue;
+            };
+            let community = checking.community;
+            self.push(Event::Created {
+                community,
+                request,
+                result: Err(CreateError::CheckTimeout(timeout)),
+            });
+            if checking.signed.message.sequence_number.is_some() {
+                self.sign_queued(community, checking.signed.message.message_type);
+            }
+        }
+    }
+
+    /// The earliest deadline of a created message waiting for its check.
+    pub(super) fn next_check_deadline(&self) -> Option<Instant> {
+        let checking = self.checking.values().map(|c| c.deadline);
+        let queued = self.queued.iter().map(|q| q.deadline);
+        checking.chain(queued).min()
     }
 
     /// The meta named `meta` of a joined community, if messages of `authentication` are

@@ -8,8 +8,9 @@
 //! Commands, what the driver itself wants:
 //! - [`Node::join`]: run a plugin's community (or a tracker's bare one);
 //! - [`Node::add_candidate`]: a peer from the configuration, walked to like a tracker;
-//! - [`Node::create_message`]: sign and publish a member-authenticated message;
-//! - [`Node::request_signature`]: start a double-member message (ends in [`Event::Signed`]).
+//! - [`Node::create_message`]: sign a member-authenticated message and have its plugin check it
+//!   (ends in [`Event::Created`]);
+//! - [`Node::request_signature`]: start a double-member message (ends in [`Event::Created`]).
 //!
 //! Inputs, what happened (every one `handle_*`):
 //! - [`Node::handle_datagram`]: bytes from a UDP address;
@@ -21,18 +22,23 @@
 //! - [`Node::handle_sync_rows`]: the rows an [`Event::SyncRows`] asked for;
 //! - [`Node::handle_packets_read`]: the packets an [`Event::SendPackets`] asked for;
 //! - [`Node::handle_answer_read`]: the packets an [`Event::ReadPackets`] asked for;
-//! - [`Node::handle_signature_verdict`]: a plugin's answer to an [`Event::SignatureAsked`].
+//! - [`Node::handle_signature_verdict`]: a plugin's answer to an [`Event::SignatureAsked`];
+//! - [`Node::handle_created_check`]: a plugin's check of a message we created
+//!   ([`Event::CheckCreated`]).
 //!
 //! Events, what the driver must do (answers carry the event's [`RequestId`]):
 //! - [`Event::Messages`]: check, store and handle verified messages of one meta (answered by
-//!   [`Node::handle_store_report`] and [`Node::handle_wait`]);
+//!   [`Node::handle_store_report`] and [`Node::handle_wait`]); our own (no source) already
+//!   passed their check and are only stored and handled;
+//! - [`Event::CheckCreated`]: run the plugin's check on a message we created, before anything
+//!   is sent or stored (answered by [`Node::handle_created_check`]);
 //! - [`Event::SyncQuery`]: read syncable rows to build a bloom filter;
 //! - [`Event::SyncRows`]: read the rows of a requester's range, to answer its filter;
 //! - [`Event::SendPackets`]: read the packets of the rows chosen for a requester;
 //! - [`Event::ReadPackets`]: read the packets a missing-* request names;
 //! - [`Event::Prune`]: delete a meta's messages below a global time;
 //! - [`Event::SignatureAsked`]: ask a plugin whether it co-signs a message;
-//! - [`Event::Signed`]: a co-signed message is published, or why not.
+//! - [`Event::Created`]: a message we created (or co-signed) is published, or why not.
 //!
 //! Outputs: [`Node::poll_transmit`] (datagrams to send), [`Node::poll_event`] (the events
 //! above), [`Node::poll_timeout`] (when to call [`Node::handle_timeout`]).
@@ -123,6 +129,11 @@ pub struct Config {
     pub relay: relay::Config,
     /// Double-member co-signing bounds.
     pub signature: crate::signature::Config,
+    /// Messages we created that wait for their plugin's check ([`Event::CheckCreated`]), or
+    /// (numbered ones) for the check of the previous number of their meta, at most.
+    pub max_checking: usize,
+    /// How long a message we created waits for its plugin's check before it is given up.
+    pub check_timeout: Duration,
 }
 
 impl Default for Config {
@@ -153,6 +164,8 @@ impl Default for Config {
             missing: crate::missing::Config::default(),
             relay: relay::Config::default(),
             signature: crate::signature::Config::default(),
+            max_checking: 4_096,
+            check_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -170,7 +183,9 @@ pub struct Transmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Messages of one community and meta, in arrival order, for check, storage and handling.
-    /// The driver reports what became of them with [`Node::handle_store_report`].
+    /// The driver reports what became of them with [`Node::handle_store_report`]. A message
+    /// with no source is our own: its plugin passed it already ([`Event::CheckCreated`]), so it
+    /// is stored and handled without a second check.
     Messages {
         /// The community.
         community: CommunityId,
@@ -233,8 +248,22 @@ pub enum Event {
         /// The message to co-sign.
         message: CommunityMessage,
     },
-    /// A double-member message started with [`Node::request_signature`] is published, or not.
-    Signed {
+    /// A message we created (signed, nothing sent or stored yet) for its plugin's check. The
+    /// driver runs the same check as for received messages and answers with
+    /// [`Node::handle_created_check`]: only a message the check accepts is published.
+    CheckCreated {
+        /// The community.
+        community: CommunityId,
+        /// Identifies the message.
+        request: RequestId,
+        /// The message (no source).
+        message: Incoming,
+    },
+    /// A message started with [`Node::create_message`] or [`Node::request_signature`] is
+    /// published, or why not.
+    Created {
+        /// The community.
+        community: CommunityId,
         /// The request.
         request: RequestId,
         /// What became of it.
@@ -250,8 +279,9 @@ pub enum Event {
 }
 
 /// Names one request the node made of its driver ([`Event::SyncRows`], [`Event::ReadPackets`],
-/// [`Event::SendPackets`], [`Event::SignatureAsked`]) or one co-signed message in flight
-/// ([`Node::request_signature`], [`Event::Signed`]); the driver hands it back with the answer.
+/// [`Event::SendPackets`], [`Event::SignatureAsked`], [`Event::CheckCreated`]) or one created
+/// message in flight ([`Node::create_message`], [`Node::request_signature`],
+/// [`Event::Created`]); the driver hands it back with the answer.
 /// Ids of one node are distinct among the requests in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(u32);
@@ -292,6 +322,15 @@ pub enum CreateError {
     /// Too many signature-requests in flight.
     #[error("too many co-signed messages in flight")]
     Busy,
+    /// Too many created messages wait for their plugin's check.
+    #[error("too many created messages wait for their plugin's check (at most {0})")]
+    Checking(usize),
+    /// The plugin's check did not pass it: nothing was sent or stored.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The plugin did not check it in time: nothing was sent or stored.
+    #[error("the community's plugin did not check the message within {0} ms")]
+    CheckTimeout(u64),
     /// The co-signer is this node's own member.
     #[error("the co-signer must be another member")]
     CoSigner,
@@ -312,6 +351,29 @@ pub enum CreateError {
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] wire::SignError),
+}
+
+/// Why the plugin's check did not pass a message we created ([`Event::CheckCreated`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The check dropped it, for the plugin's reason.
+    #[error("the community's check dropped the message: {0}")]
+    Dropped(String),
+    /// The check would delay it or make it wait for another message; a message created here is
+    /// checked once, when it is created.
+    #[error("the community's check would make the message wait ({0}); a new message cannot wait")]
+    Deferred(String),
+    /// The plugin could not check it (its error, a full queue, no plugin).
+    #[error("the community's plugin could not check the message: {0}")]
+    Unchecked(String),
+}
+
+impl Refusal {
+    /// Whether the plugin itself judged the message (dropped or deferred it), as opposed to
+    /// failing to check it.
+    pub fn is_verdict(&self) -> bool {
+        matches!(self, Refusal::Dropped(_) | Refusal::Deferred(_))
+    }
 }
 
 /// A message this node created.
@@ -358,6 +420,11 @@ pub struct Node {
     signing: HashMap<RequestId, crate::signature::Pending>,
     /// Signature-requests to us waiting for our plugin.
     asked: HashMap<RequestId, crate::signature::Asked>,
+    /// Messages we created, signed and waiting for their plugin's check.
+    checking: HashMap<RequestId, collection::Checking>,
+    /// Numbered messages we created, waiting for the check of the previous number of their
+    /// meta (in creation order).
+    queued: VecDeque<collection::Queued>,
 }
 
 impl Node {
@@ -384,6 +451,8 @@ impl Node {
             relayed: relay::Seen::default(),
             signing: HashMap::new(),
             asked: HashMap::new(),
+            checking: HashMap::new(),
+            queued: VecDeque::new(),
         }
     }
 
@@ -603,6 +672,7 @@ impl Node {
         self.responses.retain(|_, r| r.deadline > now);
         self.expire_delays(now);
         self.expire_signatures(now);
+        self.expire_checks(now);
         let mut ids: Vec<CommunityId> = self.communities.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -649,6 +719,10 @@ impl Node {
         // A co-signature not given in time is reported when it expires, not at the next walk.
         for pending in self.signing.values() {
             next = next.min(Some(pending.deadline));
+        }
+        // So is a created message its plugin does not check in time.
+        if let Some(due) = self.next_check_deadline() {
+            next = next.min(Some(due));
         }
         next = next
             .min(self.delays.next_deadline(&self.config.missing))

@@ -1,11 +1,12 @@
 //! The node's side of double-member co-signing (the rules and bounds are in
 //! [`crate::signature`]): [`Node::request_signature`] on the first author's side, the
 //! signature-request handler and [`Node::handle_signature_verdict`] on the co-signer's side, the
-//! signature-response that completes and publishes the message, and the expiry of both.
+//! signature-response that completes the message and hands it to our plugin's check before
+//! it is published, and the expiry of both.
 
 use std::net::SocketAddr;
 
-use super::{CreateError, Created, Event, Node, RequestId};
+use super::{CreateError, Event, Node, RequestId};
 use crate::identity::{CommunityId, PublicKey};
 use crate::meta::Authentication;
 use crate::signature::{Asked, Pending, SignError};
@@ -16,7 +17,8 @@ use crate::wire::{CommunityMessage, Packet, SignatureRequest, SignatureResponse,
 impl Node {
     /// Starts a double-member message of meta `meta` with `co_signer` (reachable at `to`)
     /// as its second author: claims its global time and sends the signature-request.
-    /// Returns the request id that [`Event::Signed`] reports on.
+    /// Returns the request id that [`Event::Created`] reports on (once the co-signer signed
+    /// and our plugin's check passed the message, or why not).
     #[allow(clippy::too_many_arguments)]
     pub fn request_signature(
         &mut self,
@@ -183,28 +185,26 @@ impl Node {
             return Err(DropReason::UnexpectedSignatureResponse);
         };
         if m.descriptor != pending.descriptor {
-            self.push(Event::Signed {
+            self.push(Event::Created {
+                community: pending.community,
                 request: RequestId(m.request),
                 result: Err(SignError::Modified.into()),
             });
             return Err(DropReason::SignatureResponseModified);
         }
         // The co-signer's signature was checked when its response was decoded, over these
-        // very bytes; ours is made here.
+        // very bytes; ours is made here. Our plugin checks it before it is published.
         let mine = self.key.sign(&pending.descriptor).to_vec();
         let signed =
             SignedMessage::checked(pending.message, pending.descriptor, vec![mine, m.signature]);
-        let result = self
-            .publish(now, pending.community, signed, &pending.candidates)
-            .map(|(global_time, sent_to)| Created {
-                global_time,
-                sequence_number: None,
-                sent_to,
-            });
-        self.push(Event::Signed {
-            request: RequestId(m.request),
-            result,
-        });
+        let deadline = now + self.config.check_timeout;
+        self.check_created(
+            RequestId(m.request),
+            pending.community,
+            signed,
+            pending.candidates,
+            deadline,
+        );
         Ok(())
     }
 
@@ -217,11 +217,13 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for request in expired {
-            self.signing.remove(&request);
-            self.push(Event::Signed {
-                request,
-                result: Err(SignError::Timeout.into()),
-            });
+            if let Some(pending) = self.signing.remove(&request) {
+                self.push(Event::Created {
+                    community: pending.community,
+                    request,
+                    result: Err(SignError::Timeout.into()),
+                });
+            }
         }
         self.asked.retain(|_, a| a.deadline > now);
     }

@@ -249,9 +249,8 @@ fn discovery_converges_among_hundreds_of_nodes_with_loss() {
 fn created_messages_reach_every_verified_peer_once() {
     let mut sim = public_network(3);
     sim.run_for(Duration::from_secs(10));
-    let now = sim.now;
-    let created = sim.nodes[1]
-        .create_message(now, id(), "example", b"hello".to_vec(), &[])
+    let created = sim
+        .create(1, id(), "example", b"hello".to_vec(), &[])
         .expect("create");
     assert_eq!(created.sent_to, 2);
     sim.run_for(Duration::from_secs(1));
@@ -665,9 +664,7 @@ fn sync_spreads_every_message_to_every_node_under_loss_and_churn() {
     let mut created = 0;
     for author in [1, 7, 13] {
         for n in 0..100u32 {
-            let now = sim.now;
-            sim.nodes[author]
-                .create_message(now, id(), "note", n.to_be_bytes().to_vec(), &[])
+            sim.create(author, id(), "note", n.to_be_bytes().to_vec(), &[])
                 .expect("create");
             created += 1;
         }
@@ -721,10 +718,14 @@ fn sync_with_small_filters_and_the_modulo_strategy_still_spreads_everything() {
         }
         sim.run_for(Duration::from_secs(5));
         for n in 0..600u32 {
-            let now = sim.now;
-            sim.nodes[1 + (n as usize % 3)]
-                .create_message(now, id(), "note", n.to_be_bytes().to_vec(), &[])
-                .expect("create");
+            sim.create(
+                1 + (n as usize % 3),
+                id(),
+                "note",
+                n.to_be_bytes().to_vec(),
+                &[],
+            )
+            .expect("create");
         }
         sim.run_for(Duration::from_secs(600));
         let capacity = sim.nodes[1]
@@ -747,9 +748,7 @@ fn pruned_messages_are_removed_and_inactive_ones_not_synced() {
     let mut sim = public_network(2);
     sim.run_for(Duration::from_secs(5));
     for n in 0..150u32 {
-        let now = sim.now;
-        sim.nodes[1]
-            .create_message(now, id(), "log", n.to_be_bytes().to_vec(), &[])
+        sim.create(1, id(), "log", n.to_be_bytes().to_vec(), &[])
             .expect("create");
     }
     sim.run_for(Duration::from_secs(5));
@@ -796,9 +795,8 @@ fn sequence_gaps_are_fetched_with_missing_sequence() {
     // more often (the original's skip curve), which would only slow this scenario down.
     let author = 1;
     for n in 0..60u32 {
-        let now = sim.now;
-        let created = sim.nodes[author]
-            .create_message(now, id(), "chain", n.to_be_bytes().to_vec(), &[])
+        let created = sim
+            .create(author, id(), "chain", n.to_be_bytes().to_vec(), &[])
             .expect("create");
         assert_eq!(created.sequence_number, Some(n + 1));
     }
@@ -841,15 +839,12 @@ fn a_sequence_number_claimed_twice_ends_the_same_everywhere() {
     // Node 2's posts move node 1's clock, so that an older number-1 message of node 1's member
     // is possible (a member's global times are unique across its metas).
     for n in 0..5u32 {
-        let now = sim.now;
-        sim.nodes[2]
-            .create_message(now, id(), "post", n.to_be_bytes().to_vec(), &[])
+        sim.create(2, id(), "post", n.to_be_bytes().to_vec(), &[])
             .expect("create");
     }
     sim.run_for(Duration::from_secs(1));
-    let now = sim.now;
-    let created = sim.nodes[1]
-        .create_message(now, id(), "chain", b"first".to_vec(), &[])
+    let created = sim
+        .create(1, id(), "chain", b"first".to_vec(), &[])
         .expect("create");
     assert_eq!(created.sequence_number, Some(1));
     // The same member (a copy of its key elsewhere) numbers another message 1, older.
@@ -887,9 +882,7 @@ fn a_message_waiting_for_a_members_last_message_fetches_it_and_resumes() {
     use crate::wire::{CommunityMessage, SignedMessage};
     let mut sim = public_network(3);
     sim.run_for(Duration::from_secs(10));
-    let now = sim.now;
-    sim.nodes[2]
-        .create_message(now, id(), "profile", b"me".to_vec(), &[])
+    sim.create(2, id(), "profile", b"me".to_vec(), &[])
         .expect("create");
     sim.run_for(Duration::from_secs(1));
     let profile_author = Sim::key(3).public().member_id();
@@ -1027,9 +1020,8 @@ fn relayed_messages_reach_beyond_the_first_receiver_once_each() {
     for events in sim.events.iter_mut() {
         events.clear();
     }
-    let now = sim.now;
-    let created = sim.nodes[1]
-        .create_message(now, id(), "shout", b"hello all".to_vec(), &[])
+    let created = sim
+        .create(1, id(), "shout", b"hello all".to_vec(), &[])
         .expect("create");
     assert_eq!(created.sent_to, 1);
     sim.run_for(Duration::from_secs(2));
@@ -1131,7 +1123,7 @@ fn a_double_member_message_is_co_signed_published_and_synced() {
         .expect("requested");
     // A member-authenticated call cannot make it, nor can a co-signer that is ourselves.
     assert!(matches!(
-        sim.nodes[1].create_message(now, id(), "pact", b"x".to_vec(), &[]),
+        sim.create(1, id(), "pact", b"x".to_vec(), &[]),
         Err(CreateError::Authentication(_))
     ));
     let me = Sim::key(2).public().clone();
@@ -1141,7 +1133,9 @@ fn a_double_member_message_is_co_signed_published_and_synced() {
     );
     sim.run_for(Duration::from_secs(1));
     let signed = sim.events[1].iter().find_map(|e| match e {
-        Event::Signed { request: r, result } if *r == request => Some(result.clone()),
+        Event::Created {
+            request: r, result, ..
+        } if *r == request => Some(result.clone()),
         _ => None,
     });
     assert!(matches!(signed, Some(Ok(_))), "{signed:?}");
@@ -1171,7 +1165,9 @@ fn a_refused_signature_times_out_and_nothing_is_published() {
         .expect("requested");
     sim.run_for(Duration::from_secs(11));
     let signed = sim.events[1].iter().find_map(|e| match e {
-        Event::Signed { request: r, result } if *r == request => Some(result.clone()),
+        Event::Created {
+            request: r, result, ..
+        } if *r == request => Some(result.clone()),
         _ => None,
     });
     assert_eq!(
@@ -1207,9 +1203,7 @@ fn catch_up(
     let a = sim.add_node(None, config.clone());
     join(&mut sim, a);
     for n in 0..count {
-        let now = sim.now;
-        sim.nodes[a]
-            .create_message(now, id(), "note", n.to_be_bytes().to_vec(), &[])
+        sim.create(a, id(), "note", n.to_be_bytes().to_vec(), &[])
             .expect("create");
     }
     sim.run_for(Duration::from_secs(1));
@@ -1280,4 +1274,189 @@ fn catching_up_over_a_lossy_path_still_gets_everything() {
     assert!(took <= Duration::from_secs(60), "{took:?}");
     let c = sim.nodes[b].community(&id()).expect("joined");
     assert!(c.stats.sync_sweeps > 0);
+}
+
+/// Whether node `i` saw (as events) a message of `meta` with `payload` from the network.
+fn received(sim: &Sim, i: usize, payload: &[u8]) -> bool {
+    sim.events[i].iter().any(|e| {
+        matches!(e, Event::Messages { messages, .. }
+            if messages.iter().any(|m| m.source.is_some() && m.message.message.payload == payload))
+    })
+}
+
+#[test]
+fn a_created_message_its_plugin_refuses_is_neither_sent_nor_stored_and_leaves_no_gap() {
+    let mut sim = public_network(3);
+    sim.run_for(Duration::from_secs(10));
+    let first = sim
+        .create(1, id(), "chain", b"first".to_vec(), &[])
+        .expect("created");
+    assert_eq!(first.sequence_number, Some(1));
+    let refused = sim.create(1, id(), "chain", b"drop me".to_vec(), &[]);
+    assert!(
+        matches!(&refused, Err(CreateError::Refused(crate::node::Refusal::Dropped(reason))) if reason == "asked to be dropped"),
+        "{refused:?}"
+    );
+    let direct = sim.create(1, id(), "example", b"drop this too".to_vec(), &[]);
+    assert!(matches!(direct, Err(CreateError::Refused(_))), "{direct:?}");
+    // The next numbered message takes the number the refused one did not.
+    let next = sim
+        .create(1, id(), "chain", b"next".to_vec(), &[])
+        .expect("created");
+    assert_eq!(next.sequence_number, Some(2));
+    assert!(next.global_time > first.global_time);
+    sim.run_for(Duration::from_secs(120));
+    let author = Sim::key(2).public().member_id();
+    for i in 1..=3 {
+        let numbers: Vec<u32> = chain(&sim, i, author).iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [1, 2], "node {i}");
+        assert!(
+            sim.stores[i]
+                .rows
+                .iter()
+                .all(|k| !k.packet.windows(4).any(|w| w == b"drop")),
+            "node {i} stored a refused message"
+        );
+    }
+    for i in [2, 3] {
+        assert!(!received(&sim, i, b"drop this too"), "node {i}");
+        assert!(!received(&sim, i, b"drop me"), "node {i}");
+    }
+    // Our own handler saw only what was published.
+    let own: Vec<&[u8]> = sim.events[1]
+        .iter()
+        .flat_map(|e| match e {
+            Event::Messages { messages, .. } => messages.as_slice(),
+            _ => &[],
+        })
+        .filter(|m| m.source.is_none())
+        .map(|m| m.message.message.payload.as_slice())
+        .collect();
+    assert_eq!(own, [&b"first"[..], b"next"]);
+    let c = sim.nodes[1].community(&id()).expect("joined");
+    assert_eq!((c.stats.messages_created, c.stats.messages_refused), (2, 2));
+}
+
+/// The events node `i` queued, taken without a driver.
+fn take_events(sim: &mut Sim, i: usize) -> Vec<Event> {
+    std::iter::from_fn(|| sim.nodes[i].poll_event()).collect()
+}
+
+/// The (request, sequence number) of each check asked among `events`.
+fn checks(events: &[Event]) -> Vec<(crate::node::RequestId, Option<u32>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CheckCreated {
+                request, message, ..
+            } => Some((*request, message.message.message.sequence_number)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What [`Event::Created`] said of `request` among `events`.
+fn created(
+    events: &[Event],
+    request: crate::node::RequestId,
+) -> Option<Result<crate::node::Created, CreateError>> {
+    events.iter().find_map(|e| match e {
+        Event::Created {
+            request: r, result, ..
+        } if *r == request => Some(result.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn numbered_messages_wait_for_the_check_of_the_previous_number() {
+    let mut sim = public_network(2);
+    sim.run_for(Duration::from_secs(5));
+    let now = sim.now;
+    let node = &mut sim.nodes[1];
+    let a = node
+        .create_message(now, id(), "chain", b"a".to_vec(), &[])
+        .expect("a");
+    let b = node
+        .create_message(now, id(), "chain", b"b".to_vec(), &[])
+        .expect("b");
+    let c = node
+        .create_message(now, id(), "chain", b"c".to_vec(), &[])
+        .expect("c");
+    // An unnumbered message does not wait.
+    let post = node
+        .create_message(now, id(), "post", b"p".to_vec(), &[])
+        .expect("post");
+    let events = take_events(&mut sim, 1);
+    assert_eq!(
+        checks(&events),
+        [(a, Some(1)), (post, None)],
+        "b and c wait"
+    );
+    // Passed: published with number 1; b is signed with number 2.
+    sim.nodes[1].handle_created_check(now, a, Ok(()));
+    let events = take_events(&mut sim, 1);
+    assert_eq!(
+        created(&events, a)
+            .expect("reported")
+            .map(|c| c.sequence_number),
+        Ok(Some(1))
+    );
+    assert_eq!(checks(&events), [(b, Some(2))]);
+    // Refused: nothing published, and c gets number 2 in its turn.
+    let refusal = crate::node::Refusal::Deferred("wait for a post".into());
+    sim.nodes[1].handle_created_check(now, b, Err(refusal.clone()));
+    let events = take_events(&mut sim, 1);
+    assert_eq!(
+        created(&events, b),
+        Some(Err(CreateError::Refused(refusal)))
+    );
+    assert!(!events.iter().any(|e| matches!(e, Event::Messages { .. })));
+    assert_eq!(checks(&events), [(c, Some(2))]);
+    // A check that never comes: given up after the timeout, nothing published.
+    assert!(
+        sim.nodes[1]
+            .poll_timeout()
+            .is_some_and(|t| t <= now + Duration::from_secs(5))
+    );
+    let later = now + sim.nodes[1].config().check_timeout;
+    sim.nodes[1].handle_timeout(later);
+    let events = take_events(&mut sim, 1);
+    assert_eq!(
+        created(&events, c),
+        Some(Err(CreateError::CheckTimeout(5_000)))
+    );
+    assert_eq!(
+        created(&events, post),
+        Some(Err(CreateError::CheckTimeout(5_000)))
+    );
+    assert!(!events.iter().any(|e| matches!(e, Event::Messages { .. })));
+    // A late answer changes nothing; the number is still free.
+    sim.nodes[1].handle_created_check(later, c, Ok(()));
+    assert!(take_events(&mut sim, 1).is_empty());
+    sim.now = later;
+    let next = sim
+        .create(1, id(), "chain", b"d".to_vec(), &[])
+        .expect("created");
+    assert_eq!(next.sequence_number, Some(2));
+}
+
+#[test]
+fn a_co_signed_message_our_plugin_refuses_is_not_published() {
+    let mut sim = public_network(3);
+    sim.run_for(Duration::from_secs(10));
+    let co_signer = Sim::key(3).public().clone();
+    let to = sim.address(2);
+    let now = sim.now;
+    let request = sim.nodes[1]
+        .request_signature(now, id(), "pact", b"drop".to_vec(), co_signer, to, &[])
+        .expect("requested");
+    sim.run_for(Duration::from_secs(2));
+    assert!(matches!(
+        created(&sim.events[1], request),
+        Some(Err(CreateError::Refused(_)))
+    ));
+    assert_eq!(sim.nodes[2].stats().packets.get(Traffic::SignatureGiven), 1);
+    sim.run_for(Duration::from_secs(60));
+    assert!((1..=3).all(|i| sim.stores[i].rows.iter().all(|k| k.meta != 8)));
 }

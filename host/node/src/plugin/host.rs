@@ -185,6 +185,8 @@ impl HostApi for HostHandle {
                 }
             }
         }
+        // Non-blocking: the message is checked by this plugin later, on its thread; a refusal
+        // is logged and counted by the host, not returned here.
         let command = Command::Create {
             community: self.community,
             meta: meta.to_string(),

@@ -2,7 +2,7 @@
 //! synchronous and may be slow, and a plugin keeps its own copy of std and its statics, so it
 //! never runs on a tokio worker. The thread receives [`Job`]s through a bounded channel, runs
 //! check → store → handle for delivered messages (gathering what is waiting, up to the batch
-//! bound), keeps delayed messages and plugin timers (both bounded), and answers the control API's
+//! bound), checks the messages this node creates before they are published, keeps delayed messages and plugin timers (both bounded), and answers the control API's
 //! requests (JSON conversion, status).
 
 use std::cmp::Reverse;
@@ -19,7 +19,7 @@ use dispersy_core::bloom::PacketHash;
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
 use dispersy_core::missing::Awaited;
-use dispersy_core::node::Incoming;
+use dispersy_core::node::{Incoming, Refusal};
 use dispersy_core::stats::DropReason;
 use dispersy_core::store::{Entry, Report};
 use dispersy_plugin_api::abi::{self, CommunityBox, HostApi_TO, PluginError, RawMessage};
@@ -77,6 +77,16 @@ pub enum Job {
     Status {
         /// The answer.
         reply: oneshot::Sender<Result<serde_json::Value, PluginError>>,
+    },
+    /// A message this node created, signed and not yet sent or stored: run the plugin's check
+    /// on it (the same check as for received messages) and tell the protocol task the verdict
+    /// ([`Command::CreatedChecked`]). Delay and wait verdicts refuse it: a new message is checked
+    /// once, now.
+    CheckCreated {
+        /// The protocol task's request.
+        request: dispersy_core::node::RequestId,
+        /// The message (no source).
+        message: Box<Incoming>,
     },
     /// Another member proposes a double-member message with ours as second author: ask the
     /// plugin whether we sign.
@@ -317,7 +327,40 @@ impl WorkerLoop {
                 };
                 self.tell(Command::SignatureVerdict { ask, allow });
             }
+            Job::CheckCreated { request, message } => {
+                let verdict = self.check_created(&message);
+                if let Err(refusal) = &verdict {
+                    tracing::debug!(community = %self.context.definition.name, %refusal, "created message refused");
+                }
+                self.tell(Command::CreatedChecked { request, verdict });
+            }
             Job::Wake | Job::Stop => {}
+        }
+    }
+
+    /// The plugin's check of a message this node created: accepted, or why not.
+    fn check_created(&mut self, message: &Incoming) -> Result<(), Refusal> {
+        let raw = [to_raw(message)];
+        let verdicts = self
+            .verdicts(&raw)
+            .map_err(|e| Refusal::Unchecked(e.message.to_string()))?;
+        let Some(verdict) = verdicts.first() else {
+            return Err(Refusal::Unchecked("the check returned no verdict".into()));
+        };
+        let reason = |otherwise: &str| match verdict.reason.as_str() {
+            "" => otherwise.to_owned(),
+            reason => reason.to_owned(),
+        };
+        match verdict.kind {
+            abi::verdict::ACCEPT => Ok(()),
+            abi::verdict::DELAY => Err(Refusal::Deferred(reason("delay"))),
+            abi::verdict::WAIT_MESSAGE => {
+                Err(Refusal::Deferred(reason("wait for another message")))
+            }
+            abi::verdict::WAIT_LAST => Err(Refusal::Deferred(reason(
+                "wait for a member's last message",
+            ))),
+            _ => Err(Refusal::Dropped(reason("no reason given"))),
         }
     }
 
@@ -336,34 +379,53 @@ impl WorkerLoop {
         self.store_and_handle(accepted);
     }
 
+    /// Calls the plugin's check on `raw`: one verdict per message, or the plugin's error (or a
+    /// wrong number of verdicts), reported.
+    fn verdicts(&mut self, raw: &[RawMessage]) -> Result<RVec<abi::RawVerdict>, PluginError> {
+        let result = match self.instance.check(RSlice::from(raw)).into_result() {
+            Ok(v) if v.len() == raw.len() => return Ok(v),
+            Ok(v) => PluginError::new(
+                abi::ERROR_INTERNAL,
+                format!(
+                    "check returned {} verdicts for {} messages",
+                    v.len(),
+                    raw.len()
+                ),
+            ),
+            Err(error) => error,
+        };
+        self.report(&result);
+        Err(result)
+    }
+
     /// Runs the plugin's check over `messages` of `meta`: delays, parks and drops what it says,
-    /// returns the accepted ones.
+    /// returns the accepted ones. Our own messages (no source) passed the check before they were
+    /// published ([`Job::CheckCreated`]) and are accepted without a second one.
     fn check(&mut self, meta: u32, messages: Vec<Incoming>) -> Option<Accepted> {
         if messages.is_empty() {
             return None;
         }
         let raw: Vec<RawMessage> = messages.iter().map(to_raw).collect();
-        let verdicts = match self.instance.check(RSlice::from(&raw[..])).into_result() {
-            Ok(v) if v.len() == messages.len() => v,
-            Ok(v) => {
-                let error = PluginError::new(
-                    abi::ERROR_INTERNAL,
-                    format!(
-                        "check returned {} verdicts for {} messages",
-                        v.len(),
-                        messages.len()
-                    ),
-                );
-                self.report(&error);
-                lock(&self.shared.stats)
-                    .drop_reason(DropReason::PluginError, messages.len() as u64);
-                return None;
+        let own = messages.iter().filter(|m| m.source.is_none()).count();
+        let received = raw.len() - own;
+        let verdicts = match (own, received) {
+            (_, 0) => Ok(RVec::new()),
+            (0, _) => self.verdicts(&raw),
+            _ => {
+                let received: Vec<RawMessage> = raw
+                    .iter()
+                    .zip(&messages)
+                    .filter(|(_, m)| m.source.is_some())
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                self.verdicts(&received)
             }
-            Err(error) => {
-                self.report(&error);
-                lock(&self.shared.stats)
-                    .drop_reason(DropReason::PluginError, messages.len() as u64);
-                return None;
+        };
+        let mut verdicts = match verdicts {
+            Ok(verdicts) => Some(verdicts.into_iter()),
+            Err(_) => {
+                lock(&self.shared.stats).drop_reason(DropReason::PluginError, received as u64);
+                None
             }
         };
         let now = Instant::now();
@@ -372,7 +434,18 @@ impl WorkerLoop {
             messages: Vec::with_capacity(messages.len()),
             raw: Vec::with_capacity(messages.len()),
         };
-        for ((message, raw), verdict) in messages.into_iter().zip(raw).zip(verdicts) {
+        for (message, raw) in messages.into_iter().zip(raw) {
+            let verdict = match (&message.source, verdicts.as_mut()) {
+                (None, _) => None,
+                (Some(_), Some(verdicts)) => verdicts.next(),
+                // The check failed: counted above.
+                (Some(_), None) => continue,
+            };
+            let Some(verdict) = verdict else {
+                accepted.messages.push(message);
+                accepted.raw.push(raw);
+                continue;
+            };
             match verdict.kind {
                 abi::verdict::ACCEPT => {
                     accepted.messages.push(message);

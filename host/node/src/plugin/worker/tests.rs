@@ -375,7 +375,11 @@ fn a_duplicate_from_the_network_is_not_handled_but_our_own_is() {
         ],
     )];
     let (log, told, shared) = start(limits(), outcomes, jobs).stop();
-    assert_eq!(log, ["check 1 [1, 2]", "insert [1, 2]", "handle 1 [2]"]);
+    assert_eq!(
+        log,
+        ["check 1 [1]", "insert [1, 2]", "handle 1 [2]"],
+        "our own message passed its check before it was published: not checked again"
+    );
     assert!(
         told.is_empty(),
         "nothing new was stored: {:?}",
@@ -469,12 +473,11 @@ fn wait_verdicts_go_to_the_protocol_task() {
         vec![
             message(1, 1, WAIT_MESSAGE, Some(peer())),
             message(1, 2, WAIT_LAST, Some(peer())),
-            message(1, 3, WAIT_MESSAGE, None),
             message(1, 4, WAIT_NOBODY, Some(peer())),
         ],
     )];
     let (log, told, shared) = start(limits(), HashMap::new(), jobs).stop();
-    assert_eq!(log, ["check 1 [1, 2, 3, 4]"], "nothing stored or handled");
+    assert_eq!(log, ["check 1 [1, 2, 4]"], "nothing stored or handled");
     let message = Awaited::Message {
         member: MemberId([9; 20]),
         global_time: 42,
@@ -492,10 +495,6 @@ fn wait_verdicts_go_to_the_protocol_task() {
     );
     let stats = lock(&shared.stats).clone();
     assert_eq!(stats.delayed, 2);
-    assert_eq!(
-        stats.dropped.get(DropReason::OwnMessageCannotWait.as_str()),
-        Some(&1)
-    );
     assert_eq!(
         stats.dropped.get(DropReason::PluginError.as_str()),
         Some(&1)
@@ -524,4 +523,76 @@ fn a_round_gathers_deliveries_up_to_the_batch_bound() {
         ]
     );
     assert_eq!(describe_all(&told), ["stored [1, 2, 3]", "stored [4, 5]"]);
+}
+
+/// The verdicts the protocol task was told of created messages, by request.
+fn created_verdicts(
+    told: &[Command],
+) -> Vec<(
+    dispersy_core::node::RequestId,
+    Result<(), dispersy_core::node::Refusal>,
+)> {
+    told.iter()
+        .filter_map(|c| match c {
+            Command::CreatedChecked { request, verdict } => Some((*request, verdict.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Four request ids as a core node hands them out (they name created messages).
+fn told_ids() -> Vec<dispersy_core::node::RequestId> {
+    let now = dispersy_core::time::Instant::from_millis(0);
+    let mut node = dispersy_core::node::Node::new(
+        dispersy_core::node::Config::default(),
+        key(),
+        peer(),
+        1,
+        now,
+    );
+    let id = node
+        .join(now, definition(), Default::default())
+        .expect("joins");
+    (0..4)
+        .map(|_| {
+            node.create_message(now, id, "one", vec![ACCEPT], &[])
+                .expect("created")
+        })
+        .collect()
+}
+
+#[test]
+fn a_created_message_is_checked_alone_and_refused_unless_accepted_now() {
+    use dispersy_core::node::Refusal;
+    let ids = told_ids();
+    let jobs = [ACCEPT, DROP, DELAY_ONCE, WAIT_MESSAGE]
+        .into_iter()
+        .zip(&ids)
+        .enumerate()
+        .map(|(t, (code, request))| Job::CheckCreated {
+            request: *request,
+            message: Box::new(message(1, t as u64 + 1, code, None)),
+        })
+        .collect();
+    let (log, told, shared) = start(limits(), HashMap::new(), jobs).stop();
+    assert_eq!(
+        log,
+        ["check 1 [1]", "check 1 [2]", "check 1 [3]", "check 1 [4]"],
+        "checked one by one; nothing stored or handled (the protocol task publishes)"
+    );
+    assert_eq!(
+        created_verdicts(&told),
+        [
+            (ids[0], Ok(())),
+            (ids[1], Err(Refusal::Dropped("test".into()))),
+            (ids[2], Err(Refusal::Deferred("test".into()))),
+            (ids[3], Err(Refusal::Deferred("test".into()))),
+        ]
+    );
+    let stats = lock(&shared.stats).clone();
+    assert_eq!(
+        (stats.accepted, stats.delayed, stats.dropped.len()),
+        (0, 0, 0),
+        "a refused creation is counted by the node, not as a received message"
+    );
 }
