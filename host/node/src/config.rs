@@ -297,6 +297,19 @@ pub struct Limits {
     pub delay_timeout_ms: u64,
     /// Timers a plugin may have scheduled at once.
     pub plugin_timers: usize,
+    /// Longest a call into a plugin (create, check, handle, timer, JSON, status) may run, in
+    /// milliseconds. A community whose call runs longer is reported stuck: deliveries and API
+    /// calls to it are refused (and counted) until the call returns. Shutdown waits at most this
+    /// long (plus a second) for community threads, then leaves a stuck one behind.
+    pub plugin_call_deadline_ms: u64,
+    /// Restarts of a community after a plugin panic within `plugin_restart_window_ms`; one more
+    /// panic and it stays failed. 0: the first panic fails it.
+    pub plugin_restarts: u32,
+    /// The window over which `plugin_restarts` are counted, in milliseconds.
+    pub plugin_restart_window_ms: u64,
+    /// Wait before the first restart after a panic, in milliseconds; doubled for each restart
+    /// within the window.
+    pub plugin_restart_backoff_ms: u64,
     /// Messages written to the database in one transaction.
     pub store_batch: usize,
     /// SQLite page cache per database connection (there are 4), in KiB.
@@ -346,6 +359,10 @@ impl Default for Limits {
             delayed_messages: 1_000,
             delay_timeout_ms: 10_000,
             plugin_timers: 1_024,
+            plugin_call_deadline_ms: 5_000,
+            plugin_restarts: 3,
+            plugin_restart_window_ms: 600_000,
+            plugin_restart_backoff_ms: 1_000,
             store_batch: 1_000,
             store_cache_kib: crate::store::DEFAULT_CACHE_KIB,
             store_mmap_mib: 0,
@@ -505,6 +522,7 @@ impl Config {
                 "walker.cleanup_interval_ms",
                 self.walker.cleanup_interval_ms,
             ),
+            ("limits.plugin_call_deadline_ms", l.plugin_call_deadline_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{key} must be at least 1")));

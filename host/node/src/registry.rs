@@ -37,6 +37,9 @@ pub struct PluginReport {
     pub community: Option<String>,
     /// Why it was refused.
     pub error: Option<String>,
+    /// The community's health (live, stuck, restarting, failed), when loaded; filled in by
+    /// [`Registry::reports`].
+    pub health: Option<plugin::Health>,
 }
 
 impl PluginReport {
@@ -47,6 +50,7 @@ impl PluginReport {
             version: None,
             community: None,
             error: Some(error.to_string()),
+            health: None,
         }
     }
 }
@@ -118,9 +122,19 @@ impl Registry {
             .map(|(d, row, _)| (d.clone(), *row))
     }
 
-    /// Every plugin file tried, loaded or refused.
+    /// Every plugin file tried, loaded or refused; a loaded one with its community's health.
     pub fn reports(&self) -> Vec<PluginReport> {
-        lock(&self.state).reports.clone()
+        let state = lock(&self.state);
+        let mut reports = state.reports.clone();
+        for report in &mut reports {
+            let worker = report
+                .community
+                .as_deref()
+                .and_then(|id| CommunityId::from_hex(id).ok())
+                .and_then(|id| state.workers.get(&id));
+            report.health = worker.map(|w| w.shared.health());
+        }
+        reports
     }
 
     /// Loads the plugin files of the plugin folders that are new or changed since they were
@@ -158,11 +172,7 @@ impl Registry {
     }
 
     async fn try_load(&self, path: &Path) -> Result<PluginReport, String> {
-        let owned = path.to_path_buf();
-        let plugin = tokio::task::spawn_blocking(move || plugin::load(&owned))
-            .await
-            .map_err(|e| format!("plugin {}: loader failed: {e}", path.display()))?
-            .map_err(|e| e.to_string())?;
+        let plugin = self.open(path).await?;
         let definition = plugin.definition.clone();
         let id = definition.id();
         self.refuse_joined(path, id)?;
@@ -208,20 +218,56 @@ impl Registry {
             store: context.inserts.clone(),
             limits: context.limits.clone(),
         };
-        let worker = tokio::task::spawn_blocking(move || Worker::start(&plugin, worker_context))
-            .await
-            .map_err(|e| fail(&e))?
+        // create() runs on the community's thread: wait for it at most the call deadline.
+        let (worker, created) = Worker::start(&plugin, worker_context)
             .map_err(|e| fail(&format!("creating the community failed: {e}")))?;
-        tracing::info!(community = %id, name = %definition.name, path = %path.display(), "community joined");
+        let deadline = context.limits.deadline;
+        match tokio::time::timeout(deadline, created).await {
+            Ok(Ok(Ok(()))) => {
+                tracing::info!(community = %id, name = %definition.name, path = %path.display(), "community joined");
+            }
+            Ok(Ok(Err(error))) => {
+                return Err(fail(&format!("creating the community failed: {error}")));
+            }
+            Ok(Err(_)) => return Err(fail(&"creating the community failed: its thread ended")),
+            Err(_) => {
+                tracing::warn!(community = %id, name = %definition.name, path = %path.display(), deadline_ms = deadline.as_millis() as u64, "community stuck: its plugin's create() runs past the deadline; the other plugins go on");
+            }
+        }
         let report = PluginReport {
             path: path.to_path_buf(),
             name: Some(definition.name.clone()),
             version: Some(definition.version.clone()),
             community: Some(id.to_hex()),
             error: None,
+            health: None,
         };
         lock(&self.state).workers.insert(id, Arc::new(worker));
         Ok(report)
+    }
+
+    /// Opens and checks a plugin file on a thread of its own (the plugin's `definition()` runs
+    /// then), waiting at most the call deadline: a plugin that hangs there is refused, and its
+    /// thread left behind.
+    async fn open(&self, path: &Path) -> Result<plugin::Plugin, String> {
+        let (reply, answer) = oneshot::channel();
+        let owned = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("plugin-load".into())
+            .spawn(move || {
+                let _ = reply.send(plugin::load(&owned));
+            })
+            .map_err(|e| format!("plugin {}: starting the loader: {e}", path.display()))?;
+        let deadline = self.context.limits.deadline;
+        match tokio::time::timeout(deadline, answer).await {
+            Ok(Ok(loaded)) => loaded.map_err(|e| e.to_string()),
+            Ok(Err(_)) => Err(format!("plugin {}: the loader failed", path.display())),
+            Err(_) => Err(format!(
+                "plugin {}: loading it ran past the plugin call deadline ({} ms)",
+                path.display(),
+                deadline.as_millis()
+            )),
+        }
     }
 
     /// Refuses a file whose community `id` another file already provides.
@@ -261,12 +307,24 @@ impl Registry {
             .map_err(|e| e.to_string())
     }
 
-    /// Stops every community thread (after the queued jobs). Blocking.
-    pub fn stop_all(&self) {
+    /// Stops every community thread (after the queued jobs), waiting for them together at most
+    /// `timeout`; a thread still running then (stuck in a plugin call) is left behind and
+    /// logged. Blocking; returns the names of the communities left behind.
+    pub fn stop_all(&self, timeout: std::time::Duration) -> Vec<String> {
         let workers: Vec<Arc<Worker>> = lock(&self.state).workers.drain().map(|(_, w)| w).collect();
-        for worker in workers {
-            worker.stop();
+        for worker in &workers {
+            worker.signal_stop();
         }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut left = Vec::new();
+        for worker in workers {
+            if !worker.wait_stopped(deadline) {
+                let call = worker.shared.health().reason.unwrap_or_default();
+                tracing::warn!(community = %worker.name(), timeout_ms = timeout.as_millis() as u64, %call, "community thread did not stop in time; left behind");
+                left.push(worker.name().to_owned());
+            }
+        }
+        left
     }
 }
 
@@ -301,6 +359,10 @@ mod tests {
                 delayed: 8,
                 delay_timeout: Duration::from_secs(1),
                 timers: 1,
+                deadline: Duration::from_secs(5),
+                restarts: 0,
+                restart_window: Duration::from_secs(60),
+                restart_backoff: Duration::from_secs(1),
             },
             peers: Vec::new(),
             dirs: vec![dir.to_path_buf()],
