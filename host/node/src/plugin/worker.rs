@@ -137,7 +137,7 @@ pub enum QueueError {
         deadline_ms: u64,
     },
     /// The plugin is restarting after a panic, or failed for good.
-    #[error("community {community} is {state}: {reason}")]
+    #[error("community {community} is disabled ({state}): {reason}")]
     Down {
         /// Community type name.
         community: String,
