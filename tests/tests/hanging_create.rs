@@ -60,9 +60,11 @@ fn a_hanging_create_does_not_stop_the_node_or_the_other_plugins() {
 
         // create() returns: the community goes live.
         std::fs::remove_file(&flag).unwrap();
-        wait_until(Duration::from_secs(10), "the faulty community live", || async {
-            node.community(FAULTY).await["plugin"]["state"] == "live"
-        })
+        wait_until(
+            Duration::from_secs(10),
+            "the faulty community live",
+            || async { node.community(FAULTY).await["plugin"]["state"] == "live" },
+        )
         .await;
         node.stop().await;
     });

@@ -47,9 +47,11 @@ async fn a_stuck_handler_is_reported_and_the_node_goes_on_and_stops() {
     // B's faulty handler loops: B reports the community stuck, with the call and since when.
     let release = flags.path().join("release-1");
     hang(&a, &release).await;
-    wait_until(Duration::from_secs(10), "B's faulty community stuck", || async {
-        faulty(&b).await["state"] == "stuck"
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "B's faulty community stuck",
+        || async { faulty(&b).await["state"] == "stuck" },
+    )
     .await;
     let plugin = faulty(&b).await;
     assert!(
@@ -101,12 +103,16 @@ async fn a_stuck_handler_is_reported_and_the_node_goes_on_and_stops() {
         )
         .await
         .unwrap();
-    wait_until(Duration::from_secs(10), "a delivery dropped as stuck", || async {
-        faulty(&b).await["dropped"][DropReason::PluginStuck.as_str()]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "a delivery dropped as stuck",
+        || async {
+            faulty(&b).await["dropped"][DropReason::PluginStuck.as_str()]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+    )
     .await;
     assert!(b.dropped(DropReason::PluginStuck).await >= 1);
 
@@ -135,9 +141,11 @@ async fn a_stuck_handler_is_reported_and_the_node_goes_on_and_stops() {
 
     // When the call returns, the community is live again.
     std::fs::write(&release, b"").unwrap();
-    wait_until(Duration::from_secs(10), "B's faulty community live", || async {
-        faulty(&b).await["state"] == "live"
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "B's faulty community live",
+        || async { faulty(&b).await["state"] == "live" },
+    )
     .await;
 
     // Stuck again, then stopped: shutdown finishes (the thread is left behind).
@@ -172,33 +180,50 @@ async fn a_panicking_community_is_restarted_then_fails_after_its_restarts() {
 
     // The first panic: restarted with a new instance, which works.
     a.client.post(&boom, &panic).await.unwrap();
-    wait_until(Duration::from_secs(10), "B's faulty community restarted", || async {
-        let plugin = faulty(&b).await;
-        plugin["restarts"] == 1 && plugin["state"] == "live"
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "B's faulty community restarted",
+        || async {
+            let plugin = faulty(&b).await;
+            plugin["restarts"] == 1 && plugin["state"] == "live"
+        },
+    )
     .await;
     a.client
-        .post(&boom, &json!({"meta": "boom", "payload": {"stage": "none"}}))
+        .post(
+            &boom,
+            &json!({"meta": "boom", "payload": {"stage": "none"}}),
+        )
         .await
         .unwrap();
-    wait_until(Duration::from_secs(10), "the new instance to handle", || async {
-        faulty(&b).await["status"]["handled"] == 1
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the new instance to handle",
+        || async { faulty(&b).await["status"]["handled"] == 1 },
+    )
     .await;
 
     // The second: its restarts are used up, it stays failed with the reason.
     a.client.post(&boom, &panic).await.unwrap();
-    wait_until(Duration::from_secs(10), "B's faulty community failed", || async {
-        faulty(&b).await["state"] == "failed"
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "B's faulty community failed",
+        || async { faulty(&b).await["state"] == "failed" },
+    )
     .await;
     let plugin = faulty(&b).await;
     assert!(
-        plugin["reason"].as_str().unwrap().contains("panic in handle"),
+        plugin["reason"]
+            .as_str()
+            .unwrap()
+            .contains("panic in handle"),
         "{plugin}"
     );
     assert!(
-        plugin["failed"].as_str().unwrap().contains("panic in handle"),
+        plugin["failed"]
+            .as_str()
+            .unwrap()
+            .contains("panic in handle"),
         "{plugin}"
     );
     assert_eq!(plugin["restarts"], 1);
