@@ -16,9 +16,9 @@
 //!   at the deadline is left behind (detached) and logged;
 //! - a panic in a call that changes the community (check, handle, timer, allow_signature) poisons
 //!   the instance: the thread creates a new one from the same library after a backoff (doubling
-//!   per restart), hands it the community's history ([`WorkerLoop::restore`]), and after
-//!   `limits.restarts` restarts within `limits.restart_window` the next panic leaves the
-//!   community failed, with its reason.
+//!   per restart) and hands it the community's history (`WorkerLoop::restore`, a seam that does
+//!   nothing yet); after `limits.restarts` restarts within `limits.restart_window` the next panic
+//!   leaves the community failed, with its reason.
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
