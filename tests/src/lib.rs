@@ -172,9 +172,22 @@ where
 /// Two nodes with `plugins` that know each other in `community` (the second was given the first
 /// as a peer).
 pub async fn pair(plugins: &Path, community: &str) -> (TestNode, TestNode) {
-    let a = TestNode::start(plugins, |_| {}).await;
+    pair_with(plugins, community, |_| {}).await
+}
+
+/// [`pair`], both nodes' configuration adjusted by `tweak`.
+pub async fn pair_with(
+    plugins: &Path,
+    community: &str,
+    tweak: impl Fn(&mut Config),
+) -> (TestNode, TestNode) {
+    let a = TestNode::start(plugins, &tweak).await;
     let a_udp = a.udp;
-    let b = TestNode::start(plugins, |c| c.peers = vec![a_udp.to_string()]).await;
+    let b = TestNode::start(plugins, |c| {
+        tweak(c);
+        c.peers = vec![a_udp.to_string()];
+    })
+    .await;
     let b_udp = b.udp;
     wait_until(
         Duration::from_secs(20),

@@ -5,13 +5,16 @@
 use std::time::Duration;
 
 use dispersy_node::plugin;
-use integration_tests::{EXAMPLE, FAULTY, TestNode, pair, plugin_dir, plugin_file, wait_until};
+use integration_tests::{
+    EXAMPLE, FAULTY, TestNode, pair, pair_with, plugin_dir, plugin_file, wait_until,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_plugin_fails_alone() {
     let plugins = plugin_dir(&["example_community", "faulty_community"]);
-    let (a, b) = pair(plugins.path(), EXAMPLE).await;
+    // No restart: the first panic fails the community (restarts: tests/tests/stuck.rs).
+    let (a, b) = pair_with(plugins.path(), EXAMPLE, |c| c.limits.plugin_restarts = 0).await;
     let b_udp = b.udp;
     wait_until(
         Duration::from_secs(20),
@@ -58,6 +61,7 @@ async fn a_panicking_plugin_fails_alone() {
     let failed = faulty["plugin"]["failed"].as_str().unwrap();
     assert!(failed.contains("panic in handle"), "{faulty}");
     assert!(faulty["plugin"]["errors"].as_u64().unwrap() >= 1);
+    assert_eq!(faulty["plugin"]["state"], "failed", "{faulty}");
     // Its status now reports the poisoning instead of calling into the broken instance.
     assert!(
         faulty["plugin"]["status"]["error"]

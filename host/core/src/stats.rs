@@ -311,6 +311,12 @@ pub enum DropReason {
     PluginQueueFull,
     /// Messages a plugin call failed on (an error, a panic, an answer that makes no sense) (host).
     PluginError,
+    /// Messages or a signature question for a community whose plugin call has run past its
+    /// deadline (host).
+    PluginStuck,
+    /// Messages or a signature question for a community whose plugin is restarting after a panic,
+    /// or failed for good (host).
+    PluginDown,
     /// This node's own new message, which a plugin asked to wait (host).
     OwnMessageCannotWait,
     /// Messages the store could not write (host).
@@ -387,6 +393,8 @@ impl DropReason {
         DropReason::NoPlugin,
         DropReason::PluginQueueFull,
         DropReason::PluginError,
+        DropReason::PluginStuck,
+        DropReason::PluginDown,
         DropReason::OwnMessageCannotWait,
         DropReason::StoreFailed,
         DropReason::StaleSequence,
@@ -458,6 +466,8 @@ impl DropReason {
             DropReason::NoPlugin => "no-plugin",
             DropReason::PluginQueueFull => "plugin-queue-full",
             DropReason::PluginError => "plugin error",
+            DropReason::PluginStuck => "plugin-stuck",
+            DropReason::PluginDown => "plugin-down",
             DropReason::OwnMessageCannotWait => "own message cannot wait",
             DropReason::StoreFailed => "store failed",
             DropReason::StaleSequence => "stale-sequence",

@@ -4,7 +4,7 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | /v1/node | member, addresses, connection type, traffic counters |
-//! | GET | /v1/communities | joined communities, candidate counts, counters, plugin status |
+//! | GET | /v1/communities | joined communities, candidate counts, counters, plugin status and state (live, stuck, restarting, failed) |
 //! | GET | /v1/communities/{id}/candidates | candidates with category and addresses |
 //! | POST | /v1/communities/{id}/messages | create a message: `{"meta": NAME, "payload": {...}}` |
 //! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
@@ -275,16 +275,39 @@ async fn ask_worker<T>(
     worker: &Worker,
     make: impl FnOnce(oneshot::Sender<T>) -> Job,
 ) -> ApiResult<T> {
-    let (reply, answer) = oneshot::channel();
+    let (reply, mut answer) = oneshot::channel();
     worker.submit(make(reply)).map_err(|e| match e {
         QueueError::Full => ApiError::unavailable("community busy (queue full); try again"),
         QueueError::Stopped => ApiError::unavailable("community stopped"),
+        QueueError::Stuck { .. } | QueueError::Down { .. } => ApiError::unavailable(e.to_string()),
     })?;
-    match tokio::time::timeout(REPLY_TIMEOUT, answer).await {
-        Ok(Ok(value)) => Ok(value),
-        _ => Err(ApiError::unavailable("community did not answer")),
+    // Queued behind a call that becomes stuck: answered as soon as that shows.
+    let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    let mut look = tokio::time::interval(STUCK_POLL);
+    loop {
+        tokio::select! {
+            value = &mut answer => {
+                return value.map_err(|_| ApiError::unavailable("community did not answer"));
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(ApiError::unavailable("community did not answer"));
+            }
+            _ = look.tick() => {
+                let health = worker.shared.health();
+                if health.state == "stuck" {
+                    return Err(ApiError::unavailable(format!(
+                        "community {} is stuck: {}",
+                        worker.name(),
+                        health.reason.unwrap_or_default()
+                    )));
+                }
+            }
+        }
     }
 }
+
+/// How often a waiting API call looks whether the community became stuck.
+const STUCK_POLL: Duration = Duration::from_millis(100);
 
 fn community_id(text: &str) -> ApiResult<CommunityId> {
     CommunityId::from_hex(text)
@@ -321,7 +344,12 @@ async fn plugin_view(worker: &Worker) -> Value {
         Err(error) => json!({ "error": error.message }),
     };
     let stats = lock(&worker.shared.stats).clone();
+    let health = worker.shared.health();
     json!({
+        "state": health.state,
+        "reason": health.reason,
+        "since_ms": health.since_ms,
+        "restarts": health.restarts,
         "status": status,
         "accepted": stats.accepted,
         "dropped": stats.dropped,
@@ -634,6 +662,16 @@ async fn shutdown_node(State(shared): State<Arc<Shared>>) -> Response {
 async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
     let node = ask(&shared, |reply| Command::Node { reply }).await?;
     let communities = ask(&shared, |reply| Command::Communities { reply }).await?;
+    let healths: Vec<(String, crate::plugin::Health)> = shared
+        .registry
+        .as_ref()
+        .map(|r| {
+            r.workers()
+                .into_iter()
+                .map(|(id, w)| (id.to_hex(), w.shared.health()))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
         let _ = writeln!(
@@ -736,6 +774,31 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
         "Messages created here that their plugin's check refused (not sent, not stored).",
         "counter",
         per(&|c| c.stats.0.messages_refused),
+    );
+    let mut states = Vec::new();
+    for (id, health) in &healths {
+        for state in crate::plugin::Health::STATES {
+            let on = u64::from(health.state == state);
+            states.push((format!("{{community=\"{id}\",state=\"{state}\"}}"), on));
+        }
+    }
+    states.sort();
+    gauge(
+        "plugin_state",
+        "1 for the state each community's plugin is in (starting, live, stuck, restarting, failed).",
+        "gauge",
+        states,
+    );
+    let mut restarts: Vec<(String, u64)> = healths
+        .iter()
+        .map(|(id, h)| (format!("{{community=\"{id}\"}}"), u64::from(h.restarts)))
+        .collect();
+    restarts.sort();
+    gauge(
+        "plugin_restarts_total",
+        "Restarts of each community's plugin after a panic.",
+        "counter",
+        restarts,
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

@@ -306,6 +306,19 @@ pub struct Limits {
     /// Longest a message created here waits for its plugin's check, in milliseconds; then it is
     /// given up (nothing sent or stored). Keep it below the API's 10 s wait.
     pub created_check_timeout_ms: u64,
+    /// Longest a call into a plugin (create, check, handle, timer, JSON, status) may run, in
+    /// milliseconds. A community whose call runs longer is reported stuck: deliveries and API
+    /// calls to it are refused (and counted) until the call returns. Shutdown waits at most this
+    /// long (plus a second) for community threads, then leaves a stuck one behind.
+    pub plugin_call_deadline_ms: u64,
+    /// Restarts of a community after a plugin panic within `plugin_restart_window_ms`; one more
+    /// panic and it stays failed. 0: the first panic fails it.
+    pub plugin_restarts: u32,
+    /// The window over which `plugin_restarts` are counted, in milliseconds.
+    pub plugin_restart_window_ms: u64,
+    /// Wait before the first restart after a panic, in milliseconds; doubled for each restart
+    /// within the window.
+    pub plugin_restart_backoff_ms: u64,
     /// Messages written to the database in one transaction.
     pub store_batch: usize,
     /// SQLite page cache per database connection (there are 4), in KiB.
@@ -358,6 +371,10 @@ impl Default for Limits {
             plugin_copies: 16,
             created_checks: 4_096,
             created_check_timeout_ms: 5_000,
+            plugin_call_deadline_ms: 5_000,
+            plugin_restarts: 3,
+            plugin_restart_window_ms: 600_000,
+            plugin_restart_backoff_ms: 1_000,
             store_batch: 1_000,
             store_cache_kib: crate::store::DEFAULT_CACHE_KIB,
             store_mmap_mib: 0,
@@ -522,6 +539,7 @@ impl Config {
                 "limits.created_check_timeout_ms",
                 l.created_check_timeout_ms,
             ),
+            ("limits.plugin_call_deadline_ms", l.plugin_call_deadline_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{key} must be at least 1")));

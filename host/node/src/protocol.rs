@@ -344,8 +344,8 @@ impl Protocol {
                             ask,
                             message: Box::new(message),
                         };
-                        if worker.submit(job).is_err() {
-                            self.dropped.bump(DropReason::PluginQueueFull);
+                        if let Err(error) = worker.submit(job) {
+                            self.dropped.bump(error.drop_reason());
                         }
                     }
                     None => self.dropped.bump(DropReason::NoPlugin),
@@ -418,8 +418,8 @@ impl Protocol {
             match self.registry.as_ref().and_then(|r| r.worker(&community)) {
                 Some(worker) => {
                     let n = messages.len() as u64;
-                    if worker.submit(Job::Deliver { meta, messages }).is_err() {
-                        self.dropped.add(DropReason::PluginQueueFull, n);
+                    if let Err(error) = worker.submit(Job::Deliver { meta, messages }) {
+                        self.dropped.add(error.drop_reason(), n);
                     }
                 }
                 None => self.dropped.bump(DropReason::NoPlugin),

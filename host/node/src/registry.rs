@@ -50,6 +50,9 @@ pub struct PluginReport {
     /// SHA-256 of the file's current content, hex, when it differs from the content loaded:
     /// an upgrade candidate, not loaded while the community runs.
     pub candidate: Option<String>,
+    /// The community's health (live, stuck, restarting, failed), when loaded; filled in by
+    /// [`Registry::reports`].
+    pub health: Option<plugin::Health>,
 }
 
 impl PluginReport {
@@ -63,6 +66,7 @@ impl PluginReport {
             sha256: None,
             copy: None,
             candidate: None,
+            health: None,
         }
     }
 }
@@ -162,9 +166,19 @@ impl Registry {
             .map(|(d, row, _)| (d.clone(), *row))
     }
 
-    /// Every plugin file tried, loaded or refused.
+    /// Every plugin file tried, loaded or refused; a loaded one with its community's health.
     pub fn reports(&self) -> Vec<PluginReport> {
-        lock(&self.state).reports.clone()
+        let state = lock(&self.state);
+        let mut reports = state.reports.clone();
+        for report in &mut reports {
+            let worker = report
+                .community
+                .as_deref()
+                .and_then(|id| CommunityId::from_hex(id).ok())
+                .and_then(|id| state.workers.get(&id));
+            report.health = worker.map(|w| w.shared.health());
+        }
+        reports
     }
 
     /// Looks at the plugin files of the plugin folders that are new or changed since they were
@@ -254,7 +268,7 @@ impl Registry {
         let copies = self.context.copies.clone();
         let spare = self.context.spare_copies;
         let mapped = lock(&self.state).mapped.clone();
-        let (private, plugin) = tokio::task::spawn_blocking(move || {
+        let private = tokio::task::spawn_blocking(move || {
             let private = copy::private_copy(&owned, &copies).map_err(|e| e.to_string())?;
             let mut keep = mapped;
             keep.insert(private.path.clone());
@@ -262,18 +276,30 @@ impl Registry {
             if deleted > 0 {
                 tracing::debug!(deleted, folder = %copies.display(), "old plugin copies deleted");
             }
-            let plugin = plugin::load_from(&owned, &private.path);
-            Ok::<_, String>((private, plugin))
+            Ok::<_, String>(private)
         })
         .await
-        .map_err(|e| format!("plugin {}: loader failed: {e}", path.display()))??;
-        if plugin
-            .as_ref()
-            .map_or_else(plugin::LoadError::mapped, |_| true)
-        {
-            lock(&self.state).mapped.insert(private.path.clone());
-        }
-        let plugin = plugin.map_err(|e| e.to_string())?;
+        .map_err(|e| format!("plugin {}: copying failed: {e}", path.display()))??;
+        // Mapping the copy runs the plugin's own code (its root module, its definition): on a
+        // thread of its own, waited for at most the plugin call deadline.
+        let plugin = self.open(path, &private.path).await;
+        let plugin = match plugin {
+            Ok(plugin) => {
+                lock(&self.state).mapped.insert(private.path.clone());
+                plugin
+            }
+            Err(OpenError::Load(error)) => {
+                if error.mapped() {
+                    lock(&self.state).mapped.insert(private.path.clone());
+                }
+                return Err(error.to_string());
+            }
+            Err(OpenError::Other(error)) => {
+                // A loader that ran past its deadline may still map the copy: keep it.
+                lock(&self.state).mapped.insert(private.path.clone());
+                return Err(error);
+            }
+        };
         let definition = plugin.definition.clone();
         let id = definition.id();
         self.refuse_joined(path, id)?;
@@ -319,11 +345,22 @@ impl Registry {
             store: context.inserts.clone(),
             limits: context.limits.clone(),
         };
-        let worker = tokio::task::spawn_blocking(move || Worker::start(&plugin, worker_context))
-            .await
-            .map_err(|e| fail(&e))?
+        // create() runs on the community's thread: wait for it at most the call deadline.
+        let (worker, created) = Worker::start(&plugin, worker_context)
             .map_err(|e| fail(&format!("creating the community failed: {e}")))?;
-        tracing::info!(community = %id, name = %definition.name, path = %path.display(), "community joined");
+        let deadline = context.limits.deadline;
+        match tokio::time::timeout(deadline, created).await {
+            Ok(Ok(Ok(()))) => {
+                tracing::info!(community = %id, name = %definition.name, path = %path.display(), "community joined");
+            }
+            Ok(Ok(Err(error))) => {
+                return Err(fail(&format!("creating the community failed: {error}")));
+            }
+            Ok(Err(_)) => return Err(fail(&"creating the community failed: its thread ended")),
+            Err(_) => {
+                tracing::warn!(community = %id, name = %definition.name, path = %path.display(), deadline_ms = deadline.as_millis() as u64, "community stuck: its plugin's create() runs past the deadline; the other plugins go on");
+            }
+        }
         let report = PluginReport {
             path: path.to_path_buf(),
             name: Some(definition.name.clone()),
@@ -333,6 +370,7 @@ impl Registry {
             sha256: Some(private.hash.to_string()),
             copy: Some(private.path.clone()),
             candidate: None,
+            health: None,
         };
         let mut state = lock(&self.state);
         state.workers.insert(id, Arc::new(worker));
@@ -340,6 +378,39 @@ impl Registry {
         file.loaded = Some(private);
         file.candidate = None;
         Ok(report)
+    }
+
+    /// Opens and checks a plugin file on a thread of its own (the plugin's `definition()` runs
+    /// then), waiting at most the call deadline: a plugin that hangs there is refused, and its
+    /// thread left behind.
+    async fn open(&self, path: &Path, private: &Path) -> Result<plugin::Plugin, OpenError> {
+        let (reply, answer) = oneshot::channel();
+        let owned = path.to_path_buf();
+        let private = private.to_path_buf();
+        std::thread::Builder::new()
+            .name("plugin-load".into())
+            .spawn(move || {
+                let _ = reply.send(plugin::load_from(&owned, &private));
+            })
+            .map_err(|e| {
+                OpenError::Other(format!(
+                    "plugin {}: starting the loader: {e}",
+                    path.display()
+                ))
+            })?;
+        let deadline = self.context.limits.deadline;
+        match tokio::time::timeout(deadline, answer).await {
+            Ok(Ok(loaded)) => loaded.map_err(OpenError::Load),
+            Ok(Err(_)) => Err(OpenError::Other(format!(
+                "plugin {}: the loader failed",
+                path.display()
+            ))),
+            Err(_) => Err(OpenError::Other(format!(
+                "plugin {}: loading it ran past the plugin call deadline ({} ms)",
+                path.display(),
+                deadline.as_millis()
+            ))),
+        }
     }
 
     /// Refuses a file whose community `id` another file already provides.
@@ -379,12 +450,24 @@ impl Registry {
             .map_err(|e| e.to_string())
     }
 
-    /// Stops every community thread (after the queued jobs). Blocking.
-    pub fn stop_all(&self) {
+    /// Stops every community thread (after the queued jobs), waiting for them together at most
+    /// `timeout`; a thread still running then (stuck in a plugin call) is left behind and
+    /// logged. Blocking; returns the names of the communities left behind.
+    pub fn stop_all(&self, timeout: std::time::Duration) -> Vec<String> {
         let workers: Vec<Arc<Worker>> = lock(&self.state).workers.drain().map(|(_, w)| w).collect();
-        for worker in workers {
-            worker.stop();
+        for worker in &workers {
+            worker.signal_stop();
         }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut left = Vec::new();
+        for worker in workers {
+            if !worker.wait_stopped(deadline) {
+                let call = worker.shared.health().reason.unwrap_or_default();
+                tracing::warn!(community = %worker.name(), timeout_ms = timeout.as_millis() as u64, %call, "community thread did not stop in time; left behind");
+                left.push(worker.name().to_owned());
+            }
+        }
+        left
     }
 }
 
@@ -404,6 +487,14 @@ fn stamp(path: &Path) -> Option<Stamp> {
         modified: (m.mtime(), m.mtime_nsec()),
         changed: (m.ctime(), m.ctime_nsec()),
     })
+}
+
+/// Why a plugin file could not be opened.
+enum OpenError {
+    /// The loader refused it.
+    Load(plugin::LoadError),
+    /// The loader did not answer (it failed or ran past the deadline).
+    Other(String),
 }
 
 #[cfg(test)]
@@ -433,6 +524,10 @@ mod tests {
                 delayed: 8,
                 delay_timeout: Duration::from_secs(1),
                 timers: 1,
+                deadline: Duration::from_secs(5),
+                restarts: 0,
+                restart_window: Duration::from_secs(60),
+                restart_backoff: Duration::from_secs(1),
             },
             peers: Vec::new(),
             dirs: vec![dir.to_path_buf()],

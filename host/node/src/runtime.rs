@@ -14,6 +14,8 @@
 //! - **store** ([`crate::store`]): batches inserts into SQLite; **sync reads**
 //!   (`store::sync_task`): the store reads the protocol task asks for;
 //! - **plugin scan**: loads plugin files that appear in the plugin folders;
+//! - **watchdog**: reports (once) a community whose plugin call runs past
+//!   `limits.plugin_call_deadline_ms`;
 //! - **api** ([`crate::api`]): the control API.
 //!
 //! Community plugins run on their own threads (see [`crate::plugin`]).
@@ -119,11 +121,14 @@ pub struct Running {
     registry: Option<Arc<Registry>>,
     /// The data folder's lock, released when the node is gone.
     lock: DataLock,
+    /// How long shutdown waits for the community threads.
+    stop_timeout: Duration,
 }
 
 impl Running {
     /// Waits until every task ended (after the shutdown token was cancelled), then stops the
-    /// community threads.
+    /// community threads, waiting for them at most the plugin call deadline plus a second: a
+    /// thread stuck in a plugin call is left behind (logged), so shutdown always finishes.
     pub async fn wait(self) {
         for task in self.tasks {
             if let Err(error) = task.await {
@@ -144,7 +149,8 @@ impl Running {
             tracing::error!(%error, "joining verifier threads failed");
         }
         if let Some(registry) = self.registry {
-            let stopped = tokio::task::spawn_blocking(move || registry.stop_all()).await;
+            let timeout = self.stop_timeout;
+            let stopped = tokio::task::spawn_blocking(move || registry.stop_all(timeout)).await;
             if let Err(error) = stopped {
                 tracing::error!(%error, "stopping community threads failed");
             }
@@ -234,6 +240,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ),
     ));
     if let Some(registry) = &registry {
+        tasks.push(tokio::spawn(watchdog(
+            registry.clone(),
+            Duration::from_millis(config.limits.plugin_call_deadline_ms),
+            shutdown.clone(),
+        )));
         load_plugins(registry, &config, &shutdown, &mut tasks).await;
     }
     write_endpoints(&data_dir, udp, api_address, &key);
@@ -256,6 +267,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         threads,
         registry,
         lock,
+        stop_timeout: Duration::from_millis(config.limits.plugin_call_deadline_ms)
+            + Duration::from_secs(1),
     })
 }
 
@@ -339,6 +352,28 @@ fn worker_limits(limits: &Limits) -> WorkerLimits {
         delayed: limits.delayed_messages,
         delay_timeout: Duration::from_millis(limits.delay_timeout_ms),
         timers: limits.plugin_timers,
+        deadline: Duration::from_millis(limits.plugin_call_deadline_ms),
+        restarts: limits.plugin_restarts,
+        restart_window: Duration::from_millis(limits.plugin_restart_window_ms),
+        restart_backoff: Duration::from_millis(limits.plugin_restart_backoff_ms),
+    }
+}
+
+/// Looks at every community's running plugin call four times per `deadline` (at most every
+/// 250 ms) and reports, once per call, those past it.
+async fn watchdog(registry: Arc<Registry>, deadline: Duration, shutdown: CancellationToken) {
+    let every = (deadline / 4).clamp(Duration::from_millis(1), Duration::from_millis(250));
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                for (_, worker) in registry.workers() {
+                    worker.shared.watch();
+                }
+            }
+            () = shutdown.cancelled() => break,
+        }
     }
 }
 

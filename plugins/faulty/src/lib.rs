@@ -3,12 +3,26 @@
 //!
 //! Meta `boom` carries `{"stage": "check" | "handle" | "none"}`; receiving one panics in that
 //! stage. `stage` = `encode` panics while the host converts the JSON payload.
+//!
+//! Hangs, to prove the host's deadlines: `stage` = `loop:FILE` makes the receiver's handler loop
+//! (sleeping, so that it costs no CPU) until FILE exists (`loop:` alone: forever). While the file
+//! named by the environment variable [`HANG_CREATE_ENV`] exists, `create()` loops the same way.
 
 use dispersy_plugin_api::prelude::*;
 use dispersy_plugin_api::serde_json::{Value, json};
 
 /// The faulty community's master public key.
 pub const MASTER_KEY: &str = "0238b3e66b0d61f04fe33400bc2bdb0a2ec5d376b5baee39f8875591fbe46ac1d8";
+
+/// The environment variable naming a file: while it exists, `create()` hangs.
+pub const HANG_CREATE_ENV: &str = "DISPERSY_FAULTY_HANG_CREATE";
+
+/// Loops, sleeping, while `hang()` says so.
+fn hang_while(hang: impl Fn() -> bool) {
+    while hang() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
 
 /// Where to panic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +66,12 @@ impl FaultyCommunity {
                 !(message.source.is_some() && message.payload.stage == "handle"),
                 "faulty plugin: panic in handle"
             );
+            if message.source.is_some()
+                && let Some(release) = message.payload.stage.strip_prefix("loop:")
+            {
+                let release = std::path::PathBuf::from(release);
+                hang_while(|| release.as_os_str().is_empty() || !release.exists());
+            }
             self.handled += 1;
         }
         Ok(())
@@ -70,6 +90,10 @@ impl Community for FaultyCommunity {
     }
 
     fn create(_host: Host) -> Result<Self, Error> {
+        if let Some(flag) = std::env::var_os(HANG_CREATE_ENV) {
+            let flag = std::path::PathBuf::from(flag);
+            hang_while(|| flag.exists());
+        }
         Ok(FaultyCommunity { handled: 0 })
     }
 

@@ -6,10 +6,10 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
 use dispersy_core::identity::{CommunityId, PublicKey};
@@ -62,7 +62,8 @@ pub struct PluginStats {
     pub errors: u64,
     /// The last error.
     pub last_error: Option<String>,
-    /// Set when the plugin panicked; the community is disabled.
+    /// Set when the community failed for good (it panicked more often than it may be restarted,
+    /// or its `create()` failed): why. It stays disabled.
     pub failed: Option<String>,
     /// Batches refused because the worker's queue was full.
     pub queue_full: u64,
@@ -92,10 +93,66 @@ impl PluginStats {
     pub(super) fn error(&mut self, error: &PluginError) {
         self.errors += 1;
         self.last_error = Some(error.message.to_string());
-        if matches!(error.code, abi::ERROR_PANIC | abi::ERROR_POISONED) && self.failed.is_none() {
-            self.failed = Some(error.message.to_string());
-        }
     }
+}
+
+/// Where a community's plugin instance is in its life (a call that may be running aside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Life {
+    /// Its `create()` has not returned yet.
+    Starting,
+    /// Running.
+    Live,
+    /// It panicked; a new instance is created after a backoff.
+    Restarting {
+        /// The panic.
+        reason: String,
+        /// When it panicked.
+        since: SystemTime,
+    },
+    /// Down for good: it panicked more often than it may be restarted, or `create()` failed.
+    Failed {
+        /// Why.
+        reason: String,
+        /// Since when.
+        since: SystemTime,
+    },
+}
+
+/// A plugin call in progress on the community's thread.
+#[derive(Debug, Clone)]
+struct Call {
+    /// Which call: `create`, `check`, `handle`, `timer`, `to_json`, `from_json`, `status`,
+    /// `allow_signature`.
+    name: &'static str,
+    started: Instant,
+    wall: SystemTime,
+    /// Whether it was reported stuck (logged once).
+    reported: bool,
+}
+
+/// A community's health as the control API, the metrics and the plugin list show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    /// `starting`, `live`, `stuck` (a plugin call runs past its deadline), `restarting` (after a
+    /// panic) or `failed` (for good).
+    pub state: &'static str,
+    /// Why it is not live; `None` when live or starting.
+    pub reason: Option<String>,
+    /// Since when it is in this state, in milliseconds since the Unix epoch; `None` when live.
+    pub since_ms: Option<u64>,
+    /// Restarts after panics so far.
+    pub restarts: u32,
+}
+
+impl Health {
+    /// Every state name, for metrics that list them all.
+    pub const STATES: [&'static str; 5] = ["starting", "live", "stuck", "restarting", "failed"];
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// State shared between the protocol task, the worker thread, the host handle and the API.
@@ -113,11 +170,24 @@ pub struct Shared {
     pub(super) next_seq: AtomicU64,
     /// The plugin's timers: (when, token), earliest first.
     pub(super) timers: Mutex<BinaryHeap<Reverse<(Instant, u64)>>>,
+    /// The community type's name, for log lines and errors.
+    pub(super) name: String,
+    /// How long a plugin call may run before the community is reported stuck.
+    pub(super) deadline: Duration,
+    /// The plugin call running on the community's thread, if any.
+    call: Mutex<Option<Call>>,
+    /// Where the instance is in its life.
+    pub(super) life: Mutex<Life>,
+    /// Restarts after panics so far.
+    pub(super) restarts: AtomicU32,
+    /// Set to make the thread end after the job it is on, without running the queued ones.
+    pub(super) stop_now: AtomicBool,
 }
 
 impl Shared {
-    /// Fresh state: no candidates, no counts, delivery numbers from 1.
-    pub(super) fn new() -> Self {
+    /// Fresh state of community type `name` whose plugin calls have `deadline`: starting, no
+    /// candidates, no counts, delivery numbers from 1.
+    pub(super) fn new(name: &str, deadline: Duration) -> Self {
         Shared {
             global_time: AtomicU64::new(0),
             candidates: Mutex::new(Vec::new()),
@@ -125,6 +195,95 @@ impl Shared {
             recent: Mutex::new(VecDeque::new()),
             next_seq: AtomicU64::new(1),
             timers: Mutex::new(BinaryHeap::new()),
+            name: name.to_owned(),
+            deadline,
+            call: Mutex::new(None),
+            life: Mutex::new(Life::Starting),
+            restarts: AtomicU32::new(0),
+            stop_now: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes that plugin call `name` starts on the community's thread.
+    pub(super) fn begin_call(&self, name: &'static str) {
+        *lock(&self.call) = Some(Call {
+            name,
+            started: Instant::now(),
+            wall: SystemTime::now(),
+            reported: false,
+        });
+    }
+
+    /// Notes that the running plugin call returned; a community reported stuck is live again
+    /// (logged).
+    pub(super) fn end_call(&self) {
+        if let Some(call) = lock(&self.call).take()
+            && call.reported
+        {
+            tracing::info!(
+                community = %self.name,
+                call = call.name,
+                ms = call.started.elapsed().as_millis() as u64,
+                "community live again: its stuck plugin call returned"
+            );
+        }
+    }
+
+    /// The plugin call that has run past the deadline, with when it started; `None` when the
+    /// community is not stuck.
+    pub(super) fn stuck(&self) -> Option<(&'static str, SystemTime)> {
+        lock(&self.call)
+            .as_ref()
+            .filter(|call| call.started.elapsed() >= self.deadline)
+            .map(|call| (call.name, call.wall))
+    }
+
+    /// The watchdog's look: logs once (a warning) that the community is stuck when its running
+    /// call has passed the deadline. Returns whether it is stuck.
+    pub fn watch(&self) -> bool {
+        let mut call = lock(&self.call);
+        let Some(call) = call
+            .as_mut()
+            .filter(|call| call.started.elapsed() >= self.deadline)
+        else {
+            return false;
+        };
+        if !call.reported {
+            call.reported = true;
+            tracing::warn!(
+                community = %self.name,
+                call = call.name,
+                deadline_ms = self.deadline.as_millis() as u64,
+                "community stuck: a plugin call runs past its deadline; its deliveries and API \
+                 calls are refused until it returns"
+            );
+        }
+        true
+    }
+
+    /// The community's health now.
+    pub fn health(&self) -> Health {
+        let restarts = self.restarts.load(Ordering::Relaxed);
+        let life = lock(&self.life).clone();
+        let (state, reason, since) = match (life, self.stuck()) {
+            (Life::Failed { reason, since }, _) => ("failed", Some(reason), Some(since)),
+            (_, Some((call, since))) => (
+                "stuck",
+                Some(format!(
+                    "plugin call `{call}` has run for more than {} ms",
+                    self.deadline.as_millis()
+                )),
+                Some(since),
+            ),
+            (Life::Restarting { reason, since }, None) => ("restarting", Some(reason), Some(since)),
+            (Life::Starting, None) => ("starting", None, None),
+            (Life::Live, None) => ("live", None, None),
+        };
+        Health {
+            state,
+            reason,
+            since_ms: since.map(unix_ms),
+            restarts,
         }
     }
 
@@ -139,7 +298,9 @@ impl Shared {
     }
 }
 
-/// The host side of [`HostApi`] for one community instance.
+/// The host side of [`HostApi`] for one community instance (each instance, a restarted one
+/// too, gets its own clone).
+#[derive(Clone)]
 pub(super) struct HostHandle {
     pub(super) community: CommunityId,
     pub(super) name: String,

@@ -10,8 +10,8 @@ pub mod host;
 pub mod load;
 pub mod worker;
 
-pub use host::{Delivered, PluginStats, Shared, candidate_infos};
+pub use host::{Delivered, Health, PluginStats, Shared, candidate_infos};
 pub use load::{
     HOST_API_VERSION, LoadError, Plugin, definition_from_raw, discover, load, load_from,
 };
-pub use worker::{Job, QueueError, Worker, WorkerContext, WorkerLimits};
+pub use worker::{Created, Job, QueueError, Worker, WorkerContext, WorkerLimits};

@@ -4,6 +4,21 @@
 //! check → store → handle for delivered messages (gathering what is waiting, up to the batch
 //! bound), checks the messages this node creates before they are published, keeps delayed messages and plugin timers (both bounded), and answers the control API's
 //! requests (JSON conversion, status).
+//!
+//! Isolation. A thread stuck in plugin code cannot be killed, so the host works around it:
+//! - every plugin call (`create` included) is noted in [`Shared`] with its start; once it runs
+//!   past `limits.deadline` the community is *stuck* (the runtime's watchdog logs it once, the API
+//!   and the metrics show it), [`Worker::submit`] refuses deliveries (counted as `plugin-stuck`)
+//!   and API jobs at once, so nothing waits on it and its queue stops growing; when the call
+//!   returns, it is live again;
+//! - `create()` runs on the community's own thread: the registry waits for it at most the deadline;
+//! - stopping is bounded ([`Worker::signal_stop`], [`Worker::wait_stopped`]): a thread still stuck
+//!   at the deadline is left behind (detached) and logged;
+//! - a panic in a call that changes the community (check, handle, timer, allow_signature) poisons
+//!   the instance: the thread creates a new one from the same library after a backoff (doubling
+//!   per restart) and hands it the community's history (`WorkerLoop::restore`, a seam that does
+//!   nothing yet); after `limits.restarts` restarts within `limits.restart_window` the next panic
+//!   leaves the community failed, with its reason.
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
@@ -11,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RSlice, RStr, RString, RVec};
@@ -25,7 +40,7 @@ use dispersy_core::store::{Entry, Report};
 use dispersy_plugin_api::abi::{self, CommunityBox, HostApi_TO, PluginError, RawMessage};
 use tokio::sync::{mpsc, oneshot};
 
-use super::host::{Delivered, HostHandle, Shared};
+use super::host::{Delivered, HostHandle, Life, Shared};
 use super::load::Plugin;
 use crate::command::Command;
 use crate::mutex::lock;
@@ -46,6 +61,14 @@ pub struct WorkerLimits {
     pub delay_timeout: Duration,
     /// Timers scheduled at once.
     pub timers: usize,
+    /// Longest a plugin call may run before the community is reported stuck.
+    pub deadline: Duration,
+    /// Restarts after panics allowed within `restart_window`.
+    pub restarts: u32,
+    /// The window over which restarts are counted.
+    pub restart_window: Duration,
+    /// Wait before the first restart; doubled for each restart within the window.
+    pub restart_backoff: Duration,
 }
 
 /// Work for a community's thread.
@@ -103,7 +126,7 @@ pub enum Job {
 }
 
 /// Why a job was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     /// The queue is full.
     #[error("the community's queue is full")]
@@ -111,7 +134,47 @@ pub enum QueueError {
     /// The thread is gone.
     #[error("the community's thread has stopped")]
     Stopped,
+    /// A plugin call has run past its deadline.
+    #[error(
+        "community {community} is stuck: its plugin call `{call}` has run for more than {deadline_ms} ms"
+    )]
+    Stuck {
+        /// Community type name.
+        community: String,
+        /// The call.
+        call: &'static str,
+        /// The deadline.
+        deadline_ms: u64,
+    },
+    /// The plugin is restarting after a panic, or failed for good.
+    #[error("community {community} is disabled ({state}): {reason}")]
+    Down {
+        /// Community type name.
+        community: String,
+        /// `restarting` or `failed`.
+        state: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
+
+impl QueueError {
+    /// The reason under which refused messages are counted.
+    pub fn drop_reason(&self) -> DropReason {
+        match self {
+            QueueError::Full => DropReason::PluginQueueFull,
+            QueueError::Stopped => DropReason::NoPlugin,
+            QueueError::Stuck { .. } => DropReason::PluginStuck,
+            QueueError::Down { .. } => DropReason::PluginDown,
+        }
+    }
+}
+
+/// Makes a new instance of the community (the plugin's `create()` with a fresh host handle).
+type Factory = Box<dyn FnMut() -> Result<CommunityBox, PluginError> + Send>;
+
+/// The answer of a community's first `create()`, sent by its thread.
+pub type Created = oneshot::Receiver<Result<(), PluginError>>;
 
 /// The handle of one community's thread.
 pub struct Worker {
@@ -119,6 +182,8 @@ pub struct Worker {
     /// Shared state.
     pub shared: Arc<Shared>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Disconnected once the thread has ended.
+    done: Mutex<Receiver<()>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -146,9 +211,18 @@ pub struct WorkerContext {
 }
 
 impl Worker {
-    /// Creates the community instance and starts its thread.
-    pub fn start(plugin: &Plugin, context: WorkerContext) -> Result<Worker, PluginError> {
-        let shared = Arc::new(Shared::new());
+    /// Starts the community's thread, which creates the instance (`create()`, under the call
+    /// deadline like every plugin call) and then runs its jobs. Returns at once, with the
+    /// receiver of `create()`'s answer: on an error the thread has ended; if the answer does
+    /// not come in time, the community shows as stuck, and as live or failed once it comes.
+    pub fn start(
+        plugin: &Plugin,
+        context: WorkerContext,
+    ) -> Result<(Worker, Created), PluginError> {
+        let shared = Arc::new(Shared::new(
+            &context.definition.name,
+            context.limits.deadline,
+        ));
         let (jobs, receiver) = std::sync::mpsc::sync_channel(context.limits.queue);
         let host = HostHandle {
             community: context.community,
@@ -159,30 +233,43 @@ impl Worker {
             wake: jobs.clone(),
             max_timers: context.limits.timers,
         };
-        let instance =
-            (plugin.module.create())(HostApi_TO::from_value(host, TD_Opaque)).into_result()?;
+        let create = plugin.module.create();
+        let factory: Factory =
+            Box::new(move || create(HostApi_TO::from_value(host.clone(), TD_Opaque)).into_result());
+        let (created_tx, created) = oneshot::channel();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("community-{}", context.definition.name))
             .spawn(move || {
-                WorkerLoop {
-                    instance,
-                    context,
-                    shared: thread_shared,
-                    delayed: VecDeque::new(),
-                }
-                .run(receiver)
+                // Dropped when the thread ends, however it ends.
+                let _done = done_tx;
+                WorkerLoop::new(None, factory, context, thread_shared).start(receiver, created_tx);
             })
             .map_err(|e| PluginError::new(abi::ERROR_HOST, format!("spawning thread: {e}")))?;
-        Ok(Worker {
+        let worker = Worker {
             jobs,
             shared,
             thread: Mutex::new(Some(thread)),
-        })
+            done: Mutex::new(done),
+        };
+        Ok((worker, created))
     }
 
-    /// Queues a job without blocking.
+    /// The community type's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Queues a job without blocking. Refused at once while the community is stuck,
+    /// restarting or failed (refused deliveries are counted in the community's stats).
     pub fn submit(&self, job: Job) -> Result<(), QueueError> {
+        if let Some(refusal) = self.refusal() {
+            if let Job::Deliver { messages, .. } = &job {
+                lock(&self.shared.stats).drop_reason(refusal.drop_reason(), messages.len() as u64);
+            }
+            return Err(refusal);
+        }
         self.jobs.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => {
                 lock(&self.shared.stats).queue_full += 1;
@@ -192,11 +279,56 @@ impl Worker {
         })
     }
 
-    /// Stops the thread after the jobs already queued. (Dropping the sender is not enough: the
-    /// community's host handle holds a sender too, to wake the thread for timers.)
-    pub fn stop(&self) {
-        if self.jobs.send(Job::Stop).is_err() {
-            tracing::debug!("community thread already stopped");
+    /// Why jobs are refused now, if they are.
+    fn refusal(&self) -> Option<QueueError> {
+        let community = self.shared.name.clone();
+        match &*lock(&self.shared.life) {
+            Life::Failed { reason, .. } => {
+                return Some(QueueError::Down {
+                    community,
+                    state: "failed",
+                    reason: reason.clone(),
+                });
+            }
+            Life::Restarting { reason, .. } => {
+                return Some(QueueError::Down {
+                    community,
+                    state: "restarting",
+                    reason: reason.clone(),
+                });
+            }
+            Life::Starting | Life::Live => {}
+        }
+        self.shared.stuck().map(|(call, _)| QueueError::Stuck {
+            community,
+            call,
+            deadline_ms: self.shared.deadline.as_millis() as u64,
+        })
+    }
+
+    /// Asks the thread to stop after the jobs already queued, or, when its queue is full, after
+    /// the job it is on. Never blocks. (Dropping the sender is not enough: the community's host
+    /// handle holds a sender too, to wake the thread for timers.)
+    pub fn signal_stop(&self) {
+        if self.jobs.try_send(Job::Stop).is_err() {
+            self.shared.stop_now.store(true, Ordering::Relaxed);
+            // Wakes a thread waiting for a job (a full queue has one waiting anyway).
+            let _ = self.jobs.try_send(Job::Wake);
+        }
+    }
+
+    /// Waits until the thread ended, at most until `deadline`; returns whether it did. A thread
+    /// still running then (stuck in a plugin call) is left behind, detached: it cannot be killed.
+    pub fn wait_stopped(&self, deadline: Instant) -> bool {
+        let ended = {
+            let done = lock(&self.done);
+            matches!(
+                done.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+                Err(RecvTimeoutError::Disconnected) | Ok(())
+            )
+        };
+        if !ended {
+            return false;
         }
         let thread = lock(&self.thread).take();
         if let Some(thread) = thread {
@@ -204,6 +336,14 @@ impl Worker {
             // the host's own loop, already reported by the panic hook.
             let _ = thread.join();
         }
+        true
+    }
+
+    /// Stops the thread after the jobs already queued, waiting for it at most `timeout`;
+    /// returns whether it ended.
+    pub fn stop(&self, timeout: Duration) -> bool {
+        self.signal_stop();
+        self.wait_stopped(Instant::now() + timeout)
     }
 }
 
@@ -214,25 +354,191 @@ struct DelayedMessage {
     expires_at: Instant,
 }
 
+/// The calls that may change a community: a panic in one poisons the instance.
+const MUTATING: [&str; 4] = ["check", "handle", "timer", "allow_signature"];
+
 struct WorkerLoop {
-    instance: CommunityBox,
+    /// `None` before `create()` returned, and after a panic until the restart.
+    instance: Option<CommunityBox>,
+    factory: Factory,
     context: WorkerContext,
     shared: Arc<Shared>,
     delayed: VecDeque<DelayedMessage>,
+    /// When the next restart is due, after a panic.
+    restart_at: Option<Instant>,
+    /// Restarts within the restart window, oldest first.
+    restarted: VecDeque<Instant>,
 }
 
 impl WorkerLoop {
+    fn new(
+        instance: Option<CommunityBox>,
+        factory: Factory,
+        context: WorkerContext,
+        shared: Arc<Shared>,
+    ) -> Self {
+        if instance.is_some() {
+            *lock(&shared.life) = Life::Live;
+        }
+        WorkerLoop {
+            instance,
+            factory,
+            context,
+            shared,
+            delayed: VecDeque::new(),
+            restart_at: None,
+            restarted: VecDeque::new(),
+        }
+    }
+
+    /// Creates the instance, tells `created`, then runs the jobs. A failed `create()` ends the
+    /// thread when the registry still waits for the answer (it refuses the plugin), and leaves
+    /// the community failed otherwise.
+    fn start(mut self, jobs: Receiver<Job>, created: oneshot::Sender<Result<(), PluginError>>) {
+        match self.create() {
+            Ok(()) => {
+                let _ = created.send(Ok(()));
+            }
+            Err(error) => {
+                self.fail(format!("create() failed: {}", error.message));
+                if created.send(Err(error)).is_ok() {
+                    return;
+                }
+            }
+        }
+        self.run(jobs);
+    }
+
+    /// A new instance from the factory, under the call deadline, given the community's history.
+    fn create(&mut self) -> Result<(), PluginError> {
+        self.shared.begin_call("create");
+        let made = (self.factory)();
+        self.shared.end_call();
+        self.instance = Some(made?);
+        self.restore();
+        *lock(&self.shared.life) = Life::Live;
+        Ok(())
+    }
+
+    /// Gives a new instance (first start or restart) the community's stored history before live
+    /// traffic. The seam of the restore hook (issue 10, promise 1), not built yet: does nothing,
+    /// so a restarted instance starts empty.
+    fn restore(&mut self) {}
+
+    /// Runs plugin call `name` on the instance, noted for the watchdog. A panic in a call that
+    /// changes the community (or a poisoned instance) takes the instance down for a restart.
+    fn call<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&mut CommunityBox) -> abi_stable::std_types::RResult<T, PluginError>,
+    ) -> Result<T, PluginError> {
+        let Some(instance) = self.instance.as_mut() else {
+            return Err(self.down_error());
+        };
+        self.shared.begin_call(name);
+        let result = f(instance).into_result();
+        self.shared.end_call();
+        if let Err(error) = &result
+            && (error.code == abi::ERROR_POISONED
+                || (error.code == abi::ERROR_PANIC && MUTATING.contains(&name)))
+        {
+            self.panicked(error.message.to_string());
+        }
+        result
+    }
+
+    /// The error of a call while there is no instance.
+    fn down_error(&self) -> PluginError {
+        let state = self.shared.health();
+        PluginError::new(
+            abi::ERROR_HOST,
+            format!(
+                "community {} is disabled ({}): {}",
+                self.shared.name,
+                state.state,
+                state.reason.unwrap_or_default()
+            ),
+        )
+    }
+
+    /// The instance panicked: it is dropped from use (leaked, not dropped: a panic in its
+    /// destructor would abort the process), and a restart is scheduled after a backoff, unless
+    /// the restarts within the window are used up: then the community fails for good.
+    fn panicked(&mut self, reason: String) {
+        if let Some(old) = self.instance.take() {
+            std::mem::forget(old);
+        }
+        lock(&self.shared.timers).clear();
+        let now = Instant::now();
+        let limits = &self.context.limits;
+        while self
+            .restarted
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= limits.restart_window)
+        {
+            self.restarted.pop_front();
+        }
+        let done = self.restarted.len();
+        if done >= limits.restarts as usize {
+            tracing::error!(community = %self.shared.name, restarts = done, %reason, "community failed: its plugin panicked again after its restarts; it stays disabled");
+            self.fail(reason);
+            return;
+        }
+        let backoff = limits
+            .restart_backoff
+            .saturating_mul(1u32.checked_shl(done as u32).unwrap_or(u32::MAX));
+        tracing::warn!(community = %self.shared.name, %reason, backoff_ms = backoff.as_millis() as u64, restart = done + 1, of = limits.restarts, "community's plugin panicked; restarting it");
+        self.restart_at = Some(now + backoff);
+        *lock(&self.shared.life) = Life::Restarting {
+            reason,
+            since: SystemTime::now(),
+        };
+    }
+
+    /// Down for good, with `reason`.
+    fn fail(&mut self, reason: String) {
+        self.restart_at = None;
+        lock(&self.shared.stats).failed = Some(reason.clone());
+        *lock(&self.shared.life) = Life::Failed {
+            reason,
+            since: SystemTime::now(),
+        };
+    }
+
+    /// Restarts the instance when its restart is due.
+    fn restart_if_due(&mut self) {
+        let now = Instant::now();
+        if self.restart_at.is_none_or(|at| at > now) {
+            return;
+        }
+        self.restart_at = None;
+        self.restarted.push_back(now);
+        self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        match self.create() {
+            Ok(()) => {
+                tracing::info!(community = %self.shared.name, restarts = self.shared.restarts.load(Ordering::Relaxed), "community restarted");
+            }
+            Err(error) => self.panicked(format!("create() failed on restart: {}", error.message)),
+        }
+    }
+
     fn run(mut self, jobs: Receiver<Job>) {
         // A job taken from the queue while gathering a batch, to run right after it.
         let mut next: Option<Job> = None;
         loop {
+            if self.shared.stop_now.load(Ordering::Relaxed) {
+                break;
+            }
             let job = match next.take() {
                 Some(job) => Ok(job),
                 None => {
                     let now = Instant::now();
                     let next_timer = lock(&self.shared.timers).peek().map(|t| t.0.0);
                     let next_delay = self.delayed.iter().map(|d| d.retry_at).min();
-                    let wake = [next_timer, next_delay].into_iter().flatten().min();
+                    let wake = [next_timer, next_delay, self.restart_at]
+                        .into_iter()
+                        .flatten()
+                        .min();
                     match wake {
                         Some(at) => jobs.recv_timeout(at.saturating_duration_since(now)),
                         None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -262,6 +568,7 @@ impl WorkerLoop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.restart_if_due();
             self.fire_timers();
             self.retry_delayed();
         }
@@ -279,13 +586,13 @@ impl WorkerLoop {
                     .into_iter()
                     .map(|(meta, conversion, payload)| {
                         let json = self
-                            .instance
-                            .payload_to_json(
-                                meta,
-                                RSlice::from(&conversion[..]),
-                                RSlice::from(&payload[..]),
-                            )
-                            .into_result()
+                            .call("to_json", |instance| {
+                                instance.payload_to_json(
+                                    meta,
+                                    RSlice::from(&conversion[..]),
+                                    RSlice::from(&payload[..]),
+                                )
+                            })
                             .map_err(|e| e.message.to_string())?;
                         serde_json::from_str(json.as_str()).map_err(|e| e.to_string())
                     })
@@ -293,38 +600,49 @@ impl WorkerLoop {
                 let _ = reply.send(rendered);
             }
             Job::FromJson { meta, json, reply } => {
+                let running = self.instance.is_some();
                 let result = self
-                    .instance
-                    .payload_from_json(meta, RStr::from(json.as_str()))
-                    .into_result()
+                    .call("from_json", |instance| {
+                        instance.payload_from_json(meta, RStr::from(json.as_str()))
+                    })
                     .map(RVec::into_vec);
                 if let Err(e) = &result
                     && e.code != abi::ERROR_INVALID
+                    && running
                 {
                     lock(&self.shared.stats).error(e);
                 }
                 let _ = reply.send(result);
             }
             Job::Status { reply } => {
-                let result = self.instance.status().into_result().and_then(|text| {
-                    serde_json::from_str(text.as_str()).map_err(|e| {
-                        PluginError::new(abi::ERROR_INTERNAL, format!("status is not JSON: {e}"))
-                    })
-                });
-                if let Err(e) = &result {
+                let running = self.instance.is_some();
+                let result = self
+                    .call("status", |instance| instance.status())
+                    .and_then(|text| {
+                        serde_json::from_str(text.as_str()).map_err(|e| {
+                            PluginError::new(
+                                abi::ERROR_INTERNAL,
+                                format!("status is not JSON: {e}"),
+                            )
+                        })
+                    });
+                if let Err(e) = &result
+                    && running
+                {
                     lock(&self.shared.stats).error(e);
                 }
                 let _ = reply.send(result);
             }
             Job::AllowSignature { ask, message } => {
                 let raw = raw_message(&message, None);
-                let allow = match self.instance.allow_signature(&raw).into_result() {
-                    Ok(allow) => allow,
-                    Err(error) => {
-                        self.report(&error);
-                        false
-                    }
-                };
+                let allow =
+                    match self.call("allow_signature", |instance| instance.allow_signature(&raw)) {
+                        Ok(allow) => allow,
+                        Err(error) => {
+                            self.report(&error);
+                            false
+                        }
+                    };
                 self.tell(Command::SignatureVerdict { ask, allow });
             }
             Job::CheckCreated { request, message } => {
@@ -364,7 +682,12 @@ impl WorkerLoop {
         }
     }
 
+    /// Logs and counts a failed plugin call (not the refusals of a community without an
+    /// instance: those are counted where they happen).
     fn report(&self, error: &PluginError) {
+        if error.code == abi::ERROR_HOST && self.instance.is_none() {
+            return;
+        }
         tracing::warn!(community = %self.context.definition.name, %error, "plugin error");
         lock(&self.shared.stats).error(error);
     }
@@ -374,6 +697,10 @@ impl WorkerLoop {
     fn deliver(&mut self, batch: Batch) {
         let mut accepted = Vec::with_capacity(batch.metas.len());
         for (meta, messages) in batch.metas {
+            if self.instance.is_none() {
+                lock(&self.shared.stats).drop_reason(DropReason::PluginDown, messages.len() as u64);
+                continue;
+            }
             accepted.extend(self.check(meta, messages));
         }
         self.store_and_handle(accepted);
@@ -382,7 +709,7 @@ impl WorkerLoop {
     /// Calls the plugin's check on `raw`: one verdict per message, or the plugin's error (or a
     /// wrong number of verdicts), reported.
     fn verdicts(&mut self, raw: &[RawMessage]) -> Result<RVec<abi::RawVerdict>, PluginError> {
-        let result = match self.instance.check(RSlice::from(raw)).into_result() {
+        let result = match self.call("check", |instance| instance.check(RSlice::from(raw))) {
             Ok(v) if v.len() == raw.len() => return Ok(v),
             Ok(v) => PluginError::new(
                 abi::ERROR_INTERNAL,
@@ -530,6 +857,9 @@ impl WorkerLoop {
     }
 
     fn retry_delayed(&mut self) {
+        if self.instance.is_none() {
+            return;
+        }
         let now = Instant::now();
         let mut due = Vec::new();
         let mut keep = VecDeque::with_capacity(self.delayed.len());
@@ -543,7 +873,7 @@ impl WorkerLoop {
         self.delayed = keep;
         for delayed in due {
             let raw = [to_raw(&delayed.message)];
-            match self.instance.check(RSlice::from(&raw[..])).into_result() {
+            match self.call("check", |instance| instance.check(RSlice::from(&raw[..]))) {
                 Ok(v) => match v.first().map(|v| (v.kind, v.delay_ms)) {
                     Some((abi::verdict::WAIT_MESSAGE | abi::verdict::WAIT_LAST, _)) => {
                         if let Some(verdict) = v.first() {
@@ -583,11 +913,14 @@ impl WorkerLoop {
             if handled.messages.is_empty() {
                 continue;
             }
-            match self
-                .instance
-                .handle(RSlice::from(&handled.raw[..]))
-                .into_result()
-            {
+            if self.instance.is_none() {
+                lock(&self.shared.stats)
+                    .drop_reason(DropReason::PluginDown, handled.messages.len() as u64);
+                continue;
+            }
+            match self.call("handle", |instance| {
+                instance.handle(RSlice::from(&handled.raw[..]))
+            }) {
                 Ok(()) => {
                     lock(&self.shared.stats).accepted += handled.messages.len() as u64;
                     self.remember(handled.meta, handled.messages, stored);
@@ -759,7 +1092,7 @@ impl WorkerLoop {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        loop {
+        while self.instance.is_some() {
             let token = {
                 let mut timers = lock(&self.shared.timers);
                 match timers.peek() {
@@ -770,7 +1103,7 @@ impl WorkerLoop {
             let Some(token) = token else {
                 break;
             };
-            if let Err(error) = self.instance.timer(token).into_result() {
+            if let Err(error) = self.call("timer", |instance| instance.timer(token)) {
                 self.report(&error);
             }
         }

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,10 +57,15 @@ const WAIT_MESSAGE: u8 = b'w';
 const WAIT_LAST: u8 = b'W';
 /// A wait naming no valid member.
 const WAIT_NOBODY: u8 = b'x';
+/// Handling it fails as a caught panic does.
+const PANIC: u8 = b'p';
+/// Handling it blocks until the harness releases it.
+const HANG: u8 = b'h';
 
 struct FakeCommunity {
     log: Log,
     delayed: HashSet<u64>,
+    release: Arc<AtomicBool>,
 }
 
 fn global_times(batch: &RSlice<'_, RawMessage>) -> Vec<u64> {
@@ -114,6 +120,16 @@ impl CommunityApi for FakeCommunity {
         let meta = batch.first().map_or(0, |m| m.meta);
         self.log
             .push(format!("handle {meta} {:?}", global_times(&batch)));
+        let code = batch.first().and_then(|m| m.payload.first().copied());
+        if code == Some(PANIC) {
+            return RErr(PluginError::new(abi::ERROR_PANIC, "plugin panicked: fake"));
+        }
+        if code == Some(HANG) {
+            while !self.release.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.log.push("released".into());
+        }
         ROk(())
     }
 
@@ -205,6 +221,10 @@ fn limits() -> WorkerLimits {
         delayed: 10,
         delay_timeout: Duration::from_secs(5),
         timers: 4,
+        deadline: Duration::from_secs(5),
+        restarts: 0,
+        restart_window: Duration::from_secs(60),
+        restart_backoff: Duration::from_millis(1),
     }
 }
 
@@ -215,6 +235,8 @@ struct Harness {
     commands: mpsc::Receiver<Command>,
     jobs: SyncSender<Job>,
     thread: std::thread::JoinHandle<()>,
+    /// Releases a handle call blocked on a `HANG` message.
+    release: Arc<AtomicBool>,
 }
 
 /// Queues `jobs`, then starts the loop; the store answers `outcomes` by global time (stored
@@ -240,17 +262,32 @@ fn start(limits: WorkerLimits, outcomes: HashMap<u64, Outcome>, jobs: Vec<Job>) 
     for job in jobs {
         jobs_tx.send(job).unwrap();
     }
-    let shared = Arc::new(Shared::new());
     let definition = definition();
-    let worker = WorkerLoop {
-        instance: CommunityApi_TO::from_value(
-            FakeCommunity {
-                log: log.clone(),
-                delayed: HashSet::new(),
-            },
-            TD_Opaque,
-        ),
-        context: WorkerContext {
+    let shared = Arc::new(Shared::new(&definition.name, limits.deadline));
+    let release = Arc::new(AtomicBool::new(false));
+    let fake = {
+        let (log, release) = (log.clone(), release.clone());
+        move || {
+            CommunityApi_TO::from_value(
+                FakeCommunity {
+                    log: log.clone(),
+                    delayed: HashSet::new(),
+                    release: release.clone(),
+                },
+                TD_Opaque,
+            )
+        }
+    };
+    let first = fake();
+    let factory_log = log.clone();
+    let factory = Box::new(move || {
+        factory_log.push("create".into());
+        Ok(fake())
+    });
+    let worker = WorkerLoop::new(
+        Some(first),
+        factory,
+        WorkerContext {
             community: definition.id(),
             definition,
             community_row: 1,
@@ -259,9 +296,8 @@ fn start(limits: WorkerLimits, outcomes: HashMap<u64, Outcome>, jobs: Vec<Job>) 
             store: inserts_tx,
             limits,
         },
-        shared: shared.clone(),
-        delayed: Default::default(),
-    };
+        shared.clone(),
+    );
     let thread = std::thread::spawn(move || worker.run(jobs_rx));
     Harness {
         log,
@@ -269,6 +305,7 @@ fn start(limits: WorkerLimits, outcomes: HashMap<u64, Outcome>, jobs: Vec<Job>) 
         commands,
         jobs: jobs_tx,
         thread,
+        release,
     }
 }
 
@@ -283,6 +320,19 @@ impl Harness {
                 self.log.lines()
             );
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until the community's health is `state` (at most 5 s).
+    fn wait_state(&self, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.shared.health().state != state {
+            assert!(
+                Instant::now() < deadline,
+                "not {state}: {:?}",
+                self.shared.health()
+            );
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -595,4 +645,76 @@ fn a_created_message_is_checked_alone_and_refused_unless_accepted_now() {
         (0, 0, 0),
         "a refused creation is counted by the node, not as a received message"
     );
+}
+
+#[test]
+fn a_call_past_the_deadline_is_stuck_until_it_returns() {
+    let limits = WorkerLimits {
+        deadline: Duration::from_millis(50),
+        ..limits()
+    };
+    let harness = start(
+        limits,
+        HashMap::new(),
+        vec![deliver(1, vec![message(1, 1, HANG, Some(peer()))])],
+    );
+    harness.wait_for("handle 1 [1]");
+    harness.wait_state("stuck");
+    let health = harness.shared.health();
+    assert!(
+        health.reason.as_deref().unwrap().contains("`handle`"),
+        "{health:?}"
+    );
+    assert!(health.since_ms.is_some());
+    assert!(harness.shared.watch(), "the watchdog sees it too");
+    harness.release.store(true, Ordering::Relaxed);
+    harness.wait_for("released");
+    harness.wait_state("live");
+    assert!(!harness.shared.watch());
+    harness.stop();
+}
+
+#[test]
+fn a_panicking_community_is_restarted_then_fails_after_its_restarts() {
+    let limits = WorkerLimits {
+        restarts: 1,
+        ..limits()
+    };
+    let harness = start(
+        limits,
+        HashMap::new(),
+        vec![deliver(1, vec![message(1, 1, PANIC, Some(peer()))])],
+    );
+    harness.wait_for("create");
+    harness.wait_state("live");
+    assert_eq!(harness.shared.health().restarts, 1);
+    // The new instance works.
+    harness
+        .jobs
+        .send(deliver(1, vec![message(1, 2, ACCEPT, Some(peer()))]))
+        .unwrap();
+    harness.wait_for("handle 1 [2]");
+    // The second panic uses up the restarts: failed for good, with the reason.
+    harness
+        .jobs
+        .send(deliver(1, vec![message(1, 3, PANIC, Some(peer()))]))
+        .unwrap();
+    harness.wait_state("failed");
+    let health = harness.shared.health();
+    assert!(
+        health.reason.as_deref().unwrap().contains("fake"),
+        "{health:?}"
+    );
+    assert_eq!(health.restarts, 1);
+    // What still arrives is dropped and counted, without calling the plugin.
+    harness
+        .jobs
+        .send(deliver(1, vec![message(1, 4, ACCEPT, Some(peer()))]))
+        .unwrap();
+    let (log, _, shared) = harness.stop();
+    assert_eq!(log.iter().filter(|l| *l == "create").count(), 1, "{log:?}");
+    assert!(!log.iter().any(|l| l.contains("[4]")), "{log:?}");
+    let stats = lock(&shared.stats).clone();
+    assert_eq!(stats.dropped.get(DropReason::PluginDown.as_str()), Some(&1));
+    assert!(stats.failed.unwrap().contains("fake"));
 }
