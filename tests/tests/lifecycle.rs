@@ -58,7 +58,10 @@ async fn disable_enable_and_restart_change_only_that_community() {
     assert_eq!(health["state"], "disabled", "{health}");
     let (code, error) = call(&b, "POST", &format!("{base}/disable")).await;
     assert_eq!(code, 409, "{error}");
-    assert!(error["error"].as_str().unwrap().contains("disabled"), "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("disabled"),
+        "{error}"
+    );
     let (code, error) = call(&b, "POST", &format!("{base}/restart")).await;
     assert_eq!(code, 409, "{error}");
     assert_eq!(b.community(EXAMPLE).await["plugin"]["state"], "disabled");
@@ -122,16 +125,21 @@ async fn disable_enable_and_restart_change_only_that_community() {
     assert_eq!(plugin["status"]["received"], 0, "{plugin}");
     assert_eq!(plugin["operator_restarts"], 1, "{plugin}");
     say(&a, EXAMPLE, "four").await;
-    wait_until(Duration::from_secs(10), "the new instance handles it", || async {
-        status(&b).await["last_text"] == "four"
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the new instance handles it",
+        || async { status(&b).await["last_text"] == "four" },
+    )
     .await;
 
     // Unknown and malformed ids.
     let unknown = "00".repeat(20);
     let (code, error) = call(&b, "POST", &format!("/v1/communities/{unknown}/enable")).await;
     assert_eq!(code, 404, "{error}");
-    assert!(error["error"].as_str().unwrap().contains(&unknown), "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains(&unknown),
+        "{error}"
+    );
     let (code, _) = call(&b, "DELETE", &format!("/v1/communities/{unknown}")).await;
     assert_eq!(code, 404);
     let (code, _) = call(&b, "POST", "/v1/communities/nothex/disable").await;
@@ -192,7 +200,10 @@ async fn a_left_community_stays_left_until_joined_again_and_keeps_its_messages()
     assert_eq!(code, 200, "{answer}");
     assert!(!joined(&node.get("/v1/communities").await, EXAMPLE));
     assert!(joined(&node.get("/v1/communities").await, PROBE));
-    assert_eq!(plugin_state(&node.get("/v1/plugins").await, EXAMPLE), "left");
+    assert_eq!(
+        plugin_state(&node.get("/v1/plugins").await, EXAMPLE),
+        "left"
+    );
     let (code, _) = call(&node, "GET", &format!("{base}/messages?stored=true")).await;
     assert_eq!(code, 404);
     let (code, error) = call(&node, "DELETE", &base).await;
@@ -214,14 +225,20 @@ async fn a_left_community_stays_left_until_joined_again_and_keeps_its_messages()
     drop(handle);
     node.client.post("/v1/plugins", &json!({})).await.unwrap();
     assert!(!joined(&node.get("/v1/communities").await, EXAMPLE));
-    assert_eq!(plugin_state(&node.get("/v1/plugins").await, EXAMPLE), "left");
+    assert_eq!(
+        plugin_state(&node.get("/v1/plugins").await, EXAMPLE),
+        "left"
+    );
     node.stop().await;
 
     // Nor does a restart of the node.
     let node = start().await;
     assert!(!joined(&node.get("/v1/communities").await, EXAMPLE));
     assert!(joined(&node.get("/v1/communities").await, PROBE));
-    assert_eq!(plugin_state(&node.get("/v1/plugins").await, EXAMPLE), "left");
+    assert_eq!(
+        plugin_state(&node.get("/v1/plugins").await, EXAMPLE),
+        "left"
+    );
 
     // Joined again: its stored messages are there, and it stays joined across a restart.
     let (code, report) = call(&node, "POST", &format!("{base}/join")).await;

@@ -711,10 +711,7 @@ async fn leave(
 }
 
 /// `POST /v1/communities/{id}/join`: join a left community again.
-async fn rejoin(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
+async fn rejoin(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = community_id(&id)?;
     let registry = registry_of(&shared, id)?;
     let report = registry.rejoin(id).await.map_err(membership_error)?;

@@ -642,13 +642,13 @@ impl Registry {
         };
         let path = opened.plugin.path.clone();
         let key = opened.key.clone();
-        let report = self
-            .start(&path, opened, true)
-            .await
-            .map_err(|reason| MembershipError::Failed {
-                community: id,
-                reason,
-            })?;
+        let report =
+            self.start(&path, opened, true)
+                .await
+                .map_err(|reason| MembershipError::Failed {
+                    community: id,
+                    reason,
+                })?;
         let mut state = lock(&self.state);
         state.reports.retain(|r| file_key(&r.path) != key);
         state.reports.push(report.clone());

@@ -1494,7 +1494,13 @@ fn a_node_that_leaves_a_community_stops_taking_part_keeps_its_store_and_can_join
     assert!(!received(&sim, 1, b"while away"));
     assert_eq!(sim.stores[1].count(id()), kept, "its store is untouched");
     assert!(received(&sim, 3, b"while away"), "the others go on");
-    assert!(sim.nodes[1].stats().dropped.get(DropReason::UnknownCommunity) > 0);
+    assert!(
+        sim.nodes[1]
+            .stats()
+            .dropped
+            .get(DropReason::UnknownCommunity)
+            > 0
+    );
     assert!(
         sim.create(1, id(), "post", b"no".to_vec(), &[]).is_err(),
         "nothing is created in a left community"

@@ -71,10 +71,11 @@ impl Store {
     /// Whether community row `row` is joined at start when its plugin is present (`false`
     /// once the operator left it). An unknown row is joined.
     pub async fn auto_load(&self, row: i64) -> Result<bool, StoreError> {
-        let value: Option<i64> = sqlx::query_scalar("SELECT auto_load FROM community WHERE id = ?1")
-            .bind(row)
-            .fetch_optional(&self.pool)
-            .await?;
+        let value: Option<i64> =
+            sqlx::query_scalar("SELECT auto_load FROM community WHERE id = ?1")
+                .bind(row)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(value.is_none_or(|v| v != 0))
     }
 
