@@ -160,9 +160,8 @@ fn main() -> ExitCode {
                 ));
             }
             let (method, path) = action.request(&id);
-            match runtime().and_then(|rt| {
-                rt.block_on(api(data_dir, method.to_owned(), path, None))
-            }) {
+            match runtime().and_then(|rt| rt.block_on(api(data_dir, method.to_owned(), path, None)))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(error),
             }
