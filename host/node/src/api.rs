@@ -4,7 +4,12 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | /v1/node | member, addresses, connection type, traffic counters |
-//! | GET | /v1/communities | joined communities, candidate counts, counters, plugin status and state (live, stuck, restarting, failed) |
+//! | GET | /v1/communities | joined communities, candidate counts, counters, plugin status and state (live, stuck, restarting, failed, disabled) |
+//! | POST | /v1/communities/{id}/disable | drop the plugin's instance; deliveries to it are refused and counted (`plugin-down`) while the node keeps walking and answering sync from its store |
+//! | POST | /v1/communities/{id}/enable | a new instance for a disabled or failed community |
+//! | POST | /v1/communities/{id}/restart | drop the instance and create a new one (counted in `operator_restarts`) |
+//! | DELETE | /v1/communities/{id} | leave: the node stops running it, and does not join it again at start; its stored messages stay |
+//! | POST | /v1/communities/{id}/join | join a left community again |
 //! | GET | /v1/communities/{id}/candidates | candidates with category and addresses |
 //! | POST | /v1/communities/{id}/messages | create a message: `{"meta": NAME, "payload": {...}}` |
 //! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
@@ -13,7 +18,8 @@
 //! | POST | /v1/shutdown | stop the node |
 //! | GET | /metrics | Prometheus text format |
 //!
-//! Every error is a 4xx/5xx status with `{"error": "one line"}`.
+//! Every error is a 4xx/5xx status with `{"error": "one line"}`: an unknown community is 404, a
+//! lifecycle change the community's state does not allow (enable a live one) is 409.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -26,7 +32,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, PublicKey};
@@ -40,7 +46,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command::Command;
 use crate::mutex::lock;
-use crate::plugin::{Job, QueueError, Worker};
+use crate::plugin::{Change, Job, LifecycleError, QueueError, Worker};
+use crate::registry::MembershipError;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -212,6 +219,11 @@ pub(crate) async fn serve(
             "/v1/communities/{id}/messages",
             get(messages).post(create_message),
         )
+        .route("/v1/communities/{id}", delete(leave))
+        .route("/v1/communities/{id}/disable", post(disable))
+        .route("/v1/communities/{id}/enable", post(enable))
+        .route("/v1/communities/{id}/restart", post(restart))
+        .route("/v1/communities/{id}/join", post(rejoin))
         .route("/v1/plugins", get(plugins).post(load_plugins))
         .route("/v1/shutdown", post(shutdown_node))
         .route("/metrics", get(metrics))
@@ -350,6 +362,7 @@ async fn plugin_view(worker: &Worker) -> Value {
         "reason": health.reason,
         "since_ms": health.since_ms,
         "restarts": health.restarts,
+        "operator_restarts": health.operator_restarts,
         "status": status,
         "accepted": stats.accepted,
         "dropped": stats.dropped,
@@ -608,6 +621,103 @@ fn joined(shared: &Shared, community: CommunityId) -> ApiResult<(Definition, Arc
     Ok((definition, worker, row))
 }
 
+async fn disable(state: State<Arc<Shared>>, id: Path<String>) -> ApiResult<Json<Value>> {
+    lifecycle(state, id, Change::Disable).await
+}
+
+async fn enable(state: State<Arc<Shared>>, id: Path<String>) -> ApiResult<Json<Value>> {
+    lifecycle(state, id, Change::Enable).await
+}
+
+async fn restart(state: State<Arc<Shared>>, id: Path<String>) -> ApiResult<Json<Value>> {
+    lifecycle(state, id, Change::Restart).await
+}
+
+/// The registry, or 404 for community `id` on a node without plugins (a tracker).
+fn registry_of(shared: &Shared, id: CommunityId) -> ApiResult<&Registry> {
+    shared
+        .registry
+        .as_deref()
+        .ok_or_else(|| ApiError::not_found(format!("unknown community {id}")))
+}
+
+/// Makes an operator's change of community `id`'s instance; answers its health after.
+async fn lifecycle(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    change: Change,
+) -> ApiResult<Json<Value>> {
+    let id = community_id(&id)?;
+    let registry = registry_of(&shared, id)?;
+    let Some(worker) = registry.worker(&id) else {
+        return Err(if registry.left().contains(&id) {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "cannot {} community {id}: it was left; POST /v1/communities/{id}/join joins it again",
+                    change.name()
+                ),
+            )
+        } else {
+            ApiError::not_found(format!("unknown community {id}"))
+        });
+    };
+    let answer = worker.control(change).map_err(|e| match e {
+        QueueError::Stuck { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        other => ApiError::unavailable(other.to_string()),
+    })?;
+    // create() runs under the call deadline: a new instance answers within it, or is stuck.
+    let result = tokio::time::timeout(REPLY_TIMEOUT, answer)
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(format!(
+                "community {} did not answer: {}",
+                worker.name(),
+                worker.shared.health().reason.unwrap_or_default()
+            ))
+        })?
+        .map_err(|_| ApiError::unavailable("the community's thread has stopped"))?;
+    match result {
+        Ok(()) => Ok(Json(json!(worker.shared.health()))),
+        Err(error @ LifecycleError::Conflict { .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, error.to_string()))
+        }
+        Err(error @ LifecycleError::Create { .. }) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error.to_string(),
+        )),
+        Err(LifecycleError::Queue(error)) => Err(ApiError::unavailable(error.to_string())),
+    }
+}
+
+fn membership_error(error: MembershipError) -> ApiError {
+    let status = match &error {
+        MembershipError::Unknown(_) => StatusCode::NOT_FOUND,
+        MembershipError::Joined(_) | MembershipError::Left(_) => StatusCode::CONFLICT,
+        MembershipError::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, error.to_string())
+}
+
+/// `DELETE /v1/communities/{id}`: leave the community.
+async fn leave(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = community_id(&id)?;
+    let registry = registry_of(&shared, id)?;
+    registry.leave(id).await.map_err(membership_error)?;
+    Ok(Json(json!({ "community": id.to_hex(), "state": "left" })))
+}
+
+/// `POST /v1/communities/{id}/join`: join a left community again.
+async fn rejoin(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = community_id(&id)?;
+    let registry = registry_of(&shared, id)?;
+    let report = registry.rejoin(id).await.map_err(membership_error)?;
+    Ok((StatusCode::CREATED, Json(json!(report))).into_response())
+}
+
 async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let reports = shared
         .registry
@@ -669,6 +779,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
             r.workers()
                 .into_iter()
                 .map(|(id, w)| (id.to_hex(), w.shared.health()))
+                .chain(r.left().into_iter().map(|id| {
+                    let id = id.to_hex();
+                    let health = crate::plugin::Health::left(&id);
+                    (id, health)
+                }))
                 .collect()
         })
         .unwrap_or_default();
@@ -785,7 +900,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
     states.sort();
     gauge(
         "plugin_state",
-        "1 for the state each community's plugin is in (starting, live, stuck, restarting, failed).",
+        "1 for the state each community's plugin is in (starting, live, stuck, restarting, failed, disabled, left).",
         "gauge",
         states,
     );
@@ -799,6 +914,22 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
         "Restarts of each community's plugin after a panic.",
         "counter",
         restarts,
+    );
+    let mut operator: Vec<(String, u64)> = healths
+        .iter()
+        .map(|(id, h)| {
+            (
+                format!("{{community=\"{id}\"}}"),
+                u64::from(h.operator_restarts),
+            )
+        })
+        .collect();
+    operator.sort();
+    gauge(
+        "plugin_operator_restarts_total",
+        "Restarts of each community's plugin asked for by the operator.",
+        "counter",
+        operator,
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

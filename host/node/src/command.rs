@@ -49,6 +49,13 @@ pub enum Command {
         /// The answer.
         reply: oneshot::Sender<Result<CommunityId, dispersy_core::node::JoinError>>,
     },
+    /// Leave a joined community ([`dispersy_core::node::Node::leave`]).
+    Leave {
+        /// The community.
+        community: CommunityId,
+        /// The answer.
+        reply: oneshot::Sender<Result<(), dispersy_core::node::LeaveError>>,
+    },
     /// The store read the rows of a sync query.
     SyncQueried {
         /// The community.

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use dispersy_node::config::{Config, LogFormat};
 use dispersy_node::{demo, keys, logging, new_plugin};
 use serde::Serialize;
@@ -42,6 +42,19 @@ enum Cmd {
         path: String,
         /// JSON body for POST.
         body: Option<String>,
+    },
+    /// Change a community of the running node whose data folder is given, through its control
+    /// API: `disable` (its plugin stops; messages to it are dropped and counted), `enable`,
+    /// `restart` (a new instance of its plugin), `leave` (the node stops running it, also after
+    /// a restart; its stored messages stay) or `join` (a left one again).
+    Community {
+        /// What to do.
+        action: CommunityAction,
+        /// The community id (40 hexadecimal digits, as `dispersy api GET /v1/communities` shows).
+        id: String,
+        /// Data folder of the node.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Write a new community plugin crate NAME (standalone: `cargo build --release` in it makes
     /// the plugin, `cargo test` runs its tests), with a fresh master key.
@@ -136,6 +149,23 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(error),
         },
+        Cmd::Community {
+            action,
+            id,
+            data_dir,
+        } => {
+            if id.len() != 40 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return fail(anyhow::anyhow!(
+                    "{id:?}: a community id is 40 hexadecimal digits"
+                ));
+            }
+            let (method, path) = action.request(&id);
+            match runtime().and_then(|rt| rt.block_on(api(data_dir, method.to_owned(), path, None)))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(error),
+            }
+        }
         Cmd::NewPlugin {
             name,
             dir,
@@ -232,6 +262,35 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// What `dispersy community` does to a community.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CommunityAction {
+    /// Drop its plugin's instance; deliveries are dropped and counted until enabled.
+    Disable,
+    /// A new instance for a disabled or failed community.
+    Enable,
+    /// Drop its plugin's instance and create a new one.
+    Restart,
+    /// Stop running it, also after a restart of the node; its stored messages stay.
+    Leave,
+    /// Join a left community again.
+    Join,
+}
+
+impl CommunityAction {
+    /// The API request: method and path.
+    fn request(self, id: &str) -> (&'static str, String) {
+        let base = format!("/v1/communities/{id}");
+        match self {
+            CommunityAction::Disable => ("POST", format!("{base}/disable")),
+            CommunityAction::Enable => ("POST", format!("{base}/enable")),
+            CommunityAction::Restart => ("POST", format!("{base}/restart")),
+            CommunityAction::Leave => ("DELETE", base),
+            CommunityAction::Join => ("POST", format!("{base}/join")),
+        }
     }
 }
 

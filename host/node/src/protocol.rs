@@ -195,6 +195,9 @@ impl Protocol {
                 }
                 let _ = reply.send(joined);
             }
+            Command::Leave { community, reply } => {
+                let _ = reply.send(self.node.leave(community));
+            }
             Command::SyncQueried {
                 community,
                 right,

@@ -13,6 +13,13 @@
 //! file whose community runs and whose content changed is not loaded: it is an upgrade
 //! candidate, logged once per new content and shown in its report (`candidate`). A refused file
 //! is tried again when it changes.
+//!
+//! Leaving. [`Registry::leave`] (`DELETE /v1/communities/{id}`) makes the node stop running a
+//! community: the protocol task leaves it (`Command::Leave`), its thread ends, and its store row
+//! is marked not to be joined at start (`community.auto_load = 0`); its stored messages stay.
+//! A left community is not joined again by a folder scan or at the next start (its file is
+//! loaded and reported `left`), only by [`Registry::rejoin`] (`POST /v1/communities/{id}/join`)
+//! or by loading its file explicitly ([`Registry::load`], `POST /v1/plugins` with its path).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -102,6 +109,40 @@ struct State {
     files: HashMap<PathBuf, FileState>,
     /// Private copies mapped into this process: never deleted while it runs.
     mapped: HashSet<PathBuf>,
+    /// The plugin of each joined community, its copy and its file's key.
+    running: HashMap<CommunityId, Opened>,
+    /// Communities the operator left, whose plugin is loaded: joined again on request.
+    left: HashMap<CommunityId, Opened>,
+}
+
+/// A loaded plugin, its private copy and the key of its file.
+#[derive(Clone)]
+struct Opened {
+    plugin: plugin::Plugin,
+    private: PrivateCopy,
+    key: PathBuf,
+}
+
+/// Why a community could not be left or joined again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// No plugin of this node defines it.
+    #[error("unknown community {0}")]
+    Unknown(CommunityId),
+    /// It runs already (joining again).
+    #[error("community {0} is joined already")]
+    Joined(CommunityId),
+    /// It was left already (leaving).
+    #[error("community {0} was left already; POST /v1/communities/{0}/join joins it again")]
+    Left(CommunityId),
+    /// The store or the node failed; the message says which.
+    #[error("community {community}: {reason}")]
+    Failed {
+        /// The community.
+        community: CommunityId,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// What the registry knows of one plugin file.
@@ -177,8 +218,18 @@ impl Registry {
                 .and_then(|id| CommunityId::from_hex(id).ok())
                 .and_then(|id| state.workers.get(&id));
             report.health = worker.map(|w| w.shared.health());
+            if let Some(id) = report.community.as_deref()
+                && CommunityId::from_hex(id).is_ok_and(|c| state.left.contains_key(&c))
+            {
+                report.health = Some(plugin::Health::left(id));
+            }
         }
         reports
+    }
+
+    /// The communities the operator left whose plugin is loaded.
+    pub fn left(&self) -> Vec<CommunityId> {
+        lock(&self.state).left.keys().copied().collect()
     }
 
     /// Looks at the plugin files of the plugin folders that are new or changed since they were
@@ -192,15 +243,21 @@ impl Registry {
                 .get(&file_key(&path))
                 .is_none_or(|file| file.stamp != stamp);
             if fresh {
-                out.push(self.load(&path).await);
+                out.push(self.load_file(&path, false).await);
             }
         }
         out
     }
 
-    /// Loads one plugin file and joins its community; if the file's community already runs,
-    /// only compares its content with the content loaded (see [`PluginReport::candidate`]).
+    /// Loads one plugin file and joins its community, even one the operator left; if the
+    /// file's community already runs, only compares its content with the content loaded (see
+    /// [`PluginReport::candidate`]).
     pub async fn load(&self, path: &Path) -> PluginReport {
+        self.load_file(path, true).await
+    }
+
+    /// [`Registry::load`]; a community the operator left is joined only when `rejoin`.
+    async fn load_file(&self, path: &Path, rejoin: bool) -> PluginReport {
         let _one_at_a_time = self.loading.lock().await;
         let key = file_key(path);
         // Taken before the content is read: a change during the read is seen by the next scan.
@@ -211,7 +268,7 @@ impl Registry {
             .and_then(|file| file.loaded.clone());
         let report = match loaded {
             Some(loaded) => self.compare(&key, path, &loaded).await,
-            None => match self.try_load(&key, path).await {
+            None => match self.try_load(&key, path, rejoin).await {
                 Ok(report) => report,
                 Err(error) => {
                     tracing::warn!("{error}");
@@ -263,7 +320,12 @@ impl Registry {
     }
 
     /// Copies file `path` privately and loads the copy: the first step of [`Registry::load`].
-    async fn try_load(&self, key: &Path, path: &Path) -> Result<PluginReport, String> {
+    async fn try_load(
+        &self,
+        key: &Path,
+        path: &Path,
+        rejoin: bool,
+    ) -> Result<PluginReport, String> {
         let owned = path.to_path_buf();
         let copies = self.context.copies.clone();
         let spare = self.context.spare_copies;
@@ -300,6 +362,28 @@ impl Registry {
                 return Err(error);
             }
         };
+        let opened = Opened {
+            plugin,
+            private,
+            key: key.to_path_buf(),
+        };
+        self.start(path, opened, rejoin).await
+    }
+
+    /// Joins the community of an opened plugin and starts its thread (a community the
+    /// operator left only when `rejoin`; else it is remembered as left): the last step of
+    /// [`Registry::load`] and [`Registry::rejoin`].
+    async fn start(
+        &self,
+        path: &Path,
+        opened: Opened,
+        rejoin: bool,
+    ) -> Result<PluginReport, String> {
+        let Opened {
+            plugin,
+            private,
+            key,
+        } = opened.clone();
         let definition = plugin.definition.clone();
         let id = definition.id();
         self.refuse_joined(path, id)?;
@@ -310,6 +394,30 @@ impl Registry {
             .ensure_community(&definition)
             .await
             .map_err(|e| fail(&e))?;
+        let auto_load = context.store.auto_load(row).await.map_err(|e| fail(&e))?;
+        if !auto_load && !rejoin {
+            tracing::info!(community = %id, name = %definition.name, path = %path.display(), "community not joined: the operator left it (POST /v1/communities/{id}/join joins it again)");
+            let mut state = lock(&self.state);
+            state.left.insert(id, opened);
+            return Ok(PluginReport {
+                path: path.to_path_buf(),
+                name: Some(definition.name.clone()),
+                version: Some(definition.version.clone()),
+                community: Some(id.to_hex()),
+                error: None,
+                sha256: Some(private.hash.to_string()),
+                copy: Some(private.path.clone()),
+                candidate: None,
+                health: None,
+            });
+        }
+        if !auto_load {
+            context
+                .store
+                .set_auto_load(row, true)
+                .await
+                .map_err(|e| fail(&e))?;
+        }
         context
             .store
             .remember_member(&definition.master)
@@ -374,7 +482,9 @@ impl Registry {
         };
         let mut state = lock(&self.state);
         state.workers.insert(id, Arc::new(worker));
-        let file = state.files.entry(key.to_path_buf()).or_default();
+        state.left.remove(&id);
+        state.running.insert(id, opened);
+        let file = state.files.entry(key).or_default();
         file.loaded = Some(private);
         file.candidate = None;
         Ok(report)
@@ -448,6 +558,101 @@ impl Registry {
             .map_err(|_| "the node is stopping".to_owned())?
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// Leaves community `id` for good (see the module doc): not joined again by a scan or at
+    /// start; its stored messages stay. Its thread is given the plugin call deadline to end,
+    /// then left behind (logged).
+    pub async fn leave(&self, id: CommunityId) -> Result<(), MembershipError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let failed = |reason: String| MembershipError::Failed {
+            community: id,
+            reason,
+        };
+        let (row, name) = {
+            let state = lock(&self.state);
+            match state.definitions.get(&id) {
+                Some((definition, row, _)) => (*row, definition.name.clone()),
+                None if state.left.contains_key(&id) => return Err(MembershipError::Left(id)),
+                None => return Err(MembershipError::Unknown(id)),
+            }
+        };
+        // Persisted first: once it is written, a crash cannot bring the community back.
+        self.context
+            .store
+            .set_auto_load(row, false)
+            .await
+            .map_err(|e| failed(format!("recording the leave in the store: {e}")))?;
+        let (worker, opened) = {
+            let mut state = lock(&self.state);
+            state.definitions.remove(&id);
+            let worker = state.workers.remove(&id);
+            let opened = state.running.remove(&id);
+            if let Some(opened) = &opened {
+                if let Some(file) = state.files.get_mut(&opened.key) {
+                    file.loaded = None;
+                    file.candidate = None;
+                }
+                state.left.insert(id, opened.clone());
+            }
+            (worker, opened)
+        };
+        let (reply, answer) = oneshot::channel();
+        let asked = self
+            .context
+            .commands
+            .send(Command::Leave {
+                community: id,
+                reply,
+            })
+            .await;
+        match (asked, answer.await) {
+            (Ok(()), Ok(Ok(()))) => {}
+            (Ok(()), Ok(Err(error))) => tracing::warn!(community = %id, %error, "leaving"),
+            _ => return Err(failed("the node is stopping".to_owned())),
+        }
+        if let Some(worker) = worker {
+            worker.signal_stop();
+            let deadline = std::time::Instant::now() + self.context.limits.deadline;
+            let ended = tokio::task::spawn_blocking(move || worker.wait_stopped(deadline))
+                .await
+                .unwrap_or(false);
+            if !ended {
+                tracing::warn!(community = %id, %name, "the left community's thread did not end within the plugin call deadline; left behind");
+            }
+        }
+        let path = opened.map(|o| o.key.display().to_string());
+        tracing::info!(community = %id, %name, path = path.unwrap_or_default(), "community left by the operator: no longer walked, synced or handled; its stored messages stay; not joined again at start");
+        Ok(())
+    }
+
+    /// Joins community `id` again, which the operator left (see the module doc), from the
+    /// plugin loaded for it; returns its plugin file's report.
+    pub async fn rejoin(&self, id: CommunityId) -> Result<PluginReport, MembershipError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let opened = {
+            let state = lock(&self.state);
+            match state.left.get(&id) {
+                Some(opened) => opened.clone(),
+                None if state.definitions.contains_key(&id) => {
+                    return Err(MembershipError::Joined(id));
+                }
+                None => return Err(MembershipError::Unknown(id)),
+            }
+        };
+        let path = opened.plugin.path.clone();
+        let key = opened.key.clone();
+        let report =
+            self.start(&path, opened, true)
+                .await
+                .map_err(|reason| MembershipError::Failed {
+                    community: id,
+                    reason,
+                })?;
+        let mut state = lock(&self.state);
+        state.reports.retain(|r| file_key(&r.path) != key);
+        state.reports.push(report.clone());
+        Ok(report)
     }
 
     /// Stops every community thread (after the queued jobs), waiting for them together at most

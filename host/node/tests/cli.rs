@@ -210,3 +210,89 @@ fn new_plugin_writes_a_standalone_crate_with_a_fresh_master_key() {
     assert!(error.contains("\"Chat Room\""), "{error}");
     assert_eq!(error.trim().lines().count(), 1, "{error}");
 }
+
+#[test]
+fn community_subcommands_change_a_running_node() {
+    const EXAMPLE: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
+    let plugins = plugin_dir();
+    let data = tempfile::tempdir().unwrap();
+    /// Kills the node if the test fails before it stops it.
+    struct Node(std::process::Child);
+    impl Drop for Node {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut node = Node(
+        dispersy()
+            .args(["run", "--port", "0", "--api", "127.0.0.1:0", "--plugin-dir"])
+            .arg(plugins.path())
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let community = |action: &str, id: &str| {
+        dispersy()
+            .args(["community", action, id, "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let listed = dispersy()
+            .args(["api", "GET", "/v1/communities", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&listed.stdout).contains(EXAMPLE) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = community("disable", EXAMPLE);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"disabled\""));
+    let out = community("enable", EXAMPLE);
+    assert!(out.status.success(), "{out:?}");
+    let out = community("enable", EXAMPLE);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("it is live"),
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("409"),
+        "{out:?}"
+    );
+    let out = community("restart", EXAMPLE);
+    assert!(out.status.success(), "{out:?}");
+    let out = community("leave", EXAMPLE);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"left\""));
+    let out = community("join", EXAMPLE);
+    assert!(out.status.success(), "{out:?}");
+    let out = community("leave", &"00".repeat(20));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unknown community"));
+    let out = community("disable", "nothex");
+    assert!(!out.status.success());
+    let error = String::from_utf8(out.stderr).unwrap();
+    assert!(error.contains("40 hexadecimal digits"), "{error}");
+    assert_eq!(error.trim().lines().count(), 1, "{error}");
+    let stop = dispersy()
+        .args(["api", "POST", "/v1/shutdown", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{stop:?}");
+    assert!(node.0.wait().unwrap().success());
+}

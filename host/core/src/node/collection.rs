@@ -37,6 +37,26 @@ pub(super) struct Queued {
 }
 
 impl Node {
+    /// Forgets the messages of `community` we created that wait for their check or for their
+    /// number (the community is left); returns their requests.
+    pub(super) fn forget_created(&mut self, community: CommunityId) -> Vec<RequestId> {
+        let mut forgotten: Vec<RequestId> = self
+            .checking
+            .iter()
+            .filter(|(_, c)| c.community == community)
+            .map(|(request, _)| *request)
+            .collect();
+        self.checking.retain(|_, c| c.community != community);
+        forgotten.extend(
+            self.queued
+                .iter()
+                .filter(|q| q.community == community)
+                .map(|q| q.request),
+        );
+        self.queued.retain(|q| q.community != community);
+        forgotten
+    }
+
     /// Creates a member-authenticated message of meta `meta` carrying `payload` (already
     /// encoded by the plugin's current conversion): claims its global time, signs it and hands
     /// it to its plugin's check ([`Event::CheckCreated`]); nothing is sent or stored before the

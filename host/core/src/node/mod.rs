@@ -7,6 +7,8 @@
 //!
 //! Commands, what the driver itself wants:
 //! - [`Node::join`]: run a plugin's community (or a tracker's bare one);
+//! - [`Node::leave`]: stop running a joined community: no more walks, candidates, waits or
+//!   requests of it (its stored messages are the driver's; a later [`Node::join`] resumes it);
 //! - [`Node::add_candidate`]: a peer from the configuration, walked to like a tracker;
 //! - [`Node::create_message`]: sign a member-authenticated message and have its plugin check it
 //!   (ends in [`Event::Created`]);
@@ -306,6 +308,14 @@ pub enum JoinError {
     Full(usize),
 }
 
+/// Why a community could not be left.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaveError {
+    /// Not joined (never, or left already).
+    #[error("community {0} is not joined")]
+    NotJoined(CommunityId),
+}
+
 /// Why a message could not be created.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CreateError {
@@ -534,6 +544,44 @@ impl Node {
         );
         self.communities.insert(id, community);
         Ok(id)
+    }
+
+    /// Leaves joined community `id`: it is forgotten with its candidates, pending walks and
+    /// sync state (no more walks or sync requests, and its datagrams are dropped as for any
+    /// unknown community), the messages of it waiting for others are dropped, and the
+    /// answers and requests of it in flight are forgotten. Messages of it being created end
+    /// now in [`Event::Created`] with [`CreateError::UnknownCommunity`]. The store is the
+    /// driver's: nothing stored is deleted, and a later [`Node::join`] (with the stored
+    /// [`Resume`]) runs it again. A tracker's bare community cannot be left (it is not joined).
+    pub fn leave(&mut self, id: CommunityId) -> Result<(), LeaveError> {
+        if self
+            .communities
+            .get(&id)
+            .is_none_or(|c| c.definition.is_none())
+        {
+            return Err(LeaveError::NotJoined(id));
+        }
+        self.communities.remove(&id);
+        self.delays.entries.retain(|d| d.community != id);
+        self.responses.retain(|_, r| r.community != id);
+        self.answers.retain(|_, a| a.community != id);
+        let mut ended: Vec<RequestId> = self
+            .signing
+            .iter()
+            .filter(|(_, p)| p.community == id)
+            .map(|(request, _)| *request)
+            .collect();
+        self.signing.retain(|_, p| p.community != id);
+        ended.extend(self.forget_created(id));
+        ended.sort_unstable();
+        for request in ended {
+            self.push(Event::Created {
+                community: id,
+                request,
+                result: Err(CreateError::UnknownCommunity(id)),
+            });
+        }
+        Ok(())
     }
 
     /// Handles one received datagram: decode, verify, then act. Anything wrong is dropped and

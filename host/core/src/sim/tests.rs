@@ -1460,3 +1460,56 @@ fn a_co_signed_message_our_plugin_refuses_is_not_published() {
     sim.run_for(Duration::from_secs(60));
     assert!((1..=3).all(|i| sim.stores[i].rows.iter().all(|k| k.meta != 8)));
 }
+
+#[test]
+fn a_node_that_leaves_a_community_stops_taking_part_keeps_its_store_and_can_join_again() {
+    let mut sim = public_network(3);
+    sim.run_for(Duration::from_secs(10));
+    sim.create(1, id(), "post", b"before".to_vec(), &[])
+        .expect("created");
+    sim.run_for(Duration::from_secs(10));
+    let kept = sim.stores[1].count(id());
+    assert!(kept > 0, "the post is stored at its author");
+
+    sim.nodes[1].leave(id()).expect("joined");
+    assert!(sim.nodes[1].community(&id()).is_none());
+    assert_eq!(
+        sim.nodes[1].leave(id()),
+        Err(crate::node::LeaveError::NotJoined(id()))
+    );
+    assert!(
+        sim.nodes[0].leave(id()).is_err(),
+        "a tracker's bare community is not joined"
+    );
+    let sent = sim.nodes[1].stats().datagrams_sent;
+    sim.events[1].clear();
+    sim.create(2, id(), "post", b"while away".to_vec(), &[])
+        .expect("created");
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(
+        sim.nodes[1].stats().datagrams_sent,
+        sent,
+        "a left community walks and syncs no more"
+    );
+    assert!(!received(&sim, 1, b"while away"));
+    assert_eq!(sim.stores[1].count(id()), kept, "its store is untouched");
+    assert!(received(&sim, 3, b"while away"), "the others go on");
+    assert!(
+        sim.nodes[1]
+            .stats()
+            .dropped
+            .get(DropReason::UnknownCommunity)
+            > 0
+    );
+    assert!(
+        sim.create(1, id(), "post", b"no".to_vec(), &[]).is_err(),
+        "nothing is created in a left community"
+    );
+
+    join(&mut sim, 1);
+    sim.run_for(Duration::from_secs(60));
+    assert!(
+        received(&sim, 1, b"while away"),
+        "joined again, it syncs what it missed"
+    );
+}

@@ -110,6 +110,12 @@ pub(super) enum Life {
         /// When it panicked.
         since: SystemTime,
     },
+    /// Disabled by the operator (`POST /v1/communities/{id}/disable`): no instance until it is
+    /// enabled again.
+    Disabled {
+        /// Since when.
+        since: SystemTime,
+    },
     /// Down for good: it panicked more often than it may be restarted, or `create()` failed.
     Failed {
         /// Why.
@@ -135,7 +141,8 @@ struct Call {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Health {
     /// `starting`, `live`, `stuck` (a plugin call runs past its deadline), `restarting` (after a
-    /// panic) or `failed` (for good).
+    /// panic), `failed` (for good, until enabled or restarted), `disabled` (by the operator) or
+    /// `left` (by the operator: the node no longer runs the community).
     pub state: &'static str,
     /// Why it is not live; `None` when live or starting.
     pub reason: Option<String>,
@@ -143,11 +150,34 @@ pub struct Health {
     pub since_ms: Option<u64>,
     /// Restarts after panics so far.
     pub restarts: u32,
+    /// Restarts asked for by the operator (`POST /v1/communities/{id}/restart`) so far.
+    pub operator_restarts: u32,
 }
 
 impl Health {
     /// Every state name, for metrics that list them all.
-    pub const STATES: [&'static str; 5] = ["starting", "live", "stuck", "restarting", "failed"];
+    pub const STATES: [&'static str; 7] = [
+        "starting",
+        "live",
+        "stuck",
+        "restarting",
+        "failed",
+        "disabled",
+        "left",
+    ];
+
+    /// The health of a community the operator left.
+    pub fn left(id: &str) -> Self {
+        Health {
+            state: "left",
+            reason: Some(format!(
+                "left by the operator; POST /v1/communities/{id}/join joins it again"
+            )),
+            since_ms: None,
+            restarts: 0,
+            operator_restarts: 0,
+        }
+    }
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
@@ -180,6 +210,8 @@ pub struct Shared {
     pub(super) life: Mutex<Life>,
     /// Restarts after panics so far.
     pub(super) restarts: AtomicU32,
+    /// Restarts asked for by the operator so far.
+    pub(super) operator_restarts: AtomicU32,
     /// Set to make the thread end after the job it is on, without running the queued ones.
     pub(super) stop_now: AtomicBool,
 }
@@ -200,6 +232,7 @@ impl Shared {
             call: Mutex::new(None),
             life: Mutex::new(Life::Starting),
             restarts: AtomicU32::new(0),
+            operator_restarts: AtomicU32::new(0),
             stop_now: AtomicBool::new(false),
         }
     }
@@ -276,6 +309,11 @@ impl Shared {
                 Some(since),
             ),
             (Life::Restarting { reason, since }, None) => ("restarting", Some(reason), Some(since)),
+            (Life::Disabled { since }, None) => (
+                "disabled",
+                Some("disabled by the operator".to_owned()),
+                Some(since),
+            ),
             (Life::Starting, None) => ("starting", None, None),
             (Life::Live, None) => ("live", None, None),
         };
@@ -284,6 +322,7 @@ impl Shared {
             reason,
             since_ms: since.map(unix_ms),
             restarts,
+            operator_restarts: self.operator_restarts.load(Ordering::Relaxed),
         }
     }
 

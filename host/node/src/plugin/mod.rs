@@ -14,4 +14,6 @@ pub use host::{Delivered, Health, PluginStats, Shared, candidate_infos};
 pub use load::{
     HOST_API_VERSION, LoadError, Plugin, definition_from_raw, discover, load, load_from,
 };
-pub use worker::{Created, Job, QueueError, Worker, WorkerContext, WorkerLimits};
+pub use worker::{
+    Change, Created, Job, LifecycleError, QueueError, Worker, WorkerContext, WorkerLimits,
+};

@@ -19,6 +19,15 @@
 //!   per restart) and hands it the community's history (`WorkerLoop::restore`, a seam that does
 //!   nothing yet); after `limits.restarts` restarts within `limits.restart_window` the next panic
 //!   leaves the community failed, with its reason.
+//!
+//! Lifecycle. The operator changes an instance through [`Worker::control`] ([`Change`], run on
+//! the community's thread between jobs): *disable* drops the instance from use (leaked, like a
+//! panicked one), its timers and delayed messages, and refuses deliveries (counted as
+//! `plugin-down`) until *enable* creates a new instance; *restart* drops the instance and
+//! creates a new one at once (counted apart from the restarts after panics). A new instance
+//! goes through `create()` and `WorkerLoop::restore` like a restarted one, and gets the full
+//! budget of panic restarts again. A stuck community refuses every change (its thread is in
+//! the plugin).
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
@@ -119,6 +128,13 @@ pub enum Job {
         /// The message.
         message: Box<dispersy_core::wire::CommunityMessage>,
     },
+    /// An operator's change of the instance (see [`Worker::control`]).
+    Lifecycle {
+        /// The change.
+        change: Change,
+        /// The answer: the state after it, or why not.
+        reply: oneshot::Sender<Result<(), LifecycleError>>,
+    },
     /// A timer was scheduled: recompute the wake-up time.
     Wake,
     /// Finish the jobs queued before this one, then end the thread.
@@ -168,6 +184,56 @@ impl QueueError {
             QueueError::Down { .. } => DropReason::PluginDown,
         }
     }
+}
+
+/// An operator's change of a community's instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Drop the instance from use; deliveries are refused (counted) until enabled.
+    Disable,
+    /// A new instance for a disabled or failed community.
+    Enable,
+    /// Drop the instance and create a new one (a live, restarting or failed community).
+    Restart,
+}
+
+impl Change {
+    /// The change's name in the API and the log: `disable`, `enable` or `restart`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Change::Disable => "disable",
+            Change::Enable => "enable",
+            Change::Restart => "restart",
+        }
+    }
+}
+
+/// Why an operator's change of a community was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LifecycleError {
+    /// The community is not in a state the change applies to.
+    #[error("cannot {change} community {community}: it is {state}{hint}")]
+    Conflict {
+        /// The change asked for.
+        change: &'static str,
+        /// Community type name.
+        community: String,
+        /// Its state.
+        state: &'static str,
+        /// What to do instead, starting with `; ` (or empty).
+        hint: &'static str,
+    },
+    /// The new instance's `create()` failed: the community is failed now.
+    #[error("community {community}: create() of the new instance failed: {reason}")]
+    Create {
+        /// Community type name.
+        community: String,
+        /// The plugin's error.
+        reason: String,
+    },
+    /// The job could not be queued, or its thread did not answer.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// Makes a new instance of the community (the plugin's `create()` with a fresh host handle).
@@ -297,6 +363,13 @@ impl Worker {
                     reason: reason.clone(),
                 });
             }
+            Life::Disabled { .. } => {
+                return Some(QueueError::Down {
+                    community,
+                    state: "disabled",
+                    reason: "disabled by the operator".to_owned(),
+                });
+            }
             Life::Starting | Life::Live => {}
         }
         self.shared.stuck().map(|(call, _)| QueueError::Stuck {
@@ -304,6 +377,31 @@ impl Worker {
             call,
             deadline_ms: self.shared.deadline.as_millis() as u64,
         })
+    }
+
+    /// Queues an operator's change of the instance; the answer comes on the returned receiver
+    /// once the thread ran it. Refused at once while the community is stuck (its thread is in
+    /// the plugin) or its queue is full; unlike [`Worker::submit`], a restarting, failed or
+    /// disabled community takes it.
+    pub fn control(
+        &self,
+        change: Change,
+    ) -> Result<oneshot::Receiver<Result<(), LifecycleError>>, QueueError> {
+        if let Some((call, _)) = self.shared.stuck() {
+            return Err(QueueError::Stuck {
+                community: self.shared.name.clone(),
+                call,
+                deadline_ms: self.shared.deadline.as_millis() as u64,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .try_send(Job::Lifecycle { change, reply })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => QueueError::Full,
+                TrySendError::Disconnected(_) => QueueError::Stopped,
+            })?;
+        Ok(answer)
     }
 
     /// Asks the thread to stop after the jobs already queued, or, when its queue is full, after
@@ -652,7 +750,87 @@ impl WorkerLoop {
                 }
                 self.tell(Command::CreatedChecked { request, verdict });
             }
+            Job::Lifecycle { change, reply } => {
+                let _ = reply.send(self.change(change));
+            }
             Job::Wake | Job::Stop => {}
+        }
+    }
+
+    /// Makes an operator's change (see [`Change`]), logged.
+    fn change(&mut self, change: Change) -> Result<(), LifecycleError> {
+        let state = self.shared.health().state;
+        let conflict = |hint: &'static str| LifecycleError::Conflict {
+            change: change.name(),
+            community: self.shared.name.clone(),
+            state,
+            hint,
+        };
+        match (change, state) {
+            (_, "starting") => Err(conflict("")),
+            (Change::Disable, "disabled") => Err(conflict("")),
+            (Change::Disable, _) => {
+                self.retire();
+                *lock(&self.shared.life) = Life::Disabled {
+                    since: SystemTime::now(),
+                };
+                tracing::info!(community = %self.shared.name, was = state, "community disabled by the operator: its instance is dropped, deliveries to it are refused and counted until it is enabled");
+                Ok(())
+            }
+            (Change::Enable, "disabled" | "failed") => {
+                self.renew()?;
+                tracing::info!(community = %self.shared.name, was = state, "community enabled by the operator: a new instance runs");
+                Ok(())
+            }
+            (Change::Enable, "restarting") => Err(conflict("; restart it to skip the backoff")),
+            (Change::Enable, _) => Err(conflict("")),
+            (Change::Restart, "disabled") => Err(conflict("; enable it")),
+            (Change::Restart, _) => {
+                self.retire();
+                self.shared
+                    .operator_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+                self.renew()?;
+                tracing::info!(community = %self.shared.name, was = state, operator_restarts = self.shared.operator_restarts.load(Ordering::Relaxed), "community restarted by the operator: a new instance runs");
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops the instance from use (leaked like a panicked one: its destructor is plugin code
+    /// that could panic), its timers and its delayed messages (counted as `plugin-down`), and
+    /// any pending restart.
+    fn retire(&mut self) {
+        if let Some(old) = self.instance.take() {
+            std::mem::forget(old);
+        }
+        lock(&self.shared.timers).clear();
+        self.restart_at = None;
+        let delayed = self.delayed.len() as u64;
+        self.delayed.clear();
+        if delayed > 0 {
+            lock(&self.shared.stats).drop_reason(DropReason::PluginDown, delayed);
+        }
+    }
+
+    /// A new instance asked for by the operator, with a fresh budget of panic restarts; on a
+    /// failed `create()` the community is failed.
+    fn renew(&mut self) -> Result<(), LifecycleError> {
+        self.restarted.clear();
+        match self.create() {
+            Ok(()) => {
+                lock(&self.shared.stats).failed = None;
+                Ok(())
+            }
+            Err(error) => {
+                let reason = format!("create() failed: {}", error.message);
+                tracing::warn!(community = %self.shared.name, %reason, "the operator's new instance failed");
+                self.fail(reason);
+                Err(LifecycleError::Create {
+                    community: self.shared.name.clone(),
+                    reason: error.message.to_string(),
+                })
+            }
         }
     }
 

@@ -68,6 +68,28 @@ impl Store {
         Ok(id)
     }
 
+    /// Whether community row `row` is joined at start when its plugin is present (`false`
+    /// once the operator left it). An unknown row is joined.
+    pub async fn auto_load(&self, row: i64) -> Result<bool, StoreError> {
+        let value: Option<i64> =
+            sqlx::query_scalar("SELECT auto_load FROM community WHERE id = ?1")
+                .bind(row)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(value.is_none_or(|v| v != 0))
+    }
+
+    /// Records whether community row `row` is joined at start (the operator left it: `false`;
+    /// joined it again: `true`). Its messages are untouched.
+    pub async fn set_auto_load(&self, row: i64, auto_load: bool) -> Result<(), StoreError> {
+        sqlx::query("UPDATE community SET auto_load = ?2 WHERE id = ?1")
+            .bind(row)
+            .bind(i64::from(auto_load))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Computes the packet hash of rows stored before hashes were kept.
     pub async fn backfill_hashes(&self) -> Result<u64, StoreError> {
         let rows =
