@@ -309,6 +309,9 @@ pub(super) struct HostHandle {
     pub(super) shared: Arc<Shared>,
     pub(super) wake: SyncSender<Job>,
     pub(super) max_timers: usize,
+    pub(super) history: Option<Arc<dyn super::history::History>>,
+    pub(super) community_row: i64,
+    pub(super) read_page: u32,
 }
 
 impl HostApi for HostHandle {
@@ -396,6 +399,15 @@ impl HostApi for HostHandle {
             abi::level::DEBUG => tracing::debug!(target: "plugin", community, "{message}"),
             _ => tracing::trace!(target: "plugin", community, "{message}"),
         }
+    }
+
+    fn read(&self, query: &abi::ReadQuery) -> RResult<abi::ReadPage, PluginError> {
+        super::history::read(
+            self.history.as_ref(),
+            self.community_row,
+            query,
+            self.read_page,
+        )
     }
 }
 

@@ -225,6 +225,7 @@ fn limits() -> WorkerLimits {
         restarts: 0,
         restart_window: Duration::from_secs(60),
         restart_backoff: Duration::from_millis(1),
+        read_page: 4,
     }
 }
 
@@ -294,6 +295,7 @@ fn start(limits: WorkerLimits, outcomes: HashMap<u64, Outcome>, jobs: Vec<Job>) 
             member: key().public().clone(),
             commands: commands_tx,
             store: inserts_tx,
+            history: None,
             limits,
         },
         shared.clone(),
