@@ -375,6 +375,11 @@ pub struct Host {
 }
 
 impl Host {
+    /// A host over `raw` that encodes with `conversion` (the host double's handles).
+    pub(crate) fn from_raw(raw: HostBox, conversion: Vec<u8>) -> Self {
+        Host { raw, conversion }
+    }
+
     /// The 33-byte public key of this node's member.
     pub fn member(&self) -> Vec<u8> {
         self.raw.member().into_vec()
