@@ -460,7 +460,12 @@ impl Host {
     /// most the host's call deadline: call it from the community's calls (check, handle,
     /// timer, restore), not from a thread of your own inside an async runtime. A stored
     /// message whose payload does not decode as `P` is left out of the page.
-    pub fn read<P: Payload>(&self, meta: u32, filter: &Filter, after: u64) -> Result<Page<P>, Error> {
+    pub fn read<P: Payload>(
+        &self,
+        meta: u32,
+        filter: &Filter,
+        after: u64,
+    ) -> Result<Page<P>, Error> {
         let query = abi::ReadQuery {
             meta,
             any_meta: false,
@@ -776,7 +781,8 @@ impl<C: Community, P: Payload> MetaOps<C> for Meta<C, P> {
     }
 
     fn restore(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error> {
-        let messages: Vec<Message<P>> = raw.iter().filter_map(|m| decode_raw::<P>(m).ok()).collect();
+        let messages: Vec<Message<P>> =
+            raw.iter().filter_map(|m| decode_raw::<P>(m).ok()).collect();
         if messages.is_empty() {
             return Ok(());
         }

@@ -183,7 +183,10 @@ impl HostApi for Recorder {
         for (index, raw) in state.stored.iter().enumerate().skip(after) {
             let matches = (query.any_meta || raw.meta == query.meta)
                 && (query.member.is_empty()
-                    || raw.authors.first().is_some_and(|a| a.as_slice() == query.member.as_slice()))
+                    || raw
+                        .authors
+                        .first()
+                        .is_some_and(|a| a.as_slice() == query.member.as_slice()))
                 && (query.global_time_low..=query.global_time_high).contains(&raw.global_time);
             if !matches {
                 continue;
@@ -424,9 +427,7 @@ impl<C: Community> TestHost<C> {
     /// (each meta's restore function), then tells it it is live (`Community::on_live`).
     /// Scheduled timers are forgotten, as a node forgets them.
     pub fn restart(&mut self) -> Result<(), Error> {
-        self.instance
-            .retire(abi::retire::RESTART)
-            .into_result()?;
+        self.instance.retire(abi::retire::RESTART).into_result()?;
         self.recorder.lock().scheduled.clear();
         let host = HostApi_TO::from_value(self.recorder.clone(), TD_Opaque);
         self.instance = sdk::create::<C>(host).into_result()?;
@@ -757,7 +758,8 @@ mod tests {
         }
         fn restore_line(&mut self, messages: Vec<Message<Note>>) -> Result<(), Error> {
             self.restored += messages.len() as u64;
-            self.texts.extend(messages.into_iter().map(|m| m.payload.text));
+            self.texts
+                .extend(messages.into_iter().map(|m| m.payload.text));
             Ok(())
         }
     }
@@ -776,11 +778,10 @@ mod tests {
                         .restore(Self::restore_line),
                 )
                 .meta(
-                    Meta::<Self, Note>::new(2, "chat")
-                        .handle(|log: &mut Log, ms| {
-                            log.texts.extend(ms.into_iter().map(|m| m.payload.text));
-                            Ok(())
-                        }),
+                    Meta::<Self, Note>::new(2, "chat").handle(|log: &mut Log, ms| {
+                        log.texts.extend(ms.into_iter().map(|m| m.payload.text));
+                        Ok(())
+                    }),
                 )
                 .meta(
                     // No restore function: its handler restores it.
@@ -790,7 +791,9 @@ mod tests {
                             order: crate::sdk::Order::Ascending,
                         })
                         .handle(|log: &mut Log, ms| {
-                            log.texts.extend(ms.into_iter().map(|m| format!("tally {}", m.payload.text)));
+                            log.texts.extend(
+                                ms.into_iter().map(|m| format!("tally {}", m.payload.text)),
+                            );
                             Ok(())
                         }),
                 )
@@ -837,13 +840,19 @@ mod tests {
         host.set_read_page(2);
         let texts = ["a", "echo", "b"];
         for (i, text) in texts.iter().enumerate() {
-            let m = host.message("line", &member_key(1), i as u64 + 1, plain(text)).unwrap();
+            let m = host
+                .message("line", &member_key(1), i as u64 + 1, plain(text))
+                .unwrap();
             assert_eq!(host.receive(m).unwrap(), Verdict::Accept);
         }
-        let t = host.message("tally", &member_key(2), 9, plain("t")).unwrap();
+        let t = host
+            .message("tally", &member_key(2), 9, plain("t"))
+            .unwrap();
         host.receive(t).unwrap();
         // Direct: not stored, not restored.
-        let c = host.message("chat", &member_key(2), 10, plain("c")).unwrap();
+        let c = host
+            .message("chat", &member_key(2), 10, plain("c"))
+            .unwrap();
         host.receive(c).unwrap();
         assert_eq!(host.stored(), 4);
         assert_eq!(host.sent().len(), 1);
@@ -852,7 +861,10 @@ mod tests {
 
         host.restart().unwrap();
         let after = host.status().unwrap();
-        assert_eq!(after["texts"], serde_json::json!(["a", "echo", "b", "tally t"]));
+        assert_eq!(
+            after["texts"],
+            serde_json::json!(["a", "echo", "b", "tally t"])
+        );
         assert_eq!(after["restored"], 3);
         assert_eq!(after["live"], 1);
         // The restore function does not echo again.
@@ -865,10 +877,14 @@ mod tests {
         host.set_read_page(2);
         for gt in 1..=6u64 {
             let author = member_key(1 + (gt % 2) as u8);
-            let m = host.message("line", &author, gt, plain(&gt.to_string())).unwrap();
+            let m = host
+                .message("line", &author, gt, plain(&gt.to_string()))
+                .unwrap();
             host.store(&m).unwrap();
         }
-        let t = host.message("tally", &member_key(1), 7, plain("t")).unwrap();
+        let t = host
+            .message("tally", &member_key(1), 7, plain("t"))
+            .unwrap();
         host.store(&t).unwrap();
         // Member 2 wrote the odd global times 1, 3, 5 (and the tally at 7 is another meta); ask
         // for 1..=7 in pages of up to 5 (the host bounds them to 2).

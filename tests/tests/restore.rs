@@ -78,10 +78,14 @@ async fn a_restarted_node_restores_its_plugin_and_handles_a_reply_to_an_old_post
             node.udp,
         )
         .unwrap();
-    wait_until(Duration::from_secs(20), "three posts and the entry", || async {
-        let s = status(&node).await;
-        s["posts"] == 3 && s["entries"] == 1 && s["profiles"] == 1
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "three posts and the entry",
+        || async {
+            let s = status(&node).await;
+            s["posts"] == 3 && s["entries"] == 1 && s["profiles"] == 1
+        },
+    )
     .await;
     let before = status(&node).await;
     let data = node.stop_keeping_data().await;
@@ -93,7 +97,10 @@ async fn a_restarted_node_restores_its_plugin_and_handles_a_reply_to_an_old_post
     .await;
     let after = status(&node).await;
     for field in FROM_HISTORY {
-        assert_eq!(after[field], before[field], "{field}: {before} then {after}");
+        assert_eq!(
+            after[field], before[field],
+            "{field}: {before} then {after}"
+        );
     }
     assert_eq!(after["restored"], 3, "{after}");
     // The restored "send entry 2" post did not send a second entry.

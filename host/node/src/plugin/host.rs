@@ -1,5 +1,6 @@
 //! The host side of one community instance: `HostHandle`, what the plugin calls (it never
-//! blocks: it reads snapshots or enqueues), and [`Shared`], the state the protocol task, the
+//! blocks: it reads snapshots or enqueues; only `read` waits for the store, on the plugin's own
+//! thread, bounded), and [`Shared`], the state the protocol task, the
 //! worker thread, the host handle and the control API share (snapshots, counters, the recent
 //! deliveries, the plugin's timers).
 

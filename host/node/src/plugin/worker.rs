@@ -5,6 +5,9 @@
 //! bound), checks the messages this node creates before they are published, keeps delayed messages and plugin timers (both bounded), and answers the control API's
 //! requests (JSON conversion, status).
 //!
+//! Lifecycle of an instance, on this thread: create → restore (the stored history, in pages,
+//! before the thread takes any job) → live → retire (before it is dropped, unless it panicked).
+//!
 //! Isolation. A thread stuck in plugin code cannot be killed, so the host works around it:
 //! - every plugin call (`create` included) is noted in [`Shared`] with its start; once it runs
 //!   past `limits.deadline` the community is *stuck* (the runtime's watchdog logs it once, the API
@@ -16,8 +19,7 @@
 //!   at the deadline is left behind (detached) and logged;
 //! - a panic in a call that changes the community (check, handle, timer, allow_signature) poisons
 //!   the instance: the thread creates a new one from the same library after a backoff (doubling
-//!   per restart) and hands it the community's history (`WorkerLoop::restore`, a seam that does
-//!   nothing yet); after `limits.restarts` restarts within `limits.restart_window` the next panic
+//!   per restart) and hands it the community's history (`WorkerLoop::restore`); after `limits.restarts` restarts within `limits.restart_window` the next panic
 //!   leaves the community failed, with its reason.
 
 use std::cmp::Reverse;
@@ -455,16 +457,14 @@ impl WorkerLoop {
         let page = self.context.limits.read_page.max(1);
         let mut after = 0;
         loop {
-            let rows = match history.page(
-                self.context.community_row,
-                &HistoryQuery::all(after, page),
-            ) {
-                Ok(rows) => rows,
-                Err(error) => {
-                    self.panicked(format!("restoring the history failed: {error}"));
-                    return false;
-                }
-            };
+            let rows =
+                match history.page(self.context.community_row, &HistoryQuery::all(after, page)) {
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        self.panicked(format!("restoring the history failed: {error}"));
+                        return false;
+                    }
+                };
             let Some(last) = rows.last() else {
                 break;
             };

@@ -29,8 +29,8 @@ use tokio::sync::mpsc;
 use super::{Job, WorkerContext, WorkerLimits, WorkerLoop};
 use crate::command::Command;
 use crate::mutex::lock;
-use crate::plugin::host::Shared;
 use crate::plugin::history::History;
+use crate::plugin::host::Shared;
 use crate::store::{HistoryQuery, Insert, Outcome, StoredMessage};
 
 /// What the fake community and the fake store saw, in order.
@@ -192,8 +192,10 @@ struct FakeHistory {
 
 impl History for FakeHistory {
     fn page(&self, community: i64, query: &HistoryQuery) -> Result<Vec<StoredMessage>, String> {
-        self.log
-            .push(format!("page {community} after {} limit {}", query.after, query.limit));
+        self.log.push(format!(
+            "page {community} after {} limit {}",
+            query.after, query.limit
+        ));
         if self.broken {
             return Err("disk on fire".into());
         }
@@ -215,9 +217,12 @@ fn rows(spec: &[(u32, u64, Option<u8>)]) -> Vec<StoredMessage> {
         .map(|(i, &(meta, global_time, code))| {
             let packet = match code {
                 Some(code) => {
-                    SignedMessage::sign(message(meta, global_time, code, None).message.message, &[&key()])
-                        .unwrap()
-                        .packet
+                    SignedMessage::sign(
+                        message(meta, global_time, code, None).message.message,
+                        &[&key()],
+                    )
+                    .unwrap()
+                    .packet
                 }
                 None => vec![0xff, 0x00, 0x13],
             };
