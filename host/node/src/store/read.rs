@@ -236,3 +236,59 @@ fn stored_message(row: &sqlx::sqlite::SqliteRow) -> Result<StoredMessage, StoreE
         packet: row.try_get(5)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{definition, post};
+    use super::super::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn history_pages_in_row_order_by_meta_member_and_global_time() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        // Stored out of global-time order: rows come back in the order they were stored.
+        let times = [5u64, 1, 9, 3, 7, 2];
+        let batch: Vec<NewMessage> = times
+            .iter()
+            .map(|&gt| post(id, gt, vec![gt as u8; 80]))
+            .collect();
+        store.insert(&batch).await.unwrap();
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store
+                .history(id, &HistoryQuery::all(after, 4))
+                .await
+                .unwrap();
+            seen.extend(page.iter().map(|r| r.global_time));
+            let Some(last) = page.last() else { break };
+            after = last.id;
+        }
+        assert_eq!(seen, times);
+        let select = |query: HistoryQuery| {
+            let store = store.clone();
+            async move {
+                let rows = store.history(id, &query).await.unwrap();
+                rows.iter().map(|r| r.global_time).collect::<Vec<_>>()
+            }
+        };
+        let member = HistoryQuery {
+            member: Some(MemberId([9; 20])),
+            ..HistoryQuery::all(0, 10)
+        };
+        assert_eq!(select(member).await, [9]);
+        let range = HistoryQuery {
+            global_time_low: 2,
+            global_time_high: 5,
+            ..HistoryQuery::all(0, 10)
+        };
+        assert_eq!(select(range).await, [5, 3, 2]);
+        let meta = |meta| HistoryQuery {
+            meta: Some(meta),
+            ..HistoryQuery::all(0, 10)
+        };
+        assert_eq!(select(meta(7)).await.len(), 6);
+        assert!(select(meta(8)).await.is_empty());
+    }
+}
