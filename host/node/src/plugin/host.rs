@@ -100,7 +100,7 @@ impl PluginStats {
 /// Where a community's plugin instance is in its life (a call that may be running aside).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Life {
-    /// Its `create()` has not returned yet.
+    /// Not live yet: its `create()` has not returned, or its history is being restored.
     Starting,
     /// Running.
     Live,

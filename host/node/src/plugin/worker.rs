@@ -413,10 +413,15 @@ impl WorkerLoop {
     /// Creates the instance, tells `created`, then runs the jobs. A failed `create()` ends the
     /// thread when the registry still waits for the answer (it refuses the plugin), and leaves
     /// the community failed otherwise.
+    /// The registry is told as soon as `create()` returned, before the restore, which may be long
+    /// for a large history (each page is a call under the deadline of its own).
     fn start(mut self, jobs: Receiver<Job>, created: oneshot::Sender<Result<(), PluginError>>) {
-        match self.create() {
+        match self.make() {
             Ok(()) => {
                 let _ = created.send(Ok(()));
+                if self.restore() {
+                    *lock(&self.shared.life) = Life::Live;
+                }
             }
             Err(error) => {
                 self.fail(format!("create() failed: {}", error.message));
@@ -430,13 +435,19 @@ impl WorkerLoop {
 
     /// A new instance from the factory, under the call deadline, given the community's history.
     fn create(&mut self) -> Result<(), PluginError> {
+        self.make()?;
+        if self.restore() {
+            *lock(&self.shared.life) = Life::Live;
+        }
+        Ok(())
+    }
+
+    /// A new instance from the factory (`create()`), under the call deadline.
+    fn make(&mut self) -> Result<(), PluginError> {
         self.shared.begin_call("create");
         let made = (self.factory)();
         self.shared.end_call();
         self.instance = Some(made?);
-        if self.restore() {
-            *lock(&self.shared.life) = Life::Live;
-        }
         Ok(())
     }
 
