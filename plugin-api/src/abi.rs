@@ -11,7 +11,7 @@
 use abi_stable::library::RootModule;
 use abi_stable::sabi_trait;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RBox, ROk, RResult, RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{RBox, RErr, ROk, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings};
 
 /// The protocol-level ABI version. The host refuses a plugin that reports another one.
@@ -248,8 +248,59 @@ pub mod level {
     pub const TRACE: u8 = 5;
 }
 
+/// A page request of [`HostApi::read`]: this community's stored messages, oldest first (in the
+/// order they were stored), matching every filter given.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct ReadQuery {
+    /// Only messages of this meta-message type, when `any_meta` is false.
+    pub meta: u32,
+    /// Messages of every meta-message type (`meta` ignored).
+    pub any_meta: bool,
+    /// Only messages whose first author is this member (33-byte public key or 20-byte member
+    /// id); empty: any author.
+    pub member: RVec<u8>,
+    /// Lowest global time, inclusive.
+    pub global_time_low: u64,
+    /// Highest global time, inclusive.
+    pub global_time_high: u64,
+    /// The cursor: only messages stored after the one this [`ReadPage::next`] named; 0 for the
+    /// first page.
+    pub after: u64,
+    /// Most messages in the page; the host lowers it to its own bound (`plugin_read_page`).
+    pub limit: u32,
+}
+
+/// One page of [`HostApi::read`].
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct ReadPage {
+    /// The messages, oldest first (`source` empty).
+    pub messages: RVec<RawMessage>,
+    /// The cursor of the next page ([`ReadQuery::after`]).
+    pub next: u64,
+    /// Whether this was the last page.
+    pub done: bool,
+}
+
+/// Why an instance is retired ([`CommunityApi::retire`]).
+pub mod retire {
+    /// The host shuts down.
+    pub const SHUTDOWN: u8 = 0;
+    /// A new instance of the same code replaces it (after a panic, or on request).
+    pub const RESTART: u8 = 1;
+    /// A new version of the plugin replaces it.
+    pub const UPGRADE: u8 = 2;
+    /// The community is disabled (it may be enabled again).
+    pub const DISABLE: u8 = 3;
+    /// The community is left (unloaded).
+    pub const LEAVE: u8 = 4;
+}
+
 /// What the host offers one community instance. Every method only reads shared state or
-/// enqueues work: none blocks, and none calls back into the plugin.
+/// enqueues work and none calls back into the plugin; only [`HostApi::read`] waits (for the
+/// store, bounded by the host's call deadline), and only when called on the community's own
+/// thread.
 #[sabi_trait]
 pub trait HostApi: Send + Sync {
     /// The host member's 33-byte public key.
@@ -280,6 +331,18 @@ pub trait HostApi: Send + Sync {
     /// Logs through the host's tracing subscriber (a plugin's own `tracing` statics are separate).
     #[sabi(last_prefix_field)]
     fn log(&self, level: u8, message: RStr<'_>);
+
+    /// One page of this community's stored messages matching `query`, decoded (signatures
+    /// checked again). Waits for the store, at most the host's call deadline; refused (an
+    /// [`ERROR_HOST`] error) when called off the community's own thread from an async task, and
+    /// by a host older than this method.
+    fn read(&self, query: &ReadQuery) -> RResult<ReadPage, PluginError> {
+        let _ = query;
+        RErr(PluginError::new(
+            ERROR_HOST,
+            "this host cannot read its store for plugins",
+        ))
+    }
 }
 
 /// The host handle a plugin owns.
@@ -317,6 +380,31 @@ pub trait CommunityApi: Send {
     fn allow_signature(&mut self, message: &RawMessage) -> RResult<bool, PluginError> {
         let _ = message;
         ROk(false)
+    }
+
+    /// Lifecycle, step *restore*: one page of the community's stored history, given to a new
+    /// instance (first start, restart, upgrade) after `create` and before any live call
+    /// (check, handle, timer). Pages come oldest first, in the order the messages were stored,
+    /// possibly of several metas; every stored message comes exactly once. Absent in a plugin
+    /// (built before this method): the instance gets no history.
+    fn restore(&mut self, batch: RSlice<'_, RawMessage>) -> RResult<(), PluginError> {
+        let _ = batch;
+        ROk(())
+    }
+
+    /// Lifecycle, step *live*: the history is restored; live traffic follows. Called once per
+    /// instance, after the last [`CommunityApi::restore`]. Absent in a plugin: nothing.
+    fn live(&mut self) -> RResult<(), PluginError> {
+        ROk(())
+    }
+
+    /// Lifecycle, last step: the instance is about to be dropped for the [`retire`] reason
+    /// `reason`. Whatever it keeps that is not in the store is lost after this call (its state
+    /// built from messages comes back through restore). Not called after a panic (the instance
+    /// is gone) or while it is stuck in another call. Absent in a plugin: nothing.
+    fn retire(&mut self, reason: u8) -> RResult<(), PluginError> {
+        let _ = reason;
+        ROk(())
     }
 }
 

@@ -375,6 +375,11 @@ pub struct Host {
 }
 
 impl Host {
+    /// A host over `raw` that encodes with `conversion` (the host double's handles).
+    pub(crate) fn from_raw(raw: HostBox, conversion: Vec<u8>) -> Self {
+        Host { raw, conversion }
+    }
+
     /// The 33-byte public key of this node's member.
     pub fn member(&self) -> Vec<u8> {
         self.raw.member().into_vec()
@@ -447,6 +452,88 @@ impl Host {
         };
         self.raw.log(level, RStr::from(message.as_ref()));
     }
+
+    /// One page of this community's stored messages of meta `meta` (payload type `P`) matching
+    /// `filter`, oldest first (in the order they were stored), starting after cursor `after`
+    /// (0 for the first page; then the previous [`Page::next`]). The host checks the
+    /// signatures again and bounds the page size (`plugin_read_page`). Waits for the store, at
+    /// most the host's call deadline: call it from the community's calls (check, handle,
+    /// timer, restore), not from a thread of your own inside an async runtime. A stored
+    /// message whose payload does not decode as `P` is left out of the page.
+    pub fn read<P: Payload>(
+        &self,
+        meta: u32,
+        filter: &Filter,
+        after: u64,
+    ) -> Result<Page<P>, Error> {
+        let query = abi::ReadQuery {
+            meta,
+            any_meta: false,
+            member: RVec::from(filter.member.clone().unwrap_or_default()),
+            global_time_low: *filter.global_time.start(),
+            global_time_high: *filter.global_time.end(),
+            after,
+            limit: filter.limit,
+        };
+        let page = self.raw.read(&query).into_result()?;
+        Ok(Page {
+            messages: page
+                .messages
+                .iter()
+                .filter_map(|raw| decode_raw::<P>(raw).ok())
+                .collect(),
+            next: page.next,
+            done: page.done,
+        })
+    }
+}
+
+/// What [`Host::read`] selects besides the meta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// Only messages whose first author is this member (33-byte public key or 20-byte id).
+    pub member: Option<Vec<u8>>,
+    /// Only messages with a global time in this range.
+    pub global_time: std::ops::RangeInclusive<u64>,
+    /// Most messages per page (the host may give fewer).
+    pub limit: u32,
+}
+
+impl Default for Filter {
+    /// Every member, every global time, pages of up to 256 messages.
+    fn default() -> Self {
+        Filter {
+            member: None,
+            global_time: 0..=u64::MAX,
+            limit: 256,
+        }
+    }
+}
+
+/// One page of [`Host::read`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<P> {
+    /// The messages, oldest first.
+    pub messages: Vec<Message<P>>,
+    /// The cursor of the next page.
+    pub next: u64,
+    /// Whether this was the last page.
+    pub done: bool,
+}
+
+/// Why an instance is retired ([`Community::on_retire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// The host shuts down.
+    Shutdown,
+    /// A new instance of the same code replaces this one.
+    Restart,
+    /// A new version of the plugin replaces this one.
+    Upgrade,
+    /// The community is disabled.
+    Disable,
+    /// The community is left.
+    Leave,
 }
 
 /// A community type. Implement it and export it with [`crate::export_community!`].
@@ -468,12 +555,27 @@ pub trait Community: Sized + Send + 'static {
     fn status(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+
+    /// Lifecycle: the stored history has been restored (each meta's [`Meta::restore`] fed,
+    /// oldest first); live traffic follows. Called once per instance.
+    fn on_live(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Lifecycle: the instance is about to be dropped, for `reason`. State that is not built
+    /// from stored messages is lost after this call (state built from them comes back through
+    /// restore). Not called after a panic.
+    fn on_retire(&mut self, reason: Retire) -> Result<(), Error> {
+        let _ = reason;
+        Ok(())
+    }
 }
 
 /// Type-erased operations of one meta-message over community `C`.
 trait MetaOps<C>: Send + Sync {
     fn check(&self, community: &mut C, raw: &RawMessage) -> Verdict;
     fn handle(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error>;
+    fn restore(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error>;
     fn payload_to_json(&self, conversion: &[u8], payload: &[u8]) -> Result<String, Error>;
     fn json_to_payload(&self, conversion: &[u8], json: &str) -> Result<Vec<u8>, Error>;
     fn allow_signature(&self, community: &mut C, raw: &RawMessage) -> bool;
@@ -495,6 +597,7 @@ pub struct Meta<C, P> {
     raw: MetaDef,
     check: CheckFn<C, P>,
     handle: HandleFn<C, P>,
+    restore: Option<HandleFn<C, P>>,
     allow: AllowFn<C, P>,
     payload: PhantomData<fn() -> P>,
 }
@@ -522,6 +625,7 @@ impl<C: Community, P: Payload> Meta<C, P> {
             },
             check: |_, _| Verdict::Accept,
             handle: |_, _| Ok(()),
+            restore: None,
             allow: |_, _| false,
             payload: PhantomData,
         }
@@ -625,6 +729,17 @@ impl<C: Community, P: Payload> Meta<C, P> {
         self
     }
 
+    /// Sets the restore function: what the meta's stored messages do to a new instance (first
+    /// start, restart, upgrade) before live traffic, oldest first, in batches. Without one the
+    /// meta's handler is used, so a community whose state its handlers build restores for free;
+    /// set one when the handler has effects that must not repeat (sending, scheduling), or
+    /// `|_, _| Ok(())` to ignore the history. Messages whose payload no longer decodes are
+    /// left out.
+    pub fn restore(mut self, restore: HandleFn<C, P>) -> Self {
+        self.restore = Some(restore);
+        self
+    }
+
     /// Sets the co-signing decision of a double-member meta (without one, every request to
     /// co-sign is refused). The message's first author proposes it; this member is the second.
     pub fn allow_signature(mut self, allow: AllowFn<C, P>) -> Self {
@@ -663,6 +778,15 @@ impl<C: Community, P: Payload> MetaOps<C> for Meta<C, P> {
             .map(decode_raw::<P>)
             .collect::<Result<Vec<_>, _>>()?;
         (self.handle)(community, messages)
+    }
+
+    fn restore(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error> {
+        let messages: Vec<Message<P>> =
+            raw.iter().filter_map(|m| decode_raw::<P>(m).ok()).collect();
+        if messages.is_empty() {
+            return Ok(());
+        }
+        (self.restore.unwrap_or(self.handle))(community, messages)
     }
 
     fn payload_to_json(&self, conversion: &[u8], payload: &[u8]) -> Result<String, Error> {
@@ -931,6 +1055,33 @@ impl<C: Community> CommunityApi for Instance<C> {
             let ops = definition.ops(message.meta)?;
             Ok(ops.allow_signature(community, message))
         })
+    }
+
+    fn restore(&mut self, batch: RSlice<'_, RawMessage>) -> RResult<(), PluginError> {
+        self.mutating(|community, definition| {
+            // Runs of one meta, in order; metas this version no longer defines are skipped.
+            for run in batch.as_slice().chunk_by(|a, b| a.meta == b.meta) {
+                if let Ok(ops) = definition.ops(run[0].meta) {
+                    ops.restore(community, run)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn live(&mut self) -> RResult<(), PluginError> {
+        self.mutating(|community, _| community.on_live())
+    }
+
+    fn retire(&mut self, reason: u8) -> RResult<(), PluginError> {
+        let reason = match reason {
+            abi::retire::SHUTDOWN => Retire::Shutdown,
+            abi::retire::RESTART => Retire::Restart,
+            abi::retire::UPGRADE => Retire::Upgrade,
+            abi::retire::DISABLE => Retire::Disable,
+            _ => Retire::Leave,
+        };
+        self.mutating(|community, _| community.on_retire(reason))
     }
 }
 

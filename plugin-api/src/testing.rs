@@ -7,6 +7,12 @@
 //! schedules and logs. It is deterministic: no clock, no randomness; timers fire when the test
 //! says so.
 //!
+//! It also keeps a store: messages of stored metas (full-sync and last-sync) that
+//! [`TestHost::receive`] accepted, and those given to [`TestHost::store`], in that order (without
+//! last-sync's pruning). [`Host::read`](crate::sdk::Host::read) reads it, and
+//! [`TestHost::restart`] retires the instance and gives a new one the stored history, as a node
+//! does after a restart.
+//!
 //! ```
 //! use dispersy_plugin_api::prelude::*;
 //! use dispersy_plugin_api::sdk::Compact;
@@ -86,6 +92,10 @@ struct State {
     sent: Vec<Sent>,
     scheduled: Vec<(Duration, u64)>,
     logs: Vec<(Level, String)>,
+    /// The stored messages; row id = index + 1.
+    stored: Vec<RawMessage>,
+    /// Most messages per page of a read or a restore.
+    read_page: u32,
 }
 
 /// The host side of the double, handed to the community as its `Host`.
@@ -156,6 +166,44 @@ impl HostApi for Recorder {
         };
         self.lock().logs.push((level, message.to_string()));
     }
+
+    fn read(&self, query: &abi::ReadQuery) -> RResult<abi::ReadPage, PluginError> {
+        if !query.member.is_empty() && query.member.len() != 33 {
+            return RResult::RErr(PluginError::new(
+                abi::ERROR_INVALID,
+                "the host double names members by their 33-byte key only",
+            ));
+        }
+        let state = self.lock();
+        let limit = query.limit.clamp(1, state.read_page.max(1)) as usize;
+        let after = usize::try_from(query.after).unwrap_or(usize::MAX);
+        let mut messages = RVec::new();
+        let mut next = query.after;
+        let mut done = true;
+        for (index, raw) in state.stored.iter().enumerate().skip(after) {
+            let matches = (query.any_meta || raw.meta == query.meta)
+                && (query.member.is_empty()
+                    || raw
+                        .authors
+                        .first()
+                        .is_some_and(|a| a.as_slice() == query.member.as_slice()))
+                && (query.global_time_low..=query.global_time_high).contains(&raw.global_time);
+            if !matches {
+                continue;
+            }
+            if messages.len() == limit {
+                done = false;
+                break;
+            }
+            messages.push(raw.clone());
+            next = index as u64 + 1;
+        }
+        RResult::ROk(abi::ReadPage {
+            messages,
+            next,
+            done,
+        })
+    }
 }
 
 /// One instance of community type `C` on a host double. See the [module](self) documentation.
@@ -198,10 +246,13 @@ impl<C: Community> TestHost<C> {
                 .iter()
                 .map(|m| m.name.to_string())
                 .collect(),
+            read_page: 256,
             ..State::default()
         })));
         let host = HostApi_TO::from_value(recorder.clone(), TD_Opaque);
-        let instance = sdk::create::<C>(host).into_result()?;
+        let mut instance = sdk::create::<C>(host).into_result()?;
+        // A new community has no history: restore is empty, and it is live at once.
+        instance.live().into_result()?;
         Ok(TestHost {
             instance,
             recorder,
@@ -325,9 +376,71 @@ impl<C: Community> TestHost<C> {
     pub fn receive<P: Payload>(&mut self, message: Message<P>) -> Result<Verdict, Error> {
         let verdict = self.check(&message)?;
         if verdict == Verdict::Accept {
+            if self.stored_meta(message.meta) {
+                self.store(&message)?;
+            }
             self.handle(std::slice::from_ref(&message))?;
         }
         Ok(verdict)
+    }
+
+    fn stored_meta(&self, meta: u32) -> bool {
+        self.definition.metas.iter().any(|m| {
+            m.id == meta
+                && matches!(
+                    m.distribution,
+                    abi::distribution::FULL_SYNC | abi::distribution::LAST_SYNC
+                )
+        })
+    }
+
+    /// Adds `message` to the double's store (after the messages stored before), without
+    /// calling the community: history that [`TestHost::restart`] restores and reads find.
+    pub fn store<P: Payload>(&mut self, message: &Message<P>) -> Result<(), Error> {
+        let mut raw = self.raw(message)?;
+        raw.source = RString::new();
+        self.recorder.lock().stored.push(raw);
+        Ok(())
+    }
+
+    /// A [`Host`](crate::sdk::Host) on this double, like the one the community got: to test
+    /// code that takes one (reads of the store, sends).
+    pub fn host(&self) -> sdk::Host {
+        sdk::Host::from_raw(
+            HostApi_TO::from_value(self.recorder.clone(), TD_Opaque),
+            self.conversion().to_vec(),
+        )
+    }
+
+    /// How many messages the double's store holds.
+    pub fn stored(&self) -> usize {
+        self.recorder.lock().stored.len()
+    }
+
+    /// Bounds the pages of reads and restores to `messages` (256 by default).
+    pub fn set_read_page(&mut self, messages: u32) {
+        self.recorder.lock().read_page = messages;
+    }
+
+    /// What a node does on a restart: retires the instance (`Community::on_retire` with
+    /// `Retire::Restart`), creates a new one, gives it the stored history oldest first in pages
+    /// (each meta's restore function), then tells it it is live (`Community::on_live`).
+    /// Scheduled timers are forgotten, as a node forgets them.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.instance.retire(abi::retire::RESTART).into_result()?;
+        self.recorder.lock().scheduled.clear();
+        let host = HostApi_TO::from_value(self.recorder.clone(), TD_Opaque);
+        self.instance = sdk::create::<C>(host).into_result()?;
+        let (history, page) = {
+            let state = self.recorder.lock();
+            (state.stored.clone(), state.read_page.max(1) as usize)
+        };
+        for batch in history.chunks(page) {
+            self.instance
+                .restore(RSlice::from_slice(batch))
+                .into_result()?;
+        }
+        Ok(self.instance.live().into_result()?)
     }
 
     /// Whether this member would co-sign `message` (a double-member meta's
@@ -621,5 +734,184 @@ mod tests {
     fn the_double_refuses_definitions_a_host_refuses() {
         let error = TestHost::<BadKey>::new().unwrap_err();
         assert!(error.message().contains("33"), "{error}");
+    }
+
+    /// A full-sync log whose handler sends an echo for `echo` texts; its restore function only
+    /// counts. A direct meta is not stored.
+    struct Log {
+        host: Host,
+        texts: Vec<String>,
+        restored: u64,
+        live: u64,
+        retired: Vec<crate::sdk::Retire>,
+    }
+
+    impl Log {
+        fn on_line(&mut self, messages: Vec<Message<Note>>) -> Result<(), Error> {
+            for m in messages {
+                if m.payload.text == "echo" {
+                    self.host.send("line", &m.payload, &[])?;
+                }
+                self.texts.push(m.payload.text);
+            }
+            Ok(())
+        }
+        fn restore_line(&mut self, messages: Vec<Message<Note>>) -> Result<(), Error> {
+            self.restored += messages.len() as u64;
+            self.texts
+                .extend(messages.into_iter().map(|m| m.payload.text));
+            Ok(())
+        }
+    }
+
+    impl Community for Log {
+        fn definition() -> Definition<Self> {
+            Definition::new("log", "0.1.0", &format!("02{}", "22".repeat(32)))
+                .conversion(&[1])
+                .meta(
+                    Meta::<Self, Note>::new(1, "line")
+                        .distribution(crate::sdk::Distribution::FullSync {
+                            sequence_numbers: false,
+                            order: crate::sdk::Order::Ascending,
+                        })
+                        .handle(Self::on_line)
+                        .restore(Self::restore_line),
+                )
+                .meta(
+                    Meta::<Self, Note>::new(2, "chat").handle(|log: &mut Log, ms| {
+                        log.texts.extend(ms.into_iter().map(|m| m.payload.text));
+                        Ok(())
+                    }),
+                )
+                .meta(
+                    // No restore function: its handler restores it.
+                    Meta::<Self, Note>::new(3, "tally")
+                        .distribution(crate::sdk::Distribution::FullSync {
+                            sequence_numbers: false,
+                            order: crate::sdk::Order::Ascending,
+                        })
+                        .handle(|log: &mut Log, ms| {
+                            log.texts.extend(
+                                ms.into_iter().map(|m| format!("tally {}", m.payload.text)),
+                            );
+                            Ok(())
+                        }),
+                )
+        }
+        fn create(host: Host) -> Result<Self, Error> {
+            Ok(Log {
+                host,
+                texts: Vec::new(),
+                restored: 0,
+                live: 0,
+                retired: Vec::new(),
+            })
+        }
+        fn on_live(&mut self) -> Result<(), Error> {
+            self.live += 1;
+            Ok(())
+        }
+        fn on_retire(&mut self, reason: crate::sdk::Retire) -> Result<(), Error> {
+            self.retired.push(reason);
+            Ok(())
+        }
+        fn status(&self) -> serde_json::Value {
+            serde_json::json!({
+                "texts": self.texts,
+                "restored": self.restored,
+                "live": self.live,
+                "retired": self.retired.len(),
+            })
+        }
+    }
+
+    fn plain(text: &str) -> Note {
+        Note {
+            text: text.into(),
+            urgent: false,
+            score: None,
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_restart_restores_the_stored_history_in_order_through_each_metas_restore() {
+        let mut host = TestHost::<Log>::new().unwrap();
+        host.set_read_page(2);
+        let texts = ["a", "echo", "b"];
+        for (i, text) in texts.iter().enumerate() {
+            let m = host
+                .message("line", &member_key(1), i as u64 + 1, plain(text))
+                .unwrap();
+            assert_eq!(host.receive(m).unwrap(), Verdict::Accept);
+        }
+        let t = host
+            .message("tally", &member_key(2), 9, plain("t"))
+            .unwrap();
+        host.receive(t).unwrap();
+        // Direct: not stored, not restored.
+        let c = host
+            .message("chat", &member_key(2), 10, plain("c"))
+            .unwrap();
+        host.receive(c).unwrap();
+        assert_eq!(host.stored(), 4);
+        assert_eq!(host.sent().len(), 1);
+        let before = host.status().unwrap();
+        assert_eq!(before["live"], 1);
+
+        host.restart().unwrap();
+        let after = host.status().unwrap();
+        assert_eq!(
+            after["texts"],
+            serde_json::json!(["a", "echo", "b", "tally t"])
+        );
+        assert_eq!(after["restored"], 3);
+        assert_eq!(after["live"], 1);
+        // The restore function does not echo again.
+        assert_eq!(host.sent().len(), 1);
+    }
+
+    #[test]
+    fn reads_page_through_the_store_by_meta_member_and_global_time() {
+        let mut host = TestHost::<Log>::new().unwrap();
+        host.set_read_page(2);
+        for gt in 1..=6u64 {
+            let author = member_key(1 + (gt % 2) as u8);
+            let m = host
+                .message("line", &author, gt, plain(&gt.to_string()))
+                .unwrap();
+            host.store(&m).unwrap();
+        }
+        let t = host
+            .message("tally", &member_key(1), 7, plain("t"))
+            .unwrap();
+        host.store(&t).unwrap();
+        // Member 2 wrote the odd global times 1, 3, 5 (and the tally at 7 is another meta); ask
+        // for 1..=7 in pages of up to 5 (the host bounds them to 2).
+        let filter = crate::sdk::Filter {
+            member: Some(member_key(2)),
+            global_time: 1..=7,
+            limit: 5,
+        };
+        let mut seen = Vec::new();
+        let mut after = 0;
+        let mut pages = 0;
+        loop {
+            let page = host.host().read::<Note>(1, &filter, after).unwrap();
+            pages += 1;
+            seen.extend(page.messages.iter().map(|m| m.global_time));
+            after = page.next;
+            if page.done {
+                break;
+            }
+        }
+        assert_eq!(seen, vec![1, 3, 5]);
+        assert_eq!(pages, 2);
+        let all = host
+            .host()
+            .read::<Note>(1, &crate::sdk::Filter::default(), 0)
+            .unwrap();
+        assert_eq!(all.messages.len(), 2);
+        assert!(!all.done);
     }
 }

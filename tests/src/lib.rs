@@ -90,6 +90,16 @@ impl TestNode {
     /// Starts a node with `plugins`, after `tweak` adjusted its configuration.
     pub async fn start(plugins: &Path, tweak: impl FnOnce(&mut Config)) -> TestNode {
         let data = tempfile::Builder::new().prefix("node-").tempdir().unwrap();
+        TestNode::start_in(data, plugins, tweak).await
+    }
+
+    /// Starts a node on the data folder `data` (a new one, or one a stopped node left with
+    /// [`TestNode::stop_keeping_data`]), with `plugins`, after `tweak`.
+    pub async fn start_in(
+        data: TempDir,
+        plugins: &Path,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestNode {
         let mut config = config(data.path(), plugins);
         tweak(&mut config);
         let shutdown = CancellationToken::new();
@@ -150,6 +160,15 @@ impl TestNode {
         if let Some(running) = self.running.take() {
             running.wait().await;
         }
+    }
+
+    /// Stops the node, waits for it, and hands back its data folder (to start it again).
+    pub async fn stop_keeping_data(mut self) -> TempDir {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.wait().await;
+        }
+        self._data
     }
 }
 

@@ -319,6 +319,8 @@ pub struct Limits {
     /// Wait before the first restart after a panic, in milliseconds; doubled for each restart
     /// within the window.
     pub plugin_restart_backoff_ms: u64,
+    /// Stored messages in one page of a plugin's restore or store read.
+    pub plugin_read_page: u32,
     /// Messages written to the database in one transaction.
     pub store_batch: usize,
     /// SQLite page cache per database connection (there are 4), in KiB.
@@ -375,6 +377,7 @@ impl Default for Limits {
             plugin_restarts: 3,
             plugin_restart_window_ms: 600_000,
             plugin_restart_backoff_ms: 1_000,
+            plugin_read_page: 256,
             store_batch: 1_000,
             store_cache_kib: crate::store::DEFAULT_CACHE_KIB,
             store_mmap_mib: 0,

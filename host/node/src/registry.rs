@@ -451,6 +451,13 @@ impl Registry {
             member: context.key.public().clone(),
             commands: context.commands.clone(),
             store: context.inserts.clone(),
+            history: tokio::runtime::Handle::try_current().ok().map(|runtime| {
+                Arc::new(crate::plugin::history::StoreHistory {
+                    store: context.store.clone(),
+                    runtime,
+                    timeout: context.limits.deadline,
+                }) as Arc<dyn crate::plugin::history::History>
+            }),
             limits: context.limits.clone(),
         };
         // create() runs on the community's thread: wait for it at most the call deadline.
@@ -733,6 +740,7 @@ mod tests {
                 restarts: 0,
                 restart_window: Duration::from_secs(60),
                 restart_backoff: Duration::from_secs(1),
+                read_page: 8,
             },
             peers: Vec::new(),
             dirs: vec![dir.to_path_buf()],

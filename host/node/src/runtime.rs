@@ -356,6 +356,7 @@ fn worker_limits(limits: &Limits) -> WorkerLimits {
         restarts: limits.plugin_restarts,
         restart_window: Duration::from_millis(limits.plugin_restart_window_ms),
         restart_backoff: Duration::from_millis(limits.plugin_restart_backoff_ms),
+        read_page: limits.plugin_read_page,
     }
 }
 

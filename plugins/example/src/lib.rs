@@ -129,7 +129,9 @@ impl ExampleCommunity {
         Ok(())
     }
 
-    /// Handles a batch of stored posts (the store already dropped copies it holds).
+    /// Handles a batch of stored posts (the store already dropped copies it holds). It is also
+    /// the meta's restore function (the default): after a restart the host gives it the stored
+    /// posts again, oldest first, so `posts` survives restarts.
     fn on_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         self.posts += messages.len() as u64;
         Ok(())

@@ -14,6 +14,9 @@
 //! - `post` (2): the same payload, full-sync: stored by every node and spread by the bloom-filter
 //!   synchronisation to nodes that join later (`posts`). A post created here with the text
 //!   `send entry N` makes the plugin send an `entry` of amount N itself (`Host::send`).
+//!   A post `read posts` makes it read this member's posts back through the host (`Host::read`,
+//!   two per page: `read_posts`, `read_pages`). Restored posts (after a restart) are counted in
+//!   `posts` and `restored` and are not acted on again.
 //! - `profile` (3): last-sync with a history of 1: every node keeps only the newest profile of
 //!   each member (`profiles`).
 //! - `entry` (4): full-sync with sequence numbers: each member's entries form a log numbered 1,
@@ -169,6 +172,14 @@ pub struct ProbeCommunity {
     shouts: u64,
     /// Pacts handled (co-signed here or received).
     pacts: u64,
+    /// Posts given back by the host's restore.
+    restored: u64,
+    /// Whether the host told this instance it is live (restore done).
+    live: bool,
+    /// What the last `read posts` found: this member's posts read back through the host.
+    read_posts: Option<u64>,
+    /// Pages that read took.
+    read_pages: u64,
 }
 
 impl ProbeCommunity {
@@ -232,11 +243,52 @@ impl ProbeCommunity {
                 };
                 self.host.send("entry", &entry, &[])?;
             }
+            // "read posts" posted here: read this member's posts up to this one back through
+            // the host, two per page.
+            if message.source.is_none() && message.payload.text == "read posts" {
+                self.read_my_posts(message.global_time)?;
+            }
             if self.known_posts.len() < MAX_TRACKED {
                 let author = message.authors.first().cloned().unwrap_or_default();
                 self.known_posts.insert((author, message.global_time));
             }
         }
+        Ok(())
+    }
+
+    /// Restoring posts: counted and remembered like handled ones, without acting on their
+    /// text (a restored `send entry N` was sent when it was first handled).
+    fn restore_posts(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.posts += messages.len() as u64;
+        self.restored += messages.len() as u64;
+        for message in messages {
+            if self.known_posts.len() < MAX_TRACKED {
+                let author = message.authors.first().cloned().unwrap_or_default();
+                self.known_posts.insert((author, message.global_time));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts this member's posts up to `until` (global time) through [`Host::read`].
+    fn read_my_posts(&mut self, until: u64) -> Result<(), Error> {
+        let filter = Filter {
+            member: Some(self.host.member()),
+            global_time: 0..=until,
+            limit: 2,
+        };
+        let (mut count, mut pages, mut after) = (0, 0, 0);
+        loop {
+            let page = self.host.read::<Example>(2, &filter, after)?;
+            count += page.messages.len() as u64;
+            pages += 1;
+            after = page.next;
+            if page.done {
+                break;
+            }
+        }
+        self.read_posts = Some(count);
+        self.read_pages = pages;
         Ok(())
     }
 
@@ -332,7 +384,8 @@ impl Community for ProbeCommunity {
                     })
                     .destination(Destination::Community { node_count: 10 })
                     .check(Self::check_example)
-                    .handle(Self::on_post),
+                    .handle(Self::on_post)
+                    .restore(Self::restore_posts),
             )
             .meta(
                 Meta::<Self, Example>::new(4, "entry")
@@ -395,6 +448,10 @@ impl Community for ProbeCommunity {
             replies_before_post: 0,
             shouts: 0,
             pacts: 0,
+            restored: 0,
+            live: false,
+            read_posts: None,
+            read_pages: 0,
         })
     }
 
@@ -414,7 +471,16 @@ impl Community for ProbeCommunity {
             "replies_before_post": self.replies_before_post,
             "shouts": self.shouts,
             "pacts": self.pacts,
+            "restored": self.restored,
+            "live": self.live,
+            "read_posts": self.read_posts,
+            "read_pages": self.read_pages,
         })
+    }
+
+    fn on_live(&mut self) -> Result<(), Error> {
+        self.live = true;
+        Ok(())
     }
 }
 

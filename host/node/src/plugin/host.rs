@@ -1,5 +1,6 @@
 //! The host side of one community instance: `HostHandle`, what the plugin calls (it never
-//! blocks: it reads snapshots or enqueues), and [`Shared`], the state the protocol task, the
+//! blocks: it reads snapshots or enqueues; only `read` waits for the store, on the plugin's own
+//! thread, bounded), and [`Shared`], the state the protocol task, the
 //! worker thread, the host handle and the control API share (snapshots, counters, the recent
 //! deliveries, the plugin's timers).
 
@@ -99,7 +100,7 @@ impl PluginStats {
 /// Where a community's plugin instance is in its life (a call that may be running aside).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Life {
-    /// Its `create()` has not returned yet.
+    /// Not live yet: its `create()` has not returned, or its history is being restored.
     Starting,
     /// Running.
     Live,
@@ -348,6 +349,9 @@ pub(super) struct HostHandle {
     pub(super) shared: Arc<Shared>,
     pub(super) wake: SyncSender<Job>,
     pub(super) max_timers: usize,
+    pub(super) history: Option<Arc<dyn super::history::History>>,
+    pub(super) community_row: i64,
+    pub(super) read_page: u32,
 }
 
 impl HostApi for HostHandle {
@@ -435,6 +439,15 @@ impl HostApi for HostHandle {
             abi::level::DEBUG => tracing::debug!(target: "plugin", community, "{message}"),
             _ => tracing::trace!(target: "plugin", community, "{message}"),
         }
+    }
+
+    fn read(&self, query: &abi::ReadQuery) -> RResult<abi::ReadPage, PluginError> {
+        super::history::read(
+            self.history.as_ref(),
+            self.community_row,
+            query,
+            self.read_page,
+        )
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`Worker`] for its community, whose plugin instance gets a [`host`] handle to the node.
 
 pub mod copy;
+pub mod history;
 pub mod host;
 pub mod load;
 pub mod worker;

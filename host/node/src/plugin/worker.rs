@@ -5,6 +5,9 @@
 //! bound), checks the messages this node creates before they are published, keeps delayed messages and plugin timers (both bounded), and answers the control API's
 //! requests (JSON conversion, status).
 //!
+//! Lifecycle of an instance, on this thread: create → restore (the stored history, in pages,
+//! before the thread takes any job) → live → retire (before it is dropped, unless it panicked).
+//!
 //! Isolation. A thread stuck in plugin code cannot be killed, so the host works around it:
 //! - every plugin call (`create` included) is noted in [`Shared`] with its start; once it runs
 //!   past `limits.deadline` the community is *stuck* (the runtime's watchdog logs it once, the API
@@ -16,8 +19,7 @@
 //!   at the deadline is left behind (detached) and logged;
 //! - a panic in a call that changes the community (check, handle, timer, allow_signature) poisons
 //!   the instance: the thread creates a new one from the same library after a backoff (doubling
-//!   per restart) and hands it the community's history (`WorkerLoop::restore`, a seam that does
-//!   nothing yet); after `limits.restarts` restarts within `limits.restart_window` the next panic
+//!   per restart) and hands it the community's history (`WorkerLoop::restore`); after `limits.restarts` restarts within `limits.restart_window` the next panic
 //!   leaves the community failed, with its reason.
 //!
 //! Lifecycle. The operator changes an instance through [`Worker::control`] ([`Change`], run on
@@ -49,11 +51,12 @@ use dispersy_core::store::{Entry, Report};
 use dispersy_plugin_api::abi::{self, CommunityBox, HostApi_TO, PluginError, RawMessage};
 use tokio::sync::{mpsc, oneshot};
 
+use super::history::{self, History};
 use super::host::{Delivered, HostHandle, Life, Shared};
 use super::load::Plugin;
 use crate::command::Command;
 use crate::mutex::lock;
-use crate::store::{Insert, InsertSender, NewMessage, Outcome};
+use crate::store::{HistoryQuery, Insert, InsertSender, NewMessage, Outcome};
 
 /// Bounds of one worker.
 #[derive(Debug, Clone)]
@@ -78,6 +81,8 @@ pub struct WorkerLimits {
     pub restart_window: Duration,
     /// Wait before the first restart; doubled for each restart within the window.
     pub restart_backoff: Duration,
+    /// Stored messages per page of a restore, and at most per page of a plugin's read.
+    pub read_page: u32,
 }
 
 /// Work for a community's thread.
@@ -272,6 +277,9 @@ pub struct WorkerContext {
     pub commands: mpsc::Sender<Command>,
     /// Inserts to the store task.
     pub store: InsertSender,
+    /// Reads of the community's stored history (restore and the plugin's reads); `None`: the
+    /// instance starts without history and the plugin's reads are refused.
+    pub history: Option<Arc<dyn History>>,
     /// Bounds.
     pub limits: WorkerLimits,
 }
@@ -298,6 +306,9 @@ impl Worker {
             shared: shared.clone(),
             wake: jobs.clone(),
             max_timers: context.limits.timers,
+            history: context.history.clone(),
+            community_row: context.community_row,
+            read_page: context.limits.read_page,
         };
         let create = plugin.module.create();
         let factory: Factory =
@@ -453,7 +464,15 @@ struct DelayedMessage {
 }
 
 /// The calls that may change a community: a panic in one poisons the instance.
-const MUTATING: [&str; 4] = ["check", "handle", "timer", "allow_signature"];
+const MUTATING: [&str; 7] = [
+    "check",
+    "handle",
+    "timer",
+    "allow_signature",
+    "restore",
+    "live",
+    "retire",
+];
 
 struct WorkerLoop {
     /// `None` before `create()` returned, and after a panic until the restart.
@@ -492,10 +511,15 @@ impl WorkerLoop {
     /// Creates the instance, tells `created`, then runs the jobs. A failed `create()` ends the
     /// thread when the registry still waits for the answer (it refuses the plugin), and leaves
     /// the community failed otherwise.
+    /// The registry is told as soon as `create()` returned, before the restore, which may be long
+    /// for a large history (each page is a call under the deadline of its own).
     fn start(mut self, jobs: Receiver<Job>, created: oneshot::Sender<Result<(), PluginError>>) {
-        match self.create() {
+        match self.make() {
             Ok(()) => {
                 let _ = created.send(Ok(()));
+                if self.restore() {
+                    *lock(&self.shared.life) = Life::Live;
+                }
             }
             Err(error) => {
                 self.fail(format!("create() failed: {}", error.message));
@@ -509,19 +533,98 @@ impl WorkerLoop {
 
     /// A new instance from the factory, under the call deadline, given the community's history.
     fn create(&mut self) -> Result<(), PluginError> {
+        self.make()?;
+        if self.restore() {
+            *lock(&self.shared.life) = Life::Live;
+        }
+        Ok(())
+    }
+
+    /// A new instance from the factory (`create()`), under the call deadline.
+    fn make(&mut self) -> Result<(), PluginError> {
         self.shared.begin_call("create");
         let made = (self.factory)();
         self.shared.end_call();
         self.instance = Some(made?);
-        self.restore();
-        *lock(&self.shared.life) = Life::Live;
         Ok(())
     }
 
-    /// Gives a new instance (first start or restart) the community's stored history before live
-    /// traffic. The seam of the restore hook (issue 10, promise 1), not built yet: does nothing,
-    /// so a restarted instance starts empty.
-    fn restore(&mut self) {}
+    /// Lifecycle step *restore*, then *live*: gives a new instance (first start or restart) the
+    /// community's stored history before any live traffic, in pages of `limits.read_page`
+    /// messages, oldest first in row-id order, then calls `live`. It runs on the community's
+    /// thread before the thread takes any job, and this thread is the only writer of the
+    /// community's rows, so the history cannot change meanwhile: every message is either in
+    /// the pages (stored before) or still in the queue (checked, stored and handled after),
+    /// never both, never neither. A stored row that does not decode is skipped (logged). A
+    /// failed read or a panic takes the instance down like a panic in a handler (a restart
+    /// with backoff, within the restart limit), since an instance with part of its history
+    /// would be wrong. Returns whether the instance is live.
+    fn restore(&mut self) -> bool {
+        let Some(history) = self.context.history.clone() else {
+            return self.live();
+        };
+        let page = self.context.limits.read_page.max(1);
+        let mut after = 0;
+        loop {
+            let rows =
+                match history.page(self.context.community_row, &HistoryQuery::all(after, page)) {
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        self.panicked(format!("restoring the history failed: {error}"));
+                        return false;
+                    }
+                };
+            let Some(last) = rows.last() else {
+                break;
+            };
+            after = last.id;
+            let full = rows.len() == page as usize;
+            let batch: Vec<RawMessage> = rows
+                .iter()
+                .filter_map(|row| match history::decode(row) {
+                    Ok(raw) => Some(raw),
+                    Err(error) => {
+                        tracing::warn!(community = %self.shared.name, %error, "left out of the restore");
+                        None
+                    }
+                })
+                .collect();
+            if !batch.is_empty()
+                && let Err(error) = self.call("restore", |instance| {
+                    instance.restore(RSlice::from(&batch[..]))
+                })
+            {
+                if self.instance.is_none() {
+                    return false;
+                }
+                self.report(&error);
+            }
+            if !full {
+                break;
+            }
+        }
+        self.live()
+    }
+
+    /// Lifecycle step *live*; whether the instance is still there after it.
+    fn live(&mut self) -> bool {
+        if let Err(error) = self.call("live", |instance| instance.live()) {
+            self.report(&error);
+        }
+        self.instance.is_some()
+    }
+
+    /// Lifecycle's last step: tells the instance it is dropped for `reason` (an
+    /// [`abi::retire`] code), then drops it.
+    fn retire(&mut self, reason: u8) {
+        if self.instance.is_none() {
+            return;
+        }
+        if let Err(error) = self.call("retire", |instance| instance.retire(reason)) {
+            self.report(&error);
+        }
+        self.instance = None;
+    }
 
     /// Runs plugin call `name` on the instance, noted for the watchdog. A panic in a call that
     /// changes the community (or a poisoned instance) takes the instance down for a restart.
@@ -669,6 +772,9 @@ impl WorkerLoop {
             self.restart_if_due();
             self.fire_timers();
             self.retry_delayed();
+        }
+        if !self.shared.stop_now.load(Ordering::Relaxed) {
+            self.retire(abi::retire::SHUTDOWN);
         }
     }
 
@@ -1328,7 +1434,7 @@ fn to_raw(incoming: &Incoming) -> RawMessage {
 }
 
 /// A message as the ABI hands it to a plugin.
-fn raw_message(
+pub(super) fn raw_message(
     message: &dispersy_core::wire::CommunityMessage,
     source: Option<SocketAddr>,
 ) -> RawMessage {

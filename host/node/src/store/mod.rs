@@ -34,6 +34,7 @@ mod task;
 mod testing;
 mod write;
 
+pub use read::HistoryQuery;
 pub use task::{Insert, InsertSender, run};
 
 /// The embedded migrations.

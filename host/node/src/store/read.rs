@@ -152,23 +152,32 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let member: Vec<u8> = row.try_get(1)?;
-            let global_time: i64 = row.try_get(2)?;
-            let meta: i64 = row.try_get(3)?;
-            let sequence: Option<i64> = row.try_get(4)?;
-            out.push(StoredMessage {
-                id: row.try_get(0)?,
-                member: MemberId::from_slice(&member)
-                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-                global_time: u64::try_from(global_time).unwrap_or(0),
-                meta: u32::try_from(meta).unwrap_or(0),
-                sequence: sequence.and_then(|s| u32::try_from(s).ok()),
-                packet: row.try_get(5)?,
-            });
-        }
-        Ok(out)
+        rows.iter().map(stored_message).collect()
+    }
+
+    /// Stored messages of `community` matching `query`, in row-id order (the order they were
+    /// stored), at most `query.limit`: the pages of a restore and of a plugin's reads.
+    pub async fn history(
+        &self,
+        community: i64,
+        query: &HistoryQuery,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, member, global_time, meta, sequence, packet FROM sync
+             WHERE community = ?1 AND id > ?2 AND (?3 IS NULL OR meta = ?3)
+               AND (?4 IS NULL OR member = ?4) AND global_time BETWEEN ?5 AND ?6
+             ORDER BY id LIMIT ?7",
+        )
+        .bind(community)
+        .bind(query.after)
+        .bind(query.meta.map(i64::from))
+        .bind(query.member.map(|m| m.0.to_vec()))
+        .bind(super::to_i64(query.global_time_low))
+        .bind(super::to_i64(query.global_time_high))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_message).collect()
     }
 
     /// Number of stored messages of `community`.
@@ -178,5 +187,108 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// A filtered page of a community's stored messages ([`Store::history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only this meta-message type.
+    pub meta: Option<u32>,
+    /// Only messages whose first author is this member.
+    pub member: Option<MemberId>,
+    /// Lowest global time, inclusive.
+    pub global_time_low: u64,
+    /// Highest global time, inclusive.
+    pub global_time_high: u64,
+    /// Only rows with an id above this one.
+    pub after: i64,
+    /// Most rows.
+    pub limit: u32,
+}
+
+impl HistoryQuery {
+    /// Every message after row `after`, at most `limit`.
+    pub fn all(after: i64, limit: u32) -> Self {
+        HistoryQuery {
+            meta: None,
+            member: None,
+            global_time_low: 0,
+            global_time_high: u64::MAX,
+            after,
+            limit,
+        }
+    }
+}
+
+/// A row of `id, member, global_time, meta, sequence, packet`.
+fn stored_message(row: &sqlx::sqlite::SqliteRow) -> Result<StoredMessage, StoreError> {
+    let member: Vec<u8> = row.try_get(1)?;
+    let global_time: i64 = row.try_get(2)?;
+    let meta: i64 = row.try_get(3)?;
+    let sequence: Option<i64> = row.try_get(4)?;
+    Ok(StoredMessage {
+        id: row.try_get(0)?,
+        member: MemberId::from_slice(&member).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        global_time: u64::try_from(global_time).unwrap_or(0),
+        meta: u32::try_from(meta).unwrap_or(0),
+        sequence: sequence.and_then(|s| u32::try_from(s).ok()),
+        packet: row.try_get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{definition, post};
+    use super::super::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn history_pages_in_row_order_by_meta_member_and_global_time() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        // Stored out of global-time order: rows come back in the order they were stored.
+        let times = [5u64, 1, 9, 3, 7, 2];
+        let batch: Vec<NewMessage> = times
+            .iter()
+            .map(|&gt| post(id, gt, vec![gt as u8; 80]))
+            .collect();
+        store.insert(&batch).await.unwrap();
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store
+                .history(id, &HistoryQuery::all(after, 4))
+                .await
+                .unwrap();
+            seen.extend(page.iter().map(|r| r.global_time));
+            let Some(last) = page.last() else { break };
+            after = last.id;
+        }
+        assert_eq!(seen, times);
+        let select = |query: HistoryQuery| {
+            let store = store.clone();
+            async move {
+                let rows = store.history(id, &query).await.unwrap();
+                rows.iter().map(|r| r.global_time).collect::<Vec<_>>()
+            }
+        };
+        let member = HistoryQuery {
+            member: Some(MemberId([9; 20])),
+            ..HistoryQuery::all(0, 10)
+        };
+        assert_eq!(select(member).await, [9]);
+        let range = HistoryQuery {
+            global_time_low: 2,
+            global_time_high: 5,
+            ..HistoryQuery::all(0, 10)
+        };
+        assert_eq!(select(range).await, [5, 3, 2]);
+        let meta = |meta| HistoryQuery {
+            meta: Some(meta),
+            ..HistoryQuery::all(0, 10)
+        };
+        assert_eq!(select(meta(7)).await.len(), 6);
+        assert!(select(meta(8)).await.is_empty());
     }
 }

@@ -29,8 +29,9 @@ use tokio::sync::mpsc;
 use super::{Job, WorkerContext, WorkerLimits, WorkerLoop};
 use crate::command::Command;
 use crate::mutex::lock;
+use crate::plugin::history::History;
 use crate::plugin::host::Shared;
-use crate::store::{Insert, Outcome};
+use crate::store::{HistoryQuery, Insert, Outcome, StoredMessage};
 
 /// What the fake community and the fake store saw, in order.
 #[derive(Clone, Default)]
@@ -66,6 +67,8 @@ struct FakeCommunity {
     log: Log,
     delayed: HashSet<u64>,
     release: Arc<AtomicBool>,
+    /// Logs `retire` (only the restore tests look at the whole lifecycle).
+    lifecycle: bool,
 }
 
 fn global_times(batch: &RSlice<'_, RawMessage>) -> Vec<u64> {
@@ -153,6 +156,86 @@ impl CommunityApi for FakeCommunity {
     fn status(&self) -> RResult<RString, PluginError> {
         ROk(RString::from("{}"))
     }
+
+    fn restore(&mut self, batch: RSlice<'_, RawMessage>) -> RResult<(), PluginError> {
+        let metas: Vec<u32> = batch.iter().map(|m| m.meta).collect();
+        self.log.push(format!(
+            "restore {:?} metas {metas:?}",
+            global_times(&batch)
+        ));
+        if batch.iter().any(|m| m.payload.first() == Some(&PANIC)) {
+            return RErr(PluginError::new(abi::ERROR_PANIC, "plugin panicked: fake"));
+        }
+        ROk(())
+    }
+
+    fn live(&mut self) -> RResult<(), PluginError> {
+        self.log.push("live".into());
+        ROk(())
+    }
+
+    fn retire(&mut self, reason: u8) -> RResult<(), PluginError> {
+        if self.lifecycle {
+            self.log.push(format!("retire {reason}"));
+        }
+        ROk(())
+    }
+}
+
+/// A store's history of the fake community: rows with ids 1, 2, … in order; pages are logged.
+struct FakeHistory {
+    rows: Vec<StoredMessage>,
+    log: Log,
+    /// Reads fail.
+    broken: bool,
+}
+
+impl History for FakeHistory {
+    fn page(&self, community: i64, query: &HistoryQuery) -> Result<Vec<StoredMessage>, String> {
+        self.log.push(format!(
+            "page {community} after {} limit {}",
+            query.after, query.limit
+        ));
+        if self.broken {
+            return Err("disk on fire".into());
+        }
+        Ok(self
+            .rows
+            .iter()
+            .filter(|r| r.id > query.after)
+            .take(query.limit as usize)
+            .cloned()
+            .collect())
+    }
+}
+
+/// Stored rows of `(meta, global_time, code)`, signed for real so that they decode; a `None`
+/// code stands for a row whose packet does not decode.
+fn rows(spec: &[(u32, u64, Option<u8>)]) -> Vec<StoredMessage> {
+    spec.iter()
+        .enumerate()
+        .map(|(i, &(meta, global_time, code))| {
+            let packet = match code {
+                Some(code) => {
+                    SignedMessage::sign(
+                        message(meta, global_time, code, None).message.message,
+                        &[&key()],
+                    )
+                    .unwrap()
+                    .packet
+                }
+                None => vec![0xff, 0x00, 0x13],
+            };
+            StoredMessage {
+                id: i as i64 + 1,
+                member: key().public().member_id(),
+                global_time,
+                meta,
+                sequence: None,
+                packet,
+            }
+        })
+        .collect()
 }
 
 fn key() -> KeyPair {
@@ -225,6 +308,7 @@ fn limits() -> WorkerLimits {
         restarts: 0,
         restart_window: Duration::from_secs(60),
         restart_backoff: Duration::from_millis(1),
+        read_page: 4,
     }
 }
 
@@ -242,6 +326,17 @@ struct Harness {
 /// Queues `jobs`, then starts the loop; the store answers `outcomes` by global time (stored
 /// otherwise).
 fn start(limits: WorkerLimits, outcomes: HashMap<u64, Outcome>, jobs: Vec<Job>) -> Harness {
+    start_with(limits, outcomes, jobs, None)
+}
+
+/// [`start`], and when `history` is given (rows, whether reads fail): the loop starts as a
+/// community thread does, creating its instance (logged `create`) and restoring that history.
+fn start_with(
+    limits: WorkerLimits,
+    outcomes: HashMap<u64, Outcome>,
+    jobs: Vec<Job>,
+    history: Option<(Vec<StoredMessage>, bool)>,
+) -> Harness {
     let log = Log::default();
     let (inserts_tx, mut inserts_rx) = mpsc::channel::<Insert>(8);
     let store_log = log.clone();
@@ -265,6 +360,7 @@ fn start(limits: WorkerLimits, outcomes: HashMap<u64, Outcome>, jobs: Vec<Job>) 
     let definition = definition();
     let shared = Arc::new(Shared::new(&definition.name, limits.deadline));
     let release = Arc::new(AtomicBool::new(false));
+    let lifecycle = history.is_some();
     let fake = {
         let (log, release) = (log.clone(), release.clone());
         move || {
@@ -273,19 +369,28 @@ fn start(limits: WorkerLimits, outcomes: HashMap<u64, Outcome>, jobs: Vec<Job>) 
                     log: log.clone(),
                     delayed: HashSet::new(),
                     release: release.clone(),
+                    lifecycle,
                 },
                 TD_Opaque,
             )
         }
     };
-    let first = fake();
+    let first = history.is_none().then(&fake);
+    let history = history.map(|(rows, broken)| {
+        Arc::new(FakeHistory {
+            rows,
+            log: log.clone(),
+            broken,
+        }) as Arc<dyn History>
+    });
     let factory_log = log.clone();
     let factory = Box::new(move || {
         factory_log.push("create".into());
         Ok(fake())
     });
+    let restoring = history.is_some();
     let worker = WorkerLoop::new(
-        Some(first),
+        first,
         factory,
         WorkerContext {
             community: definition.id(),
@@ -294,11 +399,19 @@ fn start(limits: WorkerLimits, outcomes: HashMap<u64, Outcome>, jobs: Vec<Job>) 
             member: key().public().clone(),
             commands: commands_tx,
             store: inserts_tx,
+            history,
             limits,
         },
         shared.clone(),
     );
-    let thread = std::thread::spawn(move || worker.run(jobs_rx));
+    let thread = std::thread::spawn(move || {
+        if restoring {
+            let (created, _) = tokio::sync::oneshot::channel();
+            worker.start(jobs_rx, created);
+        } else {
+            worker.run(jobs_rx);
+        }
+    });
     Harness {
         log,
         shared,
@@ -717,4 +830,57 @@ fn a_panicking_community_is_restarted_then_fails_after_its_restarts() {
     let stats = lock(&shared.stats).clone();
     assert_eq!(stats.dropped.get(DropReason::PluginDown.as_str()), Some(&1));
     assert!(stats.failed.unwrap().contains("fake"));
+}
+
+#[test]
+fn a_new_instance_gets_the_stored_history_in_pages_before_any_queued_traffic() {
+    let limits = WorkerLimits {
+        read_page: 2,
+        ..limits()
+    };
+    // Row 3 does not decode: skipped, and the pages go on past it.
+    let history = rows(&[
+        (1, 1, Some(ACCEPT)),
+        (2, 2, Some(ACCEPT)),
+        (1, 3, None),
+        (1, 4, Some(ACCEPT)),
+        (2, 5, Some(ACCEPT)),
+    ]);
+    let jobs = vec![deliver(1, vec![message(1, 6, ACCEPT, Some(peer()))])];
+    let (log, _, shared) = start_with(limits, HashMap::new(), jobs, Some((history, false))).stop();
+    assert_eq!(
+        log,
+        [
+            "create",
+            "page 1 after 0 limit 2",
+            "restore [1, 2] metas [1, 2]",
+            "page 1 after 2 limit 2",
+            "restore [4] metas [1]",
+            "page 1 after 4 limit 2",
+            "restore [5] metas [2]",
+            "live",
+            "check 1 [6]",
+            "insert [6]",
+            "handle 1 [6]",
+            "retire 0",
+        ],
+        "the whole history, oldest first in pages (a short one is the last), then live, then \
+         the queued delivery"
+    );
+    assert_eq!(shared.health().state, "live");
+}
+
+#[test]
+fn a_restore_that_fails_takes_the_instance_down_like_a_panic() {
+    for (history, why) in [
+        ((rows(&[(1, 1, Some(PANIC))]), false), "panicked"),
+        ((rows(&[(1, 1, Some(ACCEPT))]), true), "disk on fire"),
+    ] {
+        let h = start_with(limits(), HashMap::new(), Vec::new(), Some(history));
+        h.wait_state("failed");
+        let reason = h.shared.health().reason.unwrap_or_default();
+        assert!(reason.contains(why), "{reason}");
+        let (log, _, _) = h.stop();
+        assert!(!log.contains(&"live".to_string()), "{log:?}");
+    }
 }

@@ -1,0 +1,114 @@
+//! A community's stored history as its plugin sees it: the pages of a restore and of
+//! [`HostApi::read`](dispersy_plugin_api::abi::HostApi::read). Reads run on the community's own
+//! thread and wait for SQLite through the runtime, bounded by a timeout; they are refused on a
+//! tokio thread, so a plugin cannot block an async task with them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use abi_stable::std_types::{RResult, RVec};
+use dispersy_core::identity::{MemberId, PublicKey};
+use dispersy_core::wire::SignedMessage;
+use dispersy_plugin_api::abi::{self, PluginError, RawMessage, ReadPage, ReadQuery};
+
+use crate::store::{HistoryQuery, Store, StoredMessage};
+
+/// Reads of a community's stored messages, in row-id order.
+pub trait History: Send + Sync {
+    /// The rows of `community` matching `query`, or why they could not be read (one line).
+    fn page(&self, community: i64, query: &HistoryQuery) -> Result<Vec<StoredMessage>, String>;
+}
+
+/// [`History`] over the SQLite store, driven from a plain thread through `runtime`.
+pub struct StoreHistory {
+    /// The store.
+    pub store: Store,
+    /// The runtime the store's pool lives on.
+    pub runtime: tokio::runtime::Handle,
+    /// Longest one page may take.
+    pub timeout: Duration,
+}
+
+impl History for StoreHistory {
+    fn page(&self, community: i64, query: &HistoryQuery) -> Result<Vec<StoredMessage>, String> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err("store reads are refused on the host's async tasks".into());
+        }
+        self.runtime.block_on(async {
+            match tokio::time::timeout(self.timeout, self.store.history(community, query)).await {
+                Ok(Ok(rows)) => Ok(rows),
+                Ok(Err(error)) => Err(format!("reading the store failed: {error}")),
+                Err(_) => Err(format!(
+                    "reading the store took longer than {} ms",
+                    self.timeout.as_millis()
+                )),
+            }
+        })
+    }
+}
+
+/// A stored row as the ABI hands it to a plugin (no source), or why it does not decode.
+pub fn decode(row: &StoredMessage) -> Result<RawMessage, String> {
+    SignedMessage::decode(&row.packet)
+        .map(|signed| super::worker::raw_message(&signed.message, None))
+        .map_err(|e| format!("stored message {} does not decode: {e}", row.id))
+}
+
+/// Answers [`HostApi::read`](dispersy_plugin_api::abi::HostApi::read) for the community at
+/// store row `community`: at most `bound` messages (and at most `query.limit`). A row that
+/// does not decode is left out (logged); the cursor still moves past it.
+pub fn read(
+    history: Option<&Arc<dyn History>>,
+    community: i64,
+    query: &ReadQuery,
+    bound: u32,
+) -> RResult<ReadPage, PluginError> {
+    let refuse = |message: String| RResult::RErr(PluginError::new(abi::ERROR_HOST, message));
+    let Some(history) = history else {
+        return refuse("this community has no store".into());
+    };
+    let member = match query.member.len() {
+        0 => None,
+        20 => MemberId::from_slice(&query.member).ok(),
+        _ => match PublicKey::from_bytes(&query.member) {
+            Ok(key) => Some(key.member_id()),
+            Err(_) => {
+                return RResult::RErr(PluginError::new(
+                    abi::ERROR_INVALID,
+                    "read: member is neither a 33-byte public key nor a 20-byte member id",
+                ));
+            }
+        },
+    };
+    let limit = query.limit.clamp(1, bound.max(1));
+    let rows = match history.page(
+        community,
+        &HistoryQuery {
+            meta: (!query.any_meta).then_some(query.meta),
+            member,
+            global_time_low: query.global_time_low,
+            global_time_high: query.global_time_high,
+            after: i64::try_from(query.after).unwrap_or(i64::MAX),
+            limit,
+        },
+    ) {
+        Ok(rows) => rows,
+        Err(error) => return refuse(error),
+    };
+    let done = rows.len() < limit as usize;
+    let next = rows
+        .last()
+        .map_or(query.after, |row| u64::try_from(row.id).unwrap_or(0));
+    let mut messages = RVec::with_capacity(rows.len());
+    for row in &rows {
+        match decode(row) {
+            Ok(raw) => messages.push(raw),
+            Err(error) => tracing::warn!(%error, "left out of a plugin's read"),
+        }
+    }
+    RResult::ROk(ReadPage {
+        messages,
+        next,
+        done,
+    })
+}
