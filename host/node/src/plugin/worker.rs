@@ -615,7 +615,8 @@ impl WorkerLoop {
     }
 
     /// Lifecycle's last step: tells the instance it is dropped for `reason` (an
-    /// [`abi::retire`] code), then drops it.
+    /// [`abi::retire`] code), then takes it out of use. It is leaked, not dropped: its
+    /// destructor is plugin code, and a panic there would abort the process.
     fn retire(&mut self, reason: u8) {
         if self.instance.is_none() {
             return;
@@ -623,7 +624,9 @@ impl WorkerLoop {
         if let Err(error) = self.call("retire", |instance| instance.retire(reason)) {
             self.report(&error);
         }
-        self.instance = None;
+        if let Some(old) = self.instance.take() {
+            std::mem::forget(old);
+        }
     }
 
     /// Runs plugin call `name` on the instance, noted for the watchdog. A panic in a call that
@@ -876,7 +879,7 @@ impl WorkerLoop {
             (_, "starting") => Err(conflict("")),
             (Change::Disable, "disabled") => Err(conflict("")),
             (Change::Disable, _) => {
-                self.retire();
+                self.put_down(abi::retire::DISABLE);
                 *lock(&self.shared.life) = Life::Disabled {
                     since: SystemTime::now(),
                 };
@@ -892,7 +895,7 @@ impl WorkerLoop {
             (Change::Enable, _) => Err(conflict("")),
             (Change::Restart, "disabled") => Err(conflict("; enable it")),
             (Change::Restart, _) => {
-                self.retire();
+                self.put_down(abi::retire::RESTART);
                 self.shared
                     .operator_restarts
                     .fetch_add(1, Ordering::Relaxed);
@@ -903,13 +906,10 @@ impl WorkerLoop {
         }
     }
 
-    /// Drops the instance from use (leaked like a panicked one: its destructor is plugin code
-    /// that could panic), its timers and its delayed messages (counted as `plugin-down`), and
-    /// any pending restart.
-    fn retire(&mut self) {
-        if let Some(old) = self.instance.take() {
-            std::mem::forget(old);
-        }
+    /// Retires the instance for `reason` ([`WorkerLoop::retire`]) and drops its timers, its
+    /// delayed messages (counted as `plugin-down`) and any pending restart.
+    fn put_down(&mut self, reason: u8) {
+        self.retire(reason);
         lock(&self.shared.timers).clear();
         self.restart_at = None;
         let delayed = self.delayed.len() as u64;
