@@ -1,5 +1,6 @@
 //! `dispersy`: the Dispersy host binary. `dispersy --help` lists the commands.
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -310,7 +311,12 @@ async fn api(
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or(text);
-    println!("{pretty}");
+    // A reader that stops early (`| head`) is not an error of ours.
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{pretty}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        written => written?,
+    }
     if (200..300).contains(&status) {
         Ok(())
     } else {
