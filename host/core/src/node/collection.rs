@@ -399,7 +399,7 @@ impl Node {
     }
 
     /// `bytes` as one of the conversions of joined `community`.
-    fn conversion_of(
+    pub(super) fn conversion_of(
         &self,
         community: CommunityId,
         bytes: &[u8],
