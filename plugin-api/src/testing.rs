@@ -269,11 +269,7 @@ impl<C: Community> TestHost<C> {
                 .iter()
                 .map(|m| m.name.to_string())
                 .collect(),
-            conversions: definition
-                .conversions
-                .iter()
-                .map(|c| c.to_vec())
-                .collect(),
+            conversions: definition.conversions.iter().map(|c| c.to_vec()).collect(),
             read_page: 256,
             ..State::default()
         })));

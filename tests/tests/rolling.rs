@@ -23,9 +23,11 @@ async fn a_mixed_network_keeps_talking_and_shows_what_it_cannot_read() {
     let a_udp = a.udp;
     let b = TestNode::start(old.path(), |c| c.peers = vec![a_udp.to_string()]).await;
     let b_udp = b.udp;
-    wait_until(Duration::from_secs(20), "A and B to know each other", || async {
-        a.knows(EXAMPLE, b_udp).await && b.knows(EXAMPLE, a_udp).await
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "A and B to know each other",
+        || async { a.knows(EXAMPLE, b_udp).await && b.knows(EXAMPLE, a_udp).await },
+    )
     .await;
     let path = format!("/v1/communities/{EXAMPLE}/messages");
     let send = |node: &TestNode, meta: &str, text: String| {
@@ -40,13 +42,17 @@ async fn a_mixed_network_keeps_talking_and_shows_what_it_cannot_read() {
     send(&a, "example", "hello from the new version".into()).await;
     send(&b, "post", "from the old version".into()).await;
     send(&b, "example", "hello from the old version".into()).await;
-    wait_until(Duration::from_secs(30), "every message both ways", || async {
-        let (a, b) = (status(&a).await, status(&b).await);
-        a["posts"] == 2
-            && a["last_text"] == "hello from the old version"
-            && b["posts"] == 2
-            && b["last_text"] == "hello from the new version"
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "every message both ways",
+        || async {
+            let (a, b) = (status(&a).await, status(&b).await);
+            a["posts"] == 2
+                && a["last_text"] == "hello from the old version"
+                && b["posts"] == 2
+                && b["last_text"] == "hello from the new version"
+        },
+    )
     .await;
     assert!(b.community(EXAMPLE).await["unreadable"] == json!([]));
 
@@ -55,23 +61,31 @@ async fn a_mixed_network_keeps_talking_and_shows_what_it_cannot_read() {
     send(&a, "post", long.clone()).await;
     send(&a, "post", format!("{long}!")).await;
     send(&a, "example", long.clone()).await;
-    wait_until(Duration::from_secs(30), "B to show what it cannot read", || async {
-        let unreadable = b.community(EXAMPLE).await["unreadable"].clone();
-        let count = |meta: &str| {
-            unreadable
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|k| k["meta_name"] == meta && k["conversion"] == "02")
-                .map(|k| k["count"].as_u64().unwrap())
-                .unwrap_or(0)
-        };
-        count("post") >= 2 && count("example") >= 1
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "B to show what it cannot read",
+        || async {
+            let unreadable = b.community(EXAMPLE).await["unreadable"].clone();
+            let count = |meta: &str| {
+                unreadable
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|k| k["meta_name"] == meta && k["conversion"] == "02")
+                    .map(|k| k["count"].as_u64().unwrap())
+                    .unwrap_or(0)
+            };
+            count("post") >= 2 && count("example") >= 1
+        },
+    )
     .await;
     let community = b.community(EXAMPLE).await;
     let kinds = community["unreadable"].as_array().unwrap();
-    assert_eq!(kinds.len(), 2, "one entry per (meta, conversion): {kinds:?}");
+    assert_eq!(
+        kinds.len(),
+        2,
+        "one entry per (meta, conversion): {kinds:?}"
+    );
     assert_eq!(community["unreadable_others"], 0);
     assert!(
         community["stats"]["dropped"]["unknown-conversion"]

@@ -17,7 +17,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{CandidateView, CommunityInfo, CommunityStatsView, NodeInfo, UnreadableView, NodeStats};
+use crate::api::{
+    CandidateView, CommunityInfo, CommunityStatsView, NodeInfo, NodeStats, UnreadableView,
+};
 use crate::command::Command;
 use crate::mutex::lock;
 use crate::net::Datagram;
