@@ -485,7 +485,7 @@ async fn create_message(
     let created = ask_within(&shared, timeout, |reply| Command::Create {
         community,
         meta: meta_name,
-        conversion,
+        conversion: conversion.map(Vec::into_boxed_slice),
         payload,
         candidates,
         co_signer,

@@ -20,7 +20,7 @@ pub enum Command {
         /// Meta-message name.
         meta: String,
         /// The conversion the plugin wrote `payload` in; `None`: the community's first.
-        conversion: Option<Vec<u8>>,
+        conversion: Option<Box<[u8]>>,
         /// Encoded payload.
         payload: Vec<u8>,
         /// Explicit destinations.

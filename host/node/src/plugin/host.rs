@@ -360,7 +360,7 @@ impl HostHandle {
     fn create(
         &self,
         meta: RStr<'_>,
-        conversion: Option<Vec<u8>>,
+        conversion: Option<Box<[u8]>>,
         payload: RVec<u8>,
         candidates: RVec<RString>,
     ) -> RResult<(), PluginError> {
@@ -433,7 +433,12 @@ impl HostApi for HostHandle {
         payload: RVec<u8>,
         candidates: RVec<RString>,
     ) -> RResult<(), PluginError> {
-        self.create(meta, Some(conversion.into_vec()), payload, candidates)
+        self.create(
+            meta,
+            Some(conversion.into_vec().into_boxed_slice()),
+            payload,
+            candidates,
+        )
     }
 
     fn schedule(&self, delay_ms: u64, token: u64) -> RResult<(), PluginError> {

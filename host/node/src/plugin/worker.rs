@@ -85,6 +85,11 @@ pub struct WorkerLimits {
     pub read_page: u32,
 }
 
+/// A payload a plugin encoded from JSON: the conversion it chose (`None`: a plugin older than
+/// `payload_from_json_in`, whose payloads are in the community's first conversion) and the
+/// bytes.
+pub type Encoded = (Option<Vec<u8>>, Vec<u8>);
+
 /// Work for a community's thread.
 pub enum Job {
     /// Verified messages of one meta from the protocol task.
@@ -109,7 +114,7 @@ pub enum Job {
         json: String,
         /// The answer: the conversion the plugin wrote the payload in (`None`: a plugin older
         /// than `payload_from_json_in`, which writes the community's first), and the payload.
-        reply: oneshot::Sender<Result<(Option<Vec<u8>>, Vec<u8>), PluginError>>,
+        reply: oneshot::Sender<Result<Encoded, PluginError>>,
     },
     /// The plugin's status document.
     Status {
