@@ -37,6 +37,20 @@ pub const ERROR_PANIC: u32 = 501;
 pub const ERROR_POISONED: u32 = 502;
 /// The host refused a call (queue full, unknown meta, shutting down).
 pub const ERROR_HOST: u32 = 503;
+/// The other side is older than the method called (the default body of an appended method
+/// answers it): fall back to the older method.
+pub const ERROR_ABSENT: u32 = 504;
+
+/// A payload encoded by the plugin with the conversion it chose
+/// ([`CommunityApi::payload_from_json_in`]).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPayload {
+    /// The conversion the payload is written in; one of the community's conversions.
+    pub conversion: RVec<u8>,
+    /// The payload's bytes.
+    pub payload: RVec<u8>,
+}
 
 impl PluginError {
     /// An error with `code` and `message`.
@@ -343,6 +357,24 @@ pub trait HostApi: Send + Sync {
             "this host cannot read its store for plugins",
         ))
     }
+
+    /// Like [`HostApi::send`], with `payload` written in `conversion` (one of the community's
+    /// conversions, chosen by the plugin: the oldest that carries it unchanged, so nodes still
+    /// on an older version read it). A host older than this method answers [`ERROR_ABSENT`]:
+    /// call `send` with the community's first conversion instead.
+    fn send_in(
+        &self,
+        meta: RStr<'_>,
+        conversion: RVec<u8>,
+        payload: RVec<u8>,
+        candidates: RVec<RString>,
+    ) -> RResult<(), PluginError> {
+        let _ = (meta, conversion, payload, candidates);
+        RErr(PluginError::new(
+            ERROR_ABSENT,
+            "this host writes every message in the community's first conversion",
+        ))
+    }
 }
 
 /// The host handle a plugin owns.
@@ -405,6 +437,22 @@ pub trait CommunityApi: Send {
     fn retire(&mut self, reason: u8) -> RResult<(), PluginError> {
         let _ = reason;
         ROk(())
+    }
+
+    /// Encodes a JSON payload of meta `meta` in the conversion the plugin chooses (the oldest
+    /// that carries it unchanged), and names it. Absent in a plugin (built before this method):
+    /// [`ERROR_ABSENT`], and the host calls [`CommunityApi::payload_from_json`] (the first
+    /// conversion) instead.
+    fn payload_from_json_in(
+        &self,
+        meta: u32,
+        json: RStr<'_>,
+    ) -> RResult<EncodedPayload, PluginError> {
+        let _ = (meta, json);
+        RErr(PluginError::new(
+            ERROR_ABSENT,
+            "this plugin encodes every payload in its first conversion",
+        ))
     }
 }
 

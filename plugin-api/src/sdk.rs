@@ -87,6 +87,20 @@ pub trait Payload: Sized + Serialize + DeserializeOwned + 'static {
 
     /// Decodes bytes written with `conversion`.
     fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error>;
+
+    /// Chooses the conversion a new message is written in, among the community's
+    /// `conversions` (the definition's order: current first, oldest last), and encodes it:
+    /// returns `(conversion, bytes)`. Nodes still running an older version of the plugin read
+    /// only older conversions, so writing each message in the oldest conversion that carries it
+    /// unchanged keeps a mixed network talking. Default (hand-written payloads): the first
+    /// conversion, as [`Payload::encode`] with it. [`Compact`] payloads choose the oldest
+    /// conversion whose bytes read back to the same value.
+    fn encode_oldest(&self, conversions: &[Vec<u8>]) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let first = conversions
+            .first()
+            .ok_or_else(|| Error::internal("no conversion defined"))?;
+        Ok((first.clone(), self.encode(first)?))
+    }
 }
 
 /// A payload whose binary form is derived from its serde implementation: declare the type with
@@ -149,6 +163,19 @@ pub trait Compact: Serialize + DeserializeOwned + 'static {
         Ok(())
     }
 
+    /// Encodes in a conversion not in [`Compact::CONVERSIONS`] (an older layout), so that
+    /// nodes still on an older version read what that layout can carry. Fail with
+    /// [`Error::invalid`] when the value does not fit it; a value it would change (a field the
+    /// old layout lacks, set) is noticed by the round trip of [`Payload::encode_oldest`] and
+    /// written in a newer conversion. Default: refused (only [`Compact::CONVERSIONS`] are
+    /// written).
+    fn encode_other(&self, conversion: &[u8]) -> Result<Vec<u8>, Error> {
+        Err(Error::invalid(format!(
+            "conversion {} is not one this payload type writes",
+            to_hex(conversion)
+        )))
+    }
+
     /// Decodes bytes of a conversion not in [`Compact::CONVERSIONS`] (an older layout).
     /// Default: refused with [`Error::invalid`].
     fn decode_other(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
@@ -162,14 +189,34 @@ pub trait Compact: Serialize + DeserializeOwned + 'static {
 
 impl<T: Compact> Payload for T {
     fn encode(&self, conversion: &[u8]) -> Result<Vec<u8>, Error> {
-        if !T::CONVERSIONS.contains(&conversion) {
-            return Err(Error::invalid(format!(
-                "conversion {} is not one this payload type writes",
-                to_hex(conversion)
-            )));
-        }
         self.validate()?;
-        to_compact(self)
+        if T::CONVERSIONS.contains(&conversion) {
+            to_compact(self)
+        } else {
+            self.encode_other(conversion)
+        }
+    }
+
+    /// The oldest of `conversions` that writes this value and reads it back unchanged (compared
+    /// in postcard form, which is deterministic); the first conversion when none does.
+    fn encode_oldest(&self, conversions: &[Vec<u8>]) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        self.validate()?;
+        let current = to_compact(self)?;
+        for conversion in conversions.iter().rev() {
+            let Ok(bytes) = self.encode(conversion) else {
+                continue;
+            };
+            let unchanged = T::decode(conversion, &bytes)
+                .and_then(|read| to_compact(&read))
+                .is_ok_and(|read| read == current);
+            if unchanged {
+                return Ok((conversion.clone(), bytes));
+            }
+        }
+        let first = conversions
+            .first()
+            .ok_or_else(|| Error::internal("no conversion defined"))?;
+        Ok((first.clone(), self.encode(first)?))
     }
 
     fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
@@ -371,13 +418,15 @@ pub struct Candidate {
 /// The host, as a community sees it. Calls never block: sending and scheduling enqueue work.
 pub struct Host {
     raw: HostBox,
-    conversion: Vec<u8>,
+    /// The community's conversions, current first.
+    conversions: Vec<Vec<u8>>,
 }
 
 impl Host {
-    /// A host over `raw` that encodes with `conversion` (the host double's handles).
-    pub(crate) fn from_raw(raw: HostBox, conversion: Vec<u8>) -> Self {
-        Host { raw, conversion }
+    /// A host over `raw` for a community with `conversions` (current first; the host double's
+    /// handles).
+    pub(crate) fn from_raw(raw: HostBox, conversions: Vec<Vec<u8>>) -> Self {
+        Host { raw, conversions }
     }
 
     /// The 33-byte public key of this node's member.
@@ -418,14 +467,34 @@ impl Host {
     /// through this community's own check (on the community's thread, after this call
     /// returns), and one the check does not accept is neither sent nor stored (the host logs
     /// and counts the refusal: `messages_refused`).
+    ///
+    /// The payload is written in the conversion [`Payload::encode_oldest`] chooses (for
+    /// [`Compact`] payloads the oldest that carries it unchanged, so nodes on older versions
+    /// read it); a host that cannot take another conversion than the first gets the first.
     pub fn send<P: Payload>(
         &self,
         meta: &str,
         payload: &P,
         candidates: &[&str],
     ) -> Result<(), Error> {
-        let bytes = payload.encode(&self.conversion)?;
+        let (conversion, bytes) = payload.encode_oldest(&self.conversions)?;
         let candidates: RVec<RString> = candidates.iter().map(|c| RString::from(*c)).collect();
+        if self.conversions.first() != Some(&conversion) {
+            match self.raw.send_in(
+                RStr::from(meta),
+                RVec::from(conversion),
+                RVec::from(bytes),
+                candidates.clone(),
+            ) {
+                RResult::RErr(e) if e.code == abi::ERROR_ABSENT => {}
+                other => return other.into_result().map_err(Error::from),
+            }
+        }
+        let first = self
+            .conversions
+            .first()
+            .ok_or_else(|| Error::internal("no conversion defined"))?;
+        let bytes = payload.encode(first)?;
         self.raw
             .send(RStr::from(meta), RVec::from(bytes), candidates)
             .into_result()
@@ -578,6 +647,11 @@ trait MetaOps<C>: Send + Sync {
     fn restore(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error>;
     fn payload_to_json(&self, conversion: &[u8], payload: &[u8]) -> Result<String, Error>;
     fn json_to_payload(&self, conversion: &[u8], json: &str) -> Result<Vec<u8>, Error>;
+    fn json_to_oldest(
+        &self,
+        conversions: &[Vec<u8>],
+        json: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), Error>;
     fn allow_signature(&self, community: &mut C, raw: &RawMessage) -> bool;
 }
 
@@ -798,6 +872,16 @@ impl<C: Community, P: Payload> MetaOps<C> for Meta<C, P> {
         let value: P = serde_json::from_str(json)
             .map_err(|e| Error::invalid(format!("payload does not fit the meta: {e}")))?;
         value.encode(conversion)
+    }
+
+    fn json_to_oldest(
+        &self,
+        conversions: &[Vec<u8>],
+        json: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let value: P = serde_json::from_str(json)
+            .map_err(|e| Error::invalid(format!("payload does not fit the meta: {e}")))?;
+        value.encode_oldest(conversions)
     }
 }
 
@@ -1083,6 +1167,22 @@ impl<C: Community> CommunityApi for Instance<C> {
         };
         self.mutating(|community, _| community.on_retire(reason))
     }
+
+    fn payload_from_json_in(
+        &self,
+        meta: u32,
+        json: RStr<'_>,
+    ) -> RResult<abi::EncodedPayload, PluginError> {
+        self.reading(|_, definition| {
+            let (conversion, payload) = definition
+                .ops(meta)?
+                .json_to_oldest(&definition.conversions, json.as_str())?;
+            Ok(abi::EncodedPayload {
+                conversion: RVec::from(conversion),
+                payload: RVec::from(payload),
+            })
+        })
+    }
 }
 
 extern "C" fn abi_version() -> u32 {
@@ -1096,14 +1196,12 @@ extern "C" fn definition<C: Community>() -> RResult<CommunityDef, PluginError> {
 pub(crate) extern "C" fn create<C: Community>(host: HostBox) -> RResult<CommunityBox, PluginError> {
     guard(|| {
         let definition = C::definition();
-        let conversion = definition
-            .conversions
-            .first()
-            .cloned()
-            .ok_or_else(|| Error::invalid("no conversion defined"))?;
+        if definition.conversions.is_empty() {
+            return Err(Error::invalid("no conversion defined"));
+        }
         let community = C::create(Host {
             raw: host,
-            conversion,
+            conversions: definition.conversions.clone(),
         })?;
         let instance = Instance {
             community,

@@ -75,6 +75,9 @@ pub fn member_key(n: u8) -> Vec<u8> {
 pub struct Sent {
     /// The meta-message name.
     pub meta: String,
+    /// The conversion the payload is written in (the one the community chose,
+    /// [`crate::sdk::Payload::encode_oldest`]).
+    pub conversion: Vec<u8>,
     /// The encoded payload (decode it with [`TestHost::sent_payloads`]).
     pub payload: Vec<u8>,
     /// The explicit candidates (`ip:port`).
@@ -87,6 +90,8 @@ pub struct Sent {
 #[derive(Debug, Default)]
 struct State {
     global_time: u64,
+    /// The community's conversions, current first.
+    conversions: Vec<Vec<u8>>,
     metas: Vec<String>,
     candidates: Vec<CandidateInfo>,
     sent: Vec<Sent>,
@@ -131,7 +136,24 @@ impl HostApi for Recorder {
         payload: RVec<u8>,
         candidates: RVec<RString>,
     ) -> RResult<(), PluginError> {
+        let first = self.lock().conversions.first().cloned().unwrap_or_default();
+        self.send_in(meta, RVec::from(first), payload, candidates)
+    }
+
+    fn send_in(
+        &self,
+        meta: RStr<'_>,
+        conversion: RVec<u8>,
+        payload: RVec<u8>,
+        candidates: RVec<RString>,
+    ) -> RResult<(), PluginError> {
         let mut state = self.lock();
+        if !state.conversions.iter().any(|c| c[..] == conversion[..]) {
+            return RResult::RErr(PluginError::new(
+                abi::ERROR_HOST,
+                "the conversion is not one of the community's",
+            ));
+        }
         if !state.metas.iter().any(|m| m.as_str() == meta.as_str()) {
             return RResult::RErr(PluginError::new(
                 abi::ERROR_HOST,
@@ -142,6 +164,7 @@ impl HostApi for Recorder {
         let global_time = state.global_time;
         state.sent.push(Sent {
             meta: meta.to_string(),
+            conversion: conversion.into_vec(),
             payload: payload.into_vec(),
             candidates: candidates.into_iter().map(RString::into_string).collect(),
             global_time,
@@ -246,6 +269,7 @@ impl<C: Community> TestHost<C> {
                 .iter()
                 .map(|m| m.name.to_string())
                 .collect(),
+            conversions: definition.conversions.iter().map(|c| c.to_vec()).collect(),
             read_page: 256,
             ..State::default()
         })));
@@ -408,7 +432,7 @@ impl<C: Community> TestHost<C> {
     pub fn host(&self) -> sdk::Host {
         sdk::Host::from_raw(
             HostApi_TO::from_value(self.recorder.clone(), TD_Opaque),
-            self.conversion().to_vec(),
+            self.recorder.lock().conversions.clone(),
         )
     }
 
@@ -477,7 +501,7 @@ impl<C: Community> TestHost<C> {
         self.sent()
             .iter()
             .filter(|s| s.meta == meta)
-            .map(|s| P::decode(self.conversion(), &s.payload))
+            .map(|s| P::decode(&s.conversion, &s.payload))
             .collect()
     }
 
@@ -512,11 +536,22 @@ impl<C: Community> TestHost<C> {
     /// The payload a control API request with `json` would create for meta `meta` (converted by
     /// the community, then decoded).
     pub fn from_json<P: Payload>(&self, meta: &str, json: &serde_json::Value) -> Result<P, Error> {
-        let bytes = self
+        let (conversion, bytes) = self.from_json_raw(meta, json)?;
+        P::decode(&conversion, &bytes)
+    }
+
+    /// What a control API request with `json` would put on the wire for meta `meta`: the
+    /// conversion the community chose and the payload's bytes.
+    pub fn from_json_raw(
+        &self,
+        meta: &str,
+        json: &serde_json::Value,
+    ) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let encoded = self
             .instance
-            .payload_from_json(self.meta_id(meta)?, RStr::from(json.to_string().as_str()))
+            .payload_from_json_in(self.meta_id(meta)?, RStr::from(json.to_string().as_str()))
             .into_result()?;
-        P::decode(self.conversion(), &bytes)
+        Ok((encoded.conversion.into_vec(), encoded.payload.into_vec()))
     }
 }
 
@@ -913,5 +948,135 @@ mod tests {
             .unwrap();
         assert_eq!(all.messages.len(), 2);
         assert!(!all.done);
+    }
+
+    /// Conversion 1 (the first release) carries a memo's text; conversion 2 adds `pinned`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct MemoV1 {
+        text: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Memo {
+        text: String,
+        pinned: bool,
+    }
+
+    impl Compact for Memo {
+        const CONVERSIONS: &'static [&'static [u8]] = &[&[2]];
+        fn encode_other(&self, conversion: &[u8]) -> Result<Vec<u8>, Error> {
+            match conversion {
+                // Drops `pinned`: the round trip notices when that changes the value.
+                [1] => to_compact(&MemoV1 {
+                    text: self.text.clone(),
+                }),
+                _ => Err(Error::invalid("unknown conversion")),
+            }
+        }
+        fn decode_other(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+            match conversion {
+                [1] => from_compact::<MemoV1>(bytes).map(|old| Memo {
+                    text: old.text,
+                    pinned: false,
+                }),
+                _ => Err(Error::invalid("unknown conversion")),
+            }
+        }
+    }
+
+    /// A hand-written payload: written in the first conversion, whatever it holds.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Raw(u8);
+
+    impl Payload for Raw {
+        fn encode(&self, _conversion: &[u8]) -> Result<Vec<u8>, Error> {
+            Ok(vec![self.0])
+        }
+        fn decode(_conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+            match bytes {
+                [b] => Ok(Raw(*b)),
+                _ => Err(Error::invalid("one byte")),
+            }
+        }
+    }
+
+    struct Memos {
+        host: Host,
+    }
+
+    impl Community for Memos {
+        fn definition() -> Definition<Self> {
+            Definition::new("memos", "0.2.0", &to_hex(&member_key(8)))
+                .conversion(&[2])
+                .conversion(&[1])
+                .meta(Meta::<Self, Memo>::new(1, "memo"))
+                .meta(Meta::<Self, Raw>::new(2, "raw"))
+        }
+
+        fn create(host: Host) -> Result<Self, Error> {
+            Ok(Memos { host })
+        }
+
+        fn on_timer(&mut self, token: u64) -> Result<(), Error> {
+            let memo = Memo {
+                text: "t".into(),
+                pinned: token == 1,
+            };
+            self.host.send("memo", &memo, &[])?;
+            self.host.send("raw", &Raw(7), &[])
+        }
+    }
+
+    #[test]
+    fn new_messages_use_the_oldest_conversion_that_carries_them_unchanged() {
+        let conversions = [vec![2], vec![1]];
+        let plain = Memo {
+            text: "hi".into(),
+            pinned: false,
+        };
+        let (conversion, bytes) = plain.encode_oldest(&conversions).unwrap();
+        assert_eq!(conversion, [1]);
+        assert_eq!(bytes, to_compact(&MemoV1 { text: "hi".into() }).unwrap());
+        // Conversion 1 would lose `pinned`: written in conversion 2.
+        let pinned = Memo {
+            text: "hi".into(),
+            pinned: true,
+        };
+        let (conversion, bytes) = pinned.encode_oldest(&conversions).unwrap();
+        assert_eq!(conversion, [2]);
+        assert_eq!(Memo::decode(&[2], &bytes).unwrap(), pinned);
+        // A community that lists only conversion 2 writes it.
+        assert_eq!(plain.encode_oldest(&[vec![2]]).unwrap().0, [2]);
+        // Hand-written payloads keep the first conversion.
+        assert_eq!(Raw(7).encode_oldest(&conversions).unwrap().0, [2]);
+
+        // Through the ABI: the API's JSON path and `Host::send` name the chosen conversion.
+        let mut host = TestHost::<Memos>::new().unwrap();
+        let (conversion, _) = host
+            .from_json_raw("memo", &serde_json::json!({"text": "a", "pinned": false}))
+            .unwrap();
+        assert_eq!(conversion, [1]);
+        let (conversion, _) = host
+            .from_json_raw("memo", &serde_json::json!({"text": "a", "pinned": true}))
+            .unwrap();
+        assert_eq!(conversion, [2]);
+        host.fire_timer(0).unwrap();
+        host.fire_timer(1).unwrap();
+        let sent: Vec<(String, Vec<u8>)> = host
+            .sent()
+            .into_iter()
+            .map(|s| (s.meta, s.conversion))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("memo".to_owned(), vec![1]),
+                ("raw".to_owned(), vec![2]),
+                ("memo".to_owned(), vec![2]),
+                ("raw".to_owned(), vec![2]),
+            ]
+        );
+        let memos: Vec<Memo> = host.sent_payloads("memo").unwrap();
+        assert!(!memos[0].pinned && memos[1].pinned);
     }
 }

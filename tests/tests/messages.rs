@@ -97,11 +97,11 @@ async fn api_rejects_bad_requests_with_clear_errors() {
             "POST",
             path.clone(),
             Some(
-                json!({"meta": "example", "payload": {"text": "x".repeat(300), "amount": 1}})
+                json!({"meta": "example", "payload": {"text": "x".repeat(1100), "amount": 1}})
                     .to_string(),
             ),
             422,
-            "at most 255",
+            "at most 1024",
         ),
         (
             "GET",

@@ -395,7 +395,7 @@ impl Sim {
                     };
                     self.nodes[i].handle_created_check(now, *request, verdict);
                 }
-                Event::Created { .. } => {}
+                Event::Created { .. } | Event::Unreadable { .. } => {}
                 Event::SendPackets { request, rows } => {
                     let packets = self.stores[i].packets(rows);
                     self.nodes[i].handle_packets_read(now, *request, packets);

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::time::Instant;
+
 /// The key of a family of [`Counters`]: a small, closed set of values, each with a stable name.
 pub trait Key: Copy + Ord {
     /// The stable name of this key (a counter's name in the control API and the metrics).
@@ -546,6 +548,64 @@ pub struct CommunityStats {
     pub messages_received: u64,
     /// Community messages dropped, by reason.
     pub dropped: Counters<DropReason>,
+    /// Messages dropped because the community's plugin does not read their conversion
+    /// ([`DropReason::UnknownConversion`]), by meta and conversion.
+    pub unreadable: Unreadable,
+}
+
+/// Messages of one meta and conversion that the community's plugin could not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableKind {
+    /// The meta-message type.
+    pub meta: u32,
+    /// The conversion identifier.
+    pub conversion: Vec<u8>,
+    /// How many were dropped.
+    pub count: u64,
+    /// When the first one arrived (the driver's clock).
+    pub first_seen: Instant,
+}
+
+/// The (meta, conversion) pairs of messages a community's plugin could not read (a peer runs
+/// a newer version of the plugin), each with its count: bounded, the kinds seen once the table
+/// is full are counted in [`Unreadable::others`] only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unreadable {
+    kinds: Vec<UnreadableKind>,
+    /// Unreadable messages of kinds that found the table full.
+    pub others: u64,
+}
+
+impl Unreadable {
+    /// Counts one unreadable message of `meta` in `conversion` at `now`, keeping at most
+    /// `bound` kinds. Returns whether its kind is new (seen for the first time and kept): the
+    /// moment to tell the operator, once per kind.
+    pub fn record(&mut self, meta: u32, conversion: &[u8], now: Instant, bound: usize) -> bool {
+        if let Some(kind) = self
+            .kinds
+            .iter_mut()
+            .find(|k| k.meta == meta && k.conversion == conversion)
+        {
+            kind.count = kind.count.saturating_add(1);
+            return false;
+        }
+        if self.kinds.len() >= bound {
+            self.others = self.others.saturating_add(1);
+            return false;
+        }
+        self.kinds.push(UnreadableKind {
+            meta,
+            conversion: conversion.to_vec(),
+            count: 1,
+            first_seen: now,
+        });
+        true
+    }
+
+    /// The kinds seen, in the order they were first seen.
+    pub fn kinds(&self) -> &[UnreadableKind] {
+        &self.kinds
+    }
 }
 
 impl CommunityStats {
@@ -576,6 +636,7 @@ impl CommunityStats {
             messages_refused,
             messages_received,
             dropped: _,
+            unreadable: _,
         } = self;
         [
             ("walk_attempts", *walk_attempts),
@@ -608,6 +669,26 @@ impl CommunityStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreadable_kinds_are_new_once_and_bounded() {
+        let mut table = Unreadable::default();
+        let t0 = Instant::ZERO;
+        let t1 = t0 + std::time::Duration::from_millis(5);
+        assert!(table.record(1, &[2], t0, 2));
+        assert!(!table.record(1, &[2], t1, 2));
+        assert!(table.record(2, &[2], t1, 2));
+        // Full: a third kind is counted apart, and never reported as new.
+        assert!(!table.record(3, &[2], t1, 2));
+        assert!(!table.record(1, &[3], t1, 2));
+        assert_eq!(table.others, 2);
+        let kinds: Vec<(u32, &[u8], u64, Instant)> = table
+            .kinds()
+            .iter()
+            .map(|k| (k.meta, &k.conversion[..], k.count, k.first_seen))
+            .collect();
+        assert_eq!(kinds, [(1, &[2][..], 2, t0), (2, &[2][..], 1, t1)]);
+    }
 
     /// The three names from before the reasons were typed, kept for the API and the metrics.
     const LEGACY: [&str; 3] = ["plugin error", "store failed", "own message cannot wait"];

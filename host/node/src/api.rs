@@ -121,6 +121,27 @@ pub struct CommunityInfo {
     pub candidates: HashMap<&'static str, usize>,
     /// Walker and message counters.
     pub stats: CommunityStatsView,
+    /// Messages this node's plugin could not read (a peer runs a newer version of it), by meta
+    /// and conversion, at most `limits.unreadable_kinds` of them.
+    pub unreadable: Vec<UnreadableView>,
+    /// Unreadable messages of kinds that found that table full.
+    pub unreadable_others: u64,
+}
+
+/// One kind (meta, conversion) of messages a community's plugin could not read, as the
+/// control API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnreadableView {
+    /// The meta-message type.
+    pub meta: u32,
+    /// The meta-message's name in this node's plugin.
+    pub meta_name: Option<String>,
+    /// The conversion identifier, hex.
+    pub conversion: String,
+    /// Messages dropped.
+    pub count: u64,
+    /// When the first one arrived, in milliseconds since this node started.
+    pub first_seen_ms: u64,
 }
 
 /// Per-community counters, shown as one JSON object: every counter of
@@ -443,7 +464,7 @@ async fn create_message(
     };
     let json = request.payload.to_string();
     let meta_id = meta.id;
-    let payload = ask_worker(&worker, |reply| Job::FromJson {
+    let (conversion, payload) = ask_worker(&worker, |reply| Job::FromJson {
         meta: meta_id,
         json,
         reply,
@@ -464,6 +485,7 @@ async fn create_message(
     let created = ask_within(&shared, timeout, |reply| Command::Create {
         community,
         meta: meta_name,
+        conversion: conversion.map(Vec::into_boxed_slice),
         payload,
         candidates,
         co_signer,

@@ -19,6 +19,8 @@ pub enum Command {
         community: CommunityId,
         /// Meta-message name.
         meta: String,
+        /// The conversion the plugin wrote `payload` in; `None`: the community's first.
+        conversion: Option<Box<[u8]>>,
         /// Encoded payload.
         payload: Vec<u8>,
         /// Explicit destinations.

@@ -306,6 +306,9 @@ pub struct Limits {
     /// Longest a message created here waits for its plugin's check, in milliseconds; then it is
     /// given up (nothing sent or stored). Keep it below the API's 10 s wait.
     pub created_check_timeout_ms: u64,
+    /// Kinds (meta, conversion) of messages its plugin cannot read remembered per community,
+    /// each logged once and shown in the API (`unreadable`); later kinds are only counted.
+    pub unreadable_kinds: usize,
     /// Longest a call into a plugin (create, check, handle, timer, JSON, status) may run, in
     /// milliseconds. A community whose call runs longer is reported stuck: deliveries and API
     /// calls to it are refused (and counted) until the call returns. Shutdown waits at most this
@@ -373,6 +376,7 @@ impl Default for Limits {
             plugin_copies: 16,
             created_checks: 4_096,
             created_check_timeout_ms: 5_000,
+            unreadable_kinds: 64,
             plugin_call_deadline_ms: 5_000,
             plugin_restarts: 3,
             plugin_restart_window_ms: 600_000,
@@ -508,6 +512,7 @@ impl Config {
             ("limits.store_batch", l.store_batch),
             ("limits.plugin_timers", l.plugin_timers),
             ("limits.created_checks", l.created_checks),
+            ("limits.unreadable_kinds", l.unreadable_kinds),
             ("limits.max_sessions", l.max_sessions),
             ("limits.max_handshakes", l.max_handshakes),
             ("limits.max_keys", l.max_keys),
@@ -639,6 +644,7 @@ impl Config {
             max_pending_walks: self.limits.max_pending_walks,
             max_checking: l.created_checks,
             check_timeout: ms(l.created_check_timeout_ms),
+            max_unreadable: l.unreadable_kinds,
             ..dispersy_core::node::Config::default()
         }
     }

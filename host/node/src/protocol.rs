@@ -17,7 +17,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{CandidateView, CommunityInfo, CommunityStatsView, NodeInfo, NodeStats};
+use crate::api::{
+    CandidateView, CommunityInfo, CommunityStatsView, NodeInfo, NodeStats, UnreadableView,
+};
 use crate::command::Command;
 use crate::mutex::lock;
 use crate::net::Datagram;
@@ -150,15 +152,17 @@ impl Protocol {
             Command::Create {
                 community,
                 meta,
+                conversion,
                 payload,
                 candidates,
                 co_signer: Some((key, address)),
                 reply,
             } => {
-                let requested = self.node.request_signature(
+                let requested = self.node.request_signature_in(
                     now,
                     community,
                     &meta,
+                    conversion.as_deref(),
                     payload,
                     key,
                     address,
@@ -169,14 +173,20 @@ impl Protocol {
             Command::Create {
                 community,
                 meta,
+                conversion,
                 payload,
                 candidates,
                 co_signer: None,
                 reply,
             } => {
-                let created = self
-                    .node
-                    .create_message(now, community, &meta, payload, &candidates);
+                let created = self.node.create_message_in(
+                    now,
+                    community,
+                    &meta,
+                    conversion.as_deref(),
+                    payload,
+                    &candidates,
+                );
                 self.started(community, &meta, created, reply);
             }
             Command::Join {
@@ -378,6 +388,20 @@ impl Protocol {
                         self.node.handle_created_check(now, request, verdict);
                     }
                 }
+                Event::Unreadable {
+                    community,
+                    meta,
+                    conversion,
+                } => {
+                    // Once per (community, meta, conversion); the count is in the API.
+                    tracing::warn!(
+                        %community,
+                        meta,
+                        conversion = %hex::encode(&conversion),
+                        "a peer sends messages in a conversion this node's plugin cannot read \
+                         (a newer version of the plugin?): dropped and counted (GET /v1/communities, unreadable)"
+                    );
+                }
                 Event::Created {
                     community,
                     request,
@@ -515,6 +539,24 @@ impl Protocol {
                     global_time: c.global_time,
                     candidates,
                     stats: CommunityStatsView(c.stats.clone()),
+                    unreadable: c
+                        .stats
+                        .unreadable
+                        .kinds()
+                        .iter()
+                        .map(|k| UnreadableView {
+                            meta: k.meta,
+                            meta_name: c
+                                .definition
+                                .as_ref()
+                                .and_then(|d| d.meta_by_id(k.meta))
+                                .map(|m| m.name.clone()),
+                            conversion: hex::encode(&k.conversion),
+                            count: k.count,
+                            first_seen_ms: k.first_seen.as_millis(),
+                        })
+                        .collect(),
+                    unreadable_others: c.stats.unreadable.others,
                 }
             })
             .collect();

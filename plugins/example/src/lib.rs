@@ -2,8 +2,8 @@
 //! copies to start a new community type (the README's "Write your own community" walks through
 //! it).
 //!
-//! Its two meta-messages carry the same payload, [`Example`]: a text of at most 255 UTF-8 bytes
-//! and an amount.
+//! Its two meta-messages carry the same payload, [`Example`]: a text of at most 1024 UTF-8
+//! bytes and an amount.
 //!
 //! - `example` is **direct**: signed by its author, sent once to up to 10 random verified
 //!   candidates of the community, never stored. Whoever is not reachable at that moment never
@@ -27,8 +27,12 @@ use dispersy_plugin_api::serde_json::{Value, json};
 /// permissions.
 pub const MASTER_KEY: &str = "03d803ecf0f109b86394dbb34d309e55ebb421084d28352674bdb2b9470ff1ea95";
 
-/// Largest text, in UTF-8 bytes (the documentation's limit).
-pub const MAX_TEXT: usize = 255;
+/// Largest text, in UTF-8 bytes. The first release (conversion 1) carried at most 255; this
+/// one writes longer texts in conversion 2.
+pub const MAX_TEXT: usize = 1024;
+
+/// Largest text conversion 1 carries (its one-byte length).
+pub const MAX_TEXT_V1: usize = 255;
 
 /// How many direct messages the duplicate counter remembers. Everything a plugin keeps about
 /// what peers send must be bounded: peers can send without end.
@@ -46,13 +50,19 @@ pub struct Example {
 
 /// The binary form, per conversion.
 ///
-/// - Conversion 2 (current): derived from the serde definition (postcard; see [`Compact`]).
-/// - Conversion 1 (the first release): written by hand, a one-byte length, the UTF-8 text, the
-///   amount as 8 bytes big-endian. Still read, so messages of nodes running the first release,
-///   and the ones stored before the upgrade, decode.
+/// - Conversion 2 (current): derived from the serde definition (postcard; see [`Compact`]),
+///   texts up to [`MAX_TEXT`] bytes.
+/// - Conversion 1 (the first release): written by hand, a one-byte length, the UTF-8 text (at
+///   most [`MAX_TEXT_V1`] bytes), the amount as 8 bytes big-endian. Still read, so messages of
+///   nodes running the first release, and the ones stored before the upgrade, decode; and still
+///   **written** for every payload it carries (a text of up to 255 bytes): the SDK writes each
+///   new message in the oldest conversion that reads back unchanged, so nodes still running the
+///   first release keep reading everything they can. Only longer texts go out in conversion 2,
+///   which those nodes drop (and show in their API as `unreadable`).
 ///
-/// To change the payload again, add conversion 3 in front in the definition, list it here, and
-/// read conversion 2 in `decode_other` through a copy of today's type.
+/// To change the payload again, add conversion 3 in front in the definition, list it here,
+/// write and read conversion 2 in `encode_other` and `decode_other` through a copy of today's
+/// type.
 impl Compact for Example {
     const CONVERSIONS: &'static [&'static [u8]] = &[&[2]];
 
@@ -64,6 +74,17 @@ impl Compact for Example {
             )));
         }
         Ok(())
+    }
+
+    fn encode_other(&self, conversion: &[u8]) -> Result<Vec<u8>, Error> {
+        if conversion != [1] {
+            return Err(Error::invalid("unknown conversion"));
+        }
+        // `short_str` refuses a text longer than 255 bytes: conversion 2 is used instead.
+        Ok(Writer::new()
+            .short_str(&self.text)?
+            .i64(self.amount)
+            .finish())
     }
 
     // Bytes come from the network: every failure is an error, never a panic.
@@ -223,6 +244,13 @@ mod tests {
         assert!(Example::decode(&[1], &trailing).is_err());
         let bad_utf8 = Writer::new().short_bytes(&[0xff]).unwrap().i64(1).finish();
         assert!(Example::decode(&[1], &bad_utf8).is_err());
+        // New messages: conversion 1 while it carries the text, conversion 2 beyond.
+        let conversions = [vec![2], vec![1]];
+        assert_eq!(value.encode_oldest(&conversions).unwrap(), (vec![1], old));
+        let long = example(&"é".repeat(MAX_TEXT_V1 / 2 + 1), 1);
+        let (conversion, bytes) = long.encode_oldest(&conversions).unwrap();
+        assert_eq!(conversion, [2]);
+        assert_eq!(Example::decode(&[2], &bytes).unwrap(), long);
         // The text limit holds on both sides.
         let long = example(&"x".repeat(MAX_TEXT + 1), 1);
         assert!(long.encode(&[2]).is_err());

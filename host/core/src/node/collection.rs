@@ -31,6 +31,8 @@ pub(super) struct Queued {
     community: CommunityId,
     meta: String,
     meta_id: u32,
+    /// The conversion the plugin chose; `None`: the community's first.
+    conversion: Option<wire::Conversion>,
     payload: Vec<u8>,
     candidates: Vec<SocketAddr>,
     deadline: Instant,
@@ -76,10 +78,32 @@ impl Node {
         payload: Vec<u8>,
         candidates: &[SocketAddr],
     ) -> Result<RequestId, CreateError> {
+        self.create_message_in(now, community, meta, None, payload, candidates)
+    }
+
+    /// [`Node::create_message`] with `payload` written in `conversion`, which the plugin chose
+    /// (the oldest of the community's conversions that carries it unchanged, so that nodes on
+    /// older versions of the plugin read it); `None` is the community's first conversion. A
+    /// conversion the community does not list is refused
+    /// ([`CreateError::UnknownConversion`]).
+    pub fn create_message_in(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        meta: &str,
+        conversion: Option<&[u8]>,
+        payload: Vec<u8>,
+        candidates: &[SocketAddr],
+    ) -> Result<RequestId, CreateError> {
         if self.checking.len() + self.queued.len() >= self.config.max_checking {
             return Err(CreateError::Checking(self.config.max_checking));
         }
-        let (meta, conversion) = self.creatable(community, meta, Authentication::Member)?;
+        let (meta, first) = self.creatable(community, meta, Authentication::Member)?;
+        let chosen = match conversion {
+            None => None,
+            Some(bytes) => Some(self.conversion_of(community, bytes)?),
+        };
+        let conversion = chosen.clone().unwrap_or(first);
         if meta.destination == Destination::Candidate && candidates.is_empty() {
             return Err(CreateError::NoDestination(meta.name));
         }
@@ -90,6 +114,7 @@ impl Node {
                 community,
                 meta: meta.name,
                 meta_id: meta.id,
+                conversion: chosen,
                 payload,
                 candidates: candidates.to_vec(),
                 deadline: now + self.config.check_timeout,
@@ -283,13 +308,13 @@ impl Node {
             };
             let signed = self
                 .creatable(community, &queued.meta, Authentication::Member)
-                .and_then(|(meta, conversion)| {
+                .and_then(|(meta, first)| {
                     // The whole wait, queued and checked, is bounded by the one timeout.
                     self.sign_created(
                         queued.request,
                         community,
                         &meta,
-                        conversion,
+                        queued.conversion.unwrap_or(first),
                         queued.payload,
                         queued.candidates,
                         queued.deadline,
@@ -371,6 +396,25 @@ impl Node {
             return Err(CreateError::Authentication(meta.name));
         }
         Ok((meta, definition.conversions[0].clone()))
+    }
+
+    /// `bytes` as one of the conversions of joined `community`.
+    pub(super) fn conversion_of(
+        &self,
+        community: CommunityId,
+        bytes: &[u8],
+    ) -> Result<wire::Conversion, CreateError> {
+        self.communities
+            .get(&community)
+            .and_then(|c| c.definition.as_ref())
+            .ok_or(CreateError::UnknownCommunity(community))?
+            .conversions
+            .iter()
+            .find(|c| c.as_bytes() == bytes)
+            .cloned()
+            .ok_or_else(|| {
+                CreateError::UnknownConversion(bytes.iter().map(|b| format!("{b:02x}")).collect())
+            })
     }
 
     /// Sends a message this node (co-)created to its destination, and emits it as an
@@ -479,6 +523,7 @@ impl Node {
         let mut batches: Vec<(u32, Vec<Incoming>)> = Vec::new();
         let mut forward: Vec<(Vec<u8>, u32)> = Vec::new();
         let mut highest = 0;
+        let mut unreadable: Vec<(u32, Vec<u8>)> = Vec::new();
         for signed in messages {
             let m = &signed.message;
             let verdict = match definition.meta_by_id(m.message_type) {
@@ -519,6 +564,18 @@ impl Node {
                 Some(meta) => Ok(meta.distribution.is_persistent()),
             };
             match verdict {
+                Err(DropReason::UnknownConversion) => {
+                    c.stats.dropped.bump(DropReason::UnknownConversion);
+                    let conversion = m.conversion.as_bytes();
+                    if c.stats.unreadable.record(
+                        m.message_type,
+                        conversion,
+                        now,
+                        self.config.max_unreadable,
+                    ) {
+                        unreadable.push((m.message_type, conversion.to_vec()));
+                    }
+                }
                 Err(reason) => c.stats.dropped.bump(reason),
                 Ok(persistent) => {
                     // Only stored messages move the clock (direct ones are not checked).
@@ -564,6 +621,13 @@ impl Node {
             return Err(DropReason::UnknownCommunity);
         };
         let prune = c.prune_thresholds();
+        for (meta, conversion) in unreadable {
+            self.push_event(Event::Unreadable {
+                community: id,
+                meta,
+                conversion,
+            });
+        }
         for (meta, below) in prune {
             self.push_event(Event::Prune {
                 community: id,

@@ -40,7 +40,9 @@
 //! - [`Event::ReadPackets`]: read the packets a missing-* request names;
 //! - [`Event::Prune`]: delete a meta's messages below a global time;
 //! - [`Event::SignatureAsked`]: ask a plugin whether it co-signs a message;
-//! - [`Event::Created`]: a message we created (or co-signed) is published, or why not.
+//! - [`Event::Created`]: a message we created (or co-signed) is published, or why not;
+//! - [`Event::Unreadable`]: a peer sent a meta in a conversion the plugin does not read, the
+//!   first time for this (community, meta, conversion): tell the operator (nothing to answer).
 //!
 //! Outputs: [`Node::poll_transmit`] (datagrams to send), [`Node::poll_event`] (the events
 //! above), [`Node::poll_timeout`] (when to call [`Node::handle_timeout`]).
@@ -136,6 +138,9 @@ pub struct Config {
     pub max_checking: usize,
     /// How long a message we created waits for its plugin's check before it is given up.
     pub check_timeout: Duration,
+    /// Kinds (meta, conversion) of unreadable messages remembered per community
+    /// ([`crate::stats::Unreadable`]).
+    pub max_unreadable: usize,
 }
 
 impl Default for Config {
@@ -168,6 +173,7 @@ impl Default for Config {
             signature: crate::signature::Config::default(),
             max_checking: 4_096,
             check_timeout: Duration::from_secs(5),
+            max_unreadable: 64,
         }
     }
 }
@@ -184,6 +190,18 @@ pub struct Transmit {
 /// What the node tells its driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The first message of `meta` in `conversion` that the community's plugin cannot read
+    /// arrived (a peer runs a newer version of the plugin); it was dropped and counted, like
+    /// every later one, in [`crate::stats::CommunityStats::unreadable`]. Emitted once per
+    /// (community, meta, conversion) while the table has room.
+    Unreadable {
+        /// The community.
+        community: CommunityId,
+        /// The meta-message type.
+        meta: u32,
+        /// The conversion identifier.
+        conversion: Vec<u8>,
+    },
     /// Messages of one community and meta, in arrival order, for check, storage and handling.
     /// The driver reports what became of them with [`Node::handle_store_report`]. A message
     /// with no source is our own: its plugin passed it already ([`Event::CheckCreated`]), so it
@@ -361,6 +379,9 @@ pub enum CreateError {
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] wire::SignError),
+    /// The payload is written in a conversion the community does not list.
+    #[error("conversion {0} is not one of the community's")]
+    UnknownConversion(String),
 }
 
 /// Why the plugin's check did not pass a message we created ([`Event::CheckCreated`]).

@@ -30,6 +30,26 @@ impl Node {
         to: SocketAddr,
         candidates: &[SocketAddr],
     ) -> Result<RequestId, CreateError> {
+        self.request_signature_in(
+            now, community, meta, None, payload, co_signer, to, candidates,
+        )
+    }
+
+    /// [`Node::request_signature`] with `payload` written in `conversion`, which the plugin
+    /// chose (`None`: the community's first; one the community does not list is refused,
+    /// [`CreateError::UnknownConversion`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn request_signature_in(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        meta: &str,
+        conversion: Option<&[u8]>,
+        payload: Vec<u8>,
+        co_signer: PublicKey,
+        to: SocketAddr,
+        candidates: &[SocketAddr],
+    ) -> Result<RequestId, CreateError> {
         if self.signing.len() >= self.config.signature.max_pending {
             return Err(CreateError::Busy);
         }
@@ -37,7 +57,11 @@ impl Node {
         if co_signer == me {
             return Err(CreateError::CoSigner);
         }
-        let (meta, conversion) = self.creatable(community, meta, Authentication::DoubleMember)?;
+        let (meta, first) = self.creatable(community, meta, Authentication::DoubleMember)?;
+        let conversion = match conversion {
+            None => first,
+            Some(bytes) => self.conversion_of(community, bytes)?,
+        };
         let c = self
             .communities
             .get_mut(&community)

@@ -354,6 +354,52 @@ pub(super) struct HostHandle {
     pub(super) read_page: u32,
 }
 
+impl HostHandle {
+    /// `HostApi::send` and `send_in`: queues a message of `meta` (written in `conversion`,
+    /// `None` for the community's first) for creation; never blocks.
+    fn create(
+        &self,
+        meta: RStr<'_>,
+        conversion: Option<Box<[u8]>>,
+        payload: RVec<u8>,
+        candidates: RVec<RString>,
+    ) -> RResult<(), PluginError> {
+        let mut addresses = Vec::with_capacity(candidates.len());
+        for candidate in &candidates {
+            match candidate.parse::<SocketAddr>() {
+                Ok(address) => addresses.push(address),
+                Err(_) => {
+                    return RResult::RErr(PluginError::new(
+                        abi::ERROR_INVALID,
+                        format!("candidate {:?} is not ip:port", candidate.as_str()),
+                    ));
+                }
+            }
+        }
+        // Non-blocking: the message is checked by this plugin later, on its thread; a refusal
+        // is logged and counted by the host, not returned here.
+        let command = Command::Create {
+            community: self.community,
+            meta: meta.to_string(),
+            conversion,
+            payload: payload.into_vec(),
+            candidates: addresses,
+            co_signer: None,
+            reply: None,
+        };
+        match self.commands.try_send(command) {
+            Ok(()) => RResult::ROk(()),
+            Err(mpsc::error::TrySendError::Full(_)) => RResult::RErr(PluginError::new(
+                abi::ERROR_HOST,
+                "host command queue full; try again later",
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                RResult::RErr(PluginError::new(abi::ERROR_HOST, "host is shutting down"))
+            }
+        }
+    }
+}
+
 impl HostApi for HostHandle {
     fn member(&self) -> RVec<u8> {
         RVec::from(self.member.as_bytes().to_vec())
@@ -377,38 +423,22 @@ impl HostApi for HostHandle {
         payload: RVec<u8>,
         candidates: RVec<RString>,
     ) -> RResult<(), PluginError> {
-        let mut addresses = Vec::with_capacity(candidates.len());
-        for candidate in &candidates {
-            match candidate.parse::<SocketAddr>() {
-                Ok(address) => addresses.push(address),
-                Err(_) => {
-                    return RResult::RErr(PluginError::new(
-                        abi::ERROR_INVALID,
-                        format!("candidate {:?} is not ip:port", candidate.as_str()),
-                    ));
-                }
-            }
-        }
-        // Non-blocking: the message is checked by this plugin later, on its thread; a refusal
-        // is logged and counted by the host, not returned here.
-        let command = Command::Create {
-            community: self.community,
-            meta: meta.to_string(),
-            payload: payload.into_vec(),
-            candidates: addresses,
-            co_signer: None,
-            reply: None,
-        };
-        match self.commands.try_send(command) {
-            Ok(()) => RResult::ROk(()),
-            Err(mpsc::error::TrySendError::Full(_)) => RResult::RErr(PluginError::new(
-                abi::ERROR_HOST,
-                "host command queue full; try again later",
-            )),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                RResult::RErr(PluginError::new(abi::ERROR_HOST, "host is shutting down"))
-            }
-        }
+        self.create(meta, None, payload, candidates)
+    }
+
+    fn send_in(
+        &self,
+        meta: RStr<'_>,
+        conversion: RVec<u8>,
+        payload: RVec<u8>,
+        candidates: RVec<RString>,
+    ) -> RResult<(), PluginError> {
+        self.create(
+            meta,
+            Some(conversion.into_vec().into_boxed_slice()),
+            payload,
+            candidates,
+        )
     }
 
     fn schedule(&self, delay_ms: u64, token: u64) -> RResult<(), PluginError> {

@@ -85,6 +85,11 @@ pub struct WorkerLimits {
     pub read_page: u32,
 }
 
+/// A payload a plugin encoded from JSON: the conversion it chose (`None`: a plugin older than
+/// `payload_from_json_in`, whose payloads are in the community's first conversion) and the
+/// bytes.
+pub type Encoded = (Option<Vec<u8>>, Vec<u8>);
+
 /// Work for a community's thread.
 pub enum Job {
     /// Verified messages of one meta from the protocol task.
@@ -107,8 +112,9 @@ pub enum Job {
         meta: u32,
         /// The JSON text.
         json: String,
-        /// The answer.
-        reply: oneshot::Sender<Result<Vec<u8>, PluginError>>,
+        /// The answer: the conversion the plugin wrote the payload in (`None`: a plugin older
+        /// than `payload_from_json_in`, which writes the community's first), and the payload.
+        reply: oneshot::Sender<Result<Encoded, PluginError>>,
     },
     /// The plugin's status document.
     Status {
@@ -810,9 +816,18 @@ impl WorkerLoop {
                 let running = self.instance.is_some();
                 let result = self
                     .call("from_json", |instance| {
-                        instance.payload_from_json(meta, RStr::from(json.as_str()))
+                        instance.payload_from_json_in(meta, RStr::from(json.as_str()))
                     })
-                    .map(RVec::into_vec);
+                    .map(|e| (Some(e.conversion.into_vec()), e.payload.into_vec()));
+                // A plugin older than `payload_from_json_in`: its first conversion.
+                let result = match result {
+                    Err(e) if e.code == abi::ERROR_ABSENT => self
+                        .call("from_json", |instance| {
+                            instance.payload_from_json(meta, RStr::from(json.as_str()))
+                        })
+                        .map(|payload| (None, payload.into_vec())),
+                    other => other,
+                };
                 if let Err(e) = &result
                     && e.code != abi::ERROR_INVALID
                     && running
