@@ -185,6 +185,8 @@ impl Community for ExampleCommunity {
             "duplicates": self.duplicates,
             "last_text": self.last_text,
             "posts": self.posts,
+            // The plugin build's version: after a live upgrade, the new code answers.
+            "version": env!("CARGO_PKG_VERSION"),
         })
     }
 }
