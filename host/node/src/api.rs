@@ -48,8 +48,8 @@ use tokio_util::sync::CancellationToken;
 use crate::command::Command;
 use crate::mutex::lock;
 use crate::plugin::{Change, Job, LifecycleError, QueueError, Worker};
-use crate::registry::{MembershipError, UpgradeError};
 use crate::registry::Registry;
+use crate::registry::{MembershipError, UpgradeError};
 use crate::store::Store;
 
 /// Everything the API needs.
@@ -687,10 +687,9 @@ async fn lifecycle(
         Err(error @ LifecycleError::Conflict { .. }) => {
             Err(ApiError::new(StatusCode::CONFLICT, error.to_string()))
         }
-        Err(error @ (LifecycleError::Create { .. } | LifecycleError::Upgrade { .. })) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            error.to_string(),
-        )),
+        Err(error @ (LifecycleError::Create { .. } | LifecycleError::Upgrade { .. })) => Err(
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        ),
         Err(LifecycleError::Queue(error)) => Err(ApiError::unavailable(error.to_string())),
     }
 }

@@ -358,7 +358,11 @@ fn start_with(
         jobs_tx.send(job).unwrap();
     }
     let definition = definition();
-    let shared = Arc::new(Shared::new(&definition.name, &definition.version, limits.deadline));
+    let shared = Arc::new(Shared::new(
+        &definition.name,
+        &definition.version,
+        limits.deadline,
+    ));
     let release = Arc::new(AtomicBool::new(false));
     let lifecycle = history.is_some();
     let fake = {
