@@ -1065,4 +1065,69 @@ mod tests {
         assert!(error.contains(&id.to_string()), "{error}");
         assert_eq!(registry.definition(&id).map(|(_, row)| row), Some(1));
     }
+
+    #[test]
+    fn an_upgrade_needs_a_newer_version_and_keeps_every_meta_and_its_kind() {
+        let old = Definition {
+            name: "up".into(),
+            version: "1.2.0".into(),
+            master: KeyPair::from_secret(&[4u8; 32]).unwrap().public().clone(),
+            conversions: vec![Conversion::version(1).unwrap()],
+            metas: vec![MetaMessage {
+                id: 1,
+                name: "post".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Public,
+                distribution: Distribution::Direct,
+                destination: Destination::Community { node_count: 5 },
+                priority: 128,
+                batch_window: Duration::ZERO,
+            }],
+        };
+        let path = Path::new("libup.so");
+        let with = |version: &str| {
+            let mut new = old.clone();
+            new.version = version.into();
+            new
+        };
+        assert_eq!(check_upgrade(path, &old, &with("1.10.0"), false), Ok(()));
+        for version in ["1.2.0", "1.1.9", "1.2.0-beta"] {
+            let error = check_upgrade(path, &old, &with(version), false).unwrap_err();
+            assert!(matches!(error, UpgradeError::NotNewer { .. }), "{error}");
+            assert_eq!(check_upgrade(path, &old, &with(version), true), Ok(()));
+        }
+        let error = check_upgrade(path, &old, &with("two"), false).unwrap_err();
+        assert!(error.to_string().contains("`two`"), "{error}");
+
+        let mut added = with("1.3.0");
+        let mut extra = added.metas[0].clone();
+        extra.id = 2;
+        extra.name = "new".into();
+        added.metas.push(extra);
+        assert_eq!(
+            check_upgrade(path, &old, &added, false),
+            Ok(()),
+            "a new meta is fine"
+        );
+        let mut gone = with("1.3.0");
+        gone.metas[0].id = 3;
+        let error = check_upgrade(path, &old, &gone, false).unwrap_err();
+        assert!(
+            error.to_string().contains("meta post (id 1) is missing"),
+            "{error}"
+        );
+        let mut changed = with("1.3.0");
+        changed.metas[0].distribution = Distribution::FullSync {
+            sequence_numbers: false,
+            order: dispersy_core::meta::SyncOrder::Ascending,
+            pruning: None,
+        };
+        let error = check_upgrade(path, &old, &changed, false).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("meta post (id 1) changed its distribution"),
+            "{error}"
+        );
+    }
 }
