@@ -821,9 +821,9 @@ async fn upgrade_plugin(
                 UpgradeError::Switch(LifecycleError::Queue(QueueError::Stuck { .. })) => {
                     StatusCode::CONFLICT
                 }
-                UpgradeError::Switch(LifecycleError::Queue(_)) | UpgradeError::Stopping => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                UpgradeError::Switch(LifecycleError::Queue(_))
+                | UpgradeError::Stopping
+                | UpgradeError::Pending { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 UpgradeError::Switch(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             tracing::warn!("live upgrade refused: {error}");

@@ -145,6 +145,23 @@ pub enum MembershipError {
     },
 }
 
+/// How long [`Registry::upgrade`] waits for the switch at least (the plugin call deadline if
+/// longer); a switch still running then finishes without its caller.
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A live upgrade on its way: what the registry records once the community's thread switched.
+struct Switch {
+    id: CommunityId,
+    new: Definition,
+    row: i64,
+    path: PathBuf,
+    key: PathBuf,
+    old_key: PathBuf,
+    stamp: Option<Stamp>,
+    plugin: plugin::Plugin,
+    private: PrivateCopy,
+}
+
 /// Why a live upgrade ([`Registry::upgrade`]) was refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpgradeError {
@@ -205,6 +222,17 @@ pub enum UpgradeError {
     /// The node stops.
     #[error("the node is stopping")]
     Stopping,
+    /// The switch runs longer than the caller waits (a long restore); it goes on, and its
+    /// outcome shows in `GET /v1/plugins` and the log.
+    #[error(
+        "community {name}: the switch still runs after {wait_ms} ms (restoring its history?); GET /v1/plugins shows its outcome"
+    )]
+    Pending {
+        /// Community type name.
+        name: String,
+        /// How long the caller waited.
+        wait_ms: u64,
+    },
 }
 
 /// The checks of a live upgrade from `old` to `new` (file `path`): a newer semver version
@@ -279,7 +307,7 @@ pub struct Registry {
     context: Context,
     state: Mutex<State>,
     /// Loads run one at a time.
-    loading: tokio::sync::Mutex<()>,
+    loading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Registry {
@@ -288,7 +316,7 @@ impl Registry {
         Registry {
             context,
             state: Mutex::new(State::default()),
-            loading: tokio::sync::Mutex::new(()),
+            loading: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -791,11 +819,11 @@ impl Registry {
     /// `previous_version` and `upgrades`). The old library stays mapped: abi_stable never
     /// unloads one. Other communities are not touched.
     pub async fn upgrade(
-        &self,
+        self: &Arc<Self>,
         path: &Path,
         allow_downgrade: bool,
     ) -> Result<PluginReport, UpgradeError> {
-        let _one_at_a_time = self.loading.lock().await;
+        let one_at_a_time = self.loading.clone().lock_owned().await;
         let key = file_key(path);
         let stamp = stamp(path);
         let (plugin, private) = self.copy_and_open(path).await.map_err(UpgradeError::Load)?;
@@ -823,10 +851,52 @@ impl Registry {
         let answer = worker
             .upgrade(&plugin)
             .map_err(|e| UpgradeError::Switch(e.into()))?;
-        answer
-            .await
-            .map_err(|_| UpgradeError::Switch(plugin::QueueError::Stopped.into()))?
-            .map_err(UpgradeError::Switch)?;
+        let switch = Switch {
+            id,
+            new,
+            row,
+            path: path.to_path_buf(),
+            key,
+            old_key,
+            stamp,
+            plugin,
+            private,
+        };
+        // The switch goes on without the caller if it waits no longer: the registry records it
+        // once the community's thread answers (a long restore, a slow create()).
+        let registry = self.clone();
+        let finish = tokio::spawn(async move {
+            let _one_at_a_time = one_at_a_time;
+            let answer = answer
+                .await
+                .map_err(|_| UpgradeError::Switch(plugin::QueueError::Stopped.into()))?;
+            answer.map_err(UpgradeError::Switch)?;
+            registry.switched(switch).await
+        });
+        let wait = self.context.limits.deadline.max(UPGRADE_WAIT);
+        match tokio::time::timeout(wait, finish).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(UpgradeError::Stopping),
+            Err(_) => Err(UpgradeError::Pending {
+                name: old.name,
+                wait_ms: wait.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// The registry's part of a live upgrade, once the community's thread runs the new version.
+    async fn switched(&self, switch: Switch) -> Result<PluginReport, UpgradeError> {
+        let Switch {
+            id,
+            new,
+            row,
+            path,
+            key,
+            old_key,
+            stamp,
+            plugin,
+            private,
+        } = switch;
         // The instance of the new version runs: record its version and metas, then teach the
         // protocol task its definition (the metas it keeps decode the same meanwhile).
         if let Err(error) = self.context.store.ensure_community(&new).await {
@@ -852,7 +922,7 @@ impl Registry {
             }
         }
         let report = PluginReport {
-            path: path.to_path_buf(),
+            path: path.clone(),
             name: Some(new.name.clone()),
             version: Some(new.version.clone()),
             community: Some(id.to_hex()),
@@ -863,9 +933,7 @@ impl Registry {
             health: None,
         };
         let mut state = lock(&self.state);
-        state
-            .definitions
-            .insert(id, (new.clone(), row, path.to_path_buf()));
+        state.definitions.insert(id, (new.clone(), row, path));
         if old_key != key {
             if let Some(file) = state.files.get_mut(&old_key) {
                 file.loaded = None;
