@@ -15,6 +15,7 @@
 //! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
 //! | GET | /v1/plugins | plugin files loaded (hash, private copy, upgrade candidate) and refused |
 //! | POST | /v1/plugins | load `{"path": FILE}`, or rescan the plugin folders with `{}` |
+//! | POST | /v1/plugins/upgrade | live upgrade of a running community: `{"path": FILE}` or `{"community": ID}` (its changed file, the upgrade candidate), `"allow_downgrade": true` to switch to an equal or older version; 409 when refused |
 //! | POST | /v1/shutdown | stop the node |
 //! | GET | /metrics | Prometheus text format |
 //!
@@ -47,8 +48,8 @@ use tokio_util::sync::CancellationToken;
 use crate::command::Command;
 use crate::mutex::lock;
 use crate::plugin::{Change, Job, LifecycleError, QueueError, Worker};
-use crate::registry::MembershipError;
 use crate::registry::Registry;
+use crate::registry::{MembershipError, UpgradeError};
 use crate::store::Store;
 
 /// Everything the API needs.
@@ -246,6 +247,7 @@ pub(crate) async fn serve(
         .route("/v1/communities/{id}/restart", post(restart))
         .route("/v1/communities/{id}/join", post(rejoin))
         .route("/v1/plugins", get(plugins).post(load_plugins))
+        .route("/v1/plugins/upgrade", post(upgrade_plugin))
         .route("/v1/shutdown", post(shutdown_node))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -384,6 +386,9 @@ async fn plugin_view(worker: &Worker) -> Value {
         "since_ms": health.since_ms,
         "restarts": health.restarts,
         "operator_restarts": health.operator_restarts,
+        "version": health.version,
+        "previous_version": health.previous_version,
+        "upgrades": health.upgrades,
         "status": status,
         "accepted": stats.accepted,
         "dropped": stats.dropped,
@@ -704,10 +709,9 @@ async fn lifecycle(
         Err(error @ LifecycleError::Conflict { .. }) => {
             Err(ApiError::new(StatusCode::CONFLICT, error.to_string()))
         }
-        Err(error @ LifecycleError::Create { .. }) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            error.to_string(),
-        )),
+        Err(error @ (LifecycleError::Create { .. } | LifecycleError::Upgrade { .. })) => Err(
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        ),
         Err(LifecycleError::Queue(error)) => Err(ApiError::unavailable(error.to_string())),
     }
 }
@@ -783,6 +787,78 @@ async fn load_plugins(
         }
         None => Ok(Json(json!(registry.scan().await)).into_response()),
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeRequest {
+    path: Option<std::path::PathBuf>,
+    community: Option<String>,
+    #[serde(default)]
+    allow_downgrade: bool,
+}
+
+/// `POST /v1/plugins/upgrade`: a live upgrade (see [`crate::registry::Registry::upgrade`]);
+/// answers the file's report and the community's health after the switch.
+async fn upgrade_plugin(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<UpgradeRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let registry = shared
+        .registry
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("a tracker runs no plugins"))?;
+    let path = match (request.path, request.community) {
+        (Some(path), None) => path,
+        (None, Some(id)) => {
+            let id = community_id(&id)?;
+            registry
+                .plugin_file(&id)
+                .ok_or_else(|| ApiError::not_found(format!("community {id} does not run here")))?
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give either \"path\" (a plugin file) or \"community\" (its changed file)",
+            ));
+        }
+    };
+    if !path.is_file() {
+        return Err(ApiError::bad_request(format!(
+            "{} is not a file on the node's machine",
+            path.display()
+        )));
+    }
+    let mut report = registry
+        .upgrade(&path, request.allow_downgrade)
+        .await
+        .map_err(|error| {
+            let status = match &error {
+                UpgradeError::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                UpgradeError::NotRunning { .. } => StatusCode::NOT_FOUND,
+                UpgradeError::BadVersion { .. }
+                | UpgradeError::NotNewer { .. }
+                | UpgradeError::Incompatible { .. }
+                | UpgradeError::Switch(LifecycleError::Conflict { .. }) => StatusCode::CONFLICT,
+                UpgradeError::Switch(LifecycleError::Queue(QueueError::Stuck { .. })) => {
+                    StatusCode::CONFLICT
+                }
+                UpgradeError::Switch(LifecycleError::Queue(_))
+                | UpgradeError::Stopping
+                | UpgradeError::Pending { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                UpgradeError::Switch(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::warn!("live upgrade refused: {error}");
+            ApiError::new(status, error.to_string())
+        })?;
+    let id = report
+        .community
+        .as_deref()
+        .and_then(|id| CommunityId::from_hex(id).ok());
+    report.health = id
+        .and_then(|id| registry.worker(&id))
+        .map(|w| w.shared.health());
+    Ok(Json(json!(report)).into_response())
 }
 
 async fn shutdown_node(State(shared): State<Arc<Shared>>) -> Response {
@@ -952,6 +1028,17 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
         "Restarts of each community's plugin asked for by the operator.",
         "counter",
         operator,
+    );
+    let mut upgrades: Vec<(String, u64)> = healths
+        .iter()
+        .map(|(id, h)| (format!("{{community=\"{id}\"}}"), u64::from(h.upgrades)))
+        .collect();
+    upgrades.sort();
+    gauge(
+        "plugin_upgrades_total",
+        "Live upgrades (and downgrades) of each community's plugin.",
+        "counter",
+        upgrades,
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

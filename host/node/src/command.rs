@@ -58,6 +58,16 @@ pub enum Command {
         /// The answer.
         reply: oneshot::Sender<Result<(), dispersy_core::node::LeaveError>>,
     },
+    /// Replace a joined community's definition: a live upgrade of its plugin
+    /// ([`dispersy_core::node::Node::redefine`]).
+    Redefine {
+        /// The community.
+        community: CommunityId,
+        /// The new plugin's definition.
+        definition: Box<dispersy_core::community::Definition>,
+        /// The answer.
+        reply: oneshot::Sender<Result<(), dispersy_core::node::RedefineError>>,
+    },
     /// The store read the rows of a sync query.
     SyncQueried {
         /// The community.

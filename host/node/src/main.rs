@@ -44,6 +44,14 @@ enum Cmd {
         /// JSON body for POST.
         body: Option<String>,
     },
+    /// Plugins of the running node whose data folder is given, through its control API:
+    /// `upgrade FILE` switches the community FILE defines to FILE's plugin, live (a newer
+    /// version; `--allow-downgrade` for an equal or older one).
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        action: PluginAction,
+    },
     /// Change a community of the running node whose data folder is given, through its control
     /// API: `disable` (its plugin stops; messages to it are dropped and counted), `enable`,
     /// `restart` (a new instance of its plugin), `leave` (the node stops running it, also after
@@ -150,6 +158,28 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(error),
         },
+        Cmd::Plugin {
+            action:
+                PluginAction::Upgrade {
+                    file,
+                    allow_downgrade,
+                    data_dir,
+                },
+        } => {
+            // The node opens the file: give it an absolute path.
+            let file = std::path::absolute(&file).unwrap_or(file);
+            let body = serde_json::json!({ "path": file, "allow_downgrade": allow_downgrade });
+            let call = api(
+                data_dir,
+                "POST".to_owned(),
+                "/v1/plugins/upgrade".to_owned(),
+                Some(body.to_string()),
+            );
+            match runtime().and_then(|rt| rt.block_on(call)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(error),
+            }
+        }
         Cmd::Community {
             action,
             id,
@@ -264,6 +294,23 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// What `dispersy plugin` does.
+#[derive(Debug, Subcommand)]
+enum PluginAction {
+    /// Live upgrade: the community that FILE defines switches to FILE's plugin without a
+    /// restart of the node or of its other communities (refused unless FILE's version is newer).
+    Upgrade {
+        /// The plugin file (a newer build of a running community's plugin).
+        file: PathBuf,
+        /// Switch even to an equal or older version.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Data folder of the node.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 /// What `dispersy community` does to a community.

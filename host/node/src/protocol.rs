@@ -208,6 +208,13 @@ impl Protocol {
             Command::Leave { community, reply } => {
                 let _ = reply.send(self.node.leave(community));
             }
+            Command::Redefine {
+                community,
+                definition,
+                reply,
+            } => {
+                let _ = reply.send(self.node.redefine(community, *definition));
+            }
             Command::SyncQueried {
                 community,
                 right,

@@ -145,6 +145,141 @@ pub enum MembershipError {
     },
 }
 
+/// How long [`Registry::upgrade`] waits for the switch at least (the plugin call deadline if
+/// longer); a switch still running then finishes without its caller.
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A live upgrade on its way: what the registry records once the community's thread switched.
+struct Switch {
+    id: CommunityId,
+    new: Definition,
+    row: i64,
+    path: PathBuf,
+    key: PathBuf,
+    old_key: PathBuf,
+    stamp: Option<Stamp>,
+    plugin: plugin::Plugin,
+    private: PrivateCopy,
+}
+
+/// Why a live upgrade ([`Registry::upgrade`]) was refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpgradeError {
+    /// The file could not be copied or opened as a plugin.
+    #[error("{0}")]
+    Load(String),
+    /// Its community does not run on this node (unknown, or left).
+    #[error(
+        "plugin {}: community {community} does not run on this node; POST /v1/plugins with its path loads it",
+        path.display()
+    )]
+    NotRunning {
+        /// The file.
+        path: PathBuf,
+        /// Its community.
+        community: CommunityId,
+    },
+    /// A version is not semver.
+    #[error("plugin {}: version `{version}` is not a semver version: {reason}", path.display())]
+    BadVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version.
+        version: String,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// Its version is not newer than the running one, and no downgrade was asked for.
+    #[error(
+        "plugin {}: version {new} of community {name} is not newer than the running {running}; allow_downgrade switches anyway",
+        path.display()
+    )]
+    NotNewer {
+        /// The file.
+        path: PathBuf,
+        /// Community type name.
+        name: String,
+        /// The running version.
+        running: String,
+        /// The file's version.
+        new: String,
+    },
+    /// A meta of the running definition is missing from the new one, or changed kind.
+    #[error("plugin {}: meta {meta} (id {id}) {reason}; stored messages use it", path.display())]
+    Incompatible {
+        /// The file.
+        path: PathBuf,
+        /// The meta's name in the running definition.
+        meta: String,
+        /// Its id.
+        id: u32,
+        /// What changed.
+        reason: String,
+    },
+    /// The switch on the community's thread failed (rolled back) or was not made.
+    #[error(transparent)]
+    Switch(#[from] plugin::LifecycleError),
+    /// The node stops.
+    #[error("the node is stopping")]
+    Stopping,
+    /// The switch runs longer than the caller waits (a long restore); it goes on, and its
+    /// outcome shows in `GET /v1/plugins` and the log.
+    #[error(
+        "community {name}: the switch still runs after {wait_ms} ms (restoring its history?); GET /v1/plugins shows its outcome"
+    )]
+    Pending {
+        /// Community type name.
+        name: String,
+        /// How long the caller waited.
+        wait_ms: u64,
+    },
+}
+
+/// The checks of a live upgrade from `old` to `new` (file `path`): a newer semver version
+/// (unless `allow_downgrade`), and every meta of `old` kept in `new` with the same id and the
+/// same distribution kind (direct, full-sync, last-sync, …).
+fn check_upgrade(
+    path: &Path,
+    old: &Definition,
+    new: &Definition,
+    allow_downgrade: bool,
+) -> Result<(), UpgradeError> {
+    let parse = |version: &str| {
+        semver::Version::parse(version).map_err(|e| UpgradeError::BadVersion {
+            path: path.to_path_buf(),
+            version: version.to_owned(),
+            reason: e.to_string(),
+        })
+    };
+    if !allow_downgrade && parse(&new.version)? <= parse(&old.version)? {
+        return Err(UpgradeError::NotNewer {
+            path: path.to_path_buf(),
+            name: old.name.clone(),
+            running: old.version.clone(),
+            new: new.version.clone(),
+        });
+    }
+    for meta in &old.metas {
+        let incompatible = |reason: String| UpgradeError::Incompatible {
+            path: path.to_path_buf(),
+            meta: meta.name.clone(),
+            id: meta.id,
+            reason,
+        };
+        let Some(kept) = new.metas.iter().find(|m| m.id == meta.id) else {
+            return Err(incompatible("is missing from the new version".to_owned()));
+        };
+        if std::mem::discriminant(&kept.distribution) != std::mem::discriminant(&meta.distribution)
+        {
+            return Err(incompatible(format!(
+                "changed its distribution from {:?} to {:?}",
+                meta.distribution, kept.distribution
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What the registry knows of one plugin file.
 #[derive(Default)]
 struct FileState {
@@ -172,7 +307,7 @@ pub struct Registry {
     context: Context,
     state: Mutex<State>,
     /// Loads run one at a time.
-    loading: tokio::sync::Mutex<()>,
+    loading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Registry {
@@ -181,7 +316,7 @@ impl Registry {
         Registry {
             context,
             state: Mutex::new(State::default()),
-            loading: tokio::sync::Mutex::new(()),
+            loading: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -326,6 +461,17 @@ impl Registry {
         path: &Path,
         rejoin: bool,
     ) -> Result<PluginReport, String> {
+        let (plugin, private) = self.copy_and_open(path).await?;
+        let opened = Opened {
+            plugin,
+            private,
+            key: key.to_path_buf(),
+        };
+        self.start(path, opened, rejoin).await
+    }
+
+    /// Copies file `path` privately and opens the copy (the plugin's own code runs then).
+    async fn copy_and_open(&self, path: &Path) -> Result<(plugin::Plugin, PrivateCopy), String> {
         let owned = path.to_path_buf();
         let copies = self.context.copies.clone();
         let spare = self.context.spare_copies;
@@ -362,12 +508,7 @@ impl Registry {
                 return Err(error);
             }
         };
-        let opened = Opened {
-            plugin,
-            private,
-            key: key.to_path_buf(),
-        };
-        self.start(path, opened, rejoin).await
+        Ok((plugin, private))
     }
 
     /// Joins the community of an opened plugin and starts its thread (a community the
@@ -662,6 +803,162 @@ impl Registry {
         Ok(report)
     }
 
+    /// The plugin file of running community `id` (its upgrade candidate, when it changed).
+    pub fn plugin_file(&self, id: &CommunityId) -> Option<PathBuf> {
+        lock(&self.state).running.get(id).map(|o| o.key.clone())
+    }
+
+    /// Live upgrade of a running community to plugin file `path` (README, "Upgrading a
+    /// plugin"): the file is copied privately and opened; it must define a community this node
+    /// runs (same master key), in a newer semver version unless `allow_downgrade`, keeping every
+    /// meta of the running definition with the same id and the same distribution kind (so every
+    /// stored message keeps a meta that reads it the same way). The switch runs on the
+    /// community's thread ([`Worker::upgrade`]); then the store records the new version and
+    /// metas, and the protocol task the new definition (`Command::Redefine`). The community's
+    /// file becomes `path` (its report shows the new version; the health shows `version`,
+    /// `previous_version` and `upgrades`). The old library stays mapped: abi_stable never
+    /// unloads one. Other communities are not touched.
+    pub async fn upgrade(
+        self: &Arc<Self>,
+        path: &Path,
+        allow_downgrade: bool,
+    ) -> Result<PluginReport, UpgradeError> {
+        let one_at_a_time = self.loading.clone().lock_owned().await;
+        let key = file_key(path);
+        let stamp = stamp(path);
+        let (plugin, private) = self.copy_and_open(path).await.map_err(UpgradeError::Load)?;
+        let new = plugin.definition.clone();
+        let id = new.id();
+        let (old, row, worker, old_key) = {
+            let state = lock(&self.state);
+            match (
+                state.definitions.get(&id),
+                state.workers.get(&id),
+                state.running.get(&id),
+            ) {
+                (Some((old, row, _)), Some(worker), Some(opened)) => {
+                    (old.clone(), *row, worker.clone(), opened.key.clone())
+                }
+                _ => {
+                    return Err(UpgradeError::NotRunning {
+                        path: path.to_path_buf(),
+                        community: id,
+                    });
+                }
+            }
+        };
+        check_upgrade(path, &old, &new, allow_downgrade)?;
+        let answer = worker
+            .upgrade(&plugin)
+            .map_err(|e| UpgradeError::Switch(e.into()))?;
+        let switch = Switch {
+            id,
+            new,
+            row,
+            path: path.to_path_buf(),
+            key,
+            old_key,
+            stamp,
+            plugin,
+            private,
+        };
+        // The switch goes on without the caller if it waits no longer: the registry records it
+        // once the community's thread answers (a long restore, a slow create()).
+        let registry = self.clone();
+        let finish = tokio::spawn(async move {
+            let _one_at_a_time = one_at_a_time;
+            let answer = answer
+                .await
+                .map_err(|_| UpgradeError::Switch(plugin::QueueError::Stopped.into()))?;
+            answer.map_err(UpgradeError::Switch)?;
+            registry.switched(switch).await
+        });
+        let wait = self.context.limits.deadline.max(UPGRADE_WAIT);
+        match tokio::time::timeout(wait, finish).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(UpgradeError::Stopping),
+            Err(_) => Err(UpgradeError::Pending {
+                name: old.name,
+                wait_ms: wait.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// The registry's part of a live upgrade, once the community's thread runs the new version.
+    async fn switched(&self, switch: Switch) -> Result<PluginReport, UpgradeError> {
+        let Switch {
+            id,
+            new,
+            row,
+            path,
+            key,
+            old_key,
+            stamp,
+            plugin,
+            private,
+        } = switch;
+        // The instance of the new version runs: record its version and metas, then teach the
+        // protocol task its definition (the metas it keeps decode the same meanwhile).
+        if let Err(error) = self.context.store.ensure_community(&new).await {
+            tracing::warn!(community = %id, %error, "recording the upgraded plugin's version and metas in the store failed");
+        }
+        let (reply, answer) = oneshot::channel();
+        let asked = self
+            .context
+            .commands
+            .send(Command::Redefine {
+                community: id,
+                definition: Box::new(new.clone()),
+                reply,
+            })
+            .await;
+        match (asked, answer.await) {
+            (Ok(()), Ok(Ok(()))) => {}
+            (Ok(()), Ok(Err(error))) => {
+                tracing::warn!(community = %id, %error, "the node did not take the upgraded definition");
+            }
+            _ => {
+                return Err(UpgradeError::Stopping);
+            }
+        }
+        let report = PluginReport {
+            path: path.clone(),
+            name: Some(new.name.clone()),
+            version: Some(new.version.clone()),
+            community: Some(id.to_hex()),
+            error: None,
+            sha256: Some(private.hash.to_string()),
+            copy: Some(private.path.clone()),
+            candidate: None,
+            health: None,
+        };
+        let mut state = lock(&self.state);
+        state.definitions.insert(id, (new.clone(), row, path));
+        if old_key != key {
+            if let Some(file) = state.files.get_mut(&old_key) {
+                file.loaded = None;
+                file.candidate = None;
+            }
+            state.reports.retain(|r| file_key(&r.path) != old_key);
+        }
+        state.reports.retain(|r| file_key(&r.path) != key);
+        state.reports.push(report.clone());
+        let file = state.files.entry(key.clone()).or_default();
+        file.loaded = Some(private.clone());
+        file.candidate = None;
+        file.stamp = stamp;
+        state.running.insert(
+            id,
+            Opened {
+                plugin,
+                private,
+                key,
+            },
+        );
+        drop(state);
+        Ok(report)
+    }
+
     /// Stops every community thread (after the queued jobs), waiting for them together at most
     /// `timeout`; a thread still running then (stuck in a plugin call) is left behind and
     /// logged. Blocking; returns the names of the communities left behind.
@@ -835,5 +1132,70 @@ mod tests {
         assert!(error.contains("libfirst.so"), "{error}");
         assert!(error.contains(&id.to_string()), "{error}");
         assert_eq!(registry.definition(&id).map(|(_, row)| row), Some(1));
+    }
+
+    #[test]
+    fn an_upgrade_needs_a_newer_version_and_keeps_every_meta_and_its_kind() {
+        let old = Definition {
+            name: "up".into(),
+            version: "1.2.0".into(),
+            master: KeyPair::from_secret(&[4u8; 32]).unwrap().public().clone(),
+            conversions: vec![Conversion::version(1).unwrap()],
+            metas: vec![MetaMessage {
+                id: 1,
+                name: "post".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Public,
+                distribution: Distribution::Direct,
+                destination: Destination::Community { node_count: 5 },
+                priority: 128,
+                batch_window: Duration::ZERO,
+            }],
+        };
+        let path = Path::new("libup.so");
+        let with = |version: &str| {
+            let mut new = old.clone();
+            new.version = version.into();
+            new
+        };
+        assert_eq!(check_upgrade(path, &old, &with("1.10.0"), false), Ok(()));
+        for version in ["1.2.0", "1.1.9", "1.2.0-beta"] {
+            let error = check_upgrade(path, &old, &with(version), false).unwrap_err();
+            assert!(matches!(error, UpgradeError::NotNewer { .. }), "{error}");
+            assert_eq!(check_upgrade(path, &old, &with(version), true), Ok(()));
+        }
+        let error = check_upgrade(path, &old, &with("two"), false).unwrap_err();
+        assert!(error.to_string().contains("`two`"), "{error}");
+
+        let mut added = with("1.3.0");
+        let mut extra = added.metas[0].clone();
+        extra.id = 2;
+        extra.name = "new".into();
+        added.metas.push(extra);
+        assert_eq!(
+            check_upgrade(path, &old, &added, false),
+            Ok(()),
+            "a new meta is fine"
+        );
+        let mut gone = with("1.3.0");
+        gone.metas[0].id = 3;
+        let error = check_upgrade(path, &old, &gone, false).unwrap_err();
+        assert!(
+            error.to_string().contains("meta post (id 1) is missing"),
+            "{error}"
+        );
+        let mut changed = with("1.3.0");
+        changed.metas[0].distribution = Distribution::FullSync {
+            sequence_numbers: false,
+            order: dispersy_core::meta::SyncOrder::Ascending,
+            pruning: None,
+        };
+        let error = check_upgrade(path, &old, &changed, false).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("meta post (id 1) changed its distribution"),
+            "{error}"
+        );
     }
 }

@@ -288,6 +288,34 @@ fn community_subcommands_change_a_running_node() {
     let error = String::from_utf8(out.stderr).unwrap();
     assert!(error.contains("40 hexadecimal digits"), "{error}");
     assert_eq!(error.trim().lines().count(), 1, "{error}");
+    // A live upgrade to the same build: refused (not newer) unless a downgrade is asked for.
+    let file = plugins.path().join("libexample_community.so");
+    let upgrade = |extra: &[&str]| {
+        dispersy()
+            .args(["plugin", "upgrade"])
+            .arg(&file)
+            .args(extra)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let out = upgrade(&[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is not newer than the running 0.1.0"),
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("409"),
+        "{out:?}"
+    );
+    let out = upgrade(&["--allow-downgrade"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"previous_version\": \"0.1.0\""),
+        "{out:?}"
+    );
     let stop = dispersy()
         .args(["api", "POST", "/v1/shutdown", "--data-dir"])
         .arg(data.path())

@@ -206,6 +206,8 @@ impl Community for ExampleCommunity {
             "duplicates": self.duplicates,
             "last_text": self.last_text,
             "posts": self.posts,
+            // The plugin build's version: after a live upgrade, the new code answers.
+            "version": env!("CARGO_PKG_VERSION"),
         })
     }
 }
@@ -279,7 +281,8 @@ mod tests {
         assert_eq!(host.receive(post).unwrap(), Verdict::Accept);
         assert_eq!(
             host.status().unwrap(),
-            json!({"received": 3, "duplicates": 1, "last_text": "two", "posts": 1})
+            json!({"received": 3, "duplicates": 1, "last_text": "two", "posts": 1,
+                   "version": env!("CARGO_PKG_VERSION")})
         );
         assert_eq!(host.logs().len(), 4); // started, and one line per example received
         assert_eq!(

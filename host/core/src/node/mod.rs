@@ -334,6 +334,25 @@ pub enum LeaveError {
     NotJoined(CommunityId),
 }
 
+/// Why a joined community's definition could not be replaced ([`Node::redefine`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedefineError {
+    /// The new definition is invalid.
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+    /// The new definition is of another community (another master key).
+    #[error("the new definition is of community {new}, not {joined}")]
+    OtherCommunity {
+        /// The community joined.
+        joined: CommunityId,
+        /// The new definition's community.
+        new: CommunityId,
+    },
+    /// Not joined (never, or left already).
+    #[error("community {0} is not joined")]
+    NotJoined(CommunityId),
+}
+
 /// Why a message could not be created.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CreateError {
@@ -565,6 +584,30 @@ impl Node {
         );
         self.communities.insert(id, community);
         Ok(id)
+    }
+
+    /// Replaces the definition of joined community `id` (a live upgrade of its plugin) without
+    /// leaving it: its candidates, sync state, global time, delayed messages and pending
+    /// requests stay; messages decoded from now on use the new metas and conversions. The new
+    /// definition must be valid and of the same community (same master key); the caller checks
+    /// that the metas the stored messages use stay compatible.
+    pub fn redefine(
+        &mut self,
+        id: CommunityId,
+        definition: Definition,
+    ) -> Result<(), RedefineError> {
+        definition.validate()?;
+        let new = definition.id();
+        if new != id {
+            return Err(RedefineError::OtherCommunity { joined: id, new });
+        }
+        match self.communities.get_mut(&id) {
+            Some(community) if community.definition.is_some() => {
+                community.definition = Some(definition);
+                Ok(())
+            }
+            _ => Err(RedefineError::NotJoined(id)),
+        }
     }
 
     /// Leaves joined community `id`: it is forgotten with its candidates, pending walks and

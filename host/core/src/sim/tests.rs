@@ -1513,3 +1513,45 @@ fn a_node_that_leaves_a_community_stops_taking_part_keeps_its_store_and_can_join
         "joined again, it syncs what it missed"
     );
 }
+
+#[test]
+fn a_redefined_community_keeps_its_candidates_and_sync_and_uses_the_new_definition() {
+    let mut sim = public_network(3);
+    sim.run_for(Duration::from_secs(10));
+    sim.create(2, id(), "post", b"before".to_vec(), &[])
+        .expect("created");
+    sim.run_for(Duration::from_secs(10));
+    assert!(received(&sim, 1, b"before"));
+    let members = verified_members(&sim, 1);
+    assert!(!members.is_empty(), "node 1 walked to its peers");
+    let stored = sim.stores[1].count(id());
+
+    let mut newer = definition();
+    newer.version = "0.2.0".into();
+    let mut other = definition();
+    other.master = Sim::key(998).public().clone();
+    assert!(matches!(
+        sim.nodes[1].redefine(id(), other.clone()),
+        Err(crate::node::RedefineError::OtherCommunity { .. })
+    ));
+    assert_eq!(
+        sim.nodes[1].redefine(other.id(), other.clone()),
+        Err(crate::node::RedefineError::NotJoined(other.id()))
+    );
+    sim.nodes[1].redefine(id(), newer).expect("joined");
+    let community = sim.nodes[1].community(&id()).expect("still joined");
+    assert_eq!(
+        community.definition.as_ref().map(|d| d.version.as_str()),
+        Some("0.2.0")
+    );
+    assert_eq!(verified_members(&sim, 1), members, "its candidates stay");
+    assert_eq!(sim.stores[1].count(id()), stored, "its store stays");
+
+    sim.create(2, id(), "post", b"after".to_vec(), &[])
+        .expect("created");
+    sim.create(1, id(), "post", b"from the new version".to_vec(), &[])
+        .expect("created with the new definition");
+    sim.run_for(Duration::from_secs(30));
+    assert!(received(&sim, 1, b"after"), "it goes on syncing");
+    assert!(received(&sim, 3, b"from the new version"));
+}

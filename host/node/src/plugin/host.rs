@@ -153,6 +153,12 @@ pub struct Health {
     pub restarts: u32,
     /// Restarts asked for by the operator (`POST /v1/communities/{id}/restart`) so far.
     pub operator_restarts: u32,
+    /// The version of the plugin running the community; `None` when left.
+    pub version: Option<String>,
+    /// The version it ran before its last live upgrade, if it was upgraded.
+    pub previous_version: Option<String>,
+    /// Live upgrades (and downgrades) of its plugin so far.
+    pub upgrades: u32,
 }
 
 impl Health {
@@ -177,6 +183,9 @@ impl Health {
             since_ms: None,
             restarts: 0,
             operator_restarts: 0,
+            version: None,
+            previous_version: None,
+            upgrades: 0,
         }
     }
 }
@@ -215,12 +224,16 @@ pub struct Shared {
     pub(super) operator_restarts: AtomicU32,
     /// Set to make the thread end after the job it is on, without running the queued ones.
     pub(super) stop_now: AtomicBool,
+    /// The running plugin's version and the one before its last live upgrade.
+    pub(super) versions: Mutex<(String, Option<String>)>,
+    /// Live upgrades so far.
+    pub(super) upgrades: AtomicU32,
 }
 
 impl Shared {
     /// Fresh state of community type `name` whose plugin calls have `deadline`: starting, no
     /// candidates, no counts, delivery numbers from 1.
-    pub(super) fn new(name: &str, deadline: Duration) -> Self {
+    pub(super) fn new(name: &str, version: &str, deadline: Duration) -> Self {
         Shared {
             global_time: AtomicU64::new(0),
             candidates: Mutex::new(Vec::new()),
@@ -235,6 +248,8 @@ impl Shared {
             restarts: AtomicU32::new(0),
             operator_restarts: AtomicU32::new(0),
             stop_now: AtomicBool::new(false),
+            versions: Mutex::new((version.to_owned(), None)),
+            upgrades: AtomicU32::new(0),
         }
     }
 
@@ -299,6 +314,7 @@ impl Shared {
     pub fn health(&self) -> Health {
         let restarts = self.restarts.load(Ordering::Relaxed);
         let life = lock(&self.life).clone();
+        let versions = lock(&self.versions).clone();
         let (state, reason, since) = match (life, self.stuck()) {
             (Life::Failed { reason, since }, _) => ("failed", Some(reason), Some(since)),
             (_, Some((call, since))) => (
@@ -324,6 +340,9 @@ impl Shared {
             since_ms: since.map(unix_ms),
             restarts,
             operator_restarts: self.operator_restarts.load(Ordering::Relaxed),
+            version: Some(versions.0),
+            previous_version: versions.1,
+            upgrades: self.upgrades.load(Ordering::Relaxed),
         }
     }
 

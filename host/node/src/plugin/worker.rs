@@ -146,6 +146,16 @@ pub enum Job {
         /// The answer: the state after it, or why not.
         reply: oneshot::Sender<Result<(), LifecycleError>>,
     },
+    /// A live upgrade: retire the instance (`retire(UPGRADE)`, leaked), create one from the new
+    /// library, restore it from the store, go live (see [`Worker::upgrade`]).
+    Upgrade {
+        /// Makes instances of the new version.
+        factory: Factory,
+        /// The new version's definition.
+        definition: Box<Definition>,
+        /// The answer: done, or why not (rolled back to the old version).
+        reply: oneshot::Sender<Result<(), LifecycleError>>,
+    },
     /// A timer was scheduled: recompute the wake-up time.
     Wake,
     /// Finish the jobs queued before this one, then end the thread.
@@ -242,13 +252,28 @@ pub enum LifecycleError {
         /// The plugin's error.
         reason: String,
     },
+    /// The new version's instance failed to be created or restored: the community was rolled
+    /// back to the version it ran before (a new instance of it).
+    #[error(
+        "community {community}: upgrade from {from} to {to} failed, rolled back to {from}: {reason}"
+    )]
+    Upgrade {
+        /// Community type name.
+        community: String,
+        /// The version it runs (again).
+        from: String,
+        /// The version refused.
+        to: String,
+        /// What failed.
+        reason: String,
+    },
     /// The job could not be queued, or its thread did not answer.
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
 
 /// Makes a new instance of the community (the plugin's `create()` with a fresh host handle).
-type Factory = Box<dyn FnMut() -> Result<CommunityBox, PluginError> + Send>;
+pub type Factory = Box<dyn FnMut() -> Result<CommunityBox, PluginError> + Send>;
 
 /// The answer of a community's first `create()`, sent by its thread.
 pub type Created = oneshot::Receiver<Result<(), PluginError>>;
@@ -261,6 +286,8 @@ pub struct Worker {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Disconnected once the thread has ended.
     done: Mutex<Receiver<()>>,
+    /// The host handle every instance gets a clone of (an upgraded one too).
+    host: HostHandle,
 }
 
 impl std::fmt::Debug for Worker {
@@ -301,6 +328,7 @@ impl Worker {
     ) -> Result<(Worker, Created), PluginError> {
         let shared = Arc::new(Shared::new(
             &context.definition.name,
+            &context.definition.version,
             context.limits.deadline,
         ));
         let (jobs, receiver) = std::sync::mpsc::sync_channel(context.limits.queue);
@@ -316,9 +344,7 @@ impl Worker {
             community_row: context.community_row,
             read_page: context.limits.read_page,
         };
-        let create = plugin.module.create();
-        let factory: Factory =
-            Box::new(move || create(HostApi_TO::from_value(host.clone(), TD_Opaque)).into_result());
+        let factory = factory(plugin, host.clone());
         let (created_tx, created) = oneshot::channel();
         let (done_tx, done) = std::sync::mpsc::channel::<()>();
         let thread_shared = shared.clone();
@@ -335,8 +361,41 @@ impl Worker {
             shared,
             thread: Mutex::new(Some(thread)),
             done: Mutex::new(done),
+            host,
         };
         Ok((worker, created))
+    }
+
+    /// Queues a live upgrade to `plugin` (a newer build of the same community, checked by the
+    /// registry): between jobs, the thread retires the instance (`retire(UPGRADE)`; it is leaked,
+    /// and its library is never unloaded), creates one from `plugin`, restores it from the store
+    /// and makes it live; deliveries that arrive meanwhile wait in the queue. If the new instance
+    /// cannot be created or restored, the thread rolls back: a new instance of the version it ran
+    /// ([`LifecycleError::Upgrade`]). A disabled community only switches its code (enable
+    /// creates the new version). Refused at once while stuck or with a full queue.
+    pub fn upgrade(
+        &self,
+        plugin: &Plugin,
+    ) -> Result<oneshot::Receiver<Result<(), LifecycleError>>, QueueError> {
+        if let Some((call, _)) = self.shared.stuck() {
+            return Err(QueueError::Stuck {
+                community: self.shared.name.clone(),
+                call,
+                deadline_ms: self.shared.deadline.as_millis() as u64,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .try_send(Job::Upgrade {
+                factory: factory(plugin, self.host.clone()),
+                definition: Box::new(plugin.definition.clone()),
+                reply,
+            })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => QueueError::Full,
+                TrySendError::Disconnected(_) => QueueError::Stopped,
+            })?;
+        Ok(answer)
     }
 
     /// The community type's name.
@@ -460,6 +519,12 @@ impl Worker {
         self.signal_stop();
         self.wait_stopped(Instant::now() + timeout)
     }
+}
+
+/// The factory of `plugin`'s instances, each with a clone of `host`.
+fn factory(plugin: &Plugin, host: HostHandle) -> Factory {
+    let create = plugin.module.create();
+    Box::new(move || create(HostApi_TO::from_value(host.clone(), TD_Opaque)).into_result())
 }
 
 struct DelayedMessage {
@@ -877,6 +942,13 @@ impl WorkerLoop {
             Job::Lifecycle { change, reply } => {
                 let _ = reply.send(self.change(change));
             }
+            Job::Upgrade {
+                factory,
+                definition,
+                reply,
+            } => {
+                let _ = reply.send(self.upgrade(factory, *definition));
+            }
             Job::Wake | Job::Stop => {}
         }
     }
@@ -919,6 +991,74 @@ impl WorkerLoop {
                 Ok(())
             }
         }
+    }
+
+    /// A live upgrade ([`Worker::upgrade`]), logged. The delayed messages stay (the new
+    /// instance's check sees them again); the old instance's timers are dropped; the new
+    /// instance gets a fresh budget of panic restarts.
+    fn upgrade(&mut self, factory: Factory, definition: Definition) -> Result<(), LifecycleError> {
+        let state = self.shared.health().state;
+        let from = self.context.definition.version.clone();
+        let to = definition.version.clone();
+        if state == "starting" {
+            return Err(LifecycleError::Conflict {
+                change: "upgrade",
+                community: self.shared.name.clone(),
+                state,
+                hint: "",
+            });
+        }
+        self.retire(abi::retire::UPGRADE);
+        lock(&self.shared.timers).clear();
+        self.restart_at = None;
+        let old_factory = std::mem::replace(&mut self.factory, factory);
+        let old_definition = std::mem::replace(&mut self.context.definition, definition);
+        if state == "disabled" {
+            self.switched(&from, &to, state);
+            return Ok(());
+        }
+        self.restarted.clear();
+        let failure = match self.create() {
+            Ok(()) if self.instance.is_some() => None,
+            Ok(()) => Some(
+                self.shared
+                    .health()
+                    .reason
+                    .unwrap_or_else(|| "its restore failed".to_owned()),
+            ),
+            Err(error) => Some(format!("create() failed: {}", error.message)),
+        };
+        let Some(reason) = failure else {
+            lock(&self.shared.stats).failed = None;
+            self.switched(&from, &to, state);
+            return Ok(());
+        };
+        // Roll back: the version it ran, in a new instance (its panics restart it as usual).
+        tracing::warn!(community = %self.shared.name, %from, %to, %reason, "live upgrade failed: rolling back to the version it ran");
+        if let Some(broken) = self.instance.take() {
+            std::mem::forget(broken);
+        }
+        lock(&self.shared.timers).clear();
+        self.restart_at = None;
+        self.factory = old_factory;
+        self.context.definition = old_definition;
+        self.restarted.clear();
+        if let Err(error) = self.create() {
+            self.panicked(format!("create() failed on roll-back: {}", error.message));
+        }
+        Err(LifecycleError::Upgrade {
+            community: self.shared.name.clone(),
+            from,
+            to,
+            reason,
+        })
+    }
+
+    /// Records and logs a switch from version `from` to `to` (the community was `state`).
+    fn switched(&self, from: &str, to: &str, state: &str) {
+        *lock(&self.shared.versions) = (to.to_owned(), Some(from.to_owned()));
+        let upgrades = self.shared.upgrades.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(community = %self.shared.name, %from, %to, was = state, upgrades, "community upgraded live: the new version's instance runs, restored from the store; the old code stays mapped (never unloaded)");
     }
 
     /// Retires the instance for `reason` ([`WorkerLoop::retire`]) and drops its timers, its

@@ -358,7 +358,11 @@ fn start_with(
         jobs_tx.send(job).unwrap();
     }
     let definition = definition();
-    let shared = Arc::new(Shared::new(&definition.name, limits.deadline));
+    let shared = Arc::new(Shared::new(
+        &definition.name,
+        &definition.version,
+        limits.deadline,
+    ));
     let release = Arc::new(AtomicBool::new(false));
     let lifecycle = history.is_some();
     let fake = {
@@ -883,4 +887,122 @@ fn a_restore_that_fails_takes_the_instance_down_like_a_panic() {
         let (log, _, _) = h.stop();
         assert!(!log.contains(&"live".to_string()), "{log:?}");
     }
+}
+
+/// A live upgrade job to version `version` whose factory logs `create {version}` and fails
+/// when `broken`; with the receiver of its answer.
+fn upgrade_job(
+    h: &Harness,
+    version: &str,
+    broken: bool,
+) -> (
+    Job,
+    tokio::sync::oneshot::Receiver<Result<(), super::LifecycleError>>,
+) {
+    let (log, release) = (h.log.clone(), h.release.clone());
+    let line = format!("create {version}");
+    let factory: super::Factory = Box::new(move || {
+        log.push(line.clone());
+        if broken {
+            return Err(PluginError::new(abi::ERROR_INTERNAL, "no luck"));
+        }
+        Ok(CommunityApi_TO::from_value(
+            FakeCommunity {
+                log: log.clone(),
+                delayed: HashSet::new(),
+                release: release.clone(),
+                lifecycle: true,
+            },
+            TD_Opaque,
+        ))
+    });
+    let mut definition = definition();
+    definition.version = version.to_owned();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job = Job::Upgrade {
+        factory,
+        definition: Box::new(definition),
+        reply,
+    };
+    (job, answer)
+}
+
+#[test]
+fn an_upgrade_retires_the_instance_then_restores_the_new_one_before_the_waiting_traffic() {
+    let history = rows(&[(1, 1, Some(ACCEPT))]);
+    let h = start_with(limits(), HashMap::new(), Vec::new(), Some((history, false)));
+    h.wait_state("live");
+    let (job, answer) = upgrade_job(&h, "2", false);
+    h.jobs.send(job).unwrap();
+    h.jobs
+        .send(deliver(1, vec![message(1, 6, ACCEPT, Some(peer()))]))
+        .unwrap();
+    let (log, _, shared) = h.stop();
+    assert_eq!(answer.blocking_recv().unwrap(), Ok(()));
+    let log: Vec<String> = log.into_iter().filter(|l| !l.starts_with("page")).collect();
+    assert_eq!(
+        log,
+        [
+            "create",
+            "restore [1] metas [1]",
+            "live",
+            "retire 2",
+            "create 2",
+            "restore [1] metas [1]",
+            "live",
+            "check 1 [6]",
+            "insert [6]",
+            "handle 1 [6]",
+            "retire 0",
+        ],
+        "the old instance retires (UPGRADE), the new one gets the history, then the delivery \
+         that waited in the queue"
+    );
+    let health = shared.health();
+    assert_eq!(health.version.as_deref(), Some("2"));
+    assert_eq!(health.previous_version.as_deref(), Some("1"));
+    assert_eq!(health.upgrades, 1);
+}
+
+#[test]
+fn a_failed_upgrade_rolls_back_to_a_new_instance_of_the_old_version() {
+    let history = rows(&[(1, 1, Some(ACCEPT))]);
+    let h = start_with(limits(), HashMap::new(), Vec::new(), Some((history, false)));
+    h.wait_state("live");
+    let (job, answer) = upgrade_job(&h, "2", true);
+    h.jobs.send(job).unwrap();
+    h.jobs
+        .send(deliver(1, vec![message(1, 6, ACCEPT, Some(peer()))]))
+        .unwrap();
+    let (log, _, shared) = h.stop();
+    let error = answer.blocking_recv().unwrap().unwrap_err();
+    assert!(
+        matches!(&error, super::LifecycleError::Upgrade { from, to, .. } if from == "1" && to == "2"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("no luck"), "{error}");
+    let log: Vec<String> = log.into_iter().filter(|l| !l.starts_with("page")).collect();
+    assert_eq!(
+        log,
+        [
+            "create",
+            "restore [1] metas [1]",
+            "live",
+            "retire 2",
+            "create 2",
+            "create",
+            "restore [1] metas [1]",
+            "live",
+            "check 1 [6]",
+            "insert [6]",
+            "handle 1 [6]",
+            "retire 0",
+        ],
+        "the old version runs again, restored, and handles the waiting delivery"
+    );
+    let health = shared.health();
+    assert_eq!(health.state, "live");
+    assert_eq!(health.version.as_deref(), Some("1"));
+    assert_eq!(health.previous_version, None);
+    assert_eq!(health.upgrades, 0);
 }
