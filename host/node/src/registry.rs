@@ -1100,14 +1100,15 @@ mod tests {
         assert_eq!(registry.reports().len(), 1, "one report per file");
     }
 
-    #[tokio::test]
-    async fn a_community_already_provided_by_another_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (registry, _commands) = registry(dir.path()).await;
-        let definition = Definition {
-            name: "twice".into(),
-            version: "1".into(),
-            master: KeyPair::from_secret(&[3u8; 32]).unwrap().public().clone(),
+    /// A definition with one direct meta `post`, its master key made from `secret`.
+    fn one_meta(name: &str, version: &str, secret: u8) -> Definition {
+        Definition {
+            name: name.into(),
+            version: version.into(),
+            master: KeyPair::from_secret(&[secret; 32])
+                .unwrap()
+                .public()
+                .clone(),
             conversions: vec![Conversion::version(1).unwrap()],
             metas: vec![MetaMessage {
                 id: 1,
@@ -1119,7 +1120,14 @@ mod tests {
                 priority: 128,
                 batch_window: Duration::ZERO,
             }],
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_community_already_provided_by_another_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, _commands) = registry(dir.path()).await;
+        let definition = one_meta("twice", "1", 3);
         let id = definition.id();
         let first = dir.path().join("libfirst.so");
         let second = dir.path().join("libsecond.so");
@@ -1136,22 +1144,7 @@ mod tests {
 
     #[test]
     fn an_upgrade_needs_a_newer_version_and_keeps_every_meta_and_its_kind() {
-        let old = Definition {
-            name: "up".into(),
-            version: "1.2.0".into(),
-            master: KeyPair::from_secret(&[4u8; 32]).unwrap().public().clone(),
-            conversions: vec![Conversion::version(1).unwrap()],
-            metas: vec![MetaMessage {
-                id: 1,
-                name: "post".into(),
-                authentication: Authentication::Member,
-                resolution: Resolution::Public,
-                distribution: Distribution::Direct,
-                destination: Destination::Community { node_count: 5 },
-                priority: 128,
-                batch_window: Duration::ZERO,
-            }],
-        };
+        let old = one_meta("up", "1.2.0", 4);
         let path = Path::new("libup.so");
         let with = |version: &str| {
             let mut new = old.clone();
