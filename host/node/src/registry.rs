@@ -63,6 +63,21 @@ pub struct PluginReport {
 }
 
 impl PluginReport {
+    /// The report of file `path` running `definition` from its private copy `private`.
+    fn loaded(path: &Path, definition: &Definition, private: &PrivateCopy) -> Self {
+        PluginReport {
+            path: path.to_path_buf(),
+            name: Some(definition.name.clone()),
+            version: Some(definition.version.clone()),
+            community: Some(definition.id().to_hex()),
+            error: None,
+            sha256: Some(private.hash.to_string()),
+            copy: Some(private.path.clone()),
+            candidate: None,
+            health: None,
+        }
+    }
+
     fn refused(path: &Path, error: impl ToString) -> Self {
         PluginReport {
             path: path.to_path_buf(),
@@ -540,17 +555,7 @@ impl Registry {
             tracing::info!(community = %id, name = %definition.name, path = %path.display(), "community not joined: the operator left it (POST /v1/communities/{id}/join joins it again)");
             let mut state = lock(&self.state);
             state.left.insert(id, opened);
-            return Ok(PluginReport {
-                path: path.to_path_buf(),
-                name: Some(definition.name.clone()),
-                version: Some(definition.version.clone()),
-                community: Some(id.to_hex()),
-                error: None,
-                sha256: Some(private.hash.to_string()),
-                copy: Some(private.path.clone()),
-                candidate: None,
-                health: None,
-            });
+            return Ok(PluginReport::loaded(path, &definition, &private));
         }
         if !auto_load {
             context
@@ -617,17 +622,7 @@ impl Registry {
                 tracing::warn!(community = %id, name = %definition.name, path = %path.display(), deadline_ms = deadline.as_millis() as u64, "community stuck: its plugin's create() runs past the deadline; the other plugins go on");
             }
         }
-        let report = PluginReport {
-            path: path.to_path_buf(),
-            name: Some(definition.name.clone()),
-            version: Some(definition.version.clone()),
-            community: Some(id.to_hex()),
-            error: None,
-            sha256: Some(private.hash.to_string()),
-            copy: Some(private.path.clone()),
-            candidate: None,
-            health: None,
-        };
+        let report = PluginReport::loaded(path, &definition, &private);
         let mut state = lock(&self.state);
         state.workers.insert(id, Arc::new(worker));
         state.left.remove(&id);
@@ -921,17 +916,7 @@ impl Registry {
                 return Err(UpgradeError::Stopping);
             }
         }
-        let report = PluginReport {
-            path: path.clone(),
-            name: Some(new.name.clone()),
-            version: Some(new.version.clone()),
-            community: Some(id.to_hex()),
-            error: None,
-            sha256: Some(private.hash.to_string()),
-            copy: Some(private.path.clone()),
-            candidate: None,
-            health: None,
-        };
+        let report = PluginReport::loaded(&path, &new, &private);
         let mut state = lock(&self.state);
         state.definitions.insert(id, (new.clone(), row, path));
         if old_key != key {

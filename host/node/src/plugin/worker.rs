@@ -377,25 +377,11 @@ impl Worker {
         &self,
         plugin: &Plugin,
     ) -> Result<oneshot::Receiver<Result<(), LifecycleError>>, QueueError> {
-        if let Some((call, _)) = self.shared.stuck() {
-            return Err(QueueError::Stuck {
-                community: self.shared.name.clone(),
-                call,
-                deadline_ms: self.shared.deadline.as_millis() as u64,
-            });
-        }
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .try_send(Job::Upgrade {
-                factory: factory(plugin, self.host.clone()),
-                definition: Box::new(plugin.definition.clone()),
-                reply,
-            })
-            .map_err(|e| match e {
-                TrySendError::Full(_) => QueueError::Full,
-                TrySendError::Disconnected(_) => QueueError::Stopped,
-            })?;
-        Ok(answer)
+        self.ask(|reply| Job::Upgrade {
+            factory: factory(plugin, self.host.clone()),
+            definition: Box::new(plugin.definition.clone()),
+            reply,
+        })
     }
 
     /// The community type's name.
@@ -463,6 +449,16 @@ impl Worker {
         &self,
         change: Change,
     ) -> Result<oneshot::Receiver<Result<(), LifecycleError>>, QueueError> {
+        self.ask(|reply| Job::Lifecycle { change, reply })
+    }
+
+    /// Queues the job `job` makes of a reply channel, refused at once while the community is
+    /// stuck (its thread is in the plugin) or its queue is full; the answer comes on the
+    /// returned receiver once the thread ran it.
+    fn ask(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<(), LifecycleError>>) -> Job,
+    ) -> Result<oneshot::Receiver<Result<(), LifecycleError>>, QueueError> {
         if let Some((call, _)) = self.shared.stuck() {
             return Err(QueueError::Stuck {
                 community: self.shared.name.clone(),
@@ -471,12 +467,10 @@ impl Worker {
             });
         }
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .try_send(Job::Lifecycle { change, reply })
-            .map_err(|e| match e {
-                TrySendError::Full(_) => QueueError::Full,
-                TrySendError::Disconnected(_) => QueueError::Stopped,
-            })?;
+        self.jobs.try_send(job(reply)).map_err(|e| match e {
+            TrySendError::Full(_) => QueueError::Full,
+            TrySendError::Disconnected(_) => QueueError::Stopped,
+        })?;
         Ok(answer)
     }
 
