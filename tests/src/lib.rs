@@ -136,6 +136,43 @@ impl TestNode {
             .unwrap_or(Value::Null)
     }
 
+    /// The report of the file that provides `community` in `GET /v1/plugins` (Null if none).
+    pub async fn plugin_report(&self, community: &str) -> Value {
+        let list = self.get("/v1/plugins").await;
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["community"] == community)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// `method path` with an optional JSON `body`: the status and the JSON answer (Null when
+    /// the answer is not JSON).
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, text) = self
+            .client
+            .raw(
+                method,
+                path,
+                body.map(|b| b.to_string()),
+                Some(self.client.token()),
+            )
+            .await
+            .unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let (_, text) = self
+            .client
+            .raw("GET", "/metrics", None, Some(self.client.token()))
+            .await
+            .unwrap();
+        text
+    }
+
     /// Counter `reason` of the node's dropped packets, read by its name in the control API.
     pub async fn dropped(&self, reason: DropReason) -> u64 {
         self.get("/v1/node").await["stats"]["dropped"][reason.as_str()]

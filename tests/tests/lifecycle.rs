@@ -12,12 +12,7 @@ use serde_json::{Value, json};
 
 /// `method path` on `node`: status and JSON answer.
 async fn call(node: &TestNode, method: &str, path: &str) -> (u16, Value) {
-    let (status, text) = node
-        .client
-        .raw(method, path, None, Some(node.client.token()))
-        .await
-        .unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    node.call(method, path, None).await
 }
 
 /// Sends a direct `example` message with `text` from `from` to its peers.
@@ -65,19 +60,9 @@ async fn disable_enable_and_restart_change_only_that_community() {
     let (code, error) = call(&b, "POST", &format!("{base}/restart")).await;
     assert_eq!(code, 409, "{error}");
     assert_eq!(b.community(EXAMPLE).await["plugin"]["state"], "disabled");
-    let plugins_list = b.get("/v1/plugins").await;
-    let entry = plugins_list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["community"] == EXAMPLE)
-        .unwrap();
+    let entry = b.plugin_report(EXAMPLE).await;
     assert_eq!(entry["health"]["state"], "disabled", "{entry}");
-    let (_, metrics) = b
-        .client
-        .raw("GET", "/metrics", None, Some(b.client.token()))
-        .await
-        .unwrap();
+    let metrics = b.metrics().await;
     assert!(
         metrics.contains(&format!(
             "dispersy_plugin_state{{community=\"{EXAMPLE}\",state=\"disabled\"}} 1"
@@ -165,15 +150,6 @@ fn joined(list: &Value, id: &str) -> bool {
     list.as_array().unwrap().iter().any(|c| c["id"] == id)
 }
 
-fn plugin_state(list: &Value, id: &str) -> Value {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["community"] == id)
-        .map(|p| p["health"]["state"].clone())
-        .unwrap_or(Value::Null)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_left_community_stays_left_until_joined_again_and_keeps_its_messages() {
     let plugins = plugin_dir(&["example_community", "probe_community"]);
@@ -200,10 +176,7 @@ async fn a_left_community_stays_left_until_joined_again_and_keeps_its_messages()
     assert_eq!(code, 200, "{answer}");
     assert!(!joined(&node.get("/v1/communities").await, EXAMPLE));
     assert!(joined(&node.get("/v1/communities").await, PROBE));
-    assert_eq!(
-        plugin_state(&node.get("/v1/plugins").await, EXAMPLE),
-        "left"
-    );
+    assert_eq!(node.plugin_report(EXAMPLE).await["health"]["state"], "left");
     let (code, _) = call(&node, "GET", &format!("{base}/messages?stored=true")).await;
     assert_eq!(code, 404);
     let (code, error) = call(&node, "DELETE", &base).await;
@@ -225,20 +198,14 @@ async fn a_left_community_stays_left_until_joined_again_and_keeps_its_messages()
     drop(handle);
     node.client.post("/v1/plugins", &json!({})).await.unwrap();
     assert!(!joined(&node.get("/v1/communities").await, EXAMPLE));
-    assert_eq!(
-        plugin_state(&node.get("/v1/plugins").await, EXAMPLE),
-        "left"
-    );
+    assert_eq!(node.plugin_report(EXAMPLE).await["health"]["state"], "left");
     node.stop().await;
 
     // Nor does a restart of the node.
     let node = start().await;
     assert!(!joined(&node.get("/v1/communities").await, EXAMPLE));
     assert!(joined(&node.get("/v1/communities").await, PROBE));
-    assert_eq!(
-        plugin_state(&node.get("/v1/plugins").await, EXAMPLE),
-        "left"
-    );
+    assert_eq!(node.plugin_report(EXAMPLE).await["health"]["state"], "left");
 
     // Joined again: its stored messages are there, and it stays joined across a restart.
     let (code, report) = call(&node, "POST", &format!("{base}/join")).await;

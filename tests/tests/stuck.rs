@@ -59,19 +59,9 @@ async fn a_stuck_handler_is_reported_and_the_node_goes_on_and_stops() {
         "{plugin}"
     );
     assert!(plugin["since_ms"].as_u64().unwrap() > 0, "{plugin}");
-    let plugins_list = b.get("/v1/plugins").await;
-    let entry = plugins_list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["community"] == FAULTY)
-        .unwrap();
+    let entry = b.plugin_report(FAULTY).await;
     assert_eq!(entry["health"]["state"], "stuck", "{entry}");
-    let (_, metrics) = b
-        .client
-        .raw("GET", "/metrics", None, Some(b.client.token()))
-        .await
-        .unwrap();
+    let metrics = b.metrics().await;
     assert!(
         metrics.contains(&format!(
             "dispersy_plugin_state{{community=\"{FAULTY}\",state=\"stuck\"}} 1"

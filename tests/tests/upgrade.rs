@@ -12,17 +12,7 @@ use serde_json::{Value, json};
 
 /// `POST /v1/plugins/upgrade` with `body` on `node`: status and JSON answer.
 async fn upgrade(node: &TestNode, body: Value) -> (u16, Value) {
-    let (status, text) = node
-        .client
-        .raw(
-            "POST",
-            "/v1/plugins/upgrade",
-            Some(body.to_string()),
-            Some(node.client.token()),
-        )
-        .await
-        .unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    node.call("POST", "/v1/plugins/upgrade", Some(body)).await
 }
 
 /// The `plugin` view of `community` at `node`.
@@ -159,11 +149,7 @@ async fn a_newer_version_takes_over_while_a_peer_sends_and_nothing_is_lost() {
     let view = plugin(&b, EXAMPLE).await;
     assert_eq!(view["status"]["posts"], N, "restored again: {view}");
     assert_eq!(view["status"]["version"], "0.1.0", "{view}");
-    let (_, metrics) = b
-        .client
-        .raw("GET", "/metrics", None, Some(b.client.token()))
-        .await
-        .unwrap();
+    let metrics = b.metrics().await;
     assert!(
         metrics.contains(&format!(
             "dispersy_plugin_upgrades_total{{community=\"{EXAMPLE}\"}} 2"

@@ -9,17 +9,7 @@ use serde_json::{Value, json};
 
 /// `POST /v1/plugins/upgrade` with `body` on `node`: status and JSON answer.
 async fn upgrade(node: &TestNode, body: Value) -> (u16, Value) {
-    let (status, text) = node
-        .client
-        .raw(
-            "POST",
-            "/v1/plugins/upgrade",
-            Some(body.to_string()),
-            Some(node.client.token()),
-        )
-        .await
-        .unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    node.call("POST", "/v1/plugins/upgrade", Some(body)).await
 }
 
 /// The resident memory of this process (the nodes run in it), in KiB.

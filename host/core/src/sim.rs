@@ -139,10 +139,10 @@ impl Store {
                 Some((m, Entry::of(&m.message, meta)?))
             })
             .collect();
-        let entries: Vec<Entry> = persistent.iter().map(|(_, e)| e.clone()).collect();
+        let (messages, entries): (Vec<_>, Vec<Entry>) = persistent.into_iter().unzip();
         let outcomes = self.0.insert(definition.id(), &entries);
         let mut report = Report::default();
-        for ((m, entry), outcome) in persistent.into_iter().zip(outcomes) {
+        for ((m, entry), outcome) in messages.into_iter().zip(&entries).zip(outcomes) {
             report.file(m.clone(), entry.hash, outcome);
         }
         report

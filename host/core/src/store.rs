@@ -14,7 +14,8 @@
 //!   ([`Outcome::Duplicate`]).
 //! - Sync reads see only syncable rows (priority above 32) in (global time, row id) order; the
 //!   rows of a range are read meta by meta in each meta's order.
-//! - Row ids grow with insertion; a new version of a message keeps its row id.
+//! - A new row gets the highest row id + 1, as SQLite assigns them (so an id freed at the top
+//!   by a deletion may be given again); a new version of a message keeps its row id.
 //!
 //! [`Entry`] is what a store is given, [`Outcome`] what it answers for each entry. The SQLite
 //! store of `host/node` and `memory::Store` (feature `memory-store`), the reference the simulation runs on, implement

@@ -154,10 +154,7 @@ fn main() -> ExitCode {
             method,
             path,
             body,
-        } => match runtime().and_then(|rt| rt.block_on(api(data_dir, method, path, body))) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => fail(error),
-        },
+        } => block(api(data_dir, method, path, body)),
         Cmd::Plugin {
             action:
                 PluginAction::Upgrade {
@@ -175,10 +172,7 @@ fn main() -> ExitCode {
                 "/v1/plugins/upgrade".to_owned(),
                 Some(body.to_string()),
             );
-            match runtime().and_then(|rt| rt.block_on(call)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => fail(error),
-            }
+            block(call)
         }
         Cmd::Community {
             action,
@@ -191,11 +185,7 @@ fn main() -> ExitCode {
                 ));
             }
             let (method, path) = action.request(&id);
-            match runtime().and_then(|rt| rt.block_on(api(data_dir, method.to_owned(), path, None)))
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => fail(error),
-            }
+            block(api(data_dir, method.to_owned(), path, None))
         }
         Cmd::NewPlugin {
             name,
@@ -247,6 +237,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// Runs `call` on a new runtime: success, or its error as one line.
+fn block(call: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match runtime().and_then(|rt| rt.block_on(call)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(error),
+    }
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {

@@ -155,39 +155,31 @@ impl Protocol {
                 conversion,
                 payload,
                 candidates,
-                co_signer: Some((key, address)),
+                co_signer,
                 reply,
             } => {
-                let requested = self.node.request_signature_in(
-                    now,
-                    community,
-                    &meta,
-                    conversion.as_deref(),
-                    payload,
-                    key,
-                    address,
-                    &candidates,
-                );
-                self.started(community, &meta, requested, reply);
-            }
-            Command::Create {
-                community,
-                meta,
-                conversion,
-                payload,
-                candidates,
-                co_signer: None,
-                reply,
-            } => {
-                let created = self.node.create_message_in(
-                    now,
-                    community,
-                    &meta,
-                    conversion.as_deref(),
-                    payload,
-                    &candidates,
-                );
-                self.started(community, &meta, created, reply);
+                let conversion = conversion.as_deref();
+                let started = match co_signer {
+                    Some((key, address)) => self.node.request_signature_in(
+                        now,
+                        community,
+                        &meta,
+                        conversion,
+                        payload,
+                        key,
+                        address,
+                        &candidates,
+                    ),
+                    None => self.node.create_message_in(
+                        now,
+                        community,
+                        &meta,
+                        conversion,
+                        payload,
+                        &candidates,
+                    ),
+                };
+                self.started(community, &meta, started, reply);
             }
             Command::Join {
                 definition,

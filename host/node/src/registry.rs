@@ -755,9 +755,8 @@ impl Registry {
             _ => return Err(failed("the node is stopping".to_owned())),
         }
         if let Some(worker) = worker {
-            worker.signal_stop();
-            let deadline = std::time::Instant::now() + self.context.limits.deadline;
-            let ended = tokio::task::spawn_blocking(move || worker.wait_stopped(deadline))
+            let deadline = self.context.limits.deadline;
+            let ended = tokio::task::spawn_blocking(move || worker.stop(deadline))
                 .await
                 .unwrap_or(false);
             if !ended {

@@ -260,7 +260,7 @@ impl Node {
                 Err(CreateError::Refused(refusal))
             }
         };
-        self.push(Event::Created {
+        self.push_event(Event::Created {
             community,
             request,
             result,
@@ -322,7 +322,7 @@ impl Node {
                 });
             match signed {
                 Ok(()) => return,
-                Err(error) => self.push(Event::Created {
+                Err(error) => self.push_event(Event::Created {
                     community,
                     request: queued.request,
                     result: Err(error),
@@ -338,7 +338,7 @@ impl Node {
         // Those waiting to be signed first, so that none of them is signed only to expire.
         while let Some(position) = self.queued.iter().position(|q| q.deadline <= now) {
             if let Some(queued) = self.queued.remove(position) {
-                self.push(Event::Created {
+                self.push_event(Event::Created {
                     community: queued.community,
                     request: queued.request,
                     result: Err(CreateError::CheckTimeout(timeout)),
@@ -357,7 +357,7 @@ impl Node {
                 continue;
             };
             let community = checking.community;
-            self.push(Event::Created {
+            self.push_event(Event::Created {
                 community,
                 request,
                 result: Err(CreateError::CheckTimeout(timeout)),
@@ -621,6 +621,7 @@ impl Node {
             return Err(DropReason::UnknownCommunity);
         };
         let prune = c.prune_thresholds();
+        c.stats.messages_received += batches.iter().map(|(_, m)| m.len() as u64).sum::<u64>();
         for (meta, conversion) in unreadable {
             self.push_event(Event::Unreadable {
                 community: id,
@@ -636,9 +637,6 @@ impl Node {
             });
         }
         for (meta, messages) in batches {
-            if let Some(c) = self.communities.get_mut(&id) {
-                c.stats.messages_received += messages.len() as u64;
-            }
             self.push_event(Event::Messages {
                 community: id,
                 meta,

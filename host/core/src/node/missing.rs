@@ -114,7 +114,7 @@ impl Node {
     fn apply(&mut self, outcome: Outcome) {
         for (community, incoming) in outcome.resumed {
             let meta = incoming.message.message.message_type;
-            self.push(Event::Messages {
+            self.push_event(Event::Messages {
                 community,
                 meta,
                 messages: vec![incoming],
@@ -285,7 +285,7 @@ impl Node {
                 deadline: now + self.config.sync.store_timeout,
             },
         );
-        self.push(Event::ReadPackets {
+        self.push_event(Event::ReadPackets {
             request,
             community,
             lookup,

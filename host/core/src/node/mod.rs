@@ -639,7 +639,7 @@ impl Node {
         ended.extend(self.forget_created(id));
         ended.sort_unstable();
         for request in ended {
-            self.push(Event::Created {
+            self.push_event(Event::Created {
                 community: id,
                 request,
                 result: Err(CreateError::UnknownCommunity(id)),
@@ -881,10 +881,6 @@ impl Node {
         for community in self.communities.values_mut() {
             community.candidates.remove(&own);
         }
-    }
-
-    fn push(&mut self, event: Event) {
-        self.push_event(event);
     }
 
     fn next_request_id(&mut self) -> RequestId {

@@ -147,7 +147,7 @@ impl Node {
         }
         let ask = self.next_request_id();
         let community = m.message.community;
-        self.push(Event::SignatureAsked {
+        self.push_event(Event::SignatureAsked {
             community,
             ask,
             message: m.message.clone(),
@@ -209,7 +209,7 @@ impl Node {
             return Err(DropReason::UnexpectedSignatureResponse);
         };
         if m.descriptor != pending.descriptor {
-            self.push(Event::Created {
+            self.push_event(Event::Created {
                 community: pending.community,
                 request: RequestId(m.request),
                 result: Err(SignError::Modified.into()),
@@ -242,7 +242,7 @@ impl Node {
             .collect();
         for request in expired {
             if let Some(pending) = self.signing.remove(&request) {
-                self.push(Event::Created {
+                self.push_event(Event::Created {
                     community: pending.community,
                     request,
                     result: Err(SignError::Timeout.into()),

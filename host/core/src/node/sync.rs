@@ -118,7 +118,7 @@ impl Node {
                     deadline: now + timeout,
                     follow_up: false,
                 });
-                self.push(Event::SyncQuery {
+                self.push_event(Event::SyncQuery {
                     community: id,
                     query,
                 });
@@ -189,7 +189,7 @@ impl Node {
             deadline: now + self.config.sync.store_timeout,
             follow_up: true,
         });
-        self.push(Event::SyncQuery {
+        self.push_event(Event::SyncQuery {
             community: id,
             query,
         });
@@ -340,7 +340,7 @@ impl Node {
                 deadline: now + timeout,
             },
         );
-        self.push(Event::SyncRows {
+        self.push_event(Event::SyncRows {
             community,
             request,
             range,
@@ -370,7 +370,7 @@ impl Node {
         if let Some(c) = self.communities.get_mut(&community) {
             c.sync.budgets.sent(to, &chosen);
         }
-        self.push(Event::SendPackets {
+        self.push_event(Event::SendPackets {
             request,
             rows: chosen.iter().map(|r| r.id).collect(),
         });

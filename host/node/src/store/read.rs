@@ -143,16 +143,8 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, member, global_time, meta, sequence, packet FROM sync
-             WHERE community = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-        )
-        .bind(community)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(stored_message).collect()
+        self.history(community, &HistoryQuery::all(after, limit))
+            .await
     }
 
     /// Stored messages of `community` matching `query`, in row-id order (the order they were
