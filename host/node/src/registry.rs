@@ -218,10 +218,10 @@ pub struct InstanceReport {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InstanceError {
     /// No loaded plugin defines this type.
-    #[error("no loaded plugin defines community type {0:?} (GET /v1/plugins lists them)")]
+    #[error("no loaded plugin defines community type `{0}` (GET /v1/plugins lists them)")]
     UnknownType(String),
     /// Several loaded plugins have this name.
-    #[error("several loaded plugins are named {name:?}; give the id of the type's own community instead: {}", ids.join(", "))]
+    #[error("several loaded plugins are named `{name}`; give the id of the type's own community instead: {}", ids.join(", "))]
     AmbiguousType {
         /// The name.
         name: String,
