@@ -894,9 +894,11 @@ impl Registry {
         }
         if let Some(worker) = worker {
             let deadline = self.context.limits.deadline;
-            let ended = tokio::task::spawn_blocking(move || worker.stop(deadline))
-                .await
-                .unwrap_or(false);
+            let ended = tokio::task::spawn_blocking(move || {
+                worker.stop(deadline, dispersy_plugin_api::abi::retire::LEAVE)
+            })
+            .await
+            .unwrap_or(false);
             if !ended {
                 tracing::warn!(community = %id, %name, "the left community's thread did not end within the plugin call deadline; left behind");
             }
