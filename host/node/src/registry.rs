@@ -154,6 +154,14 @@ struct State {
     types: HashMap<CommunityId, Opened>,
 }
 
+impl State {
+    /// Makes `report` the report of the file of key `key`, replacing its earlier one.
+    fn file_report(&mut self, key: &Path, report: PluginReport) {
+        self.reports.retain(|r| file_key(&r.path) != key);
+        self.reports.push(report);
+    }
+}
+
 /// A loaded plugin, its private copy and the key of its file; `plugin.definition` is the one of
 /// the community it runs (an instance has its own master key), `kind` the id of its type's own
 /// community.
@@ -524,8 +532,7 @@ impl Registry {
         };
         let mut state = lock(&self.state);
         state.files.entry(key.clone()).or_default().stamp = stamp;
-        state.reports.retain(|r| file_key(&r.path) != key);
-        state.reports.push(report.clone());
+        state.file_report(&key, report.clone());
         report
     }
 
@@ -932,8 +939,7 @@ impl Registry {
                     reason,
                 })?;
         let mut state = lock(&self.state);
-        state.reports.retain(|r| file_key(&r.path) != key);
-        state.reports.push(report.clone());
+        state.file_report(&key, report.clone());
         Ok(report)
     }
 
@@ -1184,8 +1190,7 @@ impl Registry {
             }
             state.reports.retain(|r| file_key(&r.path) != old_key);
         }
-        state.reports.retain(|r| file_key(&r.path) != key);
-        state.reports.push(report.clone());
+        state.file_report(&key, report.clone());
         let file = state.files.entry(key.clone()).or_default();
         file.loaded = Some(private.clone());
         file.candidate = None;
