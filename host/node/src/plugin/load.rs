@@ -3,14 +3,22 @@
 //! Loading uses `lib_header_from_path` + `init_root_module` (never `RootModule::load_from_*`,
 //! which caches one module per interface type per process). abi_stable checks the plugin-api
 //! version and the layout of every type crossing the boundary; a mismatch is reported in one line
-//! naming the file, with abi_stable's full report at debug level. Libraries are never unloaded.
+//! naming the file, with abi_stable's full report at debug level. A plugin built against an
+//! older patch release of plugin-api fails abi_stable's check only because the traits it knows
+//! have fewer methods; it is loaded once its layout passes the check the other way round
+//! (`older_patch`). Libraries are never unloaded.
 //! The registry loads a private copy of each file ([`load_from`], [`super::copy`]), never the
 //! operator's file itself.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::StableAbi;
+use abi_stable::abi_stability::abi_checking::{
+    CheckingGlobals, check_layout_compatibility_with_globals,
+};
+use abi_stable::library::{LibHeader, LibraryError, RootModule, lib_header_from_path};
+use abi_stable::sabi_types::VersionNumber;
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, PublicKey};
 use dispersy_core::meta::{
@@ -158,7 +166,12 @@ pub fn load_from(path: &Path, library: &Path) -> Result<Plugin, LoadError> {
         }
         other => open_error(first_line(&other.to_string())),
     })?;
-    let module = header.init_root_module::<PluginModuleRef>().map_err(|e| {
+    let module = match header.init_root_module::<PluginModuleRef>() {
+        Err(LibraryError::AbiInstability(report)) => older_patch(path, header)
+            .unwrap_or(Err(LibraryError::AbiInstability(report))),
+        checked => checked,
+    }
+    .map_err(|e| {
         tracing::debug!(path = %path.display(), library = %library.display(), report = %e, "plugin ABI report");
         match e {
             LibraryError::AbiInstability(_) => LoadError::Incompatible {
@@ -198,6 +211,41 @@ pub fn load_from(path: &Path, library: &Path) -> Result<Plugin, LoadError> {
         module,
         definition,
     })
+}
+
+/// The root module of a plugin built against an older patch release of the host's plugin-api
+/// (0.2.0 in a 0.2.1 host), or `None` when it is not one. abi_stable's layout check lets a
+/// library's prefix types (the root module and the vtables of `HostApi` and `CommunityApi`) have
+/// more fields than the loader's, never fewer; so the methods a patch release appends to those
+/// traits make every plugin built before it fail the check ("too many fields"), although the
+/// append-only rule (plugin-api CHANGELOG) is meant to keep such plugins loading. Such a plugin
+/// is taken when its plugin-api has the host's major and minor version and a lower patch, and
+/// its layout passes the check the other way round (the plugin's layout as the interface, the
+/// host's as the implementation): then every type crossing the boundary is the host's, except
+/// that each prefix type of the plugin is a prefix of the host's. That is sound: the plugin calls
+/// only the host methods it knows, and the host's call of a method that the plugin's vtable lacks
+/// runs the method's default body (abi_stable reads what a vtable holds from the vtable itself).
+fn older_patch(
+    path: &Path,
+    header: &'static LibHeader,
+) -> Option<Result<PluginModuleRef, LibraryError>> {
+    let host = VersionNumber::new(PluginModuleRef::VERSION_STRINGS).ok()?;
+    let plugin = VersionNumber::new(header.version_strings()).ok()?;
+    if plugin.major != host.major || plugin.minor != host.minor || plugin.patch >= host.patch {
+        return None;
+    }
+    // With globals of its own: abi_stable's process-wide ones remember every prefix type checked
+    // (to merge what later libraries bring), and a check in this direction would mislead them
+    // into refusing the next plugin built against the host's own version.
+    check_layout_compatibility_with_globals(
+        header.layout()?,
+        <PluginModuleRef as StableAbi>::LAYOUT,
+        &CheckingGlobals::new(),
+    )
+    .ok()?;
+    tracing::info!(path = %path.display(), plugin_api = %plugin, host_api = %host, "plugin built against an older plugin-api: the calls appended since are absent for it");
+    // SAFETY: the layout was checked just above, in the direction that fits an older plugin.
+    Some(unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() })
 }
 
 /// Converts and validates a plugin's raw definition.
