@@ -99,8 +99,11 @@ pub enum LoadError {
     },
 }
 
-/// The plugin-api version this host was built with.
-pub const HOST_API_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The plugin-api version this host was built with (the version abi_stable compares with a
+/// plugin's; not this crate's own).
+pub fn host_api_version() -> &'static str {
+    PluginModuleRef::VERSION_STRINGS.version.as_str()
+}
 
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or("").trim().to_owned()
@@ -177,12 +180,12 @@ pub fn load_from(path: &Path, library: &Path) -> Result<Plugin, LoadError> {
             LibraryError::AbiInstability(_) => LoadError::Incompatible {
                 path: path.to_path_buf(),
                 reason: "type layouts differ".into(),
-                host: HOST_API_VERSION,
+                host: host_api_version(),
             },
             LibraryError::IncompatibleVersionNumber { .. } => LoadError::Incompatible {
                 path: path.to_path_buf(),
                 reason: first_line(&e.to_string()),
-                host: HOST_API_VERSION,
+                host: host_api_version(),
             },
             other => library_error(first_line(&other.to_string())),
         }
@@ -199,7 +202,7 @@ pub fn load_from(path: &Path, library: &Path) -> Result<Plugin, LoadError> {
                 "ABI version {version}, the host speaks {}",
                 abi::ABI_VERSION
             ),
-            host: HOST_API_VERSION,
+            host: host_api_version(),
         });
     }
     let raw = (module.definition())()
@@ -343,4 +346,19 @@ fn meta_from_raw(raw: &MetaDef) -> Result<MetaMessage, String> {
         priority: raw.priority,
         batch_window: Duration::from_millis(u64::from(raw.batch_window_ms)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_api_version;
+
+    #[test]
+    fn the_host_api_version_is_plugin_api_s_package_version() {
+        let manifest = include_str!("../../../../plugin-api/Cargo.toml");
+        let line = format!("\nversion = \"{}\"\n", host_api_version());
+        assert!(
+            manifest.contains(&line),
+            "{line:?} not in plugin-api/Cargo.toml"
+        );
+    }
 }
