@@ -3,14 +3,22 @@
 //! Loading uses `lib_header_from_path` + `init_root_module` (never `RootModule::load_from_*`,
 //! which caches one module per interface type per process). abi_stable checks the plugin-api
 //! version and the layout of every type crossing the boundary; a mismatch is reported in one line
-//! naming the file, with abi_stable's full report at debug level. Libraries are never unloaded.
+//! naming the file, with abi_stable's full report at debug level. A plugin built against an
+//! older patch release of plugin-api fails abi_stable's check only because the traits it knows
+//! have fewer methods; it is loaded once its layout passes the check the other way round
+//! (`older_patch`). Libraries are never unloaded.
 //! The registry loads a private copy of each file ([`load_from`], [`super::copy`]), never the
 //! operator's file itself.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::StableAbi;
+use abi_stable::abi_stability::abi_checking::{
+    CheckingGlobals, check_layout_compatibility_with_globals,
+};
+use abi_stable::library::{LibHeader, LibraryError, RootModule, lib_header_from_path};
+use abi_stable::sabi_types::VersionNumber;
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, PublicKey};
 use dispersy_core::meta::{
@@ -101,8 +109,11 @@ pub enum LoadError {
     },
 }
 
-/// The plugin-api version this host was built with.
-pub const HOST_API_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The plugin-api version this host was built with (the version abi_stable compares with a
+/// plugin's; not this crate's own).
+pub fn host_api_version() -> &'static str {
+    PluginModuleRef::VERSION_STRINGS.version.as_str()
+}
 
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or("").trim().to_owned()
@@ -168,18 +179,23 @@ pub fn load_from(path: &Path, library: &Path) -> Result<Plugin, LoadError> {
         }
         other => open_error(first_line(&other.to_string())),
     })?;
-    let module = header.init_root_module::<PluginModuleRef>().map_err(|e| {
+    let module = match header.init_root_module::<PluginModuleRef>() {
+        Err(LibraryError::AbiInstability(report)) => older_patch(path, header)
+            .unwrap_or(Err(LibraryError::AbiInstability(report))),
+        checked => checked,
+    }
+    .map_err(|e| {
         tracing::debug!(path = %path.display(), library = %library.display(), report = %e, "plugin ABI report");
         match e {
             LibraryError::AbiInstability(_) => LoadError::Incompatible {
                 path: path.to_path_buf(),
                 reason: "type layouts differ".into(),
-                host: HOST_API_VERSION,
+                host: host_api_version(),
             },
             LibraryError::IncompatibleVersionNumber { .. } => LoadError::Incompatible {
                 path: path.to_path_buf(),
                 reason: first_line(&e.to_string()),
-                host: HOST_API_VERSION,
+                host: host_api_version(),
             },
             other => library_error(first_line(&other.to_string())),
         }
@@ -196,7 +212,7 @@ pub fn load_from(path: &Path, library: &Path) -> Result<Plugin, LoadError> {
                 "ABI version {version}, the host speaks {}",
                 abi::ABI_VERSION
             ),
-            host: HOST_API_VERSION,
+            host: host_api_version(),
         });
     }
     let raw = (module.definition())()
@@ -208,6 +224,41 @@ pub fn load_from(path: &Path, library: &Path) -> Result<Plugin, LoadError> {
         module,
         definition,
     })
+}
+
+/// The root module of a plugin built against an older patch release of the host's plugin-api
+/// (0.2.0 in a 0.2.1 host), or `None` when it is not one. abi_stable's layout check lets a
+/// library's prefix types (the root module and the vtables of `HostApi` and `CommunityApi`) have
+/// more fields than the loader's, never fewer; so the methods a patch release appends to those
+/// traits make every plugin built before it fail the check ("too many fields"), although the
+/// append-only rule (plugin-api CHANGELOG) is meant to keep such plugins loading. Such a plugin
+/// is taken when its plugin-api has the host's major and minor version and a lower patch, and
+/// its layout passes the check the other way round (the plugin's layout as the interface, the
+/// host's as the implementation): then every type crossing the boundary is the host's, except
+/// that each prefix type of the plugin is a prefix of the host's. That is sound: the plugin calls
+/// only the host methods it knows, and the host's call of a method that the plugin's vtable lacks
+/// runs the method's default body (abi_stable reads what a vtable holds from the vtable itself).
+fn older_patch(
+    path: &Path,
+    header: &'static LibHeader,
+) -> Option<Result<PluginModuleRef, LibraryError>> {
+    let host = VersionNumber::new(PluginModuleRef::VERSION_STRINGS).ok()?;
+    let plugin = VersionNumber::new(header.version_strings()).ok()?;
+    if plugin.major != host.major || plugin.minor != host.minor || plugin.patch >= host.patch {
+        return None;
+    }
+    // With globals of its own: abi_stable's process-wide ones remember every prefix type checked
+    // (to merge what later libraries bring), and a check in this direction would mislead them
+    // into refusing the next plugin built against the host's own version.
+    check_layout_compatibility_with_globals(
+        header.layout()?,
+        <PluginModuleRef as StableAbi>::LAYOUT,
+        &CheckingGlobals::new(),
+    )
+    .ok()?;
+    tracing::info!(path = %path.display(), plugin_api = %plugin, host_api = %host, "plugin built against an older plugin-api: the calls appended since are absent for it");
+    // SAFETY: the layout was checked just above, in the direction that fits an older plugin.
+    Some(unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() })
 }
 
 /// Converts and validates a plugin's raw definition.
@@ -305,4 +356,19 @@ fn meta_from_raw(raw: &MetaDef) -> Result<MetaMessage, String> {
         priority: raw.priority,
         batch_window: Duration::from_millis(u64::from(raw.batch_window_ms)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_api_version;
+
+    #[test]
+    fn the_host_api_version_is_plugin_api_s_package_version() {
+        let manifest = include_str!("../../../../plugin-api/Cargo.toml");
+        let line = format!("\nversion = \"{}\"\n", host_api_version());
+        assert!(
+            manifest.contains(&line),
+            "{line:?} not in plugin-api/Cargo.toml"
+        );
+    }
 }

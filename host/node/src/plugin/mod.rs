@@ -13,7 +13,7 @@ pub mod worker;
 
 pub use host::{Delivered, Health, PluginStats, Shared, candidate_infos};
 pub use load::{
-    HOST_API_VERSION, LoadError, Plugin, definition_from_raw, discover, load, load_from,
+    LoadError, Plugin, definition_from_raw, discover, host_api_version, load, load_from,
 };
 pub use worker::{
     Change, Created, Job, LifecycleError, QueueError, Worker, WorkerContext, WorkerLimits,
