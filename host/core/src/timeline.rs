@@ -71,8 +71,9 @@
 //!   re-evaluated stored messages only after a revoke or a setting, over the range from its
 //!   global time to the local one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::ops::Bound::{Excluded, Unbounded};
 
 use sha2::{Digest, Sha256};
 
@@ -268,7 +269,14 @@ pub enum InsertError {
 /// The position of a record, or of an entry, in the fold: (global time, record id).
 type Position = (u64, RecordId);
 
+/// A permission of a member on a subject: what an entry is about, and what a record needs.
+type Key = (MemberId, Subject, Permission);
+
 /// The permission timeline of one community (see the module doc for its rules).
+///
+/// It keeps the fold of rule 2 up to date incrementally: an inserted record is judged against
+/// the entries before it, and a record already held is judged again only when an entry of a
+/// permission it needs changed before it (its validity depends on nothing else).
 #[derive(Debug, Clone)]
 pub struct Timeline {
     rules: Rules,
@@ -277,7 +285,9 @@ pub struct Timeline {
     records: BTreeMap<Position, Slot>,
     /// The global time of every record held, by id.
     times: HashMap<RecordId, u64>,
-    /// The fold of the valid records.
+    /// The records that need each permission (the master's need none).
+    dependents: HashMap<Key, BTreeSet<Position>>,
+    /// The effect of the valid records.
     state: State,
 }
 
@@ -301,7 +311,7 @@ struct Slot {
 /// order. Lists are never empty.
 #[derive(Debug, Clone, Default)]
 struct State {
-    entries: BTreeMap<(MemberId, Subject, Permission), Vec<Entry>>,
+    entries: BTreeMap<Key, Vec<Entry>>,
     policies: BTreeMap<u32, Vec<Setting>>,
 }
 
@@ -332,6 +342,7 @@ impl Timeline {
             limit: DEFAULT_MAX_RECORDS,
             records: BTreeMap::new(),
             times: HashMap::new(),
+            dependents: HashMap::new(),
             state: State::default(),
         }
     }
@@ -358,8 +369,8 @@ impl Timeline {
     }
 
     /// Takes a record in (rule 9): refuses it if a bound is exceeded or its id is held with
-    /// other content, reports a duplicate, or holds it, folds again from its position, and
-    /// reports its validity and what the caller must check again.
+    /// other content, reports a duplicate, or holds it, brings the fold up to date, and reports
+    /// its validity and what the caller must check again.
     pub fn insert(&mut self, record: Record) -> Result<Inserted, InsertError> {
         if let Some((grants, _)) = record.act.grants()
             && !(1..=MAX_GRANTS).contains(&grants.len())
@@ -380,11 +391,8 @@ impl Timeline {
         }
 
         let position = (record.global_time, record.id);
-        // The fold from `position` on is replayed: first forget what it built.
-        for slot in self.records.range(position..).map(|(_, slot)| slot) {
-            if slot.valid {
-                self.state.forget_from(position, &slot.record);
-            }
+        for key in needs(&self.rules, &record) {
+            self.dependents.entry(key).or_default().insert(position);
         }
         self.times.insert(record.id, record.global_time);
         self.records.insert(
@@ -396,25 +404,41 @@ impl Timeline {
             },
         );
 
+        // Judge the new record, then, in fold order, every record that needs a permission
+        // whose entries changed before it: each is judged once, after all that precedes it.
         let mut changes = Changes::default();
-        let mut inserted_valid = false;
-        for (&at, slot) in self.records.range_mut(position..) {
-            let judged = self.state.judge(&self.rules, &slot.record);
+        let mut queue = BTreeSet::from([position]);
+        while let Some(at) = queue.pop_first() {
+            let Some(slot) = self.records.get_mut(&at) else {
+                continue;
+            };
+            let judged = self.state.judge(&self.rules, &slot.record, at);
             let valid = judged.is_some();
-            if valid {
-                self.state.apply(at, &slot.record);
-            }
-            if valid != slot.valid {
-                changes.note(&self.rules, &slot.record);
-            }
-            if at == position {
-                inserted_valid = valid;
+            slot.proof = judged.map(record_ids).unwrap_or_default();
+            if valid == slot.valid {
+                continue;
             }
             slot.valid = valid;
-            slot.proof = judged.map(record_ids).unwrap_or_default();
+            if valid {
+                self.state.apply(at, &slot.record);
+            } else {
+                self.state.unapply(at, &slot.record);
+            }
+            changes.note(&self.rules, &slot.record);
+            for grant in slot
+                .record
+                .act
+                .grants()
+                .map_or(&[][..], |(grants, _)| grants)
+            {
+                let key = (grant.member, grant.subject, grant.permission);
+                if let Some(dependents) = self.dependents.get(&key) {
+                    queue.extend(dependents.range((Excluded(at), Unbounded)));
+                }
+            }
         }
         Ok(Inserted::Held {
-            valid: inserted_valid,
+            valid: self.records.get(&position).is_some_and(|slot| slot.valid),
             changes: changes.into_vec(),
         })
     }
@@ -428,7 +452,7 @@ impl Timeline {
         t: u64,
     ) -> bool {
         self.state
-            .holding(&self.rules, member, subject, permission, t)
+            .holding(&self.rules, (member, subject, permission), |at| at.0 <= t)
             .is_some()
     }
 
@@ -536,11 +560,9 @@ impl Timeline {
                 };
             }
             for signer in signers {
-                match self
-                    .state
-                    .holding(&self.rules, *signer, subject, permission, t)
-                {
-                    Some(grants) => proof.extend(grants),
+                let key = (*signer, subject, permission);
+                match self.state.holding(&self.rules, key, |at| at.0 <= t) {
+                    Some(grants) => proof.extend(grants.iter().map(|entry| entry.at)),
                     None => {
                         return Verdict::Denied {
                             proof: record_ids(proof),
@@ -555,26 +577,50 @@ impl Timeline {
     }
 }
 
+/// The permissions the author of `record` needs for it to be valid (rules 3, 4 and 6); none for
+/// the master.
+fn needs(rules: &Rules, record: &Record) -> Vec<Key> {
+    let author = record.author;
+    if author == rules.master {
+        return Vec::new();
+    }
+    match &record.act {
+        Act::Authorize(grants) => grants
+            .iter()
+            .flat_map(|grant| {
+                [
+                    (author, grant.subject, Permission::Authorize),
+                    (author, grant.subject, grant.permission),
+                ]
+            })
+            .collect(),
+        Act::Revoke(grants) => grants
+            .iter()
+            .map(|grant| (author, grant.subject, Permission::Revoke))
+            .collect(),
+        Act::Settings { .. } => vec![(author, Subject::DynamicSettings, Permission::Permit)],
+    }
+}
+
 impl State {
-    /// Rules 1 and 5: `Some` with the deciding grants' positions (none for the master) when
-    /// `member` holds `permission` on `subject` at `t`.
+    /// Rules 1 and 5 over the entries whose position passes `counts` (a prefix of fold order):
+    /// `Some` with the deciding grants (none for the master) when the member holds the
+    /// permission.
     fn holding(
         &self,
         rules: &Rules,
-        member: MemberId,
-        subject: Subject,
-        permission: Permission,
-        t: u64,
-    ) -> Option<Vec<Position>> {
-        if member == rules.master {
-            return Some(Vec::new());
+        key: Key,
+        counts: impl Fn(Position) -> bool,
+    ) -> Option<&[Entry]> {
+        if key.0 == rules.master {
+            return Some(&[]);
         }
-        let entries = self.entries.get(&(member, subject, permission))?;
-        let deciding = last_time(entries, |entry| entry.at.0 <= t);
+        let entries = self.entries.get(&key)?;
+        let deciding = last_time(entries, |entry| counts(entry.at));
         if deciding.is_empty() || deciding.iter().any(|entry| !entry.granted) {
             return None;
         }
-        Some(deciding.iter().map(|entry| entry.at).collect())
+        Some(deciding)
     }
 
     /// Rule 6: the policy of `meta` at `t` with the positions of the settings that set it;
@@ -592,7 +638,7 @@ impl State {
         };
         // `meta::MetaMessage::validate` refuses an empty list; were one given, Linear is safe.
         let default = listed.first().copied().unwrap_or(StaticResolution::Linear);
-        let settings = self.policies.get(&meta).map(Vec::as_slice).unwrap_or(&[]);
+        let settings = self.policies.get(&meta).map_or(&[][..], Vec::as_slice);
         let deciding = last_time(settings, |setting| setting.at.0 < t);
         if deciding.is_empty() {
             return Some((default, Vec::new()));
@@ -613,85 +659,69 @@ impl State {
         Some((policy, proof))
     }
 
-    /// Rules 3, 4 and 6: `Some` with the positions of the records that prove `record` valid
-    /// against this state, `None` when it is invalid.
-    fn judge(&self, rules: &Rules, record: &Record) -> Option<Vec<Position>> {
-        let author = record.author;
-        let t = record.global_time;
+    /// Rules 3, 4 and 6 for the record at `at`, against the entries before it: `Some` with the
+    /// positions of the records that prove it valid, `None` when it is invalid.
+    fn judge(&self, rules: &Rules, record: &Record, at: Position) -> Option<Vec<Position>> {
+        if let Act::Settings { meta, policy } = &record.act {
+            let listed = matches!(
+                rules.resolutions.get(meta),
+                Some(Resolution::Dynamic(listed)) if listed.contains(policy)
+            );
+            if !listed {
+                return None;
+            }
+        }
         let mut proof = Vec::new();
-        match &record.act {
-            Act::Authorize(grants) => {
-                for grant in grants {
-                    let subject = grant.subject;
-                    proof.extend(self.holding(rules, author, subject, Permission::Authorize, t)?);
-                    if grant.permission != Permission::Authorize {
-                        proof.extend(self.holding(rules, author, subject, grant.permission, t)?);
-                    }
-                }
-            }
-            Act::Revoke(grants) => {
-                for grant in grants {
-                    proof.extend(self.holding(
-                        rules,
-                        author,
-                        grant.subject,
-                        Permission::Revoke,
-                        t,
-                    )?);
-                }
-            }
-            Act::Settings { meta, policy } => {
-                let listed = matches!(
-                    rules.resolutions.get(meta),
-                    Some(Resolution::Dynamic(listed)) if listed.contains(policy)
-                );
-                if !listed {
-                    return None;
-                }
-                proof.extend(self.holding(
-                    rules,
-                    author,
-                    Subject::DynamicSettings,
-                    Permission::Permit,
-                    t,
-                )?);
-            }
+        for key in needs(rules, record) {
+            let grants = self.holding(rules, key, |entry_at| entry_at < at)?;
+            proof.extend(grants.iter().map(|entry| entry.at));
         }
         Some(proof)
     }
 
-    /// Adds the effect of the valid record at `at`, the last one folded so far.
+    /// Adds the effect of the valid record at `at`.
     fn apply(&mut self, at: Position, record: &Record) {
         match &record.act {
             Act::Authorize(grants) | Act::Revoke(grants) => {
                 let granted = matches!(record.act, Act::Authorize(_));
                 for grant in grants {
-                    self.entries
+                    let list = self
+                        .entries
                         .entry((grant.member, grant.subject, grant.permission))
-                        .or_default()
-                        .push(Entry { at, granted });
+                        .or_default();
+                    // A record naming one grant twice adds (and `unapply` removes) two entries.
+                    let index = list.partition_point(|entry| entry.at < at);
+                    list.insert(index, Entry { at, granted });
                 }
             }
             Act::Settings { meta, policy } => {
-                self.policies.entry(*meta).or_default().push(Setting {
-                    at,
-                    policy: *policy,
-                });
+                let list = self.policies.entry(*meta).or_default();
+                let index = list.partition_point(|setting| setting.at < at);
+                list.insert(
+                    index,
+                    Setting {
+                        at,
+                        policy: *policy,
+                    },
+                );
             }
         }
     }
 
-    /// Forgets every effect at or after `from` in the lists `record` touches.
-    fn forget_from(&mut self, from: Position, record: &Record) {
-        if let Some((grants, _)) = record.act.grants() {
-            for grant in grants {
-                let key = (grant.member, grant.subject, grant.permission);
-                truncate_from(&mut self.entries, key, |entry: &Entry| entry.at < from);
+    /// Removes the effect of the record at `at`, no longer valid.
+    fn unapply(&mut self, at: Position, record: &Record) {
+        match &record.act {
+            Act::Authorize(grants) | Act::Revoke(grants) => {
+                for grant in grants {
+                    let key = (grant.member, grant.subject, grant.permission);
+                    remove_at(&mut self.entries, key, at, |entry: &Entry| entry.at);
+                }
             }
-        } else if let Act::Settings { meta, .. } = record.act {
-            truncate_from(&mut self.policies, meta, |setting: &Setting| {
-                setting.at < from
-            });
+            Act::Settings { meta, .. } => {
+                remove_at(&mut self.policies, *meta, at, |setting: &Setting| {
+                    setting.at
+                });
+            }
         }
     }
 }
@@ -749,11 +779,19 @@ fn last_time<T: Timed>(list: &[T], counts: impl Fn(&T) -> bool) -> &[T] {
     &list[start..end]
 }
 
-/// Keeps the prefix of `map[key]` that passes `keep`, removing the list if it empties.
-fn truncate_from<K: Ord, T>(map: &mut BTreeMap<K, Vec<T>>, key: K, keep: impl Fn(&T) -> bool) {
+/// Removes the item at position `at` from the sorted list `map[key]`, and the list if it
+/// empties.
+fn remove_at<K: Ord, T>(
+    map: &mut BTreeMap<K, Vec<T>>,
+    key: K,
+    at: Position,
+    position: impl Fn(&T) -> Position,
+) {
     if let Some(list) = map.get_mut(&key) {
-        let end = list.partition_point(keep);
-        list.truncate(end);
+        let index = list.partition_point(|item| position(item) < at);
+        if list.get(index).is_some_and(|item| position(item) == at) {
+            list.remove(index);
+        }
         if list.is_empty() {
             map.remove(&key);
         }
