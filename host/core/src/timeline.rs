@@ -12,12 +12,16 @@
 //! 2. **Order.** Records are ordered by (global time, record id), the id being SHA-256 of the
 //!    signed packet. The timeline is the left fold over the records in that order: whether a
 //!    record is valid is decided by the fold of the records before it. The state therefore
-//!    depends only on the *set* of records held, never on the order they arrived in.
+//!    depends only on the *set* of records held, never on the order they arrived in. Within
+//!    one global time the ids decide which record comes first, so a grant reliably counts for
+//!    records of later global times (which a member's records after receiving it have: its
+//!    clock has seen the grant's time).
 //! 3. **Authorize.** A record granting G1..Gn is valid iff, for every Gi = (member, subject,
 //!    permission), its author holds `Authorize` on `subject` *and* holds `permission` on
 //!    `subject` at the record's global time: a member may grant only what it holds. All or
 //!    nothing: an invalid record grants nothing. It stays held, and becomes valid if a record
-//!    that sorts before it makes its author hold what it needs.
+//!    that sorts before it makes its author hold what it needs (and a valid one becomes invalid
+//!    if a revoke that sorts before it takes that away).
 //! 4. **Revoke.** A record revoking G1..Gn is valid iff its author holds `Revoke` on every
 //!    subject it names at the record's global time. All or nothing, held like rule 3.
 //! 5. **Holding.** Whether a member other than the master holds a permission on a subject at
