@@ -49,6 +49,7 @@ pub mod stats;
 pub mod store;
 pub mod sync;
 pub mod time;
+pub mod timeline;
 pub mod verifier;
 pub mod walker;
 pub mod wire;
