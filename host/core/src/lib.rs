@@ -25,6 +25,7 @@
 //! - [`relay`]: relay distribution (hop-limited forwarding of messages that are not stored);
 //! - [`sync`]: sync ranges, filter reuse, the responder's choice, adaptive budgets, follow-ups;
 //! - [`walker`]: the walk's rules: whom to introduce, reported addresses completed;
+//! - [`undo`]: which stored messages are undone, and by which undo (order-independent rules);
 //! - [`community`]: one community's state (definition, global time, candidates);
 //! - [`node`]: the state machine that ties them together (walk, messages, sync, waits, co-signing);
 //! - [`stats`]: counters kept per node and per community;
@@ -50,6 +51,7 @@ pub mod store;
 pub mod sync;
 pub mod time;
 pub mod timeline;
+pub mod undo;
 pub mod verifier;
 pub mod walker;
 pub mod wire;
