@@ -25,6 +25,7 @@
 //! - [`relay`]: relay distribution (hop-limited forwarding of messages that are not stored);
 //! - [`sync`]: sync ranges, filter reuse, the responder's choice, adaptive budgets, follow-ups;
 //! - [`walker`]: the walk's rules: whom to introduce, reported addresses completed;
+//! - [`timeline`]: the permission timeline: who may do what from which global time (order-independent rules);
 //! - [`undo`]: which stored messages are undone, and by which undo (order-independent rules);
 //! - [`community`]: one community's state (definition, global time, candidates);
 //! - [`node`]: the state machine that ties them together (walk, messages, sync, waits, co-signing);
