@@ -637,6 +637,7 @@ fn persistent_messages_beyond_the_acceptable_global_time_are_dropped() {
                 resolution_index: None,
                 relay_hops: None,
                 payload: b"post".to_vec(),
+                authority: None,
             },
             &[&key],
         )
@@ -860,6 +861,7 @@ fn a_sequence_number_claimed_twice_ends_the_same_everywhere() {
             resolution_index: None,
             relay_hops: None,
             payload: b"other".to_vec(),
+            authority: None,
         },
         &[&key],
     )
@@ -898,6 +900,7 @@ fn a_message_waiting_for_a_members_last_message_fetches_it_and_resumes() {
             resolution_index: None,
             relay_hops: None,
             payload: b"needs a profile".to_vec(),
+            authority: None,
         },
         &[&author],
     )
@@ -977,6 +980,7 @@ fn waiting_messages_are_bounded_and_expire() {
                 resolution_index: None,
                 relay_hops: None,
                 payload: vec![n as u8],
+                authority: None,
             },
             &[&author],
         )
@@ -1071,6 +1075,7 @@ fn a_relay_never_forwards_beyond_the_signed_budget() {
                 resolution_index: None,
                 relay_hops: Some(hops),
                 payload: payload.to_vec(),
+                authority: None,
             },
             &[&author],
         )

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use dispersy_proto as pb;
 
 use super::{ConnectionType, DecodeError, Keys, Synchronization};
+use crate::authority::MemberRef;
 use crate::identity::{CommunityId, ID_LEN, KeyError, MemberId, PUBLIC_KEY_LEN, PublicKey};
 
 /// A member given by its 33-byte key (parsed through `keys`) or by its 20-byte id (looked up in
@@ -26,6 +27,31 @@ pub(super) fn member_key(
             Ok(key) => Ok(keys.parse(key)?),
             Err(_) => Err(KeyError::Length(b.len()).into()),
         },
+    }
+}
+
+/// A member named by its 33-byte key (parsed through `keys`) or by its 20-byte id (taken as it
+/// is: nothing is looked up, the key stays unknown).
+pub(super) fn member_ref(
+    bytes: Option<&[u8]>,
+    field: &'static str,
+    keys: &dyn Keys,
+) -> Result<MemberRef, DecodeError> {
+    match bytes {
+        None => Err(DecodeError::Missing(field)),
+        Some(b) if b.len() == ID_LEN => Ok(MemberRef::from_id(member_id(Some(b), field)?)),
+        Some(b) => match <&[u8; PUBLIC_KEY_LEN]>::try_from(b) {
+            Ok(key) => Ok(MemberRef::from_key(keys.parse(key)?)),
+            Err(_) => Err(KeyError::Length(b.len()).into()),
+        },
+    }
+}
+
+/// The wire form of a member reference: its key when known, else its id.
+pub(super) fn to_member_ref(member: &MemberRef) -> Vec<u8> {
+    match &member.key {
+        Some(key) => key.as_bytes().to_vec(),
+        None => member.id.0.to_vec(),
     }
 }
 

@@ -21,6 +21,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::identity::{KeyError, MemberId, PUBLIC_KEY_LEN, PublicKey};
 
+mod authority;
 mod batch;
 mod collection;
 mod decoding;
@@ -37,8 +38,8 @@ pub use error::DecodeError;
 pub use packet::{
     Collection, CommunityMessage, ConnectionType, Conversion, Identity, IntroductionRequest,
     IntroductionResponse, MAX_MISSING_TIMES, MissingIdentity, MissingLastMessage, MissingMessage,
-    MissingSequence, Packet, Puncture, PunctureRequest, SessionRequest, SessionResponse,
-    SignatureRequest, SignatureResponse, SignedMessage, Synchronization,
+    MissingProof, MissingSequence, Packet, Puncture, PunctureRequest, SessionRequest,
+    SessionResponse, SignatureRequest, SignatureResponse, SignedMessage, Synchronization,
 };
 
 /// The session handshake version this node speaks.
@@ -78,3 +79,6 @@ pub const UNKNOWN_ADDRESS: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Add
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod authority_tests;
