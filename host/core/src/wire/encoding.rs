@@ -9,7 +9,7 @@ use prost::Message as _;
 use super::authority;
 use super::batch::{Checks, verify_signatures};
 use super::collection::collection_datagram;
-use super::field::{to_address, to_connection_type, to_member_ref};
+use super::field::{to_address, to_community_type, to_connection_type, to_member_ref};
 use super::{
     CommunityMessage, DecodeError, Identity, IntroductionRequest, IntroductionResponse,
     MissingIdentity, MissingLastMessage, MissingMessage, MissingProof, MissingSequence, Packet,
@@ -313,17 +313,19 @@ impl SignatureResponse {
 }
 
 impl MissingSequence {
-    /// The wire form of the missing-sequence: asking for community messages.
+    /// The wire form of the missing-sequence: a plugin type as COMMUNITY and its number, a
+    /// built-in one as its own descriptor type.
     fn to_proto(&self) -> pb::MissingSequence {
+        let (descriptor, community_message) = to_community_type(self.meta);
         pb::MissingSequence {
             session: Some(self.session),
             random: None,
             member: Some(self.member.0.to_vec()),
-            descriptor: Some(pb::descriptor::Type::Community as i32),
+            descriptor: Some(descriptor),
             sequence_low: Some(self.low),
             sequence_high: Some(self.high),
             community: Some(self.community.0.to_vec()),
-            community_message: Some(self.meta),
+            community_message,
         }
     }
 }
@@ -342,15 +344,16 @@ impl MissingMessage {
 }
 
 impl MissingLastMessage {
-    /// The wire form of the missing-last-message: asking for community messages.
+    /// The wire form of the missing-last-message, the type written as for missing-sequence.
     fn to_proto(&self) -> pb::MissingLastMessage {
+        let (descriptor, community_message) = to_community_type(self.meta);
         pb::MissingLastMessage {
             session: Some(self.session),
             random: None,
             member: Some(self.member.0.to_vec()),
-            descriptor: Some(pb::descriptor::Type::Community as i32),
+            descriptor: Some(descriptor),
             community: Some(self.community.0.to_vec()),
-            community_message: Some(self.meta),
+            community_message,
         }
     }
 }

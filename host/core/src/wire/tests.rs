@@ -220,6 +220,20 @@ fn all_packets(k: &KeyPair) -> Vec<Packet> {
             member: k.member_id(),
             meta: 2,
         }),
+        Packet::MissingSequence(MissingSequence {
+            community: cid(),
+            session: 4,
+            member: k.member_id(),
+            meta: crate::meta::builtin::REVOKE,
+            low: 1,
+            high: 2,
+        }),
+        Packet::MissingLastMessage(MissingLastMessage {
+            community: cid(),
+            session: 0,
+            member: k.member_id(),
+            meta: crate::meta::builtin::DESTROY_COMMUNITY,
+        }),
         Packet::MissingProof(MissingProof {
             community: cid(),
             session: 6,
@@ -515,7 +529,14 @@ fn unsupported_and_invalid_fields_are_typed_errors() {
         ),
         (
             pb::MissingSequence {
-                descriptor: Some(pb::descriptor::Type::Authorize as i32),
+                descriptor: Some(pb::descriptor::Type::Collection as i32),
+                ..valid.clone()
+            },
+            "MissingSequence.community_message",
+        ),
+        (
+            pb::MissingSequence {
+                community_message: Some(crate::meta::builtin::RESERVED_FROM),
                 ..valid.clone()
             },
             "MissingSequence.community_message",
