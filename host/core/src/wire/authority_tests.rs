@@ -1074,3 +1074,42 @@ fn malformed_permission_messages_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_batch_decodes_permission_messages_as_one_by_one() {
+    let k = key(1);
+    let mut rng = Rng::new(14);
+    let mut datagrams = Vec::new();
+    for _ in 0..30 {
+        let mut message = random_message(&mut rng, &k);
+        message.community = cid();
+        let good = SignedMessage::sign(message, &[&k]).unwrap();
+        let mut forged = good.clone();
+        let last = forged.packet.len() - 1;
+        forged.packet[last] ^= 1;
+        datagrams.push(encode_collection(0, &[&good.packet]));
+        datagrams.push(encode_collection(
+            0,
+            &[&plugin_message(3).packet, &good.packet],
+        ));
+        datagrams.push(encode_collection(0, &[&good.packet, &forged.packet]));
+    }
+    let refs: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
+    let mut verifier = crate::verifier::Verifier::new(crate::verifier::Config {
+        hot_after: 5,
+        max_tables: 1,
+        max_counted: 16,
+    });
+    let batch = decode_batch(&refs, BIG, known(), &mut verifier);
+    assert_eq!(batch.len(), refs.len());
+    for (i, (bytes, got)) in refs.iter().zip(batch).enumerate() {
+        let expected = decode(bytes, BIG, known());
+        // Every third datagram holds a forged entry.
+        assert_eq!(expected.is_ok(), i % 3 != 2);
+        match (got, expected) {
+            (Ok(got), Ok(expected)) => assert_eq!(got, expected),
+            (Err(got), Err(expected)) => assert_eq!(got.kind(), expected.kind()),
+            (got, expected) => panic!("{got:?} != {expected:?}"),
+        }
+    }
+}
