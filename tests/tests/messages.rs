@@ -249,6 +249,7 @@ async fn two_versions_of_one_message_resolve_to_the_same_one_everywhere() {
                 resolution_index: None,
                 relay_hops: None,
                 payload,
+                authority: None,
             },
             &[&author],
         )

@@ -35,6 +35,7 @@ fn signed(
             resolution_index: None,
             relay_hops: None,
             payload,
+            authority: None,
         },
         &[author],
     )

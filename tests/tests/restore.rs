@@ -27,6 +27,7 @@ fn signed(author: &KeyPair, meta: u32, global_time: u64, payload: Vec<u8>) -> Si
             resolution_index: None,
             relay_hops: None,
             payload,
+            authority: None,
         },
         &[author],
     )

@@ -13,7 +13,9 @@
 //! - [`identity`]: keys, member and community ids, signatures;
 //! - [`verifier`]: signature checks in batches, with precomputed combs for frequent signers;
 //! - [`wire`]: datagrams to validated domain types and back (the only user of `dispersy-proto`);
-//! - [`meta`]: meta-message policies;
+//! - [`meta`]: meta-message policies, and the ids reserved for built-in messages;
+//! - [`authority`]: the built-in permission messages (authorize, revoke, undo, dynamic settings,
+//!   destroy) as domain types, and the timeline records they make;
 //! - [`address`]: LAN/WAN estimation, WAN address voting, connection type;
 //! - [`session`]: sessions against IP spoofing;
 //! - [`signature`]: double-member co-signing: bounds, errors, requests in flight;
@@ -34,6 +36,7 @@
 //! - [`time`], [`rng`]: the clock and randomness the driver hands in.
 
 pub mod address;
+pub mod authority;
 pub mod bloom;
 pub mod candidate;
 pub mod community;

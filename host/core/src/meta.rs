@@ -8,6 +8,33 @@
 
 use std::time::Duration;
 
+/// The wire types (`CommunityMessage.message_type`) reserved for the host's built-in persistent
+/// messages, the permission messages of [`crate::authority`]. A plugin meta may not use an id at
+/// or above [`builtin::RESERVED_FROM`] ([`MetaMessage::validate`] refuses it), and the decoder
+/// refuses a plugin message whose type is in that range. The low byte of each id is the
+/// message's `Descriptor.Type` on the wire.
+pub mod builtin {
+    /// The lowest reserved id; plugin meta ids are below it.
+    pub const RESERVED_FROM: u32 = 0xFFFF_FF00;
+    /// dispersy-authorize (`Descriptor.Type` AUTHORIZE = 64).
+    pub const AUTHORIZE: u32 = 0xFFFF_FF40;
+    /// dispersy-revoke (REVOKE = 65).
+    pub const REVOKE: u32 = 0xFFFF_FF41;
+    /// dispersy-undo-own (UNDOOWN = 66).
+    pub const UNDO_OWN: u32 = 0xFFFF_FF42;
+    /// dispersy-undo-other (UNDOOTHER = 67).
+    pub const UNDO_OTHER: u32 = 0xFFFF_FF43;
+    /// dispersy-dynamic-settings (DYNAMICSETTINGS = 68).
+    pub const DYNAMIC_SETTINGS: u32 = 0xFFFF_FF44;
+    /// dispersy-destroy-community (DESTROYCOMMUNITY = 69).
+    pub const DESTROY_COMMUNITY: u32 = 0xFFFF_FF45;
+
+    /// Whether `id` is in the reserved range (whether or not a built-in message uses it).
+    pub fn is_reserved(id: u32) -> bool {
+        id >= RESERVED_FROM
+    }
+}
+
 /// Who signs a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Authentication {
@@ -180,6 +207,17 @@ pub enum MetaError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A wire type in the range reserved for built-in messages ([`builtin::RESERVED_FROM`]).
+    #[error(
+        "meta-message {name:?}: type {id:#x} is reserved for built-in messages (plugin types are below {:#x})",
+        builtin::RESERVED_FROM
+    )]
+    ReservedId {
+        /// The meta's name.
+        name: String,
+        /// The id it asked for.
+        id: u32,
+    },
     /// Two metas share a name or a wire type.
     #[error("meta-message {0:?} is defined twice (same name or same type)")]
     Duplicate(String),
@@ -192,13 +230,20 @@ impl MetaMessage {
         self.distribution.is_persistent() && self.priority > SYNC_PRIORITY_THRESHOLD
     }
 
-    /// Checks the policy combinations of the original implementation (message.py).
+    /// Checks the name, that the id is below the reserved range ([`builtin::RESERVED_FROM`]),
+    /// and the policy combinations of the original implementation (message.py).
     pub fn validate(&self) -> Result<(), MetaError> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self.name.chars().all(|c| c.is_ascii_graphic());
         if !name_ok {
             return Err(MetaError::Name(self.name.clone()));
+        }
+        if builtin::is_reserved(self.id) {
+            return Err(MetaError::ReservedId {
+                name: self.name.clone(),
+                id: self.id,
+            });
         }
         let fail = |reason| {
             Err(MetaError::Combination {
@@ -304,6 +349,25 @@ mod tests {
         let mut m = meta();
         m.name = "has space".into();
         assert!(matches!(m.validate(), Err(MetaError::Name(_))));
+    }
+
+    #[test]
+    fn reserved_ids_are_refused() {
+        let mut m = meta();
+        m.id = builtin::RESERVED_FROM - 1;
+        m.validate().unwrap();
+        for id in [builtin::RESERVED_FROM, builtin::AUTHORIZE, u32::MAX] {
+            m.id = id;
+            let error = m.validate().unwrap_err();
+            assert_eq!(
+                error,
+                MetaError::ReservedId {
+                    name: "example".into(),
+                    id
+                }
+            );
+            assert!(error.to_string().contains("reserved"), "{error}");
+        }
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub enum Traffic {
     SignatureRequest,
     /// A signature-response accepted.
     SignatureResponse,
+    /// A missing-proof accepted.
+    MissingProof,
     /// A missing-identity sent for a datagram signed by an unknown member.
     IdentityRequested,
     /// A datagram of an unknown member set to wait for an identity already asked for.
@@ -126,6 +128,7 @@ impl Traffic {
         Traffic::MissingLastMessage,
         Traffic::SignatureRequest,
         Traffic::SignatureResponse,
+        Traffic::MissingProof,
         Traffic::IdentityRequested,
         Traffic::IdentityAwaited,
         Traffic::MissingSequenceSent,
@@ -152,6 +155,7 @@ impl Traffic {
             Traffic::MissingLastMessage => "missing-last-message",
             Traffic::SignatureRequest => "signature-request",
             Traffic::SignatureResponse => "signature-response",
+            Traffic::MissingProof => "missing-proof",
             Traffic::IdentityRequested => "identity-requested",
             Traffic::IdentityAwaited => "identity-awaited",
             Traffic::MissingSequenceSent => "missing-sequence-sent",

@@ -197,6 +197,7 @@ mod tests {
                     resolution_index: None,
                     relay_hops: None,
                     payload: Vec::new(),
+                    authority: None,
                 },
                 packet: vec![global_time as u8; 80],
             },

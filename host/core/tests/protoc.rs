@@ -236,6 +236,7 @@ fn community_message(key: &KeyPair, global_time: u64, relay_hops: Option<u32>) -
             resolution_index: None,
             relay_hops,
             payload: b"hello, protoc".to_vec(),
+            authority: None,
         },
         &[key],
     )

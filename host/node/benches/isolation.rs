@@ -179,6 +179,7 @@ fn faulty_datagrams(count: u64) -> Vec<Vec<u8>> {
                     resolution_index: None,
                     relay_hops: None,
                     payload,
+                    authority: None,
                 },
                 &[&author],
             )

@@ -183,6 +183,7 @@ impl Node {
             resolution_index: None,
             relay_hops: (meta.distribution == Distribution::Relay).then_some(relay_budget),
             payload,
+            authority: None,
         };
         let signed = SignedMessage::sign(message, &[&key])?;
         let datagram = wire::encode_collection(0, &[&signed.packet]);
@@ -526,7 +527,10 @@ impl Node {
         let mut unreadable: Vec<(u32, Vec<u8>)> = Vec::new();
         for signed in messages {
             let m = &signed.message;
+            // A built-in permission message is not handled yet: dropped and counted, never
+            // given to the plugin, never stored (its reserved type is in no definition).
             let verdict = match definition.meta_by_id(m.message_type) {
+                _ if m.authority.is_some() => Err(DropReason::Unsupported),
                 None => Err(DropReason::UnknownMeta),
                 Some(meta) if meta.authentication.signers() != m.authors.len() => {
                     Err(DropReason::WrongAuthentication)

@@ -740,6 +740,8 @@ impl Node {
             Packet::MissingLastMessage(m) => self.on_missing_last_message(now, from, m),
             Packet::SignatureRequest(m) => self.on_signature_request(now, from, m),
             Packet::SignatureResponse(m) => self.on_signature_response(now, from, m),
+            // Not answered yet: the proofs are served once the node keeps a timeline.
+            Packet::MissingProof(_) => Err(DropReason::Unsupported),
         };
         match accepted {
             Ok(()) => self.stats.packets.bump(traffic),

@@ -76,6 +76,7 @@ impl Node {
             resolution_index: None,
             relay_hops: None,
             payload,
+            authority: None,
         };
         let descriptor = message.descriptor();
         // Two signatures and the envelope: what the final message will take.

@@ -637,6 +637,7 @@ fn persistent_messages_beyond_the_acceptable_global_time_are_dropped() {
                 resolution_index: None,
                 relay_hops: None,
                 payload: b"post".to_vec(),
+                authority: None,
             },
             &[&key],
         )
@@ -653,6 +654,88 @@ fn persistent_messages_beyond_the_acceptable_global_time_are_dropped() {
     assert_eq!(c.stats.messages_received, 1);
     // The accepted stored message moved the clock.
     assert_eq!(c.global_time, local + 10_000);
+}
+
+/// Until the node keeps a permission timeline, a built-in permission message that arrives in a
+/// collection is decoded, then dropped and counted as unsupported: never handed to the plugin,
+/// never stored; the plugin messages beside it are handled as usual. A missing-proof is
+/// likewise dropped and counted.
+#[test]
+fn built_in_permission_messages_are_dropped_and_counted_until_handled() {
+    use crate::authority::{self, Body, Degree, MemberRef, Target};
+    use crate::timeline::{Permission, Subject};
+    use crate::wire::{CommunityMessage, MissingProof, SignedMessage};
+    let mut sim = public_network(2);
+    sim.run_for(Duration::from_secs(5));
+    let node = sim.address(1);
+    let peer = sim.address(2);
+    let key = Sim::key(3);
+    let local = sim.nodes[1].community(&id()).expect("joined").global_time;
+    let built_in = |body: Body, sequence_number| {
+        SignedMessage::sign(
+            authority::message(id(), key.public().clone(), local + 1, sequence_number, body),
+            &[&key],
+        )
+        .expect("signed")
+    };
+    let authorize = built_in(
+        Body::Authorize(vec![Target {
+            member: MemberRef::from_key(Sim::key(4).public().clone()),
+            grants: vec![(Subject::Community(2), Permission::Permit)],
+        }]),
+        Some(1),
+    );
+    let destroy = built_in(Body::Destroy(Degree::Soft), None);
+    let plugin = SignedMessage::sign(
+        CommunityMessage {
+            community: id(),
+            message_type: 2,
+            conversion: Conversion::version(1).expect("valid"),
+            authors: vec![key.public().clone()],
+            global_time: local + 1,
+            sequence_number: None,
+            resolution_index: None,
+            relay_hops: None,
+            payload: b"post".to_vec(),
+            authority: None,
+        },
+        &[&key],
+    )
+    .expect("signed");
+    let stored = sim.stores[1].count(id());
+    sim.inject(
+        peer,
+        node,
+        wire::encode_collection(0, &[&authorize.packet, &plugin.packet, &destroy.packet]),
+    );
+    sim.run_for(Duration::from_millis(100));
+    let c = sim.nodes[1].community(&id()).expect("joined");
+    assert_eq!(c.stats.dropped.get(DropReason::Unsupported), 2);
+    assert_eq!(c.stats.messages_received, 1);
+    assert_eq!(sim.stores[1].count(id()), stored + 1);
+    let handed = |packet: &[u8]| {
+        sim.events[1].iter().any(|e| {
+            matches!(e, Event::Messages { messages, .. }
+                if messages.iter().any(|m| m.message.packet == packet))
+        })
+    };
+    assert!(handed(&plugin.packet));
+    assert!(!handed(&authorize.packet) && !handed(&destroy.packet));
+
+    let before = sim.nodes[1].stats().dropped.get(DropReason::Unsupported);
+    let proof = Packet::MissingProof(MissingProof {
+        community: id(),
+        session: 0,
+        random: 1,
+        member: MemberRef::from_id(key.member_id()),
+        global_times: vec![local + 1],
+    });
+    sim.inject(peer, node, proof.encode(&key));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sim.nodes[1].stats().dropped.get(DropReason::Unsupported),
+        before + 1
+    );
 }
 
 #[test]
@@ -860,6 +943,7 @@ fn a_sequence_number_claimed_twice_ends_the_same_everywhere() {
             resolution_index: None,
             relay_hops: None,
             payload: b"other".to_vec(),
+            authority: None,
         },
         &[&key],
     )
@@ -898,6 +982,7 @@ fn a_message_waiting_for_a_members_last_message_fetches_it_and_resumes() {
             resolution_index: None,
             relay_hops: None,
             payload: b"needs a profile".to_vec(),
+            authority: None,
         },
         &[&author],
     )
@@ -977,6 +1062,7 @@ fn waiting_messages_are_bounded_and_expire() {
                 resolution_index: None,
                 relay_hops: None,
                 payload: vec![n as u8],
+                authority: None,
             },
             &[&author],
         )
@@ -1071,6 +1157,7 @@ fn a_relay_never_forwards_beyond_the_signed_budget() {
                 resolution_index: None,
                 relay_hops: Some(hops),
                 payload: payload.to_vec(),
+                authority: None,
             },
             &[&author],
         )

@@ -7,16 +7,17 @@
 use dispersy_proto as pb;
 use prost::Message as _;
 
+use super::authority::{self, plugin_type};
 use super::batch::{Checks, verify_signatures};
 use super::field::{
-    address, community_id, community_type, connection_type, member_id, member_key, nonzero,
-    required, synchronization,
+    address, community_id, community_type, connection_type, member_id, member_key, member_ref,
+    nonzero, required, synchronization,
 };
 use super::{
     Collection, CommunityMessage, Conversion, DecodeError, Identity, IntroductionRequest,
     IntroductionResponse, Keys, MAX_MISSING_TIMES, MissingIdentity, MissingLastMessage,
-    MissingMessage, MissingSequence, Packet, Puncture, PunctureRequest, SessionRequest,
-    SessionResponse, SignatureRequest, SignatureResponse, SignedMessage,
+    MissingMessage, MissingProof, MissingSequence, Packet, Puncture, PunctureRequest,
+    SessionRequest, SessionResponse, SignatureRequest, SignatureResponse, SignedMessage,
 };
 use crate::identity::{self, CommunityId, PublicKey};
 
@@ -90,23 +91,32 @@ pub(super) fn decode_checked(
         D::MissingLastMessage(m) => {
             MissingLastMessage::from_proto(m, &envelope).map(Packet::MissingLastMessage)
         }
-        D::MissingProof(_) => Err(DecodeError::Unsupported("missing-proof")),
+        D::MissingProof(m) => MissingProof::from_proto(m, &envelope).map(Packet::MissingProof),
         D::SignatureRequest(m) => {
             SignatureRequest::from_proto(m, &envelope).map(Packet::SignatureRequest)
         }
         D::SignatureResponse(m) => {
             SignatureResponse::from_proto(m, &envelope).map(Packet::SignatureResponse)
         }
-        D::Authorize(_) => Err(DecodeError::Unsupported("authorize")),
-        D::Revoke(_) => Err(DecodeError::Unsupported("revoke")),
-        D::UndoOwn(_) => Err(DecodeError::Unsupported("undo-own")),
-        D::UndoOther(_) => Err(DecodeError::Unsupported("undo-other")),
-        D::DynamicSettings(_) => Err(DecodeError::Unsupported("dynamic-settings")),
-        D::DestroyCommunity(_) => Err(DecodeError::Unsupported("destroy-community")),
+        D::Authorize(_) => Err(outside_collection("Descriptor.authorize")),
+        D::Revoke(_) => Err(outside_collection("Descriptor.revoke")),
+        D::UndoOwn(_) => Err(outside_collection("Descriptor.undo_own")),
+        D::UndoOther(_) => Err(outside_collection("Descriptor.undo_other")),
+        D::DynamicSettings(_) => Err(outside_collection("Descriptor.dynamic_settings")),
+        D::DestroyCommunity(_) => Err(outside_collection("Descriptor.destroy_community")),
         D::Community(_) => Err(DecodeError::Invalid {
             field: "Descriptor.community",
             reason: "community messages travel inside a collection",
         }),
+    }
+}
+
+/// The error for a permission message sent as a bare datagram: like community messages, they
+/// travel inside a collection.
+fn outside_collection(field: &'static str) -> DecodeError {
+    DecodeError::Invalid {
+        field,
+        reason: "permission messages travel inside a collection",
     }
 }
 
@@ -387,6 +397,30 @@ impl MissingMessage {
     }
 }
 
+impl MissingProof {
+    /// Reads a missing-proof: unsigned, 1 to [`MAX_MISSING_TIMES`] global times of 1 or more, the
+    /// member by key or id (nothing looked up).
+    fn from_proto(m: pb::MissingProof, envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
+        envelope.unsigned()?;
+        if m.global_times.is_empty()
+            || m.global_times.len() > MAX_MISSING_TIMES
+            || m.global_times.contains(&0)
+        {
+            return Err(DecodeError::Invalid {
+                field: "MissingProof.global_times",
+                reason: "names 1 to 64 global times, each 1 or higher",
+            });
+        }
+        Ok(MissingProof {
+            community: community_id(m.community.as_deref())?,
+            session: m.session.unwrap_or(0),
+            random: m.random.unwrap_or(0),
+            member: member_ref(m.member.as_deref(), "MissingProof.member", envelope.keys)?,
+            global_times: m.global_times,
+        })
+    }
+}
+
 impl MissingLastMessage {
     /// Reads a missing-last-message: unsigned.
     fn from_proto(m: pb::MissingLastMessage, envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
@@ -492,8 +526,15 @@ pub fn peek(datagram: &[u8]) -> Option<(&'static str, Option<CommunityId>)> {
         D::MissingLastMessage(m) => ("missing-last-message", m.community),
         D::SignatureRequest(_) => ("signature-request", None),
         D::SignatureResponse(_) => ("signature-response", None),
+        D::MissingProof(m) => ("missing-proof", m.community),
         D::Collection(_) => ("collection", None),
-        _ => ("other", None),
+        D::Authorize(m) => ("authorize", m.community),
+        D::Revoke(m) => ("revoke", m.community),
+        D::UndoOwn(m) => ("undo-own", m.community),
+        D::UndoOther(m) => ("undo-other", m.community),
+        D::DynamicSettings(m) => ("dynamic-settings", m.community),
+        D::DestroyCommunity(m) => ("destroy-community", m.community),
+        D::Community(m) => ("community", m.community),
     };
     Some((
         kind,
@@ -502,7 +543,8 @@ pub fn peek(datagram: &[u8]) -> Option<(&'static str, Option<CommunityId>)> {
 }
 
 impl CommunityMessage {
-    /// Parses a serialised descriptor holding a community message (no signature checked).
+    /// Parses a serialised descriptor holding a community message or a permission message (no
+    /// signature checked).
     pub fn from_descriptor(descriptor_bytes: &[u8]) -> Result<Self, DecodeError> {
         Self::parse(descriptor_bytes, &())
     }
@@ -510,11 +552,16 @@ impl CommunityMessage {
     /// [`CommunityMessage::from_descriptor`], its authors' keys parsed through `keys`.
     fn parse(descriptor_bytes: &[u8], keys: &dyn Keys) -> Result<Self, DecodeError> {
         let descriptor = pb::Descriptor::decode(descriptor_bytes)?;
-        let m = match descriptor.message {
-            Some(pb::descriptor::Message::Community(m)) => m,
-            Some(_) => return Err(DecodeError::Unsupported("persistent built-in message")),
-            None => return Err(DecodeError::NoMessage),
-        };
+        match descriptor.message {
+            Some(pb::descriptor::Message::Community(m)) => Self::plugin(m, keys),
+            Some(other) => authority::from_proto(other, keys),
+            None => Err(DecodeError::NoMessage),
+        }
+    }
+
+    /// Reads a plugin message: at most two authors, a type below the reserved range, a
+    /// conversion and a payload, a global time of 1 or more when signed.
+    fn plugin(m: pb::CommunityMessage, keys: &dyn Keys) -> Result<Self, DecodeError> {
         if m.members.len() > 2 {
             return Err(DecodeError::Invalid {
                 field: "CommunityMessage.members",
@@ -528,7 +575,10 @@ impl CommunityMessage {
             .collect::<Result<Vec<_>, _>>()?;
         let message = CommunityMessage {
             community: community_id(m.community.as_deref())?,
-            message_type: required(m.message_type, "CommunityMessage.message_type")?,
+            message_type: plugin_type(
+                required(m.message_type, "CommunityMessage.message_type")?,
+                "CommunityMessage.message_type",
+            )?,
             conversion: Conversion::new(
                 m.conversion
                     .as_deref()
@@ -542,6 +592,7 @@ impl CommunityMessage {
             payload: m
                 .payload
                 .ok_or(DecodeError::Missing("CommunityMessage.payload"))?,
+            authority: None,
         };
         if !message.authors.is_empty() && message.global_time == 0 {
             return Err(DecodeError::Invalid {

@@ -6,20 +6,29 @@
 use dispersy_proto as pb;
 use prost::Message as _;
 
+use super::authority;
 use super::batch::{Checks, verify_signatures};
 use super::collection::collection_datagram;
-use super::field::{to_address, to_connection_type};
+use super::field::{to_address, to_community_type, to_connection_type, to_member_ref};
 use super::{
     CommunityMessage, DecodeError, Identity, IntroductionRequest, IntroductionResponse,
-    MissingIdentity, MissingLastMessage, MissingMessage, MissingSequence, Packet, Puncture,
-    PunctureRequest, SessionRequest, SessionResponse, SignatureRequest, SignatureResponse,
-    SignedMessage,
+    MissingIdentity, MissingLastMessage, MissingMessage, MissingProof, MissingSequence, Packet,
+    Puncture, PunctureRequest, SessionRequest, SessionResponse, SignatureRequest,
+    SignatureResponse, SignedMessage,
 };
 use crate::identity::{self, KeyPair};
 
 impl CommunityMessage {
-    /// The serialised descriptor its authors sign.
+    /// The serialised descriptor its authors sign: a `CommunityMessage` for a plugin message, the
+    /// kind's own descriptor field for a built-in one (see `authority::to_proto` for what it
+    /// writes).
     pub fn descriptor(&self) -> Vec<u8> {
+        if let Some(body) = &self.authority {
+            return pb::Descriptor {
+                message: Some(authority::to_proto(self, body)),
+            }
+            .encode_to_vec();
+        }
         pb::Descriptor {
             message: Some(pb::descriptor::Message::Community(pb::CommunityMessage {
                 community: Some(self.community.0.to_vec()),
@@ -127,6 +136,7 @@ impl Packet {
             Packet::MissingSequence(m) => (D::MissingSequence(m.to_proto()), false),
             Packet::MissingMessage(m) => (D::MissingMessage(m.to_proto()), false),
             Packet::MissingLastMessage(m) => (D::MissingLastMessage(m.to_proto()), false),
+            Packet::MissingProof(m) => (D::MissingProof(m.to_proto()), false),
         };
         let descriptor = pb::Descriptor {
             message: Some(message),
@@ -303,17 +313,19 @@ impl SignatureResponse {
 }
 
 impl MissingSequence {
-    /// The wire form of the missing-sequence: asking for community messages.
+    /// The wire form of the missing-sequence: a plugin type as COMMUNITY and its number, a
+    /// built-in one as its own descriptor type.
     fn to_proto(&self) -> pb::MissingSequence {
+        let (descriptor, community_message) = to_community_type(self.meta);
         pb::MissingSequence {
             session: Some(self.session),
             random: None,
             member: Some(self.member.0.to_vec()),
-            descriptor: Some(pb::descriptor::Type::Community as i32),
+            descriptor: Some(descriptor),
             sequence_low: Some(self.low),
             sequence_high: Some(self.high),
             community: Some(self.community.0.to_vec()),
-            community_message: Some(self.meta),
+            community_message,
         }
     }
 }
@@ -332,15 +344,29 @@ impl MissingMessage {
 }
 
 impl MissingLastMessage {
-    /// The wire form of the missing-last-message: asking for community messages.
+    /// The wire form of the missing-last-message, the type written as for missing-sequence.
     fn to_proto(&self) -> pb::MissingLastMessage {
+        let (descriptor, community_message) = to_community_type(self.meta);
         pb::MissingLastMessage {
             session: Some(self.session),
             random: None,
             member: Some(self.member.0.to_vec()),
-            descriptor: Some(pb::descriptor::Type::Community as i32),
+            descriptor: Some(descriptor),
             community: Some(self.community.0.to_vec()),
-            community_message: Some(self.meta),
+            community_message,
+        }
+    }
+}
+
+impl MissingProof {
+    /// The wire form of the missing-proof: the member by key when known, else by id.
+    fn to_proto(&self) -> pb::MissingProof {
+        pb::MissingProof {
+            session: Some(self.session),
+            random: Some(self.random),
+            member: Some(to_member_ref(&self.member)),
+            global_times: self.global_times.clone(),
+            community: Some(self.community.0.to_vec()),
         }
     }
 }

@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use dispersy_proto as pb;
 
 use super::{ConnectionType, DecodeError, Keys, Synchronization};
+use crate::authority::MemberRef;
 use crate::identity::{CommunityId, ID_LEN, KeyError, MemberId, PUBLIC_KEY_LEN, PublicKey};
+use crate::meta::builtin;
 
 /// A member given by its 33-byte key (parsed through `keys`) or by its 20-byte id (looked up in
 /// `keys`).
@@ -29,6 +31,31 @@ pub(super) fn member_key(
     }
 }
 
+/// A member named by its 33-byte key (parsed through `keys`) or by its 20-byte id (taken as it
+/// is: nothing is looked up, the key stays unknown).
+pub(super) fn member_ref(
+    bytes: Option<&[u8]>,
+    field: &'static str,
+    keys: &dyn Keys,
+) -> Result<MemberRef, DecodeError> {
+    match bytes {
+        None => Err(DecodeError::Missing(field)),
+        Some(b) if b.len() == ID_LEN => Ok(MemberRef::from_id(member_id(Some(b), field)?)),
+        Some(b) => match <&[u8; PUBLIC_KEY_LEN]>::try_from(b) {
+            Ok(key) => Ok(MemberRef::from_key(keys.parse(key)?)),
+            Err(_) => Err(KeyError::Length(b.len()).into()),
+        },
+    }
+}
+
+/// The wire form of a member reference: its key when known, else its id.
+pub(super) fn to_member_ref(member: &MemberRef) -> Vec<u8> {
+    match &member.key {
+        Some(key) => key.as_bytes().to_vec(),
+        None => member.id.0.to_vec(),
+    }
+}
+
 /// A 20-byte member id.
 pub(super) fn member_id(
     bytes: Option<&[u8]>,
@@ -42,20 +69,43 @@ pub(super) fn member_id(
     })
 }
 
-/// The community message type a missing-sequence or missing-last-message names: the descriptor
-/// must say COMMUNITY (the built-in persistent types are not served yet) and the type be given.
+/// The message type a missing-sequence or missing-last-message names: a plugin type below the
+/// reserved range (descriptor COMMUNITY, `community_message` given), or a built-in permission
+/// message by its descriptor type (AUTHORIZE .. DESTROYCOMMUNITY), as its reserved id
+/// ([`crate::meta::builtin`]).
 pub(super) fn community_type(
     descriptor: Option<i32>,
     community_message: Option<u32>,
     field: &'static str,
 ) -> Result<u32, DecodeError> {
-    if descriptor != Some(pb::descriptor::Type::Community as i32) {
-        return Err(DecodeError::Invalid {
+    use pb::descriptor::Type;
+    match descriptor.map(Type::try_from) {
+        Some(Ok(Type::Community)) => {
+            super::authority::plugin_type(required(community_message, field)?, field)
+        }
+        Some(Ok(
+            t @ (Type::Authorize
+            | Type::Revoke
+            | Type::Undoown
+            | Type::Undoother
+            | Type::Dynamicsettings
+            | Type::Destroycommunity),
+        )) => Ok(builtin::RESERVED_FROM | t as u32),
+        _ => Err(DecodeError::Invalid {
             field,
-            reason: "only community message types are requested",
-        });
+            reason: "names a community message type or a permission message type",
+        }),
     }
-    required(community_message, field)
+}
+
+/// The wire form of a message type named by a missing-sequence or missing-last-message:
+/// (descriptor, community_message), the inverse of [`community_type`].
+pub(super) fn to_community_type(meta: u32) -> (i32, Option<u32>) {
+    if builtin::is_reserved(meta) {
+        ((meta - builtin::RESERVED_FROM) as i32, None)
+    } else {
+        (pb::descriptor::Type::Community as i32, Some(meta))
+    }
 }
 
 /// A 20-byte community id.

@@ -10,9 +10,59 @@
 //! signatures cover SHA-256 of exactly those bytes. Persistent (community) messages travel inside a
 //! `Collection`, each as its own signed `Message`, and are stored verbatim as their `packet` bytes.
 //!
+//! # The permission messages: the wire contract
+//!
+//! Authorize, revoke, undo-own, undo-other, dynamic-settings and destroy-community are persistent
+//! messages of the community: each is its own `Descriptor` field, and decodes to a
+//! [`CommunityMessage`] with the kind's reserved type ([`crate::meta::builtin`]) and its body in
+//! `authority` (see [`crate::authority`]). The decoder enforces, with a typed [`DecodeError`]:
+//!
+//! - a. `member` (the author), `Target.member` and `UndoOther.target_member` are a 33-byte
+//!   compressed key or a 20-byte member id, as `CommunityMessage.members`. The author is resolved
+//!   through [`Keys`] like a community author (an unknown id is [`DecodeError::UnknownMember`]:
+//!   the node asks missing-identity); a target named by id stays an id (nothing is looked up).
+//!   Exactly one signature, by the author, over the descriptor.
+//! - b. `version` is required and 1.
+//! - c. `community` is 20 bytes; `global_time` is required and 1 or higher.
+//! - d. `sequence_number` is required (1 or higher) for all but destroy-community, which has no
+//!   such field. Its scope is the author and the kind (a member's authorize numbers are
+//!   independent of its revoke numbers): (community, member, meta) as for a plugin meta with
+//!   sequence numbers, the reserved type being the meta.
+//! - e. Authorize and revoke name one or more targets, each with one or more permissions, at most
+//!   [`crate::timeline::MAX_GRANTS`] permissions in all. `Permission.target` is a
+//!   `community_message` below the reserved range (a plugin meta), or `message` DYNAMICSETTINGS
+//!   or DESTROYCOMMUNITY; no other built-in type takes permissions. `Permission.permission` is
+//!   required (PERMIT, AUTHORIZE, REVOKE, UNDO). `Target.global_time` is optional and, when
+//!   present, equals the message's global time: a grant takes effect at its message's time.
+//! - f. Undo-own's and undo-other's `target_global_time` is 1 or higher and below the message's
+//!   global time; undo-other's `target_member` is required.
+//! - g. Dynamic-settings names a plugin meta (`target_community_message`; a `target_message` is
+//!   invalid: no built-in message has dynamic resolution), `target_policy` RESOLUTION (the only
+//!   policy switched), and `target_index`, the index in the meta's list of dynamic policies,
+//!   which the node checks against the definition ([`crate::authority::record`] maps it).
+//! - h. Destroy-community's `degree` is required, SOFT or HARD. A soft destroy freezes the
+//!   community at the destroy message's own global time.
+//! - i. They travel inside collections (`Collection.messages`), mixed freely with plugin messages
+//!   of the same community; a bare permission message datagram is invalid. When one entry of a
+//!   collection fails to decode or verify, the whole datagram is dropped (the sender's fault is
+//!   in the datagram, and nothing of it is trusted); the checks after decoding (permission,
+//!   plugin check, sequence numbers) judge each entry alone. A plugin message whose
+//!   `message_type` is in the reserved range is invalid, and so is a temporary message in a
+//!   collection.
+//! - j. Missing-proof ([`MissingProof`]) names a member (key or id) and 1 to
+//!   [`MAX_MISSING_TIMES`] global times of its messages, unsigned. The answer is a collection
+//!   holding the proof records (authorize, revoke, dynamic-settings) of the named messages, one
+//!   level up the chain of authority per request: a requester that lacks the proof of a proof
+//!   record asks again for it.
+//! - k. `CommunityMessage.resolution_index` on a message of a meta with dynamic resolution is
+//!   optional and only informative: a receiver judges the message by the policy its own timeline
+//!   gives at the message's global time, not by the index (as the original did), and pushes its
+//!   dynamic-settings records back to a sender whose index disagrees.
+//!
 //! Layout, by concern: `packet` holds the domain types; `decoding` turns datagrams into them (one
 //! `from_proto` per packet kind, dispatched by [`decode`]) and `encoding` back ([`Packet::encode`],
-//! one `to_proto` per kind, and the signing of community messages); `field` converts the single
+//! one `to_proto` per kind, and the signing of community messages); `authority` reads and writes
+//! the permission messages; `field` converts the single
 //! fields both ways; `batch` checks signatures at once or for a whole batch ([`decode_batch`]);
 //! `collection` builds collection datagrams from stored packets; `error` holds [`DecodeError`].
 //! Everything public is re-exported here: the paths are `wire::X`.
@@ -21,6 +71,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::identity::{KeyError, MemberId, PUBLIC_KEY_LEN, PublicKey};
 
+mod authority;
 mod batch;
 mod collection;
 mod decoding;
@@ -37,8 +88,8 @@ pub use error::DecodeError;
 pub use packet::{
     Collection, CommunityMessage, ConnectionType, Conversion, Identity, IntroductionRequest,
     IntroductionResponse, MAX_MISSING_TIMES, MissingIdentity, MissingLastMessage, MissingMessage,
-    MissingSequence, Packet, Puncture, PunctureRequest, SessionRequest, SessionResponse,
-    SignatureRequest, SignatureResponse, SignedMessage, Synchronization,
+    MissingProof, MissingSequence, Packet, Puncture, PunctureRequest, SessionRequest,
+    SessionResponse, SignatureRequest, SignatureResponse, SignedMessage, Synchronization,
 };
 
 /// The session handshake version this node speaks.
@@ -78,3 +129,6 @@ pub const UNKNOWN_ADDRESS: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Add
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod authority_tests;

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use super::DecodeError;
+use crate::authority::{self, MemberRef};
 use crate::identity::{CommunityId, MemberId, PublicKey};
 use crate::stats::Traffic;
 
@@ -224,6 +225,24 @@ pub struct MissingMessage {
     pub global_times: Vec<u64>,
 }
 
+/// A request for the proof of one member's message(s) at the given global times: the records
+/// (authorize, revoke, dynamic-settings) that made its author allowed. Answered with a collection
+/// holding the proof records of the named messages, one level up the chain of authority per
+/// request: a requester that still lacks a proof record's own proof asks again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingProof {
+    /// The community.
+    pub community: CommunityId,
+    /// Session with the receiver, 0 when none.
+    pub session: u32,
+    /// The requester's random value (0 when absent; nothing echoes it).
+    pub random: u32,
+    /// The author of the message(s) whose proof is wanted, by key or id.
+    pub member: MemberRef,
+    /// Their global times, 1 to [`MAX_MISSING_TIMES`] of them.
+    pub global_times: Vec<u64>,
+}
+
 /// Most global times one missing-message may name.
 pub const MAX_MISSING_TIMES: usize = 64;
 
@@ -318,13 +337,26 @@ impl Conversion {
         Self::new(&[version])
     }
 
+    /// The conversion of every built-in permission message ([`crate::authority`]): the single
+    /// byte [`Conversion::BUILTIN`]. It names no plugin encoding: a built-in message's body is its
+    /// own descriptor field and its payload is empty, so it is never looked up among the plugin's
+    /// conversions.
+    pub fn builtin() -> Self {
+        Conversion(vec![Self::BUILTIN])
+    }
+
+    /// The byte of [`Conversion::builtin`].
+    pub const BUILTIN: u8 = 0x01;
+
     /// The identifier bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
 
-/// A community (plugin) message: the header the host interprets and the payload the plugin does.
+/// A persistent or community message: the header the host interprets and the payload the plugin
+/// does; or, for a built-in permission message, its [`authority::Body`] (see
+/// [`crate::authority`] for what the other fields then hold).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommunityMessage {
     /// The community.
@@ -343,8 +375,11 @@ pub struct CommunityMessage {
     pub resolution_index: Option<u32>,
     /// Remaining hops (relay distribution).
     pub relay_hops: Option<u32>,
-    /// Plugin-encoded payload.
+    /// Plugin-encoded payload (empty for a built-in message).
     pub payload: Vec<u8>,
+    /// `None` for a plugin message; the body of a built-in permission message, whose
+    /// `message_type` is then the body's reserved id ([`authority::Body::message_type`]).
+    pub authority: Option<authority::Body>,
 }
 
 /// A community message with its verified signatures and its exact packet bytes.
@@ -398,6 +433,8 @@ pub enum Packet {
     SignatureRequest(SignatureRequest),
     /// See [`SignatureResponse`].
     SignatureResponse(SignatureResponse),
+    /// See [`MissingProof`].
+    MissingProof(MissingProof),
 }
 
 impl Packet {
@@ -418,6 +455,7 @@ impl Packet {
             Packet::MissingLastMessage(m) => Some(m.community),
             Packet::SignatureRequest(m) => Some(m.message.community),
             Packet::SignatureResponse(m) => Some(m.message.community),
+            Packet::MissingProof(m) => Some(m.community),
         }
     }
 
@@ -438,6 +476,7 @@ impl Packet {
             Packet::MissingLastMessage(_) => Traffic::MissingLastMessage,
             Packet::SignatureRequest(_) => Traffic::SignatureRequest,
             Packet::SignatureResponse(_) => Traffic::SignatureResponse,
+            Packet::MissingProof(_) => Traffic::MissingProof,
         }
     }
 
@@ -458,6 +497,7 @@ impl Packet {
             Packet::MissingLastMessage(_) => "missing-last-message",
             Packet::SignatureRequest(_) => "signature-request",
             Packet::SignatureResponse(_) => "signature-response",
+            Packet::MissingProof(_) => "missing-proof",
         }
     }
 }

@@ -69,6 +69,7 @@ fn community_message(k: &KeyPair, gt: u64) -> SignedMessage {
             resolution_index: None,
             relay_hops: None,
             payload: b"payload".to_vec(),
+            authority: None,
         },
         &[k],
     )
@@ -87,6 +88,7 @@ fn co_signed(k: &KeyPair) -> (CommunityMessage, Vec<u8>) {
         resolution_index: None,
         relay_hops: None,
         payload: b"pact".to_vec(),
+        authority: None,
     };
     let descriptor = message.descriptor();
     (message, descriptor)
@@ -217,6 +219,27 @@ fn all_packets(k: &KeyPair) -> Vec<Packet> {
             session: 0,
             member: k.member_id(),
             meta: 2,
+        }),
+        Packet::MissingSequence(MissingSequence {
+            community: cid(),
+            session: 4,
+            member: k.member_id(),
+            meta: crate::meta::builtin::REVOKE,
+            low: 1,
+            high: 2,
+        }),
+        Packet::MissingLastMessage(MissingLastMessage {
+            community: cid(),
+            session: 0,
+            member: k.member_id(),
+            meta: crate::meta::builtin::DESTROY_COMMUNITY,
+        }),
+        Packet::MissingProof(MissingProof {
+            community: cid(),
+            session: 6,
+            random: 12,
+            member: crate::authority::MemberRef::from_id(k.member_id()),
+            global_times: vec![9, 4],
         }),
     ]
 }
@@ -455,10 +478,13 @@ fn unsupported_and_invalid_fields_are_typed_errors() {
         signatures: vec![],
     }
     .encode_to_vec();
-    assert_eq!(
+    assert!(matches!(
         decode(&bytes, 1500, known()),
-        Err(DecodeError::Unsupported("missing-proof"))
-    );
+        Err(DecodeError::Invalid {
+            field: "MissingProof.global_times",
+            ..
+        })
+    ));
     let empty = pb::Message {
         descriptor: Some(vec![]),
         signatures: vec![],
@@ -503,7 +529,14 @@ fn unsupported_and_invalid_fields_are_typed_errors() {
         ),
         (
             pb::MissingSequence {
-                descriptor: Some(pb::descriptor::Type::Authorize as i32),
+                descriptor: Some(pb::descriptor::Type::Collection as i32),
+                ..valid.clone()
+            },
+            "MissingSequence.community_message",
+        ),
+        (
+            pb::MissingSequence {
+                community_message: Some(crate::meta::builtin::RESERVED_FROM),
                 ..valid.clone()
             },
             "MissingSequence.community_message",

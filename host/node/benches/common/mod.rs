@@ -56,6 +56,7 @@ pub fn post_datagrams(count: u64) -> (Vec<Vec<u8>>, f64) {
                     resolution_index: None,
                     relay_hops: None,
                     payload,
+                    authority: None,
                 },
                 &[&author],
             )

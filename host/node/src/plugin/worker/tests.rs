@@ -284,6 +284,7 @@ fn message(meta: u32, global_time: u64, code: u8, source: Option<SocketAddr>) ->
                 resolution_index: None,
                 relay_hops: None,
                 payload: vec![code],
+                authority: None,
             },
             packet: vec![code, global_time as u8, meta as u8],
         },
