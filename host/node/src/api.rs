@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | GET | /v1/node | member, addresses, connection type, traffic counters |
 //! | GET | /v1/communities | joined communities, candidate counts, counters, plugin status and state (live, stuck, restarting, failed, disabled) |
+//! | POST | /v1/communities | join a new community of a loaded type: `{"type": NAME, "master_key": HEX}` (an instance with its own master key, joined again at every start); 201 with its id, 404 unknown type, 409 joined already |
 //! | POST | /v1/communities/{id}/disable | drop the plugin's instance; deliveries to it are refused and counted (`plugin-down`) while the node keeps walking and answering sync from its store |
 //! | POST | /v1/communities/{id}/enable | a new instance for a disabled or failed community |
 //! | POST | /v1/communities/{id}/restart | drop the instance and create a new one (counted in `operator_restarts`) |
@@ -15,7 +16,7 @@
 //! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
 //! | GET | /v1/plugins | plugin files loaded (hash, private copy, upgrade candidate) and refused |
 //! | POST | /v1/plugins | load `{"path": FILE}`, or rescan the plugin folders with `{}` |
-//! | POST | /v1/plugins/upgrade | live upgrade of a running community: `{"path": FILE}` or `{"community": ID}` (its changed file, the upgrade candidate), `"allow_downgrade": true` to switch to an equal or older version; 409 when refused |
+//! | POST | /v1/plugins/upgrade | live upgrade of a running community type (its own community and its instances): `{"path": FILE}` or `{"community": ID}` (its changed file, the upgrade candidate), `"allow_downgrade": true` to switch to an equal or older version; 409 when refused |
 //! | POST | /v1/shutdown | stop the node |
 //! | GET | /metrics | Prometheus text format |
 //!
@@ -49,7 +50,7 @@ use crate::command::Command;
 use crate::mutex::lock;
 use crate::plugin::{Change, Job, LifecycleError, QueueError, Worker};
 use crate::registry::Registry;
-use crate::registry::{MembershipError, UpgradeError};
+use crate::registry::{InstanceError, MembershipError, UpgradeError};
 use crate::store::Store;
 
 /// Everything the API needs.
@@ -235,7 +236,7 @@ pub(crate) async fn serve(
     let body_limit = shared.api_body;
     let app = Router::new()
         .route("/v1/node", get(node))
-        .route("/v1/communities", get(communities))
+        .route("/v1/communities", get(communities).post(join_instance))
         .route("/v1/communities/{id}/candidates", get(candidates))
         .route(
             "/v1/communities/{id}/messages",
@@ -734,6 +735,48 @@ async fn leave(
     let registry = registry_of(&shared, id)?;
     registry.leave(id).await.map_err(membership_error)?;
     Ok(Json(json!({ "community": id.to_hex(), "state": "left" })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceRequest {
+    /// The community type: a loaded plugin's name, or the id of its own community.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The new community's master public key, 66 hexadecimal digits.
+    master_key: String,
+}
+
+/// `POST /v1/communities` with `{"type": NAME, "master_key": HEX}`: join a new community of a
+/// loaded type (see [`Registry::join_instance`]); 201 with the new community's id.
+async fn join_instance(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<InstanceRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let registry = shared
+        .registry
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("a tracker joins no communities"))?;
+    let master = PublicKey::from_hex(&request.master_key).map_err(|e| {
+        ApiError::bad_request(format!(
+            "master_key: {e} (66 hexadecimal digits of a compressed secp256k1 public key, as `dispersy keygen` prints)"
+        ))
+    })?;
+    let report = registry
+        .join_instance(&request.kind, master)
+        .await
+        .map_err(|error| {
+            let status = match &error {
+                InstanceError::UnknownType(_) => StatusCode::NOT_FOUND,
+                InstanceError::AmbiguousType { .. }
+                | InstanceError::Joined(_)
+                | InstanceError::OtherType(_) => StatusCode::CONFLICT,
+                InstanceError::Failed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            ApiError::new(status, error.to_string())
+        })?;
+    Ok((StatusCode::CREATED, Json(json!(report))).into_response())
 }
 
 /// `POST /v1/communities/{id}/join`: join a left community again.

@@ -65,6 +65,19 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Join a new community of a type the running node loaded, through its control API: the
+    /// community of master key MASTER_KEY (as `dispersy keygen` prints it), run by the plugin of
+    /// type TYPE; joined again at every start of the node.
+    Join {
+        /// Community type: a loaded plugin's name (`dispersy api GET /v1/plugins` lists them).
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// The new community's master public key (66 hexadecimal digits).
+        master_key: String,
+        /// Data folder of the node.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Write a new community plugin crate NAME (standalone: `cargo build --release` in it makes
     /// the plugin, `cargo test` runs its tests), with a fresh master key.
     NewPlugin {
@@ -186,6 +199,20 @@ fn main() -> ExitCode {
             }
             let (method, path) = action.request(&id);
             block(api(data_dir, method.to_owned(), path, None))
+        }
+        Cmd::Join {
+            kind,
+            master_key,
+            data_dir,
+        } => {
+            let body = serde_json::json!({ "type": kind, "master_key": master_key });
+            let call = api(
+                data_dir,
+                "POST".to_owned(),
+                "/v1/communities".to_owned(),
+                Some(body.to_string()),
+            );
+            block(call)
         }
         Cmd::NewPlugin {
             name,

@@ -14,6 +14,15 @@
 //! candidate, logged once per new content and shown in its report (`candidate`). A refused file
 //! is tried again when it changes.
 //!
+//! Types and instances. A plugin file defines a community *type*; the master key it carries
+//! names the type's own community, joined when the file loads. The operator joins more
+//! communities of a loaded type, each with a master key of its own ([`Registry::join_instance`],
+//! `POST /v1/communities`): the same plugin code runs each in an instance of its own, on a
+//! thread of its own, with its own store rows and candidates. The store remembers each instance
+//! with its type (`community.instance_of`), so loading the file at start joins the type's own
+//! community, then its instances. A live upgrade switches them all. Leaving and joining again
+//! work the same for both.
+//!
 //! Leaving. [`Registry::leave`] (`DELETE /v1/communities/{id}`) makes the node stop running a
 //! community: the protocol task leaves it (`Command::Leave`), its thread ends, and its store row
 //! is marked not to be joined at start (`community.auto_load = 0`); its stored messages stay.
@@ -27,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use dispersy_core::community::Definition;
-use dispersy_core::identity::{CommunityId, KeyPair};
+use dispersy_core::identity::{CommunityId, KeyPair, PublicKey};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,8 +55,12 @@ pub struct PluginReport {
     pub name: Option<String>,
     /// Plugin version, when loaded.
     pub version: Option<String>,
-    /// Community id, when loaded.
+    /// The id of the community type's own community (the master key the plugin carries),
+    /// when loaded.
     pub community: Option<String>,
+    /// How many other communities of this type run ([`Registry::join_instance`]); filled in by
+    /// [`Registry::reports`].
+    pub instances: usize,
     /// Why it was refused.
     pub error: Option<String>,
     /// SHA-256 of the content loaded, hex, when loaded.
@@ -63,13 +76,20 @@ pub struct PluginReport {
 }
 
 impl PluginReport {
-    /// The report of file `path` running `definition` from its private copy `private`.
-    fn loaded(path: &Path, definition: &Definition, private: &PrivateCopy) -> Self {
+    /// The report of file `path` running `definition` (of the type whose own community is
+    /// `kind`) from its private copy `private`.
+    fn loaded(
+        path: &Path,
+        definition: &Definition,
+        kind: CommunityId,
+        private: &PrivateCopy,
+    ) -> Self {
         PluginReport {
             path: path.to_path_buf(),
             name: Some(definition.name.clone()),
             version: Some(definition.version.clone()),
-            community: Some(definition.id().to_hex()),
+            community: Some(kind.to_hex()),
+            instances: 0,
             error: None,
             sha256: Some(private.hash.to_string()),
             copy: Some(private.path.clone()),
@@ -84,6 +104,7 @@ impl PluginReport {
             name: None,
             version: None,
             community: None,
+            instances: 0,
             error: Some(error.to_string()),
             sha256: None,
             copy: None,
@@ -128,14 +149,38 @@ struct State {
     running: HashMap<CommunityId, Opened>,
     /// Communities the operator left, whose plugin is loaded: joined again on request.
     left: HashMap<CommunityId, Opened>,
+    /// The loaded community types, by the id of their own community: the plugin that runs
+    /// new instances ([`Registry::join_instance`]).
+    types: HashMap<CommunityId, Opened>,
 }
 
-/// A loaded plugin, its private copy and the key of its file.
+impl State {
+    /// Makes `report` the report of the file of key `key`, replacing its earlier one.
+    fn file_report(&mut self, key: &Path, report: PluginReport) {
+        self.reports.retain(|r| file_key(&r.path) != key);
+        self.reports.push(report);
+    }
+}
+
+/// A loaded plugin, its private copy and the key of its file; `plugin.definition` is the one of
+/// the community it runs (an instance has its own master key), `kind` the id of its type's own
+/// community.
 #[derive(Clone)]
 struct Opened {
     plugin: plugin::Plugin,
     private: PrivateCopy,
     key: PathBuf,
+    kind: CommunityId,
+}
+
+impl Opened {
+    /// The same plugin running the community of master key `master`.
+    fn instance(&self, master: PublicKey) -> Opened {
+        Opened {
+            plugin: self.plugin.instance(master),
+            ..self.clone()
+        }
+    }
 }
 
 /// Why a community could not be left or joined again.
@@ -160,6 +205,55 @@ pub enum MembershipError {
     },
 }
 
+/// A community joined as an instance of a loaded type ([`Registry::join_instance`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceReport {
+    /// The new community's id, hex.
+    pub community: String,
+    /// Its community type name.
+    pub name: String,
+    /// The plugin version that runs it.
+    pub version: String,
+    /// The id of its type's own community, hex (what `GET /v1/plugins` shows as `community`).
+    pub type_community: String,
+    /// Its master key, hex.
+    pub master_key: String,
+    /// The plugin file of its type.
+    pub path: PathBuf,
+}
+
+/// Why a community could not be joined as an instance of a type ([`Registry::join_instance`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstanceError {
+    /// No loaded plugin defines this type.
+    #[error("no loaded plugin defines community type `{0}` (GET /v1/plugins lists them)")]
+    UnknownType(String),
+    /// Several loaded plugins have this name.
+    #[error("several loaded plugins are named `{name}`; give the id of the type's own community instead: {}", ids.join(", "))]
+    AmbiguousType {
+        /// The name.
+        name: String,
+        /// The ids of their own communities.
+        ids: Vec<String>,
+    },
+    /// The community runs already.
+    #[error("community {0} is joined already")]
+    Joined(CommunityId),
+    /// The community was left, and runs another type's plugin.
+    #[error(
+        "community {0} was left and belongs to another community type; POST /v1/communities/{0}/join joins it again"
+    )]
+    OtherType(CommunityId),
+    /// Joining failed; the message says why.
+    #[error("community {community}: {reason}")]
+    Failed {
+        /// The community.
+        community: CommunityId,
+        /// What failed.
+        reason: String,
+    },
+}
+
 /// How long [`Registry::upgrade`] waits for the switch at least (the plugin call deadline if
 /// longer); a switch still running then finishes without its caller.
 const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -175,6 +269,7 @@ struct Switch {
     stamp: Option<Stamp>,
     plugin: plugin::Plugin,
     private: PrivateCopy,
+    kind: CommunityId,
 }
 
 /// Why a live upgrade ([`Registry::upgrade`]) was refused or failed.
@@ -373,6 +468,15 @@ impl Registry {
             {
                 report.health = Some(plugin::Health::left(id));
             }
+            let kind = report
+                .community
+                .as_deref()
+                .and_then(|id| CommunityId::from_hex(id).ok());
+            report.instances = state
+                .running
+                .iter()
+                .filter(|(id, opened)| Some(opened.kind) == kind && Some(**id) != kind)
+                .count();
         }
         reports
     }
@@ -428,8 +532,7 @@ impl Registry {
         };
         let mut state = lock(&self.state);
         state.files.entry(key.clone()).or_default().stamp = stamp;
-        state.reports.retain(|r| file_key(&r.path) != key);
-        state.reports.push(report.clone());
+        state.file_report(&key, report.clone());
         report
     }
 
@@ -477,12 +580,42 @@ impl Registry {
         rejoin: bool,
     ) -> Result<PluginReport, String> {
         let (plugin, private) = self.copy_and_open(path).await?;
+        let kind = plugin.definition.id();
         let opened = Opened {
             plugin,
             private,
             key: key.to_path_buf(),
+            kind,
         };
-        self.start(path, opened, rejoin).await
+        let report = self.start(path, opened.clone(), rejoin).await?;
+        lock(&self.state).types.insert(kind, opened.clone());
+        self.start_instances(path, &opened).await;
+        Ok(report)
+    }
+
+    /// Joins the stored instances of the community type `opened` runs (its own community
+    /// started): the ones the operator left are remembered as left. A failure is logged and the
+    /// others go on.
+    async fn start_instances(&self, path: &Path, opened: &Opened) {
+        let instances = match self.context.store.instances(opened.kind).await {
+            Ok(instances) => instances,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "reading the stored instances of the plugin's community type failed; none joined");
+                return;
+            }
+        };
+        for instance in instances {
+            let id = instance.master.community_id();
+            if lock(&self.state).definitions.contains_key(&id) {
+                continue;
+            }
+            if let Err(error) = self
+                .start(path, opened.instance(instance.master), false)
+                .await
+            {
+                tracing::warn!(community = %id, "{error}");
+            }
+        }
     }
 
     /// Copies file `path` privately and opens the copy (the plugin's own code runs then).
@@ -539,6 +672,7 @@ impl Registry {
             plugin,
             private,
             key,
+            kind,
         } = opened.clone();
         let definition = plugin.definition.clone();
         let id = definition.id();
@@ -550,12 +684,19 @@ impl Registry {
             .ensure_community(&definition)
             .await
             .map_err(|e| fail(&e))?;
+        if id != kind {
+            context
+                .store
+                .set_instance_of(row, kind)
+                .await
+                .map_err(|e| fail(&e))?;
+        }
         let auto_load = context.store.auto_load(row).await.map_err(|e| fail(&e))?;
         if !auto_load && !rejoin {
             tracing::info!(community = %id, name = %definition.name, path = %path.display(), "community not joined: the operator left it (POST /v1/communities/{id}/join joins it again)");
             let mut state = lock(&self.state);
             state.left.insert(id, opened);
-            return Ok(PluginReport::loaded(path, &definition, &private));
+            return Ok(PluginReport::loaded(path, &definition, kind, &private));
         }
         if !auto_load {
             context
@@ -622,7 +763,7 @@ impl Registry {
                 tracing::warn!(community = %id, name = %definition.name, path = %path.display(), deadline_ms = deadline.as_millis() as u64, "community stuck: its plugin's create() runs past the deadline; the other plugins go on");
             }
         }
-        let report = PluginReport::loaded(path, &definition, &private);
+        let report = PluginReport::loaded(path, &definition, kind, &private);
         let mut state = lock(&self.state);
         state.workers.insert(id, Arc::new(worker));
         state.left.remove(&id);
@@ -732,7 +873,11 @@ impl Registry {
             let worker = state.workers.remove(&id);
             let opened = state.running.remove(&id);
             if let Some(opened) = &opened {
-                if let Some(file) = state.files.get_mut(&opened.key) {
+                // The file runs nothing any more: loading it again joins its community.
+                let used = state.running.values().any(|o| o.key == opened.key);
+                if let Some(file) = state.files.get_mut(&opened.key)
+                    && !used
+                {
                     file.loaded = None;
                     file.candidate = None;
                 }
@@ -756,9 +901,11 @@ impl Registry {
         }
         if let Some(worker) = worker {
             let deadline = self.context.limits.deadline;
-            let ended = tokio::task::spawn_blocking(move || worker.stop(deadline))
-                .await
-                .unwrap_or(false);
+            let ended = tokio::task::spawn_blocking(move || {
+                worker.stop(deadline, dispersy_plugin_api::abi::retire::LEAVE)
+            })
+            .await
+            .unwrap_or(false);
             if !ended {
                 tracing::warn!(community = %id, %name, "the left community's thread did not end within the plugin call deadline; left behind");
             }
@@ -792,8 +939,70 @@ impl Registry {
                     reason,
                 })?;
         let mut state = lock(&self.state);
-        state.reports.retain(|r| file_key(&r.path) != key);
-        state.reports.push(report.clone());
+        state.file_report(&key, report.clone());
+        Ok(report)
+    }
+
+    /// Joins a new community of a loaded community type: the community of master key `master`,
+    /// run by the plugin of type `kind` (its name, or the id of its own community when two
+    /// loaded plugins share a name). The join is stored: at start the community is joined
+    /// again after its type's own community ([`Store::instances`]). A community left earlier
+    /// is joined again.
+    pub async fn join_instance(
+        &self,
+        kind: &str,
+        master: PublicKey,
+    ) -> Result<InstanceReport, InstanceError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let id = master.community_id();
+        let opened = {
+            let state = lock(&self.state);
+            let matching: Vec<&Opened> = state
+                .types
+                .values()
+                .filter(|o| {
+                    o.plugin.definition.name == kind || o.kind.to_hex() == kind.to_lowercase()
+                })
+                .collect();
+            let opened = match matching.as_slice() {
+                [] => return Err(InstanceError::UnknownType(kind.to_owned())),
+                [one] => (*one).clone(),
+                several => {
+                    let mut ids: Vec<String> = several.iter().map(|o| o.kind.to_hex()).collect();
+                    ids.sort();
+                    return Err(InstanceError::AmbiguousType {
+                        name: kind.to_owned(),
+                        ids,
+                    });
+                }
+            };
+            if state.definitions.contains_key(&id) {
+                return Err(InstanceError::Joined(id));
+            }
+            match state.left.get(&id) {
+                Some(left) if left.kind != opened.kind => {
+                    return Err(InstanceError::OtherType(id));
+                }
+                Some(left) => left.clone(),
+                None => opened.instance(master),
+            }
+        };
+        let path = opened.plugin.path.clone();
+        let report = InstanceReport {
+            community: id.to_hex(),
+            name: opened.plugin.definition.name.clone(),
+            version: opened.plugin.definition.version.clone(),
+            type_community: opened.kind.to_hex(),
+            master_key: opened.plugin.definition.master.to_hex(),
+            path: path.clone(),
+        };
+        self.start(&path, opened, true)
+            .await
+            .map_err(|reason| InstanceError::Failed {
+                community: id,
+                reason,
+            })?;
+        tracing::info!(community = %id, name = %report.name, type_community = %report.type_community, "community joined as an instance of its type by the operator");
         Ok(report)
     }
 
@@ -802,16 +1011,19 @@ impl Registry {
         lock(&self.state).running.get(id).map(|o| o.key.clone())
     }
 
-    /// Live upgrade of a running community to plugin file `path` (README, "Upgrading a
-    /// plugin"): the file is copied privately and opened; it must define a community this node
-    /// runs (same master key), in a newer semver version unless `allow_downgrade`, keeping every
-    /// meta of the running definition with the same id and the same distribution kind (so every
-    /// stored message keeps a meta that reads it the same way). The switch runs on the
-    /// community's thread ([`Worker::upgrade`]); then the store records the new version and
-    /// metas, and the protocol task the new definition (`Command::Redefine`). The community's
-    /// file becomes `path` (its report shows the new version; the health shows `version`,
-    /// `previous_version` and `upgrades`). The old library stays mapped: abi_stable never
-    /// unloads one. Other communities are not touched.
+    /// Live upgrade of a running community type to plugin file `path` (README, "Upgrading a
+    /// plugin"): the file is copied privately and opened; it must define a community type this
+    /// node runs (same master key: its own community, or an instance of it), in a newer semver
+    /// version unless `allow_downgrade`, keeping every meta of the running definition with the
+    /// same id and the same distribution kind (so every stored message keeps a meta that reads
+    /// it the same way). Every running community of the type switches, its own first, then its
+    /// instances, one at a time, each on its own thread ([`Worker::upgrade`]); then the store
+    /// records the new version and metas, and the protocol task the new definition
+    /// (`Command::Redefine`). A community whose switch fails rolls back alone (the others keep
+    /// the new version; the first error is returned). The type's file becomes `path` (its
+    /// report shows the new version; the health shows `version`, `previous_version` and
+    /// `upgrades`). The old library stays mapped: abi_stable never unloads one. Other types
+    /// are not touched.
     pub async fn upgrade(
         self: &Arc<Self>,
         path: &Path,
@@ -821,61 +1033,113 @@ impl Registry {
         let key = file_key(path);
         let stamp = stamp(path);
         let (plugin, private) = self.copy_and_open(path).await.map_err(UpgradeError::Load)?;
-        let new = plugin.definition.clone();
-        let id = new.id();
-        let (old, row, worker, old_key) = {
-            let state = lock(&self.state);
-            match (
-                state.definitions.get(&id),
-                state.workers.get(&id),
-                state.running.get(&id),
-            ) {
-                (Some((old, row, _)), Some(worker), Some(opened)) => {
-                    (old.clone(), *row, worker.clone(), opened.key.clone())
-                }
-                _ => {
-                    return Err(UpgradeError::NotRunning {
-                        path: path.to_path_buf(),
-                        community: id,
-                    });
-                }
-            }
-        };
-        check_upgrade(path, &old, &new, allow_downgrade)?;
-        let answer = worker
-            .upgrade(&plugin)
-            .map_err(|e| UpgradeError::Switch(e.into()))?;
-        let switch = Switch {
-            id,
-            new,
-            row,
-            path: path.to_path_buf(),
-            key,
-            old_key,
-            stamp,
+        let kind = plugin.definition.id();
+        let name = plugin.definition.name.clone();
+        let mut targets = self.running_of(kind);
+        if targets.is_empty() {
+            return Err(UpgradeError::NotRunning {
+                path: path.to_path_buf(),
+                community: kind,
+            });
+        }
+        // Its own community first, then the instances in a stable order.
+        targets.sort_by_key(|(id, ..)| (*id != kind, *id));
+        let mut switches = Vec::with_capacity(targets.len());
+        for (id, old, row, worker, old_key) in targets {
+            let instance = plugin.instance(old.master.clone());
+            check_upgrade(path, &old, &instance.definition, allow_downgrade)?;
+            let switch = Switch {
+                id,
+                new: instance.definition.clone(),
+                row,
+                path: path.to_path_buf(),
+                key: key.clone(),
+                old_key,
+                stamp,
+                plugin: instance,
+                private: private.clone(),
+                kind,
+            };
+            switches.push((worker, switch));
+        }
+        let own = Opened {
             plugin,
             private,
+            key,
+            kind,
         };
-        // The switch goes on without the caller if it waits no longer: the registry records it
-        // once the community's thread answers (a long restore, a slow create()).
+        // The switches go on without the caller if it waits no longer: the registry records
+        // each once its community's thread answers (a long restore, a slow create()).
         let registry = self.clone();
         let finish = tokio::spawn(async move {
             let _one_at_a_time = one_at_a_time;
-            let answer = answer
-                .await
-                .map_err(|_| UpgradeError::Switch(plugin::QueueError::Stopped.into()))?;
-            answer.map_err(UpgradeError::Switch)?;
-            registry.switched(switch).await
+            let mut report = None;
+            let mut first_error = None;
+            for (worker, switch) in switches {
+                let id = switch.id;
+                match registry.switch(&worker, switch).await {
+                    Ok(switched) => report = Some(switched),
+                    Err(error) => {
+                        tracing::warn!(community = %id, %error, "live upgrade of one community of the type failed; it keeps its version");
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            if report.is_some() {
+                lock(&registry.state).types.insert(kind, own);
+            }
+            match (first_error, report) {
+                (Some(error), _) => Err(error),
+                (None, Some(report)) => Ok(report),
+                (None, None) => Err(UpgradeError::Stopping),
+            }
         });
         let wait = self.context.limits.deadline.max(UPGRADE_WAIT);
         match tokio::time::timeout(wait, finish).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(UpgradeError::Stopping),
             Err(_) => Err(UpgradeError::Pending {
-                name: old.name,
+                name,
                 wait_ms: wait.as_millis() as u64,
             }),
         }
+    }
+
+    /// The running communities of the type whose own community is `kind`: id, definition,
+    /// store row, thread and plugin file key.
+    fn running_of(
+        &self,
+        kind: CommunityId,
+    ) -> Vec<(CommunityId, Definition, i64, Arc<Worker>, PathBuf)> {
+        let state = lock(&self.state);
+        state
+            .running
+            .iter()
+            .filter(|(_, opened)| opened.kind == kind)
+            .filter_map(|(id, opened)| {
+                let (definition, row, _) = state.definitions.get(id)?;
+                let worker = state.workers.get(id)?;
+                Some((
+                    *id,
+                    definition.clone(),
+                    *row,
+                    worker.clone(),
+                    opened.key.clone(),
+                ))
+            })
+            .collect()
+    }
+
+    /// One community's live upgrade: the switch on its thread, then the registry's part.
+    async fn switch(&self, worker: &Worker, switch: Switch) -> Result<PluginReport, UpgradeError> {
+        let answer = worker
+            .upgrade(&switch.plugin)
+            .map_err(|e| UpgradeError::Switch(e.into()))?;
+        answer
+            .await
+            .map_err(|_| UpgradeError::Switch(plugin::QueueError::Stopped.into()))?
+            .map_err(UpgradeError::Switch)?;
+        self.switched(switch).await
     }
 
     /// The registry's part of a live upgrade, once the community's thread runs the new version.
@@ -890,6 +1154,7 @@ impl Registry {
             stamp,
             plugin,
             private,
+            kind,
         } = switch;
         // The instance of the new version runs: record its version and metas, then teach the
         // protocol task its definition (the metas it keeps decode the same meanwhile).
@@ -915,7 +1180,7 @@ impl Registry {
                 return Err(UpgradeError::Stopping);
             }
         }
-        let report = PluginReport::loaded(&path, &new, &private);
+        let report = PluginReport::loaded(&path, &new, kind, &private);
         let mut state = lock(&self.state);
         state.definitions.insert(id, (new.clone(), row, path));
         if old_key != key {
@@ -925,8 +1190,7 @@ impl Registry {
             }
             state.reports.retain(|r| file_key(&r.path) != old_key);
         }
-        state.reports.retain(|r| file_key(&r.path) != key);
-        state.reports.push(report.clone());
+        state.file_report(&key, report.clone());
         let file = state.files.entry(key.clone()).or_default();
         file.loaded = Some(private.clone());
         file.candidate = None;
@@ -937,6 +1201,7 @@ impl Registry {
                 plugin,
                 private,
                 key,
+                kind,
             },
         );
         drop(state);

@@ -288,6 +288,42 @@ fn community_subcommands_change_a_running_node() {
     let error = String::from_utf8(out.stderr).unwrap();
     assert!(error.contains("40 hexadecimal digits"), "{error}");
     assert_eq!(error.trim().lines().count(), 1, "{error}");
+    // Another community of the example type, with a master key from keygen.
+    let keygen = dispersy().arg("keygen").output().unwrap();
+    let text = String::from_utf8(keygen.stdout).unwrap();
+    let master = text
+        .lines()
+        .find_map(|l| l.strip_prefix("public key:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let join = |kind: &str, key: &str| {
+        dispersy()
+            .args(["join", kind, key, "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let out = join("example", &master);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("\"type_community\": \"{EXAMPLE}\"")),
+        "{out:?}"
+    );
+    let out = join("example", &master);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("409"),
+        "{out:?}"
+    );
+    let out = join("chess", &master);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("no loaded plugin defines community type `chess`"),
+        "{out:?}"
+    );
     // A live upgrade to the same build: refused (not newer) unless a downgrade is asked for.
     let file = plugins.path().join("libexample_community.so");
     let upgrade = |extra: &[&str]| {

@@ -31,6 +31,16 @@ pub struct Plugin {
     pub definition: Definition,
 }
 
+impl Plugin {
+    /// The same plugin running the community of master key `master`: an instance of its
+    /// community type, with the type's metas and conversions and a community id of its own.
+    pub fn instance(&self, master: dispersy_core::identity::PublicKey) -> Plugin {
+        let mut plugin = self.clone();
+        plugin.definition.master = master;
+        plugin
+    }
+}
+
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")

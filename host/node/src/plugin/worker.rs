@@ -158,8 +158,9 @@ pub enum Job {
     },
     /// A timer was scheduled: recompute the wake-up time.
     Wake,
-    /// Finish the jobs queued before this one, then end the thread.
-    Stop,
+    /// Finish the jobs queued before this one, then retire the instance for this
+    /// [`abi::retire`] reason and end the thread.
+    Stop(u8),
 }
 
 /// Why a job was not queued.
@@ -478,7 +479,12 @@ impl Worker {
     /// the job it is on. Never blocks. (Dropping the sender is not enough: the community's host
     /// handle holds a sender too, to wake the thread for timers.)
     pub fn signal_stop(&self) {
-        if self.jobs.try_send(Job::Stop).is_err() {
+        self.signal_stop_for(abi::retire::SHUTDOWN);
+    }
+
+    /// [`Worker::signal_stop`], the instance retired for the [`abi::retire`] reason `reason`.
+    fn signal_stop_for(&self, reason: u8) {
+        if self.jobs.try_send(Job::Stop(reason)).is_err() {
             self.shared.stop_now.store(true, Ordering::Relaxed);
             // Wakes a thread waiting for a job (a full queue has one waiting anyway).
             let _ = self.jobs.try_send(Job::Wake);
@@ -507,10 +513,11 @@ impl Worker {
         true
     }
 
-    /// Stops the thread after the jobs already queued, waiting for it at most `timeout`;
-    /// returns whether it ended.
-    pub fn stop(&self, timeout: Duration) -> bool {
-        self.signal_stop();
+    /// Stops the thread after the jobs already queued (the instance retired for the
+    /// [`abi::retire`] reason `reason`), waiting for it at most `timeout`; returns whether it
+    /// ended.
+    pub fn stop(&self, timeout: Duration, reason: u8) -> bool {
+        self.signal_stop_for(reason);
         self.wait_stopped(Instant::now() + timeout)
     }
 }
@@ -794,6 +801,8 @@ impl WorkerLoop {
     fn run(mut self, jobs: Receiver<Job>) {
         // A job taken from the queue while gathering a batch, to run right after it.
         let mut next: Option<Job> = None;
+        // Why the instance is retired when the loop ends (a disconnected queue: the host stops).
+        let mut retire = abi::retire::SHUTDOWN;
         loop {
             if self.shared.stop_now.load(Ordering::Relaxed) {
                 break;
@@ -815,7 +824,10 @@ impl WorkerLoop {
                 }
             };
             match job {
-                Ok(Job::Stop) => break,
+                Ok(Job::Stop(reason)) => {
+                    retire = reason;
+                    break;
+                }
                 Ok(Job::Deliver { meta, messages }) => {
                     // Take every delivery already waiting (up to the batch bound): one check per
                     // meta, one store transaction and one handle per meta for all of them.
@@ -842,7 +854,7 @@ impl WorkerLoop {
             self.retry_delayed();
         }
         if !self.shared.stop_now.load(Ordering::Relaxed) {
-            self.retire(abi::retire::SHUTDOWN);
+            self.retire(retire);
         }
     }
 
@@ -943,7 +955,7 @@ impl WorkerLoop {
             } => {
                 let _ = reply.send(self.upgrade(factory, *definition));
             }
-            Job::Wake | Job::Stop => {}
+            Job::Wake | Job::Stop(_) => {}
         }
     }
 

@@ -3,11 +3,20 @@
 
 use dispersy_core::bloom::PacketHash;
 use dispersy_core::community::Definition;
-use dispersy_core::identity::PublicKey;
+use dispersy_core::identity::{CommunityId, PublicKey};
 use dispersy_core::meta::{Distribution, SyncOrder};
 use sqlx::Row as _;
 
 use super::{Store, StoreError, hash_bytes};
+
+/// A stored instance of a community type ([`Store::instances`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Its master key; the community id derives from it.
+    pub master: PublicKey,
+    /// Whether it is joined at start (false once the operator left it).
+    pub auto_load: bool,
+}
 
 impl Store {
     /// Records the member's public key (idempotent).
@@ -66,6 +75,44 @@ impl Store {
         }
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// Records community row `row` as an instance of the community type whose own community is
+    /// `kind` (joined with a master key of its own): joined again at start after its type.
+    pub async fn set_instance_of(&self, row: i64, kind: CommunityId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE community SET instance_of = ?2 WHERE id = ?1")
+            .bind(row)
+            .bind(kind.0.to_vec())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The stored instances of the community type whose own community is `kind`, in the order
+    /// they were joined: their master keys and whether they are joined at start. A row whose
+    /// master key does not parse is skipped with a warning.
+    pub async fn instances(&self, kind: CommunityId) -> Result<Vec<Instance>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT master_key, auto_load FROM community WHERE instance_of = ?1 ORDER BY id",
+        )
+        .bind(kind.0.to_vec())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let master: Vec<u8> = row.try_get(0)?;
+            let auto_load: i64 = row.try_get(1)?;
+            match PublicKey::from_bytes(&master) {
+                Ok(master) => out.push(Instance {
+                    master,
+                    auto_load: auto_load != 0,
+                }),
+                Err(error) => {
+                    tracing::warn!(type_community = %kind, %error, "a stored community instance has an unreadable master key; skipped");
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Whether community row `row` is joined at start when its plugin is present (`false`

@@ -454,8 +454,13 @@ impl Harness {
     }
 
     /// Stops the loop after the queued jobs; returns what the protocol task was told, in order.
-    fn stop(mut self) -> (Vec<String>, Vec<Command>, Arc<Shared>) {
-        self.jobs.send(Job::Stop).unwrap();
+    fn stop(self) -> (Vec<String>, Vec<Command>, Arc<Shared>) {
+        self.stop_for(abi::retire::SHUTDOWN)
+    }
+
+    /// [`Harness::stop`], the instance retired for `reason`.
+    fn stop_for(mut self, reason: u8) -> (Vec<String>, Vec<Command>, Arc<Shared>) {
+        self.jobs.send(Job::Stop(reason)).unwrap();
         self.thread.join().unwrap();
         let mut told = Vec::new();
         while let Ok(command) = self.commands.try_recv() {
@@ -872,6 +877,15 @@ fn a_new_instance_gets_the_stored_history_in_pages_before_any_queued_traffic() {
          the queued delivery"
     );
     assert_eq!(shared.health().state, "live");
+}
+
+#[test]
+fn a_stop_retires_the_instance_for_the_reason_given() {
+    for reason in [abi::retire::SHUTDOWN, abi::retire::LEAVE] {
+        let (log, _, _) =
+            start_with(limits(), HashMap::new(), vec![], Some((rows(&[]), false))).stop_for(reason);
+        assert_eq!(log.last().unwrap(), &format!("retire {reason}"), "{log:?}");
+    }
 }
 
 #[test]
