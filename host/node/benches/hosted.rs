@@ -12,10 +12,12 @@
 //!    folder; the start time runs from the spawn until `GET /v1/communities` (polled every 20 ms)
 //!    lists all N communities live.
 //!
-//! After each phase the node settles (BENCH_SETTLE_SECS, default 5) and is measured over an idle
-//! window (BENCH_IDLE_SECS, default 10): its CPU (utime + stime from /proc/PID/stat, as % of
-//! one core), VmRSS and RssAnon (/proc/PID/status), threads, and the datagrams it sends per second
-//! (`stats.datagrams_sent` of `GET /v1/node`). Beside them, the limits of the measurement: the
+//! After each phase the node settles (BENCH_SETTLE_SECS, default 35: past the 30 s in which a
+//! newly joined community walks every 250 ms, the fast walker; the CPU of this time is shown too)
+//! and is measured over an idle window (BENCH_IDLE_SECS, default 20): its CPU (utime + stime from
+//! /proc/PID/stat, as % of one core, also by thread name from /proc/PID/task), VmRSS and RssAnon
+//! (/proc/PID/status), threads, and the datagrams it sends per second (`stats.datagrams_sent` of
+//! `GET /v1/node`). Beside them, the limits of the measurement: the
 //! CPU of a `sleep` process over the same window, the clock-tick resolution, and how busy the
 //! whole machine was. RSS per community = (RSS after restart − RSS of the baseline) / (N − the
 //! baseline's count). Prints PASS/FAIL against the goals (idle ≤ 1 % of a core, ≤ 1 MB RSS per
@@ -49,8 +51,10 @@ const START_LIMIT: Duration = Duration::from_secs(120);
 #[tokio::main]
 async fn main() {
     let target = env_or("BENCH_COMMUNITIES", 100) as usize;
-    let settle = Duration::from_secs(env_or("BENCH_SETTLE_SECS", 5));
-    let window = Duration::from_secs(env_or("BENCH_IDLE_SECS", 10).max(1));
+    // Past the fast walker of new communities (`walker.fast_walker_duration_ms`, 30 s), which
+    // steps every 250 ms: idle is what comes after it.
+    let settle = Duration::from_secs(env_or("BENCH_SETTLE_SECS", 35));
+    let window = Duration::from_secs(env_or("BENCH_IDLE_SECS", 20).max(1));
     let work = tempfile::tempdir().unwrap();
     let empty = work.path().join("no-plugins");
     std::fs::create_dir_all(&empty).unwrap();
@@ -126,6 +130,8 @@ struct Sample {
     rss_kib: u64,
     anon_kib: u64,
     threads: u64,
+    /// The node's CPU while it settled (the fast walker of new communities), % of one core.
+    settle_cpu_percent: f64,
     /// The node's CPU over the idle window, % of one core.
     cpu_percent: f64,
     /// Datagrams the node sent per second over the window.
@@ -134,6 +140,8 @@ struct Sample {
     sleep_cpu_ms: u128,
     /// How busy the whole machine was over the window, % of all its cores.
     machine_percent: f64,
+    /// The node's CPU over the window by thread name: (name, threads, ms), most first.
+    by_thread: Vec<(String, usize, u64)>,
 }
 
 /// A running node process and its API.
@@ -299,8 +307,13 @@ impl Node {
         settle: Duration,
         window: Duration,
     ) -> Sample {
-        tokio::time::sleep(settle).await;
         let pid = self.child.id();
+        let settling = Instant::now();
+        let settle_cpu_before = cpu_time(pid);
+        tokio::time::sleep(settle).await;
+        let settle_cpu = cpu_time(pid) - settle_cpu_before;
+        let settle_cpu_percent =
+            100.0 * settle_cpu.as_secs_f64() / settling.elapsed().as_secs_f64();
         let (communities, live) = self.communities().await;
         let mut sleeper = std::process::Command::new("sleep")
             .arg(format!("{}", window.as_secs() + 1))
@@ -308,11 +321,13 @@ impl Node {
             .expect("spawn sleep");
         let machine_before = machine_ticks();
         let sent_before = self.datagrams_sent().await;
+        let threads_before = thread_ticks(pid);
         let cpu_before = cpu_time(pid);
         let sleep_before = cpu_time(sleeper.id());
         let began = Instant::now();
         tokio::time::sleep(window).await;
         let cpu = cpu_time(pid) - cpu_before;
+        let threads_after = thread_ticks(pid);
         let sleep_cpu = cpu_time(sleeper.id()) - sleep_before;
         let elapsed = began.elapsed();
         let sent = self.datagrams_sent().await - sent_before;
@@ -330,6 +345,7 @@ impl Node {
             rss_kib: status_field(&status, "VmRSS:"),
             anon_kib: status_field(&status, "RssAnon:"),
             threads: status_field(&status, "Threads:"),
+            settle_cpu_percent,
             cpu_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
             sent_per_second: sent as f64 / elapsed.as_secs_f64(),
             sleep_cpu_ms: sleep_cpu.as_millis(),
@@ -338,6 +354,7 @@ impl Node {
             } else {
                 0.0
             },
+            by_thread: by_thread(&threads_before, &threads_after),
         }
     }
 
@@ -388,6 +405,52 @@ fn status_field(status: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Each thread of process `pid`: its id, name and user + system clock ticks, from
+/// /proc/PID/task/TID/stat.
+fn thread_ticks(pid: u32) -> Vec<(u32, String, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some((tid, name, ticks))
+        })
+        .collect()
+}
+
+/// CPU between two [`thread_ticks`] readings by thread name: (name, threads, ms), most first.
+/// Threads that ended in between are not counted.
+fn by_thread(
+    before: &[(u32, String, u64)],
+    after: &[(u32, String, u64)],
+) -> Vec<(String, usize, u64)> {
+    let mut groups: Vec<(String, usize, u64)> = Vec::new();
+    for (tid, name, ticks) in after {
+        let earlier = before
+            .iter()
+            .find(|(t, _, _)| t == tid)
+            .map_or(0, |(_, _, ticks)| *ticks);
+        let ms = ticks.saturating_sub(earlier) * 10;
+        match groups.iter_mut().find(|(n, _, _)| n == name) {
+            Some(group) => {
+                group.1 += 1;
+                group.2 += ms;
+            }
+            None => groups.push((name.clone(), 1, ms)),
+        }
+    }
+    groups.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    groups
+}
+
 /// (busy, total) clock ticks of all cores of the machine, from the first line of /proc/stat.
 fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
@@ -427,13 +490,14 @@ fn mib(kib: u64) -> f64 {
 
 fn print_table(rows: &[Sample]) {
     println!(
-        "  {:<26} {:>11} {:>11} {:>9} {:>9} {:>8} {:>13} {:>8} {:>12} {:>13}",
+        "  {:<26} {:>11} {:>11} {:>9} {:>9} {:>8} {:>15} {:>14} {:>8} {:>12} {:>13}",
         "phase",
         "communities",
         "start→live",
         "RSS MiB",
         "anon MiB",
         "threads",
+        "settle CPU %core",
         "idle CPU %core",
         "sent/s",
         "sleep CPU ms",
@@ -450,17 +514,35 @@ fn print_table(rows: &[Sample]) {
             format!("{} ({} live)", row.communities, row.live)
         };
         println!(
-            "  {:<26} {:>11} {:>11} {:>9.1} {:>9.1} {:>8} {:>14.2} {:>8.2} {:>12} {:>14.1}",
+            "  {:<26} {:>11} {:>11} {:>9.1} {:>9.1} {:>8} {:>16.2} {:>14.2} {:>8.2} {:>12} {:>14.1}",
             row.label,
             communities,
             start,
             mib(row.rss_kib),
             mib(row.anon_kib),
             row.threads,
+            row.settle_cpu_percent,
             row.cpu_percent,
             row.sent_per_second,
             row.sleep_cpu_ms,
             row.machine_percent
+        );
+    }
+    for row in rows {
+        let threads: Vec<String> = row
+            .by_thread
+            .iter()
+            .filter(|(_, _, ms)| *ms > 0)
+            .map(|(name, count, ms)| format!("{name} ×{count}: {ms} ms"))
+            .collect();
+        println!(
+            "  CPU by thread, {}: {}",
+            row.label,
+            if threads.is_empty() {
+                "none counted".to_owned()
+            } else {
+                threads.join(", ")
+            }
         );
     }
 }
