@@ -1,6 +1,6 @@
 //! Hosted benchmark (a bench binary, not a timed test): one `dispersy run` process of the release
 //! build hosting N (default 100) communities of several plugin types (the probe and example
-//! communities, one file each): its memory per community, its idle CPU, and how long it takes
+//! communities, and the legacy community built against the previous plugin-api; one file each): its memory per community, its idle CPU, and how long it takes
 //! from spawning the process until all N communities are joined and live.
 //!
 //! Phases, each on loopback with its own data folder under one tempdir, no tracker, no peers:
@@ -38,7 +38,11 @@ use common::{cpu_time, env_or};
 use dispersy_node::client::{Client, ClientError, Endpoints};
 
 /// The plugin files of the community types the node hosts, built next to the `dispersy` binary.
-const PLUGINS: [&str; 2] = ["libprobe_community.so", "libexample_community.so"];
+const PLUGINS: [&str; 3] = [
+    "libprobe_community.so",
+    "libexample_community.so",
+    "liblegacy_plugin.so",
+];
 
 /// The goals of the benchmark.
 const GOAL_IDLE_CPU_PERCENT: f64 = 1.0;

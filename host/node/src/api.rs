@@ -760,7 +760,7 @@ async fn join_instance(
         .ok_or_else(|| ApiError::bad_request("a tracker joins no communities"))?;
     let master = PublicKey::from_hex(&request.master_key).map_err(|e| {
         ApiError::bad_request(format!(
-            "master_key: {e} (66 hexadecimal digits of a compressed secp256k1 public key, as `dispersy keygen` prints)"
+            "master_key: {e} (a compressed secp256k1 public key, as `dispersy keygen` prints it)"
         ))
     })?;
     let report = registry

@@ -753,7 +753,7 @@ impl Registry {
         let deadline = context.limits.deadline;
         match tokio::time::timeout(deadline, created).await {
             Ok(Ok(Ok(()))) => {
-                tracing::info!(community = %id, name = %definition.name, path = %path.display(), "community joined");
+                tracing::info!(community = %id, name = %definition.name, type_community = %kind, path = %path.display(), "community joined");
             }
             Ok(Ok(Err(error))) => {
                 return Err(fail(&format!("creating the community failed: {error}")));
