@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{cpu_time, env_or};
+use common::{cpu_time, env_or, node_command};
 use dispersy_node::client::{Client, ClientError, Endpoints};
 
 /// The plugin files of the community types the node hosts, built next to the `dispersy` binary.
@@ -162,28 +162,8 @@ impl Node {
     async fn start(data: &Path, plugins: &Path, expect: Option<usize>) -> (Node, Option<Duration>) {
         // A stale endpoints file from an earlier run would point at a closed API.
         let _ = std::fs::remove_file(data.join("endpoints.json"));
-        let exe = PathBuf::from(env!("CARGO_BIN_EXE_dispersy"));
         let spawned = Instant::now();
-        let child = std::process::Command::new(&exe)
-            .args([
-                "run",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--api",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--plugin-dir")
-            .arg(plugins)
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn");
+        let child = node_command(data, plugins).spawn().expect("spawn");
         let client = loop {
             if let Ok(endpoints) = Endpoints::read(data) {
                 break endpoints.client;

@@ -76,6 +76,32 @@ pub const COMMUNITY: &str = "a2954e175d875cfdadc3a03557c72372038ec2b1";
 /// The probe plugin's file, built next to the `dispersy` binary.
 pub const PLUGIN: &str = "libprobe_community.so";
 
+/// The command of a `dispersy run` process of the release build on loopback (ephemeral UDP and
+/// API ports), with data folder `data` and plugin folder `plugins`, warnings logged only, its
+/// output discarded.
+pub fn node_command(data: &std::path::Path, plugins: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dispersy"));
+    command
+        .args([
+            "run",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--plugin-dir")
+        .arg(plugins)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
 /// A `dispersy run` process of the release build with the probe plugin and data folder
 /// `data`, started on loopback with `extra` flags; returns it with its endpoints.
 #[allow(clippy::zombie_processes)] // the caller kills and waits for it
@@ -97,25 +123,8 @@ pub async fn start_node(
         std::fs::copy(&built, plugins.join(PLUGIN)).expect("copy plugin");
     }
     let data = work.join(name);
-    let child = std::process::Command::new(&exe)
-        .args([
-            "run",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--api",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--plugin-dir")
-        .arg(&plugins)
+    let child = node_command(&data, &plugins)
         .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
     loop {
