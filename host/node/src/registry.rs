@@ -711,8 +711,7 @@ impl Registry {
             .await
             .map_err(|e| fail(&e))?;
         let syncable: Vec<u32> = definition
-            .metas
-            .iter()
+            .all_metas()
             .filter(|m| m.is_synced())
             .map(|m| m.id)
             .collect();
