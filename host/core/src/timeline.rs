@@ -393,6 +393,11 @@ impl Timeline {
         self.slot(id).map(|slot| &slot.record)
     }
 
+    /// Every record held, valid or not, in fold order.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.records.values().map(|slot| &slot.record)
+    }
+
     /// The master member, root of every chain.
     pub fn master(&self) -> MemberId {
         self.rules.master

@@ -8,20 +8,137 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use super::{Event, Incoming, Node};
-use crate::authority::{self, Judgement};
+use super::{CreateError, Created, Event, Incoming, Node};
+use crate::authority::{self, Body, Judgement, MemberRef, Target};
 use crate::community::Community;
-use crate::identity::{CommunityId, MemberId, PublicKey};
+use crate::identity::{CommunityId, KeyPair, MemberId, PublicKey};
+use crate::meta::Resolution;
 use crate::missing::{Awaited, Lookup};
 use crate::stats::DropReason;
 use crate::time::Instant;
-use crate::timeline::{Inserted, RecordId, Subject};
-use crate::wire::{MAX_MISSING_TIMES, MissingProof, SignedMessage};
+use crate::timeline::{Act, Inserted, MAX_GRANTS, Permission, RecordId, Subject};
+use crate::wire::{self, MAX_MISSING_TIMES, MissingProof, SignedMessage};
 
 /// The most authors whose records one answer of proof reads (one store read each).
 const MAX_PROOF_AUTHORS: usize = 16;
 
+/// Why a community could not be founded ([`Node::found`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FoundError {
+    /// Not joined (or a tracker's bare community).
+    #[error("community {0} is not joined")]
+    NotJoined(CommunityId),
+    /// The key given is not the community's master key.
+    #[error("the key given is not the master key of community {0}")]
+    NotMaster(CommunityId),
+    /// This node's member holds every founding permission already (it was founded here).
+    #[error("this member already holds every founding permission of community {0}")]
+    AlreadyFounded(CommunityId),
+    /// The community has so many Linear and Dynamic metas that one authorize cannot grant
+    /// them all.
+    #[error("founding would grant {0} permissions, one authorize carries at most {MAX_GRANTS}")]
+    TooManyGrants(usize),
+    /// Signing or publishing the authorize failed.
+    #[error(transparent)]
+    Publish(#[from] CreateError),
+}
+
 impl Node {
+    /// Founds joined `community` with its `master` key: creates the master-signed authorize
+    /// granting this node's member `Permit`, `Authorize` and `Revoke` on every Linear and
+    /// Dynamic meta of the community and on [`Subject::DynamicSettings`] and
+    /// [`Subject::DestroyCommunity`], at the next global time, numbered after the master's
+    /// authorize records the timeline holds, and publishes it like a created message (sent to
+    /// the community and emitted as [`Event::Messages`] with no source: stored, never given to
+    /// the plugin; its record enters the timeline when the store reports it). Refused when the
+    /// member holds all those permissions already, so calling it at every start is harmless
+    /// once the first authorize is stored. The master key is used to sign only, never kept.
+    pub fn found(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        master: &KeyPair,
+    ) -> Result<Created, FoundError> {
+        let max_datagram = self.config.max_datagram;
+        let me = self.key.public().clone();
+        let c = self
+            .communities
+            .get_mut(&community)
+            .filter(|c| c.definition.is_some())
+            .ok_or(FoundError::NotJoined(community))?;
+        if master.public().community_id() != community {
+            return Err(FoundError::NotMaster(community));
+        }
+        let Some(definition) = c.definition.as_ref() else {
+            return Err(FoundError::NotJoined(community));
+        };
+        let mut subjects: Vec<Subject> = definition
+            .metas
+            .iter()
+            .filter(|meta| meta.resolution != Resolution::Public)
+            .map(|meta| Subject::Community(meta.id))
+            .collect();
+        subjects.extend([Subject::DynamicSettings, Subject::DestroyCommunity]);
+        let grants: Vec<(Subject, Permission)> = subjects
+            .iter()
+            .flat_map(|subject| {
+                [
+                    Permission::Permit,
+                    Permission::Authorize,
+                    Permission::Revoke,
+                ]
+                .map(|permission| (*subject, permission))
+            })
+            .collect();
+        if grants.len() > MAX_GRANTS {
+            return Err(FoundError::TooManyGrants(grants.len()));
+        }
+        let global_time = c.global_time.saturating_add(1);
+        let member = me.member_id();
+        let held = grants.iter().all(|(subject, permission)| {
+            c.timeline.holds(member, *subject, *permission, global_time)
+        });
+        if held {
+            return Err(FoundError::AlreadyFounded(community));
+        }
+        let master_id = master.member_id();
+        let authorized = c
+            .timeline
+            .records()
+            .filter(|r| r.author == master_id && matches!(r.act, Act::Authorize(_)))
+            .count();
+        let sequence = u32::try_from(authorized)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let body = Body::Authorize(vec![Target {
+            member: MemberRef::from_key(me),
+            grants,
+        }]);
+        let message = authority::message(
+            community,
+            master.public().clone(),
+            global_time,
+            Some(sequence),
+            body,
+        );
+        let signed = SignedMessage::sign(message, &[master]).map_err(CreateError::from)?;
+        let datagram = wire::encode_collection(0, &[&signed.packet]);
+        if datagram.len() + 8 > max_datagram {
+            return Err(CreateError::TooLarge {
+                len: datagram.len(),
+                max: max_datagram,
+            }
+            .into());
+        }
+        c.claim_global_time();
+        let (global_time, sent_to) = self.publish(now, community, signed, &[])?;
+        Ok(Created {
+            global_time,
+            sequence_number: Some(sequence),
+            sent_to,
+        })
+    }
+
     /// `incoming` is not allowed by the timeline held now: it waits for its proof (bounded in
     /// count and time like every wait), its sender is asked with missing-proof, and is sent
     /// the records `push` (the settings that deny it, which the sender may lack).

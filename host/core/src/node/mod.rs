@@ -14,6 +14,8 @@
 //! - [`Node::create_message`]: sign a member-authenticated message and have its plugin check it
 //!   (ends in [`Event::Created`]);
 //! - [`Node::request_signature`]: start a double-member message (ends in [`Event::Created`]).
+//! - [`Node::found`]: sign with the community's master key the authorize that gives this
+//!   node's member the first permits (published at once).
 //!
 //! Inputs, what happened (every one `handle_*`):
 //! - [`Node::handle_datagram`]: bytes from a UDP address;
@@ -84,6 +86,7 @@ use crate::session::{self, Sessions};
 use crate::stats::{DropReason, Stats, Traffic};
 use crate::time::Instant;
 use crate::wire::{self, CommunityMessage, ConnectionType, DecodeError, MissingIdentity, Packet};
+pub use authority::FoundError;
 
 /// The node's tunables. Defaults are the original's values (DESIGN.md §7).
 #[derive(Debug, Clone, PartialEq, Eq)]

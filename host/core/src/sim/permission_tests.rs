@@ -500,3 +500,61 @@ fn a_node_rebuilt_from_its_store_enforces_the_same_permissions_at_once() {
         if messages.iter().any(|m| m.message.packet == by_a.packet)))
     );
 }
+
+#[test]
+fn a_founded_community_gives_the_founders_member_its_first_permits_everywhere() {
+    use crate::node::FoundError;
+    let mut sim = network(3);
+    let (a, b) = (1, 2);
+    let now = sim.now;
+    assert_eq!(
+        sim.nodes[a].found(now, id(), &key(b)),
+        Err(FoundError::NotMaster(id()))
+    );
+    let other = CommunityId([7; 20]);
+    assert_eq!(
+        sim.nodes[a].found(now, other, &master()),
+        Err(FoundError::NotJoined(other))
+    );
+    let founded = sim.nodes[a].found(now, id(), &master()).expect("founded");
+    assert_eq!(founded.sequence_number, Some(1));
+    sim.run_for(Duration::from_millis(100));
+    let timeline = &sim.nodes[a].community(&id()).expect("joined").timeline;
+    let later = global_time(&sim, a) + 1;
+    for subject in [
+        Subject::Community(DECREE),
+        Subject::Community(NOTICE),
+        Subject::DynamicSettings,
+        Subject::DestroyCommunity,
+    ] {
+        for permission in [
+            Permission::Permit,
+            Permission::Authorize,
+            Permission::Revoke,
+        ] {
+            assert!(timeline.holds(member(a), subject, permission, later));
+        }
+    }
+    assert!(!timeline.holds(member(a), Subject::Community(2), Permission::Permit, later));
+    // Stored, so founding again (as at every start) does nothing.
+    let now = sim.now;
+    assert_eq!(
+        sim.nodes[a].found(now, id(), &master()),
+        Err(FoundError::AlreadyFounded(id()))
+    );
+    sim.create(a, id(), "decree", b"founder".to_vec(), &[])
+        .expect("the founder may");
+    sim.run_for(SPREAD);
+    for i in 1..=3 {
+        assert_eq!(stored_permissions(&sim, i).len(), 1, "node {i}");
+        // The founder's decree is accepted and stored everywhere.
+        assert!(
+            sim.stores[i]
+                .rows
+                .iter()
+                .any(|k| k.community == id() && k.meta == DECREE),
+            "node {i}"
+        );
+    }
+    assert_digests_equal(&sim, 1..=3);
+}
