@@ -768,6 +768,9 @@ fn judge_answers_what_insert_would_without_inserting() {
     assert_eq!(t.record(&grant.id), Some(&grant));
     assert_eq!(t.record(&by_a.id), None);
     assert_eq!(t.master(), MASTER);
+    // Every record held, valid or not, in fold order.
+    let held: Vec<RecordId> = t.records().map(|r| r.id).collect();
+    assert_eq!(held, [early.id, grant.id]);
 }
 
 #[test]
