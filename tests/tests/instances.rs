@@ -168,3 +168,55 @@ async fn an_upgrade_switches_the_type_s_own_community_and_its_instances() {
     assert_eq!(report["version"], "0.2.0", "{report}");
     node.stop().await;
 }
+
+/// A community counter of `community` at `node`.
+async fn counter(node: &TestNode, community: &str, name: &str) -> u64 {
+    node.community(community).await["stats"][name]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founder_key_founds_its_instance_once_and_the_authorize_reaches_the_peer() {
+    let plugins = plugin_dir(&["example_community"]);
+    let master = key(43);
+    let keys = tempfile::tempdir().unwrap();
+    let path = keys.path().join("master.key");
+    dispersy_node::keys::save(&path, &master).unwrap();
+    let hex = master.public().to_hex();
+    let id = master.member_id().to_hex();
+    let founder = path.clone();
+    let a = TestNode::start(plugins.path(), move |c| c.founder_key = Some(founder)).await;
+    let a_udp = a.udp;
+    let b = TestNode::start(plugins.path(), |c| c.peers = vec![a_udp.to_string()]).await;
+    // B joins first: A's authorize, published at its join, reaches B by push or sync.
+    assert_eq!(join(&b, "example", &hex).await.0, 201);
+    assert_eq!(join(&a, "example", &hex).await.0, 201);
+    assert_eq!(counter(&a, &id, "messages_created").await, 1);
+    assert_eq!(counter(&b, &id, "messages_created").await, 0);
+    wait_until(
+        Duration::from_secs(20),
+        "the founding authorize to reach the peer",
+        || async { counter(&b, &id, "messages_received").await >= 1 },
+    )
+    .await;
+    b.stop().await;
+
+    // Joined again at start, A holds its permits (rebuilt from the store): no second authorize.
+    let data = a.stop_keeping_data().await;
+    let founder = path.clone();
+    let a = TestNode::start_in(data, plugins.path(), move |c| {
+        c.founder_key = Some(founder);
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "the instance to be joined again",
+        || async { a.community(&id).await["plugin"]["state"] == "live" },
+    )
+    .await;
+    // The protocol task is told once the thread runs; give it that moment, then nothing new.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(counter(&a, &id, "messages_created").await, 0);
+    a.stop().await;
+}

@@ -19,7 +19,8 @@
 //! into a [`timeline::Record`].
 
 use crate::identity::{CommunityId, MemberId, PublicKey};
-use crate::meta::{Resolution, StaticResolution};
+use crate::meta::{MetaMessage, Resolution, StaticResolution};
+use crate::stats::DropReason;
 use crate::timeline::{self, Act, Grant, Permission, RecordId, Subject};
 use crate::wire::{CommunityMessage, Conversion};
 
@@ -205,6 +206,86 @@ pub fn record<'a>(
         global_time: message.global_time,
         act,
     })
+}
+
+/// What the permission rules say of a received message before it goes to the store and the
+/// plugin ([`judge`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// Allowed now (or needs no permission): stored and handled.
+    Allowed,
+    /// Wrong against the community's definition: dropped for this reason.
+    Drop(DropReason),
+    /// Not allowed by the timeline held now: it waits for the proof. `push` names the
+    /// dynamic-settings records that set the policy denying it, which the sender lacks when
+    /// its policy disagrees (sent to it, as the original did).
+    Wait {
+        /// Settings records to send to the sender.
+        push: Vec<RecordId>,
+    },
+}
+
+/// Judges a received community message of a community whose plugin metas are `metas` against
+/// its `timeline`:
+///
+/// - an authorize or revoke must name, in each grant, a plugin meta of `metas` or a
+///   built-in subject (else [`DropReason::UnknownPermissionSubject`]); a dynamic-settings must
+///   name a plugin meta of dynamic resolution and an index in its list of policies (else
+///   [`DropReason::InvalidDynamicSettings`]); then its record must be valid if inserted now
+///   ([`timeline::Timeline::judge`]), else it waits;
+/// - undo-own, undo-other and destroy-community are [`DropReason::Unsupported`] (not handled
+///   yet);
+/// - a plugin message of a Linear meta, or of a Dynamic meta whose policy at its global time is
+///   Linear, must be allowed for all its authors ([`timeline::Timeline::may_all`]), else it
+///   waits (pushing the deciding settings for a Dynamic meta); any other message is allowed.
+///
+/// `packet` is the message's signed packet (a record's id is its hash).
+pub fn judge(
+    metas: &[MetaMessage],
+    timeline: &timeline::Timeline,
+    message: &CommunityMessage,
+    packet: &[u8],
+) -> Judgement {
+    let Some(body) = &message.authority else {
+        let Some(meta) = metas.iter().find(|m| m.id == message.message_type) else {
+            return Judgement::Allowed;
+        };
+        if meta.resolution == Resolution::Public {
+            return Judgement::Allowed;
+        }
+        let authors: Vec<_> = message.authors.iter().map(PublicKey::member_id).collect();
+        let verdict = timeline.may_all(&authors, Subject::Community(meta.id), message.global_time);
+        return match verdict {
+            timeline::Verdict::Allowed { .. } => Judgement::Allowed,
+            timeline::Verdict::Denied { proof } => Judgement::Wait {
+                push: match meta.resolution {
+                    Resolution::Dynamic(_) => proof,
+                    _ => Vec::new(),
+                },
+            },
+        };
+    };
+    match body {
+        Body::Authorize(_) | Body::Revoke(_) => {
+            let known = body.grants().iter().all(|grant| match grant.subject {
+                Subject::Community(meta) => metas.iter().any(|m| m.id == meta),
+                Subject::DynamicSettings | Subject::DestroyCommunity => true,
+            });
+            if !known {
+                return Judgement::Drop(DropReason::UnknownPermissionSubject);
+            }
+        }
+        Body::DynamicSettings { .. } => {}
+        Body::UndoOwn { .. } | Body::UndoOther { .. } | Body::Destroy(_) => {
+            return Judgement::Drop(DropReason::Unsupported);
+        }
+    }
+    let resolution = |meta: u32| metas.iter().find(|m| m.id == meta).map(|m| &m.resolution);
+    match record(message, packet, resolution) {
+        Some(record) if timeline.judge(&record) => Judgement::Allowed,
+        Some(_) => Judgement::Wait { push: Vec::new() },
+        None => Judgement::Drop(DropReason::InvalidDynamicSettings),
+    }
 }
 
 /// The policy at `index` of a dynamic resolution's list; `None` for a static resolution or an

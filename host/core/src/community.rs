@@ -8,11 +8,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::candidate;
-use crate::identity::{CommunityId, PublicKey};
+use crate::identity::{CommunityId, MemberId, PublicKey};
 use crate::meta::{self, MetaMessage};
 use crate::stats::CommunityStats;
 use crate::sync;
 use crate::time::Instant;
+use crate::timeline::Timeline;
 use crate::wire::Conversion;
 
 /// What a community type (plugin) declares about itself.
@@ -70,14 +71,29 @@ impl Definition {
         self.metas.iter().find(|m| m.name == name)
     }
 
-    /// The meta-message of wire type `id`.
+    /// The meta-message of wire type `id`: one of the plugin's, or a handled built-in one
+    /// ([`meta::builtin::metas`], part of every community).
     pub fn meta_by_id(&self, id: u32) -> Option<&MetaMessage> {
-        self.metas.iter().find(|m| m.id == id)
+        self.metas
+            .iter()
+            .find(|m| m.id == id)
+            .or_else(|| meta::builtin::meta(id))
     }
 
-    /// Whether any meta-message is synchronised (stored, priority above 32).
+    /// Every meta-message of the community: the plugin's, then the handled built-in ones.
+    pub fn all_metas(&self) -> impl Iterator<Item = &MetaMessage> {
+        self.metas.iter().chain(meta::builtin::metas())
+    }
+
+    /// Whether any meta-message is synchronised (stored, priority above 32): always, since the
+    /// built-in permission messages are.
     pub fn syncs(&self) -> bool {
-        self.metas.iter().any(MetaMessage::is_synced)
+        self.all_metas().any(MetaMessage::is_synced)
+    }
+
+    /// The resolutions of the plugin's metas, as the permission timeline takes them.
+    pub fn resolutions(&self) -> impl Iterator<Item = (u32, meta::Resolution)> + '_ {
+        self.metas.iter().map(|m| (m.id, m.resolution.clone()))
     }
 }
 
@@ -90,6 +106,9 @@ pub struct Resume {
     pub sequences: Vec<(u32, u32)>,
     /// Number of stored syncable messages.
     pub stored: u64,
+    /// The stored authorize, revoke and dynamic-settings packets of the community, in any
+    /// order: the permission timeline is rebuilt from them at join.
+    pub authority: Vec<Vec<u8>>,
 }
 
 /// An introduction-request we sent, waiting for its response and for the puncture of the peer
@@ -171,6 +190,9 @@ pub struct Community {
     pub sync: sync::State,
     /// Per pruning meta: messages below this global time were pruned.
     pub pruned_below: HashMap<u32, u64>,
+    /// The permission timeline: the authorize, revoke and dynamic-settings records stored,
+    /// rooted at the master member, for the resolutions of the definition's metas.
+    pub timeline: Timeline,
 }
 
 impl Community {
@@ -184,7 +206,9 @@ impl Community {
         fast_until: Instant,
         sync: sync::State,
     ) -> Self {
+        let timeline = timeline_of(id, definition.as_ref());
         Community {
+            timeline,
             id,
             definition,
             global_time: resume.global_time.max(1),
@@ -267,6 +291,14 @@ impl Community {
             margin,
         )
     }
+}
+
+/// An empty permission timeline of community `id` (rooted at its master member, whose member
+/// id is the community id) for the resolutions of `definition`'s metas.
+pub fn timeline_of(id: CommunityId, definition: Option<&Definition>) -> Timeline {
+    let resolutions: Vec<(u32, meta::Resolution)> =
+        definition.map_or_else(Vec::new, |d| d.resolutions().collect());
+    Timeline::new(MemberId(id.0), resolutions)
 }
 
 /// `max(local, median of the neighbours' global times) + margin`, where the median counts only

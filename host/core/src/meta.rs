@@ -33,6 +33,51 @@ pub mod builtin {
     pub fn is_reserved(id: u32) -> bool {
         id >= RESERVED_FROM
     }
+
+    /// Whether `id` is a built-in message the node handles: authorize, revoke or
+    /// dynamic-settings, the messages of the permission timeline. The other reserved ids
+    /// (undo-own, undo-other, destroy-community) are not handled yet.
+    pub fn is_handled(id: u32) -> bool {
+        matches!(id, AUTHORIZE | REVOKE | DYNAMIC_SETTINGS)
+    }
+
+    /// The definitions of the handled built-in messages, part of every community without its
+    /// plugin declaring them: member-authenticated, full-sync with sequence numbers in
+    /// ascending order, never pruned, priority 128 (so synchronised), sent to 10 candidates,
+    /// like the original's. Their resolution field is not consulted: the permission timeline
+    /// judges them.
+    pub fn metas() -> &'static [super::MetaMessage] {
+        static METAS: std::sync::LazyLock<Vec<super::MetaMessage>> =
+            std::sync::LazyLock::new(|| {
+                [
+                    (AUTHORIZE, "dispersy-authorize"),
+                    (REVOKE, "dispersy-revoke"),
+                    (DYNAMIC_SETTINGS, "dispersy-dynamic-settings"),
+                ]
+                .into_iter()
+                .map(|(id, name)| super::MetaMessage {
+                    id,
+                    name: name.into(),
+                    authentication: super::Authentication::Member,
+                    resolution: super::Resolution::Linear,
+                    distribution: super::Distribution::FullSync {
+                        sequence_numbers: true,
+                        order: super::SyncOrder::Ascending,
+                        pruning: None,
+                    },
+                    destination: super::Destination::Community { node_count: 10 },
+                    priority: 128,
+                    batch_window: std::time::Duration::ZERO,
+                })
+                .collect()
+            });
+        &METAS
+    }
+
+    /// The handled built-in meta of type `id` ([`metas`]).
+    pub fn meta(id: u32) -> Option<&'static super::MetaMessage> {
+        metas().iter().find(|meta| meta.id == id)
+    }
 }
 
 /// Who signs a message.

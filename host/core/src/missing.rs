@@ -154,6 +154,16 @@ pub enum Awaited {
         /// The meta.
         meta: u32,
     },
+    /// The proof that the waiting message, by `member` at `global_time`, was allowed: the
+    /// permission timeline must allow it. No stored message ends this wait by itself; the node
+    /// judges the message again whenever a permission record is stored
+    /// (the node's `node/authority.rs`).
+    Proof {
+        /// The waiting message's (first) author.
+        member: MemberId,
+        /// The waiting message's global time.
+        global_time: u64,
+    },
 }
 
 impl Awaited {
@@ -170,6 +180,7 @@ impl Awaited {
                 global_time,
             } => key.member == member && key.global_time == global_time,
             Awaited::Last { member, meta } => key.member == member && key.meta == meta,
+            Awaited::Proof { .. } => false,
         }
     }
 }
@@ -204,8 +215,10 @@ pub(crate) struct Outcome {
     pub resumed: Vec<(CommunityId, Incoming)>,
     /// Requests to send: (community, to, what).
     pub requests: Vec<(CommunityId, SocketAddr, Request)>,
-    /// Messages dropped because their wait lasted too long.
+    /// Messages dropped because their wait lasted too long (proof waits included).
     pub expired: u64,
+    /// Of those, messages that waited for the proof of their permission.
+    pub expired_proofs: u64,
 }
 
 /// A request to send.
@@ -224,6 +237,10 @@ pub(crate) enum Request {
     Last {
         member: MemberId,
         meta: u32,
+    },
+    Proof {
+        member: MemberId,
+        global_time: u64,
     },
 }
 
@@ -308,8 +325,16 @@ impl Delays {
     pub fn timeout(&mut self, config: &Config, now: Instant) -> Outcome {
         let mut out = Outcome::default();
         let before = self.entries.len();
+        let proofs = |entries: &VecDeque<Delayed>| {
+            entries
+                .iter()
+                .filter(|d| matches!(d.awaited, Awaited::Proof { .. }))
+                .count()
+        };
+        let proofs_before = proofs(&self.entries);
         self.entries.retain(|d| d.expires > now);
         out.expired = (before - self.entries.len()) as u64;
+        out.expired_proofs = (proofs_before - proofs(&self.entries)) as u64;
         for d in self.entries.iter_mut() {
             if d.requested + config.retry <= now {
                 d.requested = now;
@@ -317,6 +342,29 @@ impl Delays {
             }
         }
         dedup(&mut out.requests);
+        out
+    }
+
+    /// Ends the proof waits of `community` whose message `proven` now allows (the permission
+    /// timeline changed); returns those messages, in the order they started waiting.
+    pub fn take_proven(
+        &mut self,
+        community: CommunityId,
+        mut proven: impl FnMut(&Incoming) -> bool,
+    ) -> Vec<Incoming> {
+        let mut out = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.entries.len());
+        for d in self.entries.drain(..) {
+            if d.community == community
+                && matches!(d.awaited, Awaited::Proof { .. })
+                && proven(&d.incoming)
+            {
+                out.push(d.incoming);
+            } else {
+                keep.push_back(d);
+            }
+        }
+        self.entries = keep;
         out
     }
 
@@ -353,6 +401,13 @@ fn request_for(d: &mut Delayed) -> Request {
             global_time,
         },
         Awaited::Last { member, meta } => Request::Last { member, meta },
+        Awaited::Proof {
+            member,
+            global_time,
+        } => Request::Proof {
+            member,
+            global_time,
+        },
     }
 }
 
@@ -457,6 +512,8 @@ pub(crate) struct Answer {
     pub community: CommunityId,
     pub to: SocketAddr,
     pub deadline: Instant,
+    /// A missing-proof: the packets read are judged and their proof is sent, not they.
+    pub proof: bool,
 }
 
 #[cfg(test)]

@@ -105,6 +105,8 @@ pub enum Traffic {
     MissingMessageSent,
     /// A missing-last-message request sent.
     MissingLastMessageSent,
+    /// A missing-proof request sent (a message waits for the proof of its permission).
+    MissingProofSent,
     /// A co-signature given (the plugin allowed it).
     SignatureGiven,
     /// A co-signature refused (the plugin did not allow it, or did not answer in time).
@@ -134,6 +136,7 @@ impl Traffic {
         Traffic::MissingSequenceSent,
         Traffic::MissingMessageSent,
         Traffic::MissingLastMessageSent,
+        Traffic::MissingProofSent,
         Traffic::SignatureGiven,
         Traffic::SignatureRefused,
     ];
@@ -161,6 +164,7 @@ impl Traffic {
             Traffic::MissingSequenceSent => "missing-sequence-sent",
             Traffic::MissingMessageSent => "missing-message-sent",
             Traffic::MissingLastMessageSent => "missing-last-message-sent",
+            Traffic::MissingProofSent => "missing-proof-sent",
             Traffic::SignatureGiven => "signature-given",
             Traffic::SignatureRefused => "signature-refused",
         }
@@ -298,6 +302,14 @@ pub enum DropReason {
     DelayQueueFull,
     /// A waiting message whose wait ran out.
     DelayTimeout,
+    /// A message that waited for the proof of its author's permission, which did not come in
+    /// time (the permission timeline never allowed it).
+    ProofTimeout,
+    /// An authorize or revoke naming a meta the community does not have.
+    UnknownPermissionSubject,
+    /// A dynamic-settings naming a meta that is not of dynamic resolution, or an index outside
+    /// its list of policies.
+    InvalidDynamicSettings,
     /// A datagram of an unknown member while too many wait for identities.
     IdentityQueueFull,
     /// A datagram whose author's identity did not come in time.
@@ -390,6 +402,9 @@ impl DropReason {
         DropReason::SyncBusy,
         DropReason::DelayQueueFull,
         DropReason::DelayTimeout,
+        DropReason::ProofTimeout,
+        DropReason::UnknownPermissionSubject,
+        DropReason::InvalidDynamicSettings,
         DropReason::IdentityQueueFull,
         DropReason::IdentityTimeout,
         DropReason::EventQueueFull,
@@ -463,6 +478,9 @@ impl DropReason {
             DropReason::SyncBusy => "sync-busy",
             DropReason::DelayQueueFull => "delay-queue-full",
             DropReason::DelayTimeout => "delay-timeout",
+            DropReason::ProofTimeout => "proof-timeout",
+            DropReason::UnknownPermissionSubject => "unknown-permission-subject",
+            DropReason::InvalidDynamicSettings => "invalid-dynamic-settings",
             DropReason::IdentityQueueFull => "identity-queue-full",
             DropReason::IdentityTimeout => "identity-timeout",
             DropReason::EventQueueFull => "event-queue-full",

@@ -131,6 +131,9 @@ pub struct Report {
     pub stale: u64,
     /// Messages whose sequence number a stored message holds and wins (dropped).
     pub conflicts_lost: u64,
+    /// The built-in permission messages among `stored`: their records go into the
+    /// community's permission timeline.
+    pub authority: Vec<SignedMessage>,
 }
 
 impl Report {
@@ -148,6 +151,9 @@ impl Report {
             Outcome::Stored => {
                 self.stored
                     .extend(Stored::of(&incoming.message, hash, incoming.source));
+                if incoming.message.message.authority.is_some() {
+                    self.authority.push(incoming.message.clone());
+                }
                 Some(incoming)
             }
             Outcome::Duplicate if incoming.source.is_none() => Some(incoming),

@@ -372,6 +372,49 @@ impl Timeline {
         self.slot(id).map(|slot| slot.valid)
     }
 
+    /// Whether `record` would be valid if it were inserted now (rules 3, 4 and 6 against the
+    /// records held that sort before it), without inserting it. A record already held answers
+    /// its current validity; one with no grant or more than [`MAX_GRANTS`] is not valid.
+    pub fn judge(&self, record: &Record) -> bool {
+        if let Some(held) = self.slot(&record.id) {
+            return held.valid;
+        }
+        if let Some((grants, _)) = record.act.grants()
+            && !(1..=MAX_GRANTS).contains(&grants.len())
+        {
+            return false;
+        }
+        let at = (record.global_time, record.id);
+        self.state.judge(&self.rules, record, at).is_some()
+    }
+
+    /// The record `id`, if held (valid or not).
+    pub fn record(&self, id: &RecordId) -> Option<&Record> {
+        self.slot(id).map(|slot| &slot.record)
+    }
+
+    /// Every record held, valid or not, in fold order.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.records.values().map(|slot| &slot.record)
+    }
+
+    /// The master member, root of every chain.
+    pub fn master(&self) -> MemberId {
+        self.rules.master
+    }
+
+    /// A timeline with the same master and limit holding the same records, for metas of the
+    /// given resolutions (a community whose definition changed). Records the new limit cannot
+    /// hold are left out.
+    pub fn rebuilt(&self, resolutions: impl IntoIterator<Item = (u32, Resolution)>) -> Timeline {
+        let mut timeline = Timeline::new(self.rules.master, resolutions).with_limit(self.limit);
+        for slot in self.records.values() {
+            // The records were accepted once: only the bound can refuse them again.
+            let _ = timeline.insert(slot.record.clone());
+        }
+        timeline
+    }
+
     /// Takes a record in (rule 9): refuses it if a bound is exceeded or its id is held with
     /// other content, reports a duplicate, or holds it, brings the fold up to date, and reports
     /// its validity and what the caller must check again.

@@ -514,6 +514,8 @@ async fn create_message(
         }
         CreateError::Refused(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         CreateError::CheckTimeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        // The permission timeline gives this member no permit for the meta.
+        CreateError::NotPermitted(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
         _ => ApiError::bad_request(e.to_string()),
     })?;
     Ok((

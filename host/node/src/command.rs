@@ -51,6 +51,13 @@ pub enum Command {
         /// The answer.
         reply: oneshot::Sender<Result<CommunityId, dispersy_core::node::JoinError>>,
     },
+    /// A joined community's thread runs and takes its messages: the protocol task founds the
+    /// community if its founder key is the community's master key
+    /// ([`dispersy_core::node::Node::found`]). Nothing is answered.
+    Running {
+        /// The community.
+        community: CommunityId,
+    },
     /// Leave a joined community ([`dispersy_core::node::Node::leave`]).
     Leave {
         /// The community.

@@ -34,6 +34,9 @@ pub struct Config {
     pub api: SocketAddr,
     /// Tracker role: answer introductions for every community, load no plugins, store nothing.
     pub tracker: bool,
+    /// A file holding a community's master key (hex secret, mode 0600): the node founds that
+    /// community when it joins it ([`dispersy_core::node::Node::found`]). Never logged.
+    pub founder_key: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax); `RUST_LOG` overrides it.
     pub log: String,
     /// `text` or `json`.
@@ -414,6 +417,7 @@ impl Default for Config {
             peers: Vec::new(),
             api: DEFAULT_API,
             tracker: false,
+            founder_key: None,
             log: "info".into(),
             log_format: LogFormat::Text,
             walker: Walker::default(),
@@ -690,6 +694,7 @@ mod tests {
         assert_eq!(parsed.relay, defaults.relay);
         assert_eq!(parsed.signature, defaults.signature);
         assert_eq!(parsed.log, defaults.log);
+        assert_eq!(parsed.founder_key, defaults.founder_key);
     }
 
     fn toml_from(text: &str) -> Config {

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use dispersy_core::identity::CommunityId;
-use dispersy_core::node::{CreateError, Created, Event, Incoming, Node, Refusal, RequestId};
+use dispersy_core::identity::{CommunityId, KeyPair};
+use dispersy_core::node::{
+    CreateError, Created, Event, FoundError, Incoming, Node, Refusal, RequestId,
+};
 use dispersy_core::stats::{Counters, DropReason};
 use dispersy_core::time::Instant as CoreInstant;
 use tokio::net::UdpSocket;
@@ -61,6 +63,8 @@ pub(crate) struct Protocol {
     /// `max_checking` and `signature.max_pending`: every request ends in an `Event::Created`;
     /// callers that gave up are forgotten at the next refresh).
     creating: HashMap<RequestId, oneshot::Sender<Result<Created, CreateError>>>,
+    /// A community's master key: that community is founded when it is joined. Never logged.
+    founder: Option<KeyPair>,
 }
 
 impl Protocol {
@@ -84,6 +88,37 @@ impl Protocol {
             dropped: Counters::default(),
             last_refresh: tokio::time::Instant::now(),
             creating: HashMap::new(),
+            founder: None,
+        }
+    }
+
+    /// The same task, founding the community of the master key `founder` (if any) once that
+    /// community is joined and its thread runs ([`Command::Running`], [`Node::found`]).
+    pub fn with_founder(mut self, founder: Option<KeyPair>) -> Self {
+        self.founder = founder;
+        self
+    }
+
+    /// Founds joined community `id` if the founder key is its master key; what happened is
+    /// logged (never the key).
+    fn found_if_master(&mut self, now: CoreInstant, id: CommunityId) {
+        let Some(master) = self
+            .founder
+            .as_ref()
+            .filter(|key| key.public().community_id() == id)
+        else {
+            return;
+        };
+        match self.node.found(now, id, master) {
+            Ok(created) => tracing::info!(
+                community = %id,
+                global_time = created.global_time,
+                "community founded: this member holds its first permits"
+            ),
+            Err(FoundError::AlreadyFounded(_)) => {
+                tracing::debug!(community = %id, "community founded already")
+            }
+            Err(error) => tracing::warn!(community = %id, %error, "community not founded"),
         }
     }
 
@@ -197,6 +232,7 @@ impl Protocol {
                 }
                 let _ = reply.send(joined);
             }
+            Command::Running { community } => self.found_if_master(now, community),
             Command::Leave { community, reply } => {
                 let _ = reply.send(self.node.leave(community));
             }

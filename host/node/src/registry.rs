@@ -711,8 +711,7 @@ impl Registry {
             .await
             .map_err(|e| fail(&e))?;
         let syncable: Vec<u32> = definition
-            .metas
-            .iter()
+            .all_metas()
             .filter(|m| m.is_synced())
             .map(|m| m.id)
             .collect();
@@ -764,13 +763,20 @@ impl Registry {
             }
         }
         let report = PluginReport::loaded(path, &definition, kind, &private);
-        let mut state = lock(&self.state);
-        state.workers.insert(id, Arc::new(worker));
-        state.left.remove(&id);
-        state.running.insert(id, opened);
-        let file = state.files.entry(key).or_default();
-        file.loaded = Some(private);
-        file.candidate = None;
+        {
+            let mut state = lock(&self.state);
+            state.workers.insert(id, Arc::new(worker));
+            state.left.remove(&id);
+            state.running.insert(id, opened);
+            let file = state.files.entry(key).or_default();
+            file.loaded = Some(private);
+            file.candidate = None;
+        }
+        // Its thread takes messages now: the protocol task may publish in it (founding).
+        let _ = context
+            .commands
+            .send(Command::Running { community: id })
+            .await;
         Ok(report)
     }
 

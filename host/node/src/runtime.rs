@@ -170,6 +170,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let lock = lock::acquire(&data_dir)?;
     let key = keys::load_or_create(&data_dir.join("member.key"))?;
     let token = keys::load_or_create_token(&data_dir.join("api-token"))?;
+    // A community's master key, to found it when it is joined (refused unless private).
+    let founder = config.founder_key.as_deref().map(keys::load).transpose()?;
     let seed = keys::random_seed().map_err(|e| StartError::Random(e.to_string()))?;
 
     let (socket, udp) = bind_udp(&config)?;
@@ -233,11 +235,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(
-        Protocol::new(node, udp, socket, clock, sync_jobs_tx, registry.clone()).run(
-            datagrams_rx,
-            commands_rx,
-            shutdown.clone(),
-        ),
+        Protocol::new(node, udp, socket, clock, sync_jobs_tx, registry.clone())
+            .with_founder(founder)
+            .run(datagrams_rx, commands_rx, shutdown.clone()),
     ));
     if let Some(registry) = &registry {
         tasks.push(tokio::spawn(watchdog(

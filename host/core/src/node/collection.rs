@@ -7,11 +7,13 @@
 use std::net::SocketAddr;
 
 use super::{CreateError, Created, Event, Incoming, Node, Refusal, RequestId};
+use crate::authority::{self, Judgement};
 use crate::identity::CommunityId;
-use crate::meta::{Authentication, Destination, Distribution};
+use crate::meta::{Authentication, Destination, Distribution, Resolution};
 use crate::relay;
 use crate::stats::DropReason;
 use crate::time::Instant;
+use crate::timeline::Subject;
 use crate::wire::{self, CommunityMessage, SignedMessage};
 
 /// A message we created and signed, waiting for its plugin's check ([`Event::CheckCreated`]).
@@ -166,6 +168,13 @@ impl Node {
             .communities
             .get_mut(&community)
             .ok_or(CreateError::UnknownCommunity(community))?;
+        let global_time = c.global_time.saturating_add(1);
+        let permitted = c
+            .timeline
+            .may(key.member_id(), Subject::Community(meta.id), global_time);
+        if meta.resolution != Resolution::Public && !permitted.is_allowed() {
+            return Err(CreateError::NotPermitted(meta.name.clone()));
+        }
         let sequence_number = meta.distribution.has_sequence_numbers().then(|| {
             c.sequences
                 .get(&meta.id)
@@ -178,7 +187,7 @@ impl Node {
             message_type: meta.id,
             conversion,
             authors: vec![key.public().clone()],
-            global_time: c.global_time.saturating_add(1),
+            global_time,
             sequence_number,
             resolution_index: None,
             relay_hops: (meta.distribution == Distribution::Relay).then_some(relay_budget),
@@ -525,12 +534,17 @@ impl Node {
         let mut forward: Vec<(Vec<u8>, u32)> = Vec::new();
         let mut highest = 0;
         let mut unreadable: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut waiting: Vec<(Incoming, Vec<crate::timeline::RecordId>)> = Vec::new();
         for signed in messages {
             let m = &signed.message;
-            // A built-in permission message is not handled yet: dropped and counted, never
-            // given to the plugin, never stored (its reserved type is in no definition).
+            let built_in = m.authority.is_some();
+            // Authorize, revoke and dynamic-settings are metas of every community; undo-own,
+            // undo-other and destroy-community are not handled yet: dropped and counted, never
+            // given to the plugin, never stored.
             let verdict = match definition.meta_by_id(m.message_type) {
-                _ if m.authority.is_some() => Err(DropReason::Unsupported),
+                _ if built_in && !crate::meta::builtin::is_handled(m.message_type) => {
+                    Err(DropReason::Unsupported)
+                }
                 None => Err(DropReason::UnknownMeta),
                 Some(meta) if meta.authentication.signers() != m.authors.len() => {
                     Err(DropReason::WrongAuthentication)
@@ -545,7 +559,7 @@ impl Node {
                 {
                     Err(DropReason::WrongRelayHeader)
                 }
-                Some(_) if !definition.conversions.contains(&m.conversion) => {
+                Some(_) if !built_in && !definition.conversions.contains(&m.conversion) => {
                     Err(DropReason::UnknownConversion)
                 }
                 Some(meta) if meta.distribution == Distribution::Relay => {
@@ -567,6 +581,22 @@ impl Node {
                 Some(meta) if !c.is_active(meta, m.global_time) => Err(DropReason::Pruned),
                 Some(meta) => Ok(meta.distribution.is_persistent()),
             };
+            // The permission rules: the definition, then the timeline held now.
+            let verdict = verdict.and_then(|persistent| {
+                match authority::judge(&definition.metas, &c.timeline, m, &signed.packet) {
+                    Judgement::Allowed => Ok(Some(persistent)),
+                    Judgement::Drop(reason) => Err(reason),
+                    Judgement::Wait { push } => {
+                        let incoming = Incoming {
+                            message: signed.clone(),
+                            source: Some(from),
+                            persistent,
+                        };
+                        waiting.push((incoming, push));
+                        Ok(None)
+                    }
+                }
+            });
             match verdict {
                 Err(DropReason::UnknownConversion) => {
                     c.stats.dropped.bump(DropReason::UnknownConversion);
@@ -581,7 +611,8 @@ impl Node {
                     }
                 }
                 Err(reason) => c.stats.dropped.bump(reason),
-                Ok(persistent) => {
+                Ok(None) => {}
+                Ok(Some(persistent)) => {
                     // Only stored messages move the clock (direct ones are not checked).
                     if persistent {
                         highest = highest.max(m.global_time);
@@ -646,6 +677,9 @@ impl Node {
                 meta,
                 messages,
             });
+        }
+        for (incoming, push) in waiting {
+            self.wait_for_proof(now, id, incoming, &push);
         }
         Ok(())
     }

@@ -7,12 +7,13 @@
 use std::net::SocketAddr;
 
 use super::{Event, Incoming, Node, RequestId, Stored};
+use crate::authority::MemberRef;
 use crate::identity::CommunityId;
 use crate::meta::Distribution;
 use crate::missing::{Answer, Awaited, Delayed, Lookup, Outcome, Request};
 use crate::stats::{DropReason, Traffic};
 use crate::time::Instant;
-use crate::wire::{MissingLastMessage, MissingMessage, MissingSequence, Packet};
+use crate::wire::{MissingLastMessage, MissingMessage, MissingProof, MissingSequence, Packet};
 
 impl Node {
     /// The driver's store found numbers `low..=high` missing before `incoming` (see
@@ -56,7 +57,7 @@ impl Node {
         self.delay(now, community, incoming, awaited, 0);
     }
 
-    fn delay(
+    pub(super) fn delay(
         &mut self,
         now: Instant,
         community: CommunityId,
@@ -102,10 +103,14 @@ impl Node {
     /// Drops waits that lasted too long and repeats unanswered requests.
     pub(super) fn expire_delays(&mut self, now: Instant) {
         let outcome = self.delays.timeout(&self.config.missing, now);
-        if outcome.expired > 0 {
+        let others = outcome.expired - outcome.expired_proofs;
+        if others > 0 {
+            self.stats.dropped.add(DropReason::DelayTimeout, others);
+        }
+        if outcome.expired_proofs > 0 {
             self.stats
                 .dropped
-                .add(DropReason::DelayTimeout, outcome.expired);
+                .add(DropReason::ProofTimeout, outcome.expired_proofs);
         }
         self.apply(outcome);
         self.answers.retain(|_, a| a.deadline > now);
@@ -165,6 +170,19 @@ impl Node {
                 }),
                 Traffic::MissingLastMessageSent,
             ),
+            Request::Proof {
+                member,
+                global_time,
+            } => (
+                Packet::MissingProof(MissingProof {
+                    community,
+                    session,
+                    random: 0,
+                    member: MemberRef::from_id(member),
+                    global_times: vec![global_time],
+                }),
+                Traffic::MissingProofSent,
+            ),
         };
         self.stats.packets.bump(name);
         self.send(to, packet);
@@ -210,7 +228,7 @@ impl Node {
             low: m.low,
             high: m.high,
         };
-        self.read_for(now, m.community, from, lookup)
+        self.read_for(now, m.community, from, lookup, false)
     }
 
     /// Answers a missing-message from a proven address.
@@ -227,7 +245,7 @@ impl Node {
             member: m.member,
             global_times: m.global_times,
         };
-        self.read_for(now, m.community, from, lookup)
+        self.read_for(now, m.community, from, lookup, false)
     }
 
     /// Answers a missing-last-message from a proven address (last-sync metas: as many as
@@ -255,15 +273,18 @@ impl Node {
             meta: m.meta,
             count: history,
         };
-        self.read_for(now, m.community, from, lookup)
+        self.read_for(now, m.community, from, lookup, false)
     }
 
-    fn read_for(
+    /// Asks the driver to read what `lookup` names for `to`: sent to it as they are, or, for a
+    /// missing-proof (`proof`), judged and answered with their proof ([`Node::answer_proof`]).
+    pub(super) fn read_for(
         &mut self,
         now: Instant,
         community: CommunityId,
         to: SocketAddr,
         lookup: Lookup,
+        proof: bool,
     ) -> Result<(), DropReason> {
         if self
             .communities
@@ -283,6 +304,7 @@ impl Node {
                 community,
                 to,
                 deadline: now + self.config.sync.store_timeout,
+                proof,
             },
         );
         self.push_event(Event::ReadPackets {
@@ -296,10 +318,14 @@ impl Node {
 
     /// The packets answering [`Event::ReadPackets`]: sent as collections, within the byte
     /// budget of the request.
-    pub fn handle_answer_read(&mut self, _now: Instant, request: RequestId, packets: Vec<Vec<u8>>) {
+    pub fn handle_answer_read(&mut self, now: Instant, request: RequestId, packets: Vec<Vec<u8>>) {
         let Some(answer) = self.answers.remove(&request) else {
             return;
         };
+        if answer.proof {
+            self.answer_proof(now, answer.community, answer.to, &packets);
+            return;
+        }
         // The driver read within the byte budget (`Event::ReadPackets`).
         let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
         let session = self.sessions.id(&answer.to).unwrap_or(0);

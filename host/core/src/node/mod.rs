@@ -6,13 +6,16 @@
 //! [`Node::poll_event`] until `None`, then arms a timer for [`Node::poll_timeout`].
 //!
 //! Commands, what the driver itself wants:
-//! - [`Node::join`]: run a plugin's community (or a tracker's bare one);
+//! - [`Node::join`]: run a plugin's community (or a tracker's bare one), its permission timeline
+//!   rebuilt from the stored authorize, revoke and dynamic-settings packets it is given;
 //! - [`Node::leave`]: stop running a joined community: no more walks, candidates, waits or
 //!   requests of it (its stored messages are the driver's; a later [`Node::join`] resumes it);
 //! - [`Node::add_candidate`]: a peer from the configuration, walked to like a tracker;
 //! - [`Node::create_message`]: sign a member-authenticated message and have its plugin check it
 //!   (ends in [`Event::Created`]);
 //! - [`Node::request_signature`]: start a double-member message (ends in [`Event::Created`]).
+//! - [`Node::found`]: sign with the community's master key the authorize that gives this
+//!   node's member the first permits (published at once).
 //!
 //! Inputs, what happened (every one `handle_*`):
 //! - [`Node::handle_datagram`]: bytes from a UDP address;
@@ -31,13 +34,16 @@
 //! Events, what the driver must do (answers carry the event's [`RequestId`]):
 //! - [`Event::Messages`]: check, store and handle verified messages of one meta (answered by
 //!   [`Node::handle_store_report`] and [`Node::handle_wait`]); our own (no source) already
-//!   passed their check and are only stored and handled;
+//!   passed their check and are only stored and handled; built-in permission messages
+//!   (authorize, revoke, dynamic-settings: [`crate::meta::builtin::is_handled`]) were judged by
+//!   the node and are only stored, never given to the plugin;
 //! - [`Event::CheckCreated`]: run the plugin's check on a message we created, before anything
 //!   is sent or stored (answered by [`Node::handle_created_check`]);
 //! - [`Event::SyncQuery`]: read syncable rows to build a bloom filter;
 //! - [`Event::SyncRows`]: read the rows of a requester's range, to answer its filter;
 //! - [`Event::SendPackets`]: read the packets of the rows chosen for a requester;
-//! - [`Event::ReadPackets`]: read the packets a missing-* request names;
+//! - [`Event::ReadPackets`]: read the packets a missing-* request names (for a missing-proof,
+//!   the messages whose proof is asked, then the proof records);
 //! - [`Event::Prune`]: delete a meta's messages below a global time;
 //! - [`Event::SignatureAsked`]: ask a plugin whether it co-signs a message;
 //! - [`Event::Created`]: a message we created (or co-signed) is published, or why not;
@@ -52,12 +58,15 @@
 //! `walk` (steps, introductions, sessions, punctures; rules in [`crate::walker`]), `collection`
 //! (creating, publishing and receiving messages), `member` (the identity exchange), `sync`
 //! (bloom-filter sync, and what stored messages change), `missing` (waiting messages and
-//! missing-* requests), `signature` (co-signing). The pure modules never import the node.
+//! missing-* requests), `signature` (co-signing), `authority` (the permission timeline:
+//! waiting for proof, missing-proof, stored records; rules in [`crate::timeline`] and
+//! [`crate::authority`]). The pure modules never import the node.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod authority;
 mod collection;
 mod member;
 mod missing;
@@ -77,6 +86,7 @@ use crate::session::{self, Sessions};
 use crate::stats::{DropReason, Stats, Traffic};
 use crate::time::Instant;
 use crate::wire::{self, CommunityMessage, ConnectionType, DecodeError, MissingIdentity, Packet};
+pub use authority::FoundError;
 
 /// The node's tunables. Defaults are the original's values (DESIGN.md §7).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,6 +411,10 @@ pub enum CreateError {
     /// The payload is written in a conversion the community does not list.
     #[error("conversion {0} is not one of the community's")]
     UnknownConversion(String),
+    /// The meta's resolution is Linear (or Dynamic and Linear now) and this node's member holds
+    /// no permit for it in the community's permission timeline: nothing was signed or sent.
+    #[error("this member holds no permit for meta-message {0:?}")]
+    NotPermitted(String),
 }
 
 /// Why the plugin's check did not pass a message we created ([`Event::CheckCreated`]).
@@ -551,12 +565,15 @@ impl Node {
         self.communities.values()
     }
 
-    /// Joins the community a plugin defines; walking starts at the next timeout.
+    /// Joins the community a plugin defines; walking starts at the next timeout. Its permission
+    /// timeline is rebuilt from the stored permission packets of `resume` (in any order; those
+    /// that do not decode are skipped), so a restarted node enforces the same permissions at
+    /// once.
     pub fn join(
         &mut self,
         now: Instant,
         definition: Definition,
-        resume: Resume,
+        mut resume: Resume,
     ) -> Result<CommunityId, JoinError> {
         definition.validate()?;
         let id = definition.id();
@@ -567,11 +584,13 @@ impl Node {
             existing.definition = Some(definition);
             existing.observe_global_time(resume.global_time);
             existing.fast_until = now + self.config.fast_walker_duration;
+            self.rebuild_timeline(id, &resume.authority);
             return Ok(id);
         }
         if self.communities.len() >= self.config.max_communities {
             return Err(JoinError::Full(self.config.max_communities));
         }
+        let authority = std::mem::take(&mut resume.authority);
         let sync = crate::sync::State::new(&self.config.sync, resume.stored, self.filter_bytes(id));
         let community = Community::new(
             id,
@@ -583,6 +602,7 @@ impl Node {
             sync,
         );
         self.communities.insert(id, community);
+        self.rebuild_timeline(id, &authority);
         Ok(id)
     }
 
@@ -603,6 +623,7 @@ impl Node {
         }
         match self.communities.get_mut(&id) {
             Some(community) if community.definition.is_some() => {
+                community.timeline = community.timeline.rebuilt(definition.resolutions());
                 community.definition = Some(definition);
                 Ok(())
             }
@@ -740,8 +761,7 @@ impl Node {
             Packet::MissingLastMessage(m) => self.on_missing_last_message(now, from, m),
             Packet::SignatureRequest(m) => self.on_signature_request(now, from, m),
             Packet::SignatureResponse(m) => self.on_signature_response(now, from, m),
-            // Not answered yet: the proofs are served once the node keeps a timeline.
-            Packet::MissingProof(_) => Err(DropReason::Unsupported),
+            Packet::MissingProof(m) => self.on_missing_proof(now, from, m),
         };
         match accepted {
             Ok(()) => self.stats.packets.bump(traffic),
@@ -866,6 +886,9 @@ impl Node {
         }
         for (to, packet) in report.conflicts {
             self.handle_conflict(now, to, &packet);
+        }
+        if !report.authority.is_empty() {
+            self.learn_records(community, &report.authority);
         }
         if !report.stored.is_empty() {
             self.handle_stored(now, community, &report.stored);

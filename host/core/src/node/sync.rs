@@ -433,8 +433,7 @@ fn synced_metas(c: &crate::community::Community) -> Vec<(u32, crate::meta::SyncO
         return Vec::new();
     };
     let mut metas: Vec<(u8, u32, crate::meta::SyncOrder, u64)> = definition
-        .metas
-        .iter()
+        .all_metas()
         .filter(|m| m.is_synced())
         .filter_map(|m| match &m.distribution {
             Distribution::FullSync { order, .. } | Distribution::LastSync { order, .. } => {

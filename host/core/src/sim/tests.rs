@@ -661,9 +661,8 @@ fn persistent_messages_beyond_the_acceptable_global_time_are_dropped() {
 /// never stored; the plugin messages beside it are handled as usual. A missing-proof is
 /// likewise dropped and counted.
 #[test]
-fn built_in_permission_messages_are_dropped_and_counted_until_handled() {
-    use crate::authority::{self, Body, Degree, MemberRef, Target};
-    use crate::timeline::{Permission, Subject};
+fn undo_and_destroy_messages_are_dropped_and_counted_until_handled() {
+    use crate::authority::{self, Body, Degree, MemberRef};
     use crate::wire::{CommunityMessage, MissingProof, SignedMessage};
     let mut sim = public_network(2);
     sim.run_for(Duration::from_secs(5));
@@ -678,11 +677,10 @@ fn built_in_permission_messages_are_dropped_and_counted_until_handled() {
         )
         .expect("signed")
     };
-    let authorize = built_in(
-        Body::Authorize(vec![Target {
-            member: MemberRef::from_key(Sim::key(4).public().clone()),
-            grants: vec![(Subject::Community(2), Permission::Permit)],
-        }]),
+    let undo = built_in(
+        Body::UndoOwn {
+            target_global_time: 1,
+        },
         Some(1),
     );
     let destroy = built_in(Body::Destroy(Degree::Soft), None);
@@ -706,7 +704,7 @@ fn built_in_permission_messages_are_dropped_and_counted_until_handled() {
     sim.inject(
         peer,
         node,
-        wire::encode_collection(0, &[&authorize.packet, &plugin.packet, &destroy.packet]),
+        wire::encode_collection(0, &[&undo.packet, &plugin.packet, &destroy.packet]),
     );
     sim.run_for(Duration::from_millis(100));
     let c = sim.nodes[1].community(&id()).expect("joined");
@@ -720,9 +718,11 @@ fn built_in_permission_messages_are_dropped_and_counted_until_handled() {
         })
     };
     assert!(handed(&plugin.packet));
-    assert!(!handed(&authorize.packet) && !handed(&destroy.packet));
+    assert!(!handed(&undo.packet) && !handed(&destroy.packet));
 
+    // Missing-proof is handled now (from a peer we walk to, it is accepted and answered).
     let before = sim.nodes[1].stats().dropped.get(DropReason::Unsupported);
+    let accepted = sim.nodes[1].stats().packets.get(Traffic::MissingProof);
     let proof = Packet::MissingProof(MissingProof {
         community: id(),
         session: 0,
@@ -732,10 +732,9 @@ fn built_in_permission_messages_are_dropped_and_counted_until_handled() {
     });
     sim.inject(peer, node, proof.encode(&key));
     sim.run_for(Duration::from_millis(100));
-    assert_eq!(
-        sim.nodes[1].stats().dropped.get(DropReason::Unsupported),
-        before + 1
-    );
+    let stats = sim.nodes[1].stats();
+    assert_eq!(stats.dropped.get(DropReason::Unsupported), before);
+    assert_eq!(stats.packets.get(Traffic::MissingProof), accepted + 1);
 }
 
 #[test]

@@ -739,3 +739,55 @@ fn changes_cover_every_flipped_verdict() {
     }
     assert!(flips > 1_000, "only {flips} flips in {grids} grids");
 }
+
+#[test]
+fn judge_answers_what_insert_would_without_inserting() {
+    let mut t = timeline();
+    let grant = authorize(MASTER, 5, A, LINEAR, &[Permit, Authorize]);
+    let by_a = authorize(A, 7, B, LINEAR, &[Permit]);
+    let early = authorize(A, 4, B, LINEAR, &[Permit]);
+    let dynamic = settings(A, 8, DYNAMIC, Linear);
+    assert!(t.judge(&grant));
+    assert!(!t.judge(&by_a));
+    assert!(t.is_empty(), "judging inserts nothing");
+    put(&mut t, &grant);
+    assert!(t.judge(&by_a));
+    // Before the grant's time A held nothing.
+    assert!(!t.judge(&early));
+    // A holds no permit on the settings subject.
+    assert!(!t.judge(&dynamic));
+    assert!(t.judge(&settings(MASTER, 8, DYNAMIC, Linear)));
+    // A setting of a static meta, or an empty authorize, is never valid.
+    assert!(!t.judge(&settings(MASTER, 8, LINEAR, Linear)));
+    assert!(!t.judge(&record(MASTER, 9, Act::Authorize(Vec::new()))));
+    // A held record answers its validity; the records are found by id.
+    let (valid, _) = put(&mut t, &early);
+    assert!(!valid);
+    assert!(!t.judge(&early));
+    assert!(t.judge(&grant));
+    assert_eq!(t.record(&grant.id), Some(&grant));
+    assert_eq!(t.record(&by_a.id), None);
+    assert_eq!(t.master(), MASTER);
+    // Every record held, valid or not, in fold order.
+    let held: Vec<RecordId> = t.records().map(|r| r.id).collect();
+    assert_eq!(held, [early.id, grant.id]);
+}
+
+#[test]
+fn a_rebuilt_timeline_holds_the_same_records_under_new_resolutions() {
+    let mut t = timeline();
+    put(&mut t, &authorize(MASTER, 5, A, PUBLIC, &[Permit]));
+    put(&mut t, &authorize(MASTER, 6, B, DYNAMIC, &[Permit]));
+    let same = t.rebuilt([
+        (LINEAR, Resolution::Linear),
+        (DYNAMIC, Resolution::Dynamic(vec![Public, Linear])),
+        (PUBLIC, Resolution::Public),
+    ]);
+    assert_eq!(same.digest(), t.digest());
+    assert_eq!(same.len(), 2);
+    // PUBLIC turned Linear: A's permit now counts, C has none.
+    let linear = t.rebuilt([(PUBLIC, Resolution::Linear)]);
+    assert!(allowed(&linear, A, PUBLIC, 6));
+    assert!(!allowed(&linear, C, PUBLIC, 6));
+    assert!(allowed(&t, C, PUBLIC, 6));
+}

@@ -44,6 +44,7 @@ use abi_stable::std_types::{RSlice, RStr, RString, RVec};
 use dispersy_core::bloom::PacketHash;
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
+use dispersy_core::meta::builtin;
 use dispersy_core::missing::Awaited;
 use dispersy_core::node::{Incoming, Refusal};
 use dispersy_core::stats::DropReason;
@@ -1139,9 +1140,21 @@ impl WorkerLoop {
 
     /// check → store (persistent) → handle for a gathered batch: one check call per meta, one
     /// store transaction for all, one handle call per meta.
+    ///
+    /// The built-in permission messages (reserved types) were judged by the core: they are
+    /// stored without the plugin's check or handle, and the plugin never sees them.
     fn deliver(&mut self, batch: Batch) {
         let mut accepted = Vec::with_capacity(batch.metas.len());
         for (meta, messages) in batch.metas {
+            if builtin::is_reserved(meta) {
+                let raw = messages.iter().map(to_raw).collect();
+                accepted.push(Accepted {
+                    meta,
+                    messages,
+                    raw,
+                });
+                continue;
+            }
             if self.instance.is_none() {
                 lock(&self.shared.stats).drop_reason(DropReason::PluginDown, messages.len() as u64);
                 continue;
@@ -1355,7 +1368,7 @@ impl WorkerLoop {
             return;
         }
         for (handled, stored) in self.store(accepted) {
-            if handled.messages.is_empty() {
+            if handled.messages.is_empty() || builtin::is_reserved(handled.meta) {
                 continue;
             }
             if self.instance.is_none() {

@@ -3,6 +3,7 @@
 
 use dispersy_core::community::Resume;
 use dispersy_core::identity::MemberId;
+use dispersy_core::meta::builtin;
 use dispersy_core::missing::Lookup;
 use sqlx::Row as _;
 
@@ -10,8 +11,9 @@ use super::{Store, StoreError, StoredMessage, json_list, limit_i64};
 
 impl Store {
     /// What the core needs to continue where it stopped: the highest stored global time, our
-    /// own highest sequence number per meta, and how many messages of the `syncable` metas
-    /// (priority above 32) are stored and not undone.
+    /// own highest sequence number per meta, how many messages of the `syncable` metas
+    /// (priority above 32) are stored and not undone, and the stored authorize, revoke and
+    /// dynamic-settings packets (the permission timeline is rebuilt from them).
     pub async fn resume(
         &self,
         community: i64,
@@ -41,6 +43,15 @@ impl Store {
         .bind(syncable)
         .fetch_one(&self.pool)
         .await?;
+        let authority: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT packet FROM sync WHERE community = ?1 AND meta IN (?2, ?3, ?4) ORDER BY id",
+        )
+        .bind(community)
+        .bind(i64::from(builtin::AUTHORIZE))
+        .bind(i64::from(builtin::REVOKE))
+        .bind(i64::from(builtin::DYNAMIC_SETTINGS))
+        .fetch_all(&self.pool)
+        .await?;
         let mut sequences = Vec::new();
         for row in rows {
             let meta: i64 = row.try_get(0)?;
@@ -53,6 +64,7 @@ impl Store {
             global_time: global_time.and_then(|g| u64::try_from(g).ok()).unwrap_or(0),
             sequences,
             stored: u64::try_from(stored).unwrap_or(0),
+            authority,
         })
     }
 
@@ -147,8 +159,9 @@ impl Store {
             .await
     }
 
-    /// Stored messages of `community` matching `query`, in row-id order (the order they were
-    /// stored), at most `query.limit`: the pages of a restore and of a plugin's reads.
+    /// Stored plugin messages of `community` matching `query`, in row-id order (the order they
+    /// were stored), at most `query.limit`: the pages of a restore and of a plugin's reads. The
+    /// built-in messages (reserved types) are never among them.
     pub async fn history(
         &self,
         community: i64,
@@ -156,7 +169,7 @@ impl Store {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, member, global_time, meta, sequence, packet FROM sync
-             WHERE community = ?1 AND id > ?2 AND (?3 IS NULL OR meta = ?3)
+             WHERE community = ?1 AND id > ?2 AND meta < ?8 AND (?3 IS NULL OR meta = ?3)
                AND (?4 IS NULL OR member = ?4) AND global_time BETWEEN ?5 AND ?6
              ORDER BY id LIMIT ?7",
         )
@@ -167,6 +180,7 @@ impl Store {
         .bind(super::to_i64(query.global_time_low))
         .bind(super::to_i64(query.global_time_high))
         .bind(i64::from(query.limit))
+        .bind(i64::from(builtin::RESERVED_FROM))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(stored_message).collect()
@@ -282,5 +296,34 @@ mod tests {
         };
         assert_eq!(select(meta(7)).await.len(), 6);
         assert!(select(meta(8)).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn built_in_messages_resume_the_timeline_and_never_reach_the_plugins_history() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let built_in = |meta: u32, global_time: u64| NewMessage {
+            meta,
+            sequence: Some(1),
+            ..post(id, global_time, vec![meta as u8, global_time as u8, 1])
+        };
+        let rows = vec![
+            post(id, 1, vec![1; 80]),
+            built_in(builtin::AUTHORIZE, 2),
+            built_in(builtin::DYNAMIC_SETTINGS, 3),
+            built_in(builtin::REVOKE, 4),
+        ];
+        store.insert(&rows).await.unwrap();
+        let resume = store.resume(id, MemberId([0; 20]), &[7]).await.unwrap();
+        let packets: Vec<&Vec<u8>> = rows[1..].iter().map(|r| &r.packet).collect();
+        assert_eq!(resume.authority.iter().collect::<Vec<_>>(), packets);
+        let history = store.history(id, &HistoryQuery::all(0, 10)).await.unwrap();
+        let metas: Vec<u32> = history.iter().map(|r| r.meta).collect();
+        assert_eq!(metas, [7]);
+        let all = HistoryQuery {
+            meta: Some(builtin::AUTHORIZE),
+            ..HistoryQuery::all(0, 10)
+        };
+        assert!(store.history(id, &all).await.unwrap().is_empty());
     }
 }

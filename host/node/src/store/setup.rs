@@ -32,7 +32,8 @@ impl Store {
         Ok(())
     }
 
-    /// Creates or refreshes the community row and its meta-message rows; returns the row id.
+    /// Creates or refreshes the community row and its meta-message rows (the plugin's and the
+    /// built-in permission messages', [`Definition::all_metas`]); returns the row id.
     pub async fn ensure_community(&self, definition: &Definition) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
@@ -48,7 +49,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let id: i64 = row.try_get(0)?;
-        for meta in &definition.metas {
+        for meta in definition.all_metas() {
             let direction = match &meta.distribution {
                 Distribution::FullSync { order, .. } | Distribution::LastSync { order, .. } => {
                     match order {

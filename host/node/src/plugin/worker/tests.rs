@@ -538,6 +538,41 @@ fn a_batch_is_checked_then_stored_then_handled() {
 }
 
 #[test]
+fn a_built_in_permission_message_is_stored_without_the_plugins_check_or_handle() {
+    use dispersy_core::authority::{Body, MemberRef, Target};
+    use dispersy_core::meta::builtin;
+    use dispersy_core::timeline::{Permission, Subject};
+    let mut authorize = message(builtin::AUTHORIZE, 5, ACCEPT, Some(peer()));
+    authorize.message.message.sequence_number = Some(1);
+    authorize.message.message.authority = Some(Body::Authorize(vec![Target {
+        member: MemberRef::from_id(MemberId([9; 20])),
+        grants: vec![(Subject::Community(1), Permission::Permit)],
+    }]));
+    let jobs = vec![
+        deliver(builtin::AUTHORIZE, vec![authorize]),
+        deliver(1, vec![message(1, 6, ACCEPT, Some(peer()))]),
+    ];
+    let (log, told, shared) = start(limits(), HashMap::new(), jobs).stop();
+    assert_eq!(
+        log,
+        ["check 1 [6]", "insert [5, 6]", "handle 1 [6]"],
+        "the core judged the built-in message: stored, never checked or handled"
+    );
+    assert_eq!(describe_all(&told), ["stored [5, 6]"]);
+    let Command::StoreReport { report, .. } = &told[0] else {
+        panic!("a store report");
+    };
+    let built_in: Vec<u64> = report
+        .authority
+        .iter()
+        .map(|m| m.message.global_time)
+        .collect();
+    assert_eq!(built_in, [5], "the core learns the record from the report");
+    let seen: Vec<u64> = shared.recent(0, 10).iter().map(|d| d.global_time).collect();
+    assert_eq!(seen, [6], "the plugin's recent messages never show it");
+}
+
+#[test]
 fn a_duplicate_from_the_network_is_not_handled_but_our_own_is() {
     let outcomes = HashMap::from([(1, Outcome::Duplicate), (2, Outcome::Duplicate)]);
     let jobs = vec![deliver(

@@ -1,0 +1,560 @@
+//! Permission scenarios on the simulated network: the built-in authorize, revoke and
+//! dynamic-settings messages stored and synced, Linear and Dynamic resolution enforced,
+//! missing-proof asked and answered, the timeline rebuilt at join.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+use crate::authority::{self, Body, MemberRef, Target};
+use crate::community::{Definition, Resume};
+use crate::identity::{CommunityId, MemberId};
+use crate::meta::{
+    Authentication, Destination, Distribution, MetaMessage, Resolution, StaticResolution,
+    SyncOrder, builtin,
+};
+use crate::node::CreateError;
+use crate::stats::{DropReason, Traffic};
+use crate::timeline::{Permission, Subject};
+use crate::wire::{self, CommunityMessage, Conversion, SignedMessage};
+
+/// A Linear meta: only members with a permit create its messages.
+const DECREE: u32 = 9;
+/// A Dynamic(Public, Linear) meta.
+const NOTICE: u32 = 10;
+
+/// Long enough for sync alone to spread a message to every node of [`network`] (walks between
+/// the few peers are rare once each has walked to the others: a few minutes of virtual time).
+const SPREAD: Duration = Duration::from_secs(300);
+
+fn synced(id: u32, name: &str, resolution: Resolution) -> MetaMessage {
+    MetaMessage {
+        id,
+        name: name.into(),
+        authentication: Authentication::Member,
+        resolution,
+        distribution: Distribution::FullSync {
+            sequence_numbers: false,
+            order: SyncOrder::Ascending,
+            pruning: None,
+        },
+        destination: Destination::Community { node_count: 10 },
+        priority: 128,
+        batch_window: Duration::ZERO,
+    }
+}
+
+/// A community with a Public, a Linear and a Dynamic meta; its master is `Sim::key(999)`.
+fn definition() -> Definition {
+    Definition {
+        name: "permissions".into(),
+        version: "0.1.0".into(),
+        master: master().public().clone(),
+        conversions: vec![Conversion::version(1).expect("valid")],
+        metas: vec![
+            synced(2, "post", Resolution::Public),
+            synced(DECREE, "decree", Resolution::Linear),
+            synced(
+                NOTICE,
+                "notice",
+                Resolution::Dynamic(vec![StaticResolution::Public, StaticResolution::Linear]),
+            ),
+        ],
+    }
+}
+
+fn master() -> KeyPair {
+    Sim::key(999)
+}
+
+fn id() -> CommunityId {
+    definition().id()
+}
+
+/// Node `i`'s key (as [`Sim::add_node`] gives it).
+fn key(i: usize) -> KeyPair {
+    Sim::key(i as u64 + 1)
+}
+
+fn member(i: usize) -> MemberId {
+    key(i).member_id()
+}
+
+/// A public tracker and `peers` public nodes joined, that found each other. Peers walk to each
+/// other now and then (a candidate walked to rests for a while), so what only sync spreads
+/// takes minutes to reach every node: [`SPREAD`].
+fn network(peers: usize) -> Sim {
+    let mut sim = Sim::new(11);
+    let tracker = sim.add_node(
+        None,
+        Config {
+            tracker: true,
+            ..Config::default()
+        },
+    );
+    let trackers = vec![sim.address(tracker)];
+    for _ in 0..peers {
+        let i = sim.add_node(
+            None,
+            Config {
+                trackers: trackers.clone(),
+                ..Config::default()
+            },
+        );
+        let now = sim.now;
+        sim.nodes[i]
+            .join(now, definition(), Resume::default())
+            .expect("join");
+    }
+    sim.run_for(Duration::from_secs(5));
+    sim
+}
+
+/// An authorize by `author` (its `sequence`-th) at `global_time` granting `to` `grants`.
+fn authorize(
+    author: &KeyPair,
+    sequence: u32,
+    global_time: u64,
+    to: MemberId,
+    grants: &[(Subject, Permission)],
+) -> SignedMessage {
+    permission(
+        author,
+        sequence,
+        global_time,
+        Body::Authorize(vec![Target {
+            member: MemberRef::from_id(to),
+            grants: grants.to_vec(),
+        }]),
+    )
+}
+
+fn permission(author: &KeyPair, sequence: u32, global_time: u64, body: Body) -> SignedMessage {
+    let message = authority::message(
+        id(),
+        author.public().clone(),
+        global_time,
+        Some(sequence),
+        body,
+    );
+    SignedMessage::sign(message, &[author]).expect("signed")
+}
+
+/// A plugin message of `meta` by `author` at `global_time`.
+fn plugin_message(author: &KeyPair, meta: u32, global_time: u64, payload: &[u8]) -> SignedMessage {
+    SignedMessage::sign(
+        CommunityMessage {
+            community: id(),
+            message_type: meta,
+            conversion: Conversion::version(1).expect("valid"),
+            authors: vec![author.public().clone()],
+            global_time,
+            sequence_number: None,
+            resolution_index: None,
+            relay_hops: None,
+            payload: payload.to_vec(),
+            authority: None,
+        },
+        &[author],
+    )
+    .expect("signed")
+}
+
+/// Delivers `messages` to node `to` in one collection from node `from`'s address.
+fn deliver(sim: &mut Sim, from: usize, to: usize, messages: &[&SignedMessage]) {
+    let packets: Vec<&[u8]> = messages.iter().map(|m| m.packet.as_slice()).collect();
+    let (from, to) = (sim.address(from), sim.address(to));
+    sim.inject(from, to, wire::encode_collection(0, &packets));
+}
+
+/// Whether node `i`'s plugin was handed `packet` (received from the network).
+fn handed(sim: &Sim, i: usize, packet: &[u8]) -> bool {
+    sim.events[i].iter().any(|e| {
+        matches!(e, Event::Messages { messages, .. }
+            if messages.iter().any(|m| m.source.is_some() && m.message.packet == packet))
+    })
+}
+
+fn global_time(sim: &Sim, i: usize) -> u64 {
+    sim.nodes[i].community(&id()).expect("joined").global_time
+}
+
+fn stats(sim: &Sim, i: usize) -> &crate::stats::CommunityStats {
+    &sim.nodes[i].community(&id()).expect("joined").stats
+}
+
+fn assert_digests_equal(sim: &Sim, nodes: std::ops::RangeInclusive<usize>) {
+    let digests: Vec<[u8; 32]> = nodes
+        .map(|i| sim.nodes[i].timeline_digest(&id()).expect("joined"))
+        .collect();
+    assert!(
+        digests.windows(2).all(|w| w[0] == w[1]),
+        "timeline digests differ"
+    );
+}
+
+/// The stored permission packets of node `i` (what a restart reads back).
+fn stored_permissions(sim: &Sim, i: usize) -> Vec<Vec<u8>> {
+    sim.stores[i]
+        .rows
+        .iter()
+        .filter(|k| k.community == id() && builtin::is_handled(k.meta))
+        .map(|k| k.packet.clone())
+        .collect()
+}
+
+#[test]
+fn a_permit_lets_a_member_publish_a_linear_meta_and_others_wait_for_proof_then_expire() {
+    let mut sim = network(4);
+    let (a, b, d) = (1, 2, 4);
+    let t = global_time(&sim, a) + 1;
+    let grant = authorize(
+        &master(),
+        1,
+        t,
+        member(a),
+        &[(Subject::Community(DECREE), Permission::Permit)],
+    );
+    deliver(&mut sim, b, a, &[&grant]);
+    sim.run_for(SPREAD);
+    // Stored and synced like a plugin message.
+    for i in 1..=4 {
+        assert_eq!(
+            stored_permissions(&sim, i),
+            vec![grant.packet.clone()],
+            "node {i}"
+        );
+    }
+    assert_digests_equal(&sim, 1..=4);
+
+    // A holds the permit: its decree reaches everyone.
+    sim.create(a, id(), "decree", b"by a".to_vec(), &[])
+        .expect("a may");
+    sim.run_for(SPREAD);
+    for i in 2..=4 {
+        assert!(
+            sim.events[i]
+                .iter()
+                .any(|e| matches!(e, Event::Messages { messages, .. }
+                if messages.iter().any(|m| m.message.message.payload == b"by a"))),
+            "node {i}"
+        );
+    }
+
+    // D holds none: refused at creation, and a decree it signs anyway waits, then expires.
+    assert_eq!(
+        sim.create(d, id(), "decree", b"by d".to_vec(), &[]),
+        Err(CreateError::NotPermitted("decree".into()))
+    );
+    let forged = plugin_message(&key(d), DECREE, global_time(&sim, b) + 1, b"forged");
+    let delayed = stats(&sim, b).delayed;
+    deliver(&mut sim, d, b, &[&forged]);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(stats(&sim, b).delayed, delayed + 1);
+    assert!(sim.nodes[b].stats().packets.get(Traffic::MissingProofSent) > 0);
+    // D has no proof to give: nothing comes, the wait ends and is counted.
+    sim.run_for(SPREAD);
+    assert!(!handed(&sim, b, &forged.packet));
+    assert_eq!(
+        sim.nodes[b].stats().dropped.get(DropReason::ProofTimeout),
+        1
+    );
+    assert!(sim.stores[b].rows.iter().all(|k| k.packet != forged.packet));
+
+    // A late authorize (at a global time before D's message) lets D's waiting message in.
+    let second = plugin_message(&key(d), DECREE, global_time(&sim, b) + 1, b"second");
+    deliver(&mut sim, d, b, &[&second]);
+    sim.run_for(Duration::from_millis(200));
+    assert!(!handed(&sim, b, &second.packet));
+    let late = authorize(
+        &master(),
+        2,
+        second.message.global_time - 1,
+        member(d),
+        &[(Subject::Community(DECREE), Permission::Permit)],
+    );
+    deliver(&mut sim, a, b, &[&late]);
+    sim.run_for(Duration::from_millis(200));
+    assert!(handed(&sim, b, &second.packet));
+    sim.run_for(SPREAD);
+    assert_digests_equal(&sim, 1..=4);
+}
+
+#[test]
+fn a_revoke_before_a_members_grant_spoils_the_grant_on_every_node() {
+    let mut sim = network(3);
+    let (a, b, c) = (1, 2, 3);
+    let t = global_time(&sim, a) + 1;
+    let decree = Subject::Community(DECREE);
+    let to_a = authorize(
+        &master(),
+        1,
+        t,
+        member(a),
+        &[
+            (decree, Permission::Permit),
+            (decree, Permission::Authorize),
+        ],
+    );
+    let a_to_b = authorize(
+        &key(a),
+        1,
+        t + 2,
+        member(b),
+        &[(decree, Permission::Permit)],
+    );
+    // A holds both (it signed its grant); C gets A's grant first: it waits for its proof, asks
+    // A, and A answers with the master's grant.
+    deliver(&mut sim, b, a, &[&to_a]);
+    sim.run_for(Duration::from_millis(100));
+    deliver(&mut sim, b, a, &[&a_to_b]);
+    deliver(&mut sim, a, c, &[&a_to_b]);
+    // C accepts A's grant once A answers its missing-proof; sync brings it to B later.
+    sim.run_for(SPREAD);
+    for i in 1..=3 {
+        let timeline = &sim.nodes[i].community(&id()).expect("joined").timeline;
+        assert!(
+            timeline.may(member(b), decree, t + 3).is_allowed(),
+            "node {i}"
+        );
+    }
+    assert_digests_equal(&sim, 1..=3);
+    sim.create(b, id(), "decree", b"by b".to_vec(), &[])
+        .expect("b may");
+
+    // The master takes A's Authorize away before A's grant: the grant is no longer valid.
+    let revoke = permission(
+        &master(),
+        1,
+        t + 1,
+        Body::Revoke(vec![Target {
+            member: MemberRef::from_id(member(a)),
+            grants: vec![(decree, Permission::Authorize)],
+        }]),
+    );
+    deliver(&mut sim, a, c, &[&revoke]);
+    sim.run_for(SPREAD);
+    for i in 1..=3 {
+        let timeline = &sim.nodes[i].community(&id()).expect("joined").timeline;
+        assert!(
+            !timeline.may(member(b), decree, t + 3).is_allowed(),
+            "node {i}"
+        );
+        assert!(
+            timeline.may(member(a), decree, t + 3).is_allowed(),
+            "node {i}"
+        );
+    }
+    assert_digests_equal(&sim, 1..=3);
+    assert_eq!(
+        sim.create(b, id(), "decree", b"again".to_vec(), &[]),
+        Err(CreateError::NotPermitted("decree".into()))
+    );
+}
+
+#[test]
+fn a_message_received_before_its_proof_asks_for_it_and_is_accepted() {
+    let mut sim = network(3);
+    let (a, b, c) = (1, 2, 3);
+    let grant = authorize(
+        &master(),
+        1,
+        global_time(&sim, a) + 1,
+        member(a),
+        &[(Subject::Community(DECREE), Permission::Permit)],
+    );
+    // Only A has the grant when it publishes: B and C get the decree first.
+    deliver(&mut sim, b, a, &[&grant]);
+    sim.run_for(Duration::from_millis(100));
+    assert!(stored_permissions(&sim, c).is_empty());
+    sim.create(a, id(), "decree", b"early".to_vec(), &[])
+        .expect("a may");
+    let asked = sim.nodes[a].stats().packets.get(Traffic::MissingProof);
+    sim.run_for(Duration::from_millis(500));
+    for i in [b, c] {
+        assert!(
+            sim.nodes[i].stats().packets.get(Traffic::MissingProofSent) > 0,
+            "node {i}"
+        );
+        assert!(
+            sim.events[i]
+                .iter()
+                .any(|e| matches!(e, Event::Messages { messages, .. }
+                if messages.iter().any(|m| m.message.message.payload == b"early"))),
+            "node {i}"
+        );
+        assert_eq!(
+            stored_permissions(&sim, i),
+            vec![grant.packet.clone()],
+            "node {i}"
+        );
+    }
+    // A answered both missing-proofs with the grant, well before any sync round.
+    assert!(sim.nodes[a].stats().packets.get(Traffic::MissingProof) >= asked + 2);
+    assert_digests_equal(&sim, 1..=3);
+}
+
+#[test]
+fn a_dynamic_meta_switched_to_linear_needs_a_permit_from_the_next_global_time() {
+    let mut sim = network(3);
+    let (a, b, d) = (1, 2, 3);
+    let t = global_time(&sim, b) + 1;
+    let settings = permission(
+        &master(),
+        1,
+        t,
+        Body::DynamicSettings {
+            meta: NOTICE,
+            index: 1,
+        },
+    );
+    // Only B holds the setting when D's notices arrive.
+    deliver(&mut sim, a, b, &[&settings]);
+    sim.run_for(Duration::from_millis(100));
+    let at_t = plugin_message(&key(d), NOTICE, t, b"at t");
+    let after = plugin_message(&key(d), NOTICE, t + 1, b"after t");
+    deliver(&mut sim, d, b, &[&at_t, &after]);
+    sim.run_for(Duration::from_millis(200));
+    assert!(handed(&sim, b, &at_t.packet), "Public up to T");
+    assert!(!handed(&sim, b, &after.packet), "Linear from T + 1");
+    // B pushed the setting to D, whose policy disagreed.
+    assert!(stats(&sim, b).missing_packets_sent > 0);
+    let timeline = &sim.nodes[d].community(&id()).expect("joined").timeline;
+    assert_eq!(
+        timeline.policy(NOTICE, t + 1),
+        Some(StaticResolution::Linear)
+    );
+    assert_eq!(
+        sim.create(d, id(), "notice", b"now".to_vec(), &[]),
+        Err(CreateError::NotPermitted("notice".into()))
+    );
+    sim.run_for(SPREAD);
+    assert!(!handed(&sim, b, &after.packet));
+    assert_digests_equal(&sim, 1..=3);
+}
+
+#[test]
+fn a_node_rebuilt_from_its_store_enforces_the_same_permissions_at_once() {
+    let mut sim = network(3);
+    let (a, c) = (1, 3);
+    let t = global_time(&sim, a) + 1;
+    let decree = Subject::Community(DECREE);
+    let grants = [
+        authorize(&master(), 1, t, member(a), &[(decree, Permission::Permit)]),
+        authorize(
+            &master(),
+            2,
+            t + 1,
+            member(c),
+            &[(decree, Permission::Permit)],
+        ),
+    ];
+    let revoke = permission(
+        &master(),
+        1,
+        t + 2,
+        Body::Revoke(vec![Target {
+            member: MemberRef::from_id(member(c)),
+            grants: vec![(decree, Permission::Permit)],
+        }]),
+    );
+    deliver(&mut sim, 2, a, &[&grants[0], &grants[1], &revoke]);
+    sim.run_for(SPREAD);
+    assert_eq!(stored_permissions(&sim, c).len(), 3);
+
+    // A fresh node with C's key, joined with what C's store holds (in reverse order).
+    let mut packets = stored_permissions(&sim, c);
+    packets.reverse();
+    let address: SocketAddr = "198.18.9.9:7000".parse().expect("address");
+    let mut node = Node::new(Config::default(), key(c), address, 5, sim.now);
+    let resume = Resume {
+        global_time: global_time(&sim, c),
+        authority: packets,
+        ..Resume::default()
+    };
+    node.join(sim.now, definition(), resume).expect("join");
+    assert_eq!(
+        node.timeline_digest(&id()),
+        sim.nodes[c].timeline_digest(&id())
+    );
+    let now = global_time(&sim, c) + 1;
+    let timeline = &node.community(&id()).expect("joined").timeline;
+    assert!(timeline.may(member(a), decree, now).is_allowed());
+    assert!(!timeline.may(member(c), decree, now).is_allowed());
+    assert_eq!(
+        node.create_message(sim.now, id(), "decree", b"no".to_vec(), &[]),
+        Err(CreateError::NotPermitted("decree".into()))
+    );
+    // A's decree goes to the store and the plugin at once.
+    let by_a = plugin_message(&key(a), DECREE, now, b"a");
+    let from = sim.address(a);
+    node.handle_datagram(sim.now, from, &wire::encode_collection(0, &[&by_a.packet]));
+    let mut events = Vec::new();
+    while let Some(event) = node.poll_event() {
+        events.push(event);
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Messages { messages, .. }
+        if messages.iter().any(|m| m.message.packet == by_a.packet)))
+    );
+}
+
+#[test]
+fn a_founded_community_gives_the_founders_member_its_first_permits_everywhere() {
+    use crate::node::FoundError;
+    let mut sim = network(3);
+    let (a, b) = (1, 2);
+    let now = sim.now;
+    assert_eq!(
+        sim.nodes[a].found(now, id(), &key(b)),
+        Err(FoundError::NotMaster(id()))
+    );
+    let other = CommunityId([7; 20]);
+    assert_eq!(
+        sim.nodes[a].found(now, other, &master()),
+        Err(FoundError::NotJoined(other))
+    );
+    let founded = sim.nodes[a].found(now, id(), &master()).expect("founded");
+    assert_eq!(founded.sequence_number, Some(1));
+    sim.run_for(Duration::from_millis(100));
+    let timeline = &sim.nodes[a].community(&id()).expect("joined").timeline;
+    let later = global_time(&sim, a) + 1;
+    for subject in [
+        Subject::Community(DECREE),
+        Subject::Community(NOTICE),
+        Subject::DynamicSettings,
+        Subject::DestroyCommunity,
+    ] {
+        for permission in [
+            Permission::Permit,
+            Permission::Authorize,
+            Permission::Revoke,
+        ] {
+            assert!(timeline.holds(member(a), subject, permission, later));
+        }
+    }
+    assert!(!timeline.holds(member(a), Subject::Community(2), Permission::Permit, later));
+    // Stored, so founding again (as at every start) does nothing.
+    let now = sim.now;
+    assert_eq!(
+        sim.nodes[a].found(now, id(), &master()),
+        Err(FoundError::AlreadyFounded(id()))
+    );
+    sim.create(a, id(), "decree", b"founder".to_vec(), &[])
+        .expect("the founder may");
+    sim.run_for(SPREAD);
+    for i in 1..=3 {
+        assert_eq!(stored_permissions(&sim, i).len(), 1, "node {i}");
+        // The founder's decree is accepted and stored everywhere.
+        assert!(
+            sim.stores[i]
+                .rows
+                .iter()
+                .any(|k| k.community == id() && k.meta == DECREE),
+            "node {i}"
+        );
+    }
+    assert_digests_equal(&sim, 1..=3);
+}
