@@ -538,6 +538,8 @@ impl Node {
         for signed in messages {
             let m = &signed.message;
             let built_in = m.authority.is_some();
+            // Hops a relayed message may still travel: forwarded only once it is allowed.
+            let mut relay_on = None;
             // Authorize, revoke and dynamic-settings are metas of every community; undo-own,
             // undo-other and destroy-community are not handled yet: dropped and counted, never
             // given to the plugin, never stored.
@@ -567,9 +569,7 @@ impl Node {
                         crate::bloom::PacketHash::of(&signed.packet),
                         self.config.relay.max_seen,
                     ) {
-                        if let Some(hops) = relay::remaining(relay_hops, m.relay_hops) {
-                            forward.push((signed.packet.clone(), hops));
-                        }
+                        relay_on = relay::remaining(relay_hops, m.relay_hops);
                         Ok(false)
                     } else {
                         Err(DropReason::RelayDuplicate)
@@ -597,6 +597,9 @@ impl Node {
                     }
                 }
             });
+            if let (Ok(Some(_)), Some(hops)) = (&verdict, relay_on) {
+                forward.push((signed.packet.clone(), hops));
+            }
             match verdict {
                 Err(DropReason::UnknownConversion) => {
                     c.stats.dropped.bump(DropReason::UnknownConversion);

@@ -22,6 +22,8 @@ use crate::wire::{self, CommunityMessage, Conversion, SignedMessage};
 const DECREE: u32 = 9;
 /// A Dynamic(Public, Linear) meta.
 const NOTICE: u32 = 10;
+/// A Linear meta of relay distribution (forwarded, never stored).
+const ORDER: u32 = 11;
 
 /// Long enough for sync alone to spread a message to every node of [`network`] (walks between
 /// the few peers are rare once each has walked to the others: a few minutes of virtual time).
@@ -59,6 +61,16 @@ fn definition() -> Definition {
                 "notice",
                 Resolution::Dynamic(vec![StaticResolution::Public, StaticResolution::Linear]),
             ),
+            MetaMessage {
+                id: ORDER,
+                name: "order".into(),
+                authentication: Authentication::Member,
+                resolution: Resolution::Linear,
+                distribution: Distribution::Relay,
+                destination: Destination::Community { node_count: 1 },
+                priority: 128,
+                batch_window: Duration::ZERO,
+            },
         ],
     }
 }
@@ -557,4 +569,43 @@ fn a_founded_community_gives_the_founders_member_its_first_permits_everywhere() 
         );
     }
     assert_digests_equal(&sim, 1..=3);
+}
+
+#[test]
+fn a_relayed_linear_message_is_forwarded_only_once_allowed() {
+    let mut sim = network(4);
+    sim.run_for(Duration::from_secs(10));
+    let b = 2;
+    let relayed = |sim: &Sim| stats(sim, b).relayed;
+    let order = |author: &KeyPair, payload: &[u8]| {
+        SignedMessage::sign(
+            CommunityMessage {
+                community: id(),
+                message_type: ORDER,
+                conversion: Conversion::version(1).expect("valid"),
+                authors: vec![author.public().clone()],
+                global_time: 2,
+                sequence_number: None,
+                resolution_index: None,
+                relay_hops: Some(2),
+                payload: payload.to_vec(),
+                authority: None,
+            },
+            &[author],
+        )
+        .expect("signed")
+    };
+    // By a member without a permit: it waits for proof at B and goes no further.
+    let forged = order(&key(4), b"forged");
+    let (from, to) = (sim.address(4), sim.address(b));
+    sim.inject(from, to, wire::encode_relay(0, &forged.packet, 2));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(relayed(&sim), 0, "not forwarded before it is allowed");
+    assert!(!handed(&sim, b, &forged.packet));
+    // By the master, who holds every permission: handled and forwarded.
+    let allowed = order(&master(), b"allowed");
+    sim.inject(from, to, wire::encode_relay(0, &allowed.packet, 2));
+    sim.run_for(Duration::from_secs(1));
+    assert!(handed(&sim, b, &allowed.packet));
+    assert!(relayed(&sim) > 0, "forwarded once allowed");
 }
