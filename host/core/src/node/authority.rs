@@ -99,7 +99,7 @@ impl Node {
         now: Instant,
         community: CommunityId,
         body: Body,
-    ) -> Result<Created, AuthorityError> {
+    ) -> Result<AuthorityCreated, AuthorityError> {
         let max_datagram = self.config.max_datagram;
         let key = self.key.clone();
         let c = self
@@ -172,9 +172,10 @@ impl Node {
         let numbered = c.sequences.entry(message_type).or_insert(0);
         *numbered = (*numbered).max(sequence);
         let (global_time, sent_to) = self.publish(now, community, signed, &[])?;
-        Ok(Created {
+        Ok(AuthorityCreated {
             global_time,
-            sequence_number: Some(sequence),
+            sequence_number: sequence,
+            record: record.id,
             sent_to,
         })
     }
@@ -538,6 +539,19 @@ impl Node {
     pub fn timeline_digest(&self, community: &CommunityId) -> Option<[u8; 32]> {
         self.communities.get(community).map(|c| c.timeline.digest())
     }
+}
+
+/// A permission message this node's member created ([`Node::create_authority`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityCreated {
+    /// Its global time.
+    pub global_time: u64,
+    /// Its sequence number (this member's, for its kind).
+    pub sequence_number: u32,
+    /// Its timeline record's id (SHA-256 of its packet).
+    pub record: RecordId,
+    /// How many candidates it was sent to.
+    pub sent_to: usize,
 }
 
 /// The permission timeline of a community as [`Node::timeline_view`] shows it.

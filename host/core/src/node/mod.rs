@@ -87,7 +87,8 @@ use crate::stats::{DropReason, Stats, Traffic};
 use crate::time::Instant;
 use crate::wire::{self, CommunityMessage, ConnectionType, DecodeError, MissingIdentity, Packet};
 pub use authority::{
-    AuthorityError, FoundError, GrantView, HoldingView, PolicyView, RecordView, TimelineView,
+    AuthorityCreated, AuthorityError, FoundError, GrantView, HoldingView, PolicyView, RecordView,
+    TimelineView,
 };
 
 /// The node's tunables. Defaults are the original's values (DESIGN.md §7).

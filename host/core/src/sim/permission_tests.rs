@@ -648,7 +648,7 @@ fn a_founder_authorizes_revokes_and_switches_settings_that_every_node_enforces()
     let granted = sim.nodes[a]
         .create_authority(now, id(), grant_body(false, &key(b), &permit))
         .expect("the founder may grant a permit");
-    assert_eq!(granted.sequence_number, Some(1));
+    assert_eq!(granted.sequence_number, 1);
     sim.run_for(SPREAD);
     sim.create(b, id(), "decree", b"granted".to_vec(), &[])
         .expect("b holds the permit once it has the authorize");
@@ -656,7 +656,7 @@ fn a_founder_authorizes_revokes_and_switches_settings_that_every_node_enforces()
     let revoked = sim.nodes[a]
         .create_authority(now, id(), grant_body(true, &key(b), &permit))
         .expect("the founder may revoke");
-    assert_eq!(revoked.sequence_number, Some(1));
+    assert_eq!(revoked.sequence_number, 1);
     let switched = sim.nodes[a]
         .create_authority(
             now,
@@ -667,7 +667,7 @@ fn a_founder_authorizes_revokes_and_switches_settings_that_every_node_enforces()
             },
         )
         .expect("the founder may switch settings");
-    assert_eq!(switched.sequence_number, Some(1));
+    assert_eq!(switched.sequence_number, 1);
     let again = sim.nodes[a]
         .create_authority(
             now,
@@ -680,7 +680,7 @@ fn a_founder_authorizes_revokes_and_switches_settings_that_every_node_enforces()
         )
         .expect("a second authorize");
     // Numbered per kind: the second authorize of a's member, its first revoke and setting.
-    assert_eq!(again.sequence_number, Some(2));
+    assert_eq!(again.sequence_number, 2);
     sim.run_for(SPREAD);
     assert!(
         sim.create(b, id(), "decree", b"revoked".to_vec(), &[])
