@@ -587,6 +587,20 @@ fn a_founder_authorizes_revokes_and_switches_settings_that_every_node_enforces()
         }
         other => panic!("unexpected {other:?}"),
     }
+    match sim.nodes[b].create_authority(
+        now,
+        id(),
+        Body::DynamicSettings {
+            meta: NOTICE,
+            index: 1,
+        },
+    ) {
+        Err(AuthorityError::NotPermitted { kind, missing }) => {
+            assert_eq!(kind, "dynamic-settings");
+            assert_eq!(missing, "permit on dynamic-settings");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
     sim.nodes[a].found(now, id(), &master()).expect("founded");
     sim.run_for(Duration::from_millis(100));
     // Checked against the definition before anything is signed.
