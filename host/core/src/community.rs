@@ -13,7 +13,7 @@ use crate::meta::{self, MetaMessage};
 use crate::stats::CommunityStats;
 use crate::sync;
 use crate::time::Instant;
-use crate::timeline::Timeline;
+use crate::timeline::{Subject, Timeline};
 use crate::wire::Conversion;
 
 /// What a community type (plugin) declares about itself.
@@ -78,6 +78,30 @@ impl Definition {
             .iter()
             .find(|m| m.id == id)
             .or_else(|| meta::builtin::meta(id))
+    }
+
+    /// The name of a permission subject: the plugin meta's name (its wire type in decimal if
+    /// the definition has no such meta), `dynamic-settings` or `destroy-community`.
+    pub fn subject_name(&self, subject: Subject) -> String {
+        match subject {
+            Subject::Community(id) => self
+                .metas
+                .iter()
+                .find(|m| m.id == id)
+                .map_or_else(|| id.to_string(), |m| m.name.clone()),
+            Subject::DynamicSettings => "dynamic-settings".into(),
+            Subject::DestroyCommunity => "destroy-community".into(),
+        }
+    }
+
+    /// The permission subject called `name` ([`Definition::subject_name`]): a plugin meta of
+    /// the definition, `dynamic-settings` or `destroy-community`.
+    pub fn subject_by_name(&self, name: &str) -> Option<Subject> {
+        match name {
+            "dynamic-settings" => Some(Subject::DynamicSettings),
+            "destroy-community" => Some(Subject::DestroyCommunity),
+            _ => self.meta_by_name(name).map(|m| Subject::Community(m.id)),
+        }
     }
 
     /// Every meta-message of the community: the plugin's, then the handled built-in ones.

@@ -103,6 +103,32 @@ pub enum Permission {
     Undo,
 }
 
+impl Permission {
+    /// Every permission, in order.
+    pub const ALL: [Permission; 4] = [
+        Permission::Permit,
+        Permission::Authorize,
+        Permission::Revoke,
+        Permission::Undo,
+    ];
+
+    /// The permission's name: `permit`, `authorize`, `revoke` or `undo`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Permit => "permit",
+            Permission::Authorize => "authorize",
+            Permission::Revoke => "revoke",
+            Permission::Undo => "undo",
+        }
+    }
+
+    /// The permission named `name` (as [`Permission::name`] gives it); `None` for any other
+    /// text.
+    pub fn from_name(name: &str) -> Option<Permission> {
+        Permission::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
 /// What a permission is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Subject {
@@ -270,6 +296,36 @@ pub enum InsertError {
     },
 }
 
+/// A permission a member holds now, after every record held ([`Timeline::holdings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    /// The member (never the master, who holds everything).
+    pub member: MemberId,
+    /// What it is on.
+    pub subject: Subject,
+    /// Which permission.
+    pub permission: Permission,
+    /// The global time of the grants that decide it (the member holds it from then on).
+    pub since: u64,
+    /// The valid grant records at that time, in fold order.
+    pub proof: Vec<RecordId>,
+}
+
+/// The policy a meta of dynamic resolution has after every record held
+/// ([`Timeline::policies`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyNow {
+    /// The meta's wire type.
+    pub meta: u32,
+    /// The policy.
+    pub policy: StaticResolution,
+    /// The first global time it applies at (the deciding settings' time plus one); `None`
+    /// for the meta's default policy (no valid setting).
+    pub since: Option<u64>,
+    /// The settings records that set it, in fold order (empty for the default).
+    pub proof: Vec<RecordId>,
+}
+
 /// The position of a record, or of an entry, in the fold: (global time, record id).
 type Position = (u64, RecordId);
 
@@ -396,6 +452,52 @@ impl Timeline {
     /// Every record held, valid or not, in fold order.
     pub fn records(&self) -> impl Iterator<Item = &Record> {
         self.records.values().map(|slot| &slot.record)
+    }
+
+    /// Every record held with whether it is valid now, in fold order.
+    pub fn records_with_validity(&self) -> impl Iterator<Item = (&Record, bool)> {
+        self.records.values().map(|slot| (&slot.record, slot.valid))
+    }
+
+    /// Every permission a member other than the master holds after every record held (rule
+    /// 5 at the greatest global time), sorted by (member, subject, permission).
+    pub fn holdings(&self) -> Vec<Holding> {
+        self.state
+            .entries
+            .keys()
+            .filter_map(|&key| {
+                let grants = self.state.holding(&self.rules, key, |_| true)?;
+                let since = grants.first()?.at.0;
+                let (member, subject, permission) = key;
+                Some(Holding {
+                    member,
+                    subject,
+                    permission,
+                    since,
+                    proof: record_ids(grants.iter().map(|entry| entry.at).collect()),
+                })
+            })
+            .collect()
+    }
+
+    /// The policy of every meta of dynamic resolution after every record held (rule 6 at the
+    /// greatest global time), by meta id.
+    pub fn policies(&self) -> Vec<PolicyNow> {
+        self.rules
+            .resolutions
+            .iter()
+            .filter(|(_, resolution)| matches!(resolution, Resolution::Dynamic(_)))
+            .filter_map(|(&meta, _)| {
+                let (policy, positions) = self.state.policy(&self.rules, meta, u64::MAX)?;
+                let since = positions.iter().map(|at| at.0.saturating_add(1)).max();
+                Some(PolicyNow {
+                    meta,
+                    policy,
+                    since,
+                    proof: record_ids(positions),
+                })
+            })
+            .collect()
     }
 
     /// The master member, root of every chain.

@@ -14,6 +14,10 @@
 //! | GET | /v1/communities/{id}/candidates | candidates with category and addresses |
 //! | POST | /v1/communities/{id}/messages | create a message: `{"meta": NAME, "payload": {...}}` |
 //! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
+//! | GET | /v1/communities/{id}/timeline | the permission timeline: master, every record held (id, author, global time, kind, valid, grants or setting), what every member holds now (meta, permission, since, proof) and the dynamic metas' policies |
+//! | POST | /v1/communities/{id}/authorize | this node's member grants: `{"member": KEY_OR_ID_HEX, "grants": [{"meta": NAME, "permission": "permit"\|"authorize"\|"revoke"\|"undo"}]}` (`meta` may be `dynamic-settings` or `destroy-community`); 201 `{"global_time", "sequence_number", "record"}`, 403 with what the member lacks, 400 bad member, meta or permission |
+//! | POST | /v1/communities/{id}/revoke | the same shape, revoking |
+//! | POST | /v1/communities/{id}/settings | switch a dynamic meta's policy: `{"meta": NAME, "policy": "public"\|"linear"}`; 201, 403, 400 |
 //! | GET | /v1/plugins | plugin files loaded (hash, private copy, upgrade candidate) and refused |
 //! | POST | /v1/plugins | load `{"path": FILE}`, or rescan the plugin folders with `{}` |
 //! | POST | /v1/plugins/upgrade | live upgrade of a running community type (its own community and its instances): `{"path": FILE}` or `{"community": ID}` (its changed file, the upgrade candidate), `"allow_downgrade": true` to switch to an equal or older version; 409 when refused |
@@ -52,6 +56,8 @@ use crate::plugin::{Change, Job, LifecycleError, QueueError, Worker};
 use crate::registry::Registry;
 use crate::registry::{InstanceError, MembershipError, UpgradeError};
 use crate::store::Store;
+
+mod timeline;
 
 /// Everything the API needs.
 pub(crate) struct Shared {
@@ -242,6 +248,10 @@ pub(crate) async fn serve(
             "/v1/communities/{id}/messages",
             get(messages).post(create_message),
         )
+        .route("/v1/communities/{id}/timeline", get(timeline::timeline))
+        .route("/v1/communities/{id}/authorize", post(timeline::authorize))
+        .route("/v1/communities/{id}/revoke", post(timeline::revoke))
+        .route("/v1/communities/{id}/settings", post(timeline::settings))
         .route("/v1/communities/{id}", delete(leave))
         .route("/v1/communities/{id}/disable", post(disable))
         .route("/v1/communities/{id}/enable", post(enable))

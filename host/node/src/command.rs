@@ -136,6 +136,26 @@ pub enum Command {
         /// The packets.
         packets: Vec<Vec<u8>>,
     },
+    /// Create a permission message signed by this node's member: an authorize, a revoke or a
+    /// dynamic-settings ([`dispersy_core::node::Node::create_authority`]).
+    Authority {
+        /// The community.
+        community: CommunityId,
+        /// What it says.
+        body: dispersy_core::authority::Body,
+        /// The answer.
+        reply: oneshot::Sender<
+            Result<dispersy_core::node::AuthorityCreated, dispersy_core::node::AuthorityError>,
+        >,
+    },
+    /// The permission timeline of one community
+    /// ([`dispersy_core::node::Node::timeline_view`]).
+    Timeline {
+        /// The community.
+        community: CommunityId,
+        /// The answer; `None` for an unknown community.
+        reply: oneshot::Sender<Option<dispersy_core::node::TimelineView>>,
+    },
     /// The candidates of one community.
     Candidates {
         /// The community.

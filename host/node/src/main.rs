@@ -65,6 +65,36 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Show the permission timeline of a community of the running node whose data folder is
+    /// given (records, who holds what, dynamic policies), through its control API.
+    Timeline {
+        /// The community id (40 hexadecimal digits).
+        id: String,
+        /// Data folder of the node.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Grant MEMBER permissions in a community, signed by the running node's member (which
+    /// must hold `authorize` and the permission itself on each meta), through its control API.
+    Authorize(GrantArgs),
+    /// Revoke permissions of MEMBER in a community, signed by the running node's member (which
+    /// must hold `revoke` on each meta), through its control API.
+    Revoke(GrantArgs),
+    /// Switch the policy of a meta of dynamic resolution of a community, signed by the running
+    /// node's member (which must hold `permit` on `dynamic-settings`), through its control
+    /// API; effective from the next global time.
+    Settings {
+        /// The community id (40 hexadecimal digits).
+        id: String,
+        /// The meta-message's name.
+        meta: String,
+        /// The new policy.
+        #[arg(value_enum)]
+        policy: Policy,
+        /// Data folder of the node.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Join a new community of a type the running node loaded, through its control API: the
     /// community of master key MASTER_KEY (as `dispersy keygen` prints it), run by the plugin of
     /// type TYPE; joined again at every start of the node.
@@ -200,6 +230,38 @@ fn main() -> ExitCode {
             let (method, path) = action.request(&id);
             block(api(data_dir, method.to_owned(), path, None))
         }
+        Cmd::Timeline { id, data_dir } => match checked_id(&id) {
+            Ok(()) => block(api(
+                data_dir,
+                "GET".to_owned(),
+                format!("/v1/communities/{id}/timeline"),
+                None,
+            )),
+            Err(error) => fail(error),
+        },
+        Cmd::Authorize(args) => grant(args, "authorize"),
+        Cmd::Revoke(args) => grant(args, "revoke"),
+        Cmd::Settings {
+            id,
+            meta,
+            policy,
+            data_dir,
+        } => {
+            if let Err(error) = checked_id(&id) {
+                return fail(error);
+            }
+            let policy = match policy {
+                Policy::Public => "public",
+                Policy::Linear => "linear",
+            };
+            let body = serde_json::json!({ "meta": meta, "policy": policy });
+            block(api(
+                data_dir,
+                "POST".to_owned(),
+                format!("/v1/communities/{id}/settings"),
+                Some(body.to_string()),
+            ))
+        }
         Cmd::Join {
             kind,
             master_key,
@@ -319,6 +381,63 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The arguments of `dispersy authorize` and `dispersy revoke`.
+#[derive(Debug, Args)]
+struct GrantArgs {
+    /// The community id (40 hexadecimal digits).
+    id: String,
+    /// The member: its public key (66 hexadecimal digits, better: receivers learn it) or its
+    /// member id (40).
+    member: String,
+    /// What: META:PERMISSION, PERMISSION one of permit, authorize, revoke, undo; META a
+    /// meta-message's name, `dynamic-settings` or `destroy-community`.
+    #[arg(required = true, value_name = "META:PERMISSION")]
+    grants: Vec<String>,
+    /// Data folder of the node.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// A policy of a meta of dynamic resolution.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Policy {
+    /// Anyone may create its messages.
+    Public,
+    /// Only members holding a permit.
+    Linear,
+}
+
+/// `dispersy authorize` or (`action` "revoke") `dispersy revoke`: POSTs the grants.
+fn grant(args: GrantArgs, action: &str) -> ExitCode {
+    if let Err(error) = checked_id(&args.id) {
+        return fail(error);
+    }
+    let mut grants = Vec::with_capacity(args.grants.len());
+    for item in &args.grants {
+        let Some((meta, permission)) = item.rsplit_once(':') else {
+            return fail(anyhow::anyhow!(
+                "{item:?}: a grant is META:PERMISSION, e.g. post:permit"
+            ));
+        };
+        grants.push(serde_json::json!({ "meta": meta, "permission": permission }));
+    }
+    let body = serde_json::json!({ "member": args.member, "grants": grants });
+    block(api(
+        args.data_dir,
+        "POST".to_owned(),
+        format!("/v1/communities/{}/{action}", args.id),
+        Some(body.to_string()),
+    ))
+}
+
+/// Refuses a community id that is not 40 hexadecimal digits.
+fn checked_id(id: &str) -> anyhow::Result<()> {
+    if id.len() != 40 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!("{id:?}: a community id is 40 hexadecimal digits");
+    }
+    Ok(())
 }
 
 /// What `dispersy plugin` does.

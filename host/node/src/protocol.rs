@@ -277,6 +277,16 @@ impl Protocol {
             Command::Communities { reply } => {
                 let _ = reply.send(self.communities(now));
             }
+            Command::Authority {
+                community,
+                body,
+                reply,
+            } => {
+                let _ = reply.send(self.node.create_authority(now, community, body));
+            }
+            Command::Timeline { community, reply } => {
+                let _ = reply.send(self.node.timeline_view(&community));
+            }
             Command::Candidates { community, reply } => {
                 let _ = reply.send(self.candidates(community, now));
             }

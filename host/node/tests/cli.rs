@@ -360,3 +360,113 @@ fn community_subcommands_change_a_running_node() {
     assert!(stop.status.success(), "{stop:?}");
     assert!(node.0.wait().unwrap().success());
 }
+
+#[test]
+fn permission_subcommands_show_the_timeline_authorize_revoke_and_refuse_settings() {
+    let plugins = plugin_dir();
+    let data = tempfile::tempdir().unwrap();
+    /// Kills the node if the test fails before it stops it.
+    struct Node(std::process::Child);
+    impl Drop for Node {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let line = |text: &str, prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    // The instance's master key founds it at this node; another member to grant to.
+    let master_file = data.path().join("master.key");
+    let keygen = dispersy()
+        .args(["keygen", "--out"])
+        .arg(&master_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(keygen.stdout).unwrap();
+    let (master, id) = (line(&text, "public key:"), line(&text, "community id:"));
+    let other = String::from_utf8(dispersy().arg("keygen").output().unwrap().stdout).unwrap();
+    let member = line(&other, "public key:");
+    let config = data.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!("founder_key = {:?}\n", master_file.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut node = Node(
+        dispersy()
+            .args(["run", "--port", "0", "--api", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--plugin-dir")
+            .arg(plugins.path())
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let run = |args: &[&str]| {
+        dispersy()
+            .args(args)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !run(&["join", "example", &master]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Founded once the instance's thread runs: the master's authorize is the first record.
+    loop {
+        let out = run(&["timeline", &id]);
+        assert!(out.status.success(), "{out:?}");
+        if String::from_utf8_lossy(&out.stdout).contains("\"kind\": \"authorize\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not founded: {out:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = run(&["authorize", &id, &member, "dynamic-settings:permit"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"sequence_number\": 1"),
+        "{out:?}"
+    );
+    let out = run(&["revoke", &id, &member, "dynamic-settings:permit"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["timeline", &id]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("\"kind\": \"revoke\""), "{shown}");
+    assert!(shown.contains("\"meta\": \"dynamic-settings\""), "{shown}");
+    // The example community has no meta of dynamic resolution.
+    let out = run(&["settings", &id, "post", "linear"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not of dynamic resolution"),
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("400"),
+        "{out:?}"
+    );
+    let out = run(&["authorize", &id, &member, "post"]);
+    assert!(!out.status.success());
+    let error = String::from_utf8(out.stderr).unwrap();
+    assert!(error.contains("META:PERMISSION"), "{error}");
+    assert_eq!(error.trim().lines().count(), 1, "{error}");
+    let stop = run(&["api", "POST", "/v1/shutdown"]);
+    assert!(stop.status.success(), "{stop:?}");
+    assert!(node.0.wait().unwrap().success());
+}

@@ -32,6 +32,9 @@
 //! - `pact` (7): signed by two members (double-member): the second signs only pacts with a
 //!   non-negative amount; last-sync with a history of 1 per pair of signers, so every node keeps
 //!   the newest pact of each pair (`pacts`).
+//! - `linear-post` (8): the same payload, full-sync, Linear: only members holding a permit for
+//!   it in the permission timeline create it, and the others' wait for its proof
+//!   (`linear_posts`).
 //!
 //! The duplicate and fault detectors remember up to [`MAX_TRACKED`] messages or authors, enough
 //! for the largest benchmark.
@@ -172,6 +175,8 @@ pub struct ProbeCommunity {
     shouts: u64,
     /// Pacts handled (co-signed here or received).
     pacts: u64,
+    /// Linear posts handled (created here or received).
+    linear_posts: u64,
     /// Posts given back by the host's restore.
     restored: u64,
     /// Whether the host told this instance it is live (restore done).
@@ -223,6 +228,11 @@ impl ProbeCommunity {
 }
 
 impl ProbeCommunity {
+    fn on_linear_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.linear_posts += messages.len() as u64;
+        Ok(())
+    }
+
     fn on_profile(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         self.profiles += messages.len() as u64;
         Ok(())
@@ -426,6 +436,17 @@ impl Community for ProbeCommunity {
                     .allow_signature(Self::allow_pact)
                     .handle(Self::on_pact),
             )
+            .meta(
+                Meta::<Self, Example>::new(8, "linear-post")
+                    .resolution(Resolution::Linear)
+                    .distribution(Distribution::FullSync {
+                        sequence_numbers: false,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .check(Self::check_example)
+                    .handle(Self::on_linear_post),
+            )
     }
 
     fn create(host: Host) -> Result<Self, Error> {
@@ -448,6 +469,7 @@ impl Community for ProbeCommunity {
             replies_before_post: 0,
             shouts: 0,
             pacts: 0,
+            linear_posts: 0,
             restored: 0,
             live: false,
             read_posts: None,
@@ -471,6 +493,7 @@ impl Community for ProbeCommunity {
             "replies_before_post": self.replies_before_post,
             "shouts": self.shouts,
             "pacts": self.pacts,
+            "linear_posts": self.linear_posts,
             "restored": self.restored,
             "live": self.live,
             "read_posts": self.read_posts,

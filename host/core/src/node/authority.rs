@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 
 use super::{CreateError, Created, Event, Incoming, Node};
 use crate::authority::{self, Body, Judgement, MemberRef, Target};
-use crate::community::Community;
+use crate::community::{Community, Definition};
 use crate::identity::{CommunityId, KeyPair, MemberId, PublicKey};
-use crate::meta::Resolution;
+use crate::meta::{Resolution, StaticResolution};
 use crate::missing::{Awaited, Lookup};
 use crate::stats::DropReason;
 use crate::time::Instant;
@@ -43,7 +43,214 @@ pub enum FoundError {
     Publish(#[from] CreateError),
 }
 
+/// Why a permission message could not be created ([`Node::create_authority`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    /// Not joined (or a tracker's bare community).
+    #[error("community {0} is not joined")]
+    NotJoined(CommunityId),
+    /// Undo-own, undo-other and destroy-community are not created yet.
+    #[error("{0} messages are not supported yet")]
+    Unsupported(&'static str),
+    /// An authorize or revoke with no grant, or more than one record carries.
+    #[error("a record carries {0} grants, 1..={MAX_GRANTS} allowed")]
+    Grants(usize),
+    /// A grant names a plugin meta the community does not have.
+    #[error("the community has no meta-message of type {0}")]
+    UnknownSubject(u32),
+    /// A dynamic-settings names a meta that is unknown or not of dynamic resolution.
+    #[error("meta-message {0:?} is not of dynamic resolution")]
+    NotDynamic(String),
+    /// A dynamic-settings names a policy index out of the meta's list.
+    #[error("meta-message {meta:?} lists no policy at index {index}")]
+    PolicyNotListed {
+        /// The meta's name.
+        meta: String,
+        /// The index given.
+        index: u32,
+    },
+    /// The timeline would hold the record invalid: this node's member lacks `missing`
+    /// (`permission on subject`, comma-separated). Nothing was signed or sent.
+    #[error("this member may not create this {kind}: it lacks {missing}")]
+    NotPermitted {
+        /// The message kind (`authorize`, `revoke`, `dynamic-settings`).
+        kind: &'static str,
+        /// What it lacks, e.g. `authorize on linear-post`.
+        missing: String,
+    },
+    /// Signing or publishing failed.
+    #[error(transparent)]
+    Publish(#[from] CreateError),
+}
+
 impl Node {
+    /// Creates a permission message of joined `community` signed by this node's member: an
+    /// authorize, a revoke or a dynamic-settings `body`, at the next global time, with the
+    /// next sequence number of this member for the body's built-in meta. It is checked before
+    /// anything is signed: every grant names a plugin meta of the definition or a built-in
+    /// subject, 1..=[`MAX_GRANTS`] grants; a dynamic-settings names a meta of dynamic
+    /// resolution and an index of its list; and [`crate::timeline::Timeline::judge`] must
+    /// hold the record valid now, else [`AuthorityError::NotPermitted`] names what this member
+    /// lacks. It is published like [`Node::found`]'s authorize (sent to the community and
+    /// emitted as [`Event::Messages`] with no source: stored, never given to the plugin; its
+    /// record enters the timeline when the store reports it).
+    pub fn create_authority(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        body: Body,
+    ) -> Result<AuthorityCreated, AuthorityError> {
+        let max_datagram = self.config.max_datagram;
+        let key = self.key.clone();
+        let c = self
+            .communities
+            .get_mut(&community)
+            .filter(|c| c.definition.is_some())
+            .ok_or(AuthorityError::NotJoined(community))?;
+        let Some(definition) = c.definition.as_ref() else {
+            return Err(AuthorityError::NotJoined(community));
+        };
+        check_body(definition, &body)?;
+        let kind = body.kind_name();
+        let message_type = body.message_type();
+        let member = key.member_id();
+        let claimed = c.sequences.get(&message_type).copied().unwrap_or(0);
+        let held = c
+            .timeline
+            .records()
+            .filter(|r| r.author == member && same_kind(&r.act, &body))
+            .count();
+        let sequence = claimed
+            .max(u32::try_from(held).unwrap_or(u32::MAX))
+            .saturating_add(1);
+        let global_time = c.global_time.saturating_add(1);
+        let message = authority::message(
+            community,
+            key.public().clone(),
+            global_time,
+            Some(sequence),
+            body,
+        );
+        let signed = SignedMessage::sign(message, &[&key]).map_err(CreateError::from)?;
+        let resolution = |meta| definition.meta_by_id(meta).map(|m| &m.resolution);
+        let Some(record) = authority::record(&signed.message, &signed.packet, resolution) else {
+            return Err(AuthorityError::Unsupported(kind));
+        };
+        if !c.timeline.judge(&record) {
+            let lacking: Vec<String> = needed(&record.act)
+                .into_iter()
+                .filter(|(subject, permission)| {
+                    !c.timeline
+                        .holds(member, *subject, *permission, c.global_time)
+                })
+                .map(|(subject, permission)| {
+                    format!(
+                        "{} on {}",
+                        permission.name(),
+                        definition.subject_name(subject)
+                    )
+                })
+                .collect();
+            return Err(AuthorityError::NotPermitted {
+                kind,
+                missing: if lacking.is_empty() {
+                    "a grant that sorts before it".into()
+                } else {
+                    lacking.join(", ")
+                },
+            });
+        }
+        let datagram = wire::encode_collection(0, &[&signed.packet]);
+        if datagram.len() + 8 > max_datagram {
+            return Err(CreateError::TooLarge {
+                len: datagram.len(),
+                max: max_datagram,
+            }
+            .into());
+        }
+        c.claim_global_time();
+        let numbered = c.sequences.entry(message_type).or_insert(0);
+        *numbered = (*numbered).max(sequence);
+        let (global_time, sent_to) = self.publish(now, community, signed, &[])?;
+        Ok(AuthorityCreated {
+            global_time,
+            sequence_number: sequence,
+            record: record.id,
+            sent_to,
+        })
+    }
+
+    /// The permission timeline of joined `community` as plain data for display: its master,
+    /// every record held, what every member holds now and the policy of every dynamic meta,
+    /// subjects named by [`crate::community::Definition::subject_name`]. `None` when the
+    /// community is not joined (or is a tracker's bare one).
+    pub fn timeline_view(&self, community: &CommunityId) -> Option<TimelineView> {
+        let c = self.communities.get(community)?;
+        let definition = c.definition.as_ref()?;
+        let timeline = &c.timeline;
+        let grants = |grants: &[crate::timeline::Grant]| -> Vec<GrantView> {
+            grants
+                .iter()
+                .map(|grant| GrantView {
+                    member: grant.member,
+                    subject: definition.subject_name(grant.subject),
+                    permission: grant.permission,
+                })
+                .collect()
+        };
+        let records = timeline
+            .records_with_validity()
+            .map(|(record, valid)| {
+                let (kind, listed, setting) = match &record.act {
+                    Act::Authorize(g) => ("authorize", grants(g), None),
+                    Act::Revoke(g) => ("revoke", grants(g), None),
+                    Act::Settings { meta, policy } => (
+                        "dynamic-settings",
+                        Vec::new(),
+                        Some((definition.subject_name(Subject::Community(*meta)), *policy)),
+                    ),
+                };
+                RecordView {
+                    id: record.id,
+                    author: record.author,
+                    global_time: record.global_time,
+                    kind,
+                    valid,
+                    grants: listed,
+                    setting,
+                }
+            })
+            .collect();
+        let holdings = timeline
+            .holdings()
+            .into_iter()
+            .map(|h| HoldingView {
+                member: h.member,
+                subject: definition.subject_name(h.subject),
+                permission: h.permission,
+                since: h.since,
+                proof: h.proof,
+            })
+            .collect();
+        let policies = timeline
+            .policies()
+            .into_iter()
+            .map(|p| PolicyView {
+                meta: definition.subject_name(Subject::Community(p.meta)),
+                policy: p.policy,
+                since: p.since,
+                proof: p.proof,
+            })
+            .collect();
+        Some(TimelineView {
+            master: timeline.master(),
+            global_time: c.global_time,
+            records,
+            holdings,
+            policies,
+        })
+    }
+
     /// Founds joined `community` with its `master` key: creates the master-signed authorize
     /// granting this node's member `Permit`, `Authorize` and `Revoke` on every Linear and
     /// Dynamic meta of the community and on [`Subject::DynamicSettings`] and
@@ -332,6 +539,167 @@ impl Node {
     pub fn timeline_digest(&self, community: &CommunityId) -> Option<[u8; 32]> {
         self.communities.get(community).map(|c| c.timeline.digest())
     }
+}
+
+/// A permission message this node's member created ([`Node::create_authority`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityCreated {
+    /// Its global time.
+    pub global_time: u64,
+    /// Its sequence number (this member's, for its kind).
+    pub sequence_number: u32,
+    /// Its timeline record's id (SHA-256 of its packet).
+    pub record: RecordId,
+    /// How many candidates it was sent to.
+    pub sent_to: usize,
+}
+
+/// The permission timeline of a community as [`Node::timeline_view`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineView {
+    /// The master member (holds every permission, listed in no holding).
+    pub master: MemberId,
+    /// The community's global time at this node.
+    pub global_time: u64,
+    /// Every record held, valid or not, in fold order (global time, id).
+    pub records: Vec<RecordView>,
+    /// What every member but the master holds now, by (member, subject, permission).
+    pub holdings: Vec<HoldingView>,
+    /// The current policy of every meta of dynamic resolution.
+    pub policies: Vec<PolicyView>,
+}
+
+/// One record of a [`TimelineView`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView {
+    /// The record's id (SHA-256 of its packet).
+    pub id: RecordId,
+    /// Its author.
+    pub author: MemberId,
+    /// Its global time.
+    pub global_time: u64,
+    /// `authorize`, `revoke` or `dynamic-settings`.
+    pub kind: &'static str,
+    /// Whether the timeline holds it valid now.
+    pub valid: bool,
+    /// What an authorize grants or a revoke takes (empty for a setting).
+    pub grants: Vec<GrantView>,
+    /// What a dynamic-settings sets: the meta's name and the policy.
+    pub setting: Option<(String, StaticResolution)>,
+}
+
+/// One grant (or revocation) of a [`RecordView`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantView {
+    /// The member.
+    pub member: MemberId,
+    /// The subject's name.
+    pub subject: String,
+    /// The permission.
+    pub permission: Permission,
+}
+
+/// One permission a member holds now ([`crate::timeline::Holding`] with its subject named).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldingView {
+    /// The member.
+    pub member: MemberId,
+    /// The subject's name.
+    pub subject: String,
+    /// The permission.
+    pub permission: Permission,
+    /// Held since this global time.
+    pub since: u64,
+    /// The grant records that decide it.
+    pub proof: Vec<RecordId>,
+}
+
+/// The current policy of a dynamic meta ([`crate::timeline::PolicyNow`] with its meta named).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyView {
+    /// The meta's name.
+    pub meta: String,
+    /// Its policy.
+    pub policy: StaticResolution,
+    /// From which global time (`None`: the default, first listed policy).
+    pub since: Option<u64>,
+    /// The settings records that set it.
+    pub proof: Vec<RecordId>,
+}
+
+/// Checks `body` against the community's `definition` before signing
+/// ([`Node::create_authority`]).
+fn check_body(definition: &Definition, body: &Body) -> Result<(), AuthorityError> {
+    match body {
+        Body::Authorize(_) | Body::Revoke(_) => {
+            let grants = body.grants();
+            if !(1..=MAX_GRANTS).contains(&grants.len()) {
+                return Err(AuthorityError::Grants(grants.len()));
+            }
+            for grant in grants {
+                if let Subject::Community(meta) = grant.subject
+                    && !definition.metas.iter().any(|m| m.id == meta)
+                {
+                    return Err(AuthorityError::UnknownSubject(meta));
+                }
+            }
+            Ok(())
+        }
+        Body::DynamicSettings { meta, index } => {
+            let found = definition.metas.iter().find(|m| m.id == *meta);
+            let (name, listed) = match found {
+                Some(m) => match &m.resolution {
+                    Resolution::Dynamic(listed) => (m.name.clone(), listed.len()),
+                    _ => return Err(AuthorityError::NotDynamic(m.name.clone())),
+                },
+                None => return Err(AuthorityError::NotDynamic(meta.to_string())),
+            };
+            if usize::try_from(*index).map_or(true, |i| i >= listed) {
+                return Err(AuthorityError::PolicyNotListed {
+                    meta: name,
+                    index: *index,
+                });
+            }
+            Ok(())
+        }
+        Body::UndoOwn { .. } | Body::UndoOther { .. } | Body::Destroy(_) => {
+            Err(AuthorityError::Unsupported(body.kind_name()))
+        }
+    }
+}
+
+/// Whether the record act `act` is of the kind of `body` (numbered together).
+fn same_kind(act: &Act, body: &Body) -> bool {
+    matches!(
+        (act, body),
+        (Act::Authorize(_), Body::Authorize(_))
+            | (Act::Revoke(_), Body::Revoke(_))
+            | (Act::Settings { .. }, Body::DynamicSettings { .. })
+    )
+}
+
+/// The permissions the author of a record with `act` needs (rules 3, 4 and 6 of the
+/// timeline), deduplicated, in order.
+fn needed(act: &Act) -> Vec<(Subject, Permission)> {
+    let mut needs: Vec<(Subject, Permission)> = match act {
+        Act::Authorize(grants) => grants
+            .iter()
+            .flat_map(|g| {
+                [
+                    (g.subject, Permission::Authorize),
+                    (g.subject, g.permission),
+                ]
+            })
+            .collect(),
+        Act::Revoke(grants) => grants
+            .iter()
+            .map(|g| (g.subject, Permission::Revoke))
+            .collect(),
+        Act::Settings { .. } => vec![(Subject::DynamicSettings, Permission::Permit)],
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    needs.retain(|need| seen.insert(*need));
+    needs
 }
 
 /// Inserts the records of the permission `messages` into `c`'s timeline; returns how many

@@ -86,7 +86,10 @@ use crate::session::{self, Sessions};
 use crate::stats::{DropReason, Stats, Traffic};
 use crate::time::Instant;
 use crate::wire::{self, CommunityMessage, ConnectionType, DecodeError, MissingIdentity, Packet};
-pub use authority::FoundError;
+pub use authority::{
+    AuthorityCreated, AuthorityError, FoundError, GrantView, HoldingView, PolicyView, RecordView,
+    TimelineView,
+};
 
 /// The node's tunables. Defaults are the original's values (DESIGN.md §7).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -609,3 +609,189 @@ fn a_relayed_linear_message_is_forwarded_only_once_allowed() {
     assert!(handed(&sim, b, &allowed.packet));
     assert!(relayed(&sim) > 0, "forwarded once allowed");
 }
+
+/// An authorize (or revoke) body giving `to` `grants`, naming it by key.
+fn grant_body(revoke: bool, to: &KeyPair, grants: &[(Subject, Permission)]) -> Body {
+    let targets = vec![Target {
+        member: MemberRef::from_key(to.public().clone()),
+        grants: grants.to_vec(),
+    }];
+    if revoke {
+        Body::Revoke(targets)
+    } else {
+        Body::Authorize(targets)
+    }
+}
+
+#[test]
+fn a_founder_authorizes_revokes_and_switches_settings_that_every_node_enforces() {
+    use crate::node::AuthorityError;
+    let mut sim = network(3);
+    let (a, b) = (1, 2);
+    let now = sim.now;
+    let permit = [(Subject::Community(DECREE), Permission::Permit)];
+    // Nobody holds anything yet: b may not grant, and neither may a before founding.
+    match sim.nodes[b].create_authority(now, id(), grant_body(false, &key(a), &permit)) {
+        Err(AuthorityError::NotPermitted { kind, missing }) => {
+            assert_eq!(kind, "authorize");
+            assert_eq!(missing, "authorize on decree, permit on decree");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match sim.nodes[b].create_authority(
+        now,
+        id(),
+        Body::DynamicSettings {
+            meta: NOTICE,
+            index: 1,
+        },
+    ) {
+        Err(AuthorityError::NotPermitted { kind, missing }) => {
+            assert_eq!(kind, "dynamic-settings");
+            assert_eq!(missing, "permit on dynamic-settings");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    sim.nodes[a].found(now, id(), &master()).expect("founded");
+    sim.run_for(Duration::from_millis(100));
+    // Checked against the definition before anything is signed.
+    let now = sim.now;
+    assert_eq!(
+        sim.nodes[a].create_authority(
+            now,
+            id(),
+            grant_body(
+                false,
+                &key(b),
+                &[(Subject::Community(77), Permission::Permit)]
+            )
+        ),
+        Err(AuthorityError::UnknownSubject(77))
+    );
+    assert_eq!(
+        sim.nodes[a].create_authority(now, id(), grant_body(false, &key(b), &[])),
+        Err(AuthorityError::Grants(0))
+    );
+    assert_eq!(
+        sim.nodes[a].create_authority(
+            now,
+            id(),
+            Body::DynamicSettings {
+                meta: DECREE,
+                index: 0
+            }
+        ),
+        Err(AuthorityError::NotDynamic("decree".into()))
+    );
+    assert!(matches!(
+        sim.nodes[a].create_authority(
+            now,
+            id(),
+            Body::DynamicSettings {
+                meta: NOTICE,
+                index: 2
+            }
+        ),
+        Err(AuthorityError::PolicyNotListed { index: 2, .. })
+    ));
+    assert_eq!(
+        sim.nodes[a].create_authority(
+            now,
+            id(),
+            Body::UndoOwn {
+                target_global_time: 1
+            }
+        ),
+        Err(AuthorityError::Unsupported("undo-own"))
+    );
+    assert!(
+        sim.create(b, id(), "decree", b"early".to_vec(), &[])
+            .is_err(),
+        "b holds no permit yet"
+    );
+
+    let granted = sim.nodes[a]
+        .create_authority(now, id(), grant_body(false, &key(b), &permit))
+        .expect("the founder may grant a permit");
+    assert_eq!(granted.sequence_number, 1);
+    sim.run_for(SPREAD);
+    sim.create(b, id(), "decree", b"granted".to_vec(), &[])
+        .expect("b holds the permit once it has the authorize");
+    let now = sim.now;
+    let revoked = sim.nodes[a]
+        .create_authority(now, id(), grant_body(true, &key(b), &permit))
+        .expect("the founder may revoke");
+    assert_eq!(revoked.sequence_number, 1);
+    let switched = sim.nodes[a]
+        .create_authority(
+            now,
+            id(),
+            Body::DynamicSettings {
+                meta: NOTICE,
+                index: 1,
+            },
+        )
+        .expect("the founder may switch settings");
+    assert_eq!(switched.sequence_number, 1);
+    let again = sim.nodes[a]
+        .create_authority(
+            now,
+            id(),
+            grant_body(
+                false,
+                &key(b),
+                &[(Subject::Community(NOTICE), Permission::Permit)],
+            ),
+        )
+        .expect("a second authorize");
+    // Numbered per kind: the second authorize of a's member, its first revoke and setting.
+    assert_eq!(again.sequence_number, 2);
+    sim.run_for(SPREAD);
+    assert!(
+        sim.create(b, id(), "decree", b"revoked".to_vec(), &[])
+            .is_err(),
+        "the revoke took b's permit"
+    );
+    sim.create(b, id(), "notice", b"linear now".to_vec(), &[])
+        .expect("b holds the notice permit");
+    assert!(sim.create(3, id(), "notice", b"no".to_vec(), &[]).is_err());
+    assert_digests_equal(&sim, 1..=3);
+
+    // The view names what every node holds.
+    let view = sim.nodes[b].timeline_view(&id()).expect("joined");
+    assert_eq!(
+        view,
+        sim.nodes[3]
+            .timeline_view(&id())
+            .map(|mut v| {
+                v.global_time = view.global_time;
+                v
+            })
+            .expect("joined")
+    );
+    assert_eq!(view.master, master().member_id());
+    let kinds: Vec<&str> = view.records.iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "authorize",
+            "authorize",
+            "revoke",
+            "dynamic-settings",
+            "authorize"
+        ]
+    );
+    assert!(view.records.iter().all(|r| r.valid));
+    let of_b: Vec<(&str, Permission)> = view
+        .holdings
+        .iter()
+        .filter(|h| h.member == member(b))
+        .map(|h| (h.subject.as_str(), h.permission))
+        .collect();
+    assert_eq!(of_b, [("notice", Permission::Permit)]);
+    assert_eq!(view.policies.len(), 1);
+    assert_eq!(view.policies[0].meta, "notice");
+    assert_eq!(view.policies[0].policy, StaticResolution::Linear);
+    assert_eq!(view.policies[0].proof.len(), 1);
+    assert!(sim.nodes[b].timeline_view(&CommunityId([7; 20])).is_none());
+}

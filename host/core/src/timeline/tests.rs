@@ -791,3 +791,46 @@ fn a_rebuilt_timeline_holds_the_same_records_under_new_resolutions() {
     assert!(!allowed(&linear, C, PUBLIC, 6));
     assert!(allowed(&t, C, PUBLIC, 6));
 }
+
+#[test]
+fn holdings_and_policies_show_the_state_after_every_record() {
+    let mut t = timeline();
+    let grant = authorize(MASTER, 5, A, LINEAR, &[Permit, Authorize]);
+    let later = authorize(MASTER, 7, A, LINEAR, &[Permit]);
+    let taken = revoke(MASTER, 6, B, LINEAR, &[Permit]);
+    let by_b = authorize(MASTER, 3, B, LINEAR, &[Permit]);
+    let switch = settings(MASTER, 8, DYNAMIC, Linear);
+    for r in [&grant, &later, &taken, &by_b, &switch] {
+        put(&mut t, r);
+    }
+    let held: Vec<(MemberId, Subject, Permission, u64, Vec<RecordId>)> = t
+        .holdings()
+        .into_iter()
+        .map(|h| (h.member, h.subject, h.permission, h.since, h.proof))
+        .collect();
+    // A's permit is decided by the latest grant; B's was revoked; the master is never listed.
+    assert_eq!(
+        held,
+        [
+            (A, Subject::Community(LINEAR), Permit, 7, vec![later.id]),
+            (A, Subject::Community(LINEAR), Authorize, 5, vec![grant.id]),
+        ]
+    );
+    let policies = t.policies();
+    assert_eq!(
+        policies,
+        [PolicyNow {
+            meta: DYNAMIC,
+            policy: Linear,
+            since: Some(9),
+            proof: vec![switch.id],
+        }]
+    );
+    let validity: Vec<bool> = t.records_with_validity().map(|(_, valid)| valid).collect();
+    assert_eq!(validity, [true; 5]);
+    assert_eq!(timeline().policies()[0].since, None);
+    for permission in Permission::ALL {
+        assert_eq!(Permission::from_name(permission.name()), Some(permission));
+    }
+    assert_eq!(Permission::from_name("Permit"), None);
+}

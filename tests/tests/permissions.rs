@@ -1,0 +1,232 @@
+//! The permission timeline through the control API, between real nodes: a founder (started with
+//! the instance's master key as `founder_key`) authorizes another member to create messages of
+//! a Linear meta and revokes it; every node enforces what it learnt; a member without authority
+//! is refused; both nodes show the same timeline once synced.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use dispersy_core::identity::PublicKey;
+use integration_tests::peer::key;
+use integration_tests::{TestNode, plugin_dir, wait_until};
+use serde_json::{Value, json};
+
+/// How long what only a push or sync spreads may take between two nodes.
+const SPREAD: Duration = Duration::from_secs(30);
+
+/// Creates a `linear-post` with `text` in `community` at `node`: the status and the answer.
+async fn linear_post(node: &TestNode, community: &str, text: &str) -> (u16, Value) {
+    node.call(
+        "POST",
+        &format!("/v1/communities/{community}/messages"),
+        Some(json!({"meta": "linear-post", "payload": {"text": text, "amount": 1}})),
+    )
+    .await
+}
+
+/// `POST /v1/communities/{community}/{action}` (authorize or revoke) giving `member` `grants`
+/// (meta, permission).
+async fn grant(
+    node: &TestNode,
+    community: &str,
+    action: &str,
+    member: &str,
+    grants: &[(&str, &str)],
+) -> (u16, Value) {
+    let grants: Vec<Value> = grants
+        .iter()
+        .map(|(meta, permission)| json!({"meta": meta, "permission": permission}))
+        .collect();
+    node.call(
+        "POST",
+        &format!("/v1/communities/{community}/{action}"),
+        Some(json!({"member": member, "grants": grants})),
+    )
+    .await
+}
+
+/// The timeline of `community` at `node`.
+async fn timeline(node: &TestNode, community: &str) -> Value {
+    node.get(&format!("/v1/communities/{community}/timeline"))
+        .await
+}
+
+/// Whether `member` (id hex) holds `permission` on `meta` in `node`'s timeline.
+async fn holds(
+    node: &TestNode,
+    community: &str,
+    member: &str,
+    meta: &str,
+    permission: &str,
+) -> bool {
+    timeline(node, community).await["holdings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["member"] == member && h["meta"] == meta && h["permission"] == permission)
+}
+
+/// The member id (hex) of the node's member.
+fn member_id(node: &TestNode) -> String {
+    PublicKey::from_hex(node.member())
+        .unwrap()
+        .member_id()
+        .to_hex()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founder_authorizes_and_revokes_a_linear_meta_that_both_nodes_enforce() {
+    let plugins = plugin_dir(&["probe_community"]);
+    let master = key(51);
+    let keys = tempfile::tempdir().unwrap();
+    let path = keys.path().join("master.key");
+    dispersy_node::keys::save(&path, &master).unwrap();
+    let hex = master.public().to_hex();
+    let id = master.member_id().to_hex();
+    let founder = path.clone();
+    let a = TestNode::start(plugins.path(), move |c| c.founder_key = Some(founder)).await;
+    let a_udp = a.udp;
+    let b = TestNode::start(plugins.path(), |c| c.peers = vec![a_udp.to_string()]).await;
+    for node in [&a, &b] {
+        let (code, answer) = node
+            .call(
+                "POST",
+                "/v1/communities",
+                Some(json!({"type": "probe", "master_key": hex})),
+            )
+            .await;
+        assert_eq!(code, 201, "{answer}");
+    }
+    let (a_id, b_id) = (member_id(&a), member_id(&b));
+    wait_until(SPREAD, "A to hold its founding permits", || async {
+        holds(&a, &id, &a_id, "linear-post", "authorize").await
+    })
+    .await;
+    let founded = timeline(&a, &id).await;
+    assert_eq!(founded["master"], id.as_str());
+    assert_eq!(founded["records"].as_array().unwrap().len(), 1, "{founded}");
+    assert_eq!(founded["records"][0]["author"], id.as_str());
+    assert_eq!(founded["records"][0]["valid"], true);
+
+    // B holds no permit: refused before anything is signed.
+    let (code, answer) = linear_post(&b, &id, "too early").await;
+    assert_eq!(code, 403, "{answer}");
+    // B holds no authority: it may not grant.
+    let (code, answer) = grant(
+        &b,
+        &id,
+        "authorize",
+        a.member(),
+        &[("linear-post", "permit")],
+    )
+    .await;
+    assert_eq!(code, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("authorize on linear-post"),
+        "{answer}"
+    );
+    // Bad requests.
+    for (member, meta, permission) in [
+        ("zz", "linear-post", "permit"),
+        (b.member(), "no-such-meta", "permit"),
+        (b.member(), "linear-post", "fly"),
+    ] {
+        let (code, answer) = grant(&a, &id, "authorize", member, &[(meta, permission)]).await;
+        assert_eq!(code, 400, "{member} {meta} {permission}: {answer}");
+    }
+    let (code, _) = grant(
+        &a,
+        &"00".repeat(20),
+        "authorize",
+        b.member(),
+        &[("post", "permit")],
+    )
+    .await;
+    assert_eq!(code, 404);
+    // The probe community has no meta of dynamic resolution.
+    let (code, answer) = a
+        .call(
+            "POST",
+            &format!("/v1/communities/{id}/settings"),
+            Some(json!({"meta": "linear-post", "policy": "public"})),
+        )
+        .await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("dynamic"),
+        "{answer}"
+    );
+
+    // A grants B the permit; once B has the authorize, B's linear post reaches A.
+    let (code, granted) = grant(
+        &a,
+        &id,
+        "authorize",
+        b.member(),
+        &[("linear-post", "permit")],
+    )
+    .await;
+    assert_eq!(code, 201, "{granted}");
+    assert_eq!(granted["sequence_number"], 1);
+    assert_eq!(granted["record"].as_str().unwrap().len(), 64);
+    wait_until(SPREAD, "B to learn its permit", || async {
+        holds(&b, &id, &b_id, "linear-post", "permit").await
+    })
+    .await;
+    let (code, answer) = linear_post(&b, &id, "granted").await;
+    assert_eq!(code, 201, "{answer}");
+    wait_until(SPREAD, "A to store and handle B's linear post", || async {
+        let status = &a.community(&id).await["plugin"]["status"];
+        status["linear_posts"] == 1
+    })
+    .await;
+    let stored = a
+        .get(&format!("/v1/communities/{id}/messages?stored=true"))
+        .await;
+    assert!(
+        stored["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["meta"] == "linear-post" && m["payload"]["text"] == "granted"),
+        "{stored}"
+    );
+
+    // A revokes it; once B knows, B is refused again.
+    let (code, revoked) = grant(&a, &id, "revoke", &b_id, &[("linear-post", "permit")]).await;
+    assert_eq!(code, 201, "{revoked}");
+    assert_eq!(revoked["sequence_number"], 1);
+    wait_until(SPREAD, "B to learn the revoke", || async {
+        !holds(&b, &id, &b_id, "linear-post", "permit").await
+    })
+    .await;
+    let (code, answer) = linear_post(&b, &id, "revoked").await;
+    assert_eq!(code, 403, "{answer}");
+
+    // Both nodes hold the same records and draw the same conclusions.
+    let a_view = timeline(&a, &id).await;
+    let b_view = timeline(&b, &id).await;
+    assert_eq!(a_view["records"], b_view["records"]);
+    assert_eq!(a_view["holdings"], b_view["holdings"]);
+    let kinds: Vec<&str> = a_view["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["authorize", "authorize", "revoke"]);
+    let (code, _) = a
+        .call(
+            "GET",
+            &format!("/v1/communities/{}/timeline", "00".repeat(20)),
+            None,
+        )
+        .await;
+    assert_eq!(code, 404);
+    a.stop().await;
+    b.stop().await;
+}
