@@ -8,7 +8,6 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -366,7 +365,7 @@ pub(super) struct HostHandle {
     pub(super) member: PublicKey,
     pub(super) commands: mpsc::Sender<Command>,
     pub(super) shared: Arc<Shared>,
-    pub(super) wake: SyncSender<Job>,
+    pub(super) wake: super::queue::Sender<Job>,
     pub(super) max_timers: usize,
     pub(super) history: Option<Arc<dyn super::history::History>>,
     pub(super) community_row: i64,

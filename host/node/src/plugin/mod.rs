@@ -1,6 +1,6 @@
 //! Plugins: finding and loading community plugin files ([`mod@load`]) from private copies
-//! ([`copy`]), the thread that drives each community instance ([`worker`]), and the host side
-//! plugins call ([`host`]).
+//! ([`copy`]), the thread that drives each community instance ([`worker`]) and its job queue
+//! ([`queue`]), and the host side plugins call ([`host`]).
 //!
 //! A plugin file defines one community type; the registry loads it ([`load()`]), then starts a
 //! [`Worker`] for its community, whose plugin instance gets a [`host`] handle to the node.
@@ -9,6 +9,7 @@ pub mod copy;
 pub mod history;
 pub mod host;
 pub mod load;
+pub mod queue;
 pub mod worker;
 
 pub use host::{Delivered, Health, PluginStats, Shared, candidate_infos};

@@ -35,7 +35,7 @@ use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -55,6 +55,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::history::{self, History};
 use super::host::{Delivered, HostHandle, Life, Shared};
 use super::load::Plugin;
+use super::queue;
 use crate::command::Command;
 use crate::mutex::lock;
 use crate::store::{HistoryQuery, Insert, InsertSender, NewMessage, Outcome};
@@ -282,7 +283,7 @@ pub type Created = oneshot::Receiver<Result<(), PluginError>>;
 
 /// The handle of one community's thread.
 pub struct Worker {
-    jobs: SyncSender<Job>,
+    jobs: queue::Sender<Job>,
     /// Shared state.
     pub shared: Arc<Shared>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -333,7 +334,7 @@ impl Worker {
             &context.definition.version,
             context.limits.deadline,
         ));
-        let (jobs, receiver) = std::sync::mpsc::sync_channel(context.limits.queue);
+        let (jobs, receiver) = queue::bounded(context.limits.queue);
         let host = HostHandle {
             community: context.community,
             name: context.definition.name.clone(),
@@ -586,7 +587,11 @@ impl WorkerLoop {
     /// the community failed otherwise.
     /// The registry is told as soon as `create()` returned, before the restore, which may be long
     /// for a large history (each page is a call under the deadline of its own).
-    fn start(mut self, jobs: Receiver<Job>, created: oneshot::Sender<Result<(), PluginError>>) {
+    fn start(
+        mut self,
+        jobs: queue::Receiver<Job>,
+        created: oneshot::Sender<Result<(), PluginError>>,
+    ) {
         match self.make() {
             Ok(()) => {
                 let _ = created.send(Ok(()));
@@ -799,7 +804,7 @@ impl WorkerLoop {
         }
     }
 
-    fn run(mut self, jobs: Receiver<Job>) {
+    fn run(mut self, jobs: queue::Receiver<Job>) {
         // A job taken from the queue while gathering a batch, to run right after it.
         let mut next: Option<Job> = None;
         // Why the instance is retired when the loop ends (a disconnected queue: the host stops).

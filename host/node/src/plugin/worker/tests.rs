@@ -6,7 +6,6 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -318,7 +317,7 @@ struct Harness {
     log: Log,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
-    jobs: SyncSender<Job>,
+    jobs: super::queue::Sender<Job>,
     thread: std::thread::JoinHandle<()>,
     /// Releases a handle call blocked on a `HANG` message.
     release: Arc<AtomicBool>,
@@ -354,9 +353,9 @@ fn start_with(
         }
     });
     let (commands_tx, commands) = mpsc::channel(64);
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(limits.queue);
+    let (jobs_tx, jobs_rx) = super::queue::bounded(limits.queue);
     for job in jobs {
-        jobs_tx.send(job).unwrap();
+        jobs_tx.try_send(job).unwrap();
     }
     let definition = definition();
     let shared = Arc::new(Shared::new(
@@ -461,7 +460,7 @@ impl Harness {
 
     /// [`Harness::stop`], the instance retired for `reason`.
     fn stop_for(mut self, reason: u8) -> (Vec<String>, Vec<Command>, Arc<Shared>) {
-        self.jobs.send(Job::Stop(reason)).unwrap();
+        self.jobs.try_send(Job::Stop(reason)).unwrap();
         self.thread.join().unwrap();
         let mut told = Vec::new();
         while let Ok(command) = self.commands.try_recv() {
@@ -849,13 +848,13 @@ fn a_panicking_community_is_restarted_then_fails_after_its_restarts() {
     // The new instance works.
     harness
         .jobs
-        .send(deliver(1, vec![message(1, 2, ACCEPT, Some(peer()))]))
+        .try_send(deliver(1, vec![message(1, 2, ACCEPT, Some(peer()))]))
         .unwrap();
     harness.wait_for("handle 1 [2]");
     // The second panic uses up the restarts: failed for good, with the reason.
     harness
         .jobs
-        .send(deliver(1, vec![message(1, 3, PANIC, Some(peer()))]))
+        .try_send(deliver(1, vec![message(1, 3, PANIC, Some(peer()))]))
         .unwrap();
     harness.wait_state("failed");
     let health = harness.shared.health();
@@ -867,7 +866,7 @@ fn a_panicking_community_is_restarted_then_fails_after_its_restarts() {
     // What still arrives is dropped and counted, without calling the plugin.
     harness
         .jobs
-        .send(deliver(1, vec![message(1, 4, ACCEPT, Some(peer()))]))
+        .try_send(deliver(1, vec![message(1, 4, ACCEPT, Some(peer()))]))
         .unwrap();
     let (log, _, shared) = harness.stop();
     assert_eq!(log.iter().filter(|l| *l == "create").count(), 1, "{log:?}");
@@ -983,9 +982,9 @@ fn an_upgrade_retires_the_instance_then_restores_the_new_one_before_the_waiting_
     let h = start_with(limits(), HashMap::new(), Vec::new(), Some((history, false)));
     h.wait_state("live");
     let (job, answer) = upgrade_job(&h, "2", false);
-    h.jobs.send(job).unwrap();
+    h.jobs.try_send(job).unwrap();
     h.jobs
-        .send(deliver(1, vec![message(1, 6, ACCEPT, Some(peer()))]))
+        .try_send(deliver(1, vec![message(1, 6, ACCEPT, Some(peer()))]))
         .unwrap();
     let (log, _, shared) = h.stop();
     assert_eq!(answer.blocking_recv().unwrap(), Ok(()));
@@ -1020,9 +1019,9 @@ fn a_failed_upgrade_rolls_back_to_a_new_instance_of_the_old_version() {
     let h = start_with(limits(), HashMap::new(), Vec::new(), Some((history, false)));
     h.wait_state("live");
     let (job, answer) = upgrade_job(&h, "2", true);
-    h.jobs.send(job).unwrap();
+    h.jobs.try_send(job).unwrap();
     h.jobs
-        .send(deliver(1, vec![message(1, 6, ACCEPT, Some(peer()))]))
+        .try_send(deliver(1, vec![message(1, 6, ACCEPT, Some(peer()))]))
         .unwrap();
     let (log, _, shared) = h.stop();
     let error = answer.blocking_recv().unwrap().unwrap_err();
