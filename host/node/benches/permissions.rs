@@ -174,6 +174,7 @@ async fn run_round(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    report_losses(&endpoints.client, &id, "after the authorizes").await;
 
     // The first side's messages follow the authorizes in global time, the second side's follow
     // the first's: a live community's order.
@@ -213,7 +214,7 @@ async fn run_round(
         let linear = feeding.measure(&linear_data, "linear_posts").await;
         (public, linear)
     };
-    report_losses(&endpoints.client, &id).await;
+    report_losses(&endpoints.client, &id, "after both sides").await;
     let _ = child.kill();
     let _ = child.wait();
     (public, linear)
@@ -278,8 +279,8 @@ fn authorizes(master: &KeyPair, community: CommunityId, members: &[KeyPair]) -> 
 }
 
 /// Prints the community's counters that show messages not handled at once (delayed, dropped by
-/// reason, expired delays), when any is not zero.
-async fn report_losses(client: &dispersy_node::client::Client, id: &str) {
+/// reason, expired delays), when any is not zero, labelled `when` (they count since the start).
+async fn report_losses(client: &dispersy_node::client::Client, id: &str, when: &str) {
     let Ok(list) = client.get("/v1/communities").await else {
         return;
     };
@@ -307,7 +308,16 @@ async fn report_losses(client: &dispersy_node::client::Client, id: &str) {
     ];
     for (name, value) in fields {
         if !quiet(value) {
-            println!("    {name}: {value}");
+            println!("    {when}: {name} {value}");
+        }
+    }
+    // What the node asked the sender for: a delayed message makes it request what it lacks.
+    if let Ok(node) = client.get("/v1/node").await {
+        for name in ["missing-sequence-sent", "missing-proof-sent"] {
+            let value = &node["stats"]["packets"][name];
+            if !quiet(value) {
+                println!("    {when}: node {name} {value}");
+            }
         }
     }
 }
