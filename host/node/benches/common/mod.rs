@@ -34,11 +34,27 @@ pub fn cpu_time(pid: u32) -> Duration {
 /// messages one holds on average.
 pub fn post_datagrams(count: u64) -> (Vec<Vec<u8>>, f64) {
     use dispersy_core::identity::{CommunityId, KeyPair};
-    use dispersy_core::wire::{self, CommunityMessage, Conversion, SignedMessage};
     let author = KeyPair::from_secret(&[5; 32]).expect("key");
     let community = CommunityId::from_hex(COMMUNITY).expect("id");
-    let packets: Vec<Vec<u8>> = (1..=count)
-        .map(|gt| {
+    signed_datagrams(community, 2, &[author], 1, count)
+}
+
+/// `count` signed messages of the probe's payload (a text of about 90 bytes and a number) of
+/// meta `meta` in `community`: message i (from 0) is by `authors[i % authors.len()]` at global
+/// time `first_global_time + i`, so the authors take turns. Packed into collection datagrams of
+/// at most 1500 bytes; returns them and how many messages one holds on average.
+pub fn signed_datagrams(
+    community: dispersy_core::identity::CommunityId,
+    meta: u32,
+    authors: &[dispersy_core::identity::KeyPair],
+    first_global_time: u64,
+    count: u64,
+) -> (Vec<Vec<u8>>, f64) {
+    use dispersy_core::wire::{CommunityMessage, Conversion, SignedMessage};
+    let packets: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            let gt = first_global_time + i;
+            let author = &authors[(i % authors.len() as u64) as usize];
             let text = format!(
                 "message {gt:06} of the benchmark, about 250 bytes in all with its header and signature"
             );
@@ -48,7 +64,7 @@ pub fn post_datagrams(count: u64) -> (Vec<Vec<u8>>, f64) {
             SignedMessage::sign(
                 CommunityMessage {
                     community,
-                    message_type: 2,
+                    message_type: meta,
                     conversion: Conversion::version(1).expect("conversion"),
                     authors: vec![author.public().clone()],
                     global_time: gt,
@@ -58,16 +74,43 @@ pub fn post_datagrams(count: u64) -> (Vec<Vec<u8>>, f64) {
                     payload,
                     authority: None,
                 },
-                &[&author],
+                &[author],
             )
             .expect("signed")
             .packet
         })
         .collect();
+    pack(&packets)
+}
+
+/// `packets` packed into collection datagrams of at most 1500 bytes, in order; returns them and
+/// how many packets one holds on average.
+pub fn pack(packets: &[Vec<u8>]) -> (Vec<Vec<u8>>, f64) {
     let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
-    let datagrams = wire::encode_collections(0, &refs, 1500).expect("fits");
-    let per = count as f64 / datagrams.len() as f64;
+    let datagrams = dispersy_core::wire::encode_collections(0, &refs, 1500).expect("fits");
+    let per = packets.len() as f64 / datagrams.len() as f64;
     (datagrams, per)
+}
+
+/// The time one thread takes for one signature check of libsecp256k1 (no precomputed table):
+/// the mean over `checks` checks of a 250-byte message by one key, each with a different
+/// signature. The limit figure beside ingestion rates: no node ingests faster per core.
+pub fn signature_check_time(checks: u32) -> Duration {
+    use dispersy_core::identity::KeyPair;
+    let key = KeyPair::from_secret(&[9; 32]).expect("key");
+    let signed: Vec<(Vec<u8>, [u8; 64])> = (0..checks)
+        .map(|i| {
+            let mut data = vec![0x5a; 250];
+            data[..4].copy_from_slice(&i.to_be_bytes());
+            let signature = key.sign(&data);
+            (data, signature)
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    for (data, signature) in &signed {
+        key.public().verify(data, signature).expect("valid");
+    }
+    start.elapsed() / checks.max(1)
 }
 
 /// The probe community.
@@ -137,10 +180,20 @@ pub async fn start_node(
 
 /// A status field of the probe plugin at the node behind `client` (0 when unreadable).
 pub async fn status(client: &dispersy_node::client::Client, field: &str) -> u64 {
+    status_in(client, COMMUNITY, field).await
+}
+
+/// A status field of the probe plugin in `community` (id in hex: the probe community or an
+/// instance of it) at the node behind `client` (0 when unreadable).
+pub async fn status_in(
+    client: &dispersy_node::client::Client,
+    community: &str,
+    field: &str,
+) -> u64 {
     match client.get("/v1/communities").await {
         Ok(list) => list
             .as_array()
-            .and_then(|l| l.iter().find(|c| c["id"] == COMMUNITY))
+            .and_then(|l| l.iter().find(|c| c["id"] == community))
             .and_then(|c| c["plugin"]["status"][field].as_u64())
             .unwrap_or(0),
         Err(_) => 0,
@@ -150,6 +203,28 @@ pub async fn status(client: &dispersy_node::client::Client, field: &str) -> u64 
 /// Sends `datagrams` to `to`, never more than `window` datagrams ahead of what the plugin
 /// reports handled in `field` (messages); returns when all `count` are handled or at `deadline`.
 pub async fn feed(
+    (datagrams, per_datagram): (&[Vec<u8>], f64),
+    node: &dispersy_node::client::Endpoints,
+    field: &str,
+    count: u64,
+    window: usize,
+    deadline: std::time::Instant,
+) -> u64 {
+    feed_in(
+        COMMUNITY,
+        (datagrams, per_datagram),
+        node,
+        field,
+        count,
+        window,
+        deadline,
+    )
+    .await
+}
+
+/// [`feed`] for the probe plugin in `community` (id in hex: the probe community or an instance).
+pub async fn feed_in(
+    community: &str,
     (datagrams, per_datagram): (&[Vec<u8>], f64),
     node: &dispersy_node::client::Endpoints,
     field: &str,
@@ -172,7 +247,7 @@ pub async fn feed(
             sent += 1;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        done = status(&node.client, field).await;
+        done = status_in(&node.client, community, field).await;
     }
     done
 }
