@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 
 use super::{CreateError, Event, Node, RequestId};
 use crate::identity::{CommunityId, PublicKey};
-use crate::meta::Authentication;
+use crate::meta::{Authentication, Resolution};
 use crate::signature::{Asked, Pending, SignError};
 use crate::stats::{DropReason, Traffic};
 use crate::time::Instant;
+use crate::timeline::Subject;
 use crate::wire::{CommunityMessage, Packet, SignatureRequest, SignatureResponse, SignedMessage};
 
 impl Node {
@@ -66,6 +67,14 @@ impl Node {
             .communities
             .get_mut(&community)
             .ok_or(CreateError::UnknownCommunity(community))?;
+        // Both signers need the permit a Linear (or Dynamic, now Linear) meta asks for.
+        let signers = [me.member_id(), co_signer.member_id()];
+        let permitted =
+            c.timeline
+                .may_all(&signers, Subject::Community(meta.id), c.global_time + 1);
+        if meta.resolution != Resolution::Public && !permitted.is_allowed() {
+            return Err(CreateError::NotPermitted(meta.name.clone()));
+        }
         let message = CommunityMessage {
             community,
             message_type: meta.id,

@@ -24,6 +24,8 @@ const DECREE: u32 = 9;
 const NOTICE: u32 = 10;
 /// A Linear meta of relay distribution (forwarded, never stored).
 const ORDER: u32 = 11;
+/// A Linear meta signed by two members.
+const COVENANT: u32 = 12;
 
 /// Long enough for sync alone to spread a message to every node of [`network`] (walks between
 /// the few peers are rare once each has walked to the others: a few minutes of virtual time).
@@ -61,6 +63,12 @@ fn definition() -> Definition {
                 "notice",
                 Resolution::Dynamic(vec![StaticResolution::Public, StaticResolution::Linear]),
             ),
+            MetaMessage {
+                id: COVENANT,
+                name: "covenant".into(),
+                authentication: Authentication::DoubleMember,
+                ..synced(COVENANT, "covenant", Resolution::Linear)
+            },
             MetaMessage {
                 id: ORDER,
                 name: "order".into(),
@@ -794,4 +802,55 @@ fn a_founder_authorizes_revokes_and_switches_settings_that_every_node_enforces()
     assert_eq!(view.policies[0].policy, StaticResolution::Linear);
     assert_eq!(view.policies[0].proof.len(), 1);
     assert!(sim.nodes[b].timeline_view(&CommunityId([7; 20])).is_none());
+}
+
+#[test]
+fn a_co_signed_linear_message_needs_both_signers_permitted_at_creation() {
+    let mut sim = network(3);
+    let (a, b) = (1, 2);
+    let covenant = Subject::Community(COVENANT);
+    let ask = |sim: &mut Sim| {
+        let now = sim.now;
+        let to = sim.address(b);
+        sim.nodes[a].request_signature(
+            now,
+            id(),
+            "covenant",
+            b"terms".to_vec(),
+            key(b).public().clone(),
+            to,
+            &[],
+        )
+    };
+    assert_eq!(
+        ask(&mut sim),
+        Err(CreateError::NotPermitted("covenant".into())),
+        "neither signer holds a permit"
+    );
+    // Only A holds one: still refused.
+    let t = global_time(&sim, a) + 1;
+    let to_a = authorize(
+        &master(),
+        1,
+        t,
+        member(a),
+        &[(covenant, Permission::Permit)],
+    );
+    deliver(&mut sim, b, a, &[&to_a]);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(
+        ask(&mut sim),
+        Err(CreateError::NotPermitted("covenant".into()))
+    );
+    // Both: the request goes out.
+    let to_b = authorize(
+        &master(),
+        2,
+        t + 1,
+        member(b),
+        &[(covenant, Permission::Permit)],
+    );
+    deliver(&mut sim, b, a, &[&to_b]);
+    sim.run_for(Duration::from_millis(200));
+    assert!(ask(&mut sim).is_ok());
 }
