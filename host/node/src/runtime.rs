@@ -476,7 +476,9 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
         })
 }
 
+/// Writes `endpoints.json` (mode 0600: it names the API's address) through a temporary file.
 fn write_endpoints(dir: &std::path::Path, udp: SocketAddr, api: SocketAddr, key: &KeyPair) {
+    use std::os::unix::fs::OpenOptionsExt;
     let text = serde_json::json!({
         "udp": udp,
         "api": api,
@@ -486,7 +488,17 @@ fn write_endpoints(dir: &std::path::Path, udp: SocketAddr, api: SocketAddr, key:
     .to_string();
     let path = dir.join("endpoints.json");
     let tmp = dir.join("endpoints.json.tmp");
-    if let Err(error) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+    // A temporary file left by a crash keeps its mode when opened again: start afresh.
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(error) = written {
         tracing::warn!(path = %path.display(), %error, "could not write endpoints file");
     }
 }

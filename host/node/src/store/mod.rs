@@ -53,6 +53,9 @@ pub enum StoreError {
     /// The store task is gone (shutting down).
     #[error("the store is shut down")]
     Closed,
+    /// The database file could not be created private or narrowed to its owner.
+    #[error("database file: {0}")]
+    File(std::io::Error),
 }
 
 /// SQLite page cache per connection by default, in KiB.
@@ -186,8 +189,11 @@ impl Store {
         Self::open_with(path, Tuning::default()).await
     }
 
-    /// [`Store::open`] with the memory given in `tuning`.
+    /// [`Store::open`] with the memory given in `tuning`. The database file (and so its WAL and
+    /// shared-memory files, which SQLite creates with the database's permissions) is private to
+    /// the owner: created with mode 0600, and narrowed to it if an older version left it wider.
     pub async fn open_with(path: &Path, tuning: Tuning) -> Result<Store, StoreError> {
+        private_file(path).map_err(StoreError::File)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -220,6 +226,34 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Makes the database file at `path` private to its owner (mode 0600): creates it empty (which
+/// SQLite takes as a new database) or narrows the permissions of the files it already has.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error),
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    for file in [path.to_path_buf(), wal.into(), shm.into()] {
+        if let Ok(metadata) = std::fs::metadata(&file)
+            && metadata.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// What became of one message given to [`Store::insert`]: the core's storage contract.
