@@ -98,5 +98,11 @@ async fn bad_datagrams_are_dropped_counted_and_the_node_keeps_serving() {
             >= 9
     );
     assert_eq!(info["sessions"], 1);
+    // The kernel's own drops (a full receive buffer) are shown beside the node's counters.
+    assert!(
+        info["udp_receive_drops"].is_u64(),
+        "udp_receive_drops: {}",
+        info["udp_receive_drops"]
+    );
     node.stop().await;
 }

@@ -3,7 +3,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | /v1/node | member, addresses, connection type, traffic counters |
+//! | GET | /v1/node | member, addresses, connection type, traffic counters, kernel receive-buffer drops (`udp_receive_drops`) |
 //! | GET | /v1/communities | joined communities, candidate counts, counters, plugin status and state (live, stuck, restarting, failed, disabled) |
 //! | POST | /v1/communities | join a new community of a loaded type: `{"type": NAME, "master_key": HEX}` (an instance with its own master key, joined again at every start); 201 with its id, 404 unknown type, 409 joined already |
 //! | POST | /v1/communities/{id}/disable | drop the plugin's instance; deliveries to it are refused and counted (`plugin-down`) while the node keeps walking and answering sync from its store |
@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     pub token: String,
     pub shutdown: CancellationToken,
     pub api_body: usize,
+    /// The UDP socket's inode, by which the kernel's UDP table lists its drops (Linux).
+    pub udp_inode: Option<u64>,
 }
 
 /// Node facts, as the control API shows them.
@@ -362,7 +364,10 @@ fn community_id(text: &str) -> ApiResult<CommunityId> {
 
 async fn node(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
     let info = ask(&shared, |reply| Command::Node { reply }).await?;
-    Ok(Json(json!(info)))
+    let mut value = json!(info);
+    // Datagrams the kernel dropped because the receive buffer was full (null: not known here).
+    value["udp_receive_drops"] = json!(shared.udp_inode.and_then(crate::net::receive_drops));
+    Ok(Json(value))
 }
 
 async fn communities(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {

@@ -152,3 +152,54 @@ pub(crate) fn bind_udp(address: SocketAddr, recv_buffer: usize) -> std::io::Resu
     socket.bind(&address.into())?;
     UdpSocket::from_std(socket.into())
 }
+
+/// The kernel's number for `socket` (its inode), by which `/proc/net/udp` lists it; `None` off
+/// Linux.
+pub(crate) fn socket_inode(socket: &UdpSocket) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
+    link.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Datagrams the kernel dropped for the UDP socket of inode `inode` because its receive buffer
+/// was full (the `drops` column of `/proc/net/udp` or `/proc/net/udp6`); `None` when the
+/// tables cannot be read.
+pub(crate) fn receive_drops(inode: u64) -> Option<u64> {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .find_map(|text| drops_of(&text, inode))
+}
+
+/// The `drops` of the line of socket `inode` in the text of a `/proc/net/udp` table.
+fn drops_of(table: &str, inode: u64) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+        let line_inode: u64 = fields.get(9)?.parse().ok()?;
+        if line_inode != inode {
+            return None;
+        }
+        fields.get(12)?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drops_of;
+
+    #[test]
+    fn the_drops_of_a_socket_are_read_from_its_line_of_the_udp_table() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops             \n\
+              4: 0100007F:9313 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 81234 2 0000000000000000 0          \n\
+             12: 00000000:1F90 00000000:0000 07 00000000:00030000 00:00000000 00000000  1000        0 99871 2 0000000000000000 1742       \n";
+        assert_eq!(drops_of(table, 99871), Some(1742));
+        assert_eq!(drops_of(table, 81234), Some(0));
+        assert_eq!(drops_of(table, 5), None);
+        assert_eq!(drops_of("header only\n", 99871), None);
+    }
+}

@@ -175,6 +175,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let seed = keys::random_seed().map_err(|e| StartError::Random(e.to_string()))?;
 
     let (socket, udp) = bind_udp(&config)?;
+    let udp_inode = net::socket_inode(&socket);
     let (listener, api_address) = bind_api(&config).await?;
     let store = if config.tracker {
         None
@@ -255,6 +256,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         token: token.clone(),
         shutdown: shutdown.clone(),
         api_body: config.limits.api_body,
+        udp_inode,
     });
     tasks.push(tokio::spawn(api::serve(listener, shared, shutdown.clone())));
     tracing::info!(%udp, api = %api_address, member = %key.member_id(), tracker = config.tracker, "node started");
