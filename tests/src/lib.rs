@@ -163,6 +163,17 @@ impl TestNode {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Joins the community of master key `master` (hex) as an instance of type `kind`
+    /// (`POST /v1/communities`): the status and the JSON answer.
+    pub async fn join_instance(&self, kind: &str, master: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            "/v1/communities",
+            Some(serde_json::json!({"type": kind, "master_key": master})),
+        )
+        .await
+    }
+
     /// The Prometheus text of `GET /metrics`.
     pub async fn metrics(&self) -> String {
         let (_, text) = self
@@ -223,6 +234,22 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A node founding the community of master key `master` (`founder_key`: its key file
+/// `master.key` in the returned folder, which must outlive the nodes) and a second node given
+/// the first as a peer, both with `plugins`.
+pub async fn founder_and_peer(
+    plugins: &Path,
+    master: &dispersy_core::identity::KeyPair,
+) -> (TestNode, TestNode, TempDir) {
+    let keys = tempfile::tempdir().unwrap();
+    let path = keys.path().join("master.key");
+    dispersy_node::keys::save(&path, master).unwrap();
+    let a = TestNode::start(plugins, move |c| c.founder_key = Some(path)).await;
+    let a_udp = a.udp;
+    let b = TestNode::start(plugins, |c| c.peers = vec![a_udp.to_string()]).await;
+    (a, b, keys)
 }
 
 /// Two nodes with `plugins` that know each other in `community` (the second was given the first

@@ -9,17 +9,14 @@
 use std::time::Duration;
 
 use integration_tests::peer::key;
-use integration_tests::{EXAMPLE, PROBE, TestNode, pair, plugin_dir, plugin_file, wait_until};
+use integration_tests::{
+    EXAMPLE, PROBE, TestNode, founder_and_peer, pair, plugin_dir, plugin_file, wait_until,
+};
 use serde_json::{Value, json};
 
 /// Joins the community of master key `master` (hex) as an instance of `kind` on `node`.
 async fn join(node: &TestNode, kind: &str, master: &str) -> (u16, Value) {
-    node.call(
-        "POST",
-        "/v1/communities",
-        Some(json!({"type": kind, "master_key": master})),
-    )
-    .await
+    node.join_instance(kind, master).await
 }
 
 /// Posts (stored, synced) of `community` at `node`, by text.
@@ -180,15 +177,9 @@ async fn counter(node: &TestNode, community: &str, name: &str) -> u64 {
 async fn a_founder_key_founds_its_instance_once_and_the_authorize_reaches_the_peer() {
     let plugins = plugin_dir(&["example_community"]);
     let master = key(43);
-    let keys = tempfile::tempdir().unwrap();
-    let path = keys.path().join("master.key");
-    dispersy_node::keys::save(&path, &master).unwrap();
     let hex = master.public().to_hex();
     let id = master.member_id().to_hex();
-    let founder = path.clone();
-    let a = TestNode::start(plugins.path(), move |c| c.founder_key = Some(founder)).await;
-    let a_udp = a.udp;
-    let b = TestNode::start(plugins.path(), |c| c.peers = vec![a_udp.to_string()]).await;
+    let (a, b, keys) = founder_and_peer(plugins.path(), &master).await;
     // B joins first: A's authorize, published at its join, reaches B by push or sync.
     assert_eq!(join(&b, "example", &hex).await.0, 201);
     assert_eq!(join(&a, "example", &hex).await.0, 201);
@@ -204,7 +195,7 @@ async fn a_founder_key_founds_its_instance_once_and_the_authorize_reaches_the_pe
 
     // Joined again at start, A holds its permits (rebuilt from the store): no second authorize.
     let data = a.stop_keeping_data().await;
-    let founder = path.clone();
+    let founder = keys.path().join("master.key");
     let a = TestNode::start_in(data, plugins.path(), move |c| {
         c.founder_key = Some(founder);
     })

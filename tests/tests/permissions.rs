@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dispersy_core::identity::PublicKey;
 use integration_tests::peer::key;
-use integration_tests::{TestNode, plugin_dir, wait_until};
+use integration_tests::{TestNode, founder_and_peer, plugin_dir, wait_until};
 use serde_json::{Value, json};
 
 /// How long what only a push or sync spreads may take between two nodes.
@@ -79,23 +79,11 @@ fn member_id(node: &TestNode) -> String {
 async fn a_founder_authorizes_and_revokes_a_linear_meta_that_both_nodes_enforce() {
     let plugins = plugin_dir(&["probe_community"]);
     let master = key(51);
-    let keys = tempfile::tempdir().unwrap();
-    let path = keys.path().join("master.key");
-    dispersy_node::keys::save(&path, &master).unwrap();
     let hex = master.public().to_hex();
     let id = master.member_id().to_hex();
-    let founder = path.clone();
-    let a = TestNode::start(plugins.path(), move |c| c.founder_key = Some(founder)).await;
-    let a_udp = a.udp;
-    let b = TestNode::start(plugins.path(), |c| c.peers = vec![a_udp.to_string()]).await;
+    let (a, b, _keys) = founder_and_peer(plugins.path(), &master).await;
     for node in [&a, &b] {
-        let (code, answer) = node
-            .call(
-                "POST",
-                "/v1/communities",
-                Some(json!({"type": "probe", "master_key": hex})),
-            )
-            .await;
+        let (code, answer) = node.join_instance("probe", &hex).await;
         assert_eq!(code, 201, "{answer}");
     }
     let (a_id, b_id) = (member_id(&a), member_id(&b));
