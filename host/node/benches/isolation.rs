@@ -22,7 +22,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{env_or, feed, post_datagrams, start_node};
+use common::{env_or, feed, median, post_datagrams, start_node};
 use dispersy_core::identity::{CommunityId, KeyPair};
 use dispersy_core::wire::{self, CommunityMessage, Conversion, SignedMessage};
 
@@ -90,8 +90,8 @@ async fn main() {
             stuck_after.as_secs_f64(),
         );
     }
-    let idle = median(&mut idle_rates);
-    let stuck = median(&mut stuck_rates);
+    let idle = median(idle_rates.iter().copied());
+    let stuck = median(stuck_rates.iter().copied());
     println!(
         "  median: idle {idle:.0} messages/s, stuck {stuck:.0} messages/s: {:.1} % of the baseline (goal: at least 95 %)",
         100.0 * stuck / idle
@@ -138,11 +138,6 @@ async fn terminate(child: &mut std::process::Child) -> String {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Copies the faulty plugin next to the probe plugin in the bench's plugin folder.

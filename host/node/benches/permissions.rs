@@ -24,7 +24,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cpu_time, env_or, feed_in, pack, signature_check_time, signed_datagrams, start_node};
+use common::{
+    cpu_time, env_or, feed_in, median, pack, signature_check_time, signed_datagrams, start_node,
+};
 use dispersy_core::authority::{self, Body, MemberRef, Target};
 use dispersy_core::identity::{CommunityId, KeyPair};
 use dispersy_core::timeline::{Permission, Subject};
@@ -335,11 +337,4 @@ fn secret(set: u8, index: u64) -> [u8; 32] {
     secret[0] = set;
     secret[1..9].copy_from_slice(&index.to_be_bytes());
     secret
-}
-
-/// The median of `values` (the upper one of an even count).
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -7,11 +7,22 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::plugin_dir;
+use common::{KillOnDrop, node_command, plugin_dir};
 use std::process::Command;
 
 fn dispersy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dispersy"))
+}
+
+/// The first word after `prefix` on its line of `dispersy keygen`'s output.
+fn keygen_field(text: &str, prefix: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -25,17 +36,9 @@ fn keygen_prints_ids_and_writes_a_private_key_file() {
         .unwrap();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    let public = text
-        .lines()
-        .find_map(|l| l.strip_prefix("public key:"))
-        .unwrap()
-        .trim();
+    let public = keygen_field(&text, "public key:");
     assert_eq!(public.len(), 66);
-    let community = text
-        .lines()
-        .find_map(|l| l.strip_prefix("community id:"))
-        .unwrap();
-    assert_eq!(community.split_whitespace().next().unwrap().len(), 40);
+    assert_eq!(keygen_field(&text, "community id:").len(), 40);
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     // The file is a key the node accepts.
@@ -216,25 +219,7 @@ fn community_subcommands_change_a_running_node() {
     const EXAMPLE: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
     let plugins = plugin_dir();
     let data = tempfile::tempdir().unwrap();
-    /// Kills the node if the test fails before it stops it.
-    struct Node(std::process::Child);
-    impl Drop for Node {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut node = Node(
-        dispersy()
-            .args(["run", "--port", "0", "--api", "127.0.0.1:0", "--plugin-dir"])
-            .arg(plugins.path())
-            .arg("--data-dir")
-            .arg(data.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut node = KillOnDrop(node_command(data.path(), plugins.path()).spawn().unwrap());
     let community = |action: &str, id: &str| {
         dispersy()
             .args(["community", action, id, "--data-dir"])
@@ -291,12 +276,7 @@ fn community_subcommands_change_a_running_node() {
     // Another community of the example type, with a master key from keygen.
     let keygen = dispersy().arg("keygen").output().unwrap();
     let text = String::from_utf8(keygen.stdout).unwrap();
-    let master = text
-        .lines()
-        .find_map(|l| l.strip_prefix("public key:"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let master = keygen_field(&text, "public key:");
     let join = |kind: &str, key: &str| {
         dispersy()
             .args(["join", kind, key, "--data-dir"])
@@ -365,23 +345,6 @@ fn community_subcommands_change_a_running_node() {
 fn permission_subcommands_show_the_timeline_authorize_revoke_and_refuse_settings() {
     let plugins = plugin_dir();
     let data = tempfile::tempdir().unwrap();
-    /// Kills the node if the test fails before it stops it.
-    struct Node(std::process::Child);
-    impl Drop for Node {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let line = |text: &str, prefix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
     // The instance's master key founds it at this node; another member to grant to.
     let master_file = data.path().join("master.key");
     let keygen = dispersy()
@@ -390,25 +353,22 @@ fn permission_subcommands_show_the_timeline_authorize_revoke_and_refuse_settings
         .output()
         .unwrap();
     let text = String::from_utf8(keygen.stdout).unwrap();
-    let (master, id) = (line(&text, "public key:"), line(&text, "community id:"));
+    let (master, id) = (
+        keygen_field(&text, "public key:"),
+        keygen_field(&text, "community id:"),
+    );
     let other = String::from_utf8(dispersy().arg("keygen").output().unwrap().stdout).unwrap();
-    let member = line(&other, "public key:");
+    let member = keygen_field(&other, "public key:");
     let config = data.path().join("node.toml");
     std::fs::write(
         &config,
         format!("founder_key = {:?}\n", master_file.to_str().unwrap()),
     )
     .unwrap();
-    let mut node = Node(
-        dispersy()
-            .args(["run", "--port", "0", "--api", "127.0.0.1:0", "--config"])
+    let mut node = KillOnDrop(
+        node_command(data.path(), plugins.path())
+            .arg("--config")
             .arg(&config)
-            .arg("--plugin-dir")
-            .arg(plugins.path())
-            .arg("--data-dir")
-            .arg(data.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );

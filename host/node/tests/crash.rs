@@ -6,9 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use common::node_command;
 use dispersy_node::client::{Client, Endpoints};
 use serde_json::json;
 
@@ -18,26 +19,7 @@ const COMMUNITY: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
 #[allow(clippy::zombie_processes)]
 fn start(data: &Path, plugins: &Path) -> (Child, Client) {
     let _ = std::fs::remove_file(data.join("endpoints.json"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dispersy"))
-        .args([
-            "run",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--api",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--plugin-dir")
-        .arg(plugins)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = node_command(data, plugins).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(endpoints) = Endpoints::read(data) {

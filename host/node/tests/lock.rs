@@ -3,32 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::node_command;
 use dispersy_node::client::{Client, Endpoints};
-
-fn dispersy(data: &Path, plugins: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dispersy"));
-    command
-        .args([
-            "run",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--api",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--plugin-dir")
-        .arg(plugins)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    command
-}
 
 /// The pid a node wrote into the folder's `endpoints.json`.
 fn endpoints_pid(data: &Path) -> Option<u64> {
@@ -40,7 +22,7 @@ fn endpoints_pid(data: &Path) -> Option<u64> {
 #[allow(clippy::zombie_processes)]
 fn start(data: &Path, plugins: &Path) -> (Child, Client) {
     let _ = std::fs::remove_file(data.join("endpoints.json"));
-    let mut child = dispersy(data, plugins)
+    let mut child = node_command(data, plugins)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -70,7 +52,7 @@ async fn a_second_process_on_a_data_folder_is_refused_until_the_first_is_gone() 
     assert!(node["member"].is_string(), "{node}");
 
     // A second process on the same folder: refused before it touches anything.
-    let mut second = dispersy(data.path(), plugins.path())
+    let mut second = node_command(data.path(), plugins.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

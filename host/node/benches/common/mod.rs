@@ -5,7 +5,18 @@
 
 #![allow(dead_code)] // each bench uses part of it
 
+#[path = "../../tests/common/mod.rs"]
+mod process;
+pub use process::node_command;
+
 use std::time::Duration;
+
+/// The median of `values` (the upper one of an even count); panics on none.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
 
 /// The value of environment variable `name`, or `default`.
 pub fn env_or(name: &str, default: u64) -> u64 {
@@ -118,32 +129,6 @@ pub const COMMUNITY: &str = "a2954e175d875cfdadc3a03557c72372038ec2b1";
 
 /// The probe plugin's file, built next to the `dispersy` binary.
 pub const PLUGIN: &str = "libprobe_community.so";
-
-/// The command of a `dispersy run` process of the release build on loopback (ephemeral UDP and
-/// API ports), with data folder `data` and plugin folder `plugins`, warnings logged only, its
-/// output discarded.
-pub fn node_command(data: &std::path::Path, plugins: &std::path::Path) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dispersy"));
-    command
-        .args([
-            "run",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--api",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--plugin-dir")
-        .arg(plugins)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    command
-}
 
 /// A `dispersy run` process of the release build with the probe plugin and data folder
 /// `data`, started on loopback with `extra` flags; returns it with its endpoints.

@@ -357,18 +357,3 @@ fn meta_from_raw(raw: &MetaDef) -> Result<MetaMessage, String> {
         batch_window: Duration::from_millis(u64::from(raw.batch_window_ms)),
     })
 }
-
-#[cfg(test)]
-mod tests {
-    use super::host_api_version;
-
-    #[test]
-    fn the_host_api_version_is_plugin_api_s_package_version() {
-        let manifest = include_str!("../../../../plugin-api/Cargo.toml");
-        let line = format!("\nversion = \"{}\"\n", host_api_version());
-        assert!(
-            manifest.contains(&line),
-            "{line:?} not in plugin-api/Cargo.toml"
-        );
-    }
-}

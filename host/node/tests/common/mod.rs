@@ -1,8 +1,10 @@
-//! Helpers shared by the binary's integration tests.
+//! Helpers shared by the binary's integration tests (and its benches, which include this file):
+//! each test binary uses a part of them.
 
 /// A private folder holding a copy of the example plugin that `cargo test --workspace` built
 /// for the tests crate (the build folder itself also holds proc-macro libraries, which must never
 /// be loaded). Readable by all, for nodes started in other network namespaces.
+#[allow(dead_code)]
 pub fn plugin_dir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let exe = std::env::current_exe().expect("test executable");
@@ -19,4 +21,43 @@ pub fn plugin_dir() -> tempfile::TempDir {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("permissions");
     dir
+}
+
+/// The command of a `dispersy run` process of this build on loopback (ephemeral UDP and API
+/// ports), with data folder `data` and plugin folder `plugins`, warnings logged only, its input
+/// and output discarded (a caller may set them again).
+#[allow(dead_code)]
+pub fn node_command(data: &std::path::Path, plugins: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dispersy"));
+    command
+        .args([
+            "run",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--plugin-dir")
+        .arg(plugins)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
+/// A node process killed and waited for when dropped (a test that fails before it stops its node
+/// leaves none behind).
+#[allow(dead_code)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
