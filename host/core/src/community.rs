@@ -250,6 +250,21 @@ impl Community {
         }
     }
 
+    /// Whether `signers` may create a message of `meta` at the next global time: always for a
+    /// Public meta; else the timeline must allow every signer (Linear, or Dynamic resolving to
+    /// Linear then).
+    pub fn permits(&self, meta: &MetaMessage, signers: &[MemberId]) -> bool {
+        meta.resolution == meta::Resolution::Public
+            || self
+                .timeline
+                .may_all(
+                    signers,
+                    Subject::Community(meta.id),
+                    self.global_time.saturating_add(1),
+                )
+                .is_allowed()
+    }
+
     /// Claims the next global time for a new message.
     pub fn claim_global_time(&mut self) -> u64 {
         self.global_time = self.global_time.saturating_add(1);

@@ -38,7 +38,7 @@ pub mod builtin {
     /// dynamic-settings, the messages of the permission timeline. The other reserved ids
     /// (undo-own, undo-other, destroy-community) are not handled yet.
     pub fn is_handled(id: u32) -> bool {
-        matches!(id, AUTHORIZE | REVOKE | DYNAMIC_SETTINGS)
+        meta(id).is_some()
     }
 
     /// The definitions of the handled built-in messages, part of every community without its

@@ -325,16 +325,16 @@ impl Delays {
     pub fn timeout(&mut self, config: &Config, now: Instant) -> Outcome {
         let mut out = Outcome::default();
         let before = self.entries.len();
-        let proofs = |entries: &VecDeque<Delayed>| {
-            entries
-                .iter()
-                .filter(|d| matches!(d.awaited, Awaited::Proof { .. }))
-                .count()
-        };
-        let proofs_before = proofs(&self.entries);
-        self.entries.retain(|d| d.expires > now);
+        let mut expired_proofs = 0;
+        self.entries.retain(|d| {
+            let keep = d.expires > now;
+            if !keep && matches!(d.awaited, Awaited::Proof { .. }) {
+                expired_proofs += 1;
+            }
+            keep
+        });
         out.expired = (before - self.entries.len()) as u64;
-        out.expired_proofs = (proofs_before - proofs(&self.entries)) as u64;
+        out.expired_proofs = expired_proofs;
         for d in self.entries.iter_mut() {
             if d.requested + config.retry <= now {
                 d.requested = now;

@@ -435,9 +435,7 @@ impl Timeline {
         if let Some(held) = self.slot(&record.id) {
             return held.valid;
         }
-        if let Some((grants, _)) = record.act.grants()
-            && !(1..=MAX_GRANTS).contains(&grants.len())
-        {
+        if check_grants(&record.act).is_err() {
             return false;
         }
         let at = (record.global_time, record.id);
@@ -521,13 +519,7 @@ impl Timeline {
     /// other content, reports a duplicate, or holds it, brings the fold up to date, and reports
     /// its validity and what the caller must check again.
     pub fn insert(&mut self, record: Record) -> Result<Inserted, InsertError> {
-        if let Some((grants, _)) = record.act.grants()
-            && !(1..=MAX_GRANTS).contains(&grants.len())
-        {
-            return Err(InsertError::Grants {
-                count: grants.len(),
-            });
-        }
+        check_grants(&record.act)?;
         if let Some(held) = self.slot(&record.id) {
             return if held.record == record {
                 Ok(Inserted::Duplicate)
@@ -616,7 +608,7 @@ impl Timeline {
     /// Whether `member` may create a message on `subject` at global time `t` (rule 7), with its
     /// proof. A meta the timeline was not given is denied.
     pub fn may(&self, member: MemberId, subject: Subject, t: u64) -> Verdict {
-        self.check(&[member], subject, Permission::Permit, t, false)
+        self.may_all(&[member], subject, t)
     }
 
     /// Whether a message on `subject` at global time `t` signed by all of `signers` is allowed:
@@ -979,6 +971,18 @@ impl Timed for Entry {
 impl Timed for Setting {
     fn time(&self) -> u64 {
         self.at.0
+    }
+}
+
+/// Refuses an authorize or revoke whose grants are not 1..=[`MAX_GRANTS`] (rule 12).
+fn check_grants(act: &Act) -> Result<(), InsertError> {
+    match act.grants() {
+        Some((grants, _)) if !(1..=MAX_GRANTS).contains(&grants.len()) => {
+            Err(InsertError::Grants {
+                count: grants.len(),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -222,10 +222,8 @@ fn main() -> ExitCode {
             id,
             data_dir,
         } => {
-            if id.len() != 40 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return fail(anyhow::anyhow!(
-                    "{id:?}: a community id is 40 hexadecimal digits"
-                ));
+            if let Err(error) = checked_id(&id) {
+                return fail(error);
             }
             let (method, path) = action.request(&id);
             block(api(data_dir, method.to_owned(), path, None))

@@ -455,28 +455,26 @@ impl Registry {
     /// Every plugin file tried, loaded or refused; a loaded one with its community's health.
     pub fn reports(&self) -> Vec<PluginReport> {
         let state = lock(&self.state);
+        let mut instances: HashMap<CommunityId, usize> = HashMap::new();
+        for (id, opened) in &state.running {
+            if *id != opened.kind {
+                *instances.entry(opened.kind).or_default() += 1;
+            }
+        }
         let mut reports = state.reports.clone();
         for report in &mut reports {
-            let worker = report
+            let Some(kind) = report
                 .community
                 .as_deref()
                 .and_then(|id| CommunityId::from_hex(id).ok())
-                .and_then(|id| state.workers.get(&id));
-            report.health = worker.map(|w| w.shared.health());
-            if let Some(id) = report.community.as_deref()
-                && CommunityId::from_hex(id).is_ok_and(|c| state.left.contains_key(&c))
-            {
-                report.health = Some(plugin::Health::left(id));
+            else {
+                continue;
+            };
+            report.health = state.workers.get(&kind).map(|w| w.shared.health());
+            if state.left.contains_key(&kind) {
+                report.health = Some(plugin::Health::left(&kind.to_hex()));
             }
-            let kind = report
-                .community
-                .as_deref()
-                .and_then(|id| CommunityId::from_hex(id).ok());
-            report.instances = state
-                .running
-                .iter()
-                .filter(|(id, opened)| Some(opened.kind) == kind && Some(**id) != kind)
-                .count();
+            report.instances = instances.get(&kind).copied().unwrap_or(0);
         }
         reports
     }
@@ -604,15 +602,12 @@ impl Registry {
                 return;
             }
         };
-        for instance in instances {
-            let id = instance.master.community_id();
+        for master in instances {
+            let id = master.community_id();
             if lock(&self.state).definitions.contains_key(&id) {
                 continue;
             }
-            if let Err(error) = self
-                .start(path, opened.instance(instance.master), false)
-                .await
-            {
+            if let Err(error) = self.start(path, opened.instance(master), false).await {
                 tracing::warn!(community = %id, "{error}");
             }
         }
@@ -684,7 +679,8 @@ impl Registry {
             .ensure_community(&definition)
             .await
             .map_err(|e| fail(&e))?;
-        if id != kind {
+        // A stored instance joined at start has its type recorded already.
+        if id != kind && rejoin {
             context
                 .store
                 .set_instance_of(row, kind)
@@ -961,14 +957,13 @@ impl Registry {
     ) -> Result<InstanceReport, InstanceError> {
         let _one_at_a_time = self.loading.lock().await;
         let id = master.community_id();
+        let by_id = CommunityId::from_hex(kind).ok();
         let opened = {
             let state = lock(&self.state);
             let matching: Vec<&Opened> = state
                 .types
                 .values()
-                .filter(|o| {
-                    o.plugin.definition.name == kind || o.kind.to_hex() == kind.to_lowercase()
-                })
+                .filter(|o| o.plugin.definition.name == kind || Some(o.kind) == by_id)
                 .collect();
             let opened = match matching.as_slice() {
                 [] => return Err(InstanceError::UnknownType(kind.to_owned())),

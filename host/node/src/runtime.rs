@@ -480,7 +480,6 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
 
 /// Writes `endpoints.json` (mode 0600: it names the API's address) through a temporary file.
 fn write_endpoints(dir: &std::path::Path, udp: SocketAddr, api: SocketAddr, key: &KeyPair) {
-    use std::os::unix::fs::OpenOptionsExt;
     let text = serde_json::json!({
         "udp": udp,
         "api": api,
@@ -490,15 +489,10 @@ fn write_endpoints(dir: &std::path::Path, udp: SocketAddr, api: SocketAddr, key:
     .to_string();
     let path = dir.join("endpoints.json");
     let tmp = dir.join("endpoints.json.tmp");
-    // A temporary file left by a crash keeps its mode when opened again: start afresh.
+    // A temporary file left by a crash would refuse the new one: start afresh.
     let _ = std::fs::remove_file(&tmp);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+    let written = crate::keys::write_secret(&tmp, &text)
+        .map_err(std::io::Error::other)
         .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(error) = written {
         tracing::warn!(path = %path.display(), %error, "could not write endpoints file");

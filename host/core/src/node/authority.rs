@@ -105,7 +105,6 @@ impl Node {
         let c = self
             .communities
             .get_mut(&community)
-            .filter(|c| c.definition.is_some())
             .ok_or(AuthorityError::NotJoined(community))?;
         let Some(definition) = c.definition.as_ref() else {
             return Err(AuthorityError::NotJoined(community));
@@ -271,14 +270,13 @@ impl Node {
         let c = self
             .communities
             .get_mut(&community)
-            .filter(|c| c.definition.is_some())
             .ok_or(FoundError::NotJoined(community))?;
-        if master.public().community_id() != community {
-            return Err(FoundError::NotMaster(community));
-        }
         let Some(definition) = c.definition.as_ref() else {
             return Err(FoundError::NotJoined(community));
         };
+        if master.public().community_id() != community {
+            return Err(FoundError::NotMaster(community));
+        }
         let mut subjects: Vec<Subject> = definition
             .metas
             .iter()

@@ -9,11 +9,10 @@ use std::net::SocketAddr;
 use super::{CreateError, Created, Event, Incoming, Node, Refusal, RequestId};
 use crate::authority::{self, Judgement};
 use crate::identity::CommunityId;
-use crate::meta::{Authentication, Destination, Distribution, Resolution};
+use crate::meta::{Authentication, Destination, Distribution};
 use crate::relay;
 use crate::stats::DropReason;
 use crate::time::Instant;
-use crate::timeline::Subject;
 use crate::wire::{self, CommunityMessage, SignedMessage};
 
 /// A message we created and signed, waiting for its plugin's check ([`Event::CheckCreated`]).
@@ -169,10 +168,7 @@ impl Node {
             .get_mut(&community)
             .ok_or(CreateError::UnknownCommunity(community))?;
         let global_time = c.global_time.saturating_add(1);
-        let permitted = c
-            .timeline
-            .may(key.member_id(), Subject::Community(meta.id), global_time);
-        if meta.resolution != Resolution::Public && !permitted.is_allowed() {
+        if !c.permits(meta, &[key.member_id()]) {
             return Err(CreateError::NotPermitted(meta.name.clone()));
         }
         let sequence_number = meta.distribution.has_sequence_numbers().then(|| {

@@ -8,11 +8,10 @@ use std::net::SocketAddr;
 
 use super::{CreateError, Event, Node, RequestId};
 use crate::identity::{CommunityId, PublicKey};
-use crate::meta::{Authentication, Resolution};
+use crate::meta::Authentication;
 use crate::signature::{Asked, Pending, SignError};
 use crate::stats::{DropReason, Traffic};
 use crate::time::Instant;
-use crate::timeline::Subject;
 use crate::wire::{CommunityMessage, Packet, SignatureRequest, SignatureResponse, SignedMessage};
 
 impl Node {
@@ -68,11 +67,7 @@ impl Node {
             .get_mut(&community)
             .ok_or(CreateError::UnknownCommunity(community))?;
         // Both signers need the permit a Linear (or Dynamic, now Linear) meta asks for.
-        let signers = [me.member_id(), co_signer.member_id()];
-        let permitted =
-            c.timeline
-                .may_all(&signers, Subject::Community(meta.id), c.global_time + 1);
-        if meta.resolution != Resolution::Public && !permitted.is_allowed() {
+        if !c.permits(&meta, &[me.member_id(), co_signer.member_id()]) {
             return Err(CreateError::NotPermitted(meta.name.clone()));
         }
         let message = CommunityMessage {

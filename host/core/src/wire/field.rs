@@ -18,16 +18,12 @@ pub(super) fn member_key(
     field: &'static str,
     keys: &dyn Keys,
 ) -> Result<PublicKey, DecodeError> {
-    match bytes {
-        None => Err(DecodeError::Missing(field)),
-        Some(b) if b.len() == ID_LEN => {
-            let mid = MemberId::from_slice(b).map_err(|_| DecodeError::Missing(field))?;
-            keys.key(&mid).ok_or(DecodeError::UnknownMember(mid))
-        }
-        Some(b) => match <&[u8; PUBLIC_KEY_LEN]>::try_from(b) {
-            Ok(key) => Ok(keys.parse(key)?),
-            Err(_) => Err(KeyError::Length(b.len()).into()),
-        },
+    let member = member_ref(bytes, field, keys)?;
+    match member.key {
+        Some(key) => Ok(key),
+        None => keys
+            .key(&member.id)
+            .ok_or(DecodeError::UnknownMember(member.id)),
     }
 }
 

@@ -35,7 +35,6 @@ mod testing;
 mod write;
 
 pub use read::HistoryQuery;
-pub use setup::Instance;
 pub use task::{Insert, InsertSender, run};
 
 /// The embedded migrations.

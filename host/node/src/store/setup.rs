@@ -9,15 +9,6 @@ use sqlx::Row as _;
 
 use super::{Store, StoreError, hash_bytes};
 
-/// A stored instance of a community type ([`Store::instances`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Instance {
-    /// Its master key; the community id derives from it.
-    pub master: PublicKey,
-    /// Whether it is joined at start (false once the operator left it).
-    pub auto_load: bool,
-}
-
 impl Store {
     /// Records the member's public key (idempotent).
     pub async fn remember_member(&self, key: &PublicKey) -> Result<(), StoreError> {
@@ -89,25 +80,20 @@ impl Store {
         Ok(())
     }
 
-    /// The stored instances of the community type whose own community is `kind`, in the order
-    /// they were joined: their master keys and whether they are joined at start. A row whose
-    /// master key does not parse is skipped with a warning.
-    pub async fn instances(&self, kind: CommunityId) -> Result<Vec<Instance>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT master_key, auto_load FROM community WHERE instance_of = ?1 ORDER BY id",
+    /// The master keys of the stored instances of the community type whose own community is
+    /// `kind`, in the order they were joined (left ones too: joining tells them apart). A row
+    /// whose master key does not parse is skipped with a warning.
+    pub async fn instances(&self, kind: CommunityId) -> Result<Vec<PublicKey>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT master_key FROM community WHERE instance_of = ?1 ORDER BY id",
         )
         .bind(kind.0.to_vec())
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let master: Vec<u8> = row.try_get(0)?;
-            let auto_load: i64 = row.try_get(1)?;
+        for master in rows {
             match PublicKey::from_bytes(&master) {
-                Ok(master) => out.push(Instance {
-                    master,
-                    auto_load: auto_load != 0,
-                }),
+                Ok(master) => out.push(master),
                 Err(error) => {
                     tracing::warn!(type_community = %kind, %error, "a stored community instance has an unreadable master key; skipped");
                 }
