@@ -311,6 +311,85 @@ pub mod retire {
     pub const LEAVE: u8 = 4;
 }
 
+/// Why a stored message was hidden ([`RawUndone::reason`]).
+pub mod undone {
+    /// Its author undid it (undo-own).
+    pub const BY_AUTHOR: u8 = 0;
+    /// Another member holding `undo` on its meta-message undid it (undo-other).
+    pub const BY_OTHER: u8 = 1;
+    /// The permission timeline no longer lets its author have created it: a revoke or a
+    /// dynamic-settings change reached back over its global time.
+    pub const DENIED: u8 = 2;
+}
+
+/// A stored message whose visibility changed, for [`CommunityApi::undone`]: it became hidden
+/// (undone: no longer synchronised, read or restored), or visible again (redone). A message
+/// hidden for two reasons at once is reported once, when it becomes hidden, and once when
+/// the last reason ends.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct RawUndone {
+    /// The message (`source` empty).
+    pub message: RawMessage,
+    /// `true`: it is hidden now; `false`: it is visible again.
+    pub undone: bool,
+    /// An [`undone`] code: why it became hidden, or (redone) why it had been.
+    pub reason: u8,
+    /// For [`undone::BY_AUTHOR`] and [`undone::BY_OTHER`]: the undo's author (33-byte public
+    /// key); empty for [`undone::DENIED`].
+    pub by_member: RVec<u8>,
+    /// For [`undone::BY_AUTHOR`] and [`undone::BY_OTHER`]: the undo's global time; 0 for
+    /// [`undone::DENIED`].
+    pub by_global_time: u64,
+}
+
+/// What a co-signer answers ([`RawCosign::kind`]).
+pub mod cosign {
+    /// Refuse: no signature-response is sent.
+    pub const REFUSE: u8 = 0;
+    /// Sign the message as proposed.
+    pub const SIGN: u8 = 1;
+    /// Sign the message with its payload replaced by [`super::RawCosign::payload`].
+    pub const MODIFY: u8 = 2;
+    /// Sign the message with [`super::RawCosign::payload`] appended to its payload.
+    pub const APPEND: u8 = 3;
+}
+
+/// A co-signer's answer to a proposed double-member message ([`CommunityApi::cosign`]).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct RawCosign {
+    /// A [`cosign`] code.
+    pub kind: u8,
+    /// For [`cosign::MODIFY`]: the whole new payload; for [`cosign::APPEND`]: the bytes
+    /// appended. Written in the proposed message's conversion. Empty otherwise.
+    pub payload: RVec<u8>,
+}
+
+/// What became of a double-member message this node proposed ([`RawCosigned::kind`]).
+pub mod cosigned {
+    /// The co-signer signed it unchanged.
+    pub const SIGNED: u8 = 0;
+    /// The co-signer signed it with another payload.
+    pub const MODIFIED: u8 = 1;
+    /// The co-signer signed it with bytes appended to the payload.
+    pub const APPENDED: u8 = 2;
+    /// No answer came in time (the co-signer refused, or was unreachable).
+    pub const TIMEOUT: u8 = 3;
+}
+
+/// The co-signer's answer to a double-member message this node proposed
+/// ([`CommunityApi::cosigned`]).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct RawCosigned {
+    /// A [`cosigned`] code.
+    pub kind: u8,
+    /// The message as the co-signer signed it (its payload possibly changed); the proposed
+    /// one for [`cosigned::TIMEOUT`].
+    pub message: RawMessage,
+}
+
 /// What the host offers one community instance. Every method only reads shared state or
 /// enqueues work and none calls back into the plugin; only [`HostApi::read`] waits (for the
 /// store, bounded by the host's call deadline), and only when called on the community's own
@@ -373,6 +452,59 @@ pub trait HostApi: Send + Sync {
         RErr(PluginError::new(
             ERROR_ABSENT,
             "this host writes every message in the community's first conversion",
+        ))
+    }
+
+    /// Whether `member` (33-byte public key or 20-byte member id) may create a message of
+    /// meta-message `meta` at `global_time`, by this node's permission timeline as it stands
+    /// now: always for public resolution; for linear resolution iff it holds `permit` on the
+    /// meta then; for dynamic resolution by the policy in force then. A host older than this
+    /// method answers [`ERROR_ABSENT`].
+    fn may(
+        &self,
+        meta: RStr<'_>,
+        member: RVec<u8>,
+        global_time: u64,
+    ) -> RResult<bool, PluginError> {
+        let _ = (meta, member, global_time);
+        RErr(PluginError::new(
+            ERROR_ABSENT,
+            "this host has no permission timeline",
+        ))
+    }
+
+    /// Undoes the stored message of `member` (33-byte public key or 20-byte member id) at
+    /// `global_time`: an undo-own when `member` is this node's member, else an undo-other
+    /// (this member must hold `undo` on the message's meta-message). The message's meta must
+    /// be undoable ([`PluginModule::undoable`]). Undoing a message this member undid already
+    /// creates nothing. A host older than this method answers [`ERROR_ABSENT`].
+    fn undo(&self, member: RVec<u8>, global_time: u64) -> RResult<(), PluginError> {
+        let _ = (member, global_time);
+        RErr(PluginError::new(
+            ERROR_ABSENT,
+            "this host cannot undo messages",
+        ))
+    }
+
+    /// Proposes a double-member message of meta-message `meta` with `payload` written in
+    /// `conversion` (empty: the community's first) to `co_signer` (33-byte public key),
+    /// reachable at `address` (`ip:port`); `candidates` are extra explicit destinations.
+    /// Returns a token: [`CommunityApi::cosigned`] is called with it once the co-signer
+    /// answered or the request expired. A host older than this method answers
+    /// [`ERROR_ABSENT`].
+    fn propose(
+        &self,
+        meta: RStr<'_>,
+        conversion: RVec<u8>,
+        payload: RVec<u8>,
+        co_signer: RVec<u8>,
+        address: RString,
+        candidates: RVec<RString>,
+    ) -> RResult<u64, PluginError> {
+        let _ = (meta, conversion, payload, co_signer, address, candidates);
+        RErr(PluginError::new(
+            ERROR_ABSENT,
+            "this host cannot propose double-member messages for plugins",
         ))
     }
 }
@@ -454,6 +586,35 @@ pub trait CommunityApi: Send {
             "this plugin encodes every payload in its first conversion",
         ))
     }
+
+    /// Stored messages became hidden (undone) or visible again (redone), in the order it
+    /// happened ([`RawUndone`]). Absent in a plugin: nothing (the plugin keeps what it built
+    /// from them until its next restore, which skips hidden messages).
+    fn undone(&mut self, batch: RSlice<'_, RawUndone>) -> RResult<(), PluginError> {
+        let _ = batch;
+        ROk(())
+    }
+
+    /// Whether and how this node's member co-signs `message`, a double-member message another
+    /// member proposes with this member as second author: refuse, sign, or sign a modified or
+    /// extended payload ([`RawCosign`]). Absent in a plugin: [`ERROR_ABSENT`], and the host asks
+    /// [`CommunityApi::allow_signature`] instead (sign or refuse).
+    fn cosign(&mut self, message: &RawMessage) -> RResult<RawCosign, PluginError> {
+        let _ = message;
+        RErr(PluginError::new(
+            ERROR_ABSENT,
+            "this plugin answers co-signing through allow_signature",
+        ))
+    }
+
+    /// The answer to the double-member message proposed with token `token`
+    /// ([`HostApi::propose`]): return `true` to add this member's signature and publish
+    /// `answer.message` (ignored for [`cosigned::TIMEOUT`]). Absent in a plugin: only an
+    /// unchanged message is published.
+    fn cosigned(&mut self, token: u64, answer: &RawCosigned) -> RResult<bool, PluginError> {
+        let _ = token;
+        ROk(answer.kind == cosigned::SIGNED)
+    }
 }
 
 /// A community instance as the host owns it.
@@ -474,6 +635,11 @@ pub struct PluginModule {
     /// Creates a community instance that talks to the host through `host`.
     #[sabi(last_prefix_field)]
     pub create: extern "C" fn(host: HostBox) -> RResult<CommunityBox, PluginError>,
+
+    /// The ids of the meta-messages whose messages can be undone (undo-own, undo-other).
+    /// Appended in 0.2.2: read it with `PluginModuleRef::undoable()`, which answers `None` for
+    /// an older plugin (none of its metas is undoable).
+    pub undoable: extern "C" fn() -> RVec<u32>,
 }
 
 impl RootModule for PluginModuleRef {

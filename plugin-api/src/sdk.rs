@@ -1212,12 +1212,18 @@ pub(crate) extern "C" fn create<C: Community>(host: HostBox) -> RResult<Communit
     })
 }
 
+/// The ids of `C`'s undoable meta-messages (none yet: the SDK declares no meta undoable).
+pub(crate) extern "C" fn undoable<C: Community>() -> RVec<u32> {
+    RVec::new()
+}
+
 /// The root module of community type `C`. Used by [`crate::export_community!`].
 pub fn module<C: Community>() -> PluginModuleRef {
     PluginModule {
         abi_version,
         definition: definition::<C>,
         create: create::<C>,
+        undoable: undoable::<C>,
     }
     .leak_into_prefix()
 }
