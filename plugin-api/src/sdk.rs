@@ -642,6 +642,7 @@ pub trait Community: Sized + Send + 'static {
 
 /// Type-erased operations of one meta-message over community `C`.
 trait MetaOps<C>: Send + Sync {
+    fn undoable(&self) -> bool;
     fn check(&self, community: &mut C, raw: &RawMessage) -> Verdict;
     fn handle(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error>;
     fn restore(&self, community: &mut C, raw: &[RawMessage]) -> Result<(), Error>;
@@ -673,6 +674,7 @@ pub struct Meta<C, P> {
     handle: HandleFn<C, P>,
     restore: Option<HandleFn<C, P>>,
     allow: AllowFn<C, P>,
+    undoable: bool,
     payload: PhantomData<fn() -> P>,
 }
 
@@ -701,6 +703,7 @@ impl<C: Community, P: Payload> Meta<C, P> {
             handle: |_, _| Ok(()),
             restore: None,
             allow: |_, _| false,
+            undoable: false,
             payload: PhantomData,
         }
     }
@@ -820,6 +823,14 @@ impl<C: Community, P: Payload> Meta<C, P> {
         self.allow = allow;
         self
     }
+
+    /// Declares the meta's messages undoable: their author may undo them (undo-own) and a
+    /// member holding `undo` on the meta may undo anyone's (undo-other). Not undoable by
+    /// default; an undo of a message of a meta that is not undoable is held invalid.
+    pub fn undoable(mut self) -> Self {
+        self.undoable = true;
+        self
+    }
 }
 
 fn decode_raw<P: Payload>(raw: &RawMessage) -> Result<Message<P>, Error> {
@@ -835,6 +846,10 @@ fn decode_raw<P: Payload>(raw: &RawMessage) -> Result<Message<P>, Error> {
 }
 
 impl<C: Community, P: Payload> MetaOps<C> for Meta<C, P> {
+    fn undoable(&self) -> bool {
+        self.undoable
+    }
+
     fn allow_signature(&self, community: &mut C, raw: &RawMessage) -> bool {
         decode_raw::<P>(raw).is_ok_and(|message| (self.allow)(community, &message))
     }
@@ -1212,9 +1227,18 @@ pub(crate) extern "C" fn create<C: Community>(host: HostBox) -> RResult<Communit
     })
 }
 
-/// The ids of `C`'s undoable meta-messages (none yet: the SDK declares no meta undoable).
+/// The ids of `C`'s undoable meta-messages ([`Meta::undoable`]); none if building the
+/// definition panics (the host refuses such a plugin at `definition` anyway).
 pub(crate) extern "C" fn undoable<C: Community>() -> RVec<u32> {
-    RVec::new()
+    std::panic::catch_unwind(|| {
+        C::definition()
+            .metas
+            .iter()
+            .filter(|(_, ops)| ops.undoable())
+            .map(|(raw, _)| raw.id)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// The root module of community type `C`. Used by [`crate::export_community!`].
