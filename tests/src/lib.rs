@@ -115,6 +115,11 @@ impl TestNode {
         }
     }
 
+    /// The node's data folder.
+    pub fn data_dir(&self) -> &Path {
+        self._data.path()
+    }
+
     /// The node's member public key, hex.
     pub fn member(&self) -> &str {
         &self.running.as_ref().unwrap().member

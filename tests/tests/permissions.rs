@@ -218,3 +218,62 @@ async fn a_founder_authorizes_and_revokes_a_linear_meta_that_both_nodes_enforce(
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_community_created_through_the_api_is_founded_here_and_joined_elsewhere_by_its_key() {
+    let plugins = plugin_dir(&["probe_community"]);
+    let a = TestNode::start(plugins.path(), |_| {}).await;
+    let a_udp = a.udp;
+    let b = TestNode::start(plugins.path(), |c| c.peers = vec![a_udp.to_string()]).await;
+    // No master key: A creates the community, keeps the secret and founds it.
+    let (code, created) = a
+        .call("POST", "/v1/communities", Some(json!({"type": "probe"})))
+        .await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["created"], true);
+    let hex = created["master_key"].as_str().unwrap().to_owned();
+    let id = created["community"].as_str().unwrap().to_owned();
+    assert_eq!(
+        PublicKey::from_hex(&hex).unwrap().community_id().to_hex(),
+        id
+    );
+    let a_id = member_id(&a);
+    wait_until(SPREAD, "A to found the created community", || async {
+        holds(&a, &id, &a_id, "linear-post", "authorize").await
+    })
+    .await;
+    // The secret is private, in the data folder.
+    let file = a.data_dir().join("masters").join(format!("{id}.key"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    // An unknown type creates nothing and leaves no key behind.
+    let (code, _) = a
+        .call("POST", "/v1/communities", Some(json!({"type": "nope"})))
+        .await;
+    assert_eq!(code, 404);
+    let keys = std::fs::read_dir(a.data_dir().join("masters"))
+        .unwrap()
+        .count();
+    assert_eq!(keys, 1);
+    // B joins by the printed key and learns A's authority through sync, not configuration.
+    let (code, joined) = b.join_instance("probe", &hex).await;
+    assert_eq!(code, 201, "{joined}");
+    assert_eq!(joined["created"], false);
+    wait_until(SPREAD, "B to learn the founder's authority", || async {
+        holds(&b, &id, &a_id, "linear-post", "authorize").await
+    })
+    .await;
+    // After a restart A is still the founder, and founds nothing twice.
+    let data = a.stop_keeping_data().await;
+    let a = TestNode::start_in(data, plugins.path(), |_| {}).await;
+    wait_until(SPREAD, "A to rejoin the created community", || async {
+        holds(&a, &id, &a_id, "linear-post", "authorize").await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records = timeline(&a, &id).await["records"].as_array().unwrap().len();
+    assert_eq!(records, 1, "founded once");
+    a.stop().await;
+    b.stop().await;
+}

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | GET | /v1/node | member, addresses, connection type, traffic counters, kernel receive-buffer drops (`udp_receive_drops`) |
 //! | GET | /v1/communities | joined communities, candidate counts, counters, plugin status and state (live, stuck, restarting, failed, disabled) |
-//! | POST | /v1/communities | join a new community of a loaded type: `{"type": NAME, "master_key": HEX}` (an instance with its own master key, joined again at every start); 201 with its id, 404 unknown type, 409 joined already |
+//! | POST | /v1/communities | join a new community of a loaded type: `{"type": NAME, "master_key": HEX}` (an instance with its own master key, joined again at every start); 201 with its id, 404 unknown type, 409 joined already. Without `master_key` the node **creates** a community of the type: a new master key whose secret it keeps (`masters/<id>.key` in its data folder, 0600) and founds it (`"created": true`, `master_key` in the answer: others join with it) |
 //! | POST | /v1/communities/{id}/disable | drop the plugin's instance; deliveries to it are refused and counted (`plugin-down`) while the node keeps walking and answering sync from its store |
 //! | POST | /v1/communities/{id}/enable | a new instance for a disabled or failed community |
 //! | POST | /v1/communities/{id}/restart | drop the instance and create a new one (counted in `operator_restarts`) |
@@ -70,6 +70,9 @@ pub(crate) struct Shared {
     pub api_body: usize,
     /// The UDP socket's inode, by which the kernel's UDP table lists its drops (Linux).
     pub udp_inode: Option<u64>,
+    /// Where the master keys of the communities this node creates go
+    /// (`runtime::MASTERS_DIR` in the data folder).
+    pub masters: std::path::PathBuf,
 }
 
 /// Node facts, as the control API shows them.
@@ -760,8 +763,9 @@ struct InstanceRequest {
     /// The community type: a loaded plugin's name, or the id of its own community.
     #[serde(rename = "type")]
     kind: String,
-    /// The new community's master public key, 66 hexadecimal digits.
-    master_key: String,
+    /// The new community's master public key, 66 hexadecimal digits. Absent: the node
+    /// creates the community: it makes a new master key, keeps its secret and founds it.
+    master_key: Option<String>,
 }
 
 /// `POST /v1/communities` with `{"type": NAME, "master_key": HEX}`: join a new community of a
@@ -775,25 +779,55 @@ async fn join_instance(
         .registry
         .as_ref()
         .ok_or_else(|| ApiError::bad_request("a tracker joins no communities"))?;
-    let master = PublicKey::from_hex(&request.master_key).map_err(|e| {
-        ApiError::bad_request(format!(
-            "master_key: {e} (a compressed secp256k1 public key, as `dispersy keygen` prints it)"
-        ))
-    })?;
-    let report = registry
-        .join_instance(&request.kind, master)
-        .await
-        .map_err(|error| {
-            let status = match &error {
-                InstanceError::UnknownType(_) => StatusCode::NOT_FOUND,
-                InstanceError::AmbiguousType { .. }
-                | InstanceError::Joined(_)
-                | InstanceError::OtherType(_) => StatusCode::CONFLICT,
-                InstanceError::Failed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            };
-            ApiError::new(status, error.to_string())
-        })?;
-    Ok((StatusCode::CREATED, Json(json!(report))).into_response())
+    let (master, created) = match &request.master_key {
+        Some(hex) => {
+            let master = PublicKey::from_hex(hex).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "master_key: {e} (a compressed secp256k1 public key, as `dispersy keygen` prints it)"
+                ))
+            })?;
+            (master, None)
+        }
+        None => {
+            let (master, path) = create_master(&shared.masters)?;
+            (master, Some(path))
+        }
+    };
+    let joined = registry.join_instance(&request.kind, master).await;
+    if let (Err(_), Some(path)) = (&joined, &created) {
+        // Nothing was joined: the new key names no community.
+        let _ = std::fs::remove_file(path);
+    }
+    let mut report = json!(joined.map_err(|error| {
+        let status = match &error {
+            InstanceError::UnknownType(_) => StatusCode::NOT_FOUND,
+            InstanceError::AmbiguousType { .. }
+            | InstanceError::Joined(_)
+            | InstanceError::OtherType(_) => StatusCode::CONFLICT,
+            InstanceError::Failed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, error.to_string())
+    })?);
+    report["created"] = json!(created.is_some());
+    Ok((StatusCode::CREATED, Json(report)).into_response())
+}
+
+/// A new master key for a community this node creates, its secret written to
+/// `<masters>/<community id>.key` (mode 0600, the folder 0700); returns its public key and the
+/// file. The protocol task founds the community from that file when it is joined.
+fn create_master(masters: &std::path::Path) -> ApiResult<(PublicKey, std::path::PathBuf)> {
+    use std::os::unix::fs::DirBuilderExt;
+    let failed = |what: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, what);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(masters)
+        .map_err(|e| failed(format!("creating {}: {e}", masters.display())))?;
+    let key = crate::keys::generate().map_err(|e| failed(format!("a new master key: {e}")))?;
+    let public = key.public().clone();
+    let path = masters.join(format!("{}.key", public.community_id()));
+    crate::keys::save(&path, &key).map_err(|e| failed(e.to_string()))?;
+    Ok((public, path))
 }
 
 /// `POST /v1/communities/{id}/join`: join a left community again.

@@ -108,6 +108,18 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Create a new community of a type the running node loaded, through its control API: the
+    /// node makes a new master key, keeps its secret in its data folder (`masters/`, 0600) and
+    /// founds the community (its member holds the first permits). Prints the master key that
+    /// other nodes join with (`dispersy join TYPE MASTER_KEY`).
+    Create {
+        /// Community type: a loaded plugin's name.
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// Data folder of the node.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Write a new community plugin crate NAME (standalone: `cargo build --release` in it makes
     /// the plugin, `cargo test` runs its tests), with a fresh master key.
     NewPlugin {
@@ -259,6 +271,16 @@ fn main() -> ExitCode {
                 format!("/v1/communities/{id}/settings"),
                 Some(body.to_string()),
             ))
+        }
+        Cmd::Create { kind, data_dir } => {
+            let body = serde_json::json!({ "type": kind });
+            let call = api(
+                data_dir,
+                "POST".to_owned(),
+                "/v1/communities".to_owned(),
+                Some(body.to_string()),
+            );
+            block(call)
         }
         Cmd::Join {
             kind,

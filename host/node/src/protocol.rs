@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use crate::api::{
     CandidateView, CommunityInfo, CommunityStatsView, NodeInfo, NodeStats, UnreadableView,
 };
 use crate::command::Command;
+use crate::keys;
 use crate::mutex::lock;
 use crate::net::Datagram;
 use crate::plugin::{self, Job};
@@ -65,6 +67,9 @@ pub(crate) struct Protocol {
     creating: HashMap<RequestId, oneshot::Sender<Result<Created, CreateError>>>,
     /// A community's master key: that community is founded when it is joined. Never logged.
     founder: Option<KeyPair>,
+    /// The folder of the master keys of communities this node created (`runtime::MASTERS_DIR`):
+    /// a community whose key is there is founded when it is joined.
+    masters: Option<PathBuf>,
 }
 
 impl Protocol {
@@ -89,6 +94,7 @@ impl Protocol {
             last_refresh: tokio::time::Instant::now(),
             creating: HashMap::new(),
             founder: None,
+            masters: None,
         }
     }
 
@@ -99,17 +105,36 @@ impl Protocol {
         self
     }
 
-    /// Founds joined community `id` if the founder key is its master key; what happened is
-    /// logged (never the key).
+    /// The same task, founding a community whose master key is in folder `masters` (a file
+    /// `<community id>.key`) once that community is joined.
+    pub fn with_masters(mut self, masters: PathBuf) -> Self {
+        self.masters = Some(masters);
+        self
+    }
+
+    /// Founds joined community `id` if the founder key, or a key in the masters folder, is its
+    /// master key; what happened is logged (never the key).
     fn found_if_master(&mut self, now: CoreInstant, id: CommunityId) {
-        let Some(master) = self
+        let configured = self
             .founder
-            .as_ref()
-            .filter(|key| key.public().community_id() == id)
-        else {
+            .clone()
+            .filter(|key| key.public().community_id() == id);
+        let created = || {
+            let path = self.masters.as_ref()?.join(format!("{id}.key"));
+            if !path.is_file() {
+                return None;
+            }
+            keys::load(&path)
+                .inspect_err(
+                    |error| tracing::warn!(community = %id, %error, "master key unreadable"),
+                )
+                .ok()
+                .filter(|key| key.public().community_id() == id)
+        };
+        let Some(master) = configured.or_else(created) else {
             return;
         };
-        match self.node.found(now, id, master) {
+        match self.node.found(now, id, &master) {
             Ok(created) => tracing::info!(
                 community = %id,
                 global_time = created.global_time,
