@@ -3,6 +3,8 @@
 //! the tracker, makes each node send example messages, and ends with a summary that includes
 //! `delivered X/Y`.
 
+pub mod forum;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,8 +59,8 @@ pub struct Summary {
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    /// No example plugin next to the executable.
-    #[error("no example plugin in {0}: build it first with `cargo build --release`")]
+    /// The demo's plugin file is not there.
+    #[error("no plugin file {0}: build it first with `cargo build --release`")]
     NoPlugin(PathBuf),
     /// A process could not be started.
     #[error("starting {what}: {source}")]
@@ -98,73 +100,117 @@ struct Process {
 
 /// Runs the demo, printing progress to stdout.
 pub async fn run(options: Options) -> Result<Summary, DemoError> {
+    let plugin_dir = plugin_dir(&options, "example_community")?;
+    let network = Network::start(&options, &plugin_dir).await?;
+    let result = demo(network.nodes(), &options).await;
+    network.stop().await;
+    result
+}
+
+/// The folder holding the plugin file `library` (options or beside the executable); an error
+/// naming the file when it is not there.
+fn plugin_dir(options: &Options, library: &str) -> Result<PathBuf, DemoError> {
     let exe = std::env::current_exe()?;
-    let plugin_dir = match &options.plugin_dir {
+    let dir = match &options.plugin_dir {
         Some(dir) => dir.clone(),
         None => exe
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(".")),
     };
-    let plugin = plugin_dir.join(format!(
-        "{}example_community{}",
+    let plugin = dir.join(format!(
+        "{}{library}{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     ));
     if !plugin.is_file() {
-        return Err(DemoError::NoPlugin(plugin_dir));
+        return Err(DemoError::NoPlugin(plugin));
     }
-    let work = tempfile::Builder::new()
-        .prefix("dispersy-demo-")
-        .tempdir()?;
-    println!(
-        "Dispersy demo: a tracker and {} nodes on 127.0.0.1",
-        options.nodes
-    );
-    println!("  plugin: {}", plugin.display());
-    println!(
-        "  walk step: {} ms (default 5000 ms)",
-        options.step_interval_ms
-    );
-    println!("  work folder: {}", work.path().display());
+    Ok(dir)
+}
 
-    let mut processes = Vec::new();
-    let result = async {
-        let tracker = spawn(&exe, work.path(), "tracker", &["tracker".into()], &options).await?;
-        println!("  tracker  udp {}", tracker.udp);
-        let tracker_udp = tracker.udp;
-        processes.push(tracker);
-        for i in 1..=options.nodes {
-            let name = format!("node{i}");
-            let args = vec![
-                "run".into(),
-                "--tracker".into(),
-                tracker_udp.to_string(),
-                "--plugin-dir".into(),
-                plugin_dir.display().to_string(),
-            ];
-            let node = spawn(&exe, work.path(), &name, &args, &options).await?;
-            println!(
-                "  {name}    udp {}  api {}",
-                node.udp,
-                node.client.address()
-            );
-            processes.push(node);
-        }
-        demo(&processes[1..], &options).await
-    }
-    .await;
+/// A tracker and nodes on loopback, each a `dispersy` process, in a temporary work folder
+/// (their data folders and logs) that goes with them.
+struct Network {
+    /// The tracker first, then the nodes.
+    processes: Vec<Process>,
+    _work: tempfile::TempDir,
+}
 
-    for process in &processes {
-        let _ = process.client.post("/v1/shutdown", &json!({})).await;
-    }
-    for mut process in processes {
-        let waited = tokio::time::timeout(Duration::from_secs(5), process.child.wait()).await;
-        if waited.is_err() {
-            let _ = process.child.kill().await;
+impl Network {
+    /// Starts the tracker and `options.nodes` nodes loading plugins from `plugin_dir`, and
+    /// prints them. On an error the processes started so far are stopped.
+    async fn start(options: &Options, plugin_dir: &Path) -> Result<Network, DemoError> {
+        let exe = std::env::current_exe()?;
+        let work = tempfile::Builder::new()
+            .prefix("dispersy-demo-")
+            .tempdir()?;
+        println!(
+            "Dispersy demo: a tracker and {} nodes on 127.0.0.1",
+            options.nodes
+        );
+        println!("  plugins: {}", plugin_dir.display());
+        println!(
+            "  walk step: {} ms (default 5000 ms)",
+            options.step_interval_ms
+        );
+        println!("  work folder: {}", work.path().display());
+        let mut network = Network {
+            processes: Vec::new(),
+            _work: work,
+        };
+        let dir = network._work.path().to_path_buf();
+        let started = async {
+            let tracker = spawn(&exe, &dir, "tracker", &["tracker".into()], options).await?;
+            println!("  tracker  udp {}", tracker.udp);
+            let tracker_udp = tracker.udp;
+            network.processes.push(tracker);
+            for i in 1..=options.nodes {
+                let name = format!("node{i}");
+                let args = vec![
+                    "run".into(),
+                    "--tracker".into(),
+                    tracker_udp.to_string(),
+                    "--plugin-dir".into(),
+                    plugin_dir.display().to_string(),
+                ];
+                let node = spawn(&exe, &dir, &name, &args, options).await?;
+                println!(
+                    "  {name}    udp {}  api {}",
+                    node.udp,
+                    node.client.address()
+                );
+                network.processes.push(node);
+            }
+            Ok::<(), DemoError>(())
+        }
+        .await;
+        match started {
+            Ok(()) => Ok(network),
+            Err(error) => {
+                network.stop().await;
+                Err(error)
+            }
         }
     }
-    result
+
+    /// The nodes (not the tracker).
+    fn nodes(&self) -> &[Process] {
+        self.processes.get(1..).unwrap_or_default()
+    }
+
+    /// Shuts every process down (killing those that do not stop in 5 s); the work folder goes.
+    async fn stop(self) {
+        for process in &self.processes {
+            let _ = process.client.post("/v1/shutdown", &json!({})).await;
+        }
+        for mut process in self.processes {
+            let waited = tokio::time::timeout(Duration::from_secs(5), process.child.wait()).await;
+            if waited.is_err() {
+                let _ = process.child.kill().await;
+            }
+        }
+    }
 }
 
 async fn spawn(

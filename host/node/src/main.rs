@@ -147,6 +147,11 @@ enum Cmd {
         /// Folder holding libexample_community.so (default: beside this executable).
         #[arg(long)]
         plugin_dir: Option<PathBuf>,
+        /// Run the moderated forum (libforum_community.so) across three nodes instead: founding,
+        /// a moderator, posts, an edit, undo-own and undo-other, votes, a co-signed endorsement
+        /// and moderated mode, until all three nodes show the same forum.
+        #[arg(long)]
+        forum: bool,
     },
 }
 
@@ -322,6 +327,7 @@ fn main() -> ExitCode {
             nodes,
             step_interval_ms,
             plugin_dir,
+            forum,
         } => {
             logging::init("warn", LogFormat::Text);
             let options = demo::Options {
@@ -331,6 +337,15 @@ fn main() -> ExitCode {
                 plugin_dir,
                 ..demo::Options::default()
             };
+            if forum {
+                return match runtime().and_then(|rt| Ok(rt.block_on(demo::forum::run(options))?)) {
+                    Ok(summary) if summary.agreed && summary.moderated && summary.hidden >= 2 => {
+                        ExitCode::SUCCESS
+                    }
+                    Ok(_) => ExitCode::FAILURE,
+                    Err(error) => fail(error),
+                };
+            }
             match runtime().and_then(|rt| Ok(rt.block_on(demo::run(options))?)) {
                 Ok(summary) if summary.discovered && summary.delivered == summary.expected => {
                     ExitCode::SUCCESS
