@@ -245,6 +245,12 @@ impl<'a> Reader<'a> {
         Ok(items)
     }
 
+    /// The bytes not read yet, ending the reading: for a payload whose last part is
+    /// whatever follows (such as bytes a co-signer appended, `Cosign::Append`).
+    pub fn rest(self) -> &'a [u8] {
+        self.bytes
+    }
+
     /// Fails unless every byte was read (trailing bytes mean a malformed payload).
     pub fn finish(self) -> Result<(), Error> {
         if self.bytes.is_empty() {

@@ -55,9 +55,9 @@ pub mod prelude {
     pub use crate::codec::{Reader, Writer};
     pub use crate::export_community;
     pub use crate::sdk::{
-        Authentication, Community, Compact, Definition, Destination, Distribution, Error, Filter,
-        Host, Level, Message, Meta, Order, Page, Payload, Resolution, Retire, StaticResolution,
-        Verdict, parse_hex, to_hex,
+        Answer, Authentication, Community, Compact, Cosign, Cosigned, Definition, Destination,
+        Distribution, Error, Filter, Host, Level, Message, Meta, Order, Page, Payload, Resolution,
+        Retire, StaticResolution, Verdict, parse_hex, to_hex,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -557,6 +557,101 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Proposes a double-member message of meta `meta` to `co_signer` (its 33-byte public
+    /// key), reachable at `address` (`ip:port`); `candidates` are extra explicit destinations.
+    /// The host claims the global time and sends the signature-request; the call only queues
+    /// it and returns a token. Once the co-signer answered (signed, modified, appended) or the
+    /// request expired, the meta's [`Meta::on_cosigned`] is called with the token: return
+    /// `true` to add this member's signature and publish the message as the co-signer signed
+    /// it (after this community's own check, like every message it creates). A proposal the
+    /// node cannot start (unknown meta, no permit, too many in flight) is answered at once as a
+    /// timeout. The payload is written like [`Host::send`]'s. A host older than this call
+    /// answers an error.
+    pub fn propose<P: Payload>(
+        &self,
+        meta: &str,
+        payload: &P,
+        co_signer: &[u8],
+        address: &str,
+        candidates: &[&str],
+    ) -> Result<u64, Error> {
+        let (conversion, bytes) = payload.encode_oldest(&self.conversions)?;
+        let candidates: RVec<RString> = candidates.iter().map(|c| RString::from(*c)).collect();
+        self.raw
+            .propose(
+                RStr::from(meta),
+                RVec::from(conversion),
+                RVec::from(bytes),
+                RVec::from(co_signer.to_vec()),
+                RString::from(address),
+                candidates,
+            )
+            .into_result()
+            .map_err(Error::from)
+    }
+
+    /// Whether `member` (33-byte public key or 20-byte member id) may create a message of
+    /// meta `meta` at `global_time`, by this node's permission timeline as it stands now:
+    /// always for public resolution, with a `permit` then for linear, by the policy in force
+    /// then for dynamic. Waits for the host's answer (at most its call deadline): call it from
+    /// the community's calls. An unknown meta or a bad member is an error, and so is a host
+    /// older than this call.
+    pub fn may(&self, meta: &str, member: &[u8], global_time: u64) -> Result<bool, Error> {
+        self.raw
+            .may(RStr::from(meta), RVec::from(member.to_vec()), global_time)
+            .into_result()
+            .map_err(Error::from)
+    }
+}
+
+/// A co-signer's answer to a double-member message another member proposes with this
+/// member as second author ([`Meta::cosign`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cosign<P> {
+    /// Refuse: nothing is sent back (the proposer's request times out).
+    Refuse,
+    /// Sign the message as proposed.
+    Sign,
+    /// Sign the message with this payload instead, written in the proposed message's
+    /// conversion.
+    Modify(P),
+    /// Sign the message with these bytes appended to its *encoded* payload. Raw bytes, not a
+    /// `P`: an encoded payload followed by more bytes is not always the encoding of a `P`, and
+    /// the proposer's check and handler must read it (a hand-written [`Payload`] can read an
+    /// optional tail; a [`Compact`] one ignores trailing bytes).
+    Append(Vec<u8>),
+}
+
+/// What the co-signer did with a double-member message this member proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Signed it unchanged.
+    Signed,
+    /// Signed it with another payload.
+    Modified,
+    /// Signed it with bytes appended to the payload (the new payload starts with the proposed
+    /// one and is longer).
+    Appended,
+    /// No answer in time: refused, unreachable, or the proposal could not be started.
+    Timeout,
+}
+
+/// The co-signer's answer to a proposal ([`Meta::on_cosigned`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cosigned<P> {
+    /// What the co-signer did.
+    pub answer: Answer,
+    /// The message as the co-signer signed it (the proposal for a timeout), its payload as
+    /// encoded bytes.
+    pub message: Message<Vec<u8>>,
+    /// The conversion the payload is written in.
+    pub conversion: Vec<u8>,
+    /// The payload decoded as `P`; `None` when it does not decode (appended bytes may make it
+    /// unreadable).
+    pub payload: Option<P>,
+}
+
 /// What [`Host::read`] selects besides the meta.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
@@ -654,6 +749,8 @@ trait MetaOps<C>: Send + Sync {
         json: &str,
     ) -> Result<(Vec<u8>, Vec<u8>), Error>;
     fn allow_signature(&self, community: &mut C, raw: &RawMessage) -> bool;
+    fn cosign(&self, community: &mut C, raw: &RawMessage) -> Result<abi::RawCosign, Error>;
+    fn cosigned(&self, community: &mut C, token: u64, answer: &abi::RawCosigned) -> bool;
 }
 
 /// Check function of a meta: one verdict per message.
@@ -661,6 +758,11 @@ pub type CheckFn<C, P> = fn(&mut C, &Message<P>) -> Verdict;
 /// Co-signing decision of a double-member meta: whether this member signs a message another
 /// member proposes.
 pub type AllowFn<C, P> = fn(&mut C, &Message<P>) -> bool;
+/// Co-signing answer of a double-member meta: refuse, sign, or sign a changed payload.
+pub type CosignFn<C, P> = fn(&mut C, &Message<P>) -> Cosign<P>;
+/// A double-member meta's decision on the co-signer's answer to a proposal of this member
+/// (with the token [`Host::propose`] returned): `true` publishes it.
+pub type CosignedFn<C, P> = fn(&mut C, u64, Cosigned<P>) -> bool;
 /// Handler of a meta: a batch of accepted messages.
 pub type HandleFn<C, P> = fn(&mut C, Vec<Message<P>>) -> Result<(), Error>;
 
@@ -674,6 +776,8 @@ pub struct Meta<C, P> {
     handle: HandleFn<C, P>,
     restore: Option<HandleFn<C, P>>,
     allow: AllowFn<C, P>,
+    cosign: Option<CosignFn<C, P>>,
+    cosigned: Option<CosignedFn<C, P>>,
     undoable: bool,
     payload: PhantomData<fn() -> P>,
 }
@@ -703,6 +807,8 @@ impl<C: Community, P: Payload> Meta<C, P> {
             handle: |_, _| Ok(()),
             restore: None,
             allow: |_, _| false,
+            cosign: None,
+            cosigned: None,
             undoable: false,
             payload: PhantomData,
         }
@@ -824,6 +930,26 @@ impl<C: Community, P: Payload> Meta<C, P> {
         self
     }
 
+    /// Sets the co-signing answer of a double-member meta: refuse, sign, sign with the payload
+    /// replaced ([`Cosign::Modify`]) or with bytes appended ([`Cosign::Append`]). It takes
+    /// precedence over [`Meta::allow_signature`] (the older yes-or-no form, still used when no
+    /// answer function is set). A changed message too large for a datagram is refused by the
+    /// host.
+    pub fn cosign(mut self, cosign: CosignFn<C, P>) -> Self {
+        self.cosign = Some(cosign);
+        self
+    }
+
+    /// Sets the decision on the co-signer's answer to a message this member proposed
+    /// ([`Host::propose`], with its token; the control API's proposals have token 0 and are
+    /// asked about only when changed): `true` adds this member's signature and publishes the
+    /// message as the co-signer signed it, `false` drops it. Called for a timeout too (its
+    /// result ignored). Without one, only an unchanged message is published.
+    pub fn on_cosigned(mut self, cosigned: CosignedFn<C, P>) -> Self {
+        self.cosigned = Some(cosigned);
+        self
+    }
+
     /// Declares the meta's messages undoable: their author may undo them (undo-own) and a
     /// member holding `undo` on the meta may undo anyone's (undo-other). Not undoable by
     /// default; an undo of a message of a meta that is not undoable is held invalid.
@@ -852,6 +978,60 @@ impl<C: Community, P: Payload> MetaOps<C> for Meta<C, P> {
 
     fn allow_signature(&self, community: &mut C, raw: &RawMessage) -> bool {
         decode_raw::<P>(raw).is_ok_and(|message| (self.allow)(community, &message))
+    }
+
+    fn cosign(&self, community: &mut C, raw: &RawMessage) -> Result<abi::RawCosign, Error> {
+        let answer = |kind, payload: Vec<u8>| abi::RawCosign {
+            kind,
+            payload: RVec::from(payload),
+        };
+        let Ok(message) = decode_raw::<P>(raw) else {
+            return Ok(answer(abi::cosign::REFUSE, Vec::new()));
+        };
+        let Some(cosign) = self.cosign else {
+            let allow = (self.allow)(community, &message);
+            let kind = if allow {
+                abi::cosign::SIGN
+            } else {
+                abi::cosign::REFUSE
+            };
+            return Ok(answer(kind, Vec::new()));
+        };
+        Ok(match cosign(community, &message) {
+            Cosign::Refuse => answer(abi::cosign::REFUSE, Vec::new()),
+            Cosign::Sign => answer(abi::cosign::SIGN, Vec::new()),
+            Cosign::Modify(payload) => {
+                answer(abi::cosign::MODIFY, payload.encode(&raw.conversion)?)
+            }
+            Cosign::Append(tail) => answer(abi::cosign::APPEND, tail),
+        })
+    }
+
+    fn cosigned(&self, community: &mut C, token: u64, raw: &abi::RawCosigned) -> bool {
+        let answer = match raw.kind {
+            abi::cosigned::SIGNED => Answer::Signed,
+            abi::cosigned::MODIFIED => Answer::Modified,
+            abi::cosigned::APPENDED => Answer::Appended,
+            _ => Answer::Timeout,
+        };
+        let Some(cosigned) = self.cosigned else {
+            return answer == Answer::Signed;
+        };
+        let m = &raw.message;
+        let cosigned_message = Cosigned {
+            answer,
+            message: Message {
+                meta: m.meta,
+                authors: m.authors.iter().map(|a| a.to_vec()).collect(),
+                global_time: m.global_time,
+                sequence_number: (m.sequence_number != 0).then_some(m.sequence_number),
+                source: None,
+                payload: m.payload.to_vec(),
+            },
+            conversion: m.conversion.to_vec(),
+            payload: P::decode(&m.conversion, &m.payload).ok(),
+        };
+        cosigned(community, token, cosigned_message)
     }
 
     fn check(&self, community: &mut C, raw: &RawMessage) -> Verdict {
@@ -1153,6 +1333,20 @@ impl<C: Community> CommunityApi for Instance<C> {
         self.mutating(|community, definition| {
             let ops = definition.ops(message.meta)?;
             Ok(ops.allow_signature(community, message))
+        })
+    }
+
+    fn cosign(&mut self, message: &RawMessage) -> RResult<abi::RawCosign, PluginError> {
+        self.mutating(|community, definition| {
+            definition.ops(message.meta)?.cosign(community, message)
+        })
+    }
+
+    fn cosigned(&mut self, token: u64, answer: &abi::RawCosigned) -> RResult<bool, PluginError> {
+        self.mutating(|community, definition| {
+            Ok(definition
+                .ops(answer.message.meta)?
+                .cosigned(community, token, answer))
         })
     }
 

@@ -86,6 +86,27 @@ pub struct Sent {
     pub global_time: u64,
 }
 
+/// A double-member message the community proposed through [`crate::sdk::Host::propose`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    /// The token the double returned (from 1).
+    pub token: u64,
+    /// The meta-message name.
+    pub meta: String,
+    /// The conversion the payload is written in.
+    pub conversion: Vec<u8>,
+    /// The encoded payload.
+    pub payload: Vec<u8>,
+    /// The co-signer's 33-byte public key.
+    pub co_signer: Vec<u8>,
+    /// The co-signer's address.
+    pub address: String,
+    /// The explicit candidates (`ip:port`).
+    pub candidates: Vec<String>,
+    /// The global time the double claimed for it.
+    pub global_time: u64,
+}
+
 /// What the double records, shared by the host handle the community owns and the test.
 #[derive(Debug, Default)]
 struct State {
@@ -101,6 +122,11 @@ struct State {
     stored: Vec<RawMessage>,
     /// Most messages per page of a read or a restore.
     read_page: u32,
+    /// What the community proposed, oldest first.
+    proposals: Vec<Proposal>,
+    /// Answers of `may` set by the test: (meta name, member as given, answer); any other
+    /// question about a known meta is answered `true`.
+    may: Vec<(String, Vec<u8>, bool)>,
 }
 
 /// The host side of the double, handed to the community as its `Host`.
@@ -188,6 +214,73 @@ impl HostApi for Recorder {
             _ => Level::Trace,
         };
         self.lock().logs.push((level, message.to_string()));
+    }
+
+    fn may(
+        &self,
+        meta: RStr<'_>,
+        member: RVec<u8>,
+        global_time: u64,
+    ) -> RResult<bool, PluginError> {
+        let _ = global_time;
+        let state = self.lock();
+        if !state.metas.iter().any(|m| m.as_str() == meta.as_str()) {
+            return RResult::RErr(PluginError::new(
+                abi::ERROR_HOST,
+                format!("no meta-message named {meta:?}"),
+            ));
+        }
+        if member.len() != 33 && member.len() != 20 {
+            return RResult::RErr(PluginError::new(
+                abi::ERROR_HOST,
+                "a member is a 33-byte key or a 20-byte id",
+            ));
+        }
+        let answer = state
+            .may
+            .iter()
+            .rev()
+            .find(|(m, who, _)| m.as_str() == meta.as_str() && who[..] == member[..])
+            .is_none_or(|(_, _, may)| *may);
+        RResult::ROk(answer)
+    }
+
+    fn propose(
+        &self,
+        meta: RStr<'_>,
+        conversion: RVec<u8>,
+        payload: RVec<u8>,
+        co_signer: RVec<u8>,
+        address: RString,
+        candidates: RVec<RString>,
+    ) -> RResult<u64, PluginError> {
+        let mut state = self.lock();
+        if !state.metas.iter().any(|m| m.as_str() == meta.as_str()) {
+            return RResult::RErr(PluginError::new(
+                abi::ERROR_HOST,
+                format!("no meta-message named {meta:?}"),
+            ));
+        }
+        if co_signer.len() != 33 {
+            return RResult::RErr(PluginError::new(
+                abi::ERROR_INVALID,
+                "the co-signer is a 33-byte public key",
+            ));
+        }
+        state.global_time += 1;
+        let token = state.proposals.len() as u64 + 1;
+        let global_time = state.global_time;
+        state.proposals.push(Proposal {
+            token,
+            meta: meta.to_string(),
+            conversion: conversion.into_vec(),
+            payload: payload.into_vec(),
+            co_signer: co_signer.into_vec(),
+            address: address.into_string(),
+            candidates: candidates.into_iter().map(RString::into_string).collect(),
+            global_time,
+        });
+        RResult::ROk(token)
     }
 
     fn read(&self, query: &abi::ReadQuery) -> RResult<abi::ReadPage, PluginError> {
@@ -472,6 +565,82 @@ impl<C: Community> TestHost<C> {
     pub fn allow_signature<P: Payload>(&mut self, message: &Message<P>) -> Result<bool, Error> {
         let raw = self.raw(message)?;
         Ok(self.instance.allow_signature(&raw).into_result()?)
+    }
+
+    /// This member's co-signing answer to `message`, proposed by another member with this
+    /// member as second author (a double-member meta's `Meta::cosign`, or its
+    /// `Meta::allow_signature`): a modified payload comes back decoded.
+    pub fn cosign<P: Payload>(&mut self, message: &Message<P>) -> Result<sdk::Cosign<P>, Error> {
+        let raw = self.raw(message)?;
+        let answer = self.instance.cosign(&raw).into_result()?;
+        Ok(match answer.kind {
+            abi::cosign::SIGN => sdk::Cosign::Sign,
+            abi::cosign::MODIFY => {
+                sdk::Cosign::Modify(P::decode(self.conversion(), &answer.payload)?)
+            }
+            abi::cosign::APPEND => sdk::Cosign::Append(answer.payload.into_vec()),
+            _ => sdk::Cosign::Refuse,
+        })
+    }
+
+    /// The double-member messages the community proposed ([`crate::sdk::Host::propose`]).
+    pub fn proposals(&self) -> Vec<Proposal> {
+        self.recorder.lock().proposals.clone()
+    }
+
+    /// Delivers the co-signer's answer to the proposal with `token` (the meta's
+    /// `Meta::on_cosigned`): the message as the co-signer signed it, authors this member
+    /// ([`member_key`]`(0)`) and the co-signer, with `payload` (the proposal's own for
+    /// [`sdk::Answer::Signed`] and [`sdk::Answer::Timeout`] when `None`). Returns whether the
+    /// community publishes it.
+    pub fn cosigned(
+        &mut self,
+        token: u64,
+        answer: sdk::Answer,
+        payload: Option<Vec<u8>>,
+    ) -> Result<bool, Error> {
+        let proposal = self
+            .proposals()
+            .into_iter()
+            .find(|p| p.token == token)
+            .ok_or_else(|| Error::invalid(format!("no proposal with token {token}")))?;
+        let meta = self
+            .definition
+            .metas
+            .iter()
+            .find(|m| m.name.as_str() == proposal.meta)
+            .map(|m| m.id)
+            .ok_or_else(|| Error::invalid(format!("no meta-message {:?}", proposal.meta)))?;
+        let raw = abi::RawCosigned {
+            kind: match answer {
+                sdk::Answer::Signed => abi::cosigned::SIGNED,
+                sdk::Answer::Modified => abi::cosigned::MODIFIED,
+                sdk::Answer::Appended => abi::cosigned::APPENDED,
+                sdk::Answer::Timeout => abi::cosigned::TIMEOUT,
+            },
+            message: RawMessage {
+                meta,
+                conversion: RVec::from(proposal.conversion),
+                authors: RVec::from(vec![
+                    RVec::from(member_key(0)),
+                    RVec::from(proposal.co_signer),
+                ]),
+                global_time: proposal.global_time,
+                sequence_number: 0,
+                source: RString::new(),
+                payload: RVec::from(payload.unwrap_or(proposal.payload)),
+            },
+        };
+        Ok(self.instance.cosigned(token, &raw).into_result()?)
+    }
+
+    /// Sets what `may(meta, member, _)` answers (at any global time); by default the double
+    /// answers `true` for every known meta.
+    pub fn set_may(&mut self, meta: &str, member: &[u8], may: bool) {
+        self.recorder
+            .lock()
+            .may
+            .push((meta.to_owned(), member.to_vec(), may));
     }
 
     /// Calls `Community::on_timer(token)` and forgets the first scheduled timer with that token

@@ -379,10 +379,36 @@ impl Sim {
                     let packets = self.stores[i].lookup(*community, lookup, *max_bytes);
                     self.nodes[i].handle_answer_read(now, *request, packets);
                 }
-                // The simulated plugins sign whatever does not ask to be refused.
+                // The simulated plugins sign whatever does not ask to be refused, replace a
+                // payload `modify:X` by `X`, append `+` to a payload `append:...` and 2,000
+                // bytes (too many for a datagram) to a payload `grow...`.
                 Event::SignatureAsked { ask, message, .. } => {
-                    let allow = !message.payload.starts_with(b"refuse");
-                    self.nodes[i].handle_signature_verdict(now, *ask, allow);
+                    let payload = &message.payload;
+                    let verdict = if payload.starts_with(b"refuse") {
+                        crate::signature::Cosign::Refuse
+                    } else if let Some(new) = payload.strip_prefix(b"modify:") {
+                        crate::signature::Cosign::Modify(new.to_vec())
+                    } else if payload.starts_with(b"append:") {
+                        crate::signature::Cosign::Append(b"+".to_vec())
+                    } else if payload.starts_with(b"grow") {
+                        crate::signature::Cosign::Append(vec![b'x'; 2_000])
+                    } else {
+                        crate::signature::Cosign::Sign
+                    };
+                    self.nodes[i].handle_cosign_verdict(now, *ask, verdict);
+                }
+                // The first author's simulated plugin takes every answer whose payload does
+                // not say `decline`.
+                Event::Cosigned {
+                    request,
+                    answer,
+                    message,
+                    ..
+                } => {
+                    if *answer != crate::signature::Answer::Timeout {
+                        let accept = !message.payload.windows(7).any(|w| w == b"decline");
+                        self.nodes[i].handle_cosigned(now, *request, accept);
+                    }
                 }
                 // The simulated plugins pass whatever of ours does not ask to be dropped.
                 Event::CheckCreated {

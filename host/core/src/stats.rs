@@ -111,6 +111,8 @@ pub enum Traffic {
     SignatureGiven,
     /// A co-signature refused (the plugin did not allow it, or did not answer in time).
     SignatureRefused,
+    /// A co-signer's answer to a message we proposed that our plugin declined.
+    SignatureDeclined,
 }
 
 impl Traffic {
@@ -139,6 +141,7 @@ impl Traffic {
         Traffic::MissingProofSent,
         Traffic::SignatureGiven,
         Traffic::SignatureRefused,
+        Traffic::SignatureDeclined,
     ];
 
     /// The stable name (the counter's key in the API and the metrics).
@@ -167,6 +170,7 @@ impl Traffic {
             Traffic::MissingProofSent => "missing-proof-sent",
             Traffic::SignatureGiven => "signature-given",
             Traffic::SignatureRefused => "signature-refused",
+            Traffic::SignatureDeclined => "signature-declined",
         }
     }
 }
@@ -292,7 +296,8 @@ pub enum DropReason {
     SignatureBusy,
     /// A signature-response to no signature-request of ours (or from another address).
     UnexpectedSignatureResponse,
-    /// A signature-response whose message differs from the one asked to sign.
+    /// A signature-response whose message differs from the one asked to sign in more than its
+    /// payload, or is too large with both signatures.
     SignatureResponseModified,
     /// A sync request whose bloom filter cannot be used.
     BadFilter,

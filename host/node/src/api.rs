@@ -12,7 +12,7 @@
 //! | DELETE | /v1/communities/{id} | leave: the node stops running it, and does not join it again at start; its stored messages stay |
 //! | POST | /v1/communities/{id}/join | join a left community again |
 //! | GET | /v1/communities/{id}/candidates | candidates with category and addresses |
-//! | POST | /v1/communities/{id}/messages | create a message: `{"meta": NAME, "payload": {...}}` |
+//! | POST | /v1/communities/{id}/messages | create a message: `{"meta": NAME, "payload": {...}}` (double-member: `"co_signer"`; 504 not signed in time, 409 changed by the co-signer and declined by the plugin) |
 //! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
 //! | GET | /v1/communities/{id}/timeline | the permission timeline: master, every record held (id, author, global time, kind, valid, grants or setting), what every member holds now (meta, permission, since, proof) and the dynamic metas' policies |
 //! | POST | /v1/communities/{id}/authorize | this node's member grants: `{"member": KEY_OR_ID_HEX, "grants": [{"meta": NAME, "permission": "permit"\|"authorize"\|"revoke"\|"undo"}]}` (`meta` may be `dynamic-settings` or `destroy-community`); 201 `{"global_time", "sequence_number", "record"}`, 403 with what the member lacks, 400 bad member, meta or permission |
@@ -519,9 +519,10 @@ async fn create_message(
     .map_err(|e| match e {
         CreateError::UnknownCommunity(_) => ApiError::not_found(e.to_string()),
         CreateError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-        CreateError::Signature(dispersy_core::signature::SignError::Timeout) => {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
-        }
+        CreateError::Signature(
+            dispersy_core::signature::SignError::Timeout
+            | dispersy_core::signature::SignError::Undecided,
+        ) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
         CreateError::Signature(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
         CreateError::Busy | CreateError::Checking(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())

@@ -105,12 +105,13 @@ pub enum Command {
         /// What the store did ([`dispersy_core::store::Report`]).
         report: Box<dispersy_core::store::Report>,
     },
-    /// A plugin decided whether to co-sign ([`Event::SignatureAsked`](dispersy_core::node::Event::SignatureAsked)).
+    /// A plugin decided whether and how to co-sign
+    /// ([`Event::SignatureAsked`](dispersy_core::node::Event::SignatureAsked)).
     SignatureVerdict {
         /// The question.
         ask: dispersy_core::node::RequestId,
-        /// Whether it signs.
-        allow: bool,
+        /// Refuse, sign, or sign a modified or extended payload.
+        verdict: dispersy_core::signature::Cosign,
     },
     /// A community thread ran its plugin's check on a message this node created
     /// ([`Event::CheckCreated`](dispersy_core::node::Event::CheckCreated)).
@@ -162,5 +163,46 @@ pub enum Command {
         community: CommunityId,
         /// The answer; `None` for an unknown community.
         reply: oneshot::Sender<Option<Vec<CandidateView>>>,
+    },
+    /// A plugin proposes a double-member message ([`HostApi::propose`](dispersy_plugin_api::abi::HostApi::propose),
+    /// [`dispersy_core::node::Node::propose`]): the co-signer's answer (or the expiry) goes back
+    /// to its thread as a [`crate::plugin::Job::Cosigned`] with `token`.
+    Propose {
+        /// The community.
+        community: CommunityId,
+        /// Meta-message name.
+        meta: String,
+        /// The conversion the plugin wrote `payload` in; `None`: the community's first.
+        conversion: Option<Box<[u8]>>,
+        /// Encoded payload.
+        payload: Vec<u8>,
+        /// The second author and its address.
+        co_signer: (dispersy_core::identity::PublicKey, SocketAddr),
+        /// Explicit destinations.
+        candidates: Vec<SocketAddr>,
+        /// The plugin's token for this proposal.
+        token: u64,
+    },
+    /// A plugin decided on a co-signer's answer
+    /// ([`Event::Cosigned`](dispersy_core::node::Event::Cosigned)).
+    Cosigned {
+        /// The request.
+        request: dispersy_core::node::RequestId,
+        /// Publish it (with this member's signature added) or drop it.
+        accept: bool,
+    },
+    /// A plugin's timeline question ([`dispersy_core::node::Node::may`]), answered on a
+    /// synchronous channel the plugin's thread waits on (bounded by its call deadline).
+    May {
+        /// The community.
+        community: CommunityId,
+        /// Meta-message name.
+        meta: String,
+        /// The member asked about.
+        member: dispersy_core::identity::MemberId,
+        /// At which global time.
+        global_time: u64,
+        /// The answer.
+        reply: std::sync::mpsc::SyncSender<Result<bool, dispersy_core::node::MayError>>,
     },
 }

@@ -14,8 +14,10 @@ use dispersy_core::identity::{CommunityId, KeyPair};
 use dispersy_core::node::{
     CreateError, Created, Event, FoundError, Incoming, Node, Refusal, RequestId,
 };
+use dispersy_core::signature::Answer;
 use dispersy_core::stats::{Counters, DropReason};
 use dispersy_core::time::Instant as CoreInstant;
+use dispersy_core::wire::CommunityMessage;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +72,9 @@ pub(crate) struct Protocol {
     /// The folder of the master keys of communities this node created (`runtime::MASTERS_DIR`):
     /// a community whose key is there is founded when it is joined.
     masters: Option<PathBuf>,
+    /// Double-member messages plugins proposed, by request: the plugin's token (bounded by the
+    /// core's `signature.max_pending`; every request ends in an `Event::Created`).
+    proposals: HashMap<RequestId, u64>,
 }
 
 impl Protocol {
@@ -95,6 +100,7 @@ impl Protocol {
             creating: HashMap::new(),
             founder: None,
             masters: None,
+            proposals: HashMap::new(),
         }
     }
 
@@ -290,8 +296,53 @@ impl Protocol {
             Command::CreatedChecked { request, verdict } => {
                 self.node.handle_created_check(now, request, verdict);
             }
-            Command::SignatureVerdict { ask, allow } => {
-                self.node.handle_signature_verdict(now, ask, allow);
+            Command::SignatureVerdict { ask, verdict } => {
+                self.node.handle_cosign_verdict(now, ask, verdict);
+            }
+            Command::Propose {
+                community,
+                meta,
+                conversion,
+                payload,
+                co_signer: (key, address),
+                candidates,
+                token,
+            } => {
+                let started = self.node.propose(
+                    now,
+                    community,
+                    &meta,
+                    conversion.as_deref(),
+                    payload.clone(),
+                    key.clone(),
+                    address,
+                    &candidates,
+                );
+                match started {
+                    Ok(request) => {
+                        self.proposals.insert(request, token);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%community, %meta, %error, "double-member message proposed by the plugin not started");
+                        if let Some(proposed) =
+                            self.unstarted(community, &meta, conversion, payload, key)
+                        {
+                            self.tell_cosigned(community, None, token, Answer::Timeout, proposed);
+                        }
+                    }
+                }
+            }
+            Command::Cosigned { request, accept } => {
+                self.node.handle_cosigned(now, request, accept);
+            }
+            Command::May {
+                community,
+                meta,
+                member,
+                global_time,
+                reply,
+            } => {
+                let _ = reply.try_send(self.node.may(&community, &meta, member, global_time));
             }
             Command::AnswerRead { request, packets } => {
                 self.node.handle_answer_read(now, request, packets);
@@ -314,6 +365,71 @@ impl Protocol {
             }
             Command::Candidates { community, reply } => {
                 let _ = reply.send(self.candidates(community, now));
+            }
+        }
+    }
+
+    /// The message a plugin proposed that could not be started, as its `cosigned` is told of
+    /// it (global time 0, the meta's type if the community has it, else 0); `None` when the
+    /// community has no definition (no plugin to tell).
+    fn unstarted(
+        &self,
+        community: CommunityId,
+        meta: &str,
+        conversion: Option<Box<[u8]>>,
+        payload: Vec<u8>,
+        co_signer: dispersy_core::identity::PublicKey,
+    ) -> Option<CommunityMessage> {
+        let definition = self
+            .node
+            .community(&community)
+            .and_then(|c| c.definition.as_ref());
+        let message_type = definition
+            .and_then(|d| d.meta_by_name(meta))
+            .map_or(0, |m| m.id);
+        let first = definition.and_then(|d| d.conversions.first().cloned());
+        let conversion = conversion
+            .and_then(|bytes| dispersy_core::wire::Conversion::new(&bytes).ok())
+            .or(first)?;
+        Some(CommunityMessage {
+            community,
+            message_type,
+            conversion,
+            authors: vec![self.node.key().public().clone(), co_signer],
+            global_time: 0,
+            sequence_number: None,
+            resolution_index: None,
+            relay_hops: None,
+            payload,
+            authority: None,
+        })
+    }
+
+    /// Hands the co-signer's answer to `request` (`None`: a proposal that never started) to
+    /// the community's thread, for its plugin's `cosigned(token, ...)`. When the thread cannot
+    /// take it, an answer is declined (nothing published) and an expiry is dropped.
+    fn tell_cosigned(
+        &mut self,
+        community: CommunityId,
+        request: Option<RequestId>,
+        token: u64,
+        answer: Answer,
+        message: CommunityMessage,
+    ) {
+        let job = Job::Cosigned {
+            request,
+            token,
+            answer,
+            message: Box::new(message),
+        };
+        let taken = match self.registry.as_ref().and_then(|r| r.worker(&community)) {
+            Some(worker) => worker.submit(job).map_err(|error| error.to_string()),
+            None => Err("the community has no plugin".to_owned()),
+        };
+        if let Err(reason) = taken {
+            tracing::debug!(%community, %reason, "the plugin was not asked about a co-signed message");
+            if let (Some(request), false) = (request, answer == Answer::Timeout) {
+                self.node.handle_cosigned(self.clock.now(), request, false);
             }
         }
     }
@@ -472,6 +588,16 @@ impl Protocol {
                          (a newer version of the plugin?): dropped and counted (GET /v1/communities, unreadable)"
                     );
                 }
+                Event::Cosigned {
+                    community,
+                    request,
+                    answer,
+                    message,
+                } => {
+                    // The control API's proposals are token 0.
+                    let token = self.proposals.get(&request).copied().unwrap_or(0);
+                    self.tell_cosigned(community, Some(request), token, answer, message);
+                }
                 Event::Created {
                     community,
                     request,
@@ -484,9 +610,12 @@ impl Protocol {
                         let _ = reply.send(result);
                     }
                     (None, Err(error)) => {
+                        self.proposals.remove(&request);
                         tracing::warn!(%community, %error, "message sent by the plugin not published");
                     }
-                    (None, Ok(_)) => {}
+                    (None, Ok(_)) => {
+                        self.proposals.remove(&request);
+                    }
                 },
                 Event::SendPackets { request, rows } => {
                     let job = SyncJob::Packets { request, ids: rows };

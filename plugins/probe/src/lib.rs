@@ -35,6 +35,19 @@
 //! - `linear-post` (8): the same payload, full-sync, Linear: only members holding a permit for
 //!   it in the permission timeline create it, and the others' wait for its proof
 //!   (`linear_posts`).
+//! - `deal` (9): double-member like `pact`, full-sync, with a payload whose end is open (a
+//!   [`Deal`]'s `tail`): it exercises co-signing with changes and plugin proposals. As the
+//!   co-signer (`Meta::cosign`) the probe refuses a negative amount, appends the bytes
+//!   `+cosigned` to a deal whose text starts with `append`, replaces a deal whose text starts
+//!   with `modify` by the same deal with the amount doubled and the text `modified`, and signs
+//!   the others unchanged. As the proposer (`Meta::on_cosigned`) it publishes every answer
+//!   except those whose text holds `decline` (`cosigned`: counts by answer, `declined`,
+//!   `last_token`); `deals` counts the deals handled. A post created here with the text
+//!   `propose KEYHEX IP:PORT TEXT` makes the plugin propose a deal `TEXT` (amount 1) to that
+//!   co-signer (`Host::propose`; `proposed` counts the tokens, `propose_error` the last
+//!   error), and a post `may META KEY_OR_ID_HEX GLOBAL_TIME` asks the host whether that member
+//!   may create that meta then (`Host::may`; `may` shows the last question and its answer or
+//!   error).
 //!
 //! The duplicate and fault detectors remember up to [`MAX_TRACKED`] messages or authors, enough
 //! for the largest benchmark.
@@ -141,6 +154,55 @@ impl Payload for Reply {
     }
 }
 
+/// The payload of a `deal`: a text, an amount and an open end (bytes a co-signer appended,
+/// shown in hexadecimal; empty when proposed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deal {
+    /// Up to 255 UTF-8 bytes.
+    pub text: String,
+    /// Any 64-bit amount (the co-signer refuses negative ones).
+    pub amount: i64,
+    /// The appended bytes in hexadecimal (empty: none).
+    #[serde(default)]
+    pub tail: String,
+}
+
+impl Payload for Deal {
+    // Conversion 1: a one-byte length, the UTF-8 text, the amount as 8 bytes big-endian, then
+    // the tail's bytes up to the end (no length: appending to the encoded payload extends it).
+    fn encode(&self, _conversion: &[u8]) -> Result<Vec<u8>, Error> {
+        let tail =
+            parse_hex(&self.tail).ok_or_else(|| Error::invalid("`tail` is not hexadecimal"))?;
+        Ok(Writer::new()
+            .short_str(&self.text)?
+            .i64(self.amount)
+            .raw(&tail)
+            .finish())
+    }
+
+    fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+        if conversion != [1] {
+            return Err(Error::invalid("unknown conversion"));
+        }
+        let mut reader = Reader::new(bytes);
+        let text = reader.short_str()?.to_owned();
+        let amount = reader.i64()?;
+        let tail = to_hex(reader.rest());
+        Ok(Deal { text, amount, tail })
+    }
+}
+
+/// What the probe's proposals of deals came to (`Meta::on_cosigned`).
+#[derive(Debug, Default)]
+struct CosignedCounts {
+    signed: u64,
+    modified: u64,
+    appended: u64,
+    timeout: u64,
+    declined: u64,
+    last_token: Option<u64>,
+}
+
 /// One instance of the probe community in a host.
 pub struct ProbeCommunity {
     host: Host,
@@ -185,6 +247,16 @@ pub struct ProbeCommunity {
     read_posts: Option<u64>,
     /// Pages that read took.
     read_pages: u64,
+    /// Deals handled (co-signed here or received).
+    deals: u64,
+    /// Deals proposed through `Host::propose` (tokens received).
+    proposed: u64,
+    /// The last error of `Host::propose`.
+    propose_error: Option<String>,
+    /// What the proposals came to.
+    cosigned: CosignedCounts,
+    /// The last timeline question (`Host::may`) and its answer.
+    may: Option<Value>,
 }
 
 impl ProbeCommunity {
@@ -258,6 +330,16 @@ impl ProbeCommunity {
             if message.source.is_none() && message.payload.text == "read posts" {
                 self.read_my_posts(message.global_time)?;
             }
+            if message.source.is_none()
+                && let Some(words) = message.payload.text.strip_prefix("propose ")
+            {
+                self.propose_deal(words);
+            }
+            if message.source.is_none()
+                && let Some(words) = message.payload.text.strip_prefix("may ")
+            {
+                self.ask_may(words);
+            }
             if self.known_posts.len() < MAX_TRACKED {
                 let author = message.authors.first().cloned().unwrap_or_default();
                 self.known_posts.insert((author, message.global_time));
@@ -315,6 +397,92 @@ impl ProbeCommunity {
                 global_time: message.payload.at,
             }
         }
+    }
+
+    /// `propose KEYHEX IP:PORT TEXT`: proposes a deal `TEXT` of amount 1 to that co-signer.
+    fn propose_deal(&mut self, words: &str) {
+        let mut parts = words.splitn(3, ' ');
+        let (Some(key), Some(address), Some(text)) = (parts.next(), parts.next(), parts.next())
+        else {
+            self.propose_error = Some("usage: propose KEYHEX IP:PORT TEXT".into());
+            return;
+        };
+        let Some(key) = parse_hex(key) else {
+            self.propose_error = Some("the co-signer's key is not hexadecimal".into());
+            return;
+        };
+        let deal = Deal {
+            text: text.to_owned(),
+            amount: 1,
+            tail: String::new(),
+        };
+        match self.host.propose("deal", &deal, &key, address, &[]) {
+            Ok(token) => {
+                self.proposed += 1;
+                self.cosigned.last_token = Some(token);
+            }
+            Err(error) => self.propose_error = Some(error.to_string()),
+        }
+    }
+
+    /// `may META KEY_OR_ID_HEX GLOBAL_TIME`: asks the host's timeline, keeps the answer.
+    fn ask_may(&mut self, words: &str) {
+        let parts: Vec<&str> = words.split(' ').collect();
+        let answer = match parts.as_slice() {
+            [meta, member, global_time] => match (parse_hex(member), global_time.parse::<u64>()) {
+                (Some(member), Ok(global_time)) => {
+                    match self.host.may(meta, &member, global_time) {
+                        Ok(may) => json!({ "meta": meta, "answer": may }),
+                        Err(error) => json!({ "meta": meta, "error": error.to_string() }),
+                    }
+                }
+                _ => json!({ "error": "bad member or global time" }),
+            },
+            _ => json!({ "error": "usage: may META KEY_OR_ID_HEX GLOBAL_TIME" }),
+        };
+        self.may = Some(answer);
+    }
+
+    /// The co-signer's answer to a deal another member proposes.
+    fn cosign_deal(&mut self, message: &Message<Deal>) -> Cosign<Deal> {
+        let deal = &message.payload;
+        if deal.amount < 0 {
+            Cosign::Refuse
+        } else if deal.text.starts_with("append") {
+            Cosign::Append(b"+cosigned".to_vec())
+        } else if deal.text.starts_with("modify") {
+            Cosign::Modify(Deal {
+                text: "modified".into(),
+                amount: deal.amount.saturating_mul(2),
+                tail: String::new(),
+            })
+        } else {
+            Cosign::Sign
+        }
+    }
+
+    /// The proposer's decision on the co-signer's answer: publish unless the text declines.
+    fn on_cosigned_deal(&mut self, token: u64, answer: Cosigned<Deal>) -> bool {
+        self.cosigned.last_token = Some(token);
+        match answer.answer {
+            Answer::Signed => self.cosigned.signed += 1,
+            Answer::Modified => self.cosigned.modified += 1,
+            Answer::Appended => self.cosigned.appended += 1,
+            Answer::Timeout => self.cosigned.timeout += 1,
+        }
+        let declines = answer
+            .payload
+            .as_ref()
+            .is_none_or(|deal| deal.text.contains("decline"));
+        if declines && answer.answer != Answer::Timeout {
+            self.cosigned.declined += 1;
+        }
+        !declines
+    }
+
+    fn on_deal(&mut self, messages: Vec<Message<Deal>>) -> Result<(), Error> {
+        self.deals += messages.len() as u64;
+        Ok(())
     }
 
     fn allow_pact(&mut self, message: &Message<Example>) -> bool {
@@ -447,6 +615,18 @@ impl Community for ProbeCommunity {
                     .check(Self::check_example)
                     .handle(Self::on_linear_post),
             )
+            .meta(
+                Meta::<Self, Deal>::new(9, "deal")
+                    .authentication(Authentication::DoubleMember)
+                    .distribution(Distribution::FullSync {
+                        sequence_numbers: false,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .cosign(Self::cosign_deal)
+                    .on_cosigned(Self::on_cosigned_deal)
+                    .handle(Self::on_deal),
+            )
     }
 
     fn create(host: Host) -> Result<Self, Error> {
@@ -474,6 +654,11 @@ impl Community for ProbeCommunity {
             live: false,
             read_posts: None,
             read_pages: 0,
+            deals: 0,
+            proposed: 0,
+            propose_error: None,
+            cosigned: CosignedCounts::default(),
+            may: None,
         })
     }
 
@@ -498,6 +683,18 @@ impl Community for ProbeCommunity {
             "live": self.live,
             "read_posts": self.read_posts,
             "read_pages": self.read_pages,
+            "deals": self.deals,
+            "proposed": self.proposed,
+            "propose_error": self.propose_error,
+            "cosigned": {
+                "signed": self.cosigned.signed,
+                "modified": self.cosigned.modified,
+                "appended": self.cosigned.appended,
+                "timeout": self.cosigned.timeout,
+                "declined": self.cosigned.declined,
+                "last_token": self.cosigned.last_token,
+            },
+            "may": self.may,
         })
     }
 
@@ -535,5 +732,139 @@ mod tests {
         assert!(long.encode(&[1]).is_err());
         let bad_utf8 = Writer::new().short_bytes(&[0xff]).unwrap().i64(1).finish();
         assert!(Example::decode(&[1], &bad_utf8).is_err());
+    }
+
+    fn deal(text: &str, amount: i64) -> Deal {
+        Deal {
+            text: text.into(),
+            amount,
+            tail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_deal_keeps_what_a_co_signer_appends() {
+        let bytes = deal("append", 3).encode(&[1]).unwrap();
+        let mut appended = bytes.clone();
+        appended.extend_from_slice(b"+cosigned");
+        let read = Deal::decode(&[1], &appended).unwrap();
+        assert_eq!(read.tail, to_hex(b"+cosigned"));
+        assert_eq!(read.encode(&[1]).unwrap(), appended);
+        assert_eq!(Deal::decode(&[1], &bytes).unwrap(), deal("append", 3));
+    }
+
+    #[test]
+    fn the_co_signer_refuses_signs_modifies_or_appends() {
+        use dispersy_plugin_api::testing::{TestHost, member_key};
+        let mut host = TestHost::<ProbeCommunity>::new().unwrap();
+        let proposal = |host: &TestHost<ProbeCommunity>, d: Deal| {
+            let mut m = host.message("deal", &member_key(1), 5, d).unwrap();
+            m.authors.push(member_key(0));
+            m
+        };
+        let answer = |host: &mut TestHost<ProbeCommunity>, d: Deal| {
+            let m = proposal(host, d);
+            host.cosign(&m).unwrap()
+        };
+        assert_eq!(answer(&mut host, deal("no", -1)), Cosign::Refuse);
+        assert_eq!(answer(&mut host, deal("plain", 1)), Cosign::Sign);
+        assert_eq!(
+            answer(&mut host, deal("append me", 1)),
+            Cosign::Append(b"+cosigned".to_vec())
+        );
+        assert_eq!(
+            answer(&mut host, deal("modify me", 2)),
+            Cosign::Modify(deal("modified", 4))
+        );
+        // A pact still answers through allow_signature (no cosign function).
+        let mut pact = host
+            .message(
+                "pact",
+                &member_key(1),
+                6,
+                Example {
+                    text: "p".into(),
+                    amount: -1,
+                },
+            )
+            .unwrap();
+        pact.authors.push(member_key(0));
+        assert_eq!(host.cosign(&pact).unwrap(), Cosign::Refuse);
+        assert!(!host.allow_signature(&pact).unwrap());
+    }
+
+    #[test]
+    fn a_post_proposes_a_deal_and_the_answer_is_published_unless_declined() {
+        use dispersy_plugin_api::testing::{TestHost, member_key};
+        let mut host = TestHost::<ProbeCommunity>::new().unwrap();
+        let text = format!(
+            "propose {} 192.0.2.9:7000 append this",
+            to_hex(&member_key(2))
+        );
+        let mut post = host
+            .message("post", &member_key(0), 1, Example { text, amount: 0 })
+            .unwrap();
+        post.source = None;
+        host.handle(&[post]).unwrap();
+        let proposals = host.proposals();
+        assert_eq!(proposals.len(), 1, "{:?}", host.status());
+        assert_eq!(proposals[0].meta, "deal");
+        assert_eq!(proposals[0].co_signer, member_key(2));
+        assert_eq!(proposals[0].address, "192.0.2.9:7000");
+        let token = proposals[0].token;
+        let mut appended = proposals[0].payload.clone();
+        appended.extend_from_slice(b"+cosigned");
+        assert!(
+            host.cosigned(token, Answer::Appended, Some(appended))
+                .unwrap()
+        );
+        let declined = deal("decline", 1).encode(&[1]).unwrap();
+        assert!(
+            !host
+                .cosigned(token, Answer::Modified, Some(declined))
+                .unwrap()
+        );
+        // A timeout is told (its answer is ignored by the host).
+        host.cosigned(token, Answer::Timeout, None).unwrap();
+        let status = host.status().unwrap();
+        assert_eq!(status["proposed"], 1);
+        assert_eq!(status["cosigned"]["appended"], 1);
+        assert_eq!(status["cosigned"]["modified"], 1);
+        assert_eq!(status["cosigned"]["declined"], 1);
+        assert_eq!(status["cosigned"]["timeout"], 1);
+        assert_eq!(status["cosigned"]["last_token"], token);
+    }
+
+    #[test]
+    fn a_post_asks_the_timeline_question() {
+        use dispersy_plugin_api::testing::{TestHost, member_key};
+        let mut host = TestHost::<ProbeCommunity>::new().unwrap();
+        host.set_may("linear-post", &member_key(3), false);
+        let ask = |host: &mut TestHost<ProbeCommunity>, text: String| {
+            let mut post = host
+                .message("post", &member_key(0), 1, Example { text, amount: 0 })
+                .unwrap();
+            post.source = None;
+            host.handle(&[post]).unwrap();
+            host.status().unwrap()["may"].clone()
+        };
+        let denied = ask(
+            &mut host,
+            format!("may linear-post {} 7", to_hex(&member_key(3))),
+        );
+        assert_eq!(denied["answer"], false);
+        let allowed = ask(
+            &mut host,
+            format!("may linear-post {} 7", to_hex(&member_key(4))),
+        );
+        assert_eq!(allowed["answer"], true);
+        let unknown = ask(
+            &mut host,
+            format!("may nothing {} 7", to_hex(&member_key(4))),
+        );
+        assert!(
+            unknown["error"].as_str().unwrap().contains("nothing"),
+            "{unknown}"
+        );
     }
 }

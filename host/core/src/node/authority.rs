@@ -725,3 +725,44 @@ fn insert_records<'a>(
     }
     inserted
 }
+
+/// Why [`Node::may`] has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MayError {
+    /// Not joined (or joined without a definition).
+    #[error("unknown community {0}")]
+    UnknownCommunity(CommunityId),
+    /// The community's plugin declares no meta-message of this name.
+    #[error("community has no meta-message {0:?}")]
+    UnknownMeta(String),
+}
+
+impl Node {
+    /// The plugins' timeline question: whether `member` may create a message of the plugin
+    /// meta `meta` at `global_time`, by the community's timeline as it stands now. Public
+    /// resolution: always; Linear: iff it holds `permit` on the meta then; Dynamic: by the
+    /// policy in force then (Public, or Linear and the permit). Built-in metas are not asked
+    /// about (their rules are the timeline's own).
+    pub fn may(
+        &self,
+        community: &CommunityId,
+        meta: &str,
+        member: MemberId,
+        global_time: u64,
+    ) -> Result<bool, MayError> {
+        let c = self
+            .communities
+            .get(community)
+            .ok_or(MayError::UnknownCommunity(*community))?;
+        let meta = c
+            .definition
+            .as_ref()
+            .ok_or(MayError::UnknownCommunity(*community))?
+            .meta_by_name(meta)
+            .ok_or_else(|| MayError::UnknownMeta(meta.to_owned()))?;
+        Ok(meta.resolution == Resolution::Public
+            || c.timeline
+                .may(member, Subject::Community(meta.id), global_time)
+                .is_allowed())
+    }
+}

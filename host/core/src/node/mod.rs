@@ -14,6 +14,10 @@
 //! - [`Node::create_message`]: sign a member-authenticated message and have its plugin check it
 //!   (ends in [`Event::Created`]);
 //! - [`Node::request_signature`]: start a double-member message (ends in [`Event::Created`]).
+//! - [`Node::propose`]: start a double-member message for a plugin (its plugin decides on the
+//!   answer, [`Event::Cosigned`]; ends in [`Event::Created`]).
+//! - [`Node::may`]: whether a member may create a message of a meta at a global time (the
+//!   plugin's timeline question).
 //! - [`Node::found`]: sign with the community's master key the authorize that gives this
 //!   node's member the first permits (published at once).
 //!
@@ -30,6 +34,10 @@
 //! - [`Node::handle_signature_verdict`]: a plugin's answer to an [`Event::SignatureAsked`];
 //! - [`Node::handle_created_check`]: a plugin's check of a message we created
 //!   ([`Event::CheckCreated`]).
+//! - [`Node::handle_cosign_verdict`]: a plugin's answer (refuse, sign, modify, append) to an
+//!   [`Event::SignatureAsked`];
+//! - [`Node::handle_cosigned`]: a plugin's decision on a co-signer's answer
+//!   ([`Event::Cosigned`]).
 //!
 //! Events, what the driver must do (answers carry the event's [`RequestId`]):
 //! - [`Event::Messages`]: check, store and handle verified messages of one meta (answered by
@@ -47,6 +55,8 @@
 //! - [`Event::Prune`]: delete a meta's messages below a global time;
 //! - [`Event::SignatureAsked`]: ask a plugin whether it co-signs a message;
 //! - [`Event::Created`]: a message we created (or co-signed) is published, or why not;
+//! - [`Event::Cosigned`]: the co-signer answered a double-member message we proposed (or it
+//!   expired): ask the plugin whether to publish it (answered by [`Node::handle_cosigned`]);
 //! - [`Event::Unreadable`]: a peer sent a meta in a conversion the plugin does not read, the
 //!   first time for this (community, meta, conversion): tell the operator (nothing to answer).
 //!
@@ -87,8 +97,8 @@ use crate::stats::{DropReason, Stats, Traffic};
 use crate::time::Instant;
 use crate::wire::{self, CommunityMessage, ConnectionType, DecodeError, MissingIdentity, Packet};
 pub use authority::{
-    AuthorityCreated, AuthorityError, FoundError, GrantView, HoldingView, PolicyView, RecordView,
-    TimelineView,
+    AuthorityCreated, AuthorityError, FoundError, GrantView, HoldingView, MayError, PolicyView,
+    RecordView, TimelineView,
 };
 
 /// The node's tunables. Defaults are the original's values (DESIGN.md §7).
@@ -301,6 +311,21 @@ pub enum Event {
         request: RequestId,
         /// What became of it.
         result: Result<Created, CreateError>,
+    },
+    /// The co-signer answered the double-member message `request` we proposed: ask the
+    /// community's plugin whether to publish `message` (as the co-signer signed it) and answer
+    /// with [`Node::handle_cosigned`]. For [`crate::signature::Answer::Timeout`] (only for
+    /// [`Node::propose`]) `message` is the proposed one and nothing is answered. See
+    /// [`crate::signature`] for when it is emitted.
+    Cosigned {
+        /// The community.
+        community: CommunityId,
+        /// The request ([`Node::request_signature`], [`Node::propose`]).
+        request: RequestId,
+        /// What the co-signer did.
+        answer: crate::signature::Answer,
+        /// The message as the co-signer signed it.
+        message: CommunityMessage,
     },
     /// Read the packets of these rows and hand them to [`Node::handle_packets_read`].
     SendPackets {

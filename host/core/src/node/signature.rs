@@ -1,15 +1,16 @@
 //! The node's side of double-member co-signing (the rules and bounds are in
-//! [`crate::signature`]): [`Node::request_signature`] on the first author's side, the
-//! signature-request handler and [`Node::handle_signature_verdict`] on the co-signer's side, the
-//! signature-response that completes the message and hands it to our plugin's check before
-//! it is published, and the expiry of both.
+//! [`crate::signature`]): [`Node::request_signature`] and [`Node::propose`] on the first
+//! author's side, the signature-request handler and [`Node::handle_cosign_verdict`] on the
+//! co-signer's side, the signature-response classified and, when our plugin must decide,
+//! [`Event::Cosigned`] answered by [`Node::handle_cosigned`], the message completed and handed
+//! to our plugin's check before it is published, and the expiry of all.
 
 use std::net::SocketAddr;
 
 use super::{CreateError, Event, Node, RequestId};
 use crate::identity::{CommunityId, PublicKey};
 use crate::meta::Authentication;
-use crate::signature::{Asked, Pending, SignError};
+use crate::signature::{Answer, Answered, Asked, Consult, Cosign, Pending, SignError};
 use crate::stats::{DropReason, Traffic};
 use crate::time::Instant;
 use crate::wire::{CommunityMessage, Packet, SignatureRequest, SignatureResponse, SignedMessage};
@@ -37,7 +38,9 @@ impl Node {
 
     /// [`Node::request_signature`] with `payload` written in `conversion`, which the plugin
     /// chose (`None`: the community's first; one the community does not list is refused,
-    /// [`CreateError::UnknownConversion`]).
+    /// [`CreateError::UnknownConversion`]). An unchanged answer is published at once; a changed
+    /// one (the co-signer modified or appended to the payload) only once the driver's answer to
+    /// [`Event::Cosigned`] accepts it.
     #[allow(clippy::too_many_arguments)]
     pub fn request_signature_in(
         &mut self,
@@ -49,6 +52,39 @@ impl Node {
         co_signer: PublicKey,
         to: SocketAddr,
         candidates: &[SocketAddr],
+    ) -> Result<RequestId, CreateError> {
+        let proposal = (meta, conversion, payload, co_signer, to, candidates);
+        self.start_signature(now, community, proposal, Consult::Changed)
+    }
+
+    /// A double-member message a plugin proposes: like [`Node::request_signature_in`], but the
+    /// driver is asked about every answer ([`Event::Cosigned`], unchanged ones too, answered by
+    /// [`Node::handle_cosigned`]) and told of the expiry ([`Answer::Timeout`], before the
+    /// request's [`Event::Created`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn propose(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        meta: &str,
+        conversion: Option<&[u8]>,
+        payload: Vec<u8>,
+        co_signer: PublicKey,
+        to: SocketAddr,
+        candidates: &[SocketAddr],
+    ) -> Result<RequestId, CreateError> {
+        let proposal = (meta, conversion, payload, co_signer, to, candidates);
+        self.start_signature(now, community, proposal, Consult::Always)
+    }
+
+    /// Claims the global time of a proposed double-member message and sends the
+    /// signature-request.
+    fn start_signature(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        (meta, conversion, payload, co_signer, to, candidates): Proposal<'_>,
+        consult: Consult,
     ) -> Result<RequestId, CreateError> {
         if self.signing.len() >= self.config.signature.max_pending {
             return Err(CreateError::Busy);
@@ -84,9 +120,9 @@ impl Node {
         };
         let descriptor = message.descriptor();
         // Two signatures and the envelope: what the final message will take.
-        if descriptor.len() + 160 > self.config.max_datagram {
+        if descriptor.len() + SIGNED_OVERHEAD > self.config.max_datagram {
             return Err(CreateError::TooLarge {
-                len: descriptor.len() + 160,
+                len: descriptor.len() + SIGNED_OVERHEAD,
                 max: self.config.max_datagram,
             });
         }
@@ -111,6 +147,8 @@ impl Node {
                 to,
                 candidates: candidates.to_vec(),
                 deadline: now + self.config.signature.timeout,
+                consult,
+                answered: None,
             },
         );
         Ok(request)
@@ -170,17 +208,44 @@ impl Node {
         Ok(())
     }
 
-    /// Our plugin's verdict on [`Event::SignatureAsked`] `ask`: when allowed, our signature
-    /// goes back to the requester.
+    /// Our plugin's yes or no on [`Event::SignatureAsked`] `ask` (the older form of
+    /// [`Node::handle_cosign_verdict`]: `true` signs the message as proposed).
     pub fn handle_signature_verdict(&mut self, now: Instant, ask: RequestId, allow: bool) {
+        let verdict = if allow { Cosign::Sign } else { Cosign::Refuse };
+        self.handle_cosign_verdict(now, ask, verdict);
+    }
+
+    /// Our plugin's answer to [`Event::SignatureAsked`] `ask`: unless it refuses, our signature
+    /// over the message (its payload replaced or extended as the answer says) goes back to the
+    /// requester. A changed message that would not fit a datagram with both signatures is
+    /// refused. Either way refusals are counted ([`Traffic::SignatureRefused`]).
+    pub fn handle_cosign_verdict(&mut self, now: Instant, ask: RequestId, verdict: Cosign) {
         let Some(asked) = self.asked.remove(&ask) else {
             return;
         };
-        if !allow || asked.deadline <= now {
-            self.stats.packets.bump(Traffic::SignatureRefused);
-            return;
-        }
-        let signature = self.key.sign(&asked.descriptor).to_vec();
+        let changed = !matches!(verdict, Cosign::Sign);
+        let payload = match verdict.payload(&asked.message.payload) {
+            Some(payload) if asked.deadline > now => payload,
+            _ => {
+                self.stats.packets.bump(Traffic::SignatureRefused);
+                return;
+            }
+        };
+        let (message, descriptor) = if changed {
+            let message = CommunityMessage {
+                payload,
+                ..asked.message
+            };
+            let descriptor = message.descriptor();
+            if descriptor.len() + SIGNED_OVERHEAD > self.config.max_datagram {
+                self.stats.packets.bump(Traffic::SignatureRefused);
+                return;
+            }
+            (message, descriptor)
+        } else {
+            (asked.message, asked.descriptor)
+        };
+        let signature = self.key.sign(&descriptor).to_vec();
         let session = self.sessions.id(&asked.from).unwrap_or(0);
         self.stats.packets.bump(Traffic::SignatureGiven);
         self.send(
@@ -188,15 +253,16 @@ impl Node {
             Packet::SignatureResponse(SignatureResponse {
                 session,
                 request: asked.request,
-                message: asked.message,
-                descriptor: asked.descriptor,
+                message,
+                descriptor,
                 signer: 1,
                 signature,
             }),
         );
     }
 
-    /// The co-signer's signature: checked, completed with ours, published.
+    /// The co-signer's signature: checked, classified and, when our plugin must decide,
+    /// handed to it ([`Event::Cosigned`]); otherwise completed with ours and published.
     pub(super) fn on_signature_response(
         &mut self,
         now: Instant,
@@ -206,35 +272,104 @@ impl Node {
         let matches = self
             .signing
             .get(&RequestId(m.request))
-            .is_some_and(|p| p.to == from && m.signer == 1);
+            .is_some_and(|p| p.to == from && m.signer == 1 && p.answered.is_none());
         if !matches {
             return Err(DropReason::UnexpectedSignatureResponse);
         }
-        let Some(pending) = self.signing.remove(&RequestId(m.request)) else {
+        let request = RequestId(m.request);
+        let Some(mut pending) = self.signing.remove(&request) else {
             return Err(DropReason::UnexpectedSignatureResponse);
         };
-        if m.descriptor != pending.descriptor {
+        let answer = if m.descriptor == pending.descriptor {
+            Answer::Signed
+        } else if only_payload_differs(&pending.message, &m.message)
+            && m.descriptor.len() + SIGNED_OVERHEAD <= self.config.max_datagram
+        {
+            Answer::of(&pending.message.payload, &m.message.payload)
+        } else {
             self.push_event(Event::Created {
                 community: pending.community,
-                request: RequestId(m.request),
+                request,
                 result: Err(SignError::Modified.into()),
             });
             return Err(DropReason::SignatureResponseModified);
-        }
+        };
         // The co-signer's signature was checked when its response was decoded, over these
-        // very bytes; ours is made here. Our plugin checks it before it is published.
-        let mine = self.key.sign(&pending.descriptor).to_vec();
-        let signed =
-            SignedMessage::checked(pending.message, pending.descriptor, vec![mine, m.signature]);
+        // very bytes.
+        let answered = Answered {
+            message: m.message,
+            descriptor: m.descriptor,
+            signature: m.signature,
+        };
+        if answer == Answer::Signed && pending.consult == Consult::Changed {
+            self.complete_signature(now, request, pending, answered);
+            return Ok(());
+        }
+        self.push_event(Event::Cosigned {
+            community: pending.community,
+            request,
+            answer,
+            message: answered.message.clone(),
+        });
+        pending.answered = Some(answered);
+        pending.deadline = now + self.config.check_timeout;
+        self.signing.insert(request, pending);
+        Ok(())
+    }
+
+    /// Our plugin's decision on the co-signer's answer to `request` ([`Event::Cosigned`]):
+    /// accepted, the message is completed with our signature and checked before it is
+    /// published; declined, nothing is sent or stored, the decline is counted
+    /// ([`Traffic::SignatureDeclined`]) and [`Event::Created`] reports
+    /// [`SignError::Declined`]. An answer for an unknown or expired request is ignored.
+    pub fn handle_cosigned(&mut self, now: Instant, request: RequestId, accept: bool) {
+        let answered = self
+            .signing
+            .get(&request)
+            .is_some_and(|p| p.answered.is_some());
+        if !answered {
+            return;
+        }
+        let Some(mut pending) = self.signing.remove(&request) else {
+            return;
+        };
+        let Some(answer) = pending.answered.take() else {
+            return;
+        };
+        if accept {
+            self.complete_signature(now, request, pending, answer);
+        } else {
+            self.stats.packets.bump(Traffic::SignatureDeclined);
+            self.push_event(Event::Created {
+                community: pending.community,
+                request,
+                result: Err(SignError::Declined.into()),
+            });
+        }
+    }
+
+    /// Adds our signature to the co-signed `answer` and hands it to our plugin's check.
+    fn complete_signature(
+        &mut self,
+        now: Instant,
+        request: RequestId,
+        pending: Pending,
+        answer: Answered,
+    ) {
+        let mine = self.key.sign(&answer.descriptor).to_vec();
+        let signed = SignedMessage::checked(
+            answer.message,
+            answer.descriptor,
+            vec![mine, answer.signature],
+        );
         let deadline = now + self.config.check_timeout;
         self.check_created(
-            RequestId(m.request),
+            request,
             pending.community,
             signed,
             pending.candidates,
             deadline,
         );
-        Ok(())
     }
 
     /// Gives up on signatures not given in time, and on verdicts not taken in time.
@@ -246,14 +381,55 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for request in expired {
-            if let Some(pending) = self.signing.remove(&request) {
-                self.push_event(Event::Created {
-                    community: pending.community,
-                    request,
-                    result: Err(SignError::Timeout.into()),
-                });
-            }
+            let Some(pending) = self.signing.remove(&request) else {
+                continue;
+            };
+            let error = if pending.answered.is_some() {
+                SignError::Undecided
+            } else {
+                if pending.consult == Consult::Always {
+                    self.push_event(Event::Cosigned {
+                        community: pending.community,
+                        request,
+                        answer: Answer::Timeout,
+                        message: pending.message,
+                    });
+                }
+                SignError::Timeout
+            };
+            self.push_event(Event::Created {
+                community: pending.community,
+                request,
+                result: Err(error.into()),
+            });
         }
         self.asked.retain(|_, a| a.deadline > now);
+    }
+}
+
+/// What a proposed double-member message is: meta name, conversion, payload, co-signer, its
+/// address, extra destinations.
+type Proposal<'a> = (
+    &'a str,
+    Option<&'a [u8]>,
+    Vec<u8>,
+    PublicKey,
+    SocketAddr,
+    &'a [SocketAddr],
+);
+
+/// What two signatures and the collection envelope add to a descriptor: a co-signed message
+/// whose descriptor leaves less than this of the datagram budget is refused.
+const SIGNED_OVERHEAD: usize = 160;
+
+/// Whether `answered` is `proposed` with at most its payload changed (the only change a
+/// co-signer may make).
+fn only_payload_differs(proposed: &CommunityMessage, answered: &CommunityMessage) -> bool {
+    CommunityMessage {
+        payload: Vec::new(),
+        ..proposed.clone()
+    } == CommunityMessage {
+        payload: Vec::new(),
+        ..answered.clone()
     }
 }

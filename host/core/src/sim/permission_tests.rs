@@ -246,6 +246,26 @@ fn a_permit_lets_a_member_publish_a_linear_meta_and_others_wait_for_proof_then_e
         );
     }
     assert_digests_equal(&sim, 1..=4);
+    // The plugins' timeline question: A may from T on, not before; B never; Public for all.
+    for i in 1..=4 {
+        let node = &sim.nodes[i];
+        assert_eq!(
+            node.may(&id(), "decree", member(a), t),
+            Ok(true),
+            "node {i}"
+        );
+        assert_eq!(
+            node.may(&id(), "decree", member(a), t - 1),
+            Ok(false),
+            "node {i}"
+        );
+        assert_eq!(
+            node.may(&id(), "decree", member(b), t),
+            Ok(false),
+            "node {i}"
+        );
+        assert_eq!(node.may(&id(), "post", member(b), t), Ok(true), "node {i}");
+    }
 
     // A holds the permit: its decree reaches everyone.
     sim.create(a, id(), "decree", b"by a".to_vec(), &[])
@@ -448,6 +468,10 @@ fn a_dynamic_meta_switched_to_linear_needs_a_permit_from_the_next_global_time() 
         sim.create(d, id(), "notice", b"now".to_vec(), &[]),
         Err(CreateError::NotPermitted("notice".into()))
     );
+    // The plugins' timeline question follows the policy in force at the global time asked.
+    let node = &sim.nodes[d];
+    assert_eq!(node.may(&id(), "notice", member(d), t), Ok(true));
+    assert_eq!(node.may(&id(), "notice", member(d), t + 1), Ok(false));
     sim.run_for(SPREAD);
     assert!(!handed(&sim, b, &after.packet));
     assert_digests_equal(&sim, 1..=3);

@@ -1641,3 +1641,222 @@ fn a_redefined_community_keeps_its_candidates_and_sync_and_uses_the_new_definiti
     assert!(received(&sim, 1, b"after"), "it goes on syncing");
     assert!(received(&sim, 3, b"from the new version"));
 }
+
+// Double-member signing with a changed answer (modify, append) and plugin proposals.
+
+/// The co-signed pacts (meta 8) of `first` stored at node `i`, decoded.
+fn stored_pacts(sim: &Sim, i: usize, first: MemberId) -> Vec<wire::SignedMessage> {
+    sim.stores[i]
+        .rows
+        .iter()
+        .filter(|k| k.meta == 8 && k.member == first)
+        .map(|k| wire::SignedMessage::decode(&k.packet).expect("verifies"))
+        .collect()
+}
+
+/// What [`Event::Cosigned`] said of `request` among `events`.
+fn cosigned(
+    events: &[Event],
+    request: crate::node::RequestId,
+) -> Vec<(crate::signature::Answer, Vec<u8>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Cosigned {
+                request: r,
+                answer,
+                message,
+                ..
+            } if *r == request => Some((*answer, message.payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_co_signer_that_modifies_the_payload_gets_the_changed_message_published_once_accepted() {
+    use crate::signature::Answer;
+    let mut sim = public_network(4);
+    sim.run_for(Duration::from_secs(10));
+    let co_signer = Sim::key(3).public().clone();
+    let (to, now) = (sim.address(2), sim.now);
+    let request = sim.nodes[1]
+        .request_signature(
+            now,
+            id(),
+            "pact",
+            b"modify:new".to_vec(),
+            co_signer,
+            to,
+            &[],
+        )
+        .expect("requested");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        cosigned(&sim.events[1], request),
+        vec![(Answer::Modified, b"new".to_vec())]
+    );
+    assert!(matches!(created(&sim.events[1], request), Some(Ok(_))));
+    sim.run_for(Duration::from_secs(120));
+    let first = Sim::key(2).public().member_id();
+    for i in 1..=4 {
+        let pacts = stored_pacts(&sim, i, first);
+        assert_eq!(pacts.len(), 1, "node {i}");
+        assert_eq!(pacts[0].message.payload, b"new", "node {i}");
+    }
+}
+
+#[test]
+fn a_changed_answer_the_first_author_declines_is_dropped_and_counted() {
+    let mut sim = public_network(3);
+    sim.run_for(Duration::from_secs(10));
+    let co_signer = Sim::key(3).public().clone();
+    let (to, now) = (sim.address(2), sim.now);
+    let request = sim.nodes[1]
+        .request_signature(
+            now,
+            id(),
+            "pact",
+            b"modify:decline".to_vec(),
+            co_signer,
+            to,
+            &[],
+        )
+        .expect("requested");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        created(&sim.events[1], request),
+        Some(Err(CreateError::Signature(
+            crate::signature::SignError::Declined
+        )))
+    );
+    assert_eq!(
+        sim.nodes[1].stats().packets.get(Traffic::SignatureDeclined),
+        1
+    );
+    sim.run_for(Duration::from_secs(60));
+    assert!((1..=3).all(|i| sim.stores[i].rows.iter().all(|k| k.meta != 8)));
+}
+
+#[test]
+fn a_proposed_message_the_co_signer_appends_to_is_classified_and_published_with_both_signatures() {
+    use crate::signature::Answer;
+    let mut sim = public_network(4);
+    sim.run_for(Duration::from_secs(10));
+    let co_signer = Sim::key(3).public().clone();
+    let (to, now) = (sim.address(2), sim.now);
+    let request = sim.nodes[1]
+        .propose(
+            now,
+            id(),
+            "pact",
+            None,
+            b"append:deal".to_vec(),
+            co_signer.clone(),
+            to,
+            &[],
+        )
+        .expect("proposed");
+    // A proposal asks the plugin about an unchanged answer too.
+    let (now, to1) = (sim.now, sim.address(1));
+    let plain = sim.nodes[3]
+        .propose(
+            now,
+            id(),
+            "pact",
+            None,
+            b"plain".to_vec(),
+            Sim::key(2).public().clone(),
+            to1,
+            &[],
+        )
+        .expect("proposed");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        cosigned(&sim.events[1], request),
+        vec![(Answer::Appended, b"append:deal+".to_vec())]
+    );
+    assert_eq!(
+        cosigned(&sim.events[3], plain),
+        vec![(Answer::Signed, b"plain".to_vec())]
+    );
+    assert!(matches!(created(&sim.events[1], request), Some(Ok(_))));
+    assert!(matches!(created(&sim.events[3], plain), Some(Ok(_))));
+    sim.run_for(Duration::from_secs(120));
+    let first = Sim::key(2).public().member_id();
+    for i in 1..=4 {
+        let pacts = stored_pacts(&sim, i, first);
+        assert_eq!(pacts.len(), 1, "node {i}");
+        assert_eq!(pacts[0].message.payload, b"append:deal+", "node {i}");
+        assert_eq!(pacts[0].message.authors[1], co_signer, "node {i}");
+    }
+}
+
+#[test]
+fn a_refused_proposal_times_out_and_its_plugin_is_told() {
+    use crate::signature::Answer;
+    let mut sim = public_network(3);
+    sim.run_for(Duration::from_secs(10));
+    let co_signer = Sim::key(3).public().clone();
+    let (to, now) = (sim.address(2), sim.now);
+    let refused = sim.nodes[1]
+        .propose(
+            now,
+            id(),
+            "pact",
+            None,
+            b"refuse".to_vec(),
+            co_signer.clone(),
+            to,
+            &[],
+        )
+        .expect("proposed");
+    // An answer too large for a datagram with both signatures is refused by the co-signer.
+    let grown = sim.nodes[1]
+        .propose(
+            now,
+            id(),
+            "pact",
+            None,
+            b"grow".to_vec(),
+            co_signer,
+            to,
+            &[],
+        )
+        .expect("proposed");
+    sim.run_for(Duration::from_secs(11));
+    for (request, payload) in [(refused, &b"refuse"[..]), (grown, &b"grow"[..])] {
+        assert_eq!(
+            cosigned(&sim.events[1], request),
+            vec![(Answer::Timeout, payload.to_vec())]
+        );
+        assert_eq!(
+            created(&sim.events[1], request),
+            Some(Err(CreateError::Signature(
+                crate::signature::SignError::Timeout
+            )))
+        );
+    }
+    assert_eq!(
+        sim.nodes[2].stats().packets.get(Traffic::SignatureRefused),
+        2
+    );
+    assert!((1..=3).all(|i| sim.stores[i].rows.iter().all(|k| k.meta != 8)));
+}
+
+#[test]
+fn may_answers_the_timeline_question_for_plugin_metas() {
+    let mut sim = public_network(1);
+    sim.run_for(Duration::from_secs(1));
+    let member = Sim::key(2).public().member_id();
+    assert_eq!(sim.nodes[1].may(&id(), "post", member, 5), Ok(true));
+    assert_eq!(
+        sim.nodes[1].may(&id(), "nothing", member, 5),
+        Err(crate::node::MayError::UnknownMeta("nothing".into()))
+    );
+    let other = CommunityId([9; 20]);
+    assert_eq!(
+        sim.nodes[1].may(&other, "post", member, 5),
+        Err(crate::node::MayError::UnknownCommunity(other))
+    );
+}

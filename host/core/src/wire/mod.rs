@@ -59,6 +59,15 @@
 //!   gives at the message's global time, not by the index (as the original did), and pushes its
 //!   dynamic-settings records back to a sender whose index disagrees.
 //!
+//! # Co-signing: the signature-response
+//!
+//! A [`SignatureResponse`] carries the message the co-signer signed (its own descriptor and its
+//! one signature, by the second author). It may differ from the [`SignatureRequest`]'s in its
+//! payload only (the original's Allow=Modify and Allow=Append); community, meta, conversion,
+//! both members, global time and the absent sequence number, resolution index and relay hops
+//! are the request's, or the first author drops it. The first author signs the descriptor of
+//! the response, not of its request. See [`crate::signature`].
+//!
 //! Layout, by concern: `packet` holds the domain types; `decoding` turns datagrams into them (one
 //! `from_proto` per packet kind, dispatched by [`decode`]) and `encoding` back ([`Packet::encode`],
 //! one `to_proto` per kind, and the signing of community messages); `authority` reads and writes

@@ -1,6 +1,7 @@
 //! The host side of one community instance: `HostHandle`, what the plugin calls (it never
-//! blocks: it reads snapshots or enqueues; only `read` waits for the store, on the plugin's own
-//! thread, bounded), and [`Shared`], the state the protocol task, the
+//! blocks: it reads snapshots or enqueues; only `read` waits for the store and `may` for the
+//! protocol task's answer from the permission timeline, on the plugin's own thread, bounded by
+//! the call deadline), and [`Shared`], the state the protocol task, the
 //! worker thread, the host handle and the control API share (snapshots, counters, the recent
 //! deliveries, the plugin's timers).
 
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
-use dispersy_core::identity::{CommunityId, PublicKey};
+use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
 use dispersy_core::stats::DropReason;
 use dispersy_plugin_api::abi::{self, CandidateInfo, HostApi, PluginError};
 use tokio::sync::mpsc;
@@ -227,6 +228,9 @@ pub struct Shared {
     pub(super) versions: Mutex<(String, Option<String>)>,
     /// Live upgrades so far.
     pub(super) upgrades: AtomicU32,
+    /// The token the next `HostApi::propose` returns (from 1; 0 names the control API's
+    /// proposals in `cosigned`).
+    pub(super) next_token: AtomicU64,
 }
 
 impl Shared {
@@ -249,6 +253,7 @@ impl Shared {
             stop_now: AtomicBool::new(false),
             versions: Mutex::new((version.to_owned(), None)),
             upgrades: AtomicU32::new(0),
+            next_token: AtomicU64::new(1),
         }
     }
 
@@ -356,6 +361,36 @@ impl Shared {
     }
 }
 
+/// `ip:port` texts as addresses; the first that is not one is the error.
+fn addresses(texts: &[RString]) -> Result<Vec<SocketAddr>, PluginError> {
+    texts
+        .iter()
+        .map(|text| {
+            text.parse::<SocketAddr>().map_err(|_| {
+                PluginError::new(
+                    abi::ERROR_INVALID,
+                    format!("candidate {:?} is not ip:port", text.as_str()),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A member named by a 33-byte public key or a 20-byte member id, as its id.
+fn member_id(bytes: &[u8]) -> Result<MemberId, PluginError> {
+    if let Ok(id) = <[u8; 20]>::try_from(bytes) {
+        return Ok(MemberId(id));
+    }
+    PublicKey::from_bytes(bytes)
+        .map(|key| key.member_id())
+        .map_err(|error| {
+            PluginError::new(
+                abi::ERROR_HOST,
+                format!("member is neither a 20-byte id nor a public key: {error}"),
+            )
+        })
+}
+
 /// The host side of [`HostApi`] for one community instance (each instance, a restarted one
 /// too, gets its own clone).
 #[derive(Clone)]
@@ -382,18 +417,10 @@ impl HostHandle {
         payload: RVec<u8>,
         candidates: RVec<RString>,
     ) -> RResult<(), PluginError> {
-        let mut addresses = Vec::with_capacity(candidates.len());
-        for candidate in &candidates {
-            match candidate.parse::<SocketAddr>() {
-                Ok(address) => addresses.push(address),
-                Err(_) => {
-                    return RResult::RErr(PluginError::new(
-                        abi::ERROR_INVALID,
-                        format!("candidate {:?} is not ip:port", candidate.as_str()),
-                    ));
-                }
-            }
-        }
+        let addresses = match addresses(&candidates) {
+            Ok(addresses) => addresses,
+            Err(error) => return RResult::RErr(error),
+        };
         // Non-blocking: the message is checked by this plugin later, on its thread; a refusal
         // is logged and counted by the host, not returned here.
         let command = Command::Create {
@@ -405,15 +432,85 @@ impl HostHandle {
             co_signer: None,
             reply: None,
         };
-        match self.commands.try_send(command) {
-            Ok(()) => RResult::ROk(()),
-            Err(mpsc::error::TrySendError::Full(_)) => RResult::RErr(PluginError::new(
-                abi::ERROR_HOST,
-                "host command queue full; try again later",
-            )),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                RResult::RErr(PluginError::new(abi::ERROR_HOST, "host is shutting down"))
-            }
+        self.tell(command).into()
+    }
+
+    /// Queues `command` for the protocol task; never blocks.
+    fn tell(&self, command: Command) -> Result<(), PluginError> {
+        self.commands
+            .try_send(command)
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => {
+                    PluginError::new(abi::ERROR_HOST, "host command queue full; try again later")
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    PluginError::new(abi::ERROR_HOST, "host is shutting down")
+                }
+            })
+    }
+
+    /// `HostApi::propose`: queues a double-member proposal and returns its token; never
+    /// blocks.
+    fn propose(
+        &self,
+        meta: RStr<'_>,
+        conversion: RVec<u8>,
+        payload: RVec<u8>,
+        co_signer: &[u8],
+        address: &str,
+        candidates: &[RString],
+    ) -> Result<u64, PluginError> {
+        let key = PublicKey::from_bytes(co_signer).map_err(|error| {
+            PluginError::new(
+                abi::ERROR_INVALID,
+                format!("the co-signer is not a 33-byte public key: {error}"),
+            )
+        })?;
+        let address = address.parse::<SocketAddr>().map_err(|_| {
+            PluginError::new(
+                abi::ERROR_INVALID,
+                format!("co-signer address {address:?} is not ip:port"),
+            )
+        })?;
+        let candidates = addresses(candidates)?;
+        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
+        self.tell(Command::Propose {
+            community: self.community,
+            meta: meta.to_string(),
+            conversion: (!conversion.is_empty()).then(|| conversion.into_vec().into_boxed_slice()),
+            payload: payload.into_vec(),
+            co_signer: (key, address),
+            candidates,
+            token,
+        })?;
+        Ok(token)
+    }
+
+    /// `HostApi::may`: asks the protocol task, which owns the timeline, and waits for the
+    /// answer at most the call deadline. Refused on an async task (it would block it).
+    fn may(&self, meta: RStr<'_>, member: &[u8], global_time: u64) -> Result<bool, PluginError> {
+        let refuse = |message: String| PluginError::new(abi::ERROR_HOST, message);
+        let member = member_id(member)?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(refuse(
+                "the timeline question is refused on the host's async tasks".into(),
+            ));
+        }
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.tell(Command::May {
+            community: self.community,
+            meta: meta.to_string(),
+            member,
+            global_time,
+            reply,
+        })?;
+        match answer.recv_timeout(self.shared.deadline) {
+            Ok(Ok(may)) => Ok(may),
+            Ok(Err(error)) => Err(refuse(error.to_string())),
+            Err(_) => Err(refuse(format!(
+                "the timeline question took longer than {} ms",
+                self.shared.deadline.as_millis()
+            ))),
         }
     }
 }
@@ -487,6 +584,36 @@ impl HostApi for HostHandle {
             abi::level::DEBUG => tracing::debug!(target: "plugin", community, "{message}"),
             _ => tracing::trace!(target: "plugin", community, "{message}"),
         }
+    }
+
+    fn may(
+        &self,
+        meta: RStr<'_>,
+        member: RVec<u8>,
+        global_time: u64,
+    ) -> RResult<bool, PluginError> {
+        HostHandle::may(self, meta, &member, global_time).into()
+    }
+
+    fn propose(
+        &self,
+        meta: RStr<'_>,
+        conversion: RVec<u8>,
+        payload: RVec<u8>,
+        co_signer: RVec<u8>,
+        address: RString,
+        candidates: RVec<RString>,
+    ) -> RResult<u64, PluginError> {
+        HostHandle::propose(
+            self,
+            meta,
+            conversion,
+            payload,
+            &co_signer,
+            &address,
+            &candidates,
+        )
+        .into()
     }
 
     fn read(&self, query: &abi::ReadQuery) -> RResult<abi::ReadPage, PluginError> {

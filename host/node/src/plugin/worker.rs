@@ -3,7 +3,8 @@
 //! never runs on a tokio worker. The thread receives [`Job`]s through a bounded channel, runs
 //! check → store → handle for delivered messages (gathering what is waiting, up to the batch
 //! bound), checks the messages this node creates before they are published, keeps delayed messages and plugin timers (both bounded), and answers the control API's
-//! requests (JSON conversion, status).
+//! requests (JSON conversion, status), and asks the plugin about co-signing (`cosign` as the
+//! second author, `cosigned` on the answer to a message it or the API proposed).
 //!
 //! Lifecycle of an instance, on this thread: create → restore (the stored history, in pages,
 //! before the thread takes any job) → live → retire (before it is dropped, unless it panicked).
@@ -17,7 +18,8 @@
 //! - `create()` runs on the community's own thread: the registry waits for it at most the deadline;
 //! - stopping is bounded ([`Worker::signal_stop`], [`Worker::wait_stopped`]): a thread still stuck
 //!   at the deadline is left behind (detached) and logged;
-//! - a panic in a call that changes the community (check, handle, timer, allow_signature) poisons
+//! - a panic in a call that changes the community (check, handle, timer, allow_signature,
+//!   cosign, cosigned) poisons
 //!   the instance: the thread creates a new one from the same library after a backoff (doubling
 //!   per restart) and hands it the community's history (`WorkerLoop::restore`); after `limits.restarts` restarts within `limits.restart_window` the next panic
 //!   leaves the community failed, with its reason.
@@ -47,6 +49,7 @@ use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
 use dispersy_core::meta::builtin;
 use dispersy_core::missing::Awaited;
 use dispersy_core::node::{Incoming, Refusal};
+use dispersy_core::signature::{Answer, Cosign};
 use dispersy_core::stats::DropReason;
 use dispersy_core::store::{Entry, Report};
 use dispersy_plugin_api::abi::{self, CommunityBox, HostApi_TO, PluginError, RawMessage};
@@ -139,6 +142,20 @@ pub enum Job {
         /// The protocol task's question.
         ask: dispersy_core::node::RequestId,
         /// The message.
+        message: Box<dispersy_core::wire::CommunityMessage>,
+    },
+    /// The co-signer answered a double-member message this node proposed (or it expired): ask
+    /// the plugin whether to publish it (`cosigned(token, ...)`) and tell the protocol task
+    /// ([`Command::Cosigned`]); an expiry is only told to the plugin.
+    Cosigned {
+        /// The protocol task's request; `None` for a proposal that could not be started (a
+        /// timeout, nothing to tell back).
+        request: Option<dispersy_core::node::RequestId>,
+        /// The plugin's token (`HostApi::propose`); 0 for a message the control API proposed.
+        token: u64,
+        /// What the co-signer did.
+        answer: dispersy_core::signature::Answer,
+        /// The message as the co-signer signed it (the proposed one for a timeout).
         message: Box<dispersy_core::wire::CommunityMessage>,
     },
     /// An operator's change of the instance (see [`Worker::control`]).
@@ -538,11 +555,13 @@ struct DelayedMessage {
 }
 
 /// The calls that may change a community: a panic in one poisons the instance.
-const MUTATING: [&str; 7] = [
+const MUTATING: [&str; 9] = [
     "check",
     "handle",
     "timer",
     "allow_signature",
+    "cosign",
+    "cosigned",
     "restore",
     "live",
     "retire",
@@ -933,16 +952,19 @@ impl WorkerLoop {
                 let _ = reply.send(result);
             }
             Job::AllowSignature { ask, message } => {
-                let raw = raw_message(&message, None);
-                let allow =
-                    match self.call("allow_signature", |instance| instance.allow_signature(&raw)) {
-                        Ok(allow) => allow,
-                        Err(error) => {
-                            self.report(&error);
-                            false
-                        }
-                    };
-                self.tell(Command::SignatureVerdict { ask, allow });
+                let verdict = self.cosign(&message);
+                self.tell(Command::SignatureVerdict { ask, verdict });
+            }
+            Job::Cosigned {
+                request,
+                token,
+                answer,
+                message,
+            } => {
+                let accept = self.cosigned(token, answer, &message);
+                if let (Some(request), false) = (request, answer == Answer::Timeout) {
+                    self.tell(Command::Cosigned { request, accept });
+                }
             }
             Job::CheckCreated { request, message } => {
                 let verdict = self.check_created(&message);
@@ -1517,6 +1539,54 @@ impl WorkerLoop {
                 None
             }
             None => None, // shutting down
+        }
+    }
+
+    /// The plugin's answer to a proposed double-member message naming this member as second
+    /// author: `cosign`, or `allow_signature` for a plugin older than it. An error refuses.
+    fn cosign(&mut self, message: &dispersy_core::wire::CommunityMessage) -> Cosign {
+        let raw = raw_message(message, None);
+        let answer = match self.call("cosign", |instance| instance.cosign(&raw)) {
+            Err(error) if error.code == abi::ERROR_ABSENT => self
+                .call("allow_signature", |instance| instance.allow_signature(&raw))
+                .map(|allow| if allow { Cosign::Sign } else { Cosign::Refuse }),
+            Err(error) => Err(error),
+            Ok(answer) => match answer.kind {
+                abi::cosign::SIGN => Ok(Cosign::Sign),
+                abi::cosign::MODIFY => Ok(Cosign::Modify(answer.payload.into_vec())),
+                abi::cosign::APPEND => Ok(Cosign::Append(answer.payload.into_vec())),
+                _ => Ok(Cosign::Refuse),
+            },
+        };
+        answer.unwrap_or_else(|error| {
+            self.report(&error);
+            Cosign::Refuse
+        })
+    }
+
+    /// Asks the plugin whether to publish the co-signer's `answer` to the message proposed
+    /// with `token`. An error declines.
+    fn cosigned(
+        &mut self,
+        token: u64,
+        answer: Answer,
+        message: &dispersy_core::wire::CommunityMessage,
+    ) -> bool {
+        let raw = abi::RawCosigned {
+            kind: match answer {
+                Answer::Signed => abi::cosigned::SIGNED,
+                Answer::Modified => abi::cosigned::MODIFIED,
+                Answer::Appended => abi::cosigned::APPENDED,
+                Answer::Timeout => abi::cosigned::TIMEOUT,
+            },
+            message: raw_message(message, None),
+        };
+        match self.call("cosigned", |instance| instance.cosigned(token, &raw)) {
+            Ok(accept) => accept,
+            Err(error) => {
+                self.report(&error);
+                false
+            }
         }
     }
 

@@ -173,6 +173,12 @@ impl CommunityApi for FakeCommunity {
         ROk(())
     }
 
+    /// Co-signs what is marked ACCEPT (the older yes-or-no form: `cosign` is not
+    /// implemented, so the host falls back to this).
+    fn allow_signature(&mut self, message: &RawMessage) -> RResult<bool, PluginError> {
+        RResult::ROk(message.payload.first() == Some(&ACCEPT))
+    }
+
     fn retire(&mut self, reason: u8) -> RResult<(), PluginError> {
         if self.lifecycle {
             self.log.push(format!("retire {reason}"));
@@ -1054,4 +1060,46 @@ fn a_failed_upgrade_rolls_back_to_a_new_instance_of_the_old_version() {
     assert_eq!(health.version.as_deref(), Some("1"));
     assert_eq!(health.previous_version, None);
     assert_eq!(health.upgrades, 0);
+}
+
+#[test]
+fn co_signing_falls_back_to_allow_signature_and_cosigned_takes_only_unchanged_answers() {
+    use dispersy_core::signature::{Answer, Cosign};
+    let ids = told_ids();
+    let asked = |code: u8, request| Job::AllowSignature {
+        ask: request,
+        message: Box::new(message(1, 1, code, None).message.message),
+    };
+    let answered = |answer: Answer, request| Job::Cosigned {
+        request: Some(request),
+        token: 7,
+        answer,
+        message: Box::new(message(1, 1, ACCEPT, None).message.message),
+    };
+    let jobs = vec![
+        asked(ACCEPT, ids[0]),
+        asked(DROP, ids[1]),
+        answered(Answer::Signed, ids[2]),
+        answered(Answer::Appended, ids[3]),
+        answered(Answer::Timeout, ids[0]),
+    ];
+    let (_, told, _) = start(limits(), HashMap::new(), jobs).stop();
+    let verdicts: Vec<_> = told
+        .iter()
+        .filter_map(|c| match c {
+            Command::SignatureVerdict { ask, verdict } => Some((*ask, verdict.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verdicts, [(ids[0], Cosign::Sign), (ids[1], Cosign::Refuse)]);
+    let decisions: Vec<_> = told
+        .iter()
+        .filter_map(|c| match c {
+            Command::Cosigned { request, accept } => Some((*request, *accept)),
+            _ => None,
+        })
+        .collect();
+    // A plugin without `cosigned` publishes only an unchanged answer; a timeout is not told
+    // back.
+    assert_eq!(decisions, [(ids[2], true), (ids[3], false)]);
 }
