@@ -157,21 +157,62 @@ impl Compact for Vote {
     }
 }
 
-/// The payload of `endorse`.
+/// The payload of `endorse`: the post endorsed and the proposer's note, then the co-signer's
+/// note, which the co-signer appends when it signs (empty when proposed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endorse {
     /// The post endorsed.
     pub target: Ref,
     /// Up to [`MAX_NOTE`] bytes.
     pub note: String,
+    /// The co-signer's note, up to [`MAX_NOTE`] bytes (appended by the co-signer).
+    #[serde(default)]
+    pub seconded: String,
 }
 
-impl Compact for Endorse {
-    const CONVERSIONS: &'static [&'static [u8]] = &[&[1]];
+impl Payload for Endorse {
+    // Conversion 1: the target's 33-byte key, its global time (8 bytes big-endian), the note
+    // (two-byte length), then the co-signer's note as UTF-8 up to the end: no length, so that
+    // the co-signer's appended bytes extend the payload.
+    fn encode(&self, conversion: &[u8]) -> Result<Vec<u8>, Error> {
+        if conversion != [1] {
+            return Err(Error::invalid("unknown conversion"));
+        }
+        bounded("note", &self.note, MAX_NOTE)?;
+        bounded("seconded", &self.seconded, MAX_NOTE)?;
+        Ok(Writer::new()
+            .raw(&self.target.author_key()?)
+            .u64(self.target.global_time)
+            .long_str(&self.note)?
+            .raw(self.seconded.as_bytes())
+            .finish())
+    }
 
-    fn validate(&self) -> Result<(), Error> {
-        self.target.author_key()?;
-        bounded("note", &self.note, MAX_NOTE)
+    // Bytes from the network: every failure is an error, never a panic.
+    fn decode(conversion: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+        if conversion != [1] {
+            return Err(Error::invalid("unknown conversion"));
+        }
+        let author = bytes
+            .get(..33)
+            .ok_or_else(|| Error::invalid("an endorsement is shorter than its target"))?;
+        let mut reader = Reader::new(&bytes[33..]);
+        let global_time = reader.u64()?;
+        let note = reader.long_str()?.to_owned();
+        let seconded = std::str::from_utf8(reader.rest())
+            .map_err(|_| Error::invalid("the co-signer's note is not UTF-8"))?
+            .to_owned();
+        let endorse = Endorse {
+            target: Ref {
+                author: to_hex(author),
+                global_time,
+            },
+            note,
+            seconded,
+        };
+        bounded("note", &endorse.note, MAX_NOTE)?;
+        bounded("seconded", &endorse.seconded, MAX_NOTE)?;
+        Ok(endorse)
     }
 }
 
@@ -194,6 +235,7 @@ struct EndorseState {
     target: Ref,
     endorser: String,
     note: String,
+    seconded: String,
     hidden: bool,
 }
 
@@ -299,6 +341,7 @@ impl Forum {
                 endorser: m.authors.get(1).map(|k| to_hex(k)).unwrap_or_default(),
                 target: m.payload.target.clone(),
                 note: m.payload.note.clone(),
+                seconded: m.payload.seconded.clone(),
                 hidden: false,
             };
             insert_bounded(
@@ -309,6 +352,26 @@ impl Forum {
             );
         }
         Ok(())
+    }
+
+    /// As co-signer of an endorsement: sign it if the endorsed post is known and visible here,
+    /// appending this member's own note (its key's first 8 digits: "seconded by …").
+    fn second(&mut self, message: &Message<Endorse>) -> Cosign<Endorse> {
+        let visible = self
+            .posts
+            .get(&message.payload.target)
+            .is_some_and(|p| !p.hidden);
+        if !visible || !message.payload.seconded.is_empty() {
+            return Cosign::Refuse;
+        }
+        let me = to_hex(&self.host.member());
+        Cosign::Append(format!("seconded by {}", &me[..me.len().min(8)]).into_bytes())
+    }
+
+    /// As proposer: publish the co-signer's answer if it signed as proposed or only appended
+    /// its note.
+    fn seconded(&mut self, _token: u64, answer: Cosigned<Endorse>) -> bool {
+        matches!(answer.answer, Answer::Signed | Answer::Appended) && answer.payload.is_some()
     }
 
     /// The stored message `r` of meta `meta` became hidden (undone, or denied by the timeline)
@@ -350,7 +413,7 @@ impl Forum {
                     .endorsements
                     .values()
                     .filter(|e| !e.hidden && &e.target == r)
-                    .map(|e| json!({"by": e.endorser, "note": e.note}))
+                    .map(|e| json!({"by": e.endorser, "note": e.note, "seconded": e.seconded}))
                     .collect();
                 json!({
                     "ref": r,
@@ -405,7 +468,8 @@ impl Community for Forum {
                     .distribution(full_sync)
                     .check(Self::check_endorse)
                     .handle(Self::on_endorse)
-                    .allow_signature(|_, _| true),
+                    .cosign(Self::second)
+                    .on_cosigned(Self::seconded),
             )
     }
 
@@ -526,6 +590,41 @@ mod tests {
         let again = host.status().unwrap();
         assert_eq!(again["counts"], status["counts"]);
         assert_eq!(again["threads"][0]["posts"][1]["edited"], true);
+    }
+
+    #[test]
+    fn an_endorsement_is_seconded_by_an_appended_note() {
+        let mut host = TestHost::<Forum>::new().unwrap();
+        let alice = member_key(1);
+        let t = host.message("thread", &alice, 5, thread("t")).unwrap();
+        let t_ref = Ref::of(&t);
+        host.receive(t).unwrap();
+        let p = host
+            .message("post", &alice, 6, post(&t_ref, "good", None))
+            .unwrap();
+        let p_ref = Ref::of(&p);
+        let endorse = Endorse {
+            target: p_ref.clone(),
+            note: "well said".into(),
+            seconded: String::new(),
+        };
+        // Unknown post: refused.
+        let early = host.message("endorse", &alice, 7, endorse.clone()).unwrap();
+        assert_eq!(host.cosign(&early).unwrap(), Cosign::Refuse);
+        host.receive(p).unwrap();
+        let Cosign::Append(tail) = host.cosign(&early).unwrap() else {
+            panic!("not appended");
+        };
+        // The appended bytes decode as the co-signer's note.
+        let mut bytes = endorse.encode(&[1]).unwrap();
+        bytes.extend_from_slice(&tail);
+        let seconded = Endorse::decode(&[1], &bytes).unwrap();
+        assert!(seconded.seconded.starts_with("seconded by "));
+        assert_eq!(seconded.note, "well said");
+        // Every truncation is an error or a shorter note, never a panic.
+        for len in 0..bytes.len() {
+            let _ = Endorse::decode(&[1], &bytes[..len]);
+        }
     }
 
     #[test]

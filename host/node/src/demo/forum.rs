@@ -357,7 +357,7 @@ async fn forum(nodes: &[Process], options: &Options) -> Result<Summary, DemoErro
                 if p["edited"] == true { " (edited)" } else { "" }
             );
             for e in p["endorsed"].as_array().into_iter().flatten() {
-                println!("      endorsed: {}", e["note"]);
+                println!("      endorsed: {} ({})", e["note"], e["seconded"]);
             }
         }
     }
