@@ -14,6 +14,7 @@ use crate::wire::{self, ConnectionType, Conversion, IntroductionRequest, Packet}
 
 fn definition() -> Definition {
     Definition {
+        undoable: Vec::new(),
         name: "example".into(),
         version: "0.1.0".into(),
         master: Sim::key(999).public().clone(),

@@ -257,6 +257,7 @@ fn definition() -> Definition {
         batch_window: Duration::ZERO,
     };
     Definition {
+        undoable: Vec::new(),
         name: "worker-test".into(),
         version: "1".into(),
         master: KeyPair::from_secret(&[3u8; 32]).unwrap().public().clone(),
