@@ -145,7 +145,12 @@ impl Node {
                 sent_to: 0,
             });
         }
-        if kind == Kind::Other && !c.timeline.may_undo_other(me, meta, global_time).is_allowed() {
+        if kind == Kind::Other
+            && !c
+                .timeline
+                .may_undo_other(me, meta, global_time)
+                .is_allowed()
+        {
             return Err(UndoError::NotPermitted(name));
         }
         let body = match kind {
