@@ -13,6 +13,7 @@
 //! - `read`: resume state, missing-* lookups, the API's listing and counts;
 //! - `sync_read`: the responder's range and modulo reads and the packets it sends (rows framed as
 //!   text inside SQL; its header says why);
+//! - `undo`: the targets undos point to, and marking rows undone or redone by an undo;
 //! - `task`: the batching store task ([`run`]); `sync_task`: the task running the protocol
 //!   task's reads.
 
@@ -32,10 +33,12 @@ pub(crate) mod sync_task;
 mod task;
 #[cfg(test)]
 mod testing;
+mod undo;
 mod write;
 
 pub use read::HistoryQuery;
 pub use task::{Insert, InsertSender, run};
+pub use undo::UndoMarked;
 
 /// The embedded migrations.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -153,6 +156,9 @@ pub struct StoredMessage {
     pub sequence: Option<u32>,
     /// The signed packet.
     pub packet: Vec<u8>,
+    /// The undo it is undone by (reason bit 1 of `sync.undone`): that undo's author and global
+    /// time; `None` when no valid undo hides it.
+    pub undone_by: Option<(MemberId, u64)>,
 }
 
 fn to_i64(value: u64) -> i64 {

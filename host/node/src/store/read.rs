@@ -12,8 +12,9 @@ use super::{Store, StoreError, StoredMessage, json_list, limit_i64};
 impl Store {
     /// What the core needs to continue where it stopped: the highest stored global time, our
     /// own highest sequence number per meta, how many messages of the `syncable` metas
-    /// (priority above 32) are stored and not undone, and the stored authorize, revoke and
-    /// dynamic-settings packets (the permission timeline is rebuilt from them).
+    /// (priority above 32) are stored and not undone, and the stored authorize, revoke,
+    /// dynamic-settings, undo-own and undo-other packets (the permission timeline and the undo
+    /// state are rebuilt from them).
     pub async fn resume(
         &self,
         community: i64,
@@ -44,12 +45,15 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         let authority: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT packet FROM sync WHERE community = ?1 AND meta IN (?2, ?3, ?4) ORDER BY id",
+            "SELECT packet FROM sync WHERE community = ?1 AND meta IN (?2, ?3, ?4, ?5, ?6)
+             ORDER BY id",
         )
         .bind(community)
         .bind(i64::from(builtin::AUTHORIZE))
         .bind(i64::from(builtin::REVOKE))
         .bind(i64::from(builtin::DYNAMIC_SETTINGS))
+        .bind(i64::from(builtin::UNDO_OWN))
+        .bind(i64::from(builtin::UNDO_OTHER))
         .fetch_all(&self.pool)
         .await?;
         let mut sequences = Vec::new();
@@ -168,10 +172,13 @@ impl Store {
         query: &HistoryQuery,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, member, global_time, meta, sequence, packet FROM sync
-             WHERE community = ?1 AND id > ?2 AND meta < ?8 AND (?3 IS NULL OR meta = ?3)
-               AND (?4 IS NULL OR member = ?4) AND global_time BETWEEN ?5 AND ?6
-             ORDER BY id LIMIT ?7",
+            "SELECT s.id, s.member, s.global_time, s.meta, s.sequence, s.packet,
+                    u.member, u.global_time
+             FROM sync AS s LEFT JOIN sync AS u ON u.id = s.undone_by AND (s.undone & 1) != 0
+             WHERE s.community = ?1 AND s.id > ?2 AND s.meta < ?8
+               AND (?3 IS NULL OR s.meta = ?3) AND (?4 IS NULL OR s.member = ?4)
+               AND s.global_time BETWEEN ?5 AND ?6
+             ORDER BY s.id LIMIT ?7",
         )
         .bind(community)
         .bind(query.after)
@@ -227,13 +234,23 @@ impl HistoryQuery {
     }
 }
 
-/// A row of `id, member, global_time, meta, sequence, packet`.
+/// A row of `id, member, global_time, meta, sequence, packet`, then the member and global
+/// time of the undo it is undone by (NULL when it is not).
 fn stored_message(row: &sqlx::sqlite::SqliteRow) -> Result<StoredMessage, StoreError> {
     let member: Vec<u8> = row.try_get(1)?;
     let global_time: i64 = row.try_get(2)?;
     let meta: i64 = row.try_get(3)?;
     let sequence: Option<i64> = row.try_get(4)?;
+    let undo_member: Option<Vec<u8>> = row.try_get(6)?;
+    let undo_time: Option<i64> = row.try_get(7)?;
+    let undone_by = match (undo_member, undo_time) {
+        (Some(m), Some(t)) => MemberId::from_slice(&m)
+            .ok()
+            .map(|m| (m, u64::try_from(t).unwrap_or(0))),
+        _ => None,
+    };
     Ok(StoredMessage {
+        undone_by,
         id: row.try_get(0)?,
         member: MemberId::from_slice(&member).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         global_time: u64::try_from(global_time).unwrap_or(0),
