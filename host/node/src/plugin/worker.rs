@@ -133,12 +133,6 @@ pub enum Job {
         /// The message (no source).
         message: Box<Incoming>,
     },
-    /// Stored messages became hidden or visible again through undos (the store marked them,
-    /// [`crate::store::UndoMarked`]): tell the plugin (`CommunityApi::undone`).
-    Undone {
-        /// The rows whose hidden state changed, in order.
-        marked: Vec<crate::store::UndoMarked>,
-    },
     /// Another member proposes a double-member message with ours as second author: ask the
     /// plugin whether we sign.
     AllowSignature {
@@ -544,10 +538,9 @@ struct DelayedMessage {
 }
 
 /// The calls that may change a community: a panic in one poisons the instance.
-const MUTATING: [&str; 8] = [
+const MUTATING: [&str; 7] = [
     "check",
     "handle",
-    "undone",
     "timer",
     "allow_signature",
     "restore",
@@ -938,16 +931,6 @@ impl WorkerLoop {
                     lock(&self.shared.stats).error(e);
                 }
                 let _ = reply.send(result);
-            }
-            Job::Undone { marked } => {
-                let batch: Vec<abi::RawUndone> = marked.iter().filter_map(raw_undone).collect();
-                if !batch.is_empty()
-                    && let Err(error) = self.call("undone", |instance| {
-                        instance.undone(RSlice::from(&batch[..]))
-                    })
-                {
-                    self.report(&error);
-                }
             }
             Job::AllowSignature { ask, message } => {
                 let raw = raw_message(&message, None);
@@ -1627,39 +1610,6 @@ struct Accepted {
 
 fn to_raw(incoming: &Incoming) -> RawMessage {
     raw_message(&incoming.message.message, incoming.source)
-}
-
-/// A row marked by an undo as the ABI hands it to a plugin: the message, whether it is hidden
-/// now, by its author's undo-own or another's undo-other, and that undo's author and global
-/// time. `None` when a packet does not decode (never for packets the store kept).
-fn raw_undone(marked: &crate::store::UndoMarked) -> Option<abi::RawUndone> {
-    let message = dispersy_core::wire::SignedMessage::decode(&marked.packet).ok()?;
-    let undo = marked
-        .undo
-        .as_deref()
-        .and_then(|packet| dispersy_core::wire::SignedMessage::decode(packet).ok());
-    let by = undo.as_ref().and_then(|u| {
-        u.message
-            .authors
-            .first()
-            .cloned()
-            .map(|a| (a, u.message.global_time))
-    });
-    let author = message.message.authors.first();
-    let reason = match &by {
-        Some((key, _)) if Some(key) != author => abi::undone::BY_OTHER,
-        _ => abi::undone::BY_AUTHOR,
-    };
-    Some(abi::RawUndone {
-        message: raw_message(&message.message, None),
-        undone: marked.hidden,
-        reason,
-        by_member: by
-            .as_ref()
-            .map(|(key, _)| RVec::from(key.as_bytes().to_vec()))
-            .unwrap_or_default(),
-        by_global_time: by.map_or(0, |(_, global_time)| global_time),
-    })
 }
 
 /// A message as the ABI hands it to a plugin.

@@ -156,9 +156,6 @@ pub struct StoredMessage {
     pub sequence: Option<u32>,
     /// The signed packet.
     pub packet: Vec<u8>,
-    /// The undo it is undone by (reason bit 1 of `sync.undone`): that undo's author and global
-    /// time; `None` when no valid undo hides it.
-    pub undone_by: Option<(MemberId, u64)>,
 }
 
 fn to_i64(value: u64) -> i64 {

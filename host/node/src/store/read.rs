@@ -172,13 +172,10 @@ impl Store {
         query: &HistoryQuery,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let rows = sqlx::query(
-            "SELECT s.id, s.member, s.global_time, s.meta, s.sequence, s.packet,
-                    u.member, u.global_time
-             FROM sync AS s LEFT JOIN sync AS u ON u.id = s.undone_by AND (s.undone & 1) != 0
-             WHERE s.community = ?1 AND s.id > ?2 AND s.meta < ?8
-               AND (?3 IS NULL OR s.meta = ?3) AND (?4 IS NULL OR s.member = ?4)
-               AND s.global_time BETWEEN ?5 AND ?6
-             ORDER BY s.id LIMIT ?7",
+            "SELECT id, member, global_time, meta, sequence, packet FROM sync
+             WHERE community = ?1 AND id > ?2 AND meta < ?8 AND (?3 IS NULL OR meta = ?3)
+               AND (?4 IS NULL OR member = ?4) AND global_time BETWEEN ?5 AND ?6
+             ORDER BY id LIMIT ?7",
         )
         .bind(community)
         .bind(query.after)
@@ -234,23 +231,13 @@ impl HistoryQuery {
     }
 }
 
-/// A row of `id, member, global_time, meta, sequence, packet`, then the member and global
-/// time of the undo it is undone by (NULL when it is not).
+/// A row of `id, member, global_time, meta, sequence, packet`.
 fn stored_message(row: &sqlx::sqlite::SqliteRow) -> Result<StoredMessage, StoreError> {
     let member: Vec<u8> = row.try_get(1)?;
     let global_time: i64 = row.try_get(2)?;
     let meta: i64 = row.try_get(3)?;
     let sequence: Option<i64> = row.try_get(4)?;
-    let undo_member: Option<Vec<u8>> = row.try_get(6)?;
-    let undo_time: Option<i64> = row.try_get(7)?;
-    let undone_by = match (undo_member, undo_time) {
-        (Some(m), Some(t)) => MemberId::from_slice(&m)
-            .ok()
-            .map(|m| (m, u64::try_from(t).unwrap_or(0))),
-        _ => None,
-    };
     Ok(StoredMessage {
-        undone_by,
         id: row.try_get(0)?,
         member: MemberId::from_slice(&member).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         global_time: u64::try_from(global_time).unwrap_or(0),

@@ -1,24 +1,19 @@
 //! The store's side of undo (`dispersy_core::undo`, the node's `Event::UndoTargets` and
 //! `Event::Undone`): the metas of the messages undos point to, and marking rows undone by an
 //! undo (reason bit 1 of `sync.undone`, `undone_by` the undo's row; migration 0007) or no
-//! longer undone.
+//! longer undone, through `hidden`'s [`Store::mark`].
 
 use dispersy_core::identity::MemberId;
 use dispersy_core::node::UndoFlip;
+use dispersy_core::wire::SignedMessage;
 use sqlx::Row as _;
 
-use super::{Store, StoreError, to_i64};
+use super::{Mark, Store, StoreError, to_i64};
+use crate::plugin::undone::{Notice, Why};
 
-/// A row whose hidden state changed when it was marked ([`Store::mark_undone_by_undo`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UndoMarked {
-    /// The row's signed packet.
-    pub packet: Vec<u8>,
-    /// Whether it is hidden now (`undone != 0`).
-    pub hidden: bool,
-    /// The undo's packet: the one it is undone by now, or (redone) the one it was undone by.
-    pub undo: Option<Vec<u8>>,
-}
+/// The rows whose visibility one batch of undo flips changed, as notices for the plugin
+/// ([`Store::mark_undone_by_undo`]).
+pub type UndoMarked = Vec<crate::plugin::undone::Notice>;
 
 impl Store {
     /// The meta of the stored message of each `(member, global time)` of `community`, in
@@ -44,34 +39,21 @@ impl Store {
         Ok(metas)
     }
 
-    /// Marks the rows of `flips` in one transaction: a flip naming an undo sets reason bit 1
-    /// and `undone_by` to the undo's row; one naming none clears both. Returns the rows whose
-    /// hidden state (`undone != 0`) changed, in flip order: the ones the plugin is told of.
-    /// A row or undo not stored is skipped. Marking twice changes nothing the second time.
+    /// Marks the rows of `flips` with [`Store::mark`]: a flip naming an undo sets reason bit 1
+    /// with `undone_by` the undo's row ([`Mark::Undo`]); one naming none clears it
+    /// ([`Mark::Redo`]). Returns the rows whose visibility changed as notices for the plugin,
+    /// one per (direction, undo), in flip order: hidden by an undo-own (the undo's author is
+    /// the row's) or an undo-other, or shown again after the undo it was undone by. A row not
+    /// stored, or an undo not stored, is skipped; marking twice flips nothing the second time.
     pub async fn mark_undone_by_undo(
         &self,
         community: i64,
         flips: &[UndoFlip],
-    ) -> Result<Vec<UndoMarked>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut changed = Vec::new();
+    ) -> Result<UndoMarked, StoreError> {
+        let mut notices: UndoMarked = Vec::new();
         for flip in flips {
-            let row = sqlx::query(
-                "SELECT id, undone, undone_by, packet FROM sync
-                 WHERE community = ?1 AND member = ?2 AND global_time = ?3",
-            )
-            .bind(community)
-            .bind(flip.target.member.0.as_slice())
-            .bind(to_i64(flip.target.global_time))
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else {
-                continue;
-            };
-            let id: i64 = row.try_get(0)?;
-            let undone: i64 = row.try_get(1)?;
-            let before_by: Option<i64> = row.try_get(2)?;
-            let packet: Vec<u8> = row.try_get(3)?;
+            let target = flip.target;
+            // The undo: the one it is undone by now, or (redo) the one it was undone by.
             let undo = match flip.undone_by {
                 Some(by) => {
                     sqlx::query(
@@ -81,51 +63,69 @@ impl Store {
                     .bind(community)
                     .bind(by.member.0.as_slice())
                     .bind(to_i64(by.global_time))
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&self.pool)
                     .await?
                 }
+                None => {
+                    sqlx::query(
+                        "SELECT u.id, u.packet FROM sync AS s JOIN sync AS u ON u.id = s.undone_by
+                         WHERE s.community = ?1 AND s.member = ?2 AND s.global_time = ?3",
+                    )
+                    .bind(community)
+                    .bind(target.member.0.as_slice())
+                    .bind(to_i64(target.global_time))
+                    .fetch_optional(&self.pool)
+                    .await?
+                }
+            };
+            let undo = match undo {
+                Some(row) => Some((row.try_get::<i64, _>(0)?, row.try_get::<Vec<u8>, _>(1)?)),
                 None => None,
             };
-            let (now_undone, now_by, undo_packet) = match (&flip.undone_by, undo) {
-                (Some(_), Some(undo)) => {
-                    let undo_id: i64 = undo.try_get(0)?;
-                    (undone | 1, Some(undo_id), Some(undo.try_get(1)?))
-                }
+            let mark = match (flip.undone_by, &undo) {
+                (Some(_), Some((by, _))) => Mark::Undo { by: *by },
                 // The undo is not stored (it always is before its flip): nothing to mark.
                 (Some(_), None) => continue,
-                (None, _) => {
-                    let previous: Option<Vec<u8>> = match before_by {
-                        Some(by) => {
-                            sqlx::query_scalar("SELECT packet FROM sync WHERE id = ?1")
-                                .bind(by)
-                                .fetch_optional(&mut *tx)
-                                .await?
-                        }
-                        None => None,
-                    };
-                    (undone & !1, None, previous)
-                }
+                (None, _) => Mark::Redo,
             };
-            if (now_undone, now_by) == (undone, before_by) {
+            let Some(id) = self
+                .mark(community, target.member, target.global_time, mark)
+                .await?
+            else {
                 continue;
-            }
-            sqlx::query("UPDATE sync SET undone = ?2, undone_by = ?3 WHERE id = ?1")
-                .bind(id)
-                .bind(now_undone)
-                .bind(now_by)
-                .execute(&mut *tx)
-                .await?;
-            if (now_undone != 0) != (undone != 0) {
-                changed.push(UndoMarked {
-                    packet,
-                    hidden: now_undone != 0,
-                    undo: undo_packet,
-                });
+            };
+            let Some(why) = undo.and_then(|(_, packet)| why(&packet, target.member)) else {
+                continue;
+            };
+            let undone = flip.undone_by.is_some();
+            match notices
+                .iter_mut()
+                .find(|n| n.undone == undone && n.why == why)
+            {
+                Some(notice) => notice.ids.push(id),
+                None => notices.push(Notice {
+                    ids: vec![id],
+                    undone,
+                    why,
+                }),
             }
         }
-        tx.commit().await?;
-        Ok(changed)
+        Ok(notices)
     }
+}
+
+/// Why an undo's `packet` hides a message of `author`: undo-own when its signer is `author`,
+/// else undo-other; `None` when the packet does not decode.
+fn why(packet: &[u8], author: MemberId) -> Option<Why> {
+    let undo = SignedMessage::decode(packet).ok()?;
+    let key = undo.message.authors.first()?;
+    let by = key.as_bytes().to_vec();
+    let global_time = undo.message.global_time;
+    Some(if key.member_id() == author {
+        Why::ByAuthor { by, global_time }
+    } else {
+        Why::ByOther { by, global_time }
+    })
 }
 
 #[cfg(test)]

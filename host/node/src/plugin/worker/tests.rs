@@ -232,7 +232,6 @@ fn rows(spec: &[(u32, u64, Option<u8>)]) -> Vec<StoredMessage> {
                 meta,
                 sequence: None,
                 packet,
-                undone_by: None,
             }
         })
         .collect()
