@@ -389,6 +389,38 @@ impl<P> Message<P> {
     }
 }
 
+/// Why a stored message became hidden, or (when it is visible again) why it had been
+/// ([`Undone::reason`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UndoReason {
+    /// Its author undid it (undo-own).
+    ByAuthor {
+        /// The undo's global time.
+        global_time: u64,
+    },
+    /// Another member holding `undo` on its meta undid it (undo-other).
+    ByOther {
+        /// The undo's author (33-byte public key).
+        by: Vec<u8>,
+        /// The undo's global time.
+        global_time: u64,
+    },
+    /// The permission timeline no longer lets its author have created it (a revoke or a
+    /// dynamic-settings change reached back over its global time), or lets it again.
+    Denied,
+}
+
+/// A stored message that became hidden or visible again, handed to [`Meta::on_undone`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undone<P> {
+    /// The message (no source).
+    pub message: Message<P>,
+    /// `true`: hidden now (no longer synchronised, read or restored); `false`: visible again.
+    pub undone: bool,
+    /// Why.
+    pub reason: UndoReason,
+}
+
 /// Log levels for [`Host::log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -654,6 +686,7 @@ trait MetaOps<C>: Send + Sync {
         json: &str,
     ) -> Result<(Vec<u8>, Vec<u8>), Error>;
     fn allow_signature(&self, community: &mut C, raw: &RawMessage) -> bool;
+    fn undone(&self, community: &mut C, raw: &[abi::RawUndone]) -> Result<(), Error>;
 }
 
 /// Check function of a meta: one verdict per message.
@@ -663,6 +696,9 @@ pub type CheckFn<C, P> = fn(&mut C, &Message<P>) -> Verdict;
 pub type AllowFn<C, P> = fn(&mut C, &Message<P>) -> bool;
 /// Handler of a meta: a batch of accepted messages.
 pub type HandleFn<C, P> = fn(&mut C, Vec<Message<P>>) -> Result<(), Error>;
+/// What a stored message of a meta becoming hidden or visible again does
+/// ([`Meta::on_undone`]).
+pub type UndoneFn<C, P> = fn(&mut C, Undone<P>) -> Result<(), Error>;
 
 /// One meta-message of community `C` carrying payload `P`, built with chained setters.
 ///
@@ -675,6 +711,7 @@ pub struct Meta<C, P> {
     restore: Option<HandleFn<C, P>>,
     allow: AllowFn<C, P>,
     undoable: bool,
+    on_undone: UndoneFn<C, P>,
     payload: PhantomData<fn() -> P>,
 }
 
@@ -704,6 +741,7 @@ impl<C: Community, P: Payload> Meta<C, P> {
             restore: None,
             allow: |_, _| false,
             undoable: false,
+            on_undone: |_, _| Ok(()),
             payload: PhantomData,
         }
     }
@@ -831,6 +869,18 @@ impl<C: Community, P: Payload> Meta<C, P> {
         self.undoable = true;
         self
     }
+
+    /// Sets what a stored message of this meta becoming hidden (undone by an undo, or denied by
+    /// a revoke or a dynamic-settings change reaching back over it) or visible again does, one
+    /// call per message in the order it happened. A message hidden for two reasons is reported
+    /// once when it becomes hidden and once when the last reason ends; a restarted instance's
+    /// restore leaves hidden messages out, and it may be told of one its restore already left
+    /// out, so keep it idempotent. Default: nothing. Messages whose payload no longer decodes
+    /// are left out.
+    pub fn on_undone(mut self, on_undone: UndoneFn<C, P>) -> Self {
+        self.on_undone = on_undone;
+        self
+    }
 }
 
 fn decode_raw<P: Payload>(raw: &RawMessage) -> Result<Message<P>, Error> {
@@ -852,6 +902,33 @@ impl<C: Community, P: Payload> MetaOps<C> for Meta<C, P> {
 
     fn allow_signature(&self, community: &mut C, raw: &RawMessage) -> bool {
         decode_raw::<P>(raw).is_ok_and(|message| (self.allow)(community, &message))
+    }
+
+    fn undone(&self, community: &mut C, raw: &[abi::RawUndone]) -> Result<(), Error> {
+        for notice in raw {
+            let Ok(message) = decode_raw::<P>(&notice.message) else {
+                continue;
+            };
+            let reason = match notice.reason {
+                abi::undone::BY_AUTHOR => UndoReason::ByAuthor {
+                    global_time: notice.by_global_time,
+                },
+                abi::undone::BY_OTHER => UndoReason::ByOther {
+                    by: notice.by_member.to_vec(),
+                    global_time: notice.by_global_time,
+                },
+                _ => UndoReason::Denied,
+            };
+            (self.on_undone)(
+                community,
+                Undone {
+                    message,
+                    undone: notice.undone,
+                    reason,
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn check(&self, community: &mut C, raw: &RawMessage) -> Verdict {
@@ -1170,6 +1247,21 @@ impl<C: Community> CommunityApi for Instance<C> {
 
     fn live(&mut self) -> RResult<(), PluginError> {
         self.mutating(|community, _| community.on_live())
+    }
+
+    fn undone(&mut self, batch: RSlice<'_, abi::RawUndone>) -> RResult<(), PluginError> {
+        self.mutating(|community, definition| {
+            // Runs of one meta, in order; metas this version no longer defines are skipped.
+            for run in batch
+                .as_slice()
+                .chunk_by(|a, b| a.message.meta == b.message.meta)
+            {
+                if let Ok(ops) = definition.ops(run[0].message.meta) {
+                    ops.undone(community, run)?;
+                }
+            }
+            Ok(())
+        })
     }
 
     fn retire(&mut self, reason: u8) -> RResult<(), PluginError> {

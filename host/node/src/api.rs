@@ -13,7 +13,7 @@
 //! | POST | /v1/communities/{id}/join | join a left community again |
 //! | GET | /v1/communities/{id}/candidates | candidates with category and addresses |
 //! | POST | /v1/communities/{id}/messages | create a message: `{"meta": NAME, "payload": {...}}` |
-//! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
+//! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`, hidden ones included: `undone` (by an undo, whose row is `undone_by`) and `denied` (by the timeline); null for delivered ones) |
 //! | GET | /v1/communities/{id}/timeline | the permission timeline: master, every record held (id, author, global time, kind, valid, grants or setting), what every member holds now (meta, permission, since, proof) and the dynamic metas' policies |
 //! | POST | /v1/communities/{id}/authorize | this node's member grants: `{"member": KEY_OR_ID_HEX, "grants": [{"meta": NAME, "permission": "permit"\|"authorize"\|"revoke"\|"undo"}]}` (`meta` may be `dynamic-settings` or `destroy-community`); 201 `{"global_time", "sequence_number", "record"}`, 403 with what the member lacks, 400 bad member, meta or permission |
 //! | POST | /v1/communities/{id}/revoke | the same shape, revoking |
@@ -568,6 +568,8 @@ struct Listed {
     sequence_number: Option<u32>,
     source: Option<String>,
     stored: bool,
+    /// For a stored row: its `sync.undone` reason bits and the undo's row id.
+    hidden: Option<(u8, Option<i64>)>,
     conversion: Vec<u8>,
     payload: Vec<u8>,
 }
@@ -603,6 +605,7 @@ async fn messages(
                     sequence_number: m.sequence_number,
                     source: None,
                     stored: true,
+                    hidden: Some((r.undone, r.undone_by)),
                     conversion: m.conversion.as_bytes().to_vec(),
                     payload: m.payload,
                 })
@@ -621,6 +624,7 @@ async fn messages(
                 sequence_number: d.sequence_number,
                 source: d.source.map(|s| s.to_string()),
                 stored: d.stored,
+                hidden: None,
                 conversion: d.conversion,
                 payload: d.payload,
             })
@@ -648,6 +652,9 @@ async fn messages(
                 "sequence_number": l.sequence_number,
                 "source": l.source,
                 "stored": l.stored,
+                "undone": l.hidden.map(|(bits, _)| bits & 1 != 0),
+                "denied": l.hidden.map(|(bits, _)| bits & 2 != 0),
+                "undone_by": l.hidden.and_then(|(_, by)| by),
                 "payload": payload.unwrap_or_else(|e| json!({ "error": e })),
             })
         })

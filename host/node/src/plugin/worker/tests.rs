@@ -232,6 +232,8 @@ fn rows(spec: &[(u32, u64, Option<u8>)]) -> Vec<StoredMessage> {
                 meta,
                 sequence: None,
                 packet,
+                undone: 0,
+                undone_by: None,
             }
         })
         .collect()
