@@ -533,6 +533,20 @@ impl Host {
             .map_err(Error::from)
     }
 
+    /// Undoes the stored message of `member` (33-byte public key or 20-byte member id) at
+    /// `global_time`: an undo-own when `member` is this node's member, else an undo-other (this
+    /// member must hold `undo` on the message's meta). The message's meta must be undoable
+    /// ([`Meta::undoable`]); undoing a message this member undid already creates nothing.
+    /// Queued, never blocks: the host creates the undo later and logs why when it cannot; the
+    /// plugin learns the outcome through its metas' `on_undone`. A host older than 0.2.2
+    /// answers an error.
+    pub fn undo(&self, member: &[u8], global_time: u64) -> Result<(), Error> {
+        self.raw
+            .undo(RVec::from(member.to_vec()), global_time)
+            .into_result()
+            .map_err(Error::from)
+    }
+
     /// Calls [`Community::on_timer`] with `token` after `delay`.
     pub fn schedule(&self, delay: Duration, token: u64) -> Result<(), Error> {
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);

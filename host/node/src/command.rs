@@ -191,7 +191,7 @@ pub enum Command {
     UndoneMarked {
         /// The community.
         community: CommunityId,
-        /// The rows.
-        marked: Vec<crate::store::UndoMarked>,
+        /// The rows, as notices for the plugin.
+        marked: crate::store::UndoMarked,
     },
 }

@@ -314,8 +314,10 @@ impl Protocol {
             Command::UndoneMarked { community, marked } => {
                 match self.registry.as_ref().and_then(|r| r.worker(&community)) {
                     Some(worker) => {
-                        if let Err(error) = worker.submit(Job::Undone { marked }) {
-                            self.dropped.bump(error.drop_reason());
+                        for notice in marked {
+                            if let Err(error) = worker.submit(Job::Undone(notice)) {
+                                self.dropped.bump(error.drop_reason());
+                            }
                         }
                     }
                     None => self.dropped.bump(DropReason::NoPlugin),

@@ -87,11 +87,11 @@ impl Node {
     /// Creates an undo of the stored message of `target` in joined `community`, signed by this
     /// node's member: an undo-own when the member is its author, else an undo-other, at the next
     /// global time with this member's next sequence number of that kind. `meta` is the stored
-    /// target's meta as the driver read it from its store (`None`: not stored). Refused when the
-    /// target is not stored, its meta not undoable ([`crate::community::Definition::is_undoable`])
-    /// or, for an undo-other, this member lacks `undo` on it at the next global time. When this
+    /// target's meta as the driver read it from its store (`None`: not stored). When this
     /// member undid the target already, that undo is returned (`existing`) and nothing is
-    /// signed. Published like [`Node::create_authority`]: stored, never given to the plugin;
+    /// signed. Else refused when the target is not stored, its meta not undoable
+    /// ([`crate::community::Definition::is_undoable`]) or, for an undo-other, this member lacks
+    /// `undo` on it at the next global time. Published like [`Node::create_authority`]: stored, never given to the plugin;
     /// the undo state takes it when the store reports it.
     pub fn create_undo(
         &mut self,
@@ -111,17 +111,6 @@ impl Node {
             return Err(UndoError::NotJoined(community));
         };
         let global_time = c.global_time.saturating_add(1);
-        let not_stored = UndoError::NotStored {
-            member: target.member,
-            global_time: target.global_time,
-        };
-        let Some(meta) = meta.filter(|_| target.global_time < global_time) else {
-            return Err(not_stored);
-        };
-        let name = definition.subject_name(crate::timeline::Subject::Community(meta));
-        if !definition.is_undoable(meta) {
-            return Err(UndoError::NotUndoable(name));
-        }
         let kind = if target.member == me {
             Kind::Own
         } else {
@@ -131,6 +120,8 @@ impl Node {
             Kind::Own => "undo-own",
             Kind::Other => "undo-other",
         };
+        // Undone by this member already: that undo (the binary-lowest of its own), whatever
+        // the store says of the target now.
         if let Some((existing, _)) = c
             .undos
             .records_of(&target)
@@ -144,6 +135,17 @@ impl Node {
                 existing: true,
                 sent_to: 0,
             });
+        }
+        let not_stored = UndoError::NotStored {
+            member: target.member,
+            global_time: target.global_time,
+        };
+        let Some(meta) = meta.filter(|_| target.global_time < global_time) else {
+            return Err(not_stored);
+        };
+        let name = definition.subject_name(crate::timeline::Subject::Community(meta));
+        if !definition.is_undoable(meta) {
+            return Err(UndoError::NotUndoable(name));
         }
         if kind == Kind::Other
             && !c

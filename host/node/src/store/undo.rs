@@ -39,6 +39,30 @@ impl Store {
         Ok(metas)
     }
 
+    /// The author and global time of each stored row of `ids` (the undos rows are undone by,
+    /// as listings name them); ids not stored are left out.
+    pub async fn undo_refs(
+        &self,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, (MemberId, u64)>, StoreError> {
+        let mut refs = std::collections::HashMap::new();
+        for id in ids {
+            let row = sqlx::query("SELECT member, global_time FROM sync WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(row) = row else {
+                continue;
+            };
+            let member: Vec<u8> = row.try_get(0)?;
+            let global_time: i64 = row.try_get(1)?;
+            if let Ok(member) = MemberId::from_slice(&member) {
+                refs.insert(*id, (member, u64::try_from(global_time).unwrap_or(0)));
+            }
+        }
+        Ok(refs)
+    }
+
     /// Marks the rows of `flips` with [`Store::mark`]: a flip naming an undo sets reason bit 1
     /// with `undone_by` the undo's row ([`Mark::Undo`]); one naming none clears it
     /// ([`Mark::Redo`]). Returns the rows whose visibility changed as notices for the plugin,
@@ -54,20 +78,20 @@ impl Store {
         for flip in flips {
             let target = flip.target;
             // The undo: the one it is undone by now, or (redo) the one it was undone by.
-            let undo = match flip.undone_by {
-                Some(by) => {
-                    sqlx::query(
-                        "SELECT id, packet FROM sync
+            let undo =
+                match flip.undone_by {
+                    Some(by) => {
+                        sqlx::query(
+                            "SELECT id, packet FROM sync
                          WHERE community = ?1 AND member = ?2 AND global_time = ?3",
-                    )
-                    .bind(community)
-                    .bind(by.member.0.as_slice())
-                    .bind(to_i64(by.global_time))
-                    .fetch_optional(&self.pool)
-                    .await?
-                }
-                None => {
-                    sqlx::query(
+                        )
+                        .bind(community)
+                        .bind(by.member.0.as_slice())
+                        .bind(to_i64(by.global_time))
+                        .fetch_optional(&self.pool)
+                        .await?
+                    }
+                    None => sqlx::query(
                         "SELECT u.id, u.packet FROM sync AS s JOIN sync AS u ON u.id = s.undone_by
                          WHERE s.community = ?1 AND s.member = ?2 AND s.global_time = ?3",
                     )
@@ -75,9 +99,8 @@ impl Store {
                     .bind(target.member.0.as_slice())
                     .bind(to_i64(target.global_time))
                     .fetch_optional(&self.pool)
-                    .await?
-                }
-            };
+                    .await?,
+                };
             let undo = match undo {
                 Some(row) => Some((row.try_get::<i64, _>(0)?, row.try_get::<Vec<u8>, _>(1)?)),
                 None => None,
@@ -140,7 +163,23 @@ mod tests {
     async fn rows_are_marked_undone_by_an_undo_and_redone_once() {
         let store = Store::open_in_memory().await.unwrap();
         let id = store.ensure_community(&definition()).await.unwrap();
-        let batch = vec![post(id, 1, vec![1; 80]), post(id, 2, vec![2; 80])];
+        // A real undo-other packet (the plugin is told who undid), by a member of its own.
+        let key = dispersy_core::identity::KeyPair::from_secret(&[5; 32]).unwrap();
+        let body = dispersy_core::authority::Body::UndoOther {
+            target: dispersy_core::authority::MemberRef::from_id(MemberId([1; 20])),
+            target_global_time: 1,
+        };
+        let message = dispersy_core::authority::message(
+            dispersy_core::identity::CommunityId([3; 20]),
+            key.public().clone(),
+            2,
+            Some(1),
+            body,
+        );
+        let undo_packet = SignedMessage::sign(message, &[&key]).unwrap().packet;
+        let mut undo_row = post(id, 2, undo_packet);
+        undo_row.member = key.member_id();
+        let batch = vec![post(id, 1, vec![1; 80]), undo_row];
         store.insert(&batch).await.unwrap();
         let (member, undoer) = (batch[0].member, batch[1].member);
         let target = Target {
@@ -164,8 +203,9 @@ mod tests {
         }];
         let marked = store.mark_undone_by_undo(id, &undo).await.unwrap();
         assert_eq!(marked.len(), 1);
-        assert!(marked[0].hidden);
-        assert_eq!(marked[0].undo.as_deref(), Some(&[2u8; 80][..]));
+        assert!(marked[0].undone);
+        assert_eq!(marked[0].ids.len(), 1);
+        assert!(matches!(marked[0].why, Why::ByOther { global_time: 2, .. }));
         // Again: nothing changes, nothing to tell.
         assert!(
             store
@@ -175,15 +215,18 @@ mod tests {
                 .is_empty()
         );
         let listed = store.messages(id, 0, 10).await.unwrap();
-        assert_eq!(listed[0].undone_by, Some((undoer, 2)));
-        assert_eq!(listed[1].undone_by, None);
+        assert_eq!(
+            (listed[0].undone, listed[0].undone_by),
+            (1, Some(listed[1].id))
+        );
+        assert_eq!(listed[1].undone, 0);
         let redo = [UndoFlip {
             target,
             undone_by: None,
         }];
         let marked = store.mark_undone_by_undo(id, &redo).await.unwrap();
         assert_eq!(marked.len(), 1);
-        assert!(!marked[0].hidden);
-        assert_eq!(store.messages(id, 0, 10).await.unwrap()[0].undone_by, None);
+        assert!(!marked[0].undone);
+        assert_eq!(store.messages(id, 0, 10).await.unwrap()[0].undone, 0);
     }
 }
