@@ -254,7 +254,8 @@ impl Node {
     /// Founds joined `community` with its `master` key: creates the master-signed authorize
     /// granting this node's member `Permit`, `Authorize` and `Revoke` on every Linear and
     /// Dynamic meta of the community and on [`Subject::DynamicSettings`] and
-    /// [`Subject::DestroyCommunity`], at the next global time, numbered after the master's
+    /// [`Subject::DestroyCommunity`], `Undo` on every undoable meta and `Authorize` and
+    /// `Revoke` on the undoable Public ones, at the next global time, numbered after the master's
     /// authorize records the timeline holds, and publishes it like a created message (sent to
     /// the community and emitted as [`Event::Messages`] with no source: stored, never given to
     /// the plugin; its record enters the timeline when the store reports it). Refused when the
@@ -285,7 +286,7 @@ impl Node {
             .map(|meta| Subject::Community(meta.id))
             .collect();
         subjects.extend([Subject::DynamicSettings, Subject::DestroyCommunity]);
-        let grants: Vec<(Subject, Permission)> = subjects
+        let mut grants: Vec<(Subject, Permission)> = subjects
             .iter()
             .flat_map(|subject| {
                 [
@@ -296,6 +297,20 @@ impl Node {
                 .map(|permission| (*subject, permission))
             })
             .collect();
+        // Undo on every undoable meta (as the original did for metas with an undo callback);
+        // on an undoable Public meta also authorize and revoke, so the founder can hand undo on.
+        for meta in definition
+            .metas
+            .iter()
+            .filter(|meta| definition.is_undoable(meta.id))
+        {
+            let subject = Subject::Community(meta.id);
+            if meta.resolution == Resolution::Public {
+                grants.push((subject, Permission::Authorize));
+                grants.push((subject, Permission::Revoke));
+            }
+            grants.push((subject, Permission::Undo));
+        }
         if grants.len() > MAX_GRANTS {
             return Err(FoundError::TooManyGrants(grants.len()));
         }
