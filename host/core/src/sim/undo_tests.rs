@@ -384,7 +384,7 @@ fn an_undo_whose_target_is_missing_fetches_it_with_missing_message() {
 }
 
 #[test]
-fn the_undo_state_does_not_depend_on_arrival_order() {
+fn the_undo_state_does_not_depend_on_arrival_order_or_duplicates() {
     let (a, b, c) = (key(1), key(2), key(3));
     // Global times: posts at 10 and 11, the grant of undo to C at 12, undos from 13.
     let post_a = post(&a, POST, 10, b"a");
@@ -403,6 +403,12 @@ fn the_undo_state_does_not_depend_on_arrival_order() {
     for round in 0..12 {
         let mut sim = network(1, 100 + round);
         let mut order: Vec<&SignedMessage> = all.to_vec();
+        // Duplicates: about half of the messages arrive twice.
+        for m in all {
+            if rng.next_u64() % 2 == 0 {
+                order.push(m);
+            }
+        }
         for i in (1..order.len()).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);
