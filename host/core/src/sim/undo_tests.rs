@@ -405,7 +405,7 @@ fn the_undo_state_does_not_depend_on_arrival_order_or_duplicates() {
         let mut order: Vec<&SignedMessage> = all.to_vec();
         // Duplicates: about half of the messages arrive twice.
         for m in all {
-            if rng.next_u64() % 2 == 0 {
+            if rng.next_u64().is_multiple_of(2) {
                 order.push(m);
             }
         }
