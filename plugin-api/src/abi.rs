@@ -639,6 +639,7 @@ pub struct PluginModule {
     /// The ids of the meta-messages whose messages can be undone (undo-own, undo-other).
     /// Appended in 0.2.2: read it with `PluginModuleRef::undoable()`, which answers `None` for
     /// an older plugin (none of its metas is undoable).
+    #[sabi(missing_field(option))]
     pub undoable: extern "C" fn() -> RVec<u32>,
 }
 

@@ -389,6 +389,38 @@ impl<P> Message<P> {
     }
 }
 
+/// Why a stored message became hidden, or (when it is visible again) why it had been
+/// ([`Undone::reason`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UndoReason {
+    /// Its author undid it (undo-own).
+    ByAuthor {
+        /// The undo's global time.
+        global_time: u64,
+    },
+    /// Another member holding `undo` on its meta undid it (undo-other).
+    ByOther {
+        /// The undo's author (33-byte public key).
+        by: Vec<u8>,
+        /// The undo's global time.
+        global_time: u64,
+    },
+    /// The permission timeline no longer lets its author have created it (a revoke or a
+    /// dynamic-settings change reached back over its global time), or lets it again.
+    Denied,
+}
+
+/// A stored message that became hidden or visible again, handed to [`Meta::on_undone`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undone<P> {
+    /// The message (no source).
+    pub message: Message<P>,
+    /// `true`: hidden now (no longer synchronised, read or restored); `false`: visible again.
+    pub undone: bool,
+    /// Why.
+    pub reason: UndoReason,
+}
+
 /// Log levels for [`Host::log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -497,6 +529,20 @@ impl Host {
         let bytes = payload.encode(first)?;
         self.raw
             .send(RStr::from(meta), RVec::from(bytes), candidates)
+            .into_result()
+            .map_err(Error::from)
+    }
+
+    /// Undoes the stored message of `member` (33-byte public key or 20-byte member id) at
+    /// `global_time`: an undo-own when `member` is this node's member, else an undo-other (this
+    /// member must hold `undo` on the message's meta). The message's meta must be undoable
+    /// ([`Meta::undoable`]); undoing a message this member undid already creates nothing.
+    /// Queued, never blocks: the host creates the undo later and logs why when it cannot; the
+    /// plugin learns the outcome through its metas' `on_undone`. A host older than 0.2.2
+    /// answers an error.
+    pub fn undo(&self, member: &[u8], global_time: u64) -> Result<(), Error> {
+        self.raw
+            .undo(RVec::from(member.to_vec()), global_time)
             .into_result()
             .map_err(Error::from)
     }
@@ -751,6 +797,7 @@ trait MetaOps<C>: Send + Sync {
     fn allow_signature(&self, community: &mut C, raw: &RawMessage) -> bool;
     fn cosign(&self, community: &mut C, raw: &RawMessage) -> Result<abi::RawCosign, Error>;
     fn cosigned(&self, community: &mut C, token: u64, answer: &abi::RawCosigned) -> bool;
+    fn undone(&self, community: &mut C, raw: &[abi::RawUndone]) -> Result<(), Error>;
 }
 
 /// Check function of a meta: one verdict per message.
@@ -765,6 +812,9 @@ pub type CosignFn<C, P> = fn(&mut C, &Message<P>) -> Cosign<P>;
 pub type CosignedFn<C, P> = fn(&mut C, u64, Cosigned<P>) -> bool;
 /// Handler of a meta: a batch of accepted messages.
 pub type HandleFn<C, P> = fn(&mut C, Vec<Message<P>>) -> Result<(), Error>;
+/// What a stored message of a meta becoming hidden or visible again does
+/// ([`Meta::on_undone`]).
+pub type UndoneFn<C, P> = fn(&mut C, Undone<P>) -> Result<(), Error>;
 
 /// One meta-message of community `C` carrying payload `P`, built with chained setters.
 ///
@@ -779,6 +829,7 @@ pub struct Meta<C, P> {
     cosign: Option<CosignFn<C, P>>,
     cosigned: Option<CosignedFn<C, P>>,
     undoable: bool,
+    on_undone: UndoneFn<C, P>,
     payload: PhantomData<fn() -> P>,
 }
 
@@ -810,6 +861,7 @@ impl<C: Community, P: Payload> Meta<C, P> {
             cosign: None,
             cosigned: None,
             undoable: false,
+            on_undone: |_, _| Ok(()),
             payload: PhantomData,
         }
     }
@@ -957,6 +1009,18 @@ impl<C: Community, P: Payload> Meta<C, P> {
         self.undoable = true;
         self
     }
+
+    /// Sets what a stored message of this meta becoming hidden (undone by an undo, or denied by
+    /// a revoke or a dynamic-settings change reaching back over it) or visible again does, one
+    /// call per message in the order it happened. A message hidden for two reasons is reported
+    /// once when it becomes hidden and once when the last reason ends; a restarted instance's
+    /// restore leaves hidden messages out, and it may be told of one its restore already left
+    /// out, so keep it idempotent. Default: nothing. Messages whose payload no longer decodes
+    /// are left out.
+    pub fn on_undone(mut self, on_undone: UndoneFn<C, P>) -> Self {
+        self.on_undone = on_undone;
+        self
+    }
 }
 
 fn decode_raw<P: Payload>(raw: &RawMessage) -> Result<Message<P>, Error> {
@@ -1032,6 +1096,33 @@ impl<C: Community, P: Payload> MetaOps<C> for Meta<C, P> {
             payload: P::decode(&m.conversion, &m.payload).ok(),
         };
         cosigned(community, token, cosigned_message)
+    }
+
+    fn undone(&self, community: &mut C, raw: &[abi::RawUndone]) -> Result<(), Error> {
+        for notice in raw {
+            let Ok(message) = decode_raw::<P>(&notice.message) else {
+                continue;
+            };
+            let reason = match notice.reason {
+                abi::undone::BY_AUTHOR => UndoReason::ByAuthor {
+                    global_time: notice.by_global_time,
+                },
+                abi::undone::BY_OTHER => UndoReason::ByOther {
+                    by: notice.by_member.to_vec(),
+                    global_time: notice.by_global_time,
+                },
+                _ => UndoReason::Denied,
+            };
+            (self.on_undone)(
+                community,
+                Undone {
+                    message,
+                    undone: notice.undone,
+                    reason,
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn check(&self, community: &mut C, raw: &RawMessage) -> Verdict {
@@ -1364,6 +1455,21 @@ impl<C: Community> CommunityApi for Instance<C> {
 
     fn live(&mut self) -> RResult<(), PluginError> {
         self.mutating(|community, _| community.on_live())
+    }
+
+    fn undone(&mut self, batch: RSlice<'_, abi::RawUndone>) -> RResult<(), PluginError> {
+        self.mutating(|community, definition| {
+            // Runs of one meta, in order; metas this version no longer defines are skipped.
+            for run in batch
+                .as_slice()
+                .chunk_by(|a, b| a.message.meta == b.message.meta)
+            {
+                if let Ok(ops) = definition.ops(run[0].message.meta) {
+                    ops.undone(community, run)?;
+                }
+            }
+            Ok(())
+        })
     }
 
     fn retire(&mut self, reason: u8) -> RResult<(), PluginError> {

@@ -120,6 +120,8 @@ struct State {
     logs: Vec<(Level, String)>,
     /// The stored messages; row id = index + 1.
     stored: Vec<RawMessage>,
+    /// The stored messages hidden by [`TestHost::undone`]: (first author, global time).
+    hidden: std::collections::BTreeSet<(Vec<u8>, u64)>,
     /// Most messages per page of a read or a restore.
     read_page: u32,
     /// What the community proposed, oldest first.
@@ -127,6 +129,13 @@ struct State {
     /// Answers of `may` set by the test: (meta name, member as given, answer); any other
     /// question about a known meta is answered `true`.
     may: Vec<(String, Vec<u8>, bool)>,
+}
+
+impl State {
+    fn is_hidden(&self, raw: &RawMessage) -> bool {
+        let author = raw.authors.first().map(|a| a.to_vec()).unwrap_or_default();
+        self.hidden.contains(&(author, raw.global_time))
+    }
 }
 
 /// The host side of the double, handed to the community as its `Host`.
@@ -297,7 +306,8 @@ impl HostApi for Recorder {
         let mut next = query.after;
         let mut done = true;
         for (index, raw) in state.stored.iter().enumerate().skip(after) {
-            let matches = (query.any_meta || raw.meta == query.meta)
+            let matches = !state.is_hidden(raw)
+                && (query.any_meta || raw.meta == query.meta)
                 && (query.member.is_empty()
                     || raw
                         .authors
@@ -550,7 +560,13 @@ impl<C: Community> TestHost<C> {
         self.instance = sdk::create::<C>(host).into_result()?;
         let (history, page) = {
             let state = self.recorder.lock();
-            (state.stored.clone(), state.read_page.max(1) as usize)
+            let history: Vec<RawMessage> = state
+                .stored
+                .iter()
+                .filter(|raw| !state.is_hidden(raw))
+                .cloned()
+                .collect();
+            (history, state.read_page.max(1) as usize)
         };
         for batch in history.chunks(page) {
             self.instance
@@ -558,6 +574,54 @@ impl<C: Community> TestHost<C> {
                 .into_result()?;
         }
         Ok(self.instance.live().into_result()?)
+    }
+
+    /// What a node does when a stored message becomes hidden (`undone`: undo-own, undo-other,
+    /// or denied by a revoke or dynamic-settings change) or visible again: tells the community
+    /// (its meta's `Meta::on_undone`), and the double's store hides it from reads and restarts
+    /// (or shows it again).
+    pub fn undone<P: Payload>(
+        &mut self,
+        message: &Message<P>,
+        undone: bool,
+        reason: sdk::UndoReason,
+    ) -> Result<(), Error> {
+        let mut raw = self.raw(message)?;
+        raw.source = RString::new();
+        {
+            let mut state = self.recorder.lock();
+            let key = (
+                message.authors.first().cloned().unwrap_or_default(),
+                message.global_time,
+            );
+            if undone {
+                state.hidden.insert(key);
+            } else {
+                state.hidden.remove(&key);
+            }
+        }
+        let (code, by_member, by_global_time) = match reason {
+            sdk::UndoReason::ByAuthor { global_time } => (
+                abi::undone::BY_AUTHOR,
+                message.authors.first().cloned().unwrap_or_default(),
+                global_time,
+            ),
+            sdk::UndoReason::ByOther { by, global_time } => {
+                (abi::undone::BY_OTHER, by, global_time)
+            }
+            sdk::UndoReason::Denied => (abi::undone::DENIED, Vec::new(), 0),
+        };
+        let notice = abi::RawUndone {
+            message: raw,
+            undone,
+            reason: code,
+            by_member: RVec::from(by_member),
+            by_global_time,
+        };
+        Ok(self
+            .instance
+            .undone(RSlice::from_slice(std::slice::from_ref(&notice)))
+            .into_result()?)
     }
 
     /// Whether this member would co-sign `message` (a double-member meta's
@@ -948,6 +1012,7 @@ mod tests {
         restored: u64,
         live: u64,
         retired: Vec<crate::sdk::Retire>,
+        undone: Vec<(String, bool, crate::sdk::UndoReason)>,
     }
 
     impl Log {
@@ -979,7 +1044,15 @@ mod tests {
                             order: crate::sdk::Order::Ascending,
                         })
                         .handle(Self::on_line)
-                        .restore(Self::restore_line),
+                        .restore(Self::restore_line)
+                        .on_undone(|log: &mut Log, notice| {
+                            log.undone.push((
+                                notice.message.payload.text,
+                                notice.undone,
+                                notice.reason,
+                            ));
+                            Ok(())
+                        }),
                 )
                 .meta(
                     Meta::<Self, Note>::new(2, "chat").handle(|log: &mut Log, ms| {
@@ -1009,6 +1082,7 @@ mod tests {
                 restored: 0,
                 live: 0,
                 retired: Vec::new(),
+                undone: Vec::new(),
             })
         }
         fn on_live(&mut self) -> Result<(), Error> {
@@ -1025,6 +1099,11 @@ mod tests {
                 "restored": self.restored,
                 "live": self.live,
                 "retired": self.retired.len(),
+                "undone": self
+                    .undone
+                    .iter()
+                    .map(|(text, undone, reason)| format!("{text} {undone} {reason:?}"))
+                    .collect::<Vec<_>>(),
             })
         }
     }
@@ -1036,6 +1115,57 @@ mod tests {
             score: None,
             tags: Vec::new(),
         }
+    }
+
+    #[test]
+    fn undone_notices_reach_the_metas_on_undone_and_hidden_messages_are_not_restored() {
+        use crate::sdk::UndoReason;
+        let mut host = TestHost::<Log>::new().unwrap();
+        let lines: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let m = host
+                    .message("line", &member_key(1), i as u64 + 1, plain(text))
+                    .unwrap();
+                host.receive(m.clone()).unwrap();
+                m
+            })
+            .collect();
+        host.undone(&lines[1], true, UndoReason::Denied).unwrap();
+        let by = member_key(2);
+        let other = UndoReason::ByOther {
+            by: by.clone(),
+            global_time: 9,
+        };
+        host.undone(&lines[2], true, other.clone()).unwrap();
+        host.undone(&lines[1], false, UndoReason::Denied).unwrap();
+        // A meta without on_undone: nothing happens, and no error.
+        let chat = host.message("chat", &member_key(1), 4, plain("x")).unwrap();
+        host.undone(&chat, true, UndoReason::Denied).unwrap();
+        let told = format!("c true ByOther {{ by: {by:?}, global_time: 9 }}");
+        assert_eq!(
+            host.status().unwrap()["undone"],
+            serde_json::json!(["b true Denied", told, "b false Denied"])
+        );
+        host.restart().unwrap();
+        let status = host.status().unwrap();
+        assert_eq!(
+            status["texts"],
+            serde_json::json!(["a", "b"]),
+            "c is hidden"
+        );
+        // The new instance was restored, not told; the old one was told in order.
+        assert_eq!(status["restored"], 2);
+        let own = host.message("line", &member_key(1), 5, plain("d")).unwrap();
+        host.receive(own.clone()).unwrap();
+        host.undone(&own, true, UndoReason::ByAuthor { global_time: 6 })
+            .unwrap();
+        let status = host.status().unwrap();
+        assert_eq!(
+            status["undone"],
+            serde_json::json!(["d true ByAuthor { global_time: 6 }"])
+        );
     }
 
     #[test]

@@ -16,12 +16,17 @@
 //! `Descriptor` field, see the `wire` module and `proto/protos/dispersy.proto`).
 //!
 //! Authorize, revoke and dynamic-settings feed the permission [`timeline`]: [`record`] turns one
-//! into a [`timeline::Record`].
+//! into a [`timeline::Record`]. Undo-own and undo-other feed the community's undo state
+//! ([`crate::undo::Undos`]): [`undo_record`] turns one into an [`undo::Record`]. An undo is
+//! stored and synced whether or not it is valid (an undo-other whose author lacks `undo` is held
+//! invalid and may become valid; rule 4 of [`crate::undo`]); only a valid undo hides its
+//! target.
 
 use crate::identity::{CommunityId, MemberId, PublicKey};
 use crate::meta::{MetaMessage, Resolution, StaticResolution};
 use crate::stats::DropReason;
 use crate::timeline::{self, Act, Grant, Permission, RecordId, Subject};
+use crate::undo;
 use crate::wire::{CommunityMessage, Conversion};
 
 pub use crate::meta::builtin;
@@ -208,6 +213,33 @@ pub fn record<'a>(
     })
 }
 
+/// The undo record of an undo-own or undo-other `message` whose signed packet is `packet`: id
+/// SHA-256 of the packet, `packet_order` the packet, author its first author, target the
+/// author (undo-own) or the named member (undo-other) at the named global time. `None` for the
+/// other kinds, for a plugin message and for a message without an author.
+pub fn undo_record(message: &CommunityMessage, packet: &[u8]) -> Option<undo::Record> {
+    let author = message.authors.first()?.member_id();
+    let (kind, member, global_time) = match message.authority.as_ref()? {
+        Body::UndoOwn { target_global_time } => (undo::Kind::Own, author, *target_global_time),
+        Body::UndoOther {
+            target,
+            target_global_time,
+        } => (undo::Kind::Other, target.id, *target_global_time),
+        _ => return None,
+    };
+    Some(undo::Record {
+        id: RecordId::of_packet(packet),
+        packet_order: packet.to_vec(),
+        author,
+        global_time: message.global_time,
+        target: undo::Target {
+            member,
+            global_time,
+        },
+        kind,
+    })
+}
+
 /// What the permission rules say of a received message before it goes to the store and the
 /// plugin ([`judge`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,8 +265,9 @@ pub enum Judgement {
 ///   name a plugin meta of dynamic resolution and an index in its list of policies (else
 ///   [`DropReason::InvalidDynamicSettings`]); then its record must be valid if inserted now
 ///   ([`timeline::Timeline::judge`]), else it waits;
-/// - undo-own, undo-other and destroy-community are [`DropReason::Unsupported`] (not handled
-///   yet);
+/// - undo-own and undo-other are allowed (stored and synced): the undo state judges them once
+///   stored ([`crate::undo`]; the decoder checked that the target is older than the undo);
+/// - destroy-community is [`DropReason::Unsupported`] (not handled yet);
 /// - a plugin message of a Linear meta, or of a Dynamic meta whose policy at its global time is
 ///   Linear, must be allowed for all its authors ([`timeline::Timeline::may_all`]), else it
 ///   waits (pushing the deciding settings for a Dynamic meta); any other message is allowed.
@@ -276,9 +309,8 @@ pub fn judge(
             }
         }
         Body::DynamicSettings { .. } => {}
-        Body::UndoOwn { .. } | Body::UndoOther { .. } | Body::Destroy(_) => {
-            return Judgement::Drop(DropReason::Unsupported);
-        }
+        Body::UndoOwn { .. } | Body::UndoOther { .. } => return Judgement::Allowed,
+        Body::Destroy(_) => return Judgement::Drop(DropReason::Unsupported),
     }
     let resolution = |meta: u32| metas.iter().find(|m| m.id == meta).map(|m| &m.resolution);
     match record(message, packet, resolution) {

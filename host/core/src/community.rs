@@ -14,6 +14,7 @@ use crate::stats::CommunityStats;
 use crate::sync;
 use crate::time::Instant;
 use crate::timeline::{Subject, Timeline};
+use crate::undo::Undos;
 use crate::wire::Conversion;
 
 /// What a community type (plugin) declares about itself.
@@ -29,6 +30,10 @@ pub struct Definition {
     pub conversions: Vec<Conversion>,
     /// The meta-messages.
     pub metas: Vec<MetaMessage>,
+    /// The ids of the plugin metas whose messages may be undone (undo-own by their author,
+    /// undo-other by a member holding `undo` on the meta); the plugin declares them (its root
+    /// module's `undoable`). Built-in metas are never undoable, whatever this lists.
+    pub undoable: Vec<u32>,
 }
 
 /// Why a definition is refused.
@@ -78,6 +83,14 @@ impl Definition {
             .iter()
             .find(|m| m.id == id)
             .or_else(|| meta::builtin::meta(id))
+    }
+
+    /// Whether messages of meta `id` may be undone: a plugin meta the definition lists in
+    /// [`Definition::undoable`]; never a built-in meta (rule 8 of [`crate::undo`]).
+    pub fn is_undoable(&self, id: u32) -> bool {
+        !meta::builtin::is_reserved(id)
+            && self.undoable.contains(&id)
+            && self.metas.iter().any(|m| m.id == id)
     }
 
     /// The name of a permission subject: the plugin meta's name (its wire type in decimal if
@@ -130,8 +143,9 @@ pub struct Resume {
     pub sequences: Vec<(u32, u32)>,
     /// Number of stored syncable messages.
     pub stored: u64,
-    /// The stored authorize, revoke and dynamic-settings packets of the community, in any
-    /// order: the permission timeline is rebuilt from them at join.
+    /// The stored authorize, revoke, dynamic-settings, undo-own and undo-other packets of the
+    /// community, in any order: the permission timeline and the undo state are rebuilt from
+    /// them at join.
     pub authority: Vec<Vec<u8>>,
 }
 
@@ -217,6 +231,8 @@ pub struct Community {
     /// The permission timeline: the authorize, revoke and dynamic-settings records stored,
     /// rooted at the master member, for the resolutions of the definition's metas.
     pub timeline: Timeline,
+    /// The undo state: the undo-own and undo-other records stored, which targets they undo.
+    pub undos: Undos,
 }
 
 impl Community {
@@ -233,6 +249,7 @@ impl Community {
         let timeline = timeline_of(id, definition.as_ref());
         Community {
             timeline,
+            undos: Undos::new(),
             id,
             definition,
             global_time: resume.global_time.max(1),

@@ -34,9 +34,10 @@ pub mod builtin {
         id >= RESERVED_FROM
     }
 
-    /// Whether `id` is a built-in message the node handles: authorize, revoke or
-    /// dynamic-settings, the messages of the permission timeline. The other reserved ids
-    /// (undo-own, undo-other, destroy-community) are not handled yet.
+    /// Whether `id` is a built-in message the node handles: authorize, revoke and
+    /// dynamic-settings (the messages of the permission timeline), undo-own and undo-other (the
+    /// community's undo state, [`crate::undo`]). The other reserved ids (destroy-community)
+    /// are not handled yet.
     pub fn is_handled(id: u32) -> bool {
         meta(id).is_some()
     }
@@ -44,8 +45,11 @@ pub mod builtin {
     /// The definitions of the handled built-in messages, part of every community without its
     /// plugin declaring them: member-authenticated, full-sync with sequence numbers in
     /// ascending order, never pruned, priority 128 (so synchronised), sent to 10 candidates,
-    /// like the original's. Their resolution field is not consulted: the permission timeline
-    /// judges them.
+    /// like the original's (undo-own and undo-other included: FullSync(seq, ASC, 128) there
+    /// too). Their resolution field is not consulted: the permission timeline judges
+    /// authorize, revoke and dynamic-settings, and the undo state ([`crate::undo::Undos`])
+    /// judges the undos (an undo-own needs no permission, an undo-other `undo` on its
+    /// target's meta).
     pub fn metas() -> &'static [super::MetaMessage] {
         static METAS: std::sync::LazyLock<Vec<super::MetaMessage>> =
             std::sync::LazyLock::new(|| {
@@ -53,6 +57,8 @@ pub mod builtin {
                     (AUTHORIZE, "dispersy-authorize"),
                     (REVOKE, "dispersy-revoke"),
                     (DYNAMIC_SETTINGS, "dispersy-dynamic-settings"),
+                    (UNDO_OWN, "dispersy-undo-own"),
+                    (UNDO_OTHER, "dispersy-undo-other"),
                 ]
                 .into_iter()
                 .map(|(id, name)| super::MetaMessage {

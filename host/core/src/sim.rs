@@ -422,6 +422,31 @@ impl Sim {
                     self.nodes[i].handle_created_check(now, *request, verdict);
                 }
                 Event::Created { .. } | Event::Unreadable { .. } => {}
+                Event::UndoTargets { community, targets } => {
+                    let found = targets
+                        .iter()
+                        .map(|(target, source)| {
+                            let meta = self.stores[i].meta_of(
+                                *community,
+                                target.member,
+                                target.global_time,
+                            );
+                            (*target, *source, meta)
+                        })
+                        .collect();
+                    self.nodes[i].handle_undo_targets(now, *community, found);
+                }
+                Event::Undone { community, flips } => {
+                    for flip in flips {
+                        let by = flip.undone_by.map(|u| (u.member, u.global_time));
+                        self.stores[i].0.mark_undone(
+                            *community,
+                            flip.target.member,
+                            flip.target.global_time,
+                            by,
+                        );
+                    }
+                }
                 Event::SendPackets { request, rows } => {
                     let packets = self.stores[i].packets(rows);
                     self.nodes[i].handle_packets_read(now, *request, packets);
@@ -519,3 +544,6 @@ mod tests;
 
 #[cfg(test)]
 mod permission_tests;
+
+#[cfg(test)]
+mod undo_tests;

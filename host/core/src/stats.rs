@@ -310,6 +310,9 @@ pub enum DropReason {
     /// A message that waited for the proof of its author's permission, which did not come in
     /// time (the permission timeline never allowed it).
     ProofTimeout,
+    /// A stored undo-own or undo-other the undo state does not hold: a bound is reached
+    /// ([`crate::undo::InsertError`]); it stays stored, without effect here.
+    UndoRefused,
     /// An authorize or revoke naming a meta the community does not have.
     UnknownPermissionSubject,
     /// A dynamic-settings naming a meta that is not of dynamic resolution, or an index outside
@@ -408,6 +411,7 @@ impl DropReason {
         DropReason::DelayQueueFull,
         DropReason::DelayTimeout,
         DropReason::ProofTimeout,
+        DropReason::UndoRefused,
         DropReason::UnknownPermissionSubject,
         DropReason::InvalidDynamicSettings,
         DropReason::IdentityQueueFull,
@@ -484,6 +488,7 @@ impl DropReason {
             DropReason::DelayQueueFull => "delay-queue-full",
             DropReason::DelayTimeout => "delay-timeout",
             DropReason::ProofTimeout => "proof-timeout",
+            DropReason::UndoRefused => "undo-refused",
             DropReason::UnknownPermissionSubject => "unknown-permission-subject",
             DropReason::InvalidDynamicSettings => "invalid-dynamic-settings",
             DropReason::IdentityQueueFull => "identity-queue-full",

@@ -485,6 +485,24 @@ impl Undos {
             .filter_map(|(target, state)| Some((*target, state.undone_by()?)))
     }
 
+    /// The held record `id`, waiting or judged.
+    pub fn record(&self, id: &RecordId) -> Option<&Record> {
+        self.records.get(id).map(|slot| &slot.record)
+    }
+
+    /// Every held record pointing to `target`, with whether it is valid, in insertion order.
+    pub fn records_of(&self, target: &Target) -> Vec<(&Record, bool)> {
+        let Some(state) = self.targets.get(target) else {
+            return Vec::new();
+        };
+        state
+            .undos
+            .iter()
+            .filter_map(|id| self.records.get(id))
+            .map(|slot| (&slot.record, slot.valid))
+            .collect()
+    }
+
     /// Whether the record `id` is valid (rule 4); `Some(false)` while it waits, `None` when it
     /// is not held.
     pub fn is_valid(&self, id: &RecordId) -> Option<bool> {

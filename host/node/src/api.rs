@@ -13,10 +13,11 @@
 //! | POST | /v1/communities/{id}/join | join a left community again |
 //! | GET | /v1/communities/{id}/candidates | candidates with category and addresses |
 //! | POST | /v1/communities/{id}/messages | create a message: `{"meta": NAME, "payload": {...}}` (double-member: `"co_signer"`; 504 not signed in time, 409 changed by the co-signer and declined by the plugin) |
-//! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`) |
+//! | GET | /v1/communities/{id}/messages | delivered messages (`?since=SEQ&limit=N`) or stored ones (`?stored=true&since=ROW`, hidden ones included: `undone` (by an undo, named by `undone_by`: `{"member", "global_time"}` of the undo) and `denied` (by the timeline); null for delivered ones) |
 //! | GET | /v1/communities/{id}/timeline | the permission timeline: master, every record held (id, author, global time, kind, valid, grants or setting), what every member holds now (meta, permission, since, proof) and the dynamic metas' policies |
 //! | POST | /v1/communities/{id}/authorize | this node's member grants: `{"member": KEY_OR_ID_HEX, "grants": [{"meta": NAME, "permission": "permit"\|"authorize"\|"revoke"\|"undo"}]}` (`meta` may be `dynamic-settings` or `destroy-community`); 201 `{"global_time", "sequence_number", "record"}`, 403 with what the member lacks, 400 bad member, meta or permission |
 //! | POST | /v1/communities/{id}/revoke | the same shape, revoking |
+//! | POST | /v1/communities/{id}/undo | this node's member undoes a stored message: `{"member": KEY_OR_ID_HEX, "global_time": N}` (undo-own of its own, undo-other of another's, which needs `undo` on its meta; the meta must be undoable); 201 `{"kind", "global_time", "existing": false, "sent_to"}`, 200 with `"existing": true` when it undid it already, 404 not stored, 403 lacks undo, 400 not undoable |
 //! | POST | /v1/communities/{id}/settings | switch a dynamic meta's policy: `{"meta": NAME, "policy": "public"\|"linear"}`; 201, 403, 400 |
 //! | GET | /v1/plugins | plugin files loaded (hash, private copy, upgrade candidate) and refused |
 //! | POST | /v1/plugins | load `{"path": FILE}`, or rescan the plugin folders with `{}` |
@@ -41,7 +42,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use dispersy_core::community::Definition;
-use dispersy_core::identity::{CommunityId, PublicKey};
+use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
 use dispersy_core::node::CreateError;
 use dispersy_core::stats::CommunityStats;
 use dispersy_core::wire::SignedMessage;
@@ -58,6 +59,7 @@ use crate::registry::{InstanceError, MembershipError, UpgradeError};
 use crate::store::Store;
 
 mod timeline;
+mod undo;
 
 /// Everything the API needs.
 pub(crate) struct Shared {
@@ -257,6 +259,7 @@ pub(crate) async fn serve(
         .route("/v1/communities/{id}/authorize", post(timeline::authorize))
         .route("/v1/communities/{id}/revoke", post(timeline::revoke))
         .route("/v1/communities/{id}/settings", post(timeline::settings))
+        .route("/v1/communities/{id}/undo", post(undo::undo))
         .route("/v1/communities/{id}", delete(leave))
         .route("/v1/communities/{id}/disable", post(disable))
         .route("/v1/communities/{id}/enable", post(enable))
@@ -572,6 +575,8 @@ struct Listed {
     sequence_number: Option<u32>,
     source: Option<String>,
     stored: bool,
+    /// For a stored row: its `sync.undone` reason bits and the undo's row id.
+    hidden: Option<(u8, Option<i64>)>,
     conversion: Vec<u8>,
     payload: Vec<u8>,
 }
@@ -585,6 +590,8 @@ async fn messages(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = query.limit.clamp(1, 1_000);
     let (definition, worker, row) = joined(&shared, community)?;
+    // The undos stored rows are undone by: (author, global time) by row id.
+    let mut undone_by = HashMap::new();
     let listed: Vec<Listed> = if query.stored {
         let store = shared
             .store
@@ -593,6 +600,11 @@ async fn messages(
         let since = i64::try_from(query.since).unwrap_or(i64::MAX);
         let rows = store
             .messages(row, since, limit)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let undos: Vec<i64> = rows.iter().filter_map(|r| r.undone_by).collect();
+        undone_by = store
+            .undo_refs(&undos)
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         rows.into_iter()
@@ -607,6 +619,7 @@ async fn messages(
                     sequence_number: m.sequence_number,
                     source: None,
                     stored: true,
+                    hidden: Some((r.undone, r.undone_by)),
                     conversion: m.conversion.as_bytes().to_vec(),
                     payload: m.payload,
                 })
@@ -625,6 +638,7 @@ async fn messages(
                 sequence_number: d.sequence_number,
                 source: d.source.map(|s| s.to_string()),
                 stored: d.stored,
+                hidden: None,
                 conversion: d.conversion,
                 payload: d.payload,
             })
@@ -652,6 +666,15 @@ async fn messages(
                 "sequence_number": l.sequence_number,
                 "source": l.source,
                 "stored": l.stored,
+                "undone": l.hidden.map(|(bits, _)| bits & 1 != 0),
+                "denied": l.hidden.map(|(bits, _)| bits & 2 != 0),
+                "undone_by": l
+                    .hidden
+                    .and_then(|(_, by)| undone_by.get(&by?))
+                    .map(|(member, global_time): &(MemberId, u64)| json!({
+                        "member": member.to_hex(),
+                        "global_time": global_time,
+                    })),
                 "payload": payload.unwrap_or_else(|e| json!({ "error": e })),
             })
         })

@@ -205,4 +205,35 @@ pub enum Command {
         /// The answer.
         reply: std::sync::mpsc::SyncSender<Result<bool, dispersy_core::node::MayError>>,
     },
+    /// Undo a stored message: an undo-own or undo-other signed by this node's member
+    /// ([`dispersy_core::node::Node::create_undo`]).
+    Undo {
+        /// The community.
+        community: CommunityId,
+        /// The message to undo (author, global time).
+        target: dispersy_core::undo::Target,
+        /// Its meta as the store has it; `None`: not stored.
+        meta: Option<u32>,
+        /// The answer, if anyone waits.
+        reply: Option<
+            oneshot::Sender<
+                Result<dispersy_core::node::UndoCreated, dispersy_core::node::UndoError>,
+            >,
+        >,
+    },
+    /// The store read the targets of undos ([`Event::UndoTargets`](dispersy_core::node::Event::UndoTargets)).
+    UndoTargetsRead {
+        /// The community.
+        community: CommunityId,
+        /// Each target, the address its undo came from, and its stored meta (`None`: not stored).
+        found: Vec<(dispersy_core::undo::Target, Option<SocketAddr>, Option<u32>)>,
+    },
+    /// The store marked rows undone or redone by undos and these changed their hidden state:
+    /// the community's plugin is told.
+    UndoneMarked {
+        /// The community.
+        community: CommunityId,
+        /// The rows, as notices for the plugin.
+        marked: crate::store::UndoMarked,
+    },
 }

@@ -312,6 +312,11 @@ pub struct Limits {
     /// Kinds (meta, conversion) of messages its plugin cannot read remembered per community,
     /// each logged once and shown in the API (`unreadable`); later kinds are only counted.
     pub unreadable_kinds: usize,
+    /// Undo-own and undo-other records each community holds in memory (its undo state); an
+    /// undo beyond it stays stored but has no effect here (counted `undo-refused`).
+    pub undos: usize,
+    /// Of those, how many may wait for the message they undo (being fetched).
+    pub undos_waiting: usize,
     /// Longest a call into a plugin (create, check, handle, timer, JSON, status) may run, in
     /// milliseconds. A community whose call runs longer is reported stuck: deliveries and API
     /// calls to it are refused (and counted) until the call returns. Shutdown waits at most this
@@ -380,6 +385,8 @@ impl Default for Limits {
             created_checks: 4_096,
             created_check_timeout_ms: 5_000,
             unreadable_kinds: 64,
+            undos: dispersy_core::undo::DEFAULT_MAX_RECORDS,
+            undos_waiting: dispersy_core::undo::DEFAULT_MAX_WAITING,
             plugin_call_deadline_ms: 5_000,
             plugin_restarts: 3,
             plugin_restart_window_ms: 600_000,
@@ -517,6 +524,8 @@ impl Config {
             ("limits.plugin_timers", l.plugin_timers),
             ("limits.created_checks", l.created_checks),
             ("limits.unreadable_kinds", l.unreadable_kinds),
+            ("limits.undos", l.undos),
+            ("limits.undos_waiting", l.undos_waiting),
             ("limits.max_sessions", l.max_sessions),
             ("limits.max_handshakes", l.max_handshakes),
             ("limits.max_keys", l.max_keys),
@@ -649,6 +658,8 @@ impl Config {
             max_checking: l.created_checks,
             check_timeout: ms(l.created_check_timeout_ms),
             max_unreadable: l.unreadable_kinds,
+            max_undos: l.undos,
+            max_undos_waiting: l.undos_waiting,
             ..dispersy_core::node::Config::default()
         }
     }

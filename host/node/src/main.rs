@@ -95,6 +95,20 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Undo the stored message of MEMBER at GLOBAL_TIME in a community, signed by the running
+    /// node's member, through its control API: an undo-own of its own message, an undo-other of
+    /// another's (which needs `undo` on the message's meta); the meta must be undoable.
+    Undo {
+        /// The community id (40 hexadecimal digits).
+        id: String,
+        /// The message's author: a 66-hex public key or a 40-hex member id.
+        member: String,
+        /// The message's global time.
+        global_time: u64,
+        /// Data folder of the node.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Join a new community of a type the running node loaded, through its control API: the
     /// community of master key MASTER_KEY (as `dispersy keygen` prints it), run by the plugin of
     /// type TYPE; joined again at every start of the node.
@@ -286,6 +300,23 @@ fn main() -> ExitCode {
                 Some(body.to_string()),
             );
             block(call)
+        }
+        Cmd::Undo {
+            id,
+            member,
+            global_time,
+            data_dir,
+        } => {
+            if let Err(error) = checked_id(&id) {
+                return fail(error);
+            }
+            let body = serde_json::json!({ "member": member, "global_time": global_time });
+            block(api(
+                data_dir,
+                "POST".to_owned(),
+                format!("/v1/communities/{id}/undo"),
+                Some(body.to_string()),
+            ))
         }
         Cmd::Join {
             kind,

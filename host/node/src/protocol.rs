@@ -366,6 +366,39 @@ impl Protocol {
             Command::Candidates { community, reply } => {
                 let _ = reply.send(self.candidates(community, now));
             }
+            Command::Undo {
+                community,
+                target,
+                meta,
+                reply,
+            } => {
+                let result = self.node.create_undo(now, community, target, meta);
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(result);
+                    }
+                    None => {
+                        if let Err(error) = result {
+                            tracing::warn!(%community, %error, "undo asked by the plugin not created");
+                        }
+                    }
+                }
+            }
+            Command::UndoTargetsRead { community, found } => {
+                self.node.handle_undo_targets(now, community, found);
+            }
+            Command::UndoneMarked { community, marked } => {
+                match self.registry.as_ref().and_then(|r| r.worker(&community)) {
+                    Some(worker) => {
+                        for notice in marked {
+                            if let Err(error) = worker.submit(Job::Undone(notice)) {
+                                self.dropped.bump(error.drop_reason());
+                            }
+                        }
+                    }
+                    None => self.dropped.bump(DropReason::NoPlugin),
+                }
+            }
         }
     }
 
@@ -617,6 +650,22 @@ impl Protocol {
                         self.proposals.remove(&request);
                     }
                 },
+                Event::UndoTargets { community, targets } => {
+                    self.sync_job(community, |row| SyncJob::UndoTargets {
+                        community,
+                        row,
+                        targets,
+                    });
+                }
+                Event::Undone { community, flips } => {
+                    // A flip comes after its undo and its target were stored (it is made from
+                    // store reports and reads), so the rows it names are there.
+                    self.sync_job(community, |row| SyncJob::Undone {
+                        community,
+                        row,
+                        flips,
+                    });
+                }
                 Event::SendPackets { request, rows } => {
                     let job = SyncJob::Packets { request, ids: rows };
                     if self.sync_jobs.try_send(job).is_err() {

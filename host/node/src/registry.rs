@@ -1353,6 +1353,7 @@ mod tests {
     /// A definition with one direct meta `post`, its master key made from `secret`.
     fn one_meta(name: &str, version: &str, secret: u8) -> Definition {
         Definition {
+            undoable: Vec::new(),
             name: name.into(),
             version: version.into(),
             master: KeyPair::from_secret(&[secret; 32])

@@ -53,6 +53,7 @@ type Message = (u64, MemberId, u64, u32, Option<u32>, Vec<u8>);
 fn definition() -> Definition {
     let master = KeyPair::from_secret(&[3u8; 32]).expect("key");
     Definition {
+        undoable: Vec::new(),
         name: "contract".into(),
         version: "1".into(),
         master: master.public().clone(),

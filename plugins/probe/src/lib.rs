@@ -48,6 +48,10 @@
 //!   error), and a post `may META KEY_OR_ID_HEX GLOBAL_TIME` asks the host whether that member
 //!   may create that meta then (`Host::may`; `may` shows the last question and its answer or
 //!   error).
+//! - `undoable-post` (10): the same payload, full-sync, Public and undoable: its author may undo
+//!   it (undo-own) and a member holding `undo` on it anyone's (undo-other); the host tells the
+//!   plugin when one is hidden or shown again (`undoable_posts`, `undone`, `redone`, and
+//!   `last_undone`: the global time of the last message hidden).
 //!
 //! The duplicate and fault detectors remember up to [`MAX_TRACKED`] messages or authors, enough
 //! for the largest benchmark.
@@ -239,6 +243,14 @@ pub struct ProbeCommunity {
     pacts: u64,
     /// Linear posts handled (created here or received).
     linear_posts: u64,
+    /// `undoable-post` messages handled.
+    undoable_posts: u64,
+    /// Stored messages the host reported hidden by an undo (or denied).
+    undone: u64,
+    /// Stored messages the host reported visible again.
+    redone: u64,
+    /// The global time of the last message reported hidden.
+    last_undone: Option<u64>,
     /// Posts given back by the host's restore.
     restored: u64,
     /// Whether the host told this instance it is live (restore done).
@@ -302,6 +314,24 @@ impl ProbeCommunity {
 impl ProbeCommunity {
     fn on_linear_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         self.linear_posts += messages.len() as u64;
+        Ok(())
+    }
+
+    fn on_undoable_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
+        self.undoable_posts += messages.len() as u64;
+        Ok(())
+    }
+
+    fn on_undone(
+        &mut self,
+        undone: dispersy_plugin_api::sdk::Undone<Example>,
+    ) -> Result<(), Error> {
+        if undone.undone {
+            self.undone += 1;
+            self.last_undone = Some(undone.message.global_time);
+        } else {
+            self.redone += 1;
+        }
         Ok(())
     }
 
@@ -627,6 +657,18 @@ impl Community for ProbeCommunity {
                     .on_cosigned(Self::on_cosigned_deal)
                     .handle(Self::on_deal),
             )
+            .meta(
+                Meta::<Self, Example>::new(10, "undoable-post")
+                    .distribution(Distribution::FullSync {
+                        sequence_numbers: false,
+                        order: Order::Ascending,
+                    })
+                    .destination(Destination::Community { node_count: 10 })
+                    .undoable()
+                    .check(Self::check_example)
+                    .handle(Self::on_undoable_post)
+                    .on_undone(Self::on_undone),
+            )
     }
 
     fn create(host: Host) -> Result<Self, Error> {
@@ -650,6 +692,10 @@ impl Community for ProbeCommunity {
             shouts: 0,
             pacts: 0,
             linear_posts: 0,
+            undoable_posts: 0,
+            undone: 0,
+            redone: 0,
+            last_undone: None,
             restored: 0,
             live: false,
             read_posts: None,
@@ -679,6 +725,10 @@ impl Community for ProbeCommunity {
             "shouts": self.shouts,
             "pacts": self.pacts,
             "linear_posts": self.linear_posts,
+            "undoable_posts": self.undoable_posts,
+            "undone": self.undone,
+            "redone": self.redone,
+            "last_undone": self.last_undone,
             "restored": self.restored,
             "live": self.live,
             "read_posts": self.read_posts,

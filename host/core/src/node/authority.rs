@@ -49,7 +49,8 @@ pub enum AuthorityError {
     /// Not joined (or a tracker's bare community).
     #[error("community {0} is not joined")]
     NotJoined(CommunityId),
-    /// Undo-own, undo-other and destroy-community are not created yet.
+    /// Undo-own and undo-other are created with [`Node::create_undo`]; destroy-community is
+    /// not created yet.
     #[error("{0} messages are not supported yet")]
     Unsupported(&'static str),
     /// An authorize or revoke with no grant, or more than one record carries.
@@ -253,7 +254,8 @@ impl Node {
     /// Founds joined `community` with its `master` key: creates the master-signed authorize
     /// granting this node's member `Permit`, `Authorize` and `Revoke` on every Linear and
     /// Dynamic meta of the community and on [`Subject::DynamicSettings`] and
-    /// [`Subject::DestroyCommunity`], at the next global time, numbered after the master's
+    /// [`Subject::DestroyCommunity`], `Undo` on every undoable meta and `Authorize` and
+    /// `Revoke` on the undoable Public ones, at the next global time, numbered after the master's
     /// authorize records the timeline holds, and publishes it like a created message (sent to
     /// the community and emitted as [`Event::Messages`] with no source: stored, never given to
     /// the plugin; its record enters the timeline when the store reports it). Refused when the
@@ -284,7 +286,7 @@ impl Node {
             .map(|meta| Subject::Community(meta.id))
             .collect();
         subjects.extend([Subject::DynamicSettings, Subject::DestroyCommunity]);
-        let grants: Vec<(Subject, Permission)> = subjects
+        let mut grants: Vec<(Subject, Permission)> = subjects
             .iter()
             .flat_map(|subject| {
                 [
@@ -295,6 +297,20 @@ impl Node {
                 .map(|permission| (*subject, permission))
             })
             .collect();
+        // Undo on every undoable meta (as the original did for metas with an undo callback);
+        // on an undoable Public meta also authorize and revoke, so the founder can hand undo on.
+        for meta in definition
+            .metas
+            .iter()
+            .filter(|meta| definition.is_undoable(meta.id))
+        {
+            let subject = Subject::Community(meta.id);
+            if meta.resolution == Resolution::Public {
+                grants.push((subject, Permission::Authorize));
+                grants.push((subject, Permission::Revoke));
+            }
+            grants.push((subject, Permission::Undo));
+        }
         if grants.len() > MAX_GRANTS {
             return Err(FoundError::TooManyGrants(grants.len()));
         }
@@ -417,10 +433,11 @@ impl Node {
         let Some(c) = self.communities.get_mut(&community) else {
             return;
         };
-        let inserted = insert_records(c, messages.iter());
+        let (inserted, flips) = insert_records(c, messages.iter());
         if inserted > 0 {
             self.resume_proven(community);
         }
+        self.emit_flips(community, flips);
     }
 
     /// The messages of `community` waiting for proof that the timeline now allows go back to
@@ -456,8 +473,9 @@ impl Node {
         }
     }
 
-    /// Rebuilds the timeline of joined `community` from its stored permission `packets` (in
-    /// any order): a packet that does not decode, or is of another community, is skipped.
+    /// Rebuilds the timeline and the undo state of joined `community` from its stored
+    /// permission and undo `packets` (in any order): a packet that does not decode, or is of
+    /// another community, is skipped.
     pub(super) fn rebuild_timeline(&mut self, community: CommunityId, packets: &[Vec<u8>]) {
         let Some(c) = self.communities.get_mut(&community) else {
             return;
@@ -469,6 +487,7 @@ impl Node {
             .filter(|signed| signed.message.community == community)
             .collect();
         insert_records(c, decoded.iter());
+        self.rebuild_undos(community, &decoded);
     }
 
     /// Answers a missing-proof from a proven address: the store reads the messages it names,
@@ -660,6 +679,7 @@ fn check_body(definition: &Definition, body: &Body) -> Result<(), AuthorityError
             }
             Ok(())
         }
+        // Undos are created with `Node::create_undo`, which checks the target.
         Body::UndoOwn { .. } | Body::UndoOther { .. } | Body::Destroy(_) => {
             Err(AuthorityError::Unsupported(body.kind_name()))
         }
@@ -701,13 +721,14 @@ fn needed(act: &Act) -> Vec<(Subject, Permission)> {
 }
 
 /// Inserts the records of the permission `messages` into `c`'s timeline; returns how many
-/// were new.
+/// were new, and the undo flips the timeline's changes caused ([`crate::undo::Undos::reevaluate`]).
 fn insert_records<'a>(
     c: &mut Community,
     messages: impl Iterator<Item = &'a SignedMessage>,
-) -> usize {
+) -> (usize, Vec<crate::undo::Flip>) {
+    let mut flips = Vec::new();
     let Some(definition) = c.definition.as_ref() else {
-        return 0;
+        return (0, flips);
     };
     let mut inserted = 0;
     for signed in messages {
@@ -718,12 +739,15 @@ fn insert_records<'a>(
         match c.timeline.insert(record) {
             // Next: the `changes` name the stored messages whose verdict may have flipped
             // (retroactive re-evaluation, a later brick); they are not kept yet.
-            Ok(Inserted::Held { .. }) => inserted += 1,
+            Ok(Inserted::Held { changes, .. }) => {
+                inserted += 1;
+                flips.extend(c.undos.reevaluate(&c.timeline, &changes));
+            }
             // A full timeline (or a forged id clash) keeps what it has: the record stays stored.
             Ok(Inserted::Duplicate) | Err(_) => {}
         }
     }
-    inserted
+    (inserted, flips)
 }
 
 /// Why [`Node::may`] has no answer.

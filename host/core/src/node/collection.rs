@@ -536,8 +536,8 @@ impl Node {
             let built_in = m.authority.is_some();
             // Hops a relayed message may still travel: forwarded only once it is allowed.
             let mut relay_on = None;
-            // Authorize, revoke and dynamic-settings are metas of every community; undo-own,
-            // undo-other and destroy-community are not handled yet: dropped and counted, never
+            // Authorize, revoke, dynamic-settings, undo-own and undo-other are metas of every
+            // community; destroy-community is not handled yet: dropped and counted, never
             // given to the plugin, never stored.
             let verdict = match definition.meta_by_id(m.message_type) {
                 _ if built_in && !crate::meta::builtin::is_handled(m.message_type) => {

@@ -130,7 +130,7 @@ impl Node {
         }
     }
 
-    fn request(&mut self, community: CommunityId, to: SocketAddr, request: Request) {
+    pub(super) fn request(&mut self, community: CommunityId, to: SocketAddr, request: Request) {
         let session = self.sessions.id(&to).unwrap_or(0);
         let (packet, name) = match request {
             Request::Sequence {

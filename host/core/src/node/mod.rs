@@ -43,8 +43,9 @@
 //! - [`Event::Messages`]: check, store and handle verified messages of one meta (answered by
 //!   [`Node::handle_store_report`] and [`Node::handle_wait`]); our own (no source) already
 //!   passed their check and are only stored and handled; built-in permission messages
-//!   (authorize, revoke, dynamic-settings: [`crate::meta::builtin::is_handled`]) were judged by
-//!   the node and are only stored, never given to the plugin;
+//!   (authorize, revoke, dynamic-settings, undo-own, undo-other:
+//!   [`crate::meta::builtin::is_handled`]) were judged by the node and are only stored, never
+//!   given to the plugin;
 //! - [`Event::CheckCreated`]: run the plugin's check on a message we created, before anything
 //!   is sent or stored (answered by [`Node::handle_created_check`]);
 //! - [`Event::SyncQuery`]: read syncable rows to build a bloom filter;
@@ -59,6 +60,9 @@
 //!   expired): ask the plugin whether to publish it (answered by [`Node::handle_cosigned`]);
 //! - [`Event::Unreadable`]: a peer sent a meta in a conversion the plugin does not read, the
 //!   first time for this (community, meta, conversion): tell the operator (nothing to answer).
+//! - [`Event::UndoTargets`]: look up the stored messages undos point to (answered by
+//!   [`Node::handle_undo_targets`]);
+//! - [`Event::Undone`]: mark rows undone or redone by an undo and tell the plugin.
 //!
 //! Outputs: [`Node::poll_transmit`] (datagrams to send), [`Node::poll_event`] (the events
 //! above), [`Node::poll_timeout`] (when to call [`Node::handle_timeout`]).
@@ -82,6 +86,7 @@ mod member;
 mod missing;
 mod signature;
 mod sync;
+mod undo;
 mod walk;
 
 use crate::address::{self, Interface, Votes};
@@ -100,6 +105,7 @@ pub use authority::{
     AuthorityCreated, AuthorityError, FoundError, GrantView, HoldingView, MayError, PolicyView,
     RecordView, TimelineView,
 };
+pub use undo::{UndoCreated, UndoError, UndoFlip};
 
 /// The node's tunables. Defaults are the original's values (DESIGN.md §7).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +170,10 @@ pub struct Config {
     /// Kinds (meta, conversion) of unreadable messages remembered per community
     /// ([`crate::stats::Unreadable`]).
     pub max_unreadable: usize,
+    /// Undo-own and undo-other records held per community ([`crate::undo::Undos::with_limit`]).
+    pub max_undos: usize,
+    /// Of those, how many may wait for their target.
+    pub max_undos_waiting: usize,
 }
 
 impl Default for Config {
@@ -197,6 +207,8 @@ impl Default for Config {
             max_checking: 4_096,
             check_timeout: Duration::from_secs(5),
             max_unreadable: 64,
+            max_undos: crate::undo::DEFAULT_MAX_RECORDS,
+            max_undos_waiting: crate::undo::DEFAULT_MAX_WAITING,
         }
     }
 }
@@ -333,6 +345,25 @@ pub enum Event {
         request: RequestId,
         /// The rows, in sending order.
         rows: Vec<u64>,
+    },
+    /// Look up the stored messages that undos of `community` point to (author and global
+    /// time) and answer with [`Node::handle_undo_targets`]: each target with its address
+    /// echoed and the stored message's meta, or `None` when it is not stored.
+    UndoTargets {
+        /// The community.
+        community: CommunityId,
+        /// The targets, each with the address its undo came from (`None`: ours, or a rebuild).
+        targets: Vec<(crate::undo::Target, Option<SocketAddr>)>,
+    },
+    /// Stored messages of `community` whose undo state changed: mark each row undone by the
+    /// named undo (reason bit 1 of its `undone`, `undone_by` the undo's row) or no longer
+    /// undone by any (bit 1 and `undone_by` cleared), and tell the plugin of the rows whose
+    /// state changed (`CommunityApi::undone`). Nothing to answer.
+    Undone {
+        /// The community.
+        community: CommunityId,
+        /// The flips, in target order.
+        flips: Vec<UndoFlip>,
     },
 }
 
@@ -917,6 +948,10 @@ impl Node {
         }
         if !report.authority.is_empty() {
             self.learn_records(community, &report.authority);
+            self.learn_undos(community, &report.authority, &report.stored);
+        }
+        if !report.stored.is_empty() {
+            self.undo_targets_stored(community, &report.stored);
         }
         if !report.stored.is_empty() {
             self.handle_stored(now, community, &report.stored);

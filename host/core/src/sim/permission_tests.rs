@@ -51,6 +51,7 @@ fn synced(id: u32, name: &str, resolution: Resolution) -> MetaMessage {
 /// A community with a Public, a Linear and a Dynamic meta; its master is `Sim::key(999)`.
 fn definition() -> Definition {
     Definition {
+        undoable: Vec::new(),
         name: "permissions".into(),
         version: "0.1.0".into(),
         master: master().public().clone(),

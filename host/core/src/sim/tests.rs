@@ -14,6 +14,7 @@ use crate::wire::{self, ConnectionType, Conversion, IntroductionRequest, Packet}
 
 fn definition() -> Definition {
     Definition {
+        undoable: Vec::new(),
         name: "example".into(),
         version: "0.1.0".into(),
         master: Sim::key(999).public().clone(),
@@ -677,12 +678,15 @@ fn undo_and_destroy_messages_are_dropped_and_counted_until_handled() {
         )
         .expect("signed")
     };
-    let undo = built_in(
+    let mut undo = built_in(
         Body::UndoOwn {
             target_global_time: 1,
         },
         Some(1),
     );
+    // Its own global time: one message per (member, global time).
+    undo.message.global_time = local + 2;
+    let undo = SignedMessage::sign(undo.message, &[&key]).expect("signed");
     let destroy = built_in(Body::Destroy(Degree::Soft), None);
     let plugin = SignedMessage::sign(
         CommunityMessage {
@@ -708,17 +712,18 @@ fn undo_and_destroy_messages_are_dropped_and_counted_until_handled() {
     );
     sim.run_for(Duration::from_millis(100));
     let c = sim.nodes[1].community(&id()).expect("joined");
-    assert_eq!(c.stats.dropped.get(DropReason::Unsupported), 2);
-    assert_eq!(c.stats.messages_received, 1);
-    assert_eq!(sim.stores[1].count(id()), stored + 1);
+    // The undo is handled now (stored; its target is missing, so it is held waiting).
+    assert_eq!(c.stats.dropped.get(DropReason::Unsupported), 1);
+    assert_eq!(c.stats.messages_received, 2);
+    assert_eq!(sim.stores[1].count(id()), stored + 2);
     let handed = |packet: &[u8]| {
         sim.events[1].iter().any(|e| {
             matches!(e, Event::Messages { messages, .. }
                 if messages.iter().any(|m| m.message.packet == packet))
         })
     };
-    assert!(handed(&plugin.packet));
-    assert!(!handed(&undo.packet) && !handed(&destroy.packet));
+    assert!(handed(&plugin.packet) && handed(&undo.packet));
+    assert!(!handed(&destroy.packet));
 
     // Missing-proof is handled now (from a peer we walk to, it is accepted and answered).
     let before = sim.nodes[1].stats().dropped.get(DropReason::Unsupported);

@@ -28,6 +28,11 @@ pub struct Kept {
     pub row: Row,
     /// The packet.
     pub packet: Vec<u8>,
+    /// Why it is hidden, a set of bits (0: shown; 1: undone by a valid undo, the SQLite store's
+    /// `sync.undone`).
+    pub undone: u8,
+    /// The row id of the undo it is undone by (bit 1).
+    pub undone_by: Option<u64>,
 }
 
 impl Kept {
@@ -131,6 +136,8 @@ impl Store {
                         size: size(&e.packet),
                     },
                     packet: e.packet.clone(),
+                    undone: 0,
+                    undone_by: None,
                 });
                 true
             }
@@ -237,6 +244,7 @@ impl Store {
             .rows
             .iter()
             .filter(|k| k.community == community && k.priority > SYNC_PRIORITY_THRESHOLD)
+            .filter(|k| k.undone == 0)
             .map(|k| k.row)
             .collect();
         rows.sort_by_key(|r| (r.global_time, r.id));
@@ -298,7 +306,7 @@ impl Store {
             let mut rows: Vec<Row> = self
                 .rows
                 .iter()
-                .filter(|k| k.community == community && k.meta == *meta)
+                .filter(|k| k.community == community && k.meta == *meta && k.undone == 0)
                 .map(|k| k.row)
                 .filter(|r| {
                     r.global_time >= range.low.max(*active_from)
@@ -321,6 +329,49 @@ impl Store {
         }
         out.truncate(limit);
         out
+    }
+
+    /// The meta of the stored message of `member` at `global_time`, hidden or not.
+    pub fn meta_of(
+        &self,
+        community: CommunityId,
+        member: MemberId,
+        global_time: u64,
+    ) -> Option<u32> {
+        self.find(community, member, global_time).map(|k| k.meta)
+    }
+
+    /// Marks the stored message of `member` at `global_time` undone by the stored undo of
+    /// `undone_by` (author, global time), or no longer undone by any (`None`): reason bit 1
+    /// and `undone_by` (the undo's row). Returns whether the row changed (false when it is not
+    /// stored, or marked so already).
+    pub fn mark_undone(
+        &mut self,
+        community: CommunityId,
+        member: MemberId,
+        global_time: u64,
+        undone_by: Option<(MemberId, u64)>,
+    ) -> bool {
+        let by = undone_by.and_then(|(m, g)| self.find(community, m, g).map(|k| k.row.id));
+        let Some(kept) = self.rows.iter_mut().find(|k| {
+            k.community == community && k.member == member && k.row.global_time == global_time
+        }) else {
+            return false;
+        };
+        let (undone, undone_by) = match undone_by {
+            Some(_) => (kept.undone | 1, by),
+            None => (kept.undone & !1, None),
+        };
+        let changed = (undone, undone_by) != (kept.undone, kept.undone_by);
+        kept.undone = undone;
+        kept.undone_by = undone_by;
+        changed
+    }
+
+    fn find(&self, community: CommunityId, member: MemberId, global_time: u64) -> Option<&Kept> {
+        self.rows.iter().find(|k| {
+            k.community == community && k.member == member && k.row.global_time == global_time
+        })
     }
 
     /// Removes the messages of `meta` below global time `below`; returns how many.

@@ -35,7 +35,15 @@
 //!   required (PERMIT, AUTHORIZE, REVOKE, UNDO). `Target.global_time` is optional and, when
 //!   present, equals the message's global time: a grant takes effect at its message's time.
 //! - f. Undo-own's and undo-other's `target_global_time` is 1 or higher and below the message's
-//!   global time; undo-other's `target_member` is required.
+//!   global time; undo-other's `target_member` is required. `(target_member or the author,
+//!   target_global_time)` names the undone message (one message per member and global time).
+//!   An undo-other needs `undo` on the target's meta at the undo's global time; an undo-own
+//!   needs no permission; the target's meta must be undoable. Both are full-sync with sequence
+//!   numbers, priority 128, sent to 10 candidates, like the original's, and are stored and
+//!   synced whether or not they are valid (a receiver judges them against its own timeline and
+//!   store: [`crate::undo`]). A node creating an undo-other names the target by its 20-byte id.
+//!   A node whose undo-own of a target loses to a binary-lower one of the same member sends the
+//!   winner back to the sender.
 //! - g. Dynamic-settings names a plugin meta (`target_community_message`; a `target_message` is
 //!   invalid: no built-in message has dynamic resolution), `target_policy` RESOLUTION (the only
 //!   policy switched), and `target_index`, the index in the meta's list of dynamic policies,

@@ -17,6 +17,13 @@ use crate::store::{HistoryQuery, Store, StoredMessage};
 pub trait History: Send + Sync {
     /// The rows of `community` matching `query`, or why they could not be read (one line).
     fn page(&self, community: i64, query: &HistoryQuery) -> Result<Vec<StoredMessage>, String>;
+
+    /// The stored rows among `ids` (hidden or not), in their order; ids no longer stored are
+    /// left out. Without an implementation: an error (nothing is told).
+    fn rows(&self, ids: &[i64]) -> Result<Vec<StoredMessage>, String> {
+        let _ = ids;
+        Err("this history reads no rows by id".into())
+    }
 }
 
 /// [`History`] over the SQLite store, driven from a plain thread through `runtime`.
@@ -29,13 +36,17 @@ pub struct StoreHistory {
     pub timeout: Duration,
 }
 
-impl History for StoreHistory {
-    fn page(&self, community: i64, query: &HistoryQuery) -> Result<Vec<StoredMessage>, String> {
+impl StoreHistory {
+    /// Runs the store read `read` from this plain thread, under the timeout.
+    fn wait<T>(
+        &self,
+        read: impl Future<Output = Result<T, crate::store::StoreError>>,
+    ) -> Result<T, String> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err("store reads are refused on the host's async tasks".into());
         }
         self.runtime.block_on(async {
-            match tokio::time::timeout(self.timeout, self.store.history(community, query)).await {
+            match tokio::time::timeout(self.timeout, read).await {
                 Ok(Ok(rows)) => Ok(rows),
                 Ok(Err(error)) => Err(format!("reading the store failed: {error}")),
                 Err(_) => Err(format!(
@@ -44,6 +55,16 @@ impl History for StoreHistory {
                 )),
             }
         })
+    }
+}
+
+impl History for StoreHistory {
+    fn page(&self, community: i64, query: &HistoryQuery) -> Result<Vec<StoredMessage>, String> {
+        self.wait(self.store.history(community, query))
+    }
+
+    fn rows(&self, ids: &[i64]) -> Result<Vec<StoredMessage>, String> {
+        self.wait(self.store.rows(ids))
     }
 }
 

@@ -515,6 +515,61 @@ impl HostHandle {
     }
 }
 
+impl HostHandle {
+    /// `HostApi::undo`: looks the target's meta up in the store (a visible row: an undone one
+    /// is found by the node among its undos) and queues [`Command::Undo`]; never blocks on the
+    /// protocol task. Why an undo is not created is logged, not returned.
+    fn queue_undo(&self, member: &[u8], global_time: u64) -> RResult<(), PluginError> {
+        let member = match member.len() {
+            33 => PublicKey::from_bytes(member)
+                .map(|key| key.member_id())
+                .ok(),
+            20 => dispersy_core::identity::MemberId::from_slice(member).ok(),
+            _ => None,
+        };
+        let Some(member) = member else {
+            return RResult::RErr(PluginError::new(
+                abi::ERROR_INVALID,
+                "member must be a 33-byte public key or a 20-byte member id",
+            ));
+        };
+        let query = crate::store::HistoryQuery {
+            meta: None,
+            member: Some(member),
+            global_time_low: global_time,
+            global_time_high: global_time,
+            after: 0,
+            limit: 1,
+        };
+        let meta = match self.history.as_ref() {
+            Some(history) => match history.page(self.community_row, &query) {
+                Ok(rows) => rows.first().map(|row| row.meta),
+                Err(error) => return RResult::RErr(PluginError::new(abi::ERROR_HOST, error)),
+            },
+            None => None,
+        };
+        let command = Command::Undo {
+            community: self.community,
+            target: dispersy_core::undo::Target {
+                member,
+                global_time,
+            },
+            meta,
+            reply: None,
+        };
+        match self.commands.try_send(command) {
+            Ok(()) => RResult::ROk(()),
+            Err(mpsc::error::TrySendError::Full(_)) => RResult::RErr(PluginError::new(
+                abi::ERROR_HOST,
+                "host command queue full; try again later",
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                RResult::RErr(PluginError::new(abi::ERROR_HOST, "host is shutting down"))
+            }
+        }
+    }
+}
+
 impl HostApi for HostHandle {
     fn member(&self) -> RVec<u8> {
         RVec::from(self.member.as_bytes().to_vec())
@@ -614,6 +669,10 @@ impl HostApi for HostHandle {
             &candidates,
         )
         .into()
+    }
+
+    fn undo(&self, member: RVec<u8>, global_time: u64) -> RResult<(), PluginError> {
+        self.queue_undo(&member, global_time)
     }
 
     fn read(&self, query: &abi::ReadQuery) -> RResult<abi::ReadPage, PluginError> {

@@ -218,7 +218,12 @@ pub fn load_from(path: &Path, library: &Path) -> Result<Plugin, LoadError> {
     let raw = (module.definition())()
         .into_result()
         .map_err(|e| definition_error(format!("definition failed: {e}")))?;
-    let definition = definition_from_raw(&raw).map_err(definition_error)?;
+    let mut definition = definition_from_raw(&raw).map_err(definition_error)?;
+    // Appended in plugin-api 0.2.2: an older plugin has no undoable metas.
+    definition.undoable = module
+        .undoable()
+        .map(|undoable| undoable().into_vec())
+        .unwrap_or_default();
     Ok(Plugin {
         path: path.to_path_buf(),
         module,
@@ -280,6 +285,7 @@ pub fn definition_from_raw(raw: &abi::CommunityDef) -> Result<Definition, String
         master,
         conversions,
         metas,
+        undoable: Vec::new(),
     };
     definition.validate().map_err(|e| e.to_string())?;
     Ok(definition)

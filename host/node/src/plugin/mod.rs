@@ -1,6 +1,7 @@
 //! Plugins: finding and loading community plugin files ([`mod@load`]) from private copies
 //! ([`copy`]), the thread that drives each community instance ([`worker`]) and its job queue
-//! ([`queue`]), and the host side plugins call ([`host`]).
+//! ([`queue`]), the notices of hidden messages ([`undone`]), and the host side plugins call
+//! ([`host`]).
 //!
 //! A plugin file defines one community type; the registry loads it ([`load()`]), then starts a
 //! [`Worker`] for its community, whose plugin instance gets a [`host`] handle to the node.
@@ -10,6 +11,7 @@ pub mod history;
 pub mod host;
 pub mod load;
 pub mod queue;
+pub mod undone;
 pub mod worker;
 
 pub use host::{Delivered, Health, PluginStats, Shared, candidate_infos};

@@ -175,6 +175,9 @@ pub enum Job {
         /// The answer: done, or why not (rolled back to the old version).
         reply: oneshot::Sender<Result<(), LifecycleError>>,
     },
+    /// Stored messages became hidden or visible again: tell the plugin
+    /// (`CommunityApi::undone`, see [`super::undone`]).
+    Undone(super::undone::Notice),
     /// A timer was scheduled: recompute the wake-up time.
     Wake,
     /// Finish the jobs queued before this one, then retire the instance for this
@@ -555,7 +558,7 @@ struct DelayedMessage {
 }
 
 /// The calls that may change a community: a panic in one poisons the instance.
-const MUTATING: [&str; 9] = [
+const MUTATING: [&str; 10] = [
     "check",
     "handle",
     "timer",
@@ -565,6 +568,7 @@ const MUTATING: [&str; 9] = [
     "restore",
     "live",
     "retire",
+    "undone",
 ];
 
 struct WorkerLoop {
@@ -983,7 +987,48 @@ impl WorkerLoop {
             } => {
                 let _ = reply.send(self.upgrade(factory, *definition));
             }
+            Job::Undone(notice) => self.tell_undone(&notice),
             Job::Wake | Job::Stop(_) => {}
+        }
+    }
+
+    /// Tells the instance of the rows `notice` names, in pages of `limits.read_page` (see
+    /// [`super::undone`]). Nothing without an instance; a row that is gone or does not decode
+    /// is left out (logged); a failed read ends the notice (logged).
+    fn tell_undone(&mut self, notice: &super::undone::Notice) {
+        let Some(history) = self.context.history.clone() else {
+            return;
+        };
+        let page = self.context.limits.read_page.max(1) as usize;
+        for ids in notice.ids.chunks(page) {
+            if self.instance.is_none() {
+                return;
+            }
+            let rows = match history.rows(ids) {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::warn!(community = %self.shared.name, %error, "hidden messages not told to the plugin");
+                    return;
+                }
+            };
+            let batch: Vec<abi::RawUndone> = rows
+                .iter()
+                .filter_map(|row| match history::decode(row) {
+                    Ok(raw) => Some(notice.why.raw(raw, notice.undone)),
+                    Err(error) => {
+                        tracing::warn!(community = %self.shared.name, %error, "left out of an undone notice");
+                        None
+                    }
+                })
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.call("undone", |instance| {
+                instance.undone(RSlice::from(&batch[..]))
+            }) {
+                self.report(&error);
+            }
         }
     }
 

@@ -10,9 +10,11 @@
 //! - `setup`: members, community and meta-message rows, hashes of old rows;
 //! - `write`: the insert transaction, the placement rules for sequence numbers, pairs of signers,
 //!   upserts and pruning;
+//! - `hidden`: the reason bits of hidden (undone, denied) rows and the rows they flip;
 //! - `read`: resume state, missing-* lookups, the API's listing and counts;
 //! - `sync_read`: the responder's range and modulo reads and the packets it sends (rows framed as
 //!   text inside SQL; its header says why);
+//! - `undo`: the targets undos point to, and marking rows undone or redone by an undo;
 //! - `task`: the batching store task ([`run`]); `sync_task`: the task running the protocol
 //!   task's reads.
 
@@ -25,6 +27,7 @@ use dispersy_core::identity::MemberId;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+mod hidden;
 mod read;
 mod setup;
 mod sync_read;
@@ -32,10 +35,13 @@ pub(crate) mod sync_task;
 mod task;
 #[cfg(test)]
 mod testing;
+mod undo;
 mod write;
 
+pub use hidden::{Mark, Marked, Reason, Span};
 pub use read::HistoryQuery;
 pub use task::{Insert, InsertSender, run};
+pub use undo::UndoMarked;
 
 /// The embedded migrations.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -153,6 +159,11 @@ pub struct StoredMessage {
     pub sequence: Option<u32>,
     /// The signed packet.
     pub packet: Vec<u8>,
+    /// Why it is hidden: 0 (shown), or a set of [`Reason`] bits (1 undone by an undo, 2
+    /// denied by the timeline).
+    pub undone: u8,
+    /// For the undo bit: the row id of the undo it is undone by.
+    pub undone_by: Option<i64>,
 }
 
 fn to_i64(value: u64) -> i64 {

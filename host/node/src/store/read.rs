@@ -12,8 +12,9 @@ use super::{Store, StoreError, StoredMessage, json_list, limit_i64};
 impl Store {
     /// What the core needs to continue where it stopped: the highest stored global time, our
     /// own highest sequence number per meta, how many messages of the `syncable` metas
-    /// (priority above 32) are stored and not undone, and the stored authorize, revoke and
-    /// dynamic-settings packets (the permission timeline is rebuilt from them).
+    /// (priority above 32) are stored and not undone, and the stored authorize, revoke,
+    /// dynamic-settings, undo-own and undo-other packets (the permission timeline and the undo
+    /// state are rebuilt from them).
     pub async fn resume(
         &self,
         community: i64,
@@ -44,12 +45,15 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         let authority: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT packet FROM sync WHERE community = ?1 AND meta IN (?2, ?3, ?4) ORDER BY id",
+            "SELECT packet FROM sync WHERE community = ?1 AND meta IN (?2, ?3, ?4, ?5, ?6)
+             ORDER BY id",
         )
         .bind(community)
         .bind(i64::from(builtin::AUTHORIZE))
         .bind(i64::from(builtin::REVOKE))
         .bind(i64::from(builtin::DYNAMIC_SETTINGS))
+        .bind(i64::from(builtin::UNDO_OWN))
+        .bind(i64::from(builtin::UNDO_OTHER))
         .fetch_all(&self.pool)
         .await?;
         let mut sequences = Vec::new();
@@ -148,28 +152,41 @@ impl Store {
         Ok(out)
     }
 
-    /// Stored messages of `community` with a row id above `after`, oldest first, at most `limit`.
+    /// Stored messages of `community` with a row id above `after`, oldest first, at most
+    /// `limit`, hidden ones included (with their [`StoredMessage::undone`] reasons): the API's
+    /// listing. Built-in messages (reserved types) are not among them.
     pub async fn messages(
         &self,
         community: i64,
         after: i64,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        self.history(community, &HistoryQuery::all(after, limit))
-            .await
+        let rows = sqlx::query(
+            "SELECT id, member, global_time, meta, sequence, packet, undone, undone_by FROM sync
+             WHERE community = ?1 AND id > ?2 AND meta < ?4 ORDER BY id LIMIT ?3",
+        )
+        .bind(community)
+        .bind(after)
+        .bind(i64::from(limit))
+        .bind(i64::from(builtin::RESERVED_FROM))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_message).collect()
     }
 
     /// Stored plugin messages of `community` matching `query`, in row-id order (the order they
     /// were stored), at most `query.limit`: the pages of a restore and of a plugin's reads. The
-    /// built-in messages (reserved types) are never among them.
+    /// built-in messages (reserved types) and hidden messages (undone or denied) are never
+    /// among them.
     pub async fn history(
         &self,
         community: i64,
         query: &HistoryQuery,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, member, global_time, meta, sequence, packet FROM sync
-             WHERE community = ?1 AND id > ?2 AND meta < ?8 AND (?3 IS NULL OR meta = ?3)
+            "SELECT id, member, global_time, meta, sequence, packet, undone, undone_by FROM sync
+             WHERE community = ?1 AND id > ?2 AND meta < ?8 AND undone = 0
+               AND (?3 IS NULL OR meta = ?3)
                AND (?4 IS NULL OR member = ?4) AND global_time BETWEEN ?5 AND ?6
              ORDER BY id LIMIT ?7",
         )
@@ -227,8 +244,8 @@ impl HistoryQuery {
     }
 }
 
-/// A row of `id, member, global_time, meta, sequence, packet`.
-fn stored_message(row: &sqlx::sqlite::SqliteRow) -> Result<StoredMessage, StoreError> {
+/// A row of `id, member, global_time, meta, sequence, packet, undone, undone_by`.
+pub(super) fn stored_message(row: &sqlx::sqlite::SqliteRow) -> Result<StoredMessage, StoreError> {
     let member: Vec<u8> = row.try_get(1)?;
     let global_time: i64 = row.try_get(2)?;
     let meta: i64 = row.try_get(3)?;
@@ -240,6 +257,8 @@ fn stored_message(row: &sqlx::sqlite::SqliteRow) -> Result<StoredMessage, StoreE
         meta: u32::try_from(meta).unwrap_or(0),
         sequence: sequence.and_then(|s| u32::try_from(s).ok()),
         packet: row.try_get(5)?,
+        undone: u8::try_from(row.try_get::<i64, _>(6)?).unwrap_or(u8::MAX),
+        undone_by: row.try_get(7)?,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The sync-read task: it runs the store reads the protocol task asks for (a sync query's rows,
-//! the rows of a requested range, packets to send, packets answering missing-* requests, pruning)
+//! the rows of a requested range, packets to send, packets answering missing-* requests, pruning,
+//! the targets of undos and marking rows undone by undos)
 //! and hands the results back as [`Command`]s. The protocol task never waits for SQLite; when
 //! this task is busy the protocol task drops the read instead.
 
@@ -39,6 +40,16 @@ pub(crate) enum SyncJob {
         row: i64,
         lookup: dispersy_core::missing::Lookup,
         max_bytes: usize,
+    },
+    UndoTargets {
+        community: CommunityId,
+        row: i64,
+        targets: Vec<(dispersy_core::undo::Target, Option<std::net::SocketAddr>)>,
+    },
+    Undone {
+        community: CommunityId,
+        row: i64,
+        flips: Vec<dispersy_core::node::UndoFlip>,
     },
 }
 
@@ -102,6 +113,42 @@ pub(crate) async fn run(
                 Ok(packets) => Command::AnswerRead { request, packets },
                 Err(error) => {
                     tracing::warn!(%error, "reading missing packets failed");
+                    continue;
+                }
+            },
+            SyncJob::UndoTargets {
+                community,
+                row,
+                targets,
+            } => {
+                let keys: Vec<_> = targets
+                    .iter()
+                    .map(|(t, _)| (t.member, t.global_time))
+                    .collect();
+                match store.undo_targets(row, &keys).await {
+                    Ok(metas) => Command::UndoTargetsRead {
+                        community,
+                        found: targets
+                            .into_iter()
+                            .zip(metas)
+                            .map(|((target, source), meta)| (target, source, meta))
+                            .collect(),
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the targets of undos failed");
+                        continue;
+                    }
+                }
+            }
+            SyncJob::Undone {
+                community,
+                row,
+                flips,
+            } => match store.mark_undone_by_undo(row, &flips).await {
+                Ok(marked) if marked.is_empty() => continue,
+                Ok(marked) => Command::UndoneMarked { community, marked },
+                Err(error) => {
+                    tracing::warn!(%error, "marking undone messages failed");
                     continue;
                 }
             },

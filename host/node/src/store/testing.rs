@@ -14,6 +14,7 @@ use dispersy_core::wire::Conversion;
 pub(super) fn definition() -> Definition {
     let master = KeyPair::from_secret(&[3u8; 32]).unwrap();
     Definition {
+        undoable: Vec::new(),
         name: "test".into(),
         version: "1".into(),
         master: master.public().clone(),

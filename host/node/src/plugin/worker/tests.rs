@@ -238,6 +238,8 @@ fn rows(spec: &[(u32, u64, Option<u8>)]) -> Vec<StoredMessage> {
                 meta,
                 sequence: None,
                 packet,
+                undone: 0,
+                undone_by: None,
             }
         })
         .collect()
@@ -263,6 +265,7 @@ fn definition() -> Definition {
         batch_window: Duration::ZERO,
     };
     Definition {
+        undoable: Vec::new(),
         name: "worker-test".into(),
         version: "1".into(),
         master: KeyPair::from_secret(&[3u8; 32]).unwrap().public().clone(),

@@ -1,0 +1,402 @@
+//! Hidden messages: the reason bits of `sync.undone` (migration 0007) and the rows whose
+//! visibility they flip.
+//!
+//! A stored message is hidden (not offered by sync, not read by plugins, not restored) while
+//! `undone` is not 0. Each bit is one independent reason ([`Reason`]): an operation sets or
+//! clears one bit and never looks at the other, so a revoke never redoes a message its author
+//! undid, and a redo never shows a message the timeline denies. An operation reports the rows
+//! whose *visibility* flipped (`undone` went from 0 to not 0, or back): those are the ones a
+//! plugin is told of. A row that gains a second reason, or loses one of two, flips nothing.
+//!
+//! Two shapes:
+//! - [`Store::mark`]: one row by its key (community, member, global time); used by undo.
+//! - [`Store::mark_range`]: the rows of one (community, meta, member) in a global-time range,
+//!   as one indexed pass over `sync_member` (community, meta, member, global_time) in one
+//!   transaction: one UPDATE for the rows that keep another reason, and one UPDATE per page
+//!   of the rows that flip, whose ids come back in pages of at most `page` through a
+//!   callback, never as one list of the whole range. The statements per range are
+//!   1 + flipped / page, not one per row.
+
+use dispersy_core::identity::MemberId;
+use sqlx::Row as _;
+
+use super::{Store, StoreError, to_i64};
+
+/// One reason a stored message is hidden: one bit of `sync.undone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Undone by a valid undo-own or undo-other (bit 1; `undone_by` names the undo's row).
+    Undo,
+    /// Denied: the permission timeline no longer lets its author have created it (bit 2).
+    Denied,
+}
+
+impl Reason {
+    /// Its bit in `sync.undone`.
+    pub fn bit(self) -> i64 {
+        match self {
+            Reason::Undo => 1,
+            Reason::Denied => 2,
+        }
+    }
+}
+
+/// A change of one reason bit of one row ([`Store::mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Set the undo bit, naming the undo (its `sync.id`). On a row undone already, only the
+    /// undo it is undone by changes (no flip).
+    Undo {
+        /// The undo's row id.
+        by: i64,
+    },
+    /// Clear the undo bit (no valid undo points to the row any more); `undone_by` is cleared.
+    Redo,
+    /// Set the denied bit.
+    Deny,
+    /// Clear the denied bit.
+    Allow,
+}
+
+/// The rows of one author and meta in a global-time range, both ends inclusive
+/// ([`Store::mark_range`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Community row id.
+    pub community: i64,
+    /// Meta-message type.
+    pub meta: u32,
+    /// The (first) author.
+    pub member: MemberId,
+    /// Lowest global time.
+    pub low: u64,
+    /// Highest global time.
+    pub high: u64,
+}
+
+/// What one [`Store::mark_range`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Marked {
+    /// Rows whose visibility flipped (all of them were handed to the callback).
+    pub flipped: u64,
+    /// Rows whose bit changed without a flip (they keep or had another reason).
+    pub quiet: u64,
+}
+
+impl Store {
+    /// Applies `mark` to the row of `member` at `global_time` in `community`; returns its row
+    /// id if its visibility flipped (hidden for [`Mark::Undo`] and [`Mark::Deny`], visible
+    /// again for the others), `None` when it did not or there is no such row.
+    pub async fn mark(
+        &self,
+        community: i64,
+        member: MemberId,
+        global_time: u64,
+        mark: Mark,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT id, undone FROM sync WHERE community = ?1 AND member = ?2 AND global_time = ?3",
+        )
+        .bind(community)
+        .bind(member.0.as_slice())
+        .bind(to_i64(global_time))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get(0)?;
+        let before: i64 = row.try_get(1)?;
+        let (after, undone_by) = match mark {
+            Mark::Undo { by } => (before | Reason::Undo.bit(), Some(by)),
+            Mark::Redo => (before & !Reason::Undo.bit(), None),
+            Mark::Deny => (before | Reason::Denied.bit(), None),
+            Mark::Allow => (before & !Reason::Denied.bit(), None),
+        };
+        let undo_bit_kept = matches!(mark, Mark::Deny | Mark::Allow);
+        sqlx::query(
+            "UPDATE sync SET undone = ?2,
+                 undone_by = CASE WHEN ?4 THEN undone_by ELSE ?3 END
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(undone_by)
+        .bind(undo_bit_kept)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(((before == 0) != (after == 0)).then_some(id))
+    }
+
+    /// Sets (`denied`) or clears the denied bit of every row of `range`; hands the ids of the
+    /// rows whose visibility flipped to `on_page`, in pages of at most `page` ids (in
+    /// global-time order), and returns the counts. One transaction, walking the `sync_member`
+    /// index: one UPDATE for the rows that keep an undo (no flip), then one UPDATE per page of
+    /// the rows whose only reason this bit is or will be (they flip; a page's ids come back
+    /// from it, and the next page starts after its last global time). A range of any size
+    /// holds one page in memory. `on_page` runs inside the transaction: keep it short (queue
+    /// the page, do not read the store).
+    pub async fn mark_range(
+        &self,
+        range: &Span,
+        denied: bool,
+        page: usize,
+        mut on_page: impl FnMut(Vec<i64>),
+    ) -> Result<Marked, StoreError> {
+        let page = i64::try_from(page.max(1)).unwrap_or(i64::MAX);
+        let bit = Reason::Denied.bit();
+        // The rows that flip: none of their bits set (deny), or only this one (allow); the
+        // others change quietly.
+        let (flip_sql, quiet_sql) = if denied {
+            (
+                "UPDATE sync SET undone = ?6 WHERE id IN (
+                     SELECT id FROM sync INDEXED BY sync_member
+                     WHERE community = ?1 AND meta = ?2 AND member = ?3
+                       AND global_time BETWEEN ?4 AND ?5 AND undone = 0
+                     ORDER BY global_time LIMIT ?7)
+                 RETURNING id, global_time",
+                "UPDATE sync INDEXED BY sync_member SET undone = undone | ?6
+                 WHERE community = ?1 AND meta = ?2 AND member = ?3
+                   AND global_time BETWEEN ?4 AND ?5 AND undone != 0 AND undone & ?6 = 0",
+            )
+        } else {
+            (
+                "UPDATE sync SET undone = 0 WHERE id IN (
+                     SELECT id FROM sync INDEXED BY sync_member
+                     WHERE community = ?1 AND meta = ?2 AND member = ?3
+                       AND global_time BETWEEN ?4 AND ?5 AND undone = ?6
+                     ORDER BY global_time LIMIT ?7)
+                 RETURNING id, global_time",
+                "UPDATE sync INDEXED BY sync_member SET undone = undone & ~?6
+                 WHERE community = ?1 AND meta = ?2 AND member = ?3
+                   AND global_time BETWEEN ?4 AND ?5 AND undone != ?6 AND undone & ?6 != 0",
+            )
+        };
+        let member = range.member.0.to_vec();
+        let high = to_i64(range.high);
+        let mut low = to_i64(range.low);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let quiet = sqlx::query(quiet_sql)
+            .bind(range.community)
+            .bind(i64::from(range.meta))
+            .bind(member.as_slice())
+            .bind(low)
+            .bind(high)
+            .bind(bit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let mut flipped = 0u64;
+        while low <= high {
+            let rows: Vec<(i64, i64)> = sqlx::query_as(flip_sql)
+                .bind(range.community)
+                .bind(i64::from(range.meta))
+                .bind(member.as_slice())
+                .bind(low)
+                .bind(high)
+                .bind(bit)
+                .bind(page)
+                .fetch_all(&mut *tx)
+                .await?;
+            let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= page;
+            let Some(last) = rows.iter().map(|(_, global_time)| *global_time).max() else {
+                break;
+            };
+            flipped += rows.len() as u64;
+            on_page(rows.into_iter().map(|(id, _)| id).collect());
+            if !full || last == i64::MAX {
+                break;
+            }
+            low = last + 1;
+        }
+        tx.commit().await?;
+        Ok(Marked { flipped, quiet })
+    }
+
+    /// The stored rows among `ids` (any state, hidden or not), in the order of `ids`; ids no
+    /// longer stored are left out. For telling a plugin of the rows a mark flipped.
+    pub async fn rows(&self, ids: &[i64]) -> Result<Vec<super::StoredMessage>, StoreError> {
+        let list = super::json_list(ids)?;
+        let rows = sqlx::query(
+            "SELECT s.id, s.member, s.global_time, s.meta, s.sequence, s.packet, s.undone,
+                    s.undone_by
+             FROM json_each(?1) AS j CROSS JOIN sync AS s ON s.id = j.value
+             ORDER BY j.key",
+        )
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(super::read::stored_message).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{definition, post};
+    use super::super::*;
+    use super::*;
+
+    fn range(community: i64, member: MemberId, low: u64, high: u64) -> Span {
+        Span {
+            community,
+            meta: 7,
+            member,
+            low,
+            high,
+        }
+    }
+
+    /// Messages of meta 7 by one member at global times `times`.
+    fn posts(community: i64, times: std::ops::RangeInclusive<u64>) -> Vec<NewMessage> {
+        times
+            .map(|gt| NewMessage {
+                member: MemberId([1; 20]),
+                ..post(community, gt, vec![gt as u8; 20])
+            })
+            .collect()
+    }
+
+    async fn undone(store: &Store, community: i64) -> Vec<(u64, i64)> {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT global_time, undone FROM sync WHERE community = ?1 ORDER BY global_time",
+        )
+        .bind(community)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(gt, undone)| (gt as u64, undone))
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn the_reason_bits_are_independent_and_only_flips_are_reported() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let rows = posts(id, 1..=10);
+        let member = rows[0].member;
+        store.insert(&rows).await.unwrap();
+        // Row 4 undone by an undo (row id 99 stands for the undo).
+        let flipped = store
+            .mark(id, member, 4, Mark::Undo { by: 99 })
+            .await
+            .unwrap();
+        assert!(flipped.is_some(), "undoing a visible row flips it");
+        // Deny 3..=6 in pages of 2: rows 3, 5, 6 flip; row 4 gains a second reason quietly.
+        let mut pages = Vec::new();
+        let marked = store
+            .mark_range(&range(id, member, 3, 6), true, 2, |p| pages.push(p))
+            .await
+            .unwrap();
+        assert_eq!(
+            marked,
+            Marked {
+                flipped: 3,
+                quiet: 1
+            }
+        );
+        assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
+        let flipped_rows = store.rows(&pages.concat()).await.unwrap();
+        let mut times: Vec<u64> = flipped_rows.iter().map(|r| r.global_time).collect();
+        times.sort_unstable();
+        assert_eq!(times, [3, 5, 6]);
+        assert!(flipped_rows.iter().all(|r| r.undone == 2));
+        // Denying all: only the rows not hidden yet flip (1, 2, 7..=10).
+        let again = store
+            .mark_range(&range(id, member, 1, 10), true, 100, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Marked {
+                flipped: 6,
+                quiet: 0
+            }
+        );
+        let allowed = store
+            .mark_range(&range(id, member, 1, 2), false, 100, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(allowed.flipped, 2);
+        // Row 4 holds both reasons: clearing either one flips nothing.
+        assert_eq!(store.mark(id, member, 4, Mark::Deny).await.unwrap(), None);
+        assert_eq!(store.mark(id, member, 4, Mark::Redo).await.unwrap(), None);
+        let state = undone(&store, id).await;
+        assert_eq!(state[3], (4, 2), "still denied after the redo");
+        // Setting the undo bit on a denied row flips nothing; clearing denial while undone
+        // flips nothing either.
+        assert_eq!(
+            store
+                .mark(id, member, 5, Mark::Undo { by: 98 })
+                .await
+                .unwrap(),
+            None
+        );
+        let marked = store
+            .mark_range(&range(id, member, 3, 10), false, 100, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            marked,
+            Marked {
+                flipped: 7,
+                quiet: 1
+            },
+            "3, 4 and 6..=10 flip back (4 has only the denial left); 5 stays undone"
+        );
+        let state = undone(&store, id).await;
+        assert_eq!(
+            state,
+            [
+                (1, 0),
+                (2, 0),
+                (3, 0),
+                (4, 0),
+                (5, 1),
+                (6, 0),
+                (7, 0),
+                (8, 0),
+                (9, 0),
+                (10, 0)
+            ]
+        );
+        let undo_of_5 = store.rows(&[flipped.unwrap() + 1]).await.unwrap();
+        assert_eq!(undo_of_5[0].undone_by, Some(98));
+        // Redoing the last reason flips it visible.
+        assert!(
+            store
+                .mark(id, member, 5, Mark::Redo)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // A row that is not stored flips nothing.
+        assert_eq!(store.mark(id, member, 77, Mark::Deny).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn hidden_rows_are_not_restored_nor_read_by_plugins() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let rows = posts(id, 1..=4);
+        let member = rows[0].member;
+        store.insert(&rows).await.unwrap();
+        store
+            .mark_range(&range(id, member, 2, 3), true, 10, |_| {})
+            .await
+            .unwrap();
+        let seen: Vec<u64> = store
+            .history(id, &HistoryQuery::all(0, 10))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.global_time)
+            .collect();
+        assert_eq!(seen, [1, 4]);
+        let listed = store.messages(id, 0, 10).await.unwrap();
+        let states: Vec<(u64, u8)> = listed.iter().map(|r| (r.global_time, r.undone)).collect();
+        assert_eq!(states, [(1, 0), (2, 2), (3, 2), (4, 0)]);
+    }
+}
