@@ -9,7 +9,8 @@
 //!   (undo-own) and posting the new text.
 //! - Moderators are members the founder granted `undo` on `post` (and `thread`): they undo
 //!   anyone's posts (undo-other). Undone messages stay stored but are no longer synchronised;
-//!   the host tells the plugin, which hides them.
+//!   the host tells the plugin, which drops them from its state (a restart's restore leaves them
+//!   out too), and puts them back if they are shown again.
 //! - `vote` (public, **last-sync**, history 64): a member's 64 newest votes count; a newer vote
 //!   on the same target replaces the older one.
 //! - `endorse` (public, **double-member**, full-sync): a post's endorsement signed by two
@@ -219,7 +220,6 @@ impl Payload for Endorse {
 /// A thread as the forum keeps it.
 struct ThreadState {
     title: String,
-    hidden: bool,
 }
 
 /// A post as the forum keeps it.
@@ -227,7 +227,6 @@ struct PostState {
     thread: Ref,
     body: String,
     replaces: Option<Ref>,
-    hidden: bool,
 }
 
 /// An endorsement as the forum keeps it.
@@ -236,7 +235,6 @@ struct EndorseState {
     endorser: String,
     note: String,
     seconded: String,
-    hidden: bool,
 }
 
 /// One forum instance.
@@ -249,8 +247,9 @@ pub struct Forum {
     endorsements: BTreeMap<Ref, EndorseState>,
     /// Messages not kept because a table was full.
     dropped: u64,
-    /// Messages hidden (undone or denied) and shown again, as the host reported them.
+    /// Messages hidden (undone or denied) since this instance started, as the host reported.
     undone: u64,
+    /// Messages shown again since this instance started.
     redone: u64,
 }
 
@@ -284,7 +283,7 @@ impl Forum {
         self.wait_for(&message.payload.target, &self.posts)
     }
 
-    /// Accept if `target` is known (hidden or not), else wait for it to be stored.
+    /// Accept if `target` is known (stored and visible), else wait for it to be stored.
     fn wait_for<V>(&self, target: &Ref, table: &BTreeMap<Ref, V>) -> Verdict {
         if table.contains_key(target) {
             return Verdict::Accept;
@@ -302,7 +301,6 @@ impl Forum {
         for m in messages {
             let state = ThreadState {
                 title: m.payload.title.clone(),
-                hidden: false,
             };
             insert_bounded(&mut self.threads, Ref::of(&m), state, &mut self.dropped);
         }
@@ -316,7 +314,6 @@ impl Forum {
                 thread: m.payload.thread,
                 body: m.payload.body,
                 replaces: m.payload.replaces,
-                hidden: false,
             };
             insert_bounded(&mut self.posts, r, state, &mut self.dropped);
         }
@@ -342,7 +339,6 @@ impl Forum {
                 target: m.payload.target.clone(),
                 note: m.payload.note.clone(),
                 seconded: m.payload.seconded.clone(),
-                hidden: false,
             };
             insert_bounded(
                 &mut self.endorsements,
@@ -357,10 +353,7 @@ impl Forum {
     /// As co-signer of an endorsement: sign it if the endorsed post is known and visible here,
     /// appending this member's own note (its key's first 8 digits: "seconded by …").
     fn second(&mut self, message: &Message<Endorse>) -> Cosign<Endorse> {
-        let visible = self
-            .posts
-            .get(&message.payload.target)
-            .is_some_and(|p| !p.hidden);
+        let visible = self.posts.contains_key(&message.payload.target);
         if !visible || !message.payload.seconded.is_empty() {
             return Cosign::Refuse;
         }
@@ -374,19 +367,32 @@ impl Forum {
         matches!(answer.answer, Answer::Signed | Answer::Appended) && answer.payload.is_some()
     }
 
-    /// The stored message `r` of meta `meta` became hidden (undone, or denied by the timeline)
-    /// or visible again.
-    pub fn set_hidden(&mut self, meta: u32, r: &Ref, hidden: bool) {
-        let flag = match meta {
-            meta::THREAD => self.threads.get_mut(r).map(|t| &mut t.hidden),
-            meta::POST => self.posts.get_mut(r).map(|p| &mut p.hidden),
-            meta::ENDORSE => self.endorsements.get_mut(r).map(|e| &mut e.hidden),
-            _ => None,
-        };
-        if let Some(flag) = flag {
-            *flag = hidden;
+    /// A thread became hidden (undone, or denied by the timeline): it goes, as if it had
+    /// never been stored (a restart's restore leaves it out too); visible again: it comes back.
+    fn on_thread_undone(&mut self, notice: Undone<Thread>) -> Result<(), Error> {
+        self.count(notice.undone);
+        if notice.undone {
+            self.threads.remove(&Ref::of(&notice.message));
+            Ok(())
+        } else {
+            self.on_thread(vec![notice.message])
         }
-        if hidden {
+    }
+
+    /// A post became hidden or visible again (see [`Forum::on_thread_undone`]).
+    fn on_post_undone(&mut self, notice: Undone<Post>) -> Result<(), Error> {
+        self.count(notice.undone);
+        if notice.undone {
+            self.posts.remove(&Ref::of(&notice.message));
+            Ok(())
+        } else {
+            self.on_post(vec![notice.message])
+        }
+    }
+
+    /// Counts what the host reported.
+    fn count(&mut self, undone: bool) {
+        if undone {
             self.undone += 1;
         } else {
             self.redone += 1;
@@ -406,13 +412,13 @@ impl Forum {
     fn thread_posts(&self, thread: &Ref) -> Vec<Value> {
         self.posts
             .iter()
-            .filter(|(_, p)| !p.hidden && &p.thread == thread)
+            .filter(|(_, p)| &p.thread == thread)
             .take(SHOWN)
             .map(|(r, p)| {
                 let endorsed: Vec<Value> = self
                     .endorsements
                     .values()
-                    .filter(|e| !e.hidden && &e.target == r)
+                    .filter(|e| &e.target == r)
                     .map(|e| json!({"by": e.endorser, "note": e.note, "seconded": e.seconded}))
                     .collect();
                 json!({
@@ -440,7 +446,8 @@ impl Community for Forum {
                     .resolution(Resolution::Linear)
                     .distribution(full_sync)
                     .undoable()
-                    .handle(Self::on_thread),
+                    .handle(Self::on_thread)
+                    .on_undone(Self::on_thread_undone),
             )
             .meta(
                 Meta::<Self, Post>::new(meta::POST, "post")
@@ -451,7 +458,8 @@ impl Community for Forum {
                     .distribution(full_sync)
                     .undoable()
                     .check(Self::check_post)
-                    .handle(Self::on_post),
+                    .handle(Self::on_post)
+                    .on_undone(Self::on_post_undone),
             )
             .meta(
                 Meta::<Self, Vote>::new(meta::VOTE, "vote")
@@ -490,7 +498,6 @@ impl Community for Forum {
         let threads: Vec<Value> = self
             .threads
             .iter()
-            .filter(|(_, t)| !t.hidden)
             .take(SHOWN)
             .map(|(r, t)| {
                 json!({
@@ -505,11 +512,10 @@ impl Community for Forum {
             "member": to_hex(&self.host.member()),
             "threads": threads,
             "counts": {
-                "threads": self.threads.values().filter(|t| !t.hidden).count(),
-                "posts": self.posts.values().filter(|p| !p.hidden).count(),
-                "hidden_posts": self.posts.values().filter(|p| p.hidden).count(),
+                "threads": self.threads.len(),
+                "posts": self.posts.len(),
                 "votes": self.votes.len(),
-                "endorsements": self.endorsements.values().filter(|e| !e.hidden).count(),
+                "endorsements": self.endorsements.len(),
                 "undone": self.undone,
                 "redone": self.redone,
                 "dropped": self.dropped,
@@ -585,11 +591,22 @@ mod tests {
         let status = host.status().unwrap();
         assert_eq!(status["counts"]["posts"], 2);
         assert_eq!(status["threads"][0]["score"], -1);
+        // The author's undo of the first post: the host hides it and tells the plugin.
+        host.undone(&early, true, UndoReason::ByAuthor { global_time: 12 })
+            .unwrap();
+        let status = host.status().unwrap();
+        assert_eq!(status["counts"]["posts"], 1);
+        assert_eq!(status["counts"]["undone"], 1);
         // A restart rebuilds the same state from the store.
         host.restart().unwrap();
         let again = host.status().unwrap();
-        assert_eq!(again["counts"], status["counts"]);
-        assert_eq!(again["threads"][0]["posts"][1]["edited"], true);
+        assert_eq!(again["counts"]["posts"], 1);
+        assert_eq!(again["threads"], status["threads"]);
+        assert_eq!(again["threads"][0]["posts"][0]["edited"], true);
+        // Shown again (its undo found invalid, say): it comes back.
+        host.undone(&early, false, UndoReason::ByAuthor { global_time: 12 })
+            .unwrap();
+        assert_eq!(host.status().unwrap()["counts"]["posts"], 2);
     }
 
     #[test]

@@ -20,11 +20,11 @@ use crate::client::ClientError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     /// Whether the three nodes ended with the same forum (threads, visible posts, votes,
-    /// endorsements, hidden posts).
+    /// endorsements).
     pub agreed: bool,
     /// Visible posts on node3 at the end.
     pub posts: u64,
-    /// Hidden (undone) posts on node3 at the end.
+    /// Messages node3's plugin was told were hidden (undone).
     pub hidden: u64,
     /// Whether node3's post after the switch to moderated mode was refused.
     pub moderated: bool,
@@ -327,7 +327,6 @@ async fn forum(nodes: &[Process], options: &Options) -> Result<Summary, DemoErro
             views.push(json!({"threads": s["threads"], "counts": {
                 "threads": s["counts"]["threads"],
                 "posts": s["counts"]["posts"],
-                "hidden_posts": s["counts"]["hidden_posts"],
                 "votes": s["counts"]["votes"],
                 "endorsements": s["counts"]["endorsements"],
             }}));
@@ -362,10 +361,11 @@ async fn forum(nodes: &[Process], options: &Options) -> Result<Summary, DemoErro
         }
     }
     let counts = &view["counts"];
+    let node3 = status(n3, id).await?;
     let summary = Summary {
         agreed,
         posts: counts["posts"].as_u64().unwrap_or(0),
-        hidden: counts["hidden_posts"].as_u64().unwrap_or(0),
+        hidden: node3["counts"]["undone"].as_u64().unwrap_or(0),
         moderated,
     };
     println!(
