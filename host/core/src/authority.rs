@@ -233,8 +233,9 @@ pub enum Judgement {
 ///   name a plugin meta of dynamic resolution and an index in its list of policies (else
 ///   [`DropReason::InvalidDynamicSettings`]); then its record must be valid if inserted now
 ///   ([`timeline::Timeline::judge`]), else it waits;
-/// - undo-own, undo-other and destroy-community are [`DropReason::Unsupported`] (not handled
-///   yet);
+/// - a destroy-community's author must hold `permit` on [`Subject::DestroyCommunity`] at its
+///   global time ([`timeline::Timeline::may`]), else it waits;
+/// - undo-own and undo-other are [`DropReason::Unsupported`] (not handled yet);
 /// - a plugin message of a Linear meta, or of a Dynamic meta whose policy at its global time is
 ///   Linear, must be allowed for all its authors ([`timeline::Timeline::may_all`]), else it
 ///   waits (pushing the deciding settings for a Dynamic meta); any other message is allowed.
@@ -276,7 +277,21 @@ pub fn judge(
             }
         }
         Body::DynamicSettings { .. } => {}
-        Body::UndoOwn { .. } | Body::UndoOther { .. } | Body::Destroy(_) => {
+        Body::Destroy(_) => {
+            let Some(author) = message.authors.first() else {
+                return Judgement::Drop(DropReason::WrongAuthentication);
+            };
+            let verdict = timeline.may(
+                author.member_id(),
+                Subject::DestroyCommunity,
+                message.global_time,
+            );
+            return match verdict {
+                timeline::Verdict::Allowed { .. } => Judgement::Allowed,
+                timeline::Verdict::Denied { .. } => Judgement::Wait { push: Vec::new() },
+            };
+        }
+        Body::UndoOwn { .. } | Body::UndoOther { .. } => {
             return Judgement::Drop(DropReason::Unsupported);
         }
     }

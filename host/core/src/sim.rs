@@ -396,6 +396,15 @@ impl Sim {
                     self.nodes[i].handle_created_check(now, *request, verdict);
                 }
                 Event::Created { .. } | Event::Unreadable { .. } => {}
+                Event::Destroyed {
+                    community,
+                    degree,
+                    global_time,
+                    keep,
+                } => {
+                    let keep = (*degree == crate::authority::Degree::Hard).then_some(&keep[..]);
+                    self.stores[i].0.destroy(*community, keep, *global_time);
+                }
                 Event::SendPackets { request, rows } => {
                     let packets = self.stores[i].packets(rows);
                     self.nodes[i].handle_packets_read(now, *request, packets);
@@ -493,3 +502,6 @@ mod tests;
 
 #[cfg(test)]
 mod permission_tests;
+
+#[cfg(test)]
+mod destroy_tests;

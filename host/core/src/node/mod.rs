@@ -16,6 +16,8 @@
 //! - [`Node::request_signature`]: start a double-member message (ends in [`Event::Created`]).
 //! - [`Node::found`]: sign with the community's master key the authorize that gives this
 //!   node's member the first permits (published at once).
+//! - [`Node::announce_destroyed`]: once a joined community's thread runs, tell the driver again
+//!   that it is destroyed (ends in [`Event::Destroyed`]; rebuilt at join from the stored destroy).
 //!
 //! Inputs, what happened (every one `handle_*`):
 //! - [`Node::handle_datagram`]: bytes from a UDP address;
@@ -49,6 +51,8 @@
 //! - [`Event::Created`]: a message we created (or co-signed) is published, or why not;
 //! - [`Event::Unreadable`]: a peer sent a meta in a conversion the plugin does not read, the
 //!   first time for this (community, meta, conversion): tell the operator (nothing to answer).
+//! - [`Event::Destroyed`]: a destroy-community destroyed (hard) or froze (soft) a community:
+//!   delete what it no longer keeps, retire (hard) or restore (soft) its plugin instance.
 //!
 //! Outputs: [`Node::poll_transmit`] (datagrams to send), [`Node::poll_event`] (the events
 //! above), [`Node::poll_timeout`] (when to call [`Node::handle_timeout`]).
@@ -68,6 +72,7 @@ use std::time::Duration;
 
 mod authority;
 mod collection;
+mod destroy;
 mod member;
 mod missing;
 mod signature;
@@ -309,6 +314,24 @@ pub enum Event {
         /// The rows, in sending order.
         rows: Vec<u64>,
     },
+    /// A destroy-community message destroyed (hard) or froze (soft) `community`
+    /// ([`crate::destroy`]); emitted when a stored destroy changes its state, and again on
+    /// [`Node::announce_destroyed`]. After the events before it, the driver deletes: for hard,
+    /// every stored message of the community but those `keep` names (by first author and global
+    /// time: the destroy and its proof chain), and retires its plugin instance for good
+    /// (`retire` code `DESTROYED`); for soft, every stored message above `global_time`, and
+    /// restarts the instance from the frozen history when any was deleted. Deleting again is
+    /// harmless. Nothing to answer.
+    Destroyed {
+        /// The community.
+        community: CommunityId,
+        /// Hard or soft.
+        degree: crate::authority::Degree,
+        /// The destroy's global time (soft: the freeze).
+        global_time: u64,
+        /// Hard: the stored messages to keep, by (first author, global time); soft: empty.
+        keep: Vec<(crate::identity::MemberId, u64)>,
+    },
 }
 
 /// Names one request the node made of its driver ([`Event::SyncRows`], [`Event::ReadPackets`],
@@ -418,6 +441,10 @@ pub enum CreateError {
     /// no permit for it in the community's permission timeline: nothing was signed or sent.
     #[error("this member holds no permit for meta-message {0:?}")]
     NotPermitted(String),
+    /// The community is destroyed (hard) or frozen (soft) by a destroy-community message: it
+    /// creates nothing (a soft-destroyed one only a hard destroy).
+    #[error("community {0} is destroyed: it creates no new message")]
+    Destroyed(CommunityId),
 }
 
 /// Why the plugin's check did not pass a message we created ([`Event::CheckCreated`]).
@@ -571,7 +598,8 @@ impl Node {
     /// Joins the community a plugin defines; walking starts at the next timeout. Its permission
     /// timeline is rebuilt from the stored permission packets of `resume` (in any order; those
     /// that do not decode are skipped), so a restarted node enforces the same permissions at
-    /// once.
+    /// once; a valid destroy-community among them puts it back in its destroyed state
+    /// ([`crate::destroy`], rule 5; no event: see [`Node::announce_destroyed`]).
     pub fn join(
         &mut self,
         now: Instant,
@@ -588,6 +616,7 @@ impl Node {
             existing.observe_global_time(resume.global_time);
             existing.fast_until = now + self.config.fast_walker_duration;
             self.rebuild_timeline(id, &resume.authority);
+            self.restore_destroyed(now, id, &resume.authority);
             return Ok(id);
         }
         if self.communities.len() >= self.config.max_communities {
@@ -606,6 +635,7 @@ impl Node {
         );
         self.communities.insert(id, community);
         self.rebuild_timeline(id, &authority);
+        self.restore_destroyed(now, id, &authority);
         Ok(id)
     }
 
@@ -895,6 +925,9 @@ impl Node {
         }
         if !report.stored.is_empty() {
             self.handle_stored(now, community, &report.stored);
+        }
+        if !report.authority.is_empty() {
+            self.learn_destroys(now, community, &report.authority, &report.stored);
         }
     }
 
