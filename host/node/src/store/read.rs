@@ -44,12 +44,13 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         let authority: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT packet FROM sync WHERE community = ?1 AND meta IN (?2, ?3, ?4) ORDER BY id",
+            "SELECT packet FROM sync WHERE community = ?1 AND meta IN (?2, ?3, ?4, ?5) ORDER BY id",
         )
         .bind(community)
         .bind(i64::from(builtin::AUTHORIZE))
         .bind(i64::from(builtin::REVOKE))
         .bind(i64::from(builtin::DYNAMIC_SETTINGS))
+        .bind(i64::from(builtin::DESTROY_COMMUNITY))
         .fetch_all(&self.pool)
         .await?;
         let mut sequences = Vec::new();
