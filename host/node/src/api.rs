@@ -1168,6 +1168,7 @@ mod tests {
             "messages_created",
             "messages_refused",
             "messages_received",
+            "destroy_answers",
             "dropped",
         ];
         expected.sort_unstable();
