@@ -37,7 +37,8 @@
 //! - [`Event::Messages`]: check, store and handle verified messages of one meta (answered by
 //!   [`Node::handle_store_report`] and [`Node::handle_wait`]); our own (no source) already
 //!   passed their check and are only stored and handled; built-in permission messages
-//!   (authorize, revoke, dynamic-settings: [`crate::meta::builtin::is_handled`]) were judged by
+//!   (authorize, revoke, dynamic-settings, destroy-community:
+//!   [`crate::meta::builtin::is_handled`]) were judged by
 //!   the node and are only stored, never given to the plugin;
 //! - [`Event::CheckCreated`]: run the plugin's check on a message we created, before anything
 //!   is sent or stored (answered by [`Node::handle_created_check`]);
@@ -64,7 +65,7 @@
 //! (bloom-filter sync, and what stored messages change), `missing` (waiting messages and
 //! missing-* requests), `signature` (co-signing), `authority` (the permission timeline:
 //! waiting for proof, missing-proof, stored records; rules in [`crate::timeline`] and
-//! [`crate::authority`]). The pure modules never import the node.
+//! [`crate::authority`]), `destroy` (destroy-community; rules in [`crate::destroy`]). The pure modules never import the node.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
