@@ -133,3 +133,48 @@ async fn a_founders_hard_destroy_empties_the_peer_which_stays_destroyed_after_a_
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_destroy_freezes_the_community_on_both_nodes() {
+    let plugins = plugin_dir(&["probe_community"]);
+    let master = key(53);
+    let hex = master.public().to_hex();
+    let id = master.member_id().to_hex();
+    let (a, b, _keys) = founder_and_peer(plugins.path(), &master).await;
+    for node in [&a, &b] {
+        let (code, answer) = node.join_instance("probe", &hex).await;
+        assert_eq!(code, 201, "{answer}");
+    }
+    let (code, answer) = post(&a, &id, "before").await;
+    assert_eq!(code, 201, "{answer}");
+    wait_until(SPREAD, "B to store the post", || async {
+        stored(&b, &id).await.len() == 1
+    })
+    .await;
+    let (code, created) = destroy(&a, &id, "soft").await;
+    assert_eq!(code, 201, "{created}");
+    let freeze = created["global_time"].as_u64().unwrap();
+    wait_until(SPREAD, "B to be frozen", || async {
+        b.community(&id).await["destroyed"]["degree"] == "soft"
+    })
+    .await;
+    for node in [&a, &b] {
+        let c = node.community(&id).await;
+        assert_eq!(c["destroyed"]["global_time"], freeze, "{c}");
+        assert!(c["global_time"].as_u64().unwrap() <= freeze, "{c}");
+        // The plugin stays, read-only; what is older stays stored.
+        assert_eq!(c["plugin"]["state"], "live", "{c}");
+        assert_eq!(stored(node, &id).await, ["post"]);
+        let (code, answer) = post(node, &id, "after").await;
+        assert_eq!(code, 409, "{answer}");
+    }
+    // A hard destroy still passes.
+    let (code, answer) = destroy(&a, &id, "hard").await;
+    assert_eq!(code, 201, "{answer}");
+    wait_until(SPREAD, "B to be destroyed", || async {
+        destroyed(&b, &id).await
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

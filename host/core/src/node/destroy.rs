@@ -83,7 +83,7 @@ impl Node {
         let Some(c) = self.communities.get(&community) else {
             return;
         };
-        let mut destroys: Vec<Destroyed> = packets
+        let winner = packets
             .iter()
             .filter_map(|packet| SignedMessage::decode(packet).ok())
             .filter(|signed| signed.message.community == community)
@@ -93,15 +93,8 @@ impl Node {
                     .may(d.author, Subject::DestroyCommunity, d.global_time)
                     .is_allowed()
             })
-            .collect();
-        destroys.sort_by(|a, b| {
-            if a.supersedes(b) {
-                std::cmp::Ordering::Less
-            } else {
-                std::cmp::Ordering::Greater
-            }
-        });
-        if let Some(winner) = destroys.into_iter().next() {
+            .reduce(|best, next| if next.supersedes(&best) { next } else { best });
+        if let Some(winner) = winner {
             self.apply_destroy(now, community, winner, false);
         }
     }
