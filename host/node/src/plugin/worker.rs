@@ -1084,7 +1084,7 @@ impl WorkerLoop {
         let state = self.shared.health().state;
         let from = self.context.definition.version.clone();
         let to = definition.version.clone();
-        if state == "starting" {
+        if state == "starting" || state == "destroyed" {
             return Err(LifecycleError::Conflict {
                 change: "upgrade",
                 community: self.shared.name.clone(),
