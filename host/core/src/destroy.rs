@@ -9,7 +9,8 @@
 //!
 //! 1. **Hard.** The community keeps only the winning destroy message and its proof chain (the
 //!    grant records that make its author hold the permit, and theirs, up to the master):
-//!    every other stored message of the community is deleted. It accepts nothing new (every
+//!    every other stored message of the community is deleted, and the permission timeline keeps
+//!    only the records of that chain (what a restart rebuilds). It accepts nothing new (every
 //!    community message it receives is dropped as `destroyed`, another destroy included), creates
 //!    nothing, walks no more, and answers every introduction-request from a proven address with
 //!    the destroy message alone, in a collection (no introduction-response, no introduction,
@@ -18,7 +19,8 @@
 //!    (`retire` code `DESTROYED`) and no new one is made.
 //! 2. **Soft** (the seed's freeze; the original never built it). The community freezes at the
 //!    destroy's global time `T`: it keeps and serves (sync, missing-*) what it holds at or below
-//!    `T`; what it held above `T` is deleted; it refuses every received message above `T`
+//!    `T`; what it held above `T` is deleted (permission records too, from the timeline); it
+//!    refuses every received message above `T`
 //!    (persistent or not, dropped as `frozen`: the plugin gets no live message above `T`) but
 //!    for a hard destroy; its clock is set back to `T` and claims no new global time, so it
 //!    creates nothing (a hard destroy excepted). It still walks and synchronises. The plugin

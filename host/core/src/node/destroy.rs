@@ -13,7 +13,7 @@ use crate::identity::{CommunityId, MemberId};
 use crate::message::Stored;
 use crate::meta::builtin;
 use crate::time::Instant;
-use crate::timeline::{RecordId, Subject};
+use crate::timeline::{Record, RecordId, Subject};
 use crate::wire::{self, SignedMessage};
 
 /// The candidates a received destroy is forwarded to (the original's node count for it).
@@ -102,6 +102,8 @@ impl Node {
     /// Puts `community` in the state `destroyed` if it wins over the present one (rule 3):
     /// a hard destroy drops the community's waiting messages, walks and messages being
     /// created; a soft one drops those above its global time and sets the clock back to it.
+    /// Either way the timeline keeps only the records the store keeps (hard: the destroy's
+    /// proof chain; soft: those at or below the freeze), so that it is what a restart rebuilds.
     /// With `announce`, the driver is told ([`Event::Destroyed`]).
     fn apply_destroy(
         &mut self,
@@ -110,18 +112,35 @@ impl Node {
         destroyed: Destroyed,
         announce: bool,
     ) {
+        let loses = |c: &crate::community::Community| {
+            c.destroyed
+                .as_ref()
+                .is_some_and(|d| !destroyed.supersedes(d))
+        };
+        if self.communities.get(&community).is_none_or(loses) {
+            return;
+        }
+        let keep = self.kept(community, &destroyed);
         let Some(c) = self.communities.get_mut(&community) else {
             return;
         };
-        if c.destroyed
-            .as_ref()
-            .is_some_and(|d| !destroyed.supersedes(d))
-        {
-            return;
-        }
         let freeze = destroyed.global_time;
         let degree = destroyed.degree;
         c.destroyed = Some(destroyed);
+        let kept: Vec<Record> = c
+            .timeline
+            .records()
+            .filter(|r| match degree {
+                Degree::Hard => keep.contains(&(r.author, r.global_time)),
+                Degree::Soft => r.global_time <= freeze,
+            })
+            .cloned()
+            .collect();
+        c.timeline = crate::community::timeline_of(community, c.definition.as_ref());
+        for record in kept {
+            // Records the timeline held before: they fit again.
+            let _ = c.timeline.insert(record);
+        }
         c.last_activity = now;
         let ended = match degree {
             Degree::Hard => {

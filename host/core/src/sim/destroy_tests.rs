@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::authority::{self, Body, Degree};
+use crate::authority::{self, Body, Degree, MemberRef, Target};
 use crate::community::{Definition, Resume};
 use crate::identity::CommunityId;
 use crate::meta::{
@@ -15,6 +15,7 @@ use crate::meta::{
 };
 use crate::node::{AuthorityError, CreateError};
 use crate::stats::DropReason;
+use crate::timeline::{Permission, Subject};
 use crate::wire::{self, CommunityMessage, Conversion, SignedMessage};
 
 /// A Linear meta.
@@ -168,13 +169,23 @@ fn a_hard_destroy_by_the_founder_spreads_and_leaves_only_itself_and_its_proof() 
     }
     sim.create(founder, id(), "decree", b"law".to_vec(), &[])
         .expect("the founder may");
+    // A grant that is no proof of the destroy: deleted with the rest.
+    let now = sim.now;
+    let grant = Body::Authorize(vec![Target {
+        member: MemberRef::from_key(key(2).public().clone()),
+        grants: vec![(Subject::Community(DECREE), Permission::Permit)],
+    }]);
+    sim.nodes[founder]
+        .create_authority(now, id(), grant)
+        .expect("the founder may grant");
     sim.run_for(SPREAD);
     for i in 1..=4 {
         assert_eq!(
             rows(&sim, i).len(),
-            5,
-            "node {i}: authorize, 3 posts, decree"
+            6,
+            "node {i}: 2 authorizes, 3 posts, decree"
         );
+        assert_eq!(community(&sim, i).timeline.records().count(), 2, "node {i}");
     }
 
     let now = sim.now;
@@ -193,6 +204,7 @@ fn a_hard_destroy_by_the_founder_spreads_and_leaves_only_itself_and_its_proof() 
             [builtin::AUTHORIZE, builtin::DESTROY_COMMUNITY],
             "node {i} keeps the founding authorize and the destroy"
         );
+        assert_eq!(community(&sim, i).timeline.records().count(), 1, "node {i}");
         assert!(
             sim.events[i].iter().any(|e| matches!(
                 e,
@@ -372,6 +384,11 @@ fn a_restarted_node_comes_back_destroyed_from_its_store() {
         .join(now, definition(), resume)
         .expect("join");
     assert_eq!(degree(&sim, restarted), Some(Degree::Hard));
+    // The timeline it rebuilds is the one the running node kept.
+    assert_eq!(
+        sim.nodes[restarted].timeline_digest(&id()),
+        sim.nodes[2].timeline_digest(&id())
+    );
     assert!(sim.nodes[restarted].announce_destroyed(id()));
     sim.run_for(Duration::from_millis(10));
     assert!(
