@@ -14,16 +14,16 @@
 //!    community message it receives is dropped as `destroyed`, another destroy included), creates
 //!    nothing, walks no more, and answers every introduction-request from a proven address with
 //!    the destroy message alone, in a collection (no introduction-response, no introduction,
-//!    no sync answer). A receiver that lacks the proof asks for it with missing-proof, which a
-//!    destroyed community still answers from what it kept. The plugin instance is retired
-//!    (`retire` code `DESTROYED`) and no new one is made.
+//!    no sync answer), and co-signs nothing. A receiver that lacks the proof asks for it with
+//!    missing-proof, which a destroyed community still answers from what it kept. The plugin
+//!    instance is retired (`retire` code `DESTROYED`) and no new one is made.
 //! 2. **Soft** (the seed's freeze; the original never built it). The community freezes at the
 //!    destroy's global time `T`: it keeps and serves (sync, missing-*) what it holds at or below
 //!    `T`; what it held above `T` is deleted (permission records too, from the timeline); it
-//!    refuses every received message above `T`
-//!    (persistent or not, dropped as `frozen`: the plugin gets no live message above `T`) but
-//!    for a hard destroy; its clock is set back to `T` and claims no new global time, so it
-//!    creates nothing (a hard destroy excepted). It still walks and synchronises. The plugin
+//!    refuses every received message above `T` (persistent or not, dropped as `frozen`: the
+//!    plugin gets no live message above `T`) but for a hard destroy; its clock is set back to
+//!    `T` and claims no new global time, so it creates nothing (a hard destroy excepted) and
+//!    co-signs nothing. It still walks and synchronises. The plugin
 //!    instance stays loaded; when messages above `T` were deleted it is restarted, so that its
 //!    state is restored from the frozen history (a community's state is a function of its
 //!    stored history).
