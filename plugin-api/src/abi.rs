@@ -309,6 +309,9 @@ pub mod retire {
     pub const DISABLE: u8 = 3;
     /// The community is left (unloaded).
     pub const LEAVE: u8 = 4;
+    /// The community was hard-destroyed by a destroy-community message: no instance of it
+    /// will run again (its stored messages are deleted but the destroy and its proof).
+    pub const DESTROYED: u8 = 5;
 }
 
 /// Why a stored message was hidden ([`RawUndone::reason`]).

@@ -267,7 +267,8 @@ pub enum Judgement {
 ///   ([`timeline::Timeline::judge`]), else it waits;
 /// - undo-own and undo-other are allowed (stored and synced): the undo state judges them once
 ///   stored ([`crate::undo`]; the decoder checked that the target is older than the undo);
-/// - destroy-community is [`DropReason::Unsupported`] (not handled yet);
+/// - a destroy-community's author must hold `permit` on [`Subject::DestroyCommunity`] at its
+///   global time ([`timeline::Timeline::may`]), else it waits;
 /// - a plugin message of a Linear meta, or of a Dynamic meta whose policy at its global time is
 ///   Linear, must be allowed for all its authors ([`timeline::Timeline::may_all`]), else it
 ///   waits (pushing the deciding settings for a Dynamic meta); any other message is allowed.
@@ -310,7 +311,20 @@ pub fn judge(
         }
         Body::DynamicSettings { .. } => {}
         Body::UndoOwn { .. } | Body::UndoOther { .. } => return Judgement::Allowed,
-        Body::Destroy(_) => return Judgement::Drop(DropReason::Unsupported),
+        Body::Destroy(_) => {
+            let Some(author) = message.authors.first() else {
+                return Judgement::Drop(DropReason::WrongAuthentication);
+            };
+            let verdict = timeline.may(
+                author.member_id(),
+                Subject::DestroyCommunity,
+                message.global_time,
+            );
+            return match verdict {
+                timeline::Verdict::Allowed { .. } => Judgement::Allowed,
+                timeline::Verdict::Denied { .. } => Judgement::Wait { push: Vec::new() },
+            };
+        }
     }
     let resolution = |meta: u32| metas.iter().find(|m| m.id == meta).map(|m| &m.resolution);
     match record(message, packet, resolution) {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::candidate;
+use crate::destroy::Destroyed;
 use crate::identity::{CommunityId, MemberId, PublicKey};
 use crate::meta::{self, MetaMessage};
 use crate::stats::CommunityStats;
@@ -143,9 +144,9 @@ pub struct Resume {
     pub sequences: Vec<(u32, u32)>,
     /// Number of stored syncable messages.
     pub stored: u64,
-    /// The stored authorize, revoke, dynamic-settings, undo-own and undo-other packets of the
-    /// community, in any order: the permission timeline and the undo state are rebuilt from
-    /// them at join.
+    /// The stored authorize, revoke, dynamic-settings, undo-own, undo-other and
+    /// destroy-community packets of the community, in any order: the permission timeline, the
+    /// undo state and the destroyed state are rebuilt from them at join.
     pub authority: Vec<Vec<u8>>,
 }
 
@@ -233,6 +234,9 @@ pub struct Community {
     pub timeline: Timeline,
     /// The undo state: the undo-own and undo-other records stored, which targets they undo.
     pub undos: Undos,
+    /// The destroy message that destroyed (hard) or froze (soft) the community, if one did
+    /// ([`crate::destroy`]).
+    pub destroyed: Option<Destroyed>,
 }
 
 impl Community {
@@ -264,7 +268,15 @@ impl Community {
             introduce_cursors: [None, None],
             sync,
             pruned_below: HashMap::new(),
+            destroyed: None,
         }
+    }
+
+    /// Whether a hard destroy ended the community ([`crate::destroy`], rule 1).
+    pub fn is_hard_destroyed(&self) -> bool {
+        self.destroyed
+            .as_ref()
+            .is_some_and(|d| d.degree == crate::authority::Degree::Hard)
     }
 
     /// Whether `signers` may create a message of `meta` at the next global time: always for a

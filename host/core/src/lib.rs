@@ -40,6 +40,7 @@ pub mod authority;
 pub mod bloom;
 pub mod candidate;
 pub mod community;
+pub mod destroy;
 pub mod identity;
 pub mod member;
 pub mod message;

@@ -36,45 +36,54 @@ pub mod builtin {
 
     /// Whether `id` is a built-in message the node handles: authorize, revoke and
     /// dynamic-settings (the messages of the permission timeline), undo-own and undo-other (the
-    /// community's undo state, [`crate::undo`]). The other reserved ids (destroy-community)
-    /// are not handled yet.
+    /// community's undo state, [`crate::undo`]) and destroy-community ([`crate::destroy`]).
     pub fn is_handled(id: u32) -> bool {
         meta(id).is_some()
     }
 
     /// The definitions of the handled built-in messages, part of every community without its
-    /// plugin declaring them: member-authenticated, full-sync with sequence numbers in
-    /// ascending order, never pruned, priority 128 (so synchronised), sent to 10 candidates,
-    /// like the original's (undo-own and undo-other included: FullSync(seq, ASC, 128) there
-    /// too). Their resolution field is not consulted: the permission timeline judges
-    /// authorize, revoke and dynamic-settings, and the undo state ([`crate::undo::Undos`])
+    /// plugin declaring them: member-authenticated, full-sync in ascending order, never pruned,
+    /// like the original's. Authorize, revoke, dynamic-settings, undo-own and undo-other carry
+    /// sequence numbers, have priority 128 (so synchronised) and go to 10 candidates;
+    /// destroy-community carries none, has priority 192 and goes to 50 candidates. Their
+    /// resolution field is not consulted: the permission timeline judges authorize, revoke,
+    /// dynamic-settings and destroy-community, and the undo state ([`crate::undo::Undos`])
     /// judges the undos (an undo-own needs no permission, an undo-other `undo` on its
     /// target's meta).
     pub fn metas() -> &'static [super::MetaMessage] {
         static METAS: std::sync::LazyLock<Vec<super::MetaMessage>> =
             std::sync::LazyLock::new(|| {
                 [
-                    (AUTHORIZE, "dispersy-authorize"),
-                    (REVOKE, "dispersy-revoke"),
-                    (DYNAMIC_SETTINGS, "dispersy-dynamic-settings"),
-                    (UNDO_OWN, "dispersy-undo-own"),
-                    (UNDO_OTHER, "dispersy-undo-other"),
+                    (AUTHORIZE, "dispersy-authorize", true, 128, 10),
+                    (REVOKE, "dispersy-revoke", true, 128, 10),
+                    (DYNAMIC_SETTINGS, "dispersy-dynamic-settings", true, 128, 10),
+                    (UNDO_OWN, "dispersy-undo-own", true, 128, 10),
+                    (UNDO_OTHER, "dispersy-undo-other", true, 128, 10),
+                    (
+                        DESTROY_COMMUNITY,
+                        "dispersy-destroy-community",
+                        false,
+                        192,
+                        50,
+                    ),
                 ]
                 .into_iter()
-                .map(|(id, name)| super::MetaMessage {
-                    id,
-                    name: name.into(),
-                    authentication: super::Authentication::Member,
-                    resolution: super::Resolution::Linear,
-                    distribution: super::Distribution::FullSync {
-                        sequence_numbers: true,
-                        order: super::SyncOrder::Ascending,
-                        pruning: None,
+                .map(
+                    |(id, name, sequence_numbers, priority, node_count)| super::MetaMessage {
+                        id,
+                        name: name.into(),
+                        authentication: super::Authentication::Member,
+                        resolution: super::Resolution::Linear,
+                        distribution: super::Distribution::FullSync {
+                            sequence_numbers,
+                            order: super::SyncOrder::Ascending,
+                            pruning: None,
+                        },
+                        destination: super::Destination::Community { node_count },
+                        priority,
+                        batch_window: std::time::Duration::ZERO,
                     },
-                    destination: super::Destination::Community { node_count: 10 },
-                    priority: 128,
-                    batch_window: std::time::Duration::ZERO,
-                })
+                )
                 .collect()
             });
         &METAS

@@ -447,6 +447,15 @@ impl Sim {
                         );
                     }
                 }
+                Event::Destroyed {
+                    community,
+                    degree,
+                    global_time,
+                    keep,
+                } => {
+                    let keep = (*degree == crate::authority::Degree::Hard).then_some(&keep[..]);
+                    self.stores[i].0.destroy(*community, keep, *global_time);
+                }
                 Event::SendPackets { request, rows } => {
                     let packets = self.stores[i].packets(rows);
                     self.nodes[i].handle_packets_read(now, *request, packets);
@@ -545,5 +554,6 @@ mod tests;
 #[cfg(test)]
 mod permission_tests;
 
+mod destroy_tests;
 #[cfg(test)]
 mod undo_tests;

@@ -318,6 +318,10 @@ pub enum DropReason {
     /// A dynamic-settings naming a meta that is not of dynamic resolution, or an index outside
     /// its list of policies.
     InvalidDynamicSettings,
+    /// A community message for a hard-destroyed community, which accepts nothing new.
+    Destroyed,
+    /// A community message above the global time a soft destroy froze its community at.
+    Frozen,
     /// A datagram of an unknown member while too many wait for identities.
     IdentityQueueFull,
     /// A datagram whose author's identity did not come in time.
@@ -414,6 +418,8 @@ impl DropReason {
         DropReason::UndoRefused,
         DropReason::UnknownPermissionSubject,
         DropReason::InvalidDynamicSettings,
+        DropReason::Destroyed,
+        DropReason::Frozen,
         DropReason::IdentityQueueFull,
         DropReason::IdentityTimeout,
         DropReason::EventQueueFull,
@@ -491,6 +497,8 @@ impl DropReason {
             DropReason::UndoRefused => "undo-refused",
             DropReason::UnknownPermissionSubject => "unknown-permission-subject",
             DropReason::InvalidDynamicSettings => "invalid-dynamic-settings",
+            DropReason::Destroyed => "destroyed",
+            DropReason::Frozen => "frozen",
             DropReason::IdentityQueueFull => "identity-queue-full",
             DropReason::IdentityTimeout => "identity-timeout",
             DropReason::EventQueueFull => "event-queue-full",
@@ -578,6 +586,8 @@ pub struct CommunityStats {
     pub messages_refused: u64,
     /// Verified messages passed to the community's plugin.
     pub messages_received: u64,
+    /// Introduction-requests a hard-destroyed community answered with its destroy message.
+    pub destroy_answers: u64,
     /// Community messages dropped, by reason.
     pub dropped: Counters<DropReason>,
     /// Messages dropped because the community's plugin does not read their conversion
@@ -644,7 +654,7 @@ impl CommunityStats {
     /// Every plain counter with its stable name (the field's name), in declaration order: the
     /// one list the control API and the metrics print, so a counter added here shows everywhere.
     /// The drops are in [`CommunityStats::dropped`].
-    pub fn fields(&self) -> [(&'static str, u64); 20] {
+    pub fn fields(&self) -> [(&'static str, u64); 21] {
         // No `..`: a new counter that is not listed here does not compile.
         let CommunityStats {
             walk_attempts,
@@ -667,6 +677,7 @@ impl CommunityStats {
             messages_created,
             messages_refused,
             messages_received,
+            destroy_answers,
             dropped: _,
             unreadable: _,
         } = self;
@@ -694,6 +705,7 @@ impl CommunityStats {
             ("messages_created", *messages_created),
             ("messages_refused", *messages_refused),
             ("messages_received", *messages_received),
+            ("destroy_answers", *destroy_answers),
         ]
     }
 }

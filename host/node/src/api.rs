@@ -4,7 +4,7 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | /v1/node | member, addresses, connection type, traffic counters, kernel receive-buffer drops (`udp_receive_drops`) |
-//! | GET | /v1/communities | joined communities, candidate counts, counters, plugin status and state (live, stuck, restarting, failed, disabled) |
+//! | GET | /v1/communities | joined communities, candidate counts, counters, plugin status and state (live, stuck, restarting, failed, disabled, destroyed), `destroyed` (`{degree, global_time, author}` or null) |
 //! | POST | /v1/communities | join a new community of a loaded type: `{"type": NAME, "master_key": HEX}` (an instance with its own master key, joined again at every start); 201 with its id, 404 unknown type, 409 joined already. Without `master_key` the node **creates** a community of the type: a new master key whose secret it keeps (`masters/<id>.key` in its data folder, 0600) and founds it (`"created": true`, `master_key` in the answer: others join with it) |
 //! | POST | /v1/communities/{id}/disable | drop the plugin's instance; deliveries to it are refused and counted (`plugin-down`) while the node keeps walking and answering sync from its store |
 //! | POST | /v1/communities/{id}/enable | a new instance for a disabled or failed community |
@@ -19,6 +19,7 @@
 //! | POST | /v1/communities/{id}/revoke | the same shape, revoking |
 //! | POST | /v1/communities/{id}/undo | this node's member undoes a stored message: `{"member": KEY_OR_ID_HEX, "global_time": N}` (undo-own of its own, undo-other of another's, which needs `undo` on its meta; the meta must be undoable); 201 `{"kind", "global_time", "existing": false, "sent_to"}`, 200 with `"existing": true` when it undid it already, 404 not stored, 403 lacks undo, 400 not undoable |
 //! | POST | /v1/communities/{id}/settings | switch a dynamic meta's policy: `{"meta": NAME, "policy": "public"\|"linear"}`; 201, 403, 400 |
+//! | POST | /v1/communities/{id}/destroy | destroy the community: `{"degree": "hard"\|"soft"}` (needs `permit` on `destroy-community`); 201 `{"global_time", "sequence_number": 0, "record"}`, 403 without the permit, 409 destroyed already, 400 bad degree |
 //! | GET | /v1/plugins | plugin files loaded (hash, private copy, upgrade candidate) and refused |
 //! | POST | /v1/plugins | load `{"path": FILE}`, or rescan the plugin folders with `{}` |
 //! | POST | /v1/plugins/upgrade | live upgrade of a running community type (its own community and its instances): `{"path": FILE}` or `{"community": ID}` (its changed file, the upgrade candidate), `"allow_downgrade": true` to switch to an equal or older version; 409 when refused |
@@ -141,6 +142,19 @@ pub struct CommunityInfo {
     pub unreadable: Vec<UnreadableView>,
     /// Unreadable messages of kinds that found that table full.
     pub unreadable_others: u64,
+    /// Whether a destroy-community ended (hard) or froze (soft) it: `null` when it did not.
+    pub destroyed: Option<DestroyedView>,
+}
+
+/// A community's destroyed state as the control API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestroyedView {
+    /// `hard` or `soft`.
+    pub degree: &'static str,
+    /// The destroy's global time (soft: the freeze).
+    pub global_time: u64,
+    /// Its author's member id, hex.
+    pub author: String,
 }
 
 /// One kind (meta, conversion) of messages a community's plugin could not read, as the
@@ -260,6 +274,7 @@ pub(crate) async fn serve(
         .route("/v1/communities/{id}/revoke", post(timeline::revoke))
         .route("/v1/communities/{id}/settings", post(timeline::settings))
         .route("/v1/communities/{id}/undo", post(undo::undo))
+        .route("/v1/communities/{id}/destroy", post(timeline::destroy))
         .route("/v1/communities/{id}", delete(leave))
         .route("/v1/communities/{id}/disable", post(disable))
         .route("/v1/communities/{id}/enable", post(enable))
@@ -538,6 +553,8 @@ async fn create_message(
         CreateError::CheckTimeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
         // The permission timeline gives this member no permit for the meta.
         CreateError::NotPermitted(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+        // A destroy-community ended or froze the community.
+        CreateError::Destroyed(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
         _ => ApiError::bad_request(e.to_string()),
     })?;
     Ok((
@@ -648,7 +665,13 @@ async fn messages(
         .iter()
         .map(|l| (l.meta, l.conversion.clone(), l.payload.clone()))
         .collect();
-    let rendered = ask_worker(&worker, |reply| Job::ToJson { items, reply }).await?;
+    // A destroyed community runs no instance to render payloads; what it keeps (the destroy
+    // and its proof) has none.
+    let rendered = if worker.shared.health().state == "destroyed" {
+        vec![Err("the community is destroyed".to_owned()); listed.len()]
+    } else {
+        ask_worker(&worker, |reply| Job::ToJson { items, reply }).await?
+    };
     let next = listed.last().map_or(query.since, |l| l.seq);
     let messages: Vec<Value> = listed
         .into_iter()
@@ -1203,6 +1226,7 @@ mod tests {
             "messages_created",
             "messages_refused",
             "messages_received",
+            "destroy_answers",
             "dropped",
         ];
         expected.sort_unstable();

@@ -109,6 +109,20 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Destroy a community, signed by the running node's member (which must hold `permit` on
+    /// `destroy-community`), through its control API. Hard (the default): every node deletes
+    /// all of it but the destroy and its proof, and runs its plugin no more. Soft: frozen at
+    /// the destroy's global time. Neither can be undone.
+    Destroy {
+        /// The community id (40 hexadecimal digits).
+        id: String,
+        /// Freeze the community instead of deleting it.
+        #[arg(long)]
+        soft: bool,
+        /// Data folder of the node.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Join a new community of a type the running node loaded, through its control API: the
     /// community of master key MASTER_KEY (as `dispersy keygen` prints it), run by the plugin of
     /// type TYPE; joined again at every start of the node.
@@ -315,6 +329,19 @@ fn main() -> ExitCode {
                 data_dir,
                 "POST".to_owned(),
                 format!("/v1/communities/{id}/undo"),
+                Some(body.to_string()),
+            ))
+        }
+        Cmd::Destroy { id, soft, data_dir } => {
+            if let Err(error) = checked_id(&id) {
+                return fail(error);
+            }
+            let degree = if soft { "soft" } else { "hard" };
+            let body = serde_json::json!({ "degree": degree });
+            block(api(
+                data_dir,
+                "POST".to_owned(),
+                format!("/v1/communities/{id}/destroy"),
                 Some(body.to_string()),
             ))
         }

@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    CandidateView, CommunityInfo, CommunityStatsView, NodeInfo, NodeStats, UnreadableView,
+    CandidateView, CommunityInfo, CommunityStatsView, DestroyedView, NodeInfo, NodeStats,
+    UnreadableView,
 };
 use crate::command::Command;
 use crate::keys;
@@ -263,7 +264,12 @@ impl Protocol {
                 }
                 let _ = reply.send(joined);
             }
-            Command::Running { community } => self.found_if_master(now, community),
+            Command::Running { community } => {
+                self.found_if_master(now, community);
+                // A community a destroy ended or froze before a restart: its thread retires or
+                // restores the instance and finishes an interrupted deletion.
+                self.node.announce_destroyed(community);
+            }
             Command::Leave { community, reply } => {
                 let _ = reply.send(self.node.leave(community));
             }
@@ -666,6 +672,29 @@ impl Protocol {
                         flips,
                     });
                 }
+                Event::Destroyed {
+                    community,
+                    degree,
+                    global_time,
+                    keep,
+                } => {
+                    // After the messages of it already gathered, on its own thread (the only
+                    // writer of its rows).
+                    self.deliver(&mut deliveries, Some(community));
+                    let job = Job::Destroy {
+                        degree,
+                        global_time,
+                        keep,
+                    };
+                    match self.registry.as_ref().and_then(|r| r.worker(&community)) {
+                        Some(worker) => {
+                            if let Err(error) = worker.submit_destroy(job) {
+                                tracing::warn!(%community, %error, "the destroyed community's thread did not take the deletion");
+                            }
+                        }
+                        None => self.dropped.bump(DropReason::NoPlugin),
+                    }
+                }
                 Event::SendPackets { request, rows } => {
                     let job = SyncJob::Packets { request, ids: rows };
                     if self.sync_jobs.try_send(job).is_err() {
@@ -805,6 +834,11 @@ impl Protocol {
                         })
                         .collect(),
                     unreadable_others: c.stats.unreadable.others,
+                    destroyed: c.destroyed.as_ref().map(|d| DestroyedView {
+                        degree: d.degree_name(),
+                        global_time: d.global_time,
+                        author: d.author.to_hex(),
+                    }),
                 }
             })
             .collect();

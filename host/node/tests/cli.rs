@@ -426,6 +426,26 @@ fn permission_subcommands_show_the_timeline_authorize_revoke_and_refuse_settings
     let error = String::from_utf8(out.stderr).unwrap();
     assert!(error.contains("META:PERMISSION"), "{error}");
     assert_eq!(error.trim().lines().count(), 1, "{error}");
+    // Destroy: soft freezes, hard still passes, then nothing more is created.
+    let out = run(&["destroy", &id, "--soft"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["destroy", &id]);
+    assert!(out.status.success(), "{out:?}");
+    // Once stored, the community is destroyed (hard): nothing more.
+    while !String::from_utf8_lossy(&run(&["api", "GET", "/v1/communities"]).stdout)
+        .contains("\"degree\": \"hard\"")
+    {
+        assert!(std::time::Instant::now() < deadline, "not destroyed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = run(&["destroy", &id]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("409"),
+        "{out:?}"
+    );
+    let out = run(&["destroy", "beef"]);
+    assert!(!out.status.success());
     let stop = run(&["api", "POST", "/v1/shutdown"]);
     assert!(stop.status.success(), "{stop:?}");
     assert!(node.0.wait().unwrap().success());

@@ -33,6 +33,12 @@ enum Op {
     },
     Packets(Vec<u64>),
     Messages,
+    /// A destroy's deletion: hard keeps the (member, global time) listed, soft what is at or
+    /// below `above`.
+    Destroy {
+        keep: Option<Vec<(MemberId, u64)>>,
+        above: u64,
+    },
 }
 
 /// What a store answered to one operation.
@@ -43,6 +49,8 @@ enum Answer {
     Rows(Vec<Row>),
     Packets(Vec<Vec<u8>>),
     Pruned(u64),
+    /// How many messages a destroy deleted.
+    Destroyed(u64),
     /// The stored messages, in row id order.
     Messages(Vec<Message>),
 }
@@ -129,6 +137,12 @@ async fn play_sqlite(ops: &[Op]) -> Vec<Answer> {
                 Answer::Pruned(store.prune(community, *meta, *below).await.expect("prune"))
             }
             Op::Packets(ids) => Answer::Packets(store.packets(ids).await.expect("packets")),
+            Op::Destroy { keep, above } => Answer::Destroyed(
+                store
+                    .destroy(community, keep.as_deref(), *above)
+                    .await
+                    .expect("destroy"),
+            ),
             Op::Messages => Answer::Messages(
                 store
                     .messages(community, 0, u32::MAX)
@@ -167,6 +181,9 @@ fn play_memory(ops: &[Op]) -> Vec<Answer> {
             }
             Op::Prune { meta, below } => Answer::Pruned(store.prune(community, *meta, *below)),
             Op::Packets(ids) => Answer::Packets(store.packets(ids)),
+            Op::Destroy { keep, above } => {
+                Answer::Destroyed(store.destroy(community, keep.as_deref(), *above))
+            }
             Op::Messages => Answer::Messages(
                 store
                     .messages(community)
@@ -380,6 +397,41 @@ async fn pruning_removes_one_meta_below_a_global_time() {
     assert_eq!(answers[1], Answer::Pruned(2));
     assert_eq!(answers[2], Answer::Pruned(0));
     assert_eq!(kept(&answers[3]), [(1, 3), (2, 4)]);
+}
+
+#[tokio::test]
+async fn a_destroy_keeps_what_it_names_or_what_is_not_newer() {
+    let ops = [
+        Op::Insert(vec![
+            post(1, 1),
+            post(2, 2),
+            last_sync(1, 3, 5),
+            post(2, 4),
+            post(3, 6),
+        ]),
+        // Soft at 4: what is above goes, twice is harmless.
+        Op::Destroy {
+            keep: None,
+            above: 4,
+        },
+        Op::Destroy {
+            keep: None,
+            above: 4,
+        },
+        Op::Messages,
+        // Hard: all but the two named.
+        Op::Destroy {
+            keep: Some(vec![(member(2), 2), (member(1), 3), (member(9), 9)]),
+            above: 0,
+        },
+        Op::Messages,
+    ];
+    let answers = both(&ops).await;
+    assert_eq!(answers[1], Answer::Destroyed(1));
+    assert_eq!(answers[2], Answer::Destroyed(0));
+    assert_eq!(kept(&answers[3]), [(1, 1), (2, 2), (1, 3), (2, 4)]);
+    assert_eq!(answers[4], Answer::Destroyed(2));
+    assert_eq!(kept(&answers[5]), [(2, 2), (1, 3)]);
 }
 
 /// Messages of three members at global times 1..=30, one meta of priority 32 (not synchronised)

@@ -49,8 +49,7 @@ pub enum AuthorityError {
     /// Not joined (or a tracker's bare community).
     #[error("community {0} is not joined")]
     NotJoined(CommunityId),
-    /// Undo-own and undo-other are created with [`Node::create_undo`]; destroy-community is
-    /// not created yet.
+    /// Undo-own and undo-other are created with [`Node::create_undo`].
     #[error("{0} messages are not supported yet")]
     Unsupported(&'static str),
     /// An authorize or revoke with no grant, or more than one record carries.
@@ -70,11 +69,15 @@ pub enum AuthorityError {
         /// The index given.
         index: u32,
     },
+    /// The community is destroyed (hard) or frozen (soft): it creates nothing but a hard
+    /// destroy of a soft-destroyed community.
+    #[error("community {0} is destroyed: it creates no new message")]
+    Destroyed(CommunityId),
     /// The timeline would hold the record invalid: this node's member lacks `missing`
     /// (`permission on subject`, comma-separated). Nothing was signed or sent.
     #[error("this member may not create this {kind}: it lacks {missing}")]
     NotPermitted {
-        /// The message kind (`authorize`, `revoke`, `dynamic-settings`).
+        /// The message kind (`authorize`, `revoke`, `dynamic-settings`, `destroy-community`).
         kind: &'static str,
         /// What it lacks, e.g. `authorize on linear-post`.
         missing: String,
@@ -95,6 +98,13 @@ impl Node {
     /// lacks. It is published like [`Node::found`]'s authorize (sent to the community and
     /// emitted as [`Event::Messages`] with no source: stored, never given to the plugin; its
     /// record enters the timeline when the store reports it).
+    ///
+    /// A destroy-community `body` ([`crate::destroy`]) carries no sequence number (the
+    /// returned `sequence_number` is 0, `record` its packet's hash); this member must hold
+    /// `permit` on destroy-community at its global time, else [`AuthorityError::NotPermitted`].
+    /// It is sent to 50 candidates and takes effect here when the store reports it. A destroyed
+    /// community creates nothing ([`AuthorityError::Destroyed`]) but a hard destroy of a
+    /// soft-destroyed one.
     pub fn create_authority(
         &mut self,
         now: Instant,
@@ -111,6 +121,15 @@ impl Node {
             return Err(AuthorityError::NotJoined(community));
         };
         check_body(definition, &body)?;
+        if c.destroyed
+            .as_ref()
+            .is_some_and(|d| !d.creates(Some(&body)))
+        {
+            return Err(AuthorityError::Destroyed(community));
+        }
+        if let Body::Destroy(_) = body {
+            return self.create_destroy(now, community, body);
+        }
         let kind = body.kind_name();
         let message_type = body.message_type();
         let member = key.member_id();
@@ -176,6 +195,42 @@ impl Node {
             global_time,
             sequence_number: sequence,
             record: record.id,
+            sent_to,
+        })
+    }
+
+    /// Creates destroy-community `body` of joined `community` ([`Node::create_authority`]).
+    fn create_destroy(
+        &mut self,
+        now: Instant,
+        community: CommunityId,
+        body: Body,
+    ) -> Result<AuthorityCreated, AuthorityError> {
+        let key = self.key.clone();
+        let c = self
+            .communities
+            .get_mut(&community)
+            .ok_or(AuthorityError::NotJoined(community))?;
+        let global_time = c.global_time.saturating_add(1);
+        let allowed = c
+            .timeline
+            .may(key.member_id(), Subject::DestroyCommunity, global_time)
+            .is_allowed();
+        if !allowed {
+            return Err(AuthorityError::NotPermitted {
+                kind: body.kind_name(),
+                missing: "permit on destroy-community".into(),
+            });
+        }
+        let message = authority::message(community, key.public().clone(), global_time, None, body);
+        let signed = SignedMessage::sign(message, &[&key]).map_err(CreateError::from)?;
+        let record = RecordId::of_packet(&signed.packet);
+        c.claim_global_time();
+        let (global_time, sent_to) = self.publish(now, community, signed, &[])?;
+        Ok(AuthorityCreated {
+            global_time,
+            sequence_number: 0,
+            record,
             sent_to,
         })
     }
@@ -509,8 +564,9 @@ impl Node {
     }
 
     /// The stored messages a missing-proof named: the records that prove each (for a permission
-    /// record, those that made its author hold what it needed; for a plugin message, the
-    /// grants and settings that allow it), one level up the chain, are read and sent to `to`.
+    /// record, those that made its author hold what it needed; for a destroy-community, the
+    /// grants of its author's permit; for a plugin message, the grants and settings that allow
+    /// it), one level up the chain, are read and sent to `to`.
     pub(super) fn answer_proof(
         &mut self,
         now: Instant,
@@ -533,7 +589,12 @@ impl Node {
             if m.community != community {
                 continue;
             }
-            if m.authority.is_some() {
+            if let (Some(Body::Destroy(_)), Some(author)) = (&m.authority, m.authors.first()) {
+                let verdict =
+                    c.timeline
+                        .may(author.member_id(), Subject::DestroyCommunity, m.global_time);
+                ids.extend_from_slice(verdict.proof());
+            } else if m.authority.is_some() {
                 let resolution = |meta| definition.meta_by_id(meta).map(|m| &m.resolution);
                 if let Some(record) = authority::record(m, packet, resolution) {
                     ids.extend(c.timeline.proof_chain(&record.id));
@@ -563,7 +624,8 @@ impl Node {
 pub struct AuthorityCreated {
     /// Its global time.
     pub global_time: u64,
-    /// Its sequence number (this member's, for its kind).
+    /// Its sequence number (this member's, for its kind); 0 for a destroy-community, which
+    /// carries none.
     pub sequence_number: u32,
     /// Its timeline record's id (SHA-256 of its packet).
     pub record: RecordId,
@@ -679,8 +741,9 @@ fn check_body(definition: &Definition, body: &Body) -> Result<(), AuthorityError
             }
             Ok(())
         }
+        Body::Destroy(_) => Ok(()),
         // Undos are created with `Node::create_undo`, which checks the target.
-        Body::UndoOwn { .. } | Body::UndoOther { .. } | Body::Destroy(_) => {
+        Body::UndoOwn { .. } | Body::UndoOther { .. } => {
             Err(AuthorityError::Unsupported(body.kind_name()))
         }
     }

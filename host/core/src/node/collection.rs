@@ -382,17 +382,24 @@ impl Node {
     }
 
     /// The meta named `meta` of a joined community, if messages of `authentication` are
-    /// created with it, and the conversion new messages use.
+    /// created with it, and the conversion new messages use. A destroyed community creates
+    /// none ([`CreateError::Destroyed`]).
     pub(super) fn creatable(
         &self,
         community: CommunityId,
         meta: &str,
         authentication: Authentication,
     ) -> Result<(crate::meta::MetaMessage, wire::Conversion), CreateError> {
-        let definition = self
+        let c = self
             .communities
             .get(&community)
-            .and_then(|c| c.definition.as_ref())
+            .ok_or(CreateError::UnknownCommunity(community))?;
+        if c.destroyed.is_some() {
+            return Err(CreateError::Destroyed(community));
+        }
+        let definition = c
+            .definition
+            .as_ref()
             .ok_or(CreateError::UnknownCommunity(community))?;
         let meta = definition
             .meta_by_name(meta)
@@ -425,7 +432,9 @@ impl Node {
 
     /// Sends a message this node (co-)created to its destination, and emits it as an
     /// [`Event::Messages`] with no source (the plugin handles and the store keeps our own
-    /// messages). Returns its global time and how many candidates it went to.
+    /// messages). Returns its global time and how many candidates it went to. A destroyed
+    /// community publishes nothing but a hard destroy of a soft-destroyed one
+    /// ([`CreateError::Destroyed`]).
     pub(super) fn publish(
         &mut self,
         now: Instant,
@@ -437,6 +446,12 @@ impl Node {
             .communities
             .get_mut(&community)
             .ok_or(CreateError::UnknownCommunity(community))?;
+        if c.destroyed
+            .as_ref()
+            .is_some_and(|d| !d.creates(signed.message.authority.as_ref()))
+        {
+            return Err(CreateError::Destroyed(community));
+        }
         let meta = c
             .meta(signed.message.message_type)
             .ok_or(CreateError::UnknownCommunity(community))?
@@ -536,10 +551,23 @@ impl Node {
             let built_in = m.authority.is_some();
             // Hops a relayed message may still travel: forwarded only once it is allowed.
             let mut relay_on = None;
-            // Authorize, revoke, dynamic-settings, undo-own and undo-other are metas of every
-            // community; destroy-community is not handled yet: dropped and counted, never
-            // given to the plugin, never stored.
+            // Authorize, revoke, dynamic-settings, undo-own, undo-other and destroy-community
+            // are metas of every community: judged by the node, never given to the plugin.
+            let destroy = match &m.authority {
+                Some(authority::Body::Destroy(degree)) => Some(*degree),
+                _ => None,
+            };
             let verdict = match definition.meta_by_id(m.message_type) {
+                // A destroyed community accepts nothing new, a frozen one nothing above its
+                // freeze (crate::destroy, rules 1 and 2).
+                _ if c.is_hard_destroyed() => Err(DropReason::Destroyed),
+                _ if c
+                    .destroyed
+                    .as_ref()
+                    .is_some_and(|d| !d.admits(m.global_time, destroy)) =>
+                {
+                    Err(DropReason::Frozen)
+                }
                 _ if built_in && !crate::meta::builtin::is_handled(m.message_type) => {
                     Err(DropReason::Unsupported)
                 }

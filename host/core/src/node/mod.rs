@@ -20,6 +20,8 @@
 //!   plugin's timeline question).
 //! - [`Node::found`]: sign with the community's master key the authorize that gives this
 //!   node's member the first permits (published at once).
+//! - [`Node::announce_destroyed`]: once a joined community's thread runs, tell the driver again
+//!   that it is destroyed (ends in [`Event::Destroyed`]; rebuilt at join from the stored destroy).
 //!
 //! Inputs, what happened (every one `handle_*`):
 //! - [`Node::handle_datagram`]: bytes from a UDP address;
@@ -43,7 +45,7 @@
 //! - [`Event::Messages`]: check, store and handle verified messages of one meta (answered by
 //!   [`Node::handle_store_report`] and [`Node::handle_wait`]); our own (no source) already
 //!   passed their check and are only stored and handled; built-in permission messages
-//!   (authorize, revoke, dynamic-settings, undo-own, undo-other:
+//!   (authorize, revoke, dynamic-settings, undo-own, undo-other, destroy-community:
 //!   [`crate::meta::builtin::is_handled`]) were judged by the node and are only stored, never
 //!   given to the plugin;
 //! - [`Event::CheckCreated`]: run the plugin's check on a message we created, before anything
@@ -63,6 +65,8 @@
 //! - [`Event::UndoTargets`]: look up the stored messages undos point to (answered by
 //!   [`Node::handle_undo_targets`]);
 //! - [`Event::Undone`]: mark rows undone or redone by an undo and tell the plugin.
+//! - [`Event::Destroyed`]: a destroy-community destroyed (hard) or froze (soft) a community:
+//!   delete what it no longer keeps, retire (hard) or restore (soft) its plugin instance.
 //!
 //! Outputs: [`Node::poll_transmit`] (datagrams to send), [`Node::poll_event`] (the events
 //! above), [`Node::poll_timeout`] (when to call [`Node::handle_timeout`]).
@@ -74,7 +78,7 @@
 //! (bloom-filter sync, and what stored messages change), `missing` (waiting messages and
 //! missing-* requests), `signature` (co-signing), `authority` (the permission timeline:
 //! waiting for proof, missing-proof, stored records; rules in [`crate::timeline`] and
-//! [`crate::authority`]). The pure modules never import the node.
+//! [`crate::authority`]), `destroy` (destroy-community; rules in [`crate::destroy`]). The pure modules never import the node.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -82,6 +86,7 @@ use std::time::Duration;
 
 mod authority;
 mod collection;
+mod destroy;
 mod member;
 mod missing;
 mod signature;
@@ -365,6 +370,24 @@ pub enum Event {
         /// The flips, in target order.
         flips: Vec<UndoFlip>,
     },
+    /// A destroy-community message destroyed (hard) or froze (soft) `community`
+    /// ([`crate::destroy`]); emitted when a stored destroy changes its state, and again on
+    /// [`Node::announce_destroyed`]. After the events before it, the driver deletes: for hard,
+    /// every stored message of the community but those `keep` names (by first author and global
+    /// time: the destroy and its proof chain), and retires its plugin instance for good
+    /// (`retire` code `DESTROYED`); for soft, every stored message above `global_time`, and
+    /// restarts the instance from the frozen history when any was deleted. Deleting again is
+    /// harmless. Nothing to answer.
+    Destroyed {
+        /// The community.
+        community: CommunityId,
+        /// Hard or soft.
+        degree: crate::authority::Degree,
+        /// The destroy's global time (soft: the freeze).
+        global_time: u64,
+        /// Hard: the stored messages to keep, by (first author, global time); soft: empty.
+        keep: Vec<(crate::identity::MemberId, u64)>,
+    },
 }
 
 /// Names one request the node made of its driver ([`Event::SyncRows`], [`Event::ReadPackets`],
@@ -474,6 +497,10 @@ pub enum CreateError {
     /// no permit for it in the community's permission timeline: nothing was signed or sent.
     #[error("this member holds no permit for meta-message {0:?}")]
     NotPermitted(String),
+    /// The community is destroyed (hard) or frozen (soft) by a destroy-community message: it
+    /// creates nothing (a soft-destroyed one only a hard destroy).
+    #[error("community {0} is destroyed: it creates no new message")]
+    Destroyed(CommunityId),
 }
 
 /// Why the plugin's check did not pass a message we created ([`Event::CheckCreated`]).
@@ -627,7 +654,8 @@ impl Node {
     /// Joins the community a plugin defines; walking starts at the next timeout. Its permission
     /// timeline is rebuilt from the stored permission packets of `resume` (in any order; those
     /// that do not decode are skipped), so a restarted node enforces the same permissions at
-    /// once.
+    /// once; a valid destroy-community among them puts it back in its destroyed state
+    /// ([`crate::destroy`], rule 5; no event: see [`Node::announce_destroyed`]).
     pub fn join(
         &mut self,
         now: Instant,
@@ -644,6 +672,7 @@ impl Node {
             existing.observe_global_time(resume.global_time);
             existing.fast_until = now + self.config.fast_walker_duration;
             self.rebuild_timeline(id, &resume.authority);
+            self.restore_destroyed(now, id, &resume.authority);
             return Ok(id);
         }
         if self.communities.len() >= self.config.max_communities {
@@ -662,6 +691,7 @@ impl Node {
         );
         self.communities.insert(id, community);
         self.rebuild_timeline(id, &authority);
+        self.restore_destroyed(now, id, &authority);
         Ok(id)
     }
 
@@ -955,6 +985,9 @@ impl Node {
         }
         if !report.stored.is_empty() {
             self.handle_stored(now, community, &report.stored);
+        }
+        if !report.authority.is_empty() {
+            self.learn_destroys(now, community, &report.authority, &report.stored);
         }
     }
 

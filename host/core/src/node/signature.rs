@@ -185,6 +185,13 @@ impl Node {
         if m.message.global_time > c.acceptable_global_time(now, margin) {
             return Err(DropReason::GlobalTimeBeyondLimit);
         }
+        // Co-signing is creating: a destroyed or frozen community does neither (crate::destroy).
+        if c.is_hard_destroyed() {
+            return Err(DropReason::Destroyed);
+        }
+        if c.destroyed.is_some() {
+            return Err(DropReason::Frozen);
+        }
         if self.asked.len() >= self.config.signature.max_pending {
             return Err(DropReason::SignatureBusy);
         }

@@ -134,8 +134,9 @@ impl Node {
         let Some(c) = self.communities.get_mut(&id) else {
             return;
         };
-        // One store query at a time: a walk's filter being built delays the round.
-        if c.sync.pending.is_some() {
+        // One store query at a time: a walk's filter being built delays the round. A
+        // hard-destroyed community sends no request.
+        if c.sync.pending.is_some() || c.is_hard_destroyed() {
             return;
         }
         let Some(chase) = c.sync.chase.as_mut() else {

@@ -32,7 +32,8 @@ impl Node {
             } else {
                 config.step_interval
             };
-        if c.pending_walks.len() >= config.max_pending_walks {
+        // A hard-destroyed community walks no more (crate::destroy, rule 1).
+        if c.pending_walks.len() >= config.max_pending_walks || c.is_hard_destroyed() {
             return;
         }
         let tracker_delay = config.candidates.tracker_eligible_delay;
@@ -240,6 +241,9 @@ impl Node {
         request: IntroductionRequest,
     ) -> Result<(), DropReason> {
         self.vote(now, from, request.destination);
+        if self.answer_destroyed(request.community, from, session) {
+            return Ok(());
+        }
         let interfaces = self.config.interfaces.clone();
         let lan = self.lan;
         let wan = self.wan_address();

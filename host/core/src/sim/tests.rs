@@ -712,8 +712,10 @@ fn undo_and_destroy_messages_are_dropped_and_counted_until_handled() {
     );
     sim.run_for(Duration::from_millis(100));
     let c = sim.nodes[1].community(&id()).expect("joined");
-    // The undo is handled now (stored; its target is missing, so it is held waiting).
-    assert_eq!(c.stats.dropped.get(DropReason::Unsupported), 1);
+    // The undo is handled (stored; its target is missing, so it is held waiting); the
+    // destroy waits for a proof of its author's permit that never comes.
+    assert_eq!(c.stats.dropped.get(DropReason::Unsupported), 0);
+    assert_eq!(c.stats.delayed, 1);
     assert_eq!(c.stats.messages_received, 2);
     assert_eq!(sim.stores[1].count(id()), stored + 2);
     let handed = |packet: &[u8]| {

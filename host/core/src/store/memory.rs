@@ -382,6 +382,27 @@ impl Store {
         (before - self.rows.len()) as u64
     }
 
+    /// Removes the messages of `community` that a destroy does not keep
+    /// ([`crate::node::Event::Destroyed`]): with `keep` (hard), all but those named by (first
+    /// author, global time); with `above` (soft), those above that global time. Returns how
+    /// many.
+    pub fn destroy(
+        &mut self,
+        community: CommunityId,
+        keep: Option<&[(MemberId, u64)]>,
+        above: u64,
+    ) -> u64 {
+        let before = self.rows.len();
+        self.rows.retain(|k| {
+            k.community != community
+                || match keep {
+                    Some(keep) => keep.contains(&(k.member, k.row.global_time)),
+                    None => k.row.global_time <= above,
+                }
+        });
+        (before - self.rows.len()) as u64
+    }
+
     /// The packets of rows `ids`, in that order (missing rows, and repeats, left out).
     pub fn packets(&self, ids: &[u64]) -> Vec<Vec<u8>> {
         let mut given = std::collections::HashSet::new();

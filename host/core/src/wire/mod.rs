@@ -49,7 +49,8 @@
 //!   policy switched), and `target_index`, the index in the meta's list of dynamic policies,
 //!   which the node checks against the definition ([`crate::authority::record`] maps it).
 //! - h. Destroy-community's `degree` is required, SOFT or HARD. A soft destroy freezes the
-//!   community at the destroy message's own global time.
+//!   community at the destroy message's own global time (rule m). Its author needs `permit` on
+//!   DESTROYCOMMUNITY at that global time; it is never undone.
 //! - i. They travel inside collections (`Collection.messages`), mixed freely with plugin messages
 //!   of the same community; a bare permission message datagram is invalid. When one entry of a
 //!   collection fails to decode or verify, the whole datagram is dropped (the sender's fault is
@@ -61,11 +62,27 @@
 //!   [`MAX_MISSING_TIMES`] global times of its messages, unsigned. The answer is a collection
 //!   holding the proof records (authorize, revoke, dynamic-settings) of the named messages, one
 //!   level up the chain of authority per request: a requester that lacks the proof of a proof
-//!   record asks again for it.
+//!   record asks again for it. A destroy-community's proof is the grants of its author's
+//!   `permit` on destroy-community at its global time.
 //! - k. `CommunityMessage.resolution_index` on a message of a meta with dynamic resolution is
 //!   optional and only informative: a receiver judges the message by the policy its own timeline
 //!   gives at the message's global time, not by the index (as the original did), and pushes its
 //!   dynamic-settings records back to a sender whose index disagrees.
+//! - l. What a destroyed community answers ([`crate::destroy`]): a hard-destroyed community
+//!   answers an introduction-request from a proven address (one with an established session)
+//!   with a collection holding its destroy-community message alone, naming that session, and
+//!   sends no introduction-response, no puncture-request and no sync answer; every community
+//!   message sent to it is dropped (`destroyed`); it still answers missing-proof (the proof of
+//!   the destroy is the grants of its author's `permit` on destroy-community, which it keeps).
+//!   A node that stores a destroy it did not create forwards it at once, in a collection, to up
+//!   to 50 verified candidates. A soft-destroyed community answers as before, from what it
+//!   keeps.
+//! - m. The global time a soft destroy freezes at is its own `global_time` `T`: messages at or
+//!   below `T` are kept, served and still accepted; every message above `T` (persistent or
+//!   not; a hard destroy excepted) is refused (`frozen`) and deleted where held; the frozen
+//!   node's clock stays at `T` (its introduction-requests and -responses carry at most `T`).
+//!   Of two soft destroys the lower `T` wins (then the binary-lower packet); a hard destroy
+//!   wins over any soft one.
 //!
 //! # Co-signing: the signature-response
 //!

@@ -1,6 +1,6 @@
 //! The permission timeline through the control API: `GET /v1/communities/{id}/timeline` shows
-//! it; `POST .../authorize`, `.../revoke` and `.../settings` create the permission messages of
-//! this node's member ([`dispersy_core::node::Node::create_authority`]).
+//! it; `POST .../authorize`, `.../revoke`, `.../settings` and `.../destroy` create the
+//! permission messages of this node's member ([`dispersy_core::node::Node::create_authority`]).
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dispersy_core::authority::{Body, MemberRef, Target};
+use dispersy_core::authority::{Body, Degree, MemberRef, Target};
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
 use dispersy_core::meta::{Resolution, StaticResolution};
@@ -43,6 +43,13 @@ struct GrantItem {
 pub(super) struct SettingsRequest {
     meta: String,
     policy: String,
+}
+
+/// `{"degree": "hard"|"soft"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DestroyRequest {
+    degree: String,
 }
 
 /// `GET /v1/communities/{id}/timeline`: the timeline as [`timeline_json`] shows it.
@@ -119,6 +126,29 @@ pub(super) async fn settings(
     create(&shared, community, body).await
 }
 
+/// `POST /v1/communities/{id}/destroy`: a destroy-community of this node's member (it needs
+/// `permit` on `destroy-community`): 201 with its global time (`sequence_number` 0: it carries
+/// none), 403 without the permit, 409 when the community is destroyed already (a soft-destroyed
+/// one takes a hard destroy), 400 a degree other than `hard` or `soft`.
+pub(super) async fn destroy(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Result<Json<DestroyRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let community = community_id(&id)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let degree = match request.degree.as_str() {
+        "hard" => Degree::Hard,
+        "soft" => Degree::Soft,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "degree {other:?} is not hard or soft"
+            )));
+        }
+    };
+    create(&shared, community, Body::Destroy(degree)).await
+}
+
 /// An authorize or (`revoke`) a revoke from its request.
 async fn grant(
     shared: Arc<Shared>,
@@ -167,6 +197,9 @@ async fn create(shared: &Shared, community: CommunityId, body: Body) -> ApiResul
     .map_err(|e| match e {
         AuthorityError::NotJoined(_) => ApiError::not_found(e.to_string()),
         AuthorityError::NotPermitted { .. } => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+        AuthorityError::Destroyed(_) | AuthorityError::Publish(CreateError::Destroyed(_)) => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
         AuthorityError::Publish(CreateError::TooLarge { .. }) => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
         }

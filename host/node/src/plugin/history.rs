@@ -13,7 +13,8 @@ use dispersy_plugin_api::abi::{self, PluginError, RawMessage, ReadPage, ReadQuer
 
 use crate::store::{HistoryQuery, Store, StoredMessage};
 
-/// Reads of a community's stored messages, in row-id order.
+/// Reads of a community's stored messages, in row-id order, and the one deletion its own
+/// thread orders (a destroy-community's).
 pub trait History: Send + Sync {
     /// The rows of `community` matching `query`, or why they could not be read (one line).
     fn page(&self, community: i64, query: &HistoryQuery) -> Result<Vec<StoredMessage>, String>;
@@ -23,6 +24,19 @@ pub trait History: Send + Sync {
     fn rows(&self, ids: &[i64]) -> Result<Vec<StoredMessage>, String> {
         let _ = ids;
         Err("this history reads no rows by id".into())
+    }
+
+    /// Deletes what a destroy-community does not keep of `community` ([`Store::destroy`]:
+    /// with `keep`, all but those (first author, global time); without, all above `above`);
+    /// returns how many, or why not (one line). Without a store: refused.
+    fn destroy(
+        &self,
+        community: i64,
+        keep: Option<&[(MemberId, u64)]>,
+        above: u64,
+    ) -> Result<u64, String> {
+        let _ = (community, keep, above);
+        Err("this community has no store".into())
     }
 }
 
@@ -65,6 +79,21 @@ impl History for StoreHistory {
 
     fn rows(&self, ids: &[i64]) -> Result<Vec<StoredMessage>, String> {
         self.wait(self.store.rows(ids))
+    }
+
+    fn destroy(
+        &self,
+        community: i64,
+        keep: Option<&[(MemberId, u64)]>,
+        above: u64,
+    ) -> Result<u64, String> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err("store writes are refused on the host's async tasks".into());
+        }
+        // No timeout: the community's thread waits for its deletion like for its inserts.
+        self.runtime
+            .block_on(self.store.destroy(community, keep, above))
+            .map_err(|error| format!("deleting a destroyed community's messages failed: {error}"))
     }
 }
 

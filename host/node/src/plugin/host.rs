@@ -117,6 +117,12 @@ pub(super) enum Life {
         /// Since when.
         since: SystemTime,
     },
+    /// Ended by a hard destroy-community: its instance is retired (`retire(DESTROYED)`) and
+    /// none runs again; every change of it is refused.
+    Destroyed {
+        /// Since when.
+        since: SystemTime,
+    },
     /// Down for good: it panicked more often than it may be restarted, or `create()` failed.
     Failed {
         /// Why.
@@ -321,6 +327,11 @@ impl Shared {
         let versions = lock(&self.versions).clone();
         let (state, reason, since) = match (life, self.stuck()) {
             (Life::Failed { reason, since }, _) => ("failed", Some(reason), Some(since)),
+            (Life::Destroyed { since }, _) => (
+                "destroyed",
+                Some("destroyed by a hard destroy-community message".to_owned()),
+                Some(since),
+            ),
             (_, Some((call, since))) => (
                 "stuck",
                 Some(format!(

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RSlice, RStr, RString, RVec};
+use dispersy_core::authority::Degree;
 use dispersy_core::bloom::PacketHash;
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{CommunityId, MemberId, PublicKey};
@@ -178,6 +179,18 @@ pub enum Job {
     /// Stored messages became hidden or visible again: tell the plugin
     /// (`CommunityApi::undone`, see [`super::undone`]).
     Undone(super::undone::Notice),
+    /// A destroy-community ended (hard) or froze (soft) the community
+    /// ([`dispersy_core::node::Event::Destroyed`]), after the jobs queued before it: delete
+    /// what it does not keep; hard: retire the instance (`retire(DESTROYED)`) for good; soft:
+    /// restart it from the frozen history when messages were deleted.
+    Destroy {
+        /// Hard or soft.
+        degree: Degree,
+        /// The destroy's global time (soft: the freeze).
+        global_time: u64,
+        /// Hard: the messages kept, by (first author, global time).
+        keep: Vec<(MemberId, u64)>,
+    },
     /// A timer was scheduled: recompute the wake-up time.
     Wake,
     /// Finish the jobs queued before this one, then retire the instance for this
@@ -430,6 +443,16 @@ impl Worker {
         })
     }
 
+    /// Queues a [`Job::Destroy`] whatever the instance's state (a disabled, failed, stuck or
+    /// destroyed community deletes too, once its thread is free); refused only when the queue
+    /// is full or the thread has ended.
+    pub fn submit_destroy(&self, job: Job) -> Result<(), QueueError> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => QueueError::Full,
+            TrySendError::Disconnected(_) => QueueError::Stopped,
+        })
+    }
+
     /// Why jobs are refused now, if they are.
     fn refusal(&self) -> Option<QueueError> {
         let community = self.shared.name.clone();
@@ -453,6 +476,13 @@ impl Worker {
                     community,
                     state: "disabled",
                     reason: "disabled by the operator".to_owned(),
+                });
+            }
+            Life::Destroyed { .. } => {
+                return Some(QueueError::Down {
+                    community,
+                    state: "destroyed",
+                    reason: "destroyed by a hard destroy-community message".to_owned(),
                 });
             }
             Life::Starting | Life::Live => {}
@@ -988,6 +1018,11 @@ impl WorkerLoop {
                 let _ = reply.send(self.upgrade(factory, *definition));
             }
             Job::Undone(notice) => self.tell_undone(&notice),
+            Job::Destroy {
+                degree,
+                global_time,
+                keep,
+            } => self.destroy(degree, global_time, &keep),
             Job::Wake | Job::Stop(_) => {}
         }
     }
@@ -1032,6 +1067,42 @@ impl WorkerLoop {
         }
     }
 
+    /// Carries out [`Job::Destroy`], logged.
+    fn destroy(&mut self, degree: Degree, global_time: u64, keep: &[(MemberId, u64)]) {
+        let hard = degree == Degree::Hard;
+        let removed = match &self.context.history {
+            Some(history) => history.destroy(
+                self.context.community_row,
+                hard.then_some(keep),
+                global_time,
+            ),
+            None => Err("this community has no store".to_owned()),
+        };
+        let removed = removed.unwrap_or_else(|error| {
+            tracing::warn!(community = %self.shared.name, %error, "a destroyed community's messages were not deleted");
+            0
+        });
+        if hard {
+            let again = matches!(*lock(&self.shared.life), Life::Destroyed { .. });
+            self.put_down(abi::retire::DESTROYED);
+            *lock(&self.shared.life) = Life::Destroyed {
+                since: SystemTime::now(),
+            };
+            if !again {
+                tracing::warn!(community = %self.shared.name, global_time, removed, kept = keep.len(), "community destroyed (hard): its plugin instance is retired and every stored message but the destroy and its proof is deleted");
+            }
+            return;
+        }
+        tracing::warn!(community = %self.shared.name, freeze = global_time, removed, "community frozen (soft destroy): nothing above its global time is kept or accepted");
+        if removed > 0 && self.instance.is_some() {
+            // Its state must be that of the frozen history.
+            self.put_down(abi::retire::RESTART);
+            if let Err(error) = self.renew() {
+                tracing::warn!(community = %self.shared.name, %error, "the frozen community's new instance failed");
+            }
+        }
+    }
+
     /// Makes an operator's change (see [`Change`]), logged.
     fn change(&mut self, change: Change) -> Result<(), LifecycleError> {
         let state = self.shared.health().state;
@@ -1043,6 +1114,7 @@ impl WorkerLoop {
         };
         match (change, state) {
             (_, "starting") => Err(conflict("")),
+            (_, "destroyed") => Err(conflict("; a destroyed community runs no instance again")),
             (Change::Disable, "disabled") => Err(conflict("")),
             (Change::Disable, _) => {
                 self.put_down(abi::retire::DISABLE);
@@ -1079,7 +1151,7 @@ impl WorkerLoop {
         let state = self.shared.health().state;
         let from = self.context.definition.version.clone();
         let to = definition.version.clone();
-        if state == "starting" {
+        if state == "starting" || state == "destroyed" {
             return Err(LifecycleError::Conflict {
                 change: "upgrade",
                 community: self.shared.name.clone(),

@@ -45,7 +45,7 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         let authority: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT packet FROM sync WHERE community = ?1 AND meta IN (?2, ?3, ?4, ?5, ?6)
+            "SELECT packet FROM sync WHERE community = ?1 AND meta IN (?2, ?3, ?4, ?5, ?6, ?7)
              ORDER BY id",
         )
         .bind(community)
@@ -54,6 +54,7 @@ impl Store {
         .bind(i64::from(builtin::DYNAMIC_SETTINGS))
         .bind(i64::from(builtin::UNDO_OWN))
         .bind(i64::from(builtin::UNDO_OTHER))
+        .bind(i64::from(builtin::DESTROY_COMMUNITY))
         .fetch_all(&self.pool)
         .await?;
         let mut sequences = Vec::new();

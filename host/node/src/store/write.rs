@@ -67,6 +67,60 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Removes the messages of `community` that a destroy-community does not keep
+    /// (`dispersy_core::node::Event::Destroyed`), in one transaction: with `keep` (hard), every
+    /// one but those named by (first author, global time); without (soft), those above global
+    /// time `above`. Returns how many; removing again removes nothing more.
+    pub async fn destroy(
+        &self,
+        community: i64,
+        keep: Option<&[(MemberId, u64)]>,
+        above: u64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query("SELECT id, member, global_time FROM sync WHERE community = ?1")
+            .bind(community)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut doomed: Vec<i64> = Vec::new();
+        for row in rows {
+            let id: i64 = row.try_get(0)?;
+            let member: Vec<u8> = row.try_get(1)?;
+            let global_time = u64::try_from(row.try_get::<i64, _>(2)?).unwrap_or(0);
+            let kept = match keep {
+                Some(keep) => keep
+                    .iter()
+                    .any(|(m, t)| m.0.as_slice() == member.as_slice() && *t == global_time),
+                None => global_time <= above,
+            };
+            if !kept {
+                doomed.push(id);
+            }
+        }
+        for chunk in doomed.chunks(DELETE_ROWS) {
+            let list = vec!["?"; chunk.len()].join(",");
+            for table in [
+                "DELETE FROM double_signed_sync WHERE sync IN",
+                "DELETE FROM sync WHERE id IN",
+            ] {
+                // Placeholders only: the ids are bound.
+                let sql = format!("{table} ({list})");
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(doomed.len() as u64)
+    }
+}
+
+/// Rows deleted by one statement of [`Store::destroy`].
+const DELETE_ROWS: usize = 500;
+
 /// Rows written by one multi-row INSERT (8 bound values each, far below SQLite's 32,766).
 const INSERT_ROWS: usize = 256;
 

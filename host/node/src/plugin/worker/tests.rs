@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec};
+use dispersy_core::authority::Degree;
 use dispersy_core::community::Definition;
 use dispersy_core::identity::{KeyPair, MemberId};
 use dispersy_core::meta::{
@@ -211,6 +212,23 @@ impl History for FakeHistory {
             .take(query.limit as usize)
             .cloned()
             .collect())
+    }
+
+    fn destroy(
+        &self,
+        community: i64,
+        keep: Option<&[(MemberId, u64)]>,
+        above: u64,
+    ) -> Result<u64, String> {
+        self.log.push(format!(
+            "destroy {community} keep {:?} above {above}",
+            keep.map(<[_]>::len)
+        ));
+        // What a store would delete of these rows (nothing is kept by the fake).
+        Ok(match keep {
+            Some(_) => self.rows.len() as u64,
+            None => self.rows.iter().filter(|r| r.global_time > above).count() as u64,
+        })
     }
 }
 
@@ -930,6 +948,54 @@ fn a_stop_retires_the_instance_for_the_reason_given() {
             start_with(limits(), HashMap::new(), vec![], Some((rows(&[]), false))).stop_for(reason);
         assert_eq!(log.last().unwrap(), &format!("retire {reason}"), "{log:?}");
     }
+}
+
+#[test]
+fn a_hard_destroy_deletes_then_retires_the_instance_for_good() {
+    let harness = start_with(
+        limits(),
+        HashMap::new(),
+        vec![],
+        Some((rows(&[(1, 1, Some(ACCEPT))]), false)),
+    );
+    harness.wait_state("live");
+    let job = Job::Destroy {
+        degree: Degree::Hard,
+        global_time: 9,
+        keep: vec![(MemberId([1; 20]), 9)],
+    };
+    harness.jobs.try_send(job).unwrap();
+    harness.wait_state("destroyed");
+    let (log, _, shared) = harness.stop();
+    let at = log
+        .iter()
+        .position(|l| l == "destroy 1 keep Some(1) above 9")
+        .unwrap();
+    // Retired once, for the destroy, after the deletion; the stop finds no instance left.
+    assert_eq!(log[at + 1..], ["retire 5".to_owned()], "{log:?}");
+    assert_eq!(shared.health().state, "destroyed");
+}
+
+#[test]
+fn a_soft_destroy_that_deleted_messages_restores_a_new_instance_from_the_frozen_history() {
+    let history = rows(&[(1, 1, Some(ACCEPT)), (1, 12, Some(ACCEPT))]);
+    let harness = start_with(limits(), HashMap::new(), vec![], Some((history, false)));
+    harness.wait_state("live");
+    let job = Job::Destroy {
+        degree: Degree::Soft,
+        global_time: 10,
+        keep: Vec::new(),
+    };
+    harness.jobs.try_send(job).unwrap();
+    harness.wait_for("destroy 1 keep None above 10");
+    let (log, _, shared) = harness.stop();
+    let at = log
+        .iter()
+        .position(|l| l == "destroy 1 keep None above 10")
+        .unwrap();
+    assert_eq!(log[at + 1], "retire 1", "{log:?}");
+    assert_eq!(log[at + 2], "create", "{log:?}");
+    assert_eq!(shared.health().state, "live");
 }
 
 #[test]
