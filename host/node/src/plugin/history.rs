@@ -11,7 +11,7 @@ use dispersy_core::identity::{MemberId, PublicKey};
 use dispersy_core::wire::SignedMessage;
 use dispersy_plugin_api::abi::{self, PluginError, RawMessage, ReadPage, ReadQuery};
 
-use crate::store::{HistoryQuery, Store, StoredMessage};
+use crate::store::{HistoryQuery, Span, Store, StoredMessage};
 
 /// Reads of a community's stored messages, in row-id order.
 pub trait History: Send + Sync {
@@ -23,6 +23,14 @@ pub trait History: Send + Sync {
     fn rows(&self, ids: &[i64]) -> Result<Vec<StoredMessage>, String> {
         let _ = ids;
         Err("this history reads no rows by id".into())
+    }
+
+    /// Sets (`denied`) or clears the denied bit of the rows of `span` (`Store::mark_range`);
+    /// the ids of the rows whose visibility flipped, in pages of at most `page`. Not bounded
+    /// by the read timeout: the flags must be written. Without an implementation: an error.
+    fn deny(&self, span: &Span, denied: bool, page: usize) -> Result<Vec<Vec<i64>>, String> {
+        let _ = (span, denied, page);
+        Err("this history writes no flags".into())
     }
 }
 
@@ -65,6 +73,20 @@ impl History for StoreHistory {
 
     fn rows(&self, ids: &[i64]) -> Result<Vec<StoredMessage>, String> {
         self.wait(self.store.rows(ids))
+    }
+
+    fn deny(&self, span: &Span, denied: bool, page: usize) -> Result<Vec<Vec<i64>>, String> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err("store writes are refused on the host's async tasks".into());
+        }
+        let mut pages = Vec::new();
+        self.runtime
+            .block_on(
+                self.store
+                    .mark_range(span, denied, page, |ids| pages.push(ids)),
+            )
+            .map_err(|error| format!("marking denied messages failed: {error}"))?;
+        Ok(pages)
     }
 }
 

@@ -161,6 +161,16 @@ pub enum Job {
     /// Stored messages became hidden or visible again: tell the plugin
     /// (`CommunityApi::undone`, see [`super::undone`]).
     Undone(super::undone::Notice),
+    /// Retroactive re-evaluation (the core's `Event::Reevaluate`): set or clear the denied
+    /// bit of the stored messages of `meta` span by span, then tell the plugin of the ones
+    /// whose visibility flipped (see [`super::undone`]). On this thread, the community's one
+    /// writer, after the messages queued before it are stored.
+    Reevaluate {
+        /// The plugin meta-message type.
+        meta: u32,
+        /// Whose messages, over which spans.
+        spans: Vec<dispersy_core::timeline::Reevaluation>,
+    },
     /// A timer was scheduled: recompute the wake-up time.
     Wake,
     /// Finish the jobs queued before this one, then retire the instance for this
@@ -966,7 +976,43 @@ impl WorkerLoop {
                 let _ = reply.send(self.upgrade(factory, *definition));
             }
             Job::Undone(notice) => self.tell_undone(&notice),
+            Job::Reevaluate { meta, spans } => self.reevaluate(meta, spans),
             Job::Wake | Job::Stop(_) => {}
+        }
+    }
+
+    /// Applies a re-evaluation's spans to the store's denied bits, each span one range update
+    /// (`Store::mark_range`), then tells the instance of the rows that flipped. A failed
+    /// update is logged (error): its flags stay as they were until the next change.
+    fn reevaluate(&mut self, meta: u32, spans: Vec<dispersy_core::timeline::Reevaluation>) {
+        let Some(history) = self.context.history.clone() else {
+            return;
+        };
+        let page = self.context.limits.read_page.max(1) as usize;
+        for reevaluation in spans {
+            for span in reevaluation.spans {
+                let range = crate::store::Span {
+                    community: self.context.community_row,
+                    meta,
+                    authors: reevaluation.authors.clone(),
+                    low: span.low,
+                    high: span.high,
+                };
+                match history.deny(&range, !span.allowed, page) {
+                    Ok(pages) => {
+                        for ids in pages {
+                            self.tell_undone(&super::undone::Notice {
+                                ids,
+                                undone: !span.allowed,
+                                why: super::undone::Why::Denied,
+                            });
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(community = %self.shared.name, meta, %error, "re-evaluation not applied");
+                    }
+                }
+            }
         }
     }
 

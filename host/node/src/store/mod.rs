@@ -36,7 +36,7 @@ mod task;
 mod testing;
 mod write;
 
-pub use hidden::{Mark, Marked, Reason, Span};
+pub use hidden::{Authors, Mark, Marked, Reason, Span};
 pub use read::HistoryQuery;
 pub use task::{Insert, InsertSender, run};
 
