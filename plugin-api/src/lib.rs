@@ -57,7 +57,7 @@ pub mod prelude {
     pub use crate::sdk::{
         Authentication, Community, Compact, Definition, Destination, Distribution, Error, Filter,
         Host, Level, Message, Meta, Order, Page, Payload, Resolution, Retire, StaticResolution,
-        Verdict, parse_hex, to_hex,
+        UndoReason, Undone, Verdict, parse_hex, to_hex,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -34,7 +34,8 @@
 //!   the newest pact of each pair (`pacts`).
 //! - `linear-post` (8): the same payload, full-sync, Linear: only members holding a permit for
 //!   it in the permission timeline create it, and the others' wait for its proof
-//!   (`linear_posts`).
+//!   (`linear_posts`); the stored ones that became hidden (undone, or denied by a revoke
+//!   reaching back over them) and visible again (`linear_undone`, `linear_redone`).
 //!
 //! The duplicate and fault detectors remember up to [`MAX_TRACKED`] messages or authors, enough
 //! for the largest benchmark.
@@ -177,6 +178,9 @@ pub struct ProbeCommunity {
     pacts: u64,
     /// Linear posts handled (created here or received).
     linear_posts: u64,
+    /// Linear posts the host said became hidden (undone or denied), and visible again.
+    linear_undone: u64,
+    linear_redone: u64,
     /// Posts given back by the host's restore.
     restored: u64,
     /// Whether the host told this instance it is live (restore done).
@@ -230,6 +234,15 @@ impl ProbeCommunity {
 impl ProbeCommunity {
     fn on_linear_post(&mut self, messages: Vec<Message<Example>>) -> Result<(), Error> {
         self.linear_posts += messages.len() as u64;
+        Ok(())
+    }
+
+    fn on_linear_undone(&mut self, notice: Undone<Example>) -> Result<(), Error> {
+        if notice.undone {
+            self.linear_undone += 1;
+        } else {
+            self.linear_redone += 1;
+        }
         Ok(())
     }
 
@@ -445,7 +458,8 @@ impl Community for ProbeCommunity {
                     })
                     .destination(Destination::Community { node_count: 10 })
                     .check(Self::check_example)
-                    .handle(Self::on_linear_post),
+                    .handle(Self::on_linear_post)
+                    .on_undone(Self::on_linear_undone),
             )
     }
 
@@ -470,6 +484,8 @@ impl Community for ProbeCommunity {
             shouts: 0,
             pacts: 0,
             linear_posts: 0,
+            linear_undone: 0,
+            linear_redone: 0,
             restored: 0,
             live: false,
             read_posts: None,
@@ -494,6 +510,8 @@ impl Community for ProbeCommunity {
             "shouts": self.shouts,
             "pacts": self.pacts,
             "linear_posts": self.linear_posts,
+            "linear_undone": self.linear_undone,
+            "linear_redone": self.linear_redone,
             "restored": self.restored,
             "live": self.live,
             "read_posts": self.read_posts,
