@@ -11,7 +11,7 @@
 //! what the node does when a revoke of L's permit reaching back to global time N / 10 is
 //! stored: insert the record into the timeline, turn its changes into spans
 //! (`Timeline::reevaluation`), and apply each span to the store as the community thread does
-//! (`Store::mark_range`, the flipped ids collected in pages of 256 for the plugin); the time
+//! (`Store::mark_range`, the flipped ids collected in pages of `MARK_PAGE` for the plugin); the time
 //! ends when the flags are committed. Then the same for a new grant of L one global time
 //! later (the flags flip back). Printed: time, rows flipped, spans (range updates).
 //!
@@ -46,8 +46,8 @@ use dispersy_node::store::{NewMessage, Span, Store};
 
 /// The Linear meta of the bench community.
 const META: u32 = 8;
-/// Ids per page of flipped rows (the default `plugin_read_page`).
-const PAGE: usize = 256;
+/// Rows flipped per statement, as the community thread flips them.
+const PAGE: usize = dispersy_node::plugin::worker::MARK_PAGE;
 /// The goal, for both.
 const GOAL: Duration = Duration::from_secs(1);
 

@@ -547,7 +547,14 @@ impl Protocol {
                         low: span.low,
                         high: span.high,
                     };
-                    if let Err(error) = store.mark_range(&range, !span.allowed, 1024, |_| {}).await
+                    if let Err(error) = store
+                        .mark_range(
+                            &range,
+                            !span.allowed,
+                            crate::plugin::worker::MARK_PAGE,
+                            |_| {},
+                        )
+                        .await
                     {
                         tracing::error!(%community, meta, %error, "re-evaluation not applied");
                     }

@@ -550,6 +550,11 @@ struct DelayedMessage {
     expires_at: Instant,
 }
 
+/// Rows a re-evaluation's range update flips per statement (`Store::mark_range`); the
+/// plugin is told of them in pages of `limits.read_page`. Large, so that a range of a
+/// million rows costs tens of statements, not thousands (the ids of one page: 128 KiB).
+pub const MARK_PAGE: usize = 16_384;
+
 /// The calls that may change a community: a panic in one poisons the instance.
 const MUTATING: [&str; 8] = [
     "check",
@@ -988,7 +993,6 @@ impl WorkerLoop {
         let Some(history) = self.context.history.clone() else {
             return;
         };
-        let page = self.context.limits.read_page.max(1) as usize;
         for reevaluation in spans {
             for span in reevaluation.spans {
                 let range = crate::store::Span {
@@ -998,7 +1002,7 @@ impl WorkerLoop {
                     low: span.low,
                     high: span.high,
                 };
-                match history.deny(&range, !span.allowed, page) {
+                match history.deny(&range, !span.allowed, MARK_PAGE) {
                     Ok(pages) => {
                         for ids in pages {
                             self.tell_undone(&super::undone::Notice {
