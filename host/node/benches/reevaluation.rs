@@ -225,6 +225,38 @@ async fn run(label: &str, share: f64, count: u64, authors: usize, records: usize
     }
     store.close().await;
 
+    // The limit, in the same run: the same rows flagged by one plain UPDATE statement (no
+    // paging, no ids back), committed; then put back (untimed).
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let limit_rows = sqlx::query(
+        "UPDATE sync SET undone = 2 WHERE community = ?1 AND meta = ?2 AND member = ?3
+         AND global_time >= ?4",
+    )
+    .bind(community)
+    .bind(i64::from(META))
+    .bind(large.0.as_slice())
+    .bind(reach as i64 + 1)
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    let limit = started.elapsed();
+    sqlx::query("UPDATE sync SET undone = 0 WHERE community = ?1 AND meta = ?2 AND member = ?3")
+        .bind(community)
+        .bind(i64::from(META))
+        .bind(large.0.as_slice())
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    println!(
+        "  limit: one plain UPDATE of the same author's {limit_rows} rows (SQLite, this store's schema, committed): {:.3} s",
+        limit.as_secs_f64()
+    );
+
     // Restarts: from opening the store to the timeline answering.
     let me = KeyPair::from_secret(&[0x77; 32]).unwrap();
     for restart in 1..=restarts {

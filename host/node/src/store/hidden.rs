@@ -143,8 +143,9 @@ impl Store {
 
     /// Sets (`denied`) or clears the denied bit of every row of `range`; hands the ids of the
     /// rows whose visibility flipped to `on_page`, in pages of at most `page` ids (in
-    /// global-time order), and returns the counts. One transaction over one index: one UPDATE
-    /// for the rows that keep an undo (no flip), then one UPDATE per page of the rows whose
+    /// global-time order), and returns the counts. One transaction: one UPDATE for the rows
+    /// that keep an undo (no flip; over the meta's hidden rows in `sync_cover`), then one
+    /// UPDATE per page of the rows whose
     /// only reason this bit is or will be (they flip; a page's ids come back from it). One
     /// author walks `sync_member` (community, meta, member, global_time), the next page
     /// starting after the last global time; every author but some walks `sync_cover`
@@ -198,8 +199,10 @@ impl Store {
                  ORDER BY global_time LIMIT ?7)
              RETURNING id, global_time"
         );
+        // The rows that keep another reason are hidden ones: `sync_cover` walks only the
+        // meta's hidden rows (usually few), never the author's visible ones.
         let quiet_sql = format!(
-            "UPDATE sync INDEXED BY {index} SET undone = {quiet_set}
+            "UPDATE sync INDEXED BY sync_cover SET undone = {quiet_set}
              WHERE community = ?1 AND meta = ?2 AND {authors}
                AND global_time BETWEEN ?4 AND ?5 AND {quiet_where}"
         );
