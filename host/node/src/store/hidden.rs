@@ -13,9 +13,9 @@
 //! - [`Store::mark_range`]: the rows of one meta by one author (or by every author but some)
 //!   in a global-time range, as one indexed pass (`sync_member` for one author, `sync_cover`
 //!   for the others) in one transaction: one UPDATE for the rows that keep another reason,
-//!   and one UPDATE per page of the rows that flip, whose ids come back in pages of at most
-//!   `page` through a callback, never as one list of the whole range. The statements per
-//!   range are 2 + flipped / page, not one per row.
+//!   and one read and one UPDATE per page of the rows that flip, whose ids come in pages of
+//!   at most `page` through a callback, never as one list of the whole range. The statements
+//!   per range are 1 + 2 × (flipped / page + 1), not one per row.
 
 use dispersy_core::identity::MemberId;
 pub use dispersy_core::timeline::Authors;
@@ -145,8 +145,8 @@ impl Store {
     /// rows whose visibility flipped to `on_page`, in pages of at most `page` ids (in
     /// global-time order), and returns the counts. One transaction: one UPDATE for the rows
     /// that keep an undo (no flip; over the meta's hidden rows in `sync_cover`), then one
-    /// UPDATE per page of the rows whose
-    /// only reason this bit is or will be (they flip; a page's ids come back from it). One
+    /// read and one UPDATE per page of the rows whose only reason this bit is or will be
+    /// (they flip: a page's ids are read as one JSON list, then exactly those rows flipped). One
     /// author walks `sync_member` (community, meta, member, global_time), the next page
     /// starting after the last global time; every author but some walks `sync_cover`
     /// (community, meta, undone, global_time, ...), where a flipped row leaves the walked part of
@@ -191,13 +191,21 @@ impl Store {
                 "undone & ~?6",
             )
         };
-        let flip_sql = format!(
-            "UPDATE sync SET undone = {flip_to} WHERE id IN (
-                 SELECT id FROM sync INDEXED BY {index}
+        // A page's ids come back as one JSON list (one result row, not one per id: sqlx
+        // costs per row), then one UPDATE flips exactly those rows.
+        let page_sql = format!(
+            "SELECT json_group_array(id), MAX(global_time), COUNT(*) FROM (
+                 SELECT id, global_time FROM sync INDEXED BY {index}
                  WHERE community = ?1 AND meta = ?2 AND {authors}
                    AND global_time BETWEEN ?4 AND ?5 AND {flip_from}
-                 ORDER BY global_time LIMIT ?7)
-             RETURNING id, global_time"
+                 ORDER BY global_time LIMIT ?7)"
+        );
+        // ?1 the page's ids, ?2 the bit.
+        let flip_sql = format!(
+            "UPDATE sync SET undone = {}
+             WHERE id IN (SELECT value FROM json_each(?1)) AND {}",
+            flip_to.replace("?6", "?2"),
+            flip_from.replace("?6", "?2")
         );
         // The rows that keep another reason are hidden ones: `sync_cover` walks only the
         // meta's hidden rows (usually few), never the author's visible ones.
@@ -226,8 +234,8 @@ impl Store {
         .rows_affected();
         let mut flipped = 0u64;
         while low <= high {
-            let rows = bind_authors(
-                sqlx::query(sqlx::AssertSqlSafe(flip_sql.clone()))
+            let (list, last, count): (String, Option<i64>, i64) = bind_authors(
+                sqlx::query(sqlx::AssertSqlSafe(page_sql.clone()))
                     .bind(range.community)
                     .bind(i64::from(range.meta)),
             )
@@ -235,21 +243,24 @@ impl Store {
             .bind(high)
             .bind(bit)
             .bind(page)
-            .fetch_all(&mut *tx)
+            .try_map(|row: sqlx::sqlite::SqliteRow| {
+                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+            })
+            .fetch_one(&mut *tx)
             .await?;
-            let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= page;
-            let mut ids = Vec::with_capacity(rows.len());
-            let mut last = low;
-            for row in &rows {
-                ids.push(row.try_get::<i64, _>(0)?);
-                last = last.max(row.try_get::<i64, _>(1)?);
-            }
-            if ids.is_empty() {
+            let Some(last) = last.filter(|_| count > 0) else {
                 break;
-            }
+            };
+            sqlx::query(sqlx::AssertSqlSafe(flip_sql.clone()))
+                .bind(list.as_str())
+                .bind(bit)
+                .execute(&mut *tx)
+                .await?;
+            let ids: Vec<i64> = serde_json::from_str(&list)
+                .map_err(|e| sqlx::Error::Protocol(format!("a page of ids: {e}")))?;
             flipped += ids.len() as u64;
             on_page(ids);
-            if !full || last == i64::MAX {
+            if count < page || last == i64::MAX {
                 break;
             }
             // One author has one row per global time: go on after the last one. Other
