@@ -277,3 +277,126 @@ async fn a_community_created_through_the_api_is_founded_here_and_joined_elsewher
     a.stop().await;
     b.stop().await;
 }
+
+/// The stored `linear-post`s at `node` by the member with public key `key` (hex): (text,
+/// global time, denied).
+async fn stored_linear_posts(
+    node: &TestNode,
+    community: &str,
+    key: &str,
+) -> Vec<(String, u64, bool)> {
+    let page = node
+        .get(&format!(
+            "/v1/communities/{community}/messages?stored=true&limit=1000"
+        ))
+        .await;
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["meta"] == "linear-post" && m["public_key"] == key)
+        .map(|m| {
+            (
+                m["payload"]["text"].as_str().unwrap().to_owned(),
+                m["global_time"].as_u64().unwrap(),
+                m["denied"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_reaching_back_hides_the_later_posts_on_both_nodes_and_tells_the_plugins() {
+    use dispersy_core::authority::{self, Body, MemberRef, Target};
+    use dispersy_core::identity::CommunityId;
+    use dispersy_core::timeline::{Permission, Subject};
+    use dispersy_core::wire::{self, SignedMessage};
+
+    let plugins = plugin_dir(&["probe_community"]);
+    let master = key(52);
+    let hex = master.public().to_hex();
+    let id = master.member_id().to_hex();
+    let (a, b, _keys) = founder_and_peer(plugins.path(), &master).await;
+    for node in [&a, &b] {
+        let (code, answer) = node.join_instance("probe", &hex).await;
+        assert_eq!(code, 201, "{answer}");
+    }
+    let (a_id, b_id) = (member_id(&a), member_id(&b));
+    wait_until(SPREAD, "A to hold its founding permits", || async {
+        holds(&a, &id, &a_id, "linear-post", "authorize").await
+    })
+    .await;
+    let (code, granted) = grant(
+        &a,
+        &id,
+        "authorize",
+        b.member(),
+        &[("linear-post", "permit")],
+    )
+    .await;
+    assert_eq!(code, 201, "{granted}");
+    wait_until(SPREAD, "B to learn its permit", || async {
+        holds(&b, &id, &b_id, "linear-post", "permit").await
+    })
+    .await;
+    for text in ["one", "two", "three"] {
+        let (code, answer) = linear_post(&b, &id, text).await;
+        assert_eq!(code, 201, "{answer}");
+    }
+    wait_until(SPREAD, "A to store B's three linear posts", || async {
+        stored_linear_posts(&a, &id, b.member()).await.len() == 3
+    })
+    .await;
+    let posts = stored_linear_posts(&b, &id, b.member()).await;
+    assert!(posts.iter().all(|(_, _, denied)| !denied), "{posts:?}");
+    let second = posts.iter().find(|(text, _, _)| text == "two").unwrap().1;
+
+    // The master revokes B's permit at the global time of B's second post (the test holds the
+    // master key, so it may date it back): "two" and "three" lose their permission.
+    let revoke = SignedMessage::sign(
+        authority::message(
+            CommunityId::from_hex(&id).unwrap(),
+            master.public().clone(),
+            second,
+            Some(1),
+            Body::Revoke(vec![Target {
+                member: MemberRef::from_id(PublicKey::from_hex(b.member()).unwrap().member_id()),
+                grants: vec![(Subject::Community(8), Permission::Permit)],
+            }]),
+        ),
+        &[&master],
+    )
+    .unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for node in [&a, &b] {
+        socket
+            .send_to(&wire::encode_collection(0, &[&revoke.packet]), node.udp)
+            .unwrap();
+    }
+    for (name, node) in [("A", &a), ("B", &b)] {
+        wait_until(SPREAD, &format!("{name} to hide two and three"), || async {
+            let mut shown: Vec<(String, bool)> = stored_linear_posts(node, &id, b.member())
+                .await
+                .into_iter()
+                .map(|(text, _, denied)| (text, denied))
+                .collect();
+            shown.sort();
+            shown
+                == [
+                    ("one".to_owned(), false),
+                    ("three".to_owned(), true),
+                    ("two".to_owned(), true),
+                ]
+        })
+        .await;
+        wait_until(SPREAD, &format!("{name}'s plugin to be told"), || async {
+            let status = &node.community(&id).await["plugin"]["status"];
+            status["linear_undone"] == 2
+        })
+        .await;
+        let status = &node.community(&id).await["plugin"]["status"];
+        assert_eq!(status["linear_redone"], 0, "{status}");
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -111,9 +111,19 @@ struct Flight {
     bytes: Vec<u8>,
 }
 
-/// A node's store: the reference store of [`crate::store::memory`].
+/// A node's store: the reference store of [`crate::store::memory`], and the rows the
+/// driver's re-evaluations denied ([`Event::Reevaluate`]): (community, meta, author, global
+/// time), as the SQLite store keeps its denied bit.
 #[derive(Debug, Default)]
-pub(crate) struct Store(pub crate::store::memory::Store);
+pub(crate) struct Store(
+    pub crate::store::memory::Store,
+    pub  std::collections::BTreeSet<(
+        crate::identity::CommunityId,
+        u32,
+        crate::identity::MemberId,
+        u64,
+    )>,
+);
 
 impl std::ops::Deref for Store {
     type Target = crate::store::memory::Store;
@@ -123,6 +133,37 @@ impl std::ops::Deref for Store {
 }
 
 impl Store {
+    /// Applies a re-evaluation as the driver does: every stored row of `meta` by the authors
+    /// of each span gets the span's verdict.
+    fn reevaluate(
+        &mut self,
+        community: crate::identity::CommunityId,
+        meta: u32,
+        spans: &[crate::timeline::Reevaluation],
+    ) {
+        use crate::timeline::Authors;
+        for reevaluation in spans {
+            for span in &reevaluation.spans {
+                for kept in self.0.messages(community) {
+                    let t = kept.row.global_time;
+                    let whose = match &reevaluation.authors {
+                        Authors::One(member) => kept.member == *member,
+                        Authors::AllBut(members) => !members.contains(&kept.member),
+                    };
+                    if kept.meta != meta || !whose || t < span.low || t > span.high {
+                        continue;
+                    }
+                    let key = (community, meta, kept.member, t);
+                    if span.allowed {
+                        self.1.remove(&key);
+                    } else {
+                        self.1.insert(key);
+                    }
+                }
+            }
+        }
+    }
+
     /// Stores the persistent ones of `messages` (of metas of `definition`) and files what
     /// became of them, as the runtime's community worker does.
     fn store(
@@ -370,6 +411,11 @@ impl Sim {
                 } => {
                     self.stores[i].0.prune(*community, *meta, *below);
                 }
+                Event::Reevaluate {
+                    community,
+                    meta,
+                    spans,
+                } => self.stores[i].reevaluate(*community, *meta, spans),
                 Event::ReadPackets {
                     request,
                     community,
@@ -555,5 +601,7 @@ mod tests;
 mod permission_tests;
 
 mod destroy_tests;
+#[cfg(test)]
+mod reevaluation_tests;
 #[cfg(test)]
 mod undo_tests;

@@ -259,6 +259,37 @@ pub struct Change {
     pub from: u64,
 }
 
+/// A run of global times, `low..=high`, over which one member's messages of one meta are all
+/// allowed or all denied ([`Timeline::allowed_spans`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// The first global time.
+    pub low: u64,
+    /// The last global time (inclusive).
+    pub high: u64,
+    /// Whether the member may create messages of the meta at these times.
+    pub allowed: bool,
+}
+
+/// Whose stored messages a [`Reevaluation`] is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authors {
+    /// The messages whose (first) author is this member.
+    One(MemberId),
+    /// Every author but these (sorted).
+    AllBut(Vec<MemberId>),
+}
+
+/// The stored messages of some authors and one meta to judge again after a change
+/// ([`Timeline::reevaluation`]): within each span, all of them are allowed or all denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reevaluation {
+    /// Whose messages.
+    pub authors: Authors,
+    /// The spans, in order, covering the change's `from..=u64::MAX`.
+    pub spans: Vec<Span>,
+}
+
 /// What [`Timeline::insert`] did with a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
@@ -627,6 +658,147 @@ impl Timeline {
             t,
             true,
         )
+    }
+
+    /// Where `member` may create messages of `meta` (rule 7, as [`Timeline::may`] answers),
+    /// from global time `from` on: the maximal runs of global times with one answer, in
+    /// order, covering `from..=u64::MAX` without gaps ([`Span`]). The answer changes only at
+    /// the times of `member`'s `Permit` entries on the meta and one after the times of its
+    /// settings, so this costs O(entries + settings) checks, whatever the number of messages
+    /// the spans cover: the node re-evaluates stored messages span by span (one range update
+    /// each), not message by message. A meta the timeline was not given is denied throughout.
+    pub fn allowed_spans(&self, member: MemberId, meta: u32, from: u64) -> Vec<Span> {
+        let key = (member, Subject::Community(meta), Permission::Permit);
+        let mut breaks: BTreeSet<u64> = BTreeSet::from([from]);
+        if member != self.rules.master {
+            let entries = self.state.entries.get(&key).map_or(&[][..], Vec::as_slice);
+            breaks.extend(entries.iter().map(|entry| entry.at.0).filter(|t| *t > from));
+        }
+        let settings = self
+            .state
+            .policies
+            .get(&meta)
+            .map_or(&[][..], Vec::as_slice);
+        breaks.extend(
+            settings
+                .iter()
+                .filter_map(|setting| setting.at.0.checked_add(1))
+                .filter(|t| *t > from),
+        );
+        let allowed_at = |t: u64| -> bool {
+            match self.state.policy(&self.rules, meta, t) {
+                None => false,
+                Some((StaticResolution::Public, _)) => true,
+                Some((StaticResolution::Linear, _)) => self
+                    .state
+                    .holding(&self.rules, key, |at| at.0 <= t)
+                    .is_some(),
+            }
+        };
+        let mut spans: Vec<Span> = Vec::new();
+        let starts: Vec<u64> = breaks.into_iter().collect();
+        for (index, &low) in starts.iter().enumerate() {
+            let high = starts.get(index + 1).map_or(u64::MAX, |next| next - 1);
+            let allowed = allowed_at(low);
+            match spans.last_mut() {
+                Some(last) if last.allowed == allowed => last.high = high,
+                _ => spans.push(Span { low, high, allowed }),
+            }
+        }
+        spans
+    }
+
+    /// The policy of `meta` from global time `from` on, as maximal runs `(low, high, policy)`
+    /// covering `from..=u64::MAX` (rule 6); empty for a meta the timeline was not given.
+    pub fn policy_spans(&self, meta: u32, from: u64) -> Vec<(u64, u64, StaticResolution)> {
+        let mut starts: BTreeSet<u64> = BTreeSet::from([from]);
+        if let Some(settings) = self.state.policies.get(&meta) {
+            starts.extend(
+                settings
+                    .iter()
+                    .filter_map(|setting| setting.at.0.checked_add(1))
+                    .filter(|t| *t > from),
+            );
+        }
+        let starts: Vec<u64> = starts.into_iter().collect();
+        let mut spans: Vec<(u64, u64, StaticResolution)> = Vec::new();
+        for (index, &low) in starts.iter().enumerate() {
+            let high = starts.get(index + 1).map_or(u64::MAX, |next| next - 1);
+            let Some((policy, _)) = self.state.policy(&self.rules, meta, low) else {
+                return Vec::new();
+            };
+            match spans.last_mut() {
+                Some(last) if last.2 == policy => last.1 = high,
+                _ => spans.push((low, high, policy)),
+            }
+        }
+        spans
+    }
+
+    /// The members (the master among them) who hold `Permit` on `meta` at some global time,
+    /// or held it: every member whose messages of `meta` a Linear policy may allow.
+    pub fn permitted(&self, meta: u32) -> Vec<MemberId> {
+        let mut members: Vec<MemberId> = self
+            .state
+            .entries
+            .keys()
+            .filter(|(_, subject, permission)| {
+                *subject == Subject::Community(meta) && *permission == Permission::Permit
+            })
+            .map(|(member, _, _)| *member)
+            .collect();
+        members.push(self.rules.master);
+        members.sort_unstable();
+        members.dedup();
+        members
+    }
+
+    /// What the stored messages of a plugin meta need after `change` (rule 9), as spans of
+    /// allowed and denied global times per group of authors ([`Reevaluation`]): for one
+    /// member, its [`Timeline::allowed_spans`] from the change on; for a policy change (every
+    /// member), those of each [`Timeline::permitted`] member, and for everyone else the
+    /// policy's spans (Public allows, Linear denies). `None` for a change on a built-in
+    /// subject or a meta of static Public resolution (nothing is ever denied there) or one the
+    /// timeline was not given.
+    pub fn reevaluation(&self, change: &Change) -> Option<(u32, Vec<Reevaluation>)> {
+        let Subject::Community(meta) = change.subject else {
+            return None;
+        };
+        match self.rules.resolutions.get(&meta)? {
+            Resolution::Public => return None,
+            Resolution::Linear | Resolution::Dynamic(_) => {}
+        }
+        if let Some(member) = change.member {
+            let spans = self.allowed_spans(member, meta, change.from);
+            return Some((
+                meta,
+                vec![Reevaluation {
+                    authors: Authors::One(member),
+                    spans,
+                }],
+            ));
+        }
+        let permitted = self.permitted(meta);
+        let mut others: Vec<Span> = Vec::new();
+        for (low, high, policy) in self.policy_spans(meta, change.from) {
+            let allowed = policy == StaticResolution::Public;
+            match others.last_mut() {
+                Some(last) if last.allowed == allowed => last.high = high,
+                _ => others.push(Span { low, high, allowed }),
+            }
+        }
+        let mut all: Vec<Reevaluation> = permitted
+            .iter()
+            .map(|member| Reevaluation {
+                authors: Authors::One(*member),
+                spans: self.allowed_spans(*member, meta, change.from),
+            })
+            .collect();
+        all.push(Reevaluation {
+            authors: Authors::AllBut(permitted),
+            spans: others,
+        });
+        Some((meta, all))
     }
 
     /// The records that made the author of the valid record `id` hold what it needed, one level

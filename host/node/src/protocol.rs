@@ -613,6 +613,15 @@ impl Protocol {
                         self.node.handle_created_check(now, request, verdict);
                     }
                 }
+                Event::Reevaluate {
+                    community,
+                    meta,
+                    spans,
+                } => {
+                    // After the messages judged before the record that caused it.
+                    self.deliver(&mut deliveries, Some(community));
+                    self.reevaluate(community, meta, spans);
+                }
                 Event::Unreadable {
                     community,
                     meta,
@@ -729,6 +738,61 @@ impl Protocol {
                 None => self.dropped.bump(DropReason::NoPlugin),
             }
         }
+    }
+
+    /// Hands a re-evaluation to the community's thread ([`Job::Reevaluate`]). When it has no
+    /// thread or its queue is full, the flags are written by a task of their own and the
+    /// plugin is not told (logged): the flags must follow the timeline.
+    fn reevaluate(
+        &mut self,
+        community: CommunityId,
+        meta: u32,
+        spans: Vec<dispersy_core::timeline::Reevaluation>,
+    ) {
+        let Some(registry) = self.registry.as_ref() else {
+            return;
+        };
+        if let Some(worker) = registry.worker(&community) {
+            // The spans are few (a handful per record): a copy keeps them for the fallback.
+            let job = Job::Reevaluate {
+                meta,
+                spans: spans.clone(),
+            };
+            match worker.submit(job) {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%community, meta, %error, "re-evaluation not queued: the flags are written apart, the plugin is not told");
+                }
+            }
+        }
+        let Some((_, row)) = registry.definition(&community) else {
+            return;
+        };
+        let store = registry.store().clone();
+        tokio::spawn(async move {
+            for reevaluation in spans {
+                for span in reevaluation.spans {
+                    let range = crate::store::Span {
+                        community: row,
+                        meta,
+                        authors: reevaluation.authors.clone(),
+                        low: span.low,
+                        high: span.high,
+                    };
+                    if let Err(error) = store
+                        .mark_range(
+                            &range,
+                            !span.allowed,
+                            crate::plugin::worker::MARK_PAGE,
+                            |_| {},
+                        )
+                        .await
+                    {
+                        tracing::error!(%community, meta, %error, "re-evaluation not applied");
+                    }
+                }
+            }
+        });
     }
 
     /// Hands a store read to the sync task; when it is busy the read is dropped (the walk then

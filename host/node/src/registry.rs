@@ -435,6 +435,11 @@ impl Registry {
         lock(&self.state).workers.get(id).cloned()
     }
 
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.context.store
+    }
+
     /// All community threads.
     pub fn workers(&self) -> Vec<(CommunityId, Arc<Worker>)> {
         lock(&self.state)

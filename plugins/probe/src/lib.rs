@@ -34,7 +34,8 @@
 //!   the newest pact of each pair (`pacts`).
 //! - `linear-post` (8): the same payload, full-sync, Linear: only members holding a permit for
 //!   it in the permission timeline create it, and the others' wait for its proof
-//!   (`linear_posts`).
+//!   (`linear_posts`); the stored ones that became hidden (undone, or denied by a revoke
+//!   reaching back over them) and visible again (`linear_undone`, `linear_redone`).
 //! - `deal` (9): double-member like `pact`, full-sync, with a payload whose end is open (a
 //!   [`Deal`]'s `tail`): it exercises co-signing with changes and plugin proposals. As the
 //!   co-signer (`Meta::cosign`) the probe refuses a negative amount, appends the bytes
@@ -251,6 +252,9 @@ pub struct ProbeCommunity {
     redone: u64,
     /// The global time of the last message reported hidden.
     last_undone: Option<u64>,
+    /// Linear posts the host said became hidden (undone or denied), and visible again.
+    linear_undone: u64,
+    linear_redone: u64,
     /// Posts given back by the host's restore.
     restored: u64,
     /// Whether the host told this instance it is live (restore done).
@@ -331,6 +335,15 @@ impl ProbeCommunity {
             self.last_undone = Some(undone.message.global_time);
         } else {
             self.redone += 1;
+        }
+        Ok(())
+    }
+
+    fn on_linear_undone(&mut self, notice: Undone<Example>) -> Result<(), Error> {
+        if notice.undone {
+            self.linear_undone += 1;
+        } else {
+            self.linear_redone += 1;
         }
         Ok(())
     }
@@ -643,7 +656,8 @@ impl Community for ProbeCommunity {
                     })
                     .destination(Destination::Community { node_count: 10 })
                     .check(Self::check_example)
-                    .handle(Self::on_linear_post),
+                    .handle(Self::on_linear_post)
+                    .on_undone(Self::on_linear_undone),
             )
             .meta(
                 Meta::<Self, Deal>::new(9, "deal")
@@ -696,6 +710,8 @@ impl Community for ProbeCommunity {
             undone: 0,
             redone: 0,
             last_undone: None,
+            linear_undone: 0,
+            linear_redone: 0,
             restored: 0,
             live: false,
             read_posts: None,
@@ -729,6 +745,8 @@ impl Community for ProbeCommunity {
             "undone": self.undone,
             "redone": self.redone,
             "last_undone": self.last_undone,
+            "linear_undone": self.linear_undone,
+            "linear_redone": self.linear_redone,
             "restored": self.restored,
             "live": self.live,
             "read_posts": self.read_posts,

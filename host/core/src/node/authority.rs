@@ -4,6 +4,45 @@
 //! dynamic-settings records go into the community's timeline, after which the waiting messages
 //! are judged again; missing-proof requests are answered with the proof records' packets; and
 //! the timeline is rebuilt from the stored records when a community is joined.
+//!
+//! # Retroactive re-evaluation
+//!
+//! A stored permission record can change what the timeline allowed in the past: a revoke (or
+//! a grant, or a dynamic-settings switch) reaches back from its global time over messages
+//! already stored. The rule:
+//!
+//! - **A stored message is shown iff none of its hidden reasons holds.** The store keeps two
+//!   independent reasons per message (`sync.undone` bits): *denied* (2) follows the timeline
+//!   only: set iff the timeline, as it is now, does not let its author create a message of its
+//!   meta at its global time; *undone* (1) follows undo only (`crate::undo`). A revoke never
+//!   redoes a message its author (or a moderator) undid, and a re-grant never shows one.
+//! - After each batch of stored records, every timeline change (rule 9 of
+//!   [`crate::timeline`]) on a plugin meta of Linear or Dynamic resolution becomes one
+//!   [`Event::Reevaluate`] per meta, computed on the timeline after the whole batch: for a
+//!   change of one member, that member's spans of allowed and denied global times from the
+//!   change's time on ([`crate::timeline::Timeline::allowed_spans`]); for a settings change
+//!   (every member), the spans of each member who ever held `Permit` on the meta and the
+//!   policy's spans for all other authors ([`crate::timeline::Timeline::reevaluation`]). The
+//!   driver applies each span as one range update of the denied bit (set in denied spans,
+//!   cleared in allowed ones): a revoke over a member with a million stored messages costs a
+//!   few statements, not a core call per message. The plugin is told of each message whose
+//!   visibility flipped.
+//! - Grants re-evaluate too (the timeline reports them): a message denied by a revoke that
+//!   a later-sorting record made invalid is shown again.
+//! - Nothing is re-evaluated at load: the flags are stored, and the timeline rebuilt from the
+//!   stored records gives the same answers. A record that arrives while the node is down
+//!   arrives later as a normal message and is re-evaluated then. Messages that the current
+//!   timeline denies on arrival are not stored (they wait for proof), as before.
+//! - Double-member messages are judged by their first author's spans only (a revoke of the
+//!   second signer does not hide them yet).
+//!
+//! The original (`_update_timerange`, after a revoke or a settings message only) re-checked
+//! the messages of the meta between min(the record's global time, the local one) and the local
+//! global time, one by one, and *redid* every allowed message in that range whatever had
+//! undone it (an undo-own or undo-other included); it did not re-evaluate after an authorize.
+//! Here the range is from the change's time to the end (a message stored with a higher global
+//! time than the local clock is covered), a grant re-evaluates as well, and the reasons are
+//! independent.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -488,7 +527,36 @@ impl Node {
         let Some(c) = self.communities.get_mut(&community) else {
             return;
         };
-        let (inserted, flips) = insert_records(c, messages.iter());
+        let (inserted, changes) = insert_records(c, messages.iter());
+        let flips = c.undos.reevaluate(&c.timeline, &changes);
+        // Retroactive re-evaluation: computed on the timeline after the whole batch, so one
+        // event per meta carries the spans as they are now. Pushed past the event bound: a
+        // lost one would leave flags wrong until the next change (their number is bounded by
+        // the records the timeline holds).
+        let mut seen = BTreeMap::new();
+        for change in changes {
+            let key = (change.subject, change.member);
+            let lowest = seen.entry(key).or_insert(change.from);
+            *lowest = (*lowest).min(change.from);
+        }
+        let mut events: BTreeMap<u32, Vec<crate::timeline::Reevaluation>> = BTreeMap::new();
+        for ((subject, member), from) in seen {
+            let change = crate::timeline::Change {
+                subject,
+                member,
+                from,
+            };
+            if let Some((meta, spans)) = c.timeline.reevaluation(&change) {
+                events.entry(meta).or_default().extend(spans);
+            }
+        }
+        for (meta, spans) in events {
+            self.events.push_back(Event::Reevaluate {
+                community,
+                meta,
+                spans,
+            });
+        }
         if inserted > 0 {
             self.resume_proven(community);
         }
@@ -541,6 +609,7 @@ impl Node {
             .filter_map(|packet| SignedMessage::decode(packet).ok())
             .filter(|signed| signed.message.community == community)
             .collect();
+        // The stored flags already reflect these records: nothing is re-evaluated at load.
         insert_records(c, decoded.iter());
         self.rebuild_undos(community, &decoded);
     }
@@ -784,14 +853,14 @@ fn needed(act: &Act) -> Vec<(Subject, Permission)> {
 }
 
 /// Inserts the records of the permission `messages` into `c`'s timeline; returns how many
-/// were new, and the undo flips the timeline's changes caused ([`crate::undo::Undos::reevaluate`]).
+/// were new, and the timeline's changes (rule 9 of `timeline`) of them all.
 fn insert_records<'a>(
     c: &mut Community,
     messages: impl Iterator<Item = &'a SignedMessage>,
-) -> (usize, Vec<crate::undo::Flip>) {
-    let mut flips = Vec::new();
+) -> (usize, Vec<crate::timeline::Change>) {
+    let mut changes = Vec::new();
     let Some(definition) = c.definition.as_ref() else {
-        return (0, flips);
+        return (0, changes);
     };
     let mut inserted = 0;
     for signed in messages {
@@ -800,17 +869,15 @@ fn insert_records<'a>(
             continue;
         };
         match c.timeline.insert(record) {
-            // Next: the `changes` name the stored messages whose verdict may have flipped
-            // (retroactive re-evaluation, a later brick); they are not kept yet.
-            Ok(Inserted::Held { changes, .. }) => {
+            Ok(Inserted::Held { changes: more, .. }) => {
                 inserted += 1;
-                flips.extend(c.undos.reevaluate(&c.timeline, &changes));
+                changes.extend(more);
             }
             // A full timeline (or a forged id clash) keeps what it has: the record stays stored.
             Ok(Inserted::Duplicate) | Err(_) => {}
         }
     }
-    (inserted, flips)
+    (inserted, changes)
 }
 
 /// Why [`Node::may`] has no answer.

@@ -277,6 +277,21 @@ pub enum Event {
         /// (meta, order, lowest active global time), highest priority first.
         metas: Vec<(u32, crate::meta::SyncOrder, u64)>,
     },
+    /// Retroactive re-evaluation (see `node::authority`): a revoke, a grant or a
+    /// dynamic-settings change reached back over stored messages of `meta`. For each
+    /// [`Reevaluation`](crate::timeline::Reevaluation), the driver sets the denied bit of
+    /// the authors' stored messages in every denied span and clears it in every allowed span
+    /// (one range update each, never a core call per message), then tells the plugin of the
+    /// messages whose visibility flipped. Applied in the order emitted, after the messages
+    /// emitted before it; never dropped for a full event queue.
+    Reevaluate {
+        /// The community.
+        community: CommunityId,
+        /// The plugin meta-message type.
+        meta: u32,
+        /// Whose messages, over which spans.
+        spans: Vec<crate::timeline::Reevaluation>,
+    },
     /// Remove the stored messages of `meta` below global time `below` (global-time pruning).
     Prune {
         /// The community.

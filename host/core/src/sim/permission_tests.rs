@@ -19,9 +19,9 @@ use crate::timeline::{Permission, Subject};
 use crate::wire::{self, CommunityMessage, Conversion, SignedMessage};
 
 /// A Linear meta: only members with a permit create its messages.
-const DECREE: u32 = 9;
+pub(super) const DECREE: u32 = 9;
 /// A Dynamic(Public, Linear) meta.
-const NOTICE: u32 = 10;
+pub(super) const NOTICE: u32 = 10;
 /// A Linear meta of relay distribution (forwarded, never stored).
 const ORDER: u32 = 11;
 /// A Linear meta signed by two members.
@@ -29,7 +29,7 @@ const COVENANT: u32 = 12;
 
 /// Long enough for sync alone to spread a message to every node of [`network`] (walks between
 /// the few peers are rare once each has walked to the others: a few minutes of virtual time).
-const SPREAD: Duration = Duration::from_secs(300);
+pub(super) const SPREAD: Duration = Duration::from_secs(300);
 
 fn synced(id: u32, name: &str, resolution: Resolution) -> MetaMessage {
     MetaMessage {
@@ -49,7 +49,7 @@ fn synced(id: u32, name: &str, resolution: Resolution) -> MetaMessage {
 }
 
 /// A community with a Public, a Linear and a Dynamic meta; its master is `Sim::key(999)`.
-fn definition() -> Definition {
+pub(super) fn definition() -> Definition {
     Definition {
         undoable: Vec::new(),
         name: "permissions".into(),
@@ -84,27 +84,27 @@ fn definition() -> Definition {
     }
 }
 
-fn master() -> KeyPair {
+pub(super) fn master() -> KeyPair {
     Sim::key(999)
 }
 
-fn id() -> CommunityId {
+pub(super) fn id() -> CommunityId {
     definition().id()
 }
 
 /// Node `i`'s key (as [`Sim::add_node`] gives it).
-fn key(i: usize) -> KeyPair {
+pub(super) fn key(i: usize) -> KeyPair {
     Sim::key(i as u64 + 1)
 }
 
-fn member(i: usize) -> MemberId {
+pub(super) fn member(i: usize) -> MemberId {
     key(i).member_id()
 }
 
 /// A public tracker and `peers` public nodes joined, that found each other. Peers walk to each
 /// other now and then (a candidate walked to rests for a while), so what only sync spreads
 /// takes minutes to reach every node: [`SPREAD`].
-fn network(peers: usize) -> Sim {
+pub(super) fn network(peers: usize) -> Sim {
     let mut sim = Sim::new(11);
     let tracker = sim.add_node(
         None,
@@ -132,7 +132,7 @@ fn network(peers: usize) -> Sim {
 }
 
 /// An authorize by `author` (its `sequence`-th) at `global_time` granting `to` `grants`.
-fn authorize(
+pub(super) fn authorize(
     author: &KeyPair,
     sequence: u32,
     global_time: u64,
@@ -150,7 +150,12 @@ fn authorize(
     )
 }
 
-fn permission(author: &KeyPair, sequence: u32, global_time: u64, body: Body) -> SignedMessage {
+pub(super) fn permission(
+    author: &KeyPair,
+    sequence: u32,
+    global_time: u64,
+    body: Body,
+) -> SignedMessage {
     let message = authority::message(
         id(),
         author.public().clone(),
@@ -162,7 +167,12 @@ fn permission(author: &KeyPair, sequence: u32, global_time: u64, body: Body) -> 
 }
 
 /// A plugin message of `meta` by `author` at `global_time`.
-fn plugin_message(author: &KeyPair, meta: u32, global_time: u64, payload: &[u8]) -> SignedMessage {
+pub(super) fn plugin_message(
+    author: &KeyPair,
+    meta: u32,
+    global_time: u64,
+    payload: &[u8],
+) -> SignedMessage {
     SignedMessage::sign(
         CommunityMessage {
             community: id(),
@@ -182,21 +192,21 @@ fn plugin_message(author: &KeyPair, meta: u32, global_time: u64, payload: &[u8])
 }
 
 /// Delivers `messages` to node `to` in one collection from node `from`'s address.
-fn deliver(sim: &mut Sim, from: usize, to: usize, messages: &[&SignedMessage]) {
+pub(super) fn deliver(sim: &mut Sim, from: usize, to: usize, messages: &[&SignedMessage]) {
     let packets: Vec<&[u8]> = messages.iter().map(|m| m.packet.as_slice()).collect();
     let (from, to) = (sim.address(from), sim.address(to));
     sim.inject(from, to, wire::encode_collection(0, &packets));
 }
 
 /// Whether node `i`'s plugin was handed `packet` (received from the network).
-fn handed(sim: &Sim, i: usize, packet: &[u8]) -> bool {
+pub(super) fn handed(sim: &Sim, i: usize, packet: &[u8]) -> bool {
     sim.events[i].iter().any(|e| {
         matches!(e, Event::Messages { messages, .. }
             if messages.iter().any(|m| m.source.is_some() && m.message.packet == packet))
     })
 }
 
-fn global_time(sim: &Sim, i: usize) -> u64 {
+pub(super) fn global_time(sim: &Sim, i: usize) -> u64 {
     sim.nodes[i].community(&id()).expect("joined").global_time
 }
 

@@ -834,3 +834,40 @@ fn holdings_and_policies_show_the_state_after_every_record() {
     }
     assert_eq!(Permission::from_name("Permit"), None);
 }
+
+#[test]
+fn allowed_spans_agree_with_may_at_every_global_time() {
+    for seed in 0..40u64 {
+        let mut scenario = scenario(seed);
+        for record in scenario.records.clone() {
+            let _ = scenario.timeline.insert(record);
+        }
+        let timeline = &scenario.timeline;
+        let mut members = scenario.members.clone();
+        members.push(MASTER);
+        for &member in &members {
+            for &subject in &scenario.subjects {
+                let Subject::Community(meta) = subject else {
+                    continue;
+                };
+                for from in [0, 1, 7, scenario.last_time / 2] {
+                    let spans = timeline.allowed_spans(member, meta, from);
+                    assert_eq!(spans.first().map(|s| s.low), Some(from));
+                    assert_eq!(spans.last().map(|s| s.high), Some(u64::MAX));
+                    for pair in spans.windows(2) {
+                        assert_eq!(pair[0].high + 1, pair[1].low, "no gap, no overlap");
+                        assert_ne!(pair[0].allowed, pair[1].allowed, "maximal runs");
+                    }
+                    for t in from..=scenario.last_time + 3 {
+                        let span = spans.iter().find(|s| s.low <= t && t <= s.high).unwrap();
+                        assert_eq!(
+                            span.allowed,
+                            timeline.may(member, subject, t).is_allowed(),
+                            "seed {seed} member {member:?} meta {meta} t {t}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

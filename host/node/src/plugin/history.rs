@@ -11,7 +11,7 @@ use dispersy_core::identity::{MemberId, PublicKey};
 use dispersy_core::wire::SignedMessage;
 use dispersy_plugin_api::abi::{self, PluginError, RawMessage, ReadPage, ReadQuery};
 
-use crate::store::{HistoryQuery, Store, StoredMessage};
+use crate::store::{HistoryQuery, Span, Store, StoredMessage};
 
 /// Reads of a community's stored messages, in row-id order, and the one deletion its own
 /// thread orders (a destroy-community's).
@@ -37,6 +37,14 @@ pub trait History: Send + Sync {
     ) -> Result<u64, String> {
         let _ = (community, keep, above);
         Err("this community has no store".into())
+    }
+
+    /// Sets (`denied`) or clears the denied bit of the rows of `span` (`Store::mark_range`);
+    /// the ids of the rows whose visibility flipped, in pages of at most `page`. Not bounded
+    /// by the read timeout: the flags must be written. Without an implementation: an error.
+    fn deny(&self, span: &Span, denied: bool, page: usize) -> Result<Vec<Vec<i64>>, String> {
+        let _ = (span, denied, page);
+        Err("this history writes no flags".into())
     }
 }
 
@@ -94,6 +102,20 @@ impl History for StoreHistory {
         self.runtime
             .block_on(self.store.destroy(community, keep, above))
             .map_err(|error| format!("deleting a destroyed community's messages failed: {error}"))
+    }
+
+    fn deny(&self, span: &Span, denied: bool, page: usize) -> Result<Vec<Vec<i64>>, String> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err("store writes are refused on the host's async tasks".into());
+        }
+        let mut pages = Vec::new();
+        self.runtime
+            .block_on(
+                self.store
+                    .mark_range(span, denied, page, |ids| pages.push(ids)),
+            )
+            .map_err(|error| format!("marking denied messages failed: {error}"))?;
+        Ok(pages)
     }
 }
 

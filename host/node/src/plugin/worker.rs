@@ -191,6 +191,16 @@ pub enum Job {
         /// Hard: the messages kept, by (first author, global time).
         keep: Vec<(MemberId, u64)>,
     },
+    /// Retroactive re-evaluation (the core's `Event::Reevaluate`): set or clear the denied
+    /// bit of the stored messages of `meta` span by span, then tell the plugin of the ones
+    /// whose visibility flipped (see [`super::undone`]). On this thread, the community's one
+    /// writer, after the messages queued before it are stored.
+    Reevaluate {
+        /// The plugin meta-message type.
+        meta: u32,
+        /// Whose messages, over which spans.
+        spans: Vec<dispersy_core::timeline::Reevaluation>,
+    },
     /// A timer was scheduled: recompute the wake-up time.
     Wake,
     /// Finish the jobs queued before this one, then retire the instance for this
@@ -586,6 +596,11 @@ struct DelayedMessage {
     retry_at: Instant,
     expires_at: Instant,
 }
+
+/// Rows a re-evaluation's range update flips per statement (`Store::mark_range`); the
+/// plugin is told of them in pages of `limits.read_page`. Large, so that a range of a
+/// million rows costs tens of statements, not thousands (the ids of one page: 128 KiB).
+pub const MARK_PAGE: usize = 16_384;
 
 /// The calls that may change a community: a panic in one poisons the instance.
 const MUTATING: [&str; 10] = [
@@ -1023,7 +1038,42 @@ impl WorkerLoop {
                 global_time,
                 keep,
             } => self.destroy(degree, global_time, &keep),
+            Job::Reevaluate { meta, spans } => self.reevaluate(meta, spans),
             Job::Wake | Job::Stop(_) => {}
+        }
+    }
+
+    /// Applies a re-evaluation's spans to the store's denied bits, each span one range update
+    /// (`Store::mark_range`), then tells the instance of the rows that flipped. A failed
+    /// update is logged (error): its flags stay as they were until the next change.
+    fn reevaluate(&mut self, meta: u32, spans: Vec<dispersy_core::timeline::Reevaluation>) {
+        let Some(history) = self.context.history.clone() else {
+            return;
+        };
+        for reevaluation in spans {
+            for span in reevaluation.spans {
+                let range = crate::store::Span {
+                    community: self.context.community_row,
+                    meta,
+                    authors: reevaluation.authors.clone(),
+                    low: span.low,
+                    high: span.high,
+                };
+                match history.deny(&range, !span.allowed, MARK_PAGE) {
+                    Ok(pages) => {
+                        for ids in pages {
+                            self.tell_undone(&super::undone::Notice {
+                                ids,
+                                undone: !span.allowed,
+                                why: super::undone::Why::Denied,
+                            });
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(community = %self.shared.name, meta, %error, "re-evaluation not applied");
+                    }
+                }
+            }
         }
     }
 

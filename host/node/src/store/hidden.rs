@@ -10,14 +10,15 @@
 //!
 //! Two shapes:
 //! - [`Store::mark`]: one row by its key (community, member, global time); used by undo.
-//! - [`Store::mark_range`]: the rows of one (community, meta, member) in a global-time range,
-//!   as one indexed pass over `sync_member` (community, meta, member, global_time) in one
-//!   transaction: one UPDATE for the rows that keep another reason, and one UPDATE per page
-//!   of the rows that flip, whose ids come back in pages of at most `page` through a
-//!   callback, never as one list of the whole range. The statements per range are
-//!   1 + flipped / page, not one per row.
+//! - [`Store::mark_range`]: the rows of one meta by one author (or by every author but some)
+//!   in a global-time range, as one indexed pass (`sync_member` for one author, `sync_cover`
+//!   for the others) in one transaction: one UPDATE for the rows that keep another reason,
+//!   and one read and one UPDATE per page of the rows that flip, whose ids come in pages of
+//!   at most `page` through a callback, never as one list of the whole range. The statements
+//!   per range are 1 + 2 × (flipped / page + 1), not one per row.
 
 use dispersy_core::identity::MemberId;
+pub use dispersy_core::timeline::Authors;
 use sqlx::Row as _;
 
 use super::{Store, StoreError, to_i64};
@@ -58,16 +59,16 @@ pub enum Mark {
     Allow,
 }
 
-/// The rows of one author and meta in a global-time range, both ends inclusive
+/// The rows of some authors and one meta in a global-time range, both ends inclusive
 /// ([`Store::mark_range`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
     /// Community row id.
     pub community: i64,
     /// Meta-message type.
     pub meta: u32,
-    /// The (first) author.
-    pub member: MemberId,
+    /// Whose rows, by their (first) author.
+    pub authors: Authors,
     /// Lowest global time.
     pub low: u64,
     /// Highest global time.
@@ -81,6 +82,16 @@ pub struct Marked {
     pub flipped: u64,
     /// Rows whose bit changed without a flip (they keep or had another reason).
     pub quiet: u64,
+}
+
+/// A query of this module.
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// The value bound to a range's authors: one member id, or the hex ids of the excepted ones
+/// as a JSON list.
+enum Bound {
+    Blob(Vec<u8>),
+    Text(String),
 }
 
 impl Store {
@@ -132,12 +143,15 @@ impl Store {
 
     /// Sets (`denied`) or clears the denied bit of every row of `range`; hands the ids of the
     /// rows whose visibility flipped to `on_page`, in pages of at most `page` ids (in
-    /// global-time order), and returns the counts. One transaction, walking the `sync_member`
-    /// index: one UPDATE for the rows that keep an undo (no flip), then one UPDATE per page of
-    /// the rows whose only reason this bit is or will be (they flip; a page's ids come back
-    /// from it, and the next page starts after its last global time). A range of any size
-    /// holds one page in memory. `on_page` runs inside the transaction: keep it short (queue
-    /// the page, do not read the store).
+    /// global-time order), and returns the counts. One transaction: one UPDATE for the rows
+    /// that keep an undo (no flip; over the meta's hidden rows in `sync_cover`), then one
+    /// read and one UPDATE per page of the rows whose only reason this bit is or will be
+    /// (they flip: a page's ids are read as one JSON list, then exactly those rows flipped). One
+    /// author walks `sync_member` (community, meta, member, global_time), the next page
+    /// starting after the last global time; every author but some walks `sync_cover`
+    /// (community, meta, undone, global_time, ...), where a flipped row leaves the walked part of
+    /// the index. A range of any size holds one page in memory. `on_page` runs inside the
+    /// transaction: keep it short (queue the page, do not read the store).
     pub async fn mark_range(
         &self,
         range: &Span,
@@ -147,69 +161,113 @@ impl Store {
     ) -> Result<Marked, StoreError> {
         let page = i64::try_from(page.max(1)).unwrap_or(i64::MAX);
         let bit = Reason::Denied.bit();
+        // ?1 community, ?2 meta, ?3 the author(s), ?4..?5 global times, ?6 the bit, ?7 page.
+        let (index, authors, bound) = match &range.authors {
+            Authors::One(member) => ("sync_member", "member = ?3", Bound::Blob(member.0.to_vec())),
+            Authors::AllBut(members) => {
+                let hex: Vec<String> = members.iter().map(|m| m.to_hex().to_uppercase()).collect();
+                (
+                    "sync_cover",
+                    "hex(member) NOT IN (SELECT value FROM json_each(?3))",
+                    Bound::Text(super::json_list(&hex)?),
+                )
+            }
+        };
+        let one = matches!(range.authors, Authors::One(_));
         // The rows that flip: none of their bits set (deny), or only this one (allow); the
         // others change quietly.
-        let (flip_sql, quiet_sql) = if denied {
+        let (flip_from, flip_to, quiet_where, quiet_set) = if denied {
             (
-                "UPDATE sync SET undone = ?6 WHERE id IN (
-                     SELECT id FROM sync INDEXED BY sync_member
-                     WHERE community = ?1 AND meta = ?2 AND member = ?3
-                       AND global_time BETWEEN ?4 AND ?5 AND undone = 0
-                     ORDER BY global_time LIMIT ?7)
-                 RETURNING id, global_time",
-                "UPDATE sync INDEXED BY sync_member SET undone = undone | ?6
-                 WHERE community = ?1 AND meta = ?2 AND member = ?3
-                   AND global_time BETWEEN ?4 AND ?5 AND undone != 0 AND undone & ?6 = 0",
+                "undone = 0",
+                "?6",
+                "undone != 0 AND undone & ?6 = 0",
+                "undone | ?6",
             )
         } else {
             (
-                "UPDATE sync SET undone = 0 WHERE id IN (
-                     SELECT id FROM sync INDEXED BY sync_member
-                     WHERE community = ?1 AND meta = ?2 AND member = ?3
-                       AND global_time BETWEEN ?4 AND ?5 AND undone = ?6
-                     ORDER BY global_time LIMIT ?7)
-                 RETURNING id, global_time",
-                "UPDATE sync INDEXED BY sync_member SET undone = undone & ~?6
-                 WHERE community = ?1 AND meta = ?2 AND member = ?3
-                   AND global_time BETWEEN ?4 AND ?5 AND undone != ?6 AND undone & ?6 != 0",
+                "undone = ?6",
+                "0",
+                "undone != ?6 AND undone & ?6 != 0",
+                "undone & ~?6",
             )
         };
-        let member = range.member.0.to_vec();
+        // A page's ids come back as one JSON list (one result row, not one per id: sqlx
+        // costs per row), then one UPDATE flips exactly those rows.
+        let page_sql = format!(
+            "SELECT json_group_array(id), MAX(global_time), COUNT(*) FROM (
+                 SELECT id, global_time FROM sync INDEXED BY {index}
+                 WHERE community = ?1 AND meta = ?2 AND {authors}
+                   AND global_time BETWEEN ?4 AND ?5 AND {flip_from}
+                 ORDER BY global_time LIMIT ?7)"
+        );
+        // ?1 the page's ids, ?2 the bit.
+        let flip_sql = format!(
+            "UPDATE sync SET undone = {}
+             WHERE id IN (SELECT value FROM json_each(?1)) AND {}",
+            flip_to.replace("?6", "?2"),
+            flip_from.replace("?6", "?2")
+        );
+        // The rows that keep another reason are hidden ones: `sync_cover` walks only the
+        // meta's hidden rows (usually few), never the author's visible ones.
+        let quiet_sql = format!(
+            "UPDATE sync INDEXED BY sync_cover SET undone = {quiet_set}
+             WHERE community = ?1 AND meta = ?2 AND {authors}
+               AND global_time BETWEEN ?4 AND ?5 AND {quiet_where}"
+        );
+        let bind_authors = |query: Query<'static>| match &bound {
+            Bound::Blob(bytes) => query.bind(bytes.clone()),
+            Bound::Text(text) => query.bind(text.clone()),
+        };
         let high = to_i64(range.high);
         let mut low = to_i64(range.low);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let quiet = sqlx::query(quiet_sql)
-            .bind(range.community)
-            .bind(i64::from(range.meta))
-            .bind(member.as_slice())
+        let quiet = bind_authors(
+            sqlx::query(sqlx::AssertSqlSafe(quiet_sql))
+                .bind(range.community)
+                .bind(i64::from(range.meta)),
+        )
+        .bind(low)
+        .bind(high)
+        .bind(bit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let mut flipped = 0u64;
+        while low <= high {
+            let (list, last, count): (String, Option<i64>, i64) = bind_authors(
+                sqlx::query(sqlx::AssertSqlSafe(page_sql.clone()))
+                    .bind(range.community)
+                    .bind(i64::from(range.meta)),
+            )
             .bind(low)
             .bind(high)
             .bind(bit)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let mut flipped = 0u64;
-        while low <= high {
-            let rows: Vec<(i64, i64)> = sqlx::query_as(flip_sql)
-                .bind(range.community)
-                .bind(i64::from(range.meta))
-                .bind(member.as_slice())
-                .bind(low)
-                .bind(high)
-                .bind(bit)
-                .bind(page)
-                .fetch_all(&mut *tx)
-                .await?;
-            let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= page;
-            let Some(last) = rows.iter().map(|(_, global_time)| *global_time).max() else {
+            .bind(page)
+            .try_map(|row: sqlx::sqlite::SqliteRow| {
+                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+            })
+            .fetch_one(&mut *tx)
+            .await?;
+            let Some(last) = last.filter(|_| count > 0) else {
                 break;
             };
-            flipped += rows.len() as u64;
-            on_page(rows.into_iter().map(|(id, _)| id).collect());
-            if !full || last == i64::MAX {
+            sqlx::query(sqlx::AssertSqlSafe(flip_sql.clone()))
+                .bind(list.as_str())
+                .bind(bit)
+                .execute(&mut *tx)
+                .await?;
+            let ids: Vec<i64> = serde_json::from_str(&list)
+                .map_err(|e| sqlx::Error::Protocol(format!("a page of ids: {e}")))?;
+            flipped += ids.len() as u64;
+            on_page(ids);
+            if count < page || last == i64::MAX {
                 break;
             }
-            low = last + 1;
+            // One author has one row per global time: go on after the last one. Other
+            // authors' flipped rows left the `undone` part of the index walked.
+            if one {
+                low = last + 1;
+            }
         }
         tx.commit().await?;
         Ok(Marked { flipped, quiet })
@@ -242,7 +300,7 @@ mod tests {
         Span {
             community,
             meta: 7,
-            member,
+            authors: Authors::One(member),
             low,
             high,
         }
@@ -374,6 +432,49 @@ mod tests {
         );
         // A row that is not stored flips nothing.
         assert_eq!(store.mark(id, member, 77, Mark::Deny).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn every_author_but_some_is_marked_in_pages_over_the_meta_index() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let by = |member: u8| {
+            (1..=5u64).map(move |gt| NewMessage {
+                member: MemberId([member; 20]),
+                ..post(id, gt, vec![member, gt as u8])
+            })
+        };
+        let rows: Vec<NewMessage> = by(1).chain(by(2)).chain(by(3)).collect();
+        store.insert(&rows).await.unwrap();
+        let span = |low, high| Span {
+            community: id,
+            meta: 7,
+            authors: Authors::AllBut(vec![MemberId([1; 20])]),
+            low,
+            high,
+        };
+        let mut pages = Vec::new();
+        let marked = store
+            .mark_range(&span(2, 4), true, 4, |p| pages.push(p.len()))
+            .await
+            .unwrap();
+        assert_eq!(marked.flipped, 6, "members 2 and 3 at 2..=4");
+        assert_eq!(pages, [4, 2]);
+        let hidden: Vec<(u8, u64)> = store
+            .messages(id, 0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.undone != 0)
+            .map(|r| (r.member.0[0], r.global_time))
+            .collect();
+        assert_eq!(hidden.len(), 6);
+        assert!(hidden.iter().all(|(m, t)| *m != 1 && (2..=4).contains(t)));
+        let marked = store
+            .mark_range(&span(0, u64::MAX), false, 100, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(marked.flipped, 6);
     }
 
     #[tokio::test]

@@ -38,7 +38,7 @@ mod testing;
 mod undo;
 mod write;
 
-pub use hidden::{Mark, Marked, Reason, Span};
+pub use hidden::{Authors, Mark, Marked, Reason, Span};
 pub use read::HistoryQuery;
 pub use task::{Insert, InsertSender, run};
 pub use undo::UndoMarked;

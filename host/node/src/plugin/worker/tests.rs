@@ -180,6 +180,18 @@ impl CommunityApi for FakeCommunity {
         RResult::ROk(message.payload.first() == Some(&ACCEPT))
     }
 
+    fn undone(&mut self, batch: RSlice<'_, abi::RawUndone>) -> RResult<(), PluginError> {
+        let times: Vec<u64> = batch.iter().map(|u| u.message.global_time).collect();
+        let first = batch.first();
+        self.log.push(format!(
+            "undone {} reason {} by {} {times:?}",
+            first.is_some_and(|u| u.undone),
+            first.map_or(9, |u| u.reason),
+            first.map_or(0, |u| u.by_member.len()),
+        ));
+        ROk(())
+    }
+
     fn retire(&mut self, reason: u8) -> RResult<(), PluginError> {
         if self.lifecycle {
             self.log.push(format!("retire {reason}"));
@@ -229,6 +241,32 @@ impl History for FakeHistory {
             Some(_) => self.rows.len() as u64,
             None => self.rows.iter().filter(|r| r.global_time > above).count() as u64,
         })
+    }
+
+    fn rows(&self, ids: &[i64]) -> Result<Vec<StoredMessage>, String> {
+        self.log.push(format!("rows {ids:?}"));
+        Ok(ids
+            .iter()
+            .filter_map(|id| self.rows.iter().find(|r| r.id == *id).cloned())
+            .collect())
+    }
+
+    /// Every row of the span flips (the store's bits are its own tests' business).
+    fn deny(
+        &self,
+        span: &crate::store::Span,
+        denied: bool,
+        page: usize,
+    ) -> Result<Vec<Vec<i64>>, String> {
+        self.log
+            .push(format!("deny {}..={} {denied}", span.low, span.high));
+        let ids: Vec<i64> = self
+            .rows
+            .iter()
+            .filter(|r| r.meta == span.meta && (span.low..=span.high).contains(&r.global_time))
+            .map(|r| r.id)
+            .collect();
+        Ok(ids.chunks(page).map(<[i64]>::to_vec).collect())
     }
 }
 
@@ -939,6 +977,75 @@ fn a_new_instance_gets_the_stored_history_in_pages_before_any_queued_traffic() {
          the queued delivery"
     );
     assert_eq!(shared.health().state, "live");
+}
+
+#[test]
+fn a_reevaluation_flags_span_by_span_and_tells_the_plugin_in_read_pages() {
+    use crate::plugin::undone::{Notice, Why};
+    use dispersy_core::timeline::{Authors, Reevaluation, Span};
+    let limits = WorkerLimits {
+        read_page: 2,
+        ..limits()
+    };
+    let history = rows(&[
+        (1, 1, Some(ACCEPT)),
+        (1, 2, Some(ACCEPT)),
+        (1, 3, Some(ACCEPT)),
+        (1, 4, Some(ACCEPT)),
+        (1, 5, Some(ACCEPT)),
+    ]);
+    let member = key().public().member_id();
+    let jobs = vec![
+        Job::Reevaluate {
+            meta: 1,
+            spans: vec![Reevaluation {
+                authors: Authors::One(member),
+                spans: vec![
+                    Span {
+                        low: 2,
+                        high: 2,
+                        allowed: true,
+                    },
+                    Span {
+                        low: 3,
+                        high: u64::MAX,
+                        allowed: false,
+                    },
+                ],
+            }],
+        },
+        Job::Undone(Notice {
+            ids: vec![1],
+            undone: true,
+            why: Why::ByOther {
+                by: key().public().as_bytes().to_vec(),
+                global_time: 9,
+            },
+        }),
+    ];
+    let (log, _, _) = start_with(limits, HashMap::new(), jobs, Some((history, false))).stop();
+    let after_live: Vec<&str> = log
+        .iter()
+        .map(String::as_str)
+        .skip_while(|line| *line != "live")
+        .skip(1)
+        .collect();
+    assert_eq!(
+        after_live,
+        [
+            "deny 2..=2 false",
+            "rows [2]",
+            "undone false reason 2 by 0 [2]",
+            &format!("deny 3..={} true", u64::MAX),
+            "rows [3, 4]",
+            "undone true reason 2 by 0 [3, 4]",
+            "rows [5]",
+            "undone true reason 2 by 0 [5]",
+            "rows [1]",
+            "undone true reason 1 by 33 [1]",
+            "retire 0",
+        ]
+    );
 }
 
 #[test]
