@@ -7,7 +7,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{KillOnDrop, node_command, plugin_dir};
+use common::{KillOnDrop, node_command, plugin_dir, plugin_dir_of};
 use std::process::Command;
 
 fn dispersy() -> Command {
@@ -96,6 +96,43 @@ fn configuration_errors_are_one_line_naming_the_culprit() {
     assert!(!output.status.success());
     let error = String::from_utf8(output.stderr).unwrap();
     assert!(error.contains("readable by others"), "{error}");
+}
+
+/// The forum demo: three processes, founding through the API, a moderator, undo-own and
+/// undo-other, votes, a co-signed endorsement, moderated mode, and the same forum everywhere.
+#[test]
+fn forum_demo_ends_with_the_same_moderated_forum_on_three_nodes() {
+    let plugins = plugin_dir_of("forum_community");
+    let output = dispersy()
+        .args([
+            "demo",
+            "--forum",
+            "--step-interval-ms",
+            "300",
+            "--plugin-dir",
+        ])
+        .arg(plugins.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "node2 undid node3's spam (undo-other)",
+        "endorsement signed by both",
+        "node3's new post refused (403)",
+        "forum identical on all three nodes, 1 posts shown, 2 hidden (undone)",
+        "\"hello, everyone\" (edited)",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+    assert!(!text.contains("CHEAP WATCHES"), "{text}");
 }
 
 #[test]

@@ -6,18 +6,23 @@
 /// be loaded). Readable by all, for nodes started in other network namespaces.
 #[allow(dead_code)]
 pub fn plugin_dir() -> tempfile::TempDir {
+    plugin_dir_of("example_community")
+}
+
+/// A temporary plugin folder holding a copy of this build's `lib{name}.so` (mode 0755, as a
+/// plugin folder must not be writable by others).
+#[allow(dead_code)]
+pub fn plugin_dir_of(name: &str) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
+    let file = format!("lib{name}.so");
     let exe = std::env::current_exe().expect("test executable");
-    let built = exe
-        .parent()
-        .expect("deps folder")
-        .join("libexample_community.so");
+    let built = exe.parent().expect("deps folder").join(&file);
     assert!(
         built.is_file(),
-        "libexample_community.so not built: run `cargo test --workspace` from the workspace root"
+        "{file} not built: run `cargo test --workspace` from the workspace root"
     );
     let dir = tempfile::tempdir().expect("temporary folder");
-    std::fs::copy(&built, dir.path().join("libexample_community.so")).expect("copy the plugin");
+    std::fs::copy(&built, dir.path().join(&file)).expect("copy the plugin");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("permissions");
     dir
