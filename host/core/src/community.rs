@@ -300,6 +300,15 @@ impl Community {
         self.global_time
     }
 
+    /// Claims the next global time for a message of ours of built-in meta `meta` numbered
+    /// `sequence` (chosen by the caller), and records that number as claimed.
+    pub fn claim_numbered(&mut self, meta: u32, sequence: u32) -> u64 {
+        let global_time = self.claim_global_time();
+        let numbered = self.sequences.entry(meta).or_insert(0);
+        *numbered = (*numbered).max(sequence);
+        global_time
+    }
+
     /// Claims the next sequence number of meta `meta`.
     pub fn claim_sequence_number(&mut self, meta: u32) -> u32 {
         let next = self.sequences.entry(meta).or_insert(0);

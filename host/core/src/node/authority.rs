@@ -56,7 +56,7 @@ use crate::missing::{Awaited, Lookup};
 use crate::stats::DropReason;
 use crate::time::Instant;
 use crate::timeline::{Act, Inserted, MAX_GRANTS, Permission, RecordId, Subject};
-use crate::wire::{self, MAX_MISSING_TIMES, MissingProof, SignedMessage};
+use crate::wire::{MAX_MISSING_TIMES, MissingProof, SignedMessage};
 
 /// The most authors whose records one answer of proof reads (one store read each).
 const MAX_PROOF_AUTHORS: usize = 16;
@@ -218,17 +218,8 @@ impl Node {
                 },
             });
         }
-        let datagram = wire::encode_collection(0, &[&signed.packet]);
-        if datagram.len() + 8 > max_datagram {
-            return Err(CreateError::TooLarge {
-                len: datagram.len(),
-                max: max_datagram,
-            }
-            .into());
-        }
-        c.claim_global_time();
-        let numbered = c.sequences.entry(message_type).or_insert(0);
-        *numbered = (*numbered).max(sequence);
+        super::collection::fits(&signed, max_datagram)?;
+        c.claim_numbered(message_type, sequence);
         let (global_time, sent_to) = self.publish(now, community, signed, &[])?;
         Ok(AuthorityCreated {
             global_time,
@@ -437,14 +428,7 @@ impl Node {
             body,
         );
         let signed = SignedMessage::sign(message, &[master]).map_err(CreateError::from)?;
-        let datagram = wire::encode_collection(0, &[&signed.packet]);
-        if datagram.len() + 8 > max_datagram {
-            return Err(CreateError::TooLarge {
-                len: datagram.len(),
-                max: max_datagram,
-            }
-            .into());
-        }
+        super::collection::fits(&signed, max_datagram)?;
         c.claim_global_time();
         let (global_time, sent_to) = self.publish(now, community, signed, &[])?;
         Ok(Created {

@@ -191,13 +191,7 @@ impl Node {
             authority: None,
         };
         let signed = SignedMessage::sign(message, &[&key])?;
-        let datagram = wire::encode_collection(0, &[&signed.packet]);
-        if datagram.len() + 8 > max_datagram {
-            return Err(CreateError::TooLarge {
-                len: datagram.len(),
-                max: max_datagram,
-            });
-        }
+        fits(&signed, max_datagram)?;
         // Only now, with nothing left to fail, claim the global time (the sequence number is
         // claimed when the message is published).
         c.claim_global_time();
@@ -710,4 +704,17 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Refuses a message of ours whose one-message collection would not fit in a datagram of
+/// `max_datagram` bytes (8 spare), before anything is claimed or sent.
+pub(super) fn fits(signed: &SignedMessage, max_datagram: usize) -> Result<(), CreateError> {
+    let len = wire::encode_collection(0, &[&signed.packet]).len();
+    if len + 8 > max_datagram {
+        return Err(CreateError::TooLarge {
+            len,
+            max: max_datagram,
+        });
+    }
+    Ok(())
 }

@@ -31,7 +31,7 @@ use crate::missing::Request;
 use crate::stats::DropReason;
 use crate::time::Instant;
 use crate::undo::{self, Flip, Inserted, Kind, Target, Undos};
-use crate::wire::{self, SignedMessage};
+use crate::wire::SignedMessage;
 
 /// A stored message whose undo state changed ([`Event::Undone`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,17 +179,8 @@ impl Node {
             body,
         );
         let signed = SignedMessage::sign(message, &[&key]).map_err(CreateError::from)?;
-        let datagram = wire::encode_collection(0, &[&signed.packet]);
-        if datagram.len() + 8 > max_datagram {
-            return Err(CreateError::TooLarge {
-                len: datagram.len(),
-                max: max_datagram,
-            }
-            .into());
-        }
-        c.claim_global_time();
-        let numbered = c.sequences.entry(message_type).or_insert(0);
-        *numbered = (*numbered).max(sequence);
+        super::collection::fits(&signed, max_datagram)?;
+        c.claim_numbered(message_type, sequence);
         let (global_time, sent_to) = self.publish(now, community, signed, &[])?;
         Ok(UndoCreated {
             global_time,
