@@ -21,36 +21,20 @@ impl Store {
     /// Runs of plain messages (no sequence number, no last-sync history, one signer) are written
     /// up to 256 per statement (`INSERT_ROWS`) (sqlx costs per statement, not per row); the others one by
     /// one, in order.
+    ///
+    /// A failed insert stores nothing and leaves the store usable: its connection is closed
+    /// instead of going back to the pool. A full disk fails the COMMIT after SQLite has rolled
+    /// the transaction back by itself; sqlx's ROLLBACK on drop then fails too, and the
+    /// connection would stay marked as inside a transaction, refusing every later one
+    /// ("begin_with at non-zero transaction depth") even once space returns. The next insert
+    /// gets a fresh connection (`tests/disk_full.rs`).
     pub async fn insert(&self, messages: &[NewMessage]) -> Result<Vec<Outcome>, StoreError> {
-        // IMMEDIATE: the transaction writes, and reads before it writes (`insert_rows`, `place`).
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut outcomes = Vec::with_capacity(messages.len());
-        let mut rest = messages;
-        while !rest.is_empty() {
-            let plain = rest
-                .iter()
-                .take(INSERT_ROWS)
-                .take_while(|m| {
-                    m.sequence.is_none() && m.history.is_none() && m.co_signer.is_none()
-                })
-                .count();
-            if plain > 0 {
-                let (run, after) = rest.split_at(plain);
-                outcomes.extend(insert_rows(&mut tx, run).await?.into_iter().map(|stored| {
-                    if stored {
-                        Outcome::Stored
-                    } else {
-                        Outcome::Duplicate
-                    }
-                }));
-                rest = after;
-            } else if let Some((m, after)) = rest.split_first() {
-                outcomes.push(insert_one(&mut tx, m).await?);
-                rest = after;
-            }
+        let mut connection = self.pool.acquire().await?;
+        let result = insert_in(&mut connection, messages).await;
+        if result.is_err() {
+            connection.close_on_drop();
         }
-        tx.commit().await?;
-        Ok(outcomes)
+        result
     }
 
     /// Removes the messages of `meta` below global time `below` (global-time pruning); returns
@@ -65,6 +49,42 @@ impl Store {
                 .await?;
         Ok(result.rows_affected())
     }
+}
+
+/// [`Store::insert`]'s transaction, on `connection`.
+async fn insert_in(
+    connection: &mut sqlx::SqliteConnection,
+    messages: &[NewMessage],
+) -> Result<Vec<Outcome>, StoreError> {
+    use sqlx::Connection as _;
+    // IMMEDIATE: the transaction writes, and reads before it writes (`insert_rows`, `place`).
+    let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
+
+    let mut outcomes = Vec::with_capacity(messages.len());
+    let mut rest = messages;
+    while !rest.is_empty() {
+        let plain = rest
+            .iter()
+            .take(INSERT_ROWS)
+            .take_while(|m| m.sequence.is_none() && m.history.is_none() && m.co_signer.is_none())
+            .count();
+        if plain > 0 {
+            let (run, after) = rest.split_at(plain);
+            outcomes.extend(insert_rows(&mut tx, run).await?.into_iter().map(|stored| {
+                if stored {
+                    Outcome::Stored
+                } else {
+                    Outcome::Duplicate
+                }
+            }));
+            rest = after;
+        } else if let Some((m, after)) = rest.split_first() {
+            outcomes.push(insert_one(&mut tx, m).await?);
+            rest = after;
+        }
+    }
+    tx.commit().await?;
+    Ok(outcomes)
 }
 
 impl Store {
