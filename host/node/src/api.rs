@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     /// Where the master keys of the communities this node creates go
     /// (`runtime::MASTERS_DIR` in the data folder).
     pub masters: std::path::PathBuf,
+    /// Whether the store's inserts fail now.
+    pub store_health: Arc<crate::store::Health>,
 }
 
 /// Node facts, as the control API shows them.
@@ -388,6 +390,11 @@ async fn node(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
     let mut value = json!(info);
     // Datagrams the kernel dropped because the receive buffer was full (null: not known here).
     value["udp_receive_drops"] = json!(shared.udp_inode.and_then(crate::net::receive_drops));
+    let health = &shared.store_health;
+    value["store"] = json!({
+        "failing": health.failing.load(std::sync::atomic::Ordering::Relaxed),
+        "failed_batches": health.failed_batches.load(std::sync::atomic::Ordering::Relaxed),
+    });
     Ok(Json(value))
 }
 
@@ -555,6 +562,7 @@ async fn create_message(
         CreateError::NotPermitted(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
         // A destroy-community ended or froze the community.
         CreateError::Destroyed(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        CreateError::NotStored(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
         _ => ApiError::bad_request(e.to_string()),
     })?;
     Ok((

@@ -98,6 +98,17 @@ pub enum Command {
         /// The packets.
         packets: Vec<Vec<u8>>,
     },
+    /// A community thread's insert of this node's own messages at `global_times` committed
+    /// (`error` `None`) or failed: the control API's requests waiting for them are answered
+    /// (a message is acknowledged only once stored).
+    Durable {
+        /// The community.
+        community: CommunityId,
+        /// The global times of our messages in the insert.
+        global_times: Vec<u64>,
+        /// Why the insert failed, if it did.
+        error: Option<String>,
+    },
     /// A community thread stored a batch of messages and filed what became of each.
     StoreReport {
         /// The community.

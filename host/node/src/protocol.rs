@@ -67,16 +67,23 @@ pub(crate) struct Protocol {
     /// API calls waiting for a created or co-signed message, by request (bounded by the core's
     /// `max_checking` and `signature.max_pending`: every request ends in an `Event::Created`;
     /// callers that gave up are forgotten at the next refresh).
-    creating: HashMap<RequestId, oneshot::Sender<Result<Created, CreateError>>>,
+    creating: HashMap<RequestId, CreatedReply>,
     /// A community's master key: that community is founded when it is joined. Never logged.
     founder: Option<KeyPair>,
     /// The folder of the master keys of communities this node created (`runtime::MASTERS_DIR`):
     /// a community whose key is there is founded when it is joined.
     masters: Option<PathBuf>,
+    /// API calls whose persistent message was published and waits to be stored, by
+    /// (community, global time): answered by `Command::Durable` (bounded like `creating`,
+    /// which they come from; callers that gave up are forgotten at the next refresh).
+    durable: HashMap<(CommunityId, u64), (Created, CreatedReply)>,
     /// Double-member messages plugins proposed, by request: the plugin's token (bounded by the
     /// core's `signature.max_pending`; every request ends in an `Event::Created`).
     proposals: HashMap<RequestId, u64>,
 }
+
+/// Where the answer to an API call that creates a message goes.
+type CreatedReply = oneshot::Sender<Result<Created, CreateError>>;
 
 impl Protocol {
     /// A protocol task for `node`, bound at `udp` on `socket`, handing store reads to
@@ -99,6 +106,7 @@ impl Protocol {
             dropped: Counters::default(),
             last_refresh: tokio::time::Instant::now(),
             creating: HashMap::new(),
+            durable: HashMap::new(),
             founder: None,
             masters: None,
             proposals: HashMap::new(),
@@ -293,6 +301,21 @@ impl Protocol {
             }
             Command::StoreReport { community, report } => {
                 self.node.handle_store_report(now, community, *report);
+            }
+            Command::Durable {
+                community,
+                global_times,
+                error,
+            } => {
+                for global_time in global_times {
+                    if let Some((created, reply)) = self.durable.remove(&(community, global_time)) {
+                        let answer = match &error {
+                            None => Ok(created),
+                            Some(error) => Err(CreateError::NotStored(error.clone())),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
             }
             Command::Wait {
                 community,
@@ -651,6 +674,11 @@ impl Protocol {
                     request,
                     result,
                 } => match (self.creating.remove(&request), result) {
+                    // A stored message is acknowledged once its insert committed.
+                    (Some(reply), Ok(created)) if created.persistent => {
+                        self.durable
+                            .insert((community, created.global_time), (created, reply));
+                    }
                     (Some(reply), result) => {
                         if let Err(error) = &result {
                             tracing::debug!(%community, %error, "message not published");
@@ -818,6 +846,7 @@ impl Protocol {
         self.last_refresh = tokio::time::Instant::now();
         let now = self.clock.now();
         self.creating.retain(|_, reply| !reply.is_closed());
+        self.durable.retain(|_, (_, reply)| !reply.is_closed());
         let Some(registry) = &self.registry else {
             return;
         };

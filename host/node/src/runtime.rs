@@ -210,6 +210,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (datagrams_tx, datagrams_rx) = mpsc::channel(batches);
     let mut tasks = Vec::new();
     let (sync_jobs_tx, sync_jobs_rx) = mpsc::channel(config.limits.sync_queue);
+    let health = Arc::new(store::Health::default());
     let registry = store.as_ref().map(|store| {
         let inserts = spawn_store_tasks(
             store,
@@ -217,6 +218,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             sync_jobs_rx,
             &commands_tx,
             &shutdown,
+            &health,
             &mut tasks,
         );
         Arc::new(Registry::new(registry::Context {
@@ -263,6 +265,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         api_body: config.limits.api_body,
         udp_inode,
         masters: data_dir.join(MASTERS_DIR),
+        store_health: health,
     });
     tasks.push(tokio::spawn(api::serve(listener, shared, shutdown.clone())));
     tracing::info!(%udp, api = %api_address, member = %key.member_id(), tracker = config.tracker, "node started");
@@ -333,6 +336,7 @@ fn spawn_store_tasks(
     sync_jobs: mpsc::Receiver<store::sync_task::SyncJob>,
     commands: &mpsc::Sender<Command>,
     shutdown: &CancellationToken,
+    health: &Arc<store::Health>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> store::InsertSender {
     let (inserts_tx, inserts_rx) = mpsc::channel(limits.store_queue);
@@ -341,6 +345,7 @@ fn spawn_store_tasks(
         inserts_rx,
         limits.store_batch,
         shutdown.clone(),
+        health.clone(),
     )));
     tasks.push(tokio::spawn(store::sync_task::run(
         store.clone(),

@@ -2,10 +2,16 @@
 //! fails with an error (nothing is acknowledged that is not stored), and once space returns
 //! the store stores again by itself, keeping everything it acknowledged.
 //!
+//! The second test does it to a whole node through its control API: a post is answered 201 only
+//! once stored, 507 while the disk is full (`GET /v1/node` shows `store.failing`), and 201 again
+//! once space returns; what was answered 201 is what the database holds.
+//!
 //! Needs root (it mounts a tmpfs, in this process's mount namespace, unmounted at the end); as
 //! another user it says so and passes without testing (CI runs as root).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +24,14 @@ use dispersy_core::meta::{
     Authentication, Destination, Distribution, MetaMessage, Resolution, SyncOrder,
 };
 use dispersy_core::wire::Conversion;
+use dispersy_node::client::Endpoints;
 use dispersy_node::store::{NewMessage, Outcome, Store};
+use serde_json::json;
+
+use common::{KillOnDrop, node_command, plugin_dir};
+
+/// The example community of `plugins/example`.
+const EXAMPLE: &str = "e5901df2bfc4bc84bdbe490d5690273cf96491f1";
 
 /// A tmpfs mounted at a temporary folder, unmounted when dropped.
 struct Tmpfs {
@@ -47,6 +60,20 @@ impl Tmpfs {
             .status()
             .unwrap();
         assert!(status.success(), "remount");
+    }
+
+    /// Bytes in use (`df`).
+    fn used(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=used", "-B1"])
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap()
     }
 
     fn path(&self) -> &Path {
@@ -152,4 +179,86 @@ async fn a_full_disk_fails_every_insert_and_the_store_recovers_when_space_return
     let stored = store.count(community).await.unwrap();
     assert_eq!(stored, acknowledged);
     drop(store);
+}
+
+#[tokio::test]
+async fn a_node_acknowledges_only_what_it_stored_and_stores_again_when_space_returns() {
+    // Room for the node's copy of its plugin first; then only 2 MiB more.
+    let Some(disk) = Tmpfs::mount("256m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let plugins = plugin_dir();
+    let data = disk.path().join("node");
+    let node = KillOnDrop(node_command(&data, plugins.path()).spawn().unwrap());
+    let client = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(endpoints) = Endpoints::read(&data)
+                && let Ok(list) = endpoints.client.get("/v1/communities").await
+                && list.to_string().contains(EXAMPLE)
+            {
+                break endpoints.client;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    disk.resize(&format!("{}k", disk.used() / 1024 + 2048));
+    let path = format!("/v1/communities/{EXAMPLE}/messages");
+    let text = "x".repeat(1000);
+    let post = |k: u64| {
+        json!({"meta": "post", "payload": {"text": format!("{k} {text}"), "amount": 1}}).to_string()
+    };
+    let token = client.token().to_owned();
+    let mut acknowledged = 0u64;
+    let mut k = 0u64;
+    let refused = loop {
+        k += 1;
+        assert!(k < 20_000, "2 MiB never filled up");
+        let (status, body) = client
+            .raw("POST", &path, Some(post(k)), Some(&token))
+            .await
+            .unwrap();
+        match status {
+            201 => acknowledged += 1,
+            507 => break body,
+            other => panic!("post {k}: {other} {body}"),
+        }
+    };
+    assert!(refused.contains("not stored"), "{refused}");
+    let info = client.get("/v1/node").await.unwrap();
+    assert_eq!(info["store"]["failing"], true, "{info}");
+    // Still full: refused again, never acknowledged.
+    let (status, body) = client
+        .raw("POST", &path, Some(post(k + 1)), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(status, 507, "{body}");
+    // Space returns: the next post is stored and acknowledged.
+    disk.resize("256m");
+    let (status, body) = client
+        .raw("POST", &path, Some(post(k + 2)), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    acknowledged += 1;
+    let info = client.get("/v1/node").await.unwrap();
+    assert_eq!(info["store"]["failing"], false, "{info}");
+    let _ = client.post("/v1/shutdown", &json!({})).await;
+    drop(node);
+    // Everything acknowledged is in the database, and nothing else of the example's posts.
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("dispersy.db").display()))
+            .await
+            .unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM sync WHERE meta = 2")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(stored as u64, acknowledged);
 }

@@ -433,6 +433,7 @@ impl Node {
         let (global_time, sent_to) = self.publish(now, community, signed, &[])?;
         Ok(Created {
             global_time,
+            persistent: true,
             sequence_number: Some(sequence),
             sent_to,
         })

@@ -283,6 +283,11 @@ impl Node {
             ..
         } = checking;
         let sequence_number = signed.message.sequence_number;
+        let persistent = self
+            .communities
+            .get(&community)
+            .and_then(|c| c.meta(signed.message.message_type))
+            .is_some_and(|meta| meta.distribution.is_persistent());
         if let (Some(number), Some(c)) = (sequence_number, self.communities.get_mut(&community)) {
             let claimed = c.sequences.entry(signed.message.message_type).or_insert(0);
             *claimed = (*claimed).max(number);
@@ -290,6 +295,7 @@ impl Node {
         let (global_time, sent_to) = self.publish(now, community, signed, &candidates)?;
         Ok(Created {
             global_time,
+            persistent,
             sequence_number,
             sent_to,
         })

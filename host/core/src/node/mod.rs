@@ -516,6 +516,10 @@ pub enum CreateError {
     /// creates nothing (a soft-destroyed one only a hard destroy).
     #[error("community {0} is destroyed: it creates no new message")]
     Destroyed(CommunityId),
+    /// The message was signed and published but the store failed to keep it (a full disk,
+    /// say): it is not acknowledged. Set by the driver, never by the node.
+    #[error("the message was not stored: {0}")]
+    NotStored(String),
 }
 
 /// Why the plugin's check did not pass a message we created ([`Event::CheckCreated`]).
@@ -546,6 +550,8 @@ impl Refusal {
 pub struct Created {
     /// Its global time.
     pub global_time: u64,
+    /// Whether its distribution stores it (the driver acknowledges it once stored).
+    pub persistent: bool,
     /// Its sequence number, if its meta numbers messages.
     pub sequence_number: Option<u32>,
     /// How many candidates it was sent to.

@@ -1597,8 +1597,26 @@ impl WorkerLoop {
             .flat_map(|(_, pending)| pending.iter_mut())
             .filter_map(|p| p.row.take())
             .collect();
+        // Our own messages among those stored: the API acknowledges them once stored.
+        let ours: Vec<u64> = metas
+            .iter()
+            .flat_map(|(_, pending)| pending.iter())
+            .filter(|p| p.hash.is_some() && p.message.source.is_none())
+            .map(|p| p.message.message.message.global_time)
+            .collect();
         if !rows.is_empty() {
-            let Some(outcomes) = self.insert(rows, total) else {
+            let inserted = self.insert(rows, total);
+            if !ours.is_empty() {
+                self.tell(Command::Durable {
+                    community: self.context.community,
+                    global_times: ours,
+                    error: match &inserted {
+                        Ok(_) => None,
+                        Err(error) => Some(error.clone()),
+                    },
+                });
+            }
+            let Ok(outcomes) = inserted else {
                 return Vec::new();
             };
             let mut outcomes = outcomes.into_iter();
@@ -1679,9 +1697,10 @@ impl WorkerLoop {
     }
 
     /// Sends `rows` to the store task in one insert and waits for their outcomes, in order.
-    /// `None` when storing failed (the `total` messages of the round are counted as dropped)
-    /// or the host is shutting down.
-    fn insert(&self, rows: Vec<NewMessage>, total: usize) -> Option<Vec<Outcome>> {
+    /// An error when storing failed (the `total` messages of the round are counted as
+    /// dropped; the store task logs the failure once per change of state) or the host is
+    /// shutting down.
+    fn insert(&self, rows: Vec<NewMessage>, total: usize) -> Result<Vec<Outcome>, String> {
         let (ack, done) = oneshot::channel();
         let count = rows.len();
         let stored = self
@@ -1694,18 +1713,18 @@ impl WorkerLoop {
             .ok()
             .and_then(|()| done.blocking_recv().ok());
         match stored {
-            Some(Ok(outcomes)) if outcomes.len() == count => Some(outcomes),
+            Some(Ok(outcomes)) if outcomes.len() == count => Ok(outcomes),
             Some(Ok(outcomes)) => {
                 tracing::error!(community = %self.context.definition.name, rows = count, outcomes = outcomes.len(), "store answered for other messages");
                 lock(&self.shared.stats).drop_reason(DropReason::StoreFailed, total as u64);
-                None
+                Err("the store answered for other messages".into())
             }
             Some(Err(error)) => {
-                tracing::error!(community = %self.context.definition.name, %error, "messages not stored");
+                tracing::debug!(community = %self.context.definition.name, %error, "messages not stored");
                 lock(&self.shared.stats).drop_reason(DropReason::StoreFailed, total as u64);
-                None
+                Err(error)
             }
-            None => None, // shutting down
+            None => Err("the host is shutting down".into()),
         }
     }
 

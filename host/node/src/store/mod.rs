@@ -40,7 +40,7 @@ mod write;
 
 pub use hidden::{Authors, Mark, Marked, Reason, Span};
 pub use read::HistoryQuery;
-pub use task::{Insert, InsertSender, run};
+pub use task::{Health, Insert, InsertSender, run};
 pub use undo::UndoMarked;
 
 /// The embedded migrations.

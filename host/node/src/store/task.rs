@@ -2,6 +2,9 @@
 //! to the batch bound), commits them in one transaction, then acknowledges each insert with its
 //! own outcomes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -19,12 +22,25 @@ pub struct Insert {
 /// A sender of inserts to the store task.
 pub type InsertSender = mpsc::Sender<Insert>;
 
+/// Whether the store task's inserts fail now (a full disk, say), as the control API shows it.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The last insert failed (no insert has succeeded since).
+    pub failing: AtomicBool,
+    /// Inserts (batches) that failed since the node started.
+    pub failed_batches: AtomicU64,
+}
+
 /// The store task: commits every waiting insert (up to `batch` messages) in one transaction.
+/// A failed insert is answered with its error (nothing of it is stored or acknowledged) and
+/// counted in `health`; the change of state is logged once each way (failing, storing again),
+/// not per insert.
 pub async fn run(
     store: Store,
     mut inserts: mpsc::Receiver<Insert>,
     batch: usize,
     shutdown: CancellationToken,
+    health: Arc<Health>,
 ) {
     loop {
         let first = tokio::select! {
@@ -52,8 +68,23 @@ pub async fn run(
             all.extend(insert.messages);
         }
         let result = store.insert(&all).await.map_err(|e| e.to_string());
-        if let Err(error) = &result {
-            tracing::error!(%error, messages = all.len(), "storing messages failed");
+        match &result {
+            Err(error) => {
+                health.failed_batches.fetch_add(1, Ordering::Relaxed);
+                if health.failing.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(%error, messages = all.len(), "storing messages failed again");
+                } else {
+                    tracing::error!(%error, messages = all.len(), "the store fails to write: messages are neither stored nor acknowledged until it stores again");
+                }
+            }
+            Ok(_) => {
+                if health.failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        failed_batches = health.failed_batches.load(Ordering::Relaxed),
+                        "the store writes again"
+                    );
+                }
+            }
         }
         // Each insert gets its own outcomes, in order (moved, not copied: a conflict's carries
         // a packet).
@@ -85,7 +116,13 @@ mod tests {
         let id = store.ensure_community(&definition()).await.unwrap();
         let (tx, rx) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(store.clone(), rx, 100, shutdown.clone()));
+        let task = tokio::spawn(run(
+            store.clone(),
+            rx,
+            100,
+            shutdown.clone(),
+            Arc::default(),
+        ));
         let mut acks = Vec::new();
         for gt in 1..=5u64 {
             let (ack, done) = oneshot::channel();
