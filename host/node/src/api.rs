@@ -1069,6 +1069,27 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
         "counter",
         vec![(String::new(), s.bytes_sent)],
     );
+    let health = &shared.store_health;
+    gauge(
+        "store_failing",
+        "1 while the store fails to write (a full disk, say): nothing new is acknowledged.",
+        "gauge",
+        vec![(
+            String::new(),
+            u64::from(health.failing.load(std::sync::atomic::Ordering::Relaxed)),
+        )],
+    );
+    gauge(
+        "store_failed_batches_total",
+        "Inserts that failed: their messages were neither stored nor acknowledged.",
+        "counter",
+        vec![(
+            String::new(),
+            health
+                .failed_batches
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )],
+    );
     let labelled = |map: &HashMap<&'static str, u64>, key: &str| {
         let mut v: Vec<(String, u64)> = map
             .iter()

@@ -232,6 +232,11 @@ async fn a_node_acknowledges_only_what_it_stored_and_stores_again_when_space_ret
     assert!(refused.contains("not stored"), "{refused}");
     let info = client.get("/v1/node").await.unwrap();
     assert_eq!(info["store"]["failing"], true, "{info}");
+    let (_, metrics) = client
+        .raw("GET", "/metrics", None, Some(&token))
+        .await
+        .unwrap();
+    assert!(metrics.contains("dispersy_store_failing 1"), "{metrics}");
     // Still full: refused again, never acknowledged.
     let (status, body) = client
         .raw("POST", &path, Some(post(k + 1)), Some(&token))
