@@ -71,6 +71,12 @@ pub(crate) struct Shared {
     pub token: String,
     pub shutdown: CancellationToken,
     pub api_body: usize,
+    /// Connections served at once.
+    pub api_connections: usize,
+    /// Longest wait for a request's headers.
+    pub api_header_timeout: Duration,
+    /// Longest life of one connection.
+    pub api_connection: Duration,
     /// The UDP socket's inode, by which the kernel's UDP table lists its drops (Linux).
     pub udp_inode: Option<u64>,
     /// Where the master keys of the communities this node creates go
@@ -289,13 +295,71 @@ pub(crate) async fn serve(
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(shared);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(error) = result {
-        tracing::error!(%error, "control API stopped");
+        .with_state(shared.clone());
+    accept(listener, app, &shared, shutdown).await;
+}
+
+/// The accept loop: every connection is served by HTTP/1 on a task of `connections` (none
+/// detached), at most `api_connections` at once (one more is closed at once, unanswered, and
+/// counted in one warning per burst), each closed when its request headers take longer than
+/// `api_header_timeout` (idle keep-alive included) or it lives longer than `api_connection`.
+/// At shutdown the open connections get one second to finish, then are dropped.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut connections = tokio::task::JoinSet::new();
+    let mut refused = 0u64;
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little instead of spinning.
+                    tracing::warn!(%error, "control API: accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if connections.len() >= shared.api_connections {
+            if refused == 0 {
+                tracing::warn!(
+                    limit = shared.api_connections,
+                    "control API: too many connections; new ones are closed unanswered"
+                );
+            }
+            refused += 1;
+            drop(stream);
+            continue;
+        }
+        if refused > 0 {
+            tracing::info!(refused, "control API: connections accepted again");
+            refused = 0;
+        }
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let header_timeout = shared.api_header_timeout;
+        let lifetime = shared.api_connection;
+        connections.spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let served = http.serve_connection(TokioIo::new(stream), service);
+            if let Ok(Err(error)) = tokio::time::timeout(lifetime, served).await {
+                tracing::debug!(%error, "control API connection ended");
+            }
+        });
     }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.shutdown().await;
 }
 
 async fn authorize(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
@@ -303,7 +367,11 @@ async fn authorize(State(shared): State<Arc<Shared>>, request: Request, next: Ne
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), shared.token.as_bytes()) => {
             next.run(request).await
@@ -315,6 +383,17 @@ async fn authorize(State(shared): State<Arc<Shared>>, request: Request, next: Ne
         )
         .into_response(),
     }
+}
+
+/// A request body that is not the JSON asked for: 413 when it is larger than
+/// `limits.api_body`, 400 otherwise, with the reason.
+pub(crate) fn rejected(rejection: JsonRejection) -> ApiError {
+    let status = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError::new(status, rejection.body_text())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -483,7 +562,7 @@ async fn create_message(
     body: Result<Json<NewMessage>, JsonRejection>,
 ) -> ApiResult<Response> {
     let community = community_id(&id)?;
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(request) = body.map_err(rejected)?;
     let (definition, worker, _) = joined(&shared, community)?;
     let meta = definition.meta_by_name(&request.meta).ok_or_else(|| {
         let names: Vec<&str> = definition.metas.iter().map(|m| m.name.as_str()).collect();
@@ -829,7 +908,7 @@ async fn join_instance(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<InstanceRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(request) = body.map_err(rejected)?;
     let registry = shared
         .registry
         .as_ref()
@@ -913,7 +992,7 @@ async fn load_plugins(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<LoadRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(request) = body.map_err(rejected)?;
     let registry = shared
         .registry
         .as_ref()
@@ -953,7 +1032,7 @@ async fn upgrade_plugin(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<UpgradeRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(request) = body.map_err(rejected)?;
     let registry = shared
         .registry
         .as_ref()

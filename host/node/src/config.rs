@@ -340,8 +340,15 @@ pub struct Limits {
     /// call and a copy per page read (large sync responses of big stores); the mapped pages
     /// count in the RSS as file cache.
     pub store_mmap_mib: u32,
-    /// Largest API request body, in bytes.
+    /// Largest API request body, in bytes (larger: 413).
     pub api_body: usize,
+    /// Control API connections open at once; one more is closed at once, unanswered.
+    pub api_connections: usize,
+    /// How long a control API connection may take to send a request's headers (also while it
+    /// idles between requests), in milliseconds; then it is closed.
+    pub api_header_timeout_ms: u64,
+    /// How long one control API connection may stay open at all, in milliseconds.
+    pub api_connection_ms: u64,
     /// Sessions kept (one per peer address).
     pub max_sessions: usize,
     /// Session handshakes waiting for their response.
@@ -396,6 +403,9 @@ impl Default for Limits {
             store_cache_kib: crate::store::DEFAULT_CACHE_KIB,
             store_mmap_mib: 0,
             api_body: 64 << 10,
+            api_connections: 64,
+            api_header_timeout_ms: 10_000,
+            api_connection_ms: 300_000,
             max_sessions: 10_000,
             max_handshakes: 1_024,
             max_keys: 10_000,
@@ -532,6 +542,7 @@ impl Config {
             ("limits.max_voters", l.max_voters),
             ("limits.sync_peers", l.sync_peers),
             ("limits.sync_responses", l.sync_responses),
+            ("limits.api_connections", l.api_connections),
             ("sync.min_budget", self.sync.min_budget),
             ("missing.answer_bytes", self.missing.answer_bytes),
             ("relay.max_seen", self.relay.max_seen),
@@ -561,6 +572,8 @@ impl Config {
                 l.created_check_timeout_ms,
             ),
             ("limits.plugin_call_deadline_ms", l.plugin_call_deadline_ms),
+            ("limits.api_header_timeout_ms", l.api_header_timeout_ms),
+            ("limits.api_connection_ms", l.api_connection_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{key} must be at least 1")));

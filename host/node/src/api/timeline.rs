@@ -18,7 +18,7 @@ use dispersy_core::timeline::Permission;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, Shared, ask, community_id};
+use super::{ApiError, ApiResult, Shared, ask, community_id, rejected};
 use crate::command::Command;
 
 /// `{"member": KEY_OR_ID_HEX, "grants": [{"meta": NAME, "permission": NAME}, ...]}`.
@@ -89,7 +89,7 @@ pub(super) async fn settings(
     body: Result<Json<SettingsRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let community = community_id(&id)?;
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(request) = body.map_err(rejected)?;
     let definition = definition(&shared, community)?;
     let meta = definition
         .meta_by_name(&request.meta)
@@ -136,7 +136,7 @@ pub(super) async fn destroy(
     body: Result<Json<DestroyRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let community = community_id(&id)?;
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(request) = body.map_err(rejected)?;
     let degree = match request.degree.as_str() {
         "hard" => Degree::Hard,
         "soft" => Degree::Soft,
@@ -157,7 +157,7 @@ async fn grant(
     revoke: bool,
 ) -> ApiResult<Response> {
     let community = community_id(&id)?;
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(request) = body.map_err(rejected)?;
     let definition = definition(&shared, community)?;
     let member = member_ref(&request.member)?;
     if request.grants.is_empty() {

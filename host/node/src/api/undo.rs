@@ -15,7 +15,7 @@ use dispersy_core::undo::Target;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, ApiResult, Shared, ask, community_id};
+use super::{ApiError, ApiResult, Shared, ask, community_id, rejected};
 use crate::command::Command;
 
 /// `{"member": KEY_OR_ID_HEX, "global_time": N}`: the message to undo.
@@ -36,7 +36,7 @@ pub(super) async fn undo(
     body: Result<Json<UndoRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let community = community_id(&id)?;
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(request) = body.map_err(rejected)?;
     let member = member_id(&request.member)?;
     let unknown = || ApiError::not_found(format!("unknown community {community}"));
     let row = shared
