@@ -198,13 +198,36 @@ async fn a_plugin_dropped_into_the_folder_of_a_running_host_is_deployed() {
         .unwrap();
     assert_eq!(created["sent_to"], 0);
 
-    // Loading a file explicitly: an incompatible one is refused in one line, a duplicate too.
+    // Loading a file explicitly: only from a plugin folder (refused before it is opened).
+    for path in [
+        plugin_file("mismatch_plugin"),
+        std::path::PathBuf::from("/etc/passwd"),
+    ] {
+        let (status, text) = node
+            .client
+            .raw(
+                "POST",
+                "/v1/plugins",
+                Some(json!({"path": path}).to_string()),
+                Some(node.client.token()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("is not in a plugin folder"), "{text}");
+    }
+    // In the folder, an incompatible one is refused in one line, a second copy of a loaded
+    // one too.
+    let second = plugins.path().join("libfaulty_again.so");
+    std::fs::copy(&file, &second).unwrap();
+    let mismatch = plugins.path().join("libmismatch_plugin.so");
+    std::fs::copy(plugin_file("mismatch_plugin"), &mismatch).unwrap();
     let (status, text) = node
         .client
         .raw(
             "POST",
             "/v1/plugins",
-            Some(json!({"path": plugin_file("mismatch_plugin")}).to_string()),
+            Some(json!({"path": mismatch}).to_string()),
             Some(node.client.token()),
         )
         .await
@@ -216,7 +239,7 @@ async fn a_plugin_dropped_into_the_folder_of_a_running_host_is_deployed() {
         .raw(
             "POST",
             "/v1/plugins",
-            Some(json!({"path": file}).to_string()),
+            Some(json!({"path": second}).to_string()),
             Some(node.client.token()),
         )
         .await

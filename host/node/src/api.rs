@@ -987,7 +987,7 @@ struct LoadRequest {
     path: Option<std::path::PathBuf>,
 }
 
-/// `{"path": FILE}` loads one plugin file; `{}` rescans the plugin folders for new files.
+/// `{"path": FILE}` loads one plugin file (only from a plugin folder); `{}` rescans the plugin folders for new files.
 async fn load_plugins(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<LoadRequest>, JsonRejection>,
@@ -999,12 +999,8 @@ async fn load_plugins(
         .ok_or_else(|| ApiError::bad_request("a tracker loads no plugins"))?;
     match request.path {
         Some(path) => {
-            if !path.is_file() {
-                return Err(ApiError::bad_request(format!(
-                    "{} is not a file on the node's machine",
-                    path.display()
-                )));
-            }
+            // Only from the plugin folders: a file elsewhere never reaches dlopen.
+            let path = registry.loadable(&path).map_err(ApiError::bad_request)?;
             let report = registry.load(&path).await;
             let status = if report.error.is_none() {
                 StatusCode::CREATED

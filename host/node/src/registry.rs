@@ -506,6 +506,37 @@ impl Registry {
         out
     }
 
+    /// `path` as a plugin file the operator may load by name: an existing file directly in
+    /// one of the configured plugin folders (compared after resolving links and `..`), as its
+    /// resolved path. Anything else is refused before it is opened, with why, so no code from
+    /// elsewhere runs in the node.
+    pub fn loadable(&self, path: &Path) -> Result<PathBuf, String> {
+        let resolved = path
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if !resolved.is_file() {
+            return Err(format!("{} is not a file", path.display()));
+        }
+        let inside = self.context.dirs.iter().any(|dir| {
+            dir.canonicalize()
+                .is_ok_and(|dir| resolved.parent() == Some(dir.as_path()))
+        });
+        if inside {
+            return Ok(resolved);
+        }
+        let folders: Vec<String> = self
+            .context
+            .dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        Err(format!(
+            "{} is not in a plugin folder ({}): copy it into one first",
+            path.display(),
+            folders.join(", ")
+        ))
+    }
+
     /// Loads one plugin file and joins its community, even one the operator left; if the
     /// file's community already runs, only compares its content with the content loaded (see
     /// [`PluginReport::candidate`]).
