@@ -1,6 +1,7 @@
 //! The control API under misuse (issue 12, point 3): connections that never send a request are
 //! closed after the header timeout, connections over the limit are closed unanswered, a body
-//! over `limits.api_body` gets 413, and the `Bearer` scheme is matched case-insensitively.
+//! over `limits.api_body` gets 413, the `Bearer` scheme is matched case-insensitively, and a
+//! message names at most `limits.api_candidates` explicit destinations.
 //! Legitimate requests are served throughout.
 
 #![allow(clippy::unwrap_used)]
@@ -9,7 +10,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use integration_tests::{TestNode, plugin_dir};
+use integration_tests::{EXAMPLE, TestNode, plugin_dir};
+use serde_json::json;
 
 /// Whether the server closed `stream` (its read ends, after whatever it sent) within `within`.
 fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
@@ -73,8 +75,8 @@ async fn idle_and_excess_connections_are_closed_and_requests_still_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bearer_scheme_is_case_insensitive() {
-    let plugins = plugin_dir(&[]);
+async fn the_bearer_scheme_is_case_insensitive_and_explicit_destinations_are_bounded() {
+    let plugins = plugin_dir(&["example_community"]);
     let node = TestNode::start(plugins.path(), |_| {}).await;
     let token = node.client.token().to_owned();
     for scheme in ["Bearer", "bearer", "BEARER"] {
@@ -97,5 +99,19 @@ async fn the_bearer_scheme_is_case_insensitive() {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // A message may name at most limits.api_candidates (16) explicit destinations.
+    let candidates: Vec<String> = (1..=17).map(|i| format!("198.18.0.{i}:7000")).collect();
+    let (code, answer) = node
+        .call(
+            "POST",
+            &format!("/v1/communities/{EXAMPLE}/messages"),
+            Some(
+                json!({"meta": "example", "payload": {"text": "hi", "amount": 1},
+                        "candidates": candidates}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.to_string().contains("at most 16"), "{answer}");
     node.stop().await;
 }

@@ -101,6 +101,8 @@ pub enum Traffic {
     IdentityAwaited,
     /// A missing-sequence request sent.
     MissingSequenceSent,
+    /// Repeats of a missing-* request not sent: their address never proved itself.
+    MissingRetryUnproven,
     /// A missing-message request sent.
     MissingMessageSent,
     /// A missing-last-message request sent.
@@ -136,6 +138,7 @@ impl Traffic {
         Traffic::IdentityRequested,
         Traffic::IdentityAwaited,
         Traffic::MissingSequenceSent,
+        Traffic::MissingRetryUnproven,
         Traffic::MissingMessageSent,
         Traffic::MissingLastMessageSent,
         Traffic::MissingProofSent,
@@ -165,6 +168,7 @@ impl Traffic {
             Traffic::IdentityRequested => "identity-requested",
             Traffic::IdentityAwaited => "identity-awaited",
             Traffic::MissingSequenceSent => "missing-sequence-sent",
+            Traffic::MissingRetryUnproven => "missing-retry-unproven",
             Traffic::MissingMessageSent => "missing-message-sent",
             Traffic::MissingLastMessageSent => "missing-last-message-sent",
             Traffic::MissingProofSent => "missing-proof-sent",

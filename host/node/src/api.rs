@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     pub token: String,
     pub shutdown: CancellationToken,
     pub api_body: usize,
+    /// Explicit destinations one created message may name.
+    pub api_candidates: usize,
     /// Connections served at once.
     pub api_connections: usize,
     /// Longest wait for a request's headers.
@@ -573,6 +575,14 @@ async fn create_message(
             names.join(", ")
         ))
     })?;
+    // Explicit destinations are bounded: the API must not make the node a packet cannon.
+    if request.candidates.len() > shared.api_candidates {
+        return Err(ApiError::bad_request(format!(
+            "{} candidates given, at most {} (limits.api_candidates)",
+            request.candidates.len(),
+            shared.api_candidates
+        )));
+    }
     let mut candidates = Vec::with_capacity(request.candidates.len());
     for candidate in &request.candidates {
         candidates.push(candidate.parse().map_err(|_| {

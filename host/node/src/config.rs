@@ -344,6 +344,8 @@ pub struct Limits {
     pub api_body: usize,
     /// Control API connections open at once; one more is closed at once, unanswered.
     pub api_connections: usize,
+    /// Explicit destinations (`candidates`) one message created through the API may name.
+    pub api_candidates: usize,
     /// How long a control API connection may take to send a request's headers (also while it
     /// idles between requests), in milliseconds; then it is closed.
     pub api_header_timeout_ms: u64,
@@ -404,6 +406,7 @@ impl Default for Limits {
             store_mmap_mib: 0,
             api_body: 64 << 10,
             api_connections: 64,
+            api_candidates: 16,
             api_header_timeout_ms: 10_000,
             api_connection_ms: 300_000,
             max_sessions: 10_000,

@@ -264,6 +264,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown: shutdown.clone(),
         api_body: config.limits.api_body,
         api_connections: config.limits.api_connections,
+        api_candidates: config.limits.api_candidates,
         api_header_timeout: Duration::from_millis(config.limits.api_header_timeout_ms),
         api_connection: Duration::from_millis(config.limits.api_connection_ms),
         udp_inode,

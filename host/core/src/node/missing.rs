@@ -100,9 +100,23 @@ impl Node {
         self.apply(outcome);
     }
 
-    /// Drops waits that lasted too long and repeats unanswered requests.
+    /// Drops waits that lasted too long and repeats unanswered requests, but only to
+    /// addresses with an established session: a source that never proved its address got one
+    /// request (smaller than the message that caused it) and gets no repeats, so a forged
+    /// source address cannot turn one datagram into a stream of requests towards a victim.
+    /// The repeats not sent are counted (`Traffic::MissingRetryUnproven`).
     pub(super) fn expire_delays(&mut self, now: Instant) {
-        let outcome = self.delays.timeout(&self.config.missing, now);
+        let mut outcome = self.delays.timeout(&self.config.missing, now);
+        let asked = outcome.requests.len();
+        outcome
+            .requests
+            .retain(|(_, to, _)| self.sessions.id(to).is_some());
+        let unproven = asked - outcome.requests.len();
+        if unproven > 0 {
+            self.stats
+                .packets
+                .add(Traffic::MissingRetryUnproven, unproven as u64);
+        }
         let others = outcome.expired - outcome.expired_proofs;
         if others > 0 {
             self.stats.dropped.add(DropReason::DelayTimeout, others);

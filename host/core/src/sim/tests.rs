@@ -920,6 +920,57 @@ fn sequence_gaps_are_fetched_with_missing_sequence() {
     );
 }
 
+/// Issue 12, point 2: one datagram from an address that never proved itself (no session: a
+/// forged source, say) carrying a message behind a sequence gap gets one missing-sequence
+/// request, smaller than the datagram, and no repeats while the message waits.
+#[test]
+fn a_gap_from_an_unproven_address_is_asked_for_once() {
+    use crate::wire::{CommunityMessage, SignedMessage};
+    let mut sim = public_network(2);
+    sim.run_for(Duration::from_secs(5));
+    let node = sim.address(1);
+    let victim: SocketAddr = "192.0.2.77:6421".parse().expect("address");
+    let key = Sim::key(40);
+    let local = sim.nodes[1].community(&id()).expect("joined").global_time;
+    let third = SignedMessage::sign(
+        CommunityMessage {
+            community: id(),
+            message_type: 5,
+            conversion: Conversion::version(1).expect("valid"),
+            authors: vec![key.public().clone()],
+            global_time: local + 1,
+            sequence_number: Some(3),
+            resolution_index: None,
+            relay_hops: None,
+            payload: b"third".to_vec(),
+            authority: None,
+        },
+        &[&key],
+    )
+    .expect("signed");
+    let sent_before = sim.nodes[1]
+        .stats()
+        .packets
+        .get(Traffic::MissingSequenceSent);
+    let datagram = wire::encode_collection(0, &[&third.packet]);
+    let caused = datagram.len();
+    sim.inject(victim, node, datagram);
+    sim.run_for(Duration::from_secs(12));
+    let stats = sim.nodes[1].stats();
+    assert_eq!(
+        stats.packets.get(Traffic::MissingSequenceSent) - sent_before,
+        1,
+        "asked once"
+    );
+    assert!(
+        stats.packets.get(Traffic::MissingRetryUnproven) > 0,
+        "repeats withheld"
+    );
+    let (bytes, datagrams) = sim.traffic.get(&(node, victim)).copied().unwrap_or((0, 0));
+    assert_eq!(datagrams, 1, "{bytes} bytes to the victim");
+    assert!((bytes as usize) < caused, "{bytes} bytes for {caused}");
+}
+
 #[test]
 fn a_sequence_number_claimed_twice_ends_the_same_everywhere() {
     use crate::wire::{CommunityMessage, SignedMessage};
@@ -1092,13 +1143,13 @@ fn waiting_messages_are_bounded_and_expire() {
     let c = sim.nodes[i].community(&id()).expect("joined");
     assert_eq!(c.stats.delayed, 3);
     assert_eq!(c.stats.dropped.get(DropReason::DelayQueueFull), 2);
-    // One request for the one awaited message, repeated each second while nobody answers.
+    // One request for the one awaited message; its repeats (each second while nobody answers)
+    // are withheld: the source never proved its address (no session).
     sim.run_for(Duration::from_millis(10_500));
-    let sent = sim.nodes[i]
-        .stats()
-        .packets
-        .get(Traffic::MissingMessageSent);
-    assert!((10..=11).contains(&sent), "{sent}");
+    let packets = &sim.nodes[i].stats().packets;
+    assert_eq!(packets.get(Traffic::MissingMessageSent), 1);
+    let withheld = packets.get(Traffic::MissingRetryUnproven);
+    assert!((9..=10).contains(&withheld), "{withheld}");
     assert_eq!(
         sim.nodes[i].stats().dropped.get(DropReason::DelayTimeout),
         3
