@@ -180,7 +180,13 @@ impl IntroductionRequest {
             source_wan: address(sources.next(), "sources[1]")?,
             connection_type: connection_type(m.connection_type),
             advice: m.advice.unwrap_or(true),
-            sync: m.synchronization.map(synchronization).transpose()?,
+            // A synchronization without a bloom filter is the original's "no sync": the
+            // request is answered, nothing is synchronised.
+            sync: m
+                .synchronization
+                .filter(|s| s.bloomfilter.as_ref().is_some_and(|b| !b.is_empty()))
+                .map(synchronization)
+                .transpose()?,
         })
     }
 }

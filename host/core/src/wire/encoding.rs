@@ -167,7 +167,7 @@ impl IntroductionRequest {
                     low: Some(s.low),
                     high: Some(s.high),
                     modulo: Some(s.modulo),
-                    offset: Some(s.offset),
+                    offset: Some(super::field::flip_offset(s.modulo, s.offset)),
                     bloomfilter: Some(s.bloom.clone()),
                     functions: Some(s.functions),
                     prefix: Some(s.prefix),

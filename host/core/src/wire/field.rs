@@ -229,6 +229,10 @@ pub(super) fn synchronization(
     if sync.modulo == 0 || sync.offset >= u64::from(sync.modulo) {
         return invalid("need 0 <= offset < modulo");
     }
+    let sync = Synchronization {
+        offset: flip_offset(sync.modulo, sync.offset),
+        ..sync
+    };
     if sync.functions == 0 || sync.functions > 64 {
         return invalid("1..=64 hash functions");
     }
@@ -236,4 +240,11 @@ pub(super) fn synchronization(
         return invalid("empty bloom filter");
     }
     Ok(sync)
+}
+
+/// The original's sync offset `o` (covers `t` iff `(t + o) % modulo == 0`) as the residue the
+/// node selects by (`t % modulo == r`), and back: `(modulo - x) % modulo`, its own inverse.
+pub(crate) fn flip_offset(modulo: u32, x: u64) -> u64 {
+    let m = u64::from(modulo.max(1));
+    (m - x % m) % m
 }

@@ -43,7 +43,9 @@ pub struct Synchronization {
     pub high: u64,
     /// Only messages whose global time is `offset` modulo `modulo` are covered.
     pub modulo: u32,
-    /// See `modulo`; below it.
+    /// See `modulo`; below it. This is the residue; on the wire the original's offset `o`
+    /// travels, which covers `t` iff `(t + o) % modulo == 0`: `o = (modulo - offset) % modulo`,
+    /// converted both ways by the codec ([`super::field::flip_offset`]).
     pub offset: u64,
     /// Number of hash functions.
     pub functions: u32,

@@ -648,3 +648,68 @@ fn a_packet_is_counted_under_its_own_name() {
     });
     assert_eq!(packet.traffic().as_str(), packet.name());
 }
+
+/// Re-signs the introduction-request `k` sent after `edit` changed its synchronization.
+fn with_sync(
+    k: &KeyPair,
+    edit: impl FnOnce(&mut pb::introduction_request::Synchronization),
+) -> Vec<u8> {
+    let mut envelope =
+        pb::Message::decode(&Packet::IntroductionRequest(request(k)).encode(k)[..]).unwrap();
+    let mut descriptor = pb::Descriptor::decode(envelope.descriptor.as_deref().unwrap()).unwrap();
+    if let Some(pb::descriptor::Message::IntroductionRequest(r)) = &mut descriptor.message {
+        edit(r.synchronization.as_mut().unwrap());
+    }
+    let descriptor = descriptor.encode_to_vec();
+    envelope.signatures = vec![k.sign(&descriptor).to_vec()];
+    envelope.descriptor = Some(descriptor);
+    envelope.encode_to_vec()
+}
+
+/// Issue 12, point 8: the sync offset is the original's (`(t + offset) % modulo == 0`
+/// covers `t`), not a residue; and a request without a bloom filter is "no sync", still an
+/// introduction-request to answer.
+#[test]
+fn the_sync_offset_is_the_originals_and_no_bloom_filter_means_no_sync() {
+    let k = key(1);
+    // On the wire: modulo 4, offset 1 covers 3, 7, 11, ... (the residue 3).
+    let bytes = with_sync(&k, |s| {
+        s.modulo = Some(4);
+        s.offset = Some(1);
+    });
+    let Ok(Packet::IntroductionRequest(r)) = decode(&bytes, DEFAULT_MAX_DATAGRAM, known()) else {
+        panic!("not decoded");
+    };
+    let sync = r.sync.clone().unwrap();
+    assert_eq!((sync.modulo, sync.offset), (4, 3));
+    for t in [3u64, 7, 11] {
+        assert_eq!((t + 1) % 4, 0);
+        assert_eq!(t % u64::from(sync.modulo), sync.offset);
+    }
+    // And back: what the node sends is the original's offset again.
+    let sent = Packet::IntroductionRequest(r).encode(&k);
+    let envelope = pb::Message::decode(&sent[..]).unwrap();
+    let descriptor = pb::Descriptor::decode(envelope.descriptor.as_deref().unwrap()).unwrap();
+    let Some(pb::descriptor::Message::IntroductionRequest(r)) = descriptor.message else {
+        panic!("not a request");
+    };
+    assert_eq!(r.synchronization.unwrap().offset, Some(1));
+    // Offset 0 covers the multiples of modulo: the residue 0.
+    let bytes = with_sync(&k, |s| {
+        s.modulo = Some(4);
+        s.offset = Some(0);
+    });
+    let Ok(Packet::IntroductionRequest(r)) = decode(&bytes, DEFAULT_MAX_DATAGRAM, known()) else {
+        panic!("not decoded");
+    };
+    assert_eq!(r.sync.unwrap().offset, 0);
+    // No bloom filter: decoded, without synchronization.
+    for bloom in [None, Some(Vec::new())] {
+        let bytes = with_sync(&k, |s| s.bloomfilter = bloom);
+        let Ok(Packet::IntroductionRequest(r)) = decode(&bytes, DEFAULT_MAX_DATAGRAM, known())
+        else {
+            panic!("a request without a bloom filter is dropped");
+        };
+        assert_eq!(r.sync, None);
+    }
+}
