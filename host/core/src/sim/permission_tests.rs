@@ -25,7 +25,7 @@ pub(super) const NOTICE: u32 = 10;
 /// A Linear meta of relay distribution (forwarded, never stored).
 const ORDER: u32 = 11;
 /// A Linear meta signed by two members.
-const COVENANT: u32 = 12;
+pub(super) const COVENANT: u32 = 12;
 
 /// Long enough for sync alone to spread a message to every node of [`network`] (walks between
 /// the few peers are rare once each has walked to the others: a few minutes of virtual time).
