@@ -597,6 +597,8 @@ mod tests;
 #[cfg(test)]
 mod permission_tests;
 
+#[cfg(test)]
+mod convergence_tests;
 mod destroy_tests;
 #[cfg(test)]
 mod reevaluation_tests;

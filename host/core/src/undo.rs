@@ -374,6 +374,16 @@ impl Undos {
             .is_some_and(|state| state.stored.is_none())
     }
 
+    /// The targets held undos wait for (rule 2), in target order: the node asks peers for
+    /// them again now and then (an undone target is not offered by sync, so the undo's sender
+    /// may be the only one asked otherwise).
+    pub fn awaited(&self) -> impl Iterator<Item = Target> + '_ {
+        self.targets
+            .iter()
+            .filter(|(_, state)| state.stored.is_none())
+            .map(|(target, _)| *target)
+    }
+
     /// The node stores (or stored) the message `stored.target`: the undos of it are judged
     /// (rules 2 to 4) and the flips reported (rule 9). A later call for the same target
     /// replaces what an earlier one said (a new version of the message) and judges its undos

@@ -441,3 +441,35 @@ fn the_undo_state_does_not_depend_on_arrival_order_or_duplicates() {
         assert_eq!(state, &outcomes[0].0);
     }
 }
+
+#[test]
+fn an_undo_whose_sender_lacks_the_target_asks_walked_peers_until_one_has_it() {
+    // Found by the convergence property test: the target is undone at every node that has
+    // it, so sync never offers it, and the undo's sender was the only one asked.
+    let mut sim = network(3, 25);
+    let (a, b, c) = (1, 2, 3);
+    let gt = global_time(&sim, a) + 1;
+    let message = post(&key(a), POST, gt, b"lost on the way to C");
+    let undo = undo_own(&key(a), 1, gt + 1, gt);
+    let target = Target {
+        member: member(a),
+        global_time: gt,
+    };
+    for i in [a, b] {
+        deliver(&mut sim, c, i, &[&message, &undo]);
+    }
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(row_state(&sim, c, target), None);
+    // C gets the undo alone, from the tracker (which holds nothing of the community).
+    deliver(&mut sim, 0, c, &[&undo]);
+    sim.run_for(SPREAD);
+    let by = Some((member(a), gt + 1));
+    for i in [a, b, c] {
+        assert_eq!(row_state(&sim, i, target), Some((1, by)), "node {i}");
+    }
+    let digests: Vec<[u8; 32]> = [a, b, c]
+        .iter()
+        .map(|i| sim.nodes[*i].undo_digest(&id()).expect("joined"))
+        .collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]));
+}
