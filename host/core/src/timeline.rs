@@ -59,6 +59,21 @@
 //! 12. **Bounds.** A timeline holds at most [`Timeline::with_limit`] records (by default
 //!     [`DEFAULT_MAX_RECORDS`]), and a record carries 1..=[`MAX_GRANTS`] grants.
 //!
+//! # Convergence (issue 11, point 6)
+//!
+//! Rules 2, 5 and 6 make the state a function of the set of records held; the deterministic
+//! answers to the cases the original left open are rule 5 (a grant and a revoke of one
+//! permission at one global time: the revoke wins) and rule 6 (two settings at one global
+//! time: Linear wins). Re-evaluation ([`Timeline::reevaluation`], and
+//! [`Timeline::cosigned_reevaluation`] for messages two members sign, judged by both) is
+//! computed from the timeline as it is after a change, so stored flags follow the set too. The
+//! property test `sim/convergence_tests.rs` plays seeded random scripts of every permission
+//! message into four simulated nodes in random orders, with loss and duplicates, and checks
+//! equal digests, visible messages and hidden flags. What may differ between nodes, by design:
+//! a message (or record) that a node's timeline denies when it arrives waits for its proof
+//! and is not stored there, while a node that received it earlier keeps it stored, hidden (or,
+//! for a record, invalid); both show the same messages and hold the same valid records.
+//!
 //! # Where we differ from the original (timeline.py)
 //!
 //! - The original applied records in arrival order and replayed them sorted only at load; we

@@ -148,7 +148,8 @@ struct Undoable {
     global_time: u64,
 }
 
-/// Builds a script: numbers each author's messages of each built-in kind in global-time order.
+/// Builds a script ([`Script::play`]): numbers each author's messages of each built-in kind in
+/// global-time order.
 struct Script {
     rng: Rng,
     messages: Vec<SignedMessage>,
@@ -201,7 +202,10 @@ impl Script {
         }]
     }
 
-    fn new(seed: u64, base: u64) -> Vec<SignedMessage> {
+    /// The signed messages of the script of `seed`, from global time `base` on: the founding
+    /// grants, then [`STEPS`] random steps (step 9 an authorize and a revoke of one
+    /// permission at one global time, step 19 two disagreeing settings at one global time).
+    fn play(seed: u64, base: u64) -> Vec<SignedMessage> {
         let mut s = Script {
             rng: Rng::new(seed),
             messages: Vec::new(),
@@ -418,7 +422,7 @@ fn play(seed: u64, loss: f64) -> Vec<State> {
         .max()
         .unwrap_or(1)
         + 1;
-    let script = Script::new(seed, base);
+    let script = Script::play(seed, base);
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut chunks: Vec<(usize, Vec<usize>)> = Vec::new();
     for to in 1..=PEERS {
