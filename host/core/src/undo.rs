@@ -483,6 +483,40 @@ impl Undos {
         state.undos
     }
 
+    /// Drops every held record for which `keep` is false, as if it had never been held (a
+    /// destroyed community deletes them, `crate::destroy`), and reports the flips (rule 9): a
+    /// target undone only by dropped records is redone. Targets no record points to any more
+    /// are forgotten.
+    pub fn retain(&mut self, keep: impl Fn(&Record) -> bool) -> Vec<Flip> {
+        let dropped: Vec<RecordId> = self
+            .records
+            .values()
+            .filter(|slot| !keep(&slot.record))
+            .map(|slot| slot.record.id)
+            .collect();
+        let mut flips = Flips::default();
+        for id in dropped {
+            self.set_valid(id, false, &mut flips);
+            let Some(Slot { record, .. }) = self.records.remove(&id) else {
+                continue;
+            };
+            let Some(state) = self.targets.get_mut(&record.target) else {
+                continue;
+            };
+            state.undos.retain(|held| *held != id);
+            match state.stored {
+                None => self.waiting -= 1,
+                Some(meta) => {
+                    self.others
+                        .remove(&(meta.meta, record.author, record.global_time, id));
+                }
+            }
+        }
+        let flips = flips.into_vec(&self.targets);
+        self.targets.retain(|_, state| !state.undos.is_empty());
+        flips
+    }
+
     /// The undo `target` is undone by (rule 5); `None` when it is not undone.
     pub fn undone_by(&self, target: &Target) -> Option<RecordId> {
         self.targets.get(target).and_then(TargetState::undone_by)

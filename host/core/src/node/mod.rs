@@ -986,6 +986,7 @@ impl Node {
         community: CommunityId,
         report: crate::store::Report,
     ) {
+        let report = self.admitted(community, report);
         for (incoming, low, high) in report.gaps {
             self.handle_sequence_gap(now, community, incoming, low, high);
         }

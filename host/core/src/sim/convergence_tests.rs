@@ -2,7 +2,7 @@
 //! simulated network: a seeded random script of authorize, revoke, dynamic-settings, plugin
 //! messages by permitted and unpermitted members, co-signed messages, undo-own and undo-other
 //! (with an authorize and a revoke of one permission at one global time, and two
-//! dynamic-settings at one global time) is injected into four nodes, each in its own random
+//! dynamic-settings at one global time, and in every third script a soft destroy) is injected into four nodes, each in its own random
 //! order, with loss and duplicates, from random peers; sync and the missing-* requests repair
 //! the loss; once quiet, every node has the same timeline digest, the same undo digest, the
 //! same set of visible stored messages, and the same hidden flags on the messages they all
@@ -47,6 +47,8 @@ const PEERS: usize = 4;
 const MEMBERS: usize = 5;
 /// Steps of a script, one global time each (a few steps carry two messages).
 const STEPS: u64 = 36;
+/// The step of a soft destroy, in every third script.
+const SOFT_DESTROY_STEP: u64 = 28;
 /// Scripts (seeds) played.
 const SEEDS: u64 = 30;
 /// How often the states are compared while the network repairs the loss.
@@ -204,7 +206,8 @@ impl Script {
 
     /// The signed messages of the script of `seed`, from global time `base` on: the founding
     /// grants, then [`STEPS`] random steps (step 9 an authorize and a revoke of one
-    /// permission at one global time, step 19 two disagreeing settings at one global time).
+    /// permission at one global time, step 19 two disagreeing settings at one global time,
+    /// and in every third script a soft destroy at [`SOFT_DESTROY_STEP`]).
     fn play(seed: u64, base: u64) -> Vec<SignedMessage> {
         let mut s = Script {
             rng: Rng::new(seed),
@@ -240,6 +243,8 @@ impl Script {
                 100
             } else if step == 19 {
                 101
+            } else if step == SOFT_DESTROY_STEP && seed.is_multiple_of(3) {
+                102
             } else {
                 s.rng.index(100)
             };
@@ -339,6 +344,18 @@ impl Script {
                             index: 0,
                         },
                     );
+                }
+                // A soft destroy: every node freezes at t, whatever it received above t.
+                102 => {
+                    let message = authority::message(
+                        id(),
+                        master().public().clone(),
+                        t,
+                        None,
+                        Body::Destroy(crate::authority::Degree::Soft),
+                    );
+                    s.messages
+                        .push(SignedMessage::sign(message, &[&master()]).expect("signed"));
                 }
                 _ => {
                     s.plugin(&[&author(member)], POST, t);
