@@ -58,6 +58,18 @@
 //!     entries: two timelines holding the same set of records have the same digest.
 //! 12. **Bounds.** A timeline holds at most [`Timeline::with_limit`] records (by default
 //!     [`DEFAULT_MAX_RECORDS`]), and a record carries 1..=[`MAX_GRANTS`] grants.
+//! 13. **Authorities.** A member is an authority ([`Timeline::is_authority`]) if it is the
+//!     master or some valid record grants it `Authorize` or `Revoke` on a subject, or `Permit`
+//!     on [`Subject::DynamicSettings`], at any global time. A received record that is invalid
+//!     when it arrives is held (stored, synced, invalid until a record before it makes it
+//!     valid) if its author is an authority, and waits for its proof otherwise
+//!     (`authority::judge`). An authority's records are numbered in one sequence per kind, so
+//!     a record of its that a node left waiting (and dropped) would block every later one
+//!     behind a sequence gap at that node, while a node that got it when it was valid holds
+//!     it and the later ones: nodes would disagree for good (found by the convergence
+//!     property test). An authority could create valid records at will, so holding its
+//!     invalid ones opens no new way to fill the timeline; a member never granted authority
+//!     still cannot make a node store records.
 //!
 //! # Convergence (issue 11, point 6)
 //!
@@ -70,9 +82,12 @@
 //! property test `sim/convergence_tests.rs` plays seeded random scripts of every permission
 //! message into four simulated nodes in random orders, with loss and duplicates, and checks
 //! equal digests, visible messages and hidden flags. What may differ between nodes, by design:
-//! a message (or record) that a node's timeline denies when it arrives waits for its proof
-//! and is not stored there, while a node that received it earlier keeps it stored, hidden (or,
-//! for a record, invalid); both show the same messages and hold the same valid records.
+//! a message (or a record of a member that is no authority, rule 13) that a node's timeline
+//! denies when it arrives waits for its proof and is not stored there, while a node that
+//! received it earlier keeps it stored, hidden (or, for a record, invalid); both show the same
+//! messages and hold the same valid records. Plugin messages of metas with sequence numbers
+//! are exposed to the gap rule 13 fixes for records (a denied one that a node dropped blocks
+//! the author's later ones there); the property test does not cover such metas.
 //!
 //! # Where we differ from the original (timeline.py)
 //!
@@ -666,6 +681,25 @@ impl Timeline {
             valid: self.records.get(&position).is_some_and(|slot| slot.valid),
             changes: changes.into_vec(),
         })
+    }
+
+    /// Whether `member` is or was an authority of the community (rule 13): the master, or a
+    /// member with a valid grant of `Authorize` or `Revoke` on any subject, or of `Permit` on
+    /// [`Subject::DynamicSettings`], at any global time.
+    pub fn is_authority(&self, member: MemberId) -> bool {
+        if member == self.rules.master {
+            return true;
+        }
+        let first = (member, Subject::Community(0), Permission::Permit);
+        self.state
+            .entries
+            .range(first..)
+            .take_while(|((holder, _, _), _)| *holder == member)
+            .any(|((_, subject, permission), entries)| {
+                let authority = matches!(permission, Permission::Authorize | Permission::Revoke)
+                    || (*subject == Subject::DynamicSettings && *permission == Permission::Permit);
+                authority && entries.iter().any(|entry| entry.granted)
+            })
     }
 
     /// Whether `member` holds `permission` on `subject` at global time `t` (rules 1 and 5).

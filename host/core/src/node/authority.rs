@@ -32,7 +32,10 @@
 //! - Nothing is re-evaluated at load: the flags are stored, and the timeline rebuilt from the
 //!   stored records gives the same answers. A record that arrives while the node is down
 //!   arrives later as a normal message and is re-evaluated then. Messages that the current
-//!   timeline denies on arrival are not stored (they wait for proof), as before.
+//!   timeline denies on arrival are not stored (they wait for proof), as before; a permission
+//!   record invalid on arrival is held (stored, invalid) when its author is an authority, so
+//!   that its later records are not blocked behind a sequence gap (rule 13 of
+//!   [`crate::timeline`]).
 //! - Double-member messages are judged by both signers (rule 7 of [`crate::timeline`]: every
 //!   signer must pass): for a meta of [`Authentication::DoubleMember`] the event carries
 //!   [`crate::timeline::Authors::Pair`] groups
