@@ -264,7 +264,9 @@ pub enum Judgement {
 ///   built-in subject (else [`DropReason::UnknownPermissionSubject`]); a dynamic-settings must
 ///   name a plugin meta of dynamic resolution and an index in its list of policies (else
 ///   [`DropReason::InvalidDynamicSettings`]); then its record must be valid if inserted now
-///   ([`timeline::Timeline::judge`]), else it waits;
+///   ([`timeline::Timeline::judge`]) or its author an authority
+///   ([`timeline::Timeline::is_authority`]: the record is held invalid, rule 13 of the
+///   timeline), else it waits;
 /// - undo-own and undo-other are allowed (stored and synced): the undo state judges them once
 ///   stored ([`crate::undo`]; the decoder checked that the target is older than the undo);
 /// - a destroy-community's author must hold `permit` on [`Subject::DestroyCommunity`] at its
@@ -329,6 +331,8 @@ pub fn judge(
     let resolution = |meta: u32| metas.iter().find(|m| m.id == meta).map(|m| &m.resolution);
     match record(message, packet, resolution) {
         Some(record) if timeline.judge(&record) => Judgement::Allowed,
+        // Held invalid (rule 13 of the timeline): its author's later records follow it.
+        Some(record) if timeline.is_authority(record.author) => Judgement::Allowed,
         Some(_) => Judgement::Wait { push: Vec::new() },
         None => Judgement::Drop(DropReason::InvalidDynamicSettings),
     }

@@ -141,15 +141,12 @@ impl Store {
         meta: u32,
         spans: &[crate::timeline::Reevaluation],
     ) {
-        use crate::timeline::Authors;
         for reevaluation in spans {
             for span in &reevaluation.spans {
                 for kept in self.0.messages(community) {
                     let t = kept.row.global_time;
-                    let whose = match &reevaluation.authors {
-                        Authors::One(member) => kept.member == *member,
-                        Authors::AllBut(members) => !members.contains(&kept.member),
-                    };
+                    let signers = kept.signers.as_ref().map(|(a, b)| (a, b));
+                    let whose = reevaluation.authors.matches(&kept.member, signers);
                     if kept.meta != meta || !whose || t < span.low || t > span.high {
                         continue;
                     }
@@ -600,6 +597,8 @@ mod tests;
 #[cfg(test)]
 mod permission_tests;
 
+#[cfg(test)]
+mod convergence_tests;
 mod destroy_tests;
 #[cfg(test)]
 mod reevaluation_tests;

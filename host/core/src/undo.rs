@@ -374,6 +374,16 @@ impl Undos {
             .is_some_and(|state| state.stored.is_none())
     }
 
+    /// The targets held undos wait for (rule 2), in target order: the node asks peers for
+    /// them again now and then (an undone target is not offered by sync, so the undo's sender
+    /// may be the only one asked otherwise).
+    pub fn awaited(&self) -> impl Iterator<Item = Target> + '_ {
+        self.targets
+            .iter()
+            .filter(|(_, state)| state.stored.is_none())
+            .map(|(target, _)| *target)
+    }
+
     /// The node stores (or stored) the message `stored.target`: the undos of it are judged
     /// (rules 2 to 4) and the flips reported (rule 9). A later call for the same target
     /// replaces what an earlier one said (a new version of the message) and judges its undos
@@ -471,6 +481,40 @@ impl Undos {
         }
         self.waiting -= state.undos.len();
         state.undos
+    }
+
+    /// Drops every held record for which `keep` is false, as if it had never been held (a
+    /// destroyed community deletes them, `crate::destroy`), and reports the flips (rule 9): a
+    /// target undone only by dropped records is redone. Targets no record points to any more
+    /// are forgotten.
+    pub fn retain(&mut self, keep: impl Fn(&Record) -> bool) -> Vec<Flip> {
+        let dropped: Vec<RecordId> = self
+            .records
+            .values()
+            .filter(|slot| !keep(&slot.record))
+            .map(|slot| slot.record.id)
+            .collect();
+        let mut flips = Flips::default();
+        for id in dropped {
+            self.set_valid(id, false, &mut flips);
+            let Some(Slot { record, .. }) = self.records.remove(&id) else {
+                continue;
+            };
+            let Some(state) = self.targets.get_mut(&record.target) else {
+                continue;
+            };
+            state.undos.retain(|held| *held != id);
+            match state.stored {
+                None => self.waiting -= 1,
+                Some(meta) => {
+                    self.others
+                        .remove(&(meta.meta, record.author, record.global_time, id));
+                }
+            }
+        }
+        let flips = flips.into_vec(&self.targets);
+        self.targets.retain(|_, state| !state.undos.is_empty());
+        flips
     }
 
     /// The undo `target` is undone by (rule 5); `None` when it is not undone.

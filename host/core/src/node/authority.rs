@@ -32,9 +32,17 @@
 //! - Nothing is re-evaluated at load: the flags are stored, and the timeline rebuilt from the
 //!   stored records gives the same answers. A record that arrives while the node is down
 //!   arrives later as a normal message and is re-evaluated then. Messages that the current
-//!   timeline denies on arrival are not stored (they wait for proof), as before.
-//! - Double-member messages are judged by their first author's spans only (a revoke of the
-//!   second signer does not hide them yet).
+//!   timeline denies on arrival are not stored (they wait for proof), as before; a permission
+//!   record invalid on arrival is held (stored, invalid) when its author is an authority, so
+//!   that its later records are not blocked behind a sequence gap (rule 13 of
+//!   [`crate::timeline`]).
+//! - Double-member messages are judged by both signers (rule 7 of [`crate::timeline`]: every
+//!   signer must pass): for a meta of [`Authentication::DoubleMember`] the event carries
+//!   [`crate::timeline::Authors::Pair`] groups
+//!   ([`crate::timeline::Timeline::cosigned_reevaluation`]), each with the intersection of
+//!   its two signers' spans; the driver matches a pair against the message's two signers in
+//!   either order (the store's `double_signed_sync`). A revoke of either signer denies the
+//!   message, a grant shows it again only where the other signer is allowed too.
 //!
 //! The original (`_update_timerange`, after a revoke or a settings message only) re-checked
 //! the messages of the meta between min(the record's global time, the local one) and the local
@@ -51,7 +59,7 @@ use super::{CreateError, Created, Event, Incoming, Node};
 use crate::authority::{self, Body, Judgement, MemberRef, Target};
 use crate::community::{Community, Definition};
 use crate::identity::{CommunityId, KeyPair, MemberId, PublicKey};
-use crate::meta::{Resolution, StaticResolution};
+use crate::meta::{Authentication, Resolution, StaticResolution};
 use crate::missing::{Awaited, Lookup};
 use crate::stats::DropReason;
 use crate::time::Instant;
@@ -531,7 +539,19 @@ impl Node {
                 member,
                 from,
             };
-            if let Some((meta, spans)) = c.timeline.reevaluation(&change) {
+            let cosigned = match change.subject {
+                Subject::Community(meta) => c.definition.as_ref().is_some_and(|d| {
+                    d.meta_by_id(meta)
+                        .is_some_and(|m| m.authentication == Authentication::DoubleMember)
+                }),
+                _ => false,
+            };
+            let reevaluation = if cosigned {
+                c.timeline.cosigned_reevaluation(&change)
+            } else {
+                c.timeline.reevaluation(&change)
+            };
+            if let Some((meta, spans)) = reevaluation {
                 events.entry(meta).or_default().extend(spans);
             }
         }

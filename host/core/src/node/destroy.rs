@@ -2,12 +2,22 @@
 //! is forwarded, then puts its community in the destroyed state and tells the driver what to
 //! delete ([`Event::Destroyed`]); the state is restored at join from the stored destroy; a
 //! hard-destroyed community answers introduction-requests with its destroy message.
+//!
+//! Contract decisions taken here (found by the convergence property test,
+//! `sim/convergence_tests.rs`):
+//! - The undo state follows the store like the timeline: a destroy drops the undos the store
+//!   deletes (hard: all; soft: those above the freeze), and a target at or below the freeze
+//!   that only a dropped undo undid is shown again ([`Event::Undone`] with no undo), as on a
+//!   node that received the destroy first and never took the undo.
+//! - A message stored after the destroy's deletion that the destroyed state does not admit
+//!   (it passed the freeze check before the destroy applied) is not learnt, and the deletion
+//!   is announced again ([`Node::admitted`]).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use super::{CreateError, Event, Node};
-use crate::authority::Degree;
+use crate::authority::{Body, Degree};
 use crate::destroy::Destroyed;
 use crate::identity::{CommunityId, MemberId};
 use crate::message::Stored;
@@ -40,6 +50,40 @@ impl Node {
             keep,
         });
         true
+    }
+
+    /// What of a store `report` of destroyed `community` its state admits. A message checked
+    /// against the freeze before the destroy was applied can still reach the store after the
+    /// destroy's deletion (one that waited for a missing sequence number and is resumed when
+    /// it comes, or a batch the store runs after the destroy's): the messages the destroyed
+    /// state does not admit (all but destroys when hard; those above the freeze when soft) are
+    /// left out of the report, not learnt, and the deletion is announced again
+    /// ([`Event::Destroyed`], idempotent), which deletes them. Destroy messages stay:
+    /// [`Node::learn_destroys`] settles which wins. Found by the convergence property test.
+    pub(super) fn admitted(
+        &mut self,
+        community: CommunityId,
+        mut report: crate::store::Report,
+    ) -> crate::store::Report {
+        let Some(destroyed) = self
+            .communities
+            .get(&community)
+            .and_then(|c| c.destroyed.clone())
+        else {
+            return report;
+        };
+        let before = (report.stored.len(), report.authority.len());
+        report.stored.retain(|s| {
+            s.meta == builtin::DESTROY_COMMUNITY || destroyed.admits(s.global_time, None)
+        });
+        report.authority.retain(|m| {
+            matches!(m.message.authority, Some(Body::Destroy(_)))
+                || destroyed.admits(m.message.global_time, None)
+        });
+        if (report.stored.len(), report.authority.len()) != before {
+            self.announce_destroyed(community);
+        }
+        report
     }
 
     /// Destroy messages of `community` were stored (among the built-in `messages`; `stored`
@@ -102,8 +146,10 @@ impl Node {
     /// Puts `community` in the state `destroyed` if it wins over the present one (rule 3):
     /// a hard destroy drops the community's waiting messages, walks and messages being
     /// created; a soft one drops those above its global time and sets the clock back to it.
-    /// Either way the timeline keeps only the records the store keeps (hard: the destroy's
-    /// proof chain; soft: those at or below the freeze), so that it is what a restart rebuilds.
+    /// Either way the timeline and the undo state keep only the records the store keeps (hard:
+    /// the destroy's proof chain, no undo; soft: those at or below the freeze, and a target
+    /// undone only by an undo above the freeze is redone, [`Event::Undone`]), so that they are
+    /// what a restart rebuilds and what a node that received the destroy first holds.
     /// With `announce`, the driver is told ([`Event::Destroyed`]).
     fn apply_destroy(
         &mut self,
@@ -141,6 +187,13 @@ impl Node {
             // Records the timeline held before: they fit again.
             let _ = c.timeline.insert(record);
         }
+        // The undo state keeps the undos the store keeps too (hard: none; soft: those at or
+        // below the freeze), as a node that received the destroy first holds them: a target
+        // at or below the freeze undone only by an undo above it is redone.
+        let undo_flips = c.undos.retain(|undo| match degree {
+            Degree::Hard => false,
+            Degree::Soft => undo.global_time <= freeze,
+        });
         c.last_activity = now;
         let ended = match degree {
             Degree::Hard => {
@@ -166,6 +219,9 @@ impl Node {
         }
         if announce {
             self.announce_destroyed(community);
+        }
+        if degree == Degree::Soft {
+            self.emit_flips(community, undo_flips);
         }
     }
 

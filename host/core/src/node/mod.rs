@@ -282,7 +282,8 @@ pub enum Event {
     /// [`Reevaluation`](crate::timeline::Reevaluation), the driver sets the denied bit of
     /// the authors' stored messages in every denied span and clears it in every allowed span
     /// (one range update each, never a core call per message), then tells the plugin of the
-    /// messages whose visibility flipped. Applied in the order emitted, after the messages
+    /// messages whose visibility flipped. For a double-member meta the authors are pairs of
+    /// signers ([`Authors::Pair`](crate::timeline::Authors::Pair)), matched in either order. Applied in the order emitted, after the messages
     /// emitted before it; never dropped for a full event queue.
     Reevaluate {
         /// The community.
@@ -991,6 +992,7 @@ impl Node {
         community: CommunityId,
         report: crate::store::Report,
     ) {
+        let report = self.admitted(community, report);
         for (incoming, low, high) in report.gaps {
             self.handle_sequence_gap(now, community, incoming, low, high);
         }

@@ -15,6 +15,12 @@
 //!   plugin only of rows whose state changed, so replaying flips (after a restart) is harmless.
 //! - At join the undo state is rebuilt from the stored undo packets ([`Resume::authority`]):
 //!   every target is looked up again ([`Event::UndoTargets`]); the flags persist in the store.
+//! - An undo whose target is not stored asks the undo's sender with missing-message, and
+//!   then, as long as it waits, each walk step asks the walked peer for up to
+//!   [`REASK_PER_STEP`] awaited targets: a target undone everywhere else is not offered by
+//!   sync, so a node that lost it (and whose undo's sender lacked it) would otherwise never
+//!   get it, and its undo state would differ from the others' (found by the convergence
+//!   property test, `sim/convergence_tests.rs`).
 //! - Creating an undo of a target this member undid already returns the existing undo (as the
 //!   original did) and signs nothing.
 //!
@@ -32,6 +38,10 @@ use crate::stats::DropReason;
 use crate::time::Instant;
 use crate::undo::{self, Flip, Inserted, Kind, Target, Undos};
 use crate::wire::SignedMessage;
+
+/// How many awaited undo targets one walk step asks its peer for again
+/// ([`Node::ask_awaited_targets`]).
+pub const REASK_PER_STEP: usize = 2;
 
 /// A stored message whose undo state changed ([`Event::Undone`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +325,33 @@ impl Node {
             self.request(community, to, request);
         }
         self.emit_flips(community, flips);
+    }
+
+    /// A walk step of `community` goes to `peer`: up to [`REASK_PER_STEP`] targets that held
+    /// undos still await (picked at random) are asked of it with missing-message. The undo's
+    /// sender, asked first, may not have had the target; and every node that has it undone
+    /// keeps it out of sync, so without asking again a node that lost the target would wait
+    /// for it forever while the others hold it undone.
+    pub(super) fn ask_awaited_targets(&mut self, community: CommunityId, peer: SocketAddr) {
+        let Some(c) = self.communities.get(&community) else {
+            return;
+        };
+        let mut awaited: Vec<Target> = c.undos.awaited().collect();
+        if awaited.is_empty() {
+            return;
+        }
+        let mut chosen = Vec::new();
+        while chosen.len() < REASK_PER_STEP && !awaited.is_empty() {
+            let k = self.rng.index(awaited.len());
+            chosen.push(awaited.swap_remove(k));
+        }
+        for target in chosen {
+            let request = Request::Message {
+                member: target.member,
+                global_time: target.global_time,
+            };
+            self.request(community, peer, request);
+        }
     }
 
     /// Messages of `community` were stored: those that held undos await are told to the undo

@@ -82,6 +82,9 @@ impl Node {
         if let Some(request) = self.introduction_request(now, id, target, false) {
             self.send_request(now, id, target, request);
         }
+        if !self.config.trackers.contains(&target) {
+            self.ask_awaited_targets(id, target);
+        }
     }
 
     /// Registers an introduction-request of community `id` to `target` under a fresh walk

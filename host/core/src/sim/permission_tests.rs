@@ -25,7 +25,7 @@ pub(super) const NOTICE: u32 = 10;
 /// A Linear meta of relay distribution (forwarded, never stored).
 const ORDER: u32 = 11;
 /// A Linear meta signed by two members.
-const COVENANT: u32 = 12;
+pub(super) const COVENANT: u32 = 12;
 
 /// Long enough for sync alone to spread a message to every node of [`network`] (walks between
 /// the few peers are rare once each has walked to the others: a few minutes of virtual time).
@@ -888,4 +888,64 @@ fn a_co_signed_linear_message_needs_both_signers_permitted_at_creation() {
     deliver(&mut sim, b, a, &[&to_b]);
     sim.run_for(Duration::from_millis(200));
     assert!(ask(&mut sim).is_ok());
+}
+
+#[test]
+fn an_authoritys_record_invalid_on_arrival_is_held_so_its_later_records_are_not_blocked() {
+    // Found by the convergence property test: a delegate's authorize made invalid by a
+    // revoke dated before it waited for proof (and was dropped) at the nodes that got the
+    // revoke first, and its next authorize waited behind the sequence gap for ever there,
+    // while the node that got it earlier held both.
+    let mut sim = network(2);
+    let (a, b) = (1, 2);
+    let (delegate, x, y) = (
+        Sim::key(50),
+        Sim::key(51).member_id(),
+        Sim::key(52).member_id(),
+    );
+    let t = global_time(&sim, a) + 1;
+    let decree = Subject::Community(DECREE);
+    let powers = [
+        (decree, Permission::Permit),
+        (decree, Permission::Authorize),
+    ];
+    let appoint = authorize(&master(), 1, t, delegate.member_id(), &powers);
+    let revoke = permission(
+        &master(),
+        1,
+        t + 1,
+        Body::Revoke(vec![Target {
+            member: MemberRef::from_id(delegate.member_id()),
+            grants: vec![(decree, Permission::Authorize)],
+        }]),
+    );
+    let to_x = authorize(&delegate, 1, t + 2, x, &[(decree, Permission::Permit)]);
+    let again = authorize(&master(), 2, t + 3, delegate.member_id(), &powers);
+    let to_y = authorize(&delegate, 2, t + 4, y, &[(decree, Permission::Permit)]);
+    // A gets the delegate's first grant while it is valid; B after the revoke.
+    deliver(&mut sim, b, a, &[&appoint, &to_x]);
+    deliver(&mut sim, a, b, &[&appoint, &revoke]);
+    sim.run_for(Duration::from_millis(100));
+    deliver(&mut sim, a, b, &[&to_x]);
+    sim.run_for(Duration::from_millis(100));
+    deliver(&mut sim, b, a, &[&revoke, &again, &to_y]);
+    deliver(&mut sim, a, b, &[&again, &to_y]);
+    sim.run_for(SPREAD);
+    for i in [a, b] {
+        let timeline = &sim.nodes[i].community(&id()).expect("joined").timeline;
+        assert!(
+            timeline.holds(y, decree, Permission::Permit, t + 4),
+            "node {i}"
+        );
+        assert!(
+            !timeline.holds(x, decree, Permission::Permit, t + 4),
+            "node {i}"
+        );
+        assert_eq!(
+            timeline.is_valid(&crate::timeline::RecordId::of_packet(&to_x.packet)),
+            Some(false),
+            "node {i} holds the invalid grant"
+        );
+    }
+    assert_digests_equal(&sim, 1..=2);
 }

@@ -199,3 +199,78 @@ fn a_rebuilt_timeline_re_evaluates_nothing() {
         "the stored flags stand"
     );
 }
+
+/// A covenant (double-member, Linear) signed by `first` and `second` at `global_time`.
+fn covenant(first: usize, second: usize, global_time: u64, payload: &[u8]) -> SignedMessage {
+    let message = crate::wire::CommunityMessage {
+        community: id(),
+        message_type: COVENANT,
+        conversion: crate::wire::Conversion::version(1).expect("valid"),
+        authors: vec![key(first).public().clone(), key(second).public().clone()],
+        global_time,
+        sequence_number: None,
+        resolution_index: None,
+        relay_hops: None,
+        payload: payload.to_vec(),
+        authority: None,
+    };
+    SignedMessage::sign(message, &[&key(first), &key(second)]).expect("signed")
+}
+
+/// The global times of the stored covenants node `i` holds denied.
+fn denied_covenants(sim: &Sim, i: usize) -> Vec<u64> {
+    sim.stores[i]
+        .1
+        .iter()
+        .filter(|(c, m, _, _)| *c == id() && *m == COVENANT)
+        .map(|(_, _, _, t)| *t)
+        .collect()
+}
+
+#[test]
+fn a_revoke_of_either_signer_denies_a_co_signed_message_and_a_grant_shows_it_only_if_both_hold() {
+    let mut sim = network(3);
+    let (a, b, c) = (1, 2, 3);
+    let g = global_time(&sim, a) + 1;
+    for (sequence, who) in [(1, b), (2, c)] {
+        deliver(
+            &mut sim,
+            b,
+            a,
+            &[&authorize(
+                &master(),
+                sequence,
+                g + u64::from(sequence) - 1,
+                member(who),
+                &permit(COVENANT),
+            )],
+        );
+        sim.run_for(Duration::from_millis(100));
+    }
+    // B first, C second at g + 2 and g + 4; C first, B second at g + 6.
+    let deals = [
+        covenant(b, c, g + 2, b"one"),
+        covenant(b, c, g + 4, b"two"),
+        covenant(c, b, g + 6, b"three"),
+    ];
+    deliver(&mut sim, b, a, &deals.iter().collect::<Vec<_>>());
+    sim.run_for(Duration::from_millis(200));
+    assert!(deals.iter().all(|d| stored(&sim, a, d)));
+    assert!(denied_covenants(&sim, a).is_empty());
+
+    // The second signer of the first two loses its permit at g + 3: whatever the order of
+    // signing, its covenants from then on are denied.
+    deliver(&mut sim, b, a, &[&revoke(1, g + 3, member(c), COVENANT)]);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(denied_covenants(&sim, a), vec![g + 4, g + 6]);
+
+    // B loses its permit at g + 5, then C gets it back at g + 4: the covenant at g + 4 is
+    // shown again (both hold it there), the one at g + 6 stays denied (B does not).
+    deliver(&mut sim, b, a, &[&revoke(2, g + 5, member(b), COVENANT)]);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(denied_covenants(&sim, a), vec![g + 4, g + 6]);
+    let again = authorize(&master(), 3, g + 4, member(c), &permit(COVENANT));
+    deliver(&mut sim, b, a, &[&again]);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(denied_covenants(&sim, a), vec![g + 6]);
+}

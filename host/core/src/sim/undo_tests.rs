@@ -441,3 +441,87 @@ fn the_undo_state_does_not_depend_on_arrival_order_or_duplicates() {
         assert_eq!(state, &outcomes[0].0);
     }
 }
+
+#[test]
+fn an_undo_whose_sender_lacks_the_target_asks_walked_peers_until_one_has_it() {
+    // Found by the convergence property test: the target is undone at every node that has
+    // it, so sync never offers it, and the undo's sender was the only one asked.
+    let mut sim = network(3, 25);
+    let (a, b, c) = (1, 2, 3);
+    let gt = global_time(&sim, a) + 1;
+    let message = post(&key(a), POST, gt, b"lost on the way to C");
+    let undo = undo_own(&key(a), 1, gt + 1, gt);
+    let target = Target {
+        member: member(a),
+        global_time: gt,
+    };
+    for i in [a, b] {
+        deliver(&mut sim, c, i, &[&message, &undo]);
+    }
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(row_state(&sim, c, target), None);
+    // C gets the undo alone, from the tracker (which holds nothing of the community).
+    deliver(&mut sim, 0, c, &[&undo]);
+    sim.run_for(SPREAD);
+    let by = Some((member(a), gt + 1));
+    for i in [a, b, c] {
+        assert_eq!(row_state(&sim, i, target), Some((1, by)), "node {i}");
+    }
+    let digests: Vec<[u8; 32]> = [a, b, c]
+        .iter()
+        .map(|i| sim.nodes[*i].undo_digest(&id()).expect("joined"))
+        .collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn a_soft_destroy_below_an_undo_drops_it_and_shows_its_target_again() {
+    // Found by the convergence property test: the undo state kept the undos a soft destroy
+    // deleted, so their targets stayed undone at nodes that had them before the destroy.
+    let mut sim = network(2, 26);
+    let (a, b) = (1, 2);
+    let gt = global_time(&sim, a) + 1;
+    let message = post(&key(a), POST, gt, b"older than the freeze");
+    let undo = undo_own(&key(a), 1, gt + 2, gt);
+    let soft = signed(
+        &master(),
+        gt + 1,
+        None,
+        Body::Destroy(crate::authority::Degree::Soft),
+    );
+    let target = Target {
+        member: member(a),
+        global_time: gt,
+    };
+    // A stores the post and its undo, then the destroy; B the destroy first.
+    deliver(&mut sim, b, a, &[&message, &undo]);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        row_state(&sim, a, target),
+        Some((1, Some((member(a), gt + 2))))
+    );
+    deliver(&mut sim, b, a, &[&soft]);
+    deliver(&mut sim, a, b, &[&soft]);
+    sim.run_for(Duration::from_millis(100));
+    deliver(&mut sim, a, b, &[&message, &undo]);
+    sim.run_for(Duration::from_secs(1));
+    for i in [a, b] {
+        assert_eq!(row_state(&sim, i, target), Some((0, None)), "node {i}");
+        assert!(undone(&sim, i).is_empty(), "node {i}");
+        assert!(
+            !sim.stores[i]
+                .messages(id())
+                .any(|k| k.packet == undo.packet),
+            "node {i} keeps nothing above the freeze"
+        );
+    }
+    assert_eq!(
+        sim.nodes[a].undo_digest(&id()),
+        sim.nodes[b].undo_digest(&id())
+    );
+    assert!(
+        sim.events[a].iter().any(|e| matches!(e,
+            Event::Undone { flips, .. } if flips.iter().any(|f| f.target == target && f.undone_by.is_none()))),
+        "A's driver was told to show the post again"
+    );
+}

@@ -871,3 +871,61 @@ fn allowed_spans_agree_with_may_at_every_global_time() {
         }
     }
 }
+
+#[test]
+fn cosigned_reevaluation_agrees_with_may_all_for_every_pair_of_signers() {
+    for seed in 0..40u64 {
+        let mut scenario = scenario(seed);
+        for record in scenario.records.clone() {
+            let _ = scenario.timeline.insert(record);
+        }
+        let timeline = &scenario.timeline;
+        let mut members = scenario.members.clone();
+        members.push(MASTER);
+        // A member the timeline never heard of signs too.
+        members.push(MemberId([0xee; 20]));
+        let from = 1;
+        for &subject in &scenario.subjects {
+            let Subject::Community(meta) = subject else {
+                continue;
+            };
+            let changes = members.iter().map(|m| Some(*m)).chain([None]);
+            for member in changes {
+                let change = Change {
+                    subject,
+                    member,
+                    from,
+                };
+                let Some((_, pairs)) = timeline.cosigned_reevaluation(&change) else {
+                    continue;
+                };
+                for &first in &members {
+                    for &second in &members {
+                        let matching: Vec<&Reevaluation> = pairs
+                            .iter()
+                            .filter(|r| r.authors.matches(&first, Some((&first, &second))))
+                            .collect();
+                        let concerned = member.is_none_or(|m| m == first || m == second);
+                        if !concerned {
+                            continue;
+                        }
+                        assert_eq!(
+                            matching.len(),
+                            1,
+                            "seed {seed}: signers {first:?} and {second:?} match one pair"
+                        );
+                        let spans = &matching[0].spans;
+                        for t in from..=scenario.last_time + 3 {
+                            let span = spans.iter().find(|s| s.low <= t && t <= s.high).unwrap();
+                            assert_eq!(
+                                span.allowed,
+                                timeline.may_all(&[first, second], subject, t).is_allowed(),
+                                "seed {seed} signers {first:?} {second:?} meta {meta} t {t}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

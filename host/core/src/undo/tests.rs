@@ -749,3 +749,36 @@ fn every_order_reaches_the_fold_from_scratch_and_flips_are_complete() {
          {refused} refused"
     );
 }
+
+#[test]
+fn retain_drops_records_as_if_never_held_and_reports_the_flips() {
+    let timeline = timeline();
+    let (note, other_note, lost) = (target(A, 10), target(B, 11), target(C, 12));
+    let low = own(A, 13, note, 0);
+    let high = own(A, 20, note, 1);
+    let only_high = own(B, 21, other_note, 0);
+    let waiting = own(C, 22, lost, 0);
+    let mut undos = Undos::new();
+    for record in [&low, &high, &only_high] {
+        waits(&mut undos, record, &timeline);
+    }
+    waits(&mut undos, &waiting, &timeline);
+    undos.stored(stored(note, NOTE), &timeline);
+    undos.stored(stored(other_note, NOTE), &timeline);
+    assert_eq!(undos.waiting(), 1);
+    // The state of a node that never held the undos above 15.
+    let mut fresh = Undos::new();
+    waits(&mut fresh, &low, &timeline);
+    fresh.stored(stored(note, NOTE), &timeline);
+
+    let flips = undos.retain(|record| record.global_time <= 15);
+    assert_eq!(flips, [flip(other_note, None)]);
+    assert_eq!(undos.digest(), fresh.digest());
+    assert_eq!(undos.len(), 1);
+    assert_eq!(undos.waiting(), 0);
+    assert!(!undos.awaits(&lost));
+    assert_eq!(undos.undone_by(&note), Some(low.id));
+    assert_eq!(undos.records_of(&other_note), []);
+    assert_eq!(undos.retain(|_| false), [flip(note, None)]);
+    assert!(undos.is_empty());
+}

@@ -12,13 +12,14 @@
 //! - [`Store::mark`]: one row by its key (community, member, global time); used by undo.
 //! - [`Store::mark_range`]: the rows of one meta by one author (or by every author but some)
 //!   in a global-time range, as one indexed pass (`sync_member` for one author, `sync_cover`
-//!   for the others) in one transaction: one UPDATE for the rows that keep another reason,
-//!   and one read and one UPDATE per page of the rows that flip, whose ids come in pages of
+//!   for the others; for a pair of signers of double-member messages, `sync_cover` and the
+//!   `double_signed_sync` rows of the pair) in one transaction: one UPDATE for the rows that
+//!   keep another reason, and one read and one UPDATE per page of the rows that flip, whose ids come in pages of
 //!   at most `page` through a callback, never as one list of the whole range. The statements
 //!   per range are 1 + 2 × (flipped / page + 1), not one per row.
 
 use dispersy_core::identity::MemberId;
-pub use dispersy_core::timeline::Authors;
+pub use dispersy_core::timeline::{Authors, Signers};
 use sqlx::Row as _;
 
 use super::{Store, StoreError, to_i64};
@@ -67,7 +68,7 @@ pub struct Span {
     pub community: i64,
     /// Meta-message type.
     pub meta: u32,
-    /// Whose rows, by their (first) author.
+    /// Whose rows: by their (first) author, or by both signers ([`Authors::Pair`]).
     pub authors: Authors,
     /// Lowest global time.
     pub low: u64,
@@ -92,6 +93,23 @@ type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArgume
 enum Bound {
     Blob(Vec<u8>),
     Text(String),
+}
+
+/// The upper-case hex ids of `members`, as SQLite's `hex(member)` gives them.
+fn hex_ids(members: &[MemberId]) -> Vec<String> {
+    members.iter().map(|m| m.to_hex().to_uppercase()).collect()
+}
+
+/// The JSON object an [`Authors::Pair`] binds: `a` and `b` the two sides' hex ids, `an` and
+/// `bn` 1 where the side is every member but those, else 0.
+fn pair_json(a: &Signers, b: &Signers) -> Result<String, StoreError> {
+    let side = |signers: &Signers| match signers {
+        Signers::One(member) => (hex_ids(std::slice::from_ref(member)), 0),
+        Signers::AllBut(members) => (hex_ids(members), 1),
+    };
+    let ((a, an), (b, bn)) = (side(a), side(b));
+    let object = serde_json::json!({ "a": a, "an": an, "b": b, "bn": bn });
+    Ok(serde_json::to_string(&object).map_err(|e| sqlx::Error::Protocol(e.to_string()))?)
 }
 
 impl Store {
@@ -164,14 +182,22 @@ impl Store {
         // ?1 community, ?2 meta, ?3 the author(s), ?4..?5 global times, ?6 the bit, ?7 page.
         let (index, authors, bound) = match &range.authors {
             Authors::One(member) => ("sync_member", "member = ?3", Bound::Blob(member.0.to_vec())),
-            Authors::AllBut(members) => {
-                let hex: Vec<String> = members.iter().map(|m| m.to_hex().to_uppercase()).collect();
-                (
-                    "sync_cover",
-                    "hex(member) NOT IN (SELECT value FROM json_each(?3))",
-                    Bound::Text(super::json_list(&hex)?),
-                )
-            }
+            Authors::AllBut(members) => (
+                "sync_cover",
+                "hex(member) NOT IN (SELECT value FROM json_each(?3))",
+                Bound::Text(super::json_list(&hex_ids(members))?),
+            ),
+            // Both signers, in either order, through `double_signed_sync`; ?3 is one JSON
+            // object: each side's ids and whether it is every member but those.
+            Authors::Pair(a, b) => (
+                "sync_cover",
+                "id IN (SELECT d.sync FROM double_signed_sync AS d WHERE
+                     ((hex(d.member1) IN (SELECT value FROM json_each(?3, '$.a'))) != json_extract(?3, '$.an')
+                      AND (hex(d.member2) IN (SELECT value FROM json_each(?3, '$.b'))) != json_extract(?3, '$.bn'))
+                  OR ((hex(d.member2) IN (SELECT value FROM json_each(?3, '$.a'))) != json_extract(?3, '$.an')
+                      AND (hex(d.member1) IN (SELECT value FROM json_each(?3, '$.b'))) != json_extract(?3, '$.bn')))",
+                Bound::Text(pair_json(a, b)?),
+            ),
         };
         let one = matches!(range.authors, Authors::One(_));
         // The rows that flip: none of their bits set (deny), or only this one (allow); the
@@ -475,6 +501,65 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(marked.flipped, 6);
+    }
+
+    #[tokio::test]
+    async fn a_pair_of_signers_marks_their_double_signed_rows_in_either_order() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let m = |b: u8| MemberId([b; 20]);
+        // (first author, co-signer) at global times 1..=6; one single-signed row of 1 at 7.
+        let pairs = [(1, 2), (2, 1), (1, 3), (3, 2), (1, 1), (2, 4)];
+        let mut rows: Vec<NewMessage> = pairs
+            .iter()
+            .zip(1u64..)
+            .map(|(&(a, b), gt)| NewMessage {
+                member: m(a),
+                co_signer: Some(m(b)),
+                ..post(id, gt, vec![a, b, gt as u8])
+            })
+            .collect();
+        rows.push(NewMessage {
+            member: m(1),
+            ..post(id, 7, vec![1, 7])
+        });
+        store.insert(&rows).await.unwrap();
+        let hidden = |store: &Store| {
+            let store = store.clone();
+            async move {
+                let rows = store.messages(id, 0, 100).await.unwrap();
+                let mut times: Vec<u64> = rows
+                    .iter()
+                    .filter(|r| r.undone != 0)
+                    .map(|r| r.global_time)
+                    .collect();
+                times.sort_unstable();
+                times
+            }
+        };
+        let span = |a: Signers, b: Signers| Span {
+            community: id,
+            meta: 7,
+            authors: Authors::Pair(a, b),
+            low: 0,
+            high: u64::MAX,
+        };
+        // Members 1 and 2, in either order: rows 1 and 2.
+        let one_two = span(Signers::One(m(1)), Signers::One(m(2)));
+        let marked = store.mark_range(&one_two, true, 10, |_| {}).await.unwrap();
+        assert_eq!(marked.flipped, 2);
+        assert_eq!(hidden(&store).await, [1, 2]);
+        // Member 1 with anyone but 2 and 3: row 5 (1 with itself) only, never the single one.
+        let others = span(Signers::One(m(1)), Signers::AllBut(vec![m(2), m(3)]));
+        store.mark_range(&others, true, 10, |_| {}).await.unwrap();
+        assert_eq!(hidden(&store).await, [1, 2, 5]);
+        // Anyone but 1 with anyone but 1: rows 4 (3, 2) and 6 (2, 4).
+        let rest = span(Signers::AllBut(vec![m(1)]), Signers::AllBut(vec![m(1)]));
+        store.mark_range(&rest, true, 1, |_| {}).await.unwrap();
+        assert_eq!(hidden(&store).await, [1, 2, 4, 5, 6]);
+        let marked = store.mark_range(&one_two, false, 10, |_| {}).await.unwrap();
+        assert_eq!(marked.flipped, 2);
+        assert_eq!(hidden(&store).await, [4, 5, 6]);
     }
 
     #[tokio::test]
