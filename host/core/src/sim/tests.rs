@@ -657,12 +657,12 @@ fn persistent_messages_beyond_the_acceptable_global_time_are_dropped() {
     assert_eq!(c.global_time, local + 10_000);
 }
 
-/// Until the node keeps a permission timeline, a built-in permission message that arrives in a
-/// collection is decoded, then dropped and counted as unsupported: never handed to the plugin,
-/// never stored; the plugin messages beside it are handled as usual. A missing-proof is
-/// likewise dropped and counted.
+/// Built-in messages that arrive in a collection beside a plugin message are each judged by the
+/// node, none is unsupported: an undo-own is stored (its target missing, it waits for it), a
+/// destroy-community without its author's permit waits for the proof, and the plugin message
+/// beside them is handled as usual. A missing-proof from a walked peer is accepted.
 #[test]
-fn undo_and_destroy_messages_are_dropped_and_counted_until_handled() {
+fn undo_destroy_and_missing_proof_in_one_collection_are_each_judged() {
     use crate::authority::{self, Body, Degree, MemberRef};
     use crate::wire::{CommunityMessage, MissingProof, SignedMessage};
     let mut sim = public_network(2);
