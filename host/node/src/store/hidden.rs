@@ -94,6 +94,20 @@ enum Bound {
     Text(String),
 }
 
+/// The rows one [`Store::deny_range`] flipped, durable, waiting in the `flip` journal until
+/// [`Store::flipped`] hands them out (and forgets them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flips {
+    /// The counts.
+    pub marked: Marked,
+    /// Its batch in the journal.
+    batch: i64,
+}
+
+/// The SQL expression of a `sync` row's reason bits: bit 1 from `undone`, bit 2 from `denied`.
+pub(super) const BITS: &str =
+    "(undone | CASE WHEN id IN (SELECT id FROM denied) THEN 2 ELSE 0 END)";
+
 impl Store {
     /// Applies `mark` to the row of `member` at `global_time` in `community`; returns its row
     /// id if its visibility flipped (hidden for [`Mark::Undo`] and [`Mark::Deny`], visible
@@ -106,9 +120,9 @@ impl Store {
         mark: Mark,
     ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(
-            "SELECT id, undone FROM sync WHERE community = ?1 AND member = ?2 AND global_time = ?3",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, {BITS} FROM sync WHERE community = ?1 AND member = ?2 AND global_time = ?3"
+        )))
         .bind(community)
         .bind(member.0.as_slice())
         .bind(to_i64(global_time))
@@ -119,158 +133,172 @@ impl Store {
         };
         let id: i64 = row.try_get(0)?;
         let before: i64 = row.try_get(1)?;
-        let (after, undone_by) = match mark {
-            Mark::Undo { by } => (before | Reason::Undo.bit(), Some(by)),
-            Mark::Redo => (before & !Reason::Undo.bit(), None),
-            Mark::Deny => (before | Reason::Denied.bit(), None),
-            Mark::Allow => (before & !Reason::Denied.bit(), None),
+        let after = match mark {
+            Mark::Undo { by } => {
+                sqlx::query("UPDATE sync SET undone = ?2, undone_by = ?3 WHERE id = ?1")
+                    .bind(id)
+                    .bind(Reason::Undo.bit())
+                    .bind(by)
+                    .execute(&mut *tx)
+                    .await?;
+                before | Reason::Undo.bit()
+            }
+            Mark::Redo => {
+                sqlx::query("UPDATE sync SET undone = 0, undone_by = NULL WHERE id = ?1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                before & !Reason::Undo.bit()
+            }
+            Mark::Deny => {
+                sqlx::query("INSERT OR IGNORE INTO denied (id) VALUES (?1)")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                before | Reason::Denied.bit()
+            }
+            Mark::Allow => {
+                sqlx::query("DELETE FROM denied WHERE id = ?1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                before & !Reason::Denied.bit()
+            }
         };
-        let undo_bit_kept = matches!(mark, Mark::Deny | Mark::Allow);
-        sqlx::query(
-            "UPDATE sync SET undone = ?2,
-                 undone_by = CASE WHEN ?4 THEN undone_by ELSE ?3 END
-             WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(after)
-        .bind(undone_by)
-        .bind(undo_bit_kept)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(((before == 0) != (after == 0)).then_some(id))
     }
 
-    /// Sets (`denied`) or clears the denied bit of every row of `range`; hands the ids of the
-    /// rows whose visibility flipped to `on_page`, in pages of at most `page` ids (in
-    /// global-time order), and returns the counts. One transaction: one UPDATE for the rows
-    /// that keep an undo (no flip; over the meta's hidden rows in `sync_cover`), then one
-    /// read and one UPDATE per page of the rows whose only reason this bit is or will be
-    /// (they flip: a page's ids are read as one JSON list, then exactly those rows flipped). One
-    /// author walks `sync_member` (community, meta, member, global_time), the next page
-    /// starting after the last global time; every author but some walks `sync_cover`
-    /// (community, meta, undone, global_time, ...), where a flipped row leaves the walked part of
-    /// the index. A range of any size holds one page in memory. `on_page` runs inside the
-    /// transaction: keep it short (queue the page, do not read the store).
+    /// Sets (`denied`) or clears the denied bit of every row of `range`, then hands the ids of
+    /// the rows whose visibility flipped to `on_page`, in pages of at most `page` ids (in row-id
+    /// order), and returns the counts: [`Store::deny_range`] then [`Store::flipped`]. The flags
+    /// are committed before the first page is handed out.
     pub async fn mark_range(
         &self,
         range: &Span,
         denied: bool,
         page: usize,
-        mut on_page: impl FnMut(Vec<i64>),
+        on_page: impl FnMut(Vec<i64>),
     ) -> Result<Marked, StoreError> {
-        let page = i64::try_from(page.max(1)).unwrap_or(i64::MAX);
-        let bit = Reason::Denied.bit();
-        // ?1 community, ?2 meta, ?3 the author(s), ?4..?5 global times, ?6 the bit, ?7 page.
-        let (index, authors, bound) = match &range.authors {
-            Authors::One(member) => ("sync_member", "member = ?3", Bound::Blob(member.0.to_vec())),
+        let flips = self.deny_range(range, denied).await?;
+        self.flipped(&flips, page, on_page).await?;
+        Ok(flips.marked)
+    }
+
+    /// Sets (`denied`) or clears the denied bit of every row of `range`, in one transaction of
+    /// three statements whatever the range's size, durable on return. The ids of the rows whose
+    /// visibility flips (no undo, and not denied before for a deny; denied before, without an
+    /// undo, for an allow) are copied into the `flip` journal under a new batch; the rows that
+    /// keep an undo change quietly. The range is walked in `sync_member` (community, meta,
+    /// member, global_time: one author's rows, or every author's of the meta), each row probed
+    /// in `denied` by its id; the rows with an undo come from `sync_cover`'s hidden part (few).
+    /// Hand the flips out with [`Store::flipped`] (a journal left behind is emptied at the next
+    /// open).
+    pub async fn deny_range(&self, range: &Span, denied: bool) -> Result<Flips, StoreError> {
+        // ?1 community, ?2 meta, ?3 the author(s), ?4..?5 global times, ?6 the batch.
+        let (authors, bound) = match &range.authors {
+            Authors::One(member) => ("member = ?3", Bound::Blob(member.0.to_vec())),
             Authors::AllBut(members) => {
                 let hex: Vec<String> = members.iter().map(|m| m.to_hex().to_uppercase()).collect();
                 (
-                    "sync_cover",
                     "hex(member) NOT IN (SELECT value FROM json_each(?3))",
                     Bound::Text(super::json_list(&hex)?),
                 )
             }
         };
-        let one = matches!(range.authors, Authors::One(_));
-        // The rows that flip: none of their bits set (deny), or only this one (allow); the
-        // others change quietly.
-        let (flip_from, flip_to, quiet_where, quiet_set) = if denied {
+        // The range's rows with an undo (bit 1): they never flip.
+        let undone_rows = format!(
+            "SELECT id FROM sync INDEXED BY sync_cover
+             WHERE community = ?1 AND meta = ?2 AND undone != 0
+               AND global_time BETWEEN ?4 AND ?5 AND {authors}"
+        );
+        let was = if denied { "NOT IN" } else { "IN" };
+        let flips_sql = format!(
+            "INSERT INTO flip (batch, id)
+             SELECT ?6, id FROM sync INDEXED BY sync_member
+             WHERE community = ?1 AND meta = ?2 AND {authors} AND global_time BETWEEN ?4 AND ?5
+               AND id {was} (SELECT id FROM denied) AND id NOT IN ({undone_rows})"
+        );
+        let (quiet_sql, apply_sql) = if denied {
             (
-                "undone = 0",
-                "?6",
-                "undone != 0 AND undone & ?6 = 0",
-                "undone | ?6",
+                format!("INSERT OR IGNORE INTO denied (id) {undone_rows}"),
+                "INSERT INTO denied (id) SELECT id FROM flip WHERE batch = ?6",
             )
         } else {
             (
-                "undone = ?6",
-                "0",
-                "undone != ?6 AND undone & ?6 != 0",
-                "undone & ~?6",
+                format!("DELETE FROM denied WHERE id IN ({undone_rows})"),
+                "DELETE FROM denied WHERE id IN (SELECT id FROM flip WHERE batch = ?6)",
             )
         };
-        // A page's ids come back as one JSON list (one result row, not one per id: sqlx
-        // costs per row), then one UPDATE flips exactly those rows.
-        let page_sql = format!(
-            "SELECT json_group_array(id), MAX(global_time), COUNT(*) FROM (
-                 SELECT id, global_time FROM sync INDEXED BY {index}
-                 WHERE community = ?1 AND meta = ?2 AND {authors}
-                   AND global_time BETWEEN ?4 AND ?5 AND {flip_from}
-                 ORDER BY global_time LIMIT ?7)"
-        );
-        // ?1 the page's ids, ?2 the bit.
-        let flip_sql = format!(
-            "UPDATE sync SET undone = {}
-             WHERE id IN (SELECT value FROM json_each(?1)) AND {}",
-            flip_to.replace("?6", "?2"),
-            flip_from.replace("?6", "?2")
-        );
-        // The rows that keep another reason are hidden ones: `sync_cover` walks only the
-        // meta's hidden rows (usually few), never the author's visible ones.
-        let quiet_sql = format!(
-            "UPDATE sync INDEXED BY sync_cover SET undone = {quiet_set}
-             WHERE community = ?1 AND meta = ?2 AND {authors}
-               AND global_time BETWEEN ?4 AND ?5 AND {quiet_where}"
-        );
-        let bind_authors = |query: Query<'static>| match &bound {
-            Bound::Blob(bytes) => query.bind(bytes.clone()),
-            Bound::Text(text) => query.bind(text.clone()),
-        };
-        let high = to_i64(range.high);
-        let mut low = to_i64(range.low);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let quiet = bind_authors(
-            sqlx::query(sqlx::AssertSqlSafe(quiet_sql))
-                .bind(range.community)
-                .bind(i64::from(range.meta)),
-        )
-        .bind(low)
-        .bind(high)
-        .bind(bit)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let mut flipped = 0u64;
-        while low <= high {
-            let (list, last, count): (String, Option<i64>, i64) = bind_authors(
-                sqlx::query(sqlx::AssertSqlSafe(page_sql.clone()))
-                    .bind(range.community)
-                    .bind(i64::from(range.meta)),
-            )
-            .bind(low)
-            .bind(high)
-            .bind(bit)
-            .bind(page)
-            .try_map(|row: sqlx::sqlite::SqliteRow| {
-                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-            })
+        let batch: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(batch), 0) + 1 FROM flip")
             .fetch_one(&mut *tx)
             .await?;
-            let Some(last) = last.filter(|_| count > 0) else {
-                break;
+        // Binds the first `count` of ?1..?6 (a statement takes as many as its highest).
+        let bind = |sql: String, count: usize| -> Query<'static> {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(range.community)
+                .bind(i64::from(range.meta));
+            query = match &bound {
+                Bound::Blob(bytes) => query.bind(bytes.clone()),
+                Bound::Text(text) => query.bind(text.clone()),
             };
-            sqlx::query(sqlx::AssertSqlSafe(flip_sql.clone()))
-                .bind(list.as_str())
-                .bind(bit)
-                .execute(&mut *tx)
-                .await?;
-            let ids: Vec<i64> = serde_json::from_str(&list)
-                .map_err(|e| sqlx::Error::Protocol(format!("a page of ids: {e}")))?;
-            flipped += ids.len() as u64;
-            on_page(ids);
-            if count < page || last == i64::MAX {
-                break;
+            query = query.bind(to_i64(range.low)).bind(to_i64(range.high));
+            if count > 5 {
+                query = query.bind(batch);
             }
-            // One author has one row per global time: go on after the last one. Other
-            // authors' flipped rows left the `undone` part of the index walked.
-            if one {
-                low = last + 1;
+            query
+        };
+        let flipped = bind(flips_sql, 6).execute(&mut *tx).await?.rows_affected();
+        let quiet = bind(quiet_sql, 5).execute(&mut *tx).await?.rows_affected();
+        bind(apply_sql.to_owned(), 6).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Flips {
+            marked: Marked { flipped, quiet },
+            batch,
+        })
+    }
+
+    /// Hands the ids `flips` names to `on_page` in pages of at most `page` (row-id order), then
+    /// forgets them. One read per page, from the narrow journal.
+    pub async fn flipped(
+        &self,
+        flips: &Flips,
+        page: usize,
+        mut on_page: impl FnMut(Vec<i64>),
+    ) -> Result<(), StoreError> {
+        let page = i64::try_from(page.max(1)).unwrap_or(i64::MAX);
+        let mut after = i64::MIN;
+        if flips.marked.flipped > 0 {
+            loop {
+                // A page's ids come back as one JSON list (one result row, not one per id:
+                // sqlx costs per row).
+                let (list, last, count): (String, Option<i64>, i64) = sqlx::query_as(
+                    "SELECT json_group_array(id), MAX(id), COUNT(*) FROM (
+                         SELECT id FROM flip WHERE batch = ?1 AND id > ?2 ORDER BY id LIMIT ?3)",
+                )
+                .bind(flips.batch)
+                .bind(after)
+                .bind(page)
+                .fetch_one(&self.pool)
+                .await?;
+                let Some(last) = last.filter(|_| count > 0) else {
+                    break;
+                };
+                let ids: Vec<i64> = serde_json::from_str(&list)
+                    .map_err(|e| sqlx::Error::Protocol(format!("a page of ids: {e}")))?;
+                on_page(ids);
+                if count < page {
+                    break;
+                }
+                after = last;
             }
         }
-        tx.commit().await?;
-        Ok(Marked { flipped, quiet })
+        sqlx::query("DELETE FROM flip WHERE batch = ?1")
+            .bind(flips.batch)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The stored rows among `ids` (any state, hidden or not), in the order of `ids`; ids no
@@ -278,7 +306,8 @@ impl Store {
     pub async fn rows(&self, ids: &[i64]) -> Result<Vec<super::StoredMessage>, StoreError> {
         let list = super::json_list(ids)?;
         let rows = sqlx::query(
-            "SELECT s.id, s.member, s.global_time, s.meta, s.sequence, s.packet, s.undone,
+            "SELECT s.id, s.member, s.global_time, s.meta, s.sequence, s.packet,
+                    s.undone | CASE WHEN s.id IN (SELECT id FROM denied) THEN 2 ELSE 0 END,
                     s.undone_by
              FROM json_each(?1) AS j CROSS JOIN sync AS s ON s.id = j.value
              ORDER BY j.key",
@@ -317,9 +346,9 @@ mod tests {
     }
 
     async fn undone(store: &Store, community: i64) -> Vec<(u64, i64)> {
-        sqlx::query_as::<_, (i64, i64)>(
-            "SELECT global_time, undone FROM sync WHERE community = ?1 ORDER BY global_time",
-        )
+        sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(format!(
+            "SELECT global_time, {BITS} FROM sync WHERE community = ?1 ORDER BY global_time"
+        )))
         .bind(community)
         .fetch_all(&store.pool)
         .await

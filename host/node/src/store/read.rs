@@ -38,7 +38,8 @@ impl Store {
         let syncable = json_list(syncable)?;
         let stored: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM json_each(?2) CROSS JOIN sync INDEXED BY sync_cover
-             WHERE community = ?1 AND meta = json_each.value AND undone = 0",
+             WHERE community = ?1 AND meta = json_each.value AND undone = 0
+               AND sync.id NOT IN (SELECT id FROM denied)",
         )
         .bind(community)
         .bind(syncable)
@@ -163,7 +164,9 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, member, global_time, meta, sequence, packet, undone, undone_by FROM sync
+            "SELECT id, member, global_time, meta, sequence, packet,
+                    undone | CASE WHEN id IN (SELECT id FROM denied) THEN 2 ELSE 0 END, undone_by
+             FROM sync
              WHERE community = ?1 AND id > ?2 AND meta < ?4 ORDER BY id LIMIT ?3",
         )
         .bind(community)
@@ -187,6 +190,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, member, global_time, meta, sequence, packet, undone, undone_by FROM sync
              WHERE community = ?1 AND id > ?2 AND meta < ?8 AND undone = 0
+               AND id NOT IN (SELECT id FROM denied)
                AND (?3 IS NULL OR meta = ?3)
                AND (?4 IS NULL OR member = ?4) AND global_time BETWEEN ?5 AND ?6
              ORDER BY id LIMIT ?7",
