@@ -209,7 +209,7 @@ impl Store {
         // The range's rows with an undo (bit 1): they never flip.
         let undone_rows = format!(
             "SELECT id FROM sync INDEXED BY sync_cover
-             WHERE community = ?1 AND meta = ?2 AND undone != 0
+             WHERE community = ?1 AND meta = ?2 AND undone > 0
                AND global_time BETWEEN ?4 AND ?5 AND {authors}"
         );
         let was = if denied { "NOT IN" } else { "IN" };
