@@ -151,17 +151,21 @@ impl Store {
                 before & !Reason::Undo.bit()
             }
             Mark::Deny => {
-                sqlx::query("INSERT OR IGNORE INTO denied (id) VALUES (?1)")
+                let added = sqlx::query("INSERT OR IGNORE INTO denied (id) VALUES (?1)")
                     .bind(id)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                count_denied(&mut tx, community, added as i64).await?;
                 before | Reason::Denied.bit()
             }
             Mark::Allow => {
-                sqlx::query("DELETE FROM denied WHERE id = ?1")
+                let removed = sqlx::query("DELETE FROM denied WHERE id = ?1")
                     .bind(id)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                count_denied(&mut tx, community, -(removed as i64)).await?;
                 before & !Reason::Denied.bit()
             }
         };
@@ -252,6 +256,13 @@ impl Store {
         let flipped = bind(flips_sql, 6).execute(&mut *tx).await?.rows_affected();
         let quiet = bind(quiet_sql, 5).execute(&mut *tx).await?.rows_affected();
         bind(apply_sql.to_owned(), 6).execute(&mut *tx).await?;
+        let changed = i64::try_from(flipped + quiet).unwrap_or(i64::MAX);
+        count_denied(
+            &mut tx,
+            range.community,
+            if denied { changed } else { -changed },
+        )
+        .await?;
         tx.commit().await?;
         Ok(Flips {
             marked: Marked { flipped, quiet },
@@ -317,6 +328,26 @@ impl Store {
         .await?;
         rows.iter().map(super::read::stored_message).collect()
     }
+}
+
+/// Adds `delta` to the count of `community`'s denied rows (`denied_count`, which lets the
+/// readers of a community without any skip the probe of `denied`).
+async fn count_denied(
+    tx: &mut sqlx::SqliteConnection,
+    community: i64,
+    delta: i64,
+) -> Result<(), StoreError> {
+    if delta != 0 {
+        sqlx::query(
+            "INSERT INTO denied_count (community, rows) VALUES (?1, ?2)
+             ON CONFLICT (community) DO UPDATE SET rows = rows + excluded.rows",
+        )
+        .bind(community)
+        .bind(delta)
+        .execute(tx)
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -528,5 +559,102 @@ mod tests {
         let listed = store.messages(id, 0, 10).await.unwrap();
         let states: Vec<(u64, u8)> = listed.iter().map(|r| (r.global_time, r.undone)).collect();
         assert_eq!(states, [(1, 0), (2, 2), (3, 2), (4, 0)]);
+    }
+    /// The rows of `community` the responder offers, by global time (every reader of sync
+    /// goes through the same filter).
+    async fn offered(store: &Store, community: i64) -> Vec<u64> {
+        use dispersy_core::meta::SyncOrder;
+        use dispersy_core::sync::{Query, Range};
+        let range = Range {
+            low: 1,
+            high: 100,
+            modulo: 1,
+            offset: 0,
+        };
+        let by_range: Vec<u64> = store
+            .sync_rows(community, range, 100, &[(7, SyncOrder::Ascending, 0)])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.global_time)
+            .collect();
+        let (above, _) = store
+            .sync_query(community, Query::Oldest { limit: 100 })
+            .await
+            .unwrap();
+        let by_query: Vec<u64> = above.iter().map(|r| r.global_time).collect();
+        assert_eq!(by_range, by_query, "both responder reads agree");
+        by_range
+    }
+
+    async fn denied_count(store: &Store, community: i64) -> i64 {
+        sqlx::query_scalar("SELECT COALESCE(SUM(rows), 0) FROM denied_count WHERE community = ?1")
+            .bind(community)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn denied_rows_are_not_offered_and_a_deleted_row_takes_its_denial_along() {
+        let store = Store::open_in_memory().await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let rows = posts(id, 1..=6);
+        let member = rows[0].member;
+        store.insert(&rows).await.unwrap();
+        assert_eq!(offered(&store, id).await, [1, 2, 3, 4, 5, 6]);
+        // Row 2 undone, rows 2..=4 denied (2 quietly), row 6 denied alone.
+        store
+            .mark(id, member, 2, Mark::Undo { by: 99 })
+            .await
+            .unwrap();
+        let flips = store
+            .deny_range(&range(id, member, 2, 4), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            flips.marked,
+            Marked {
+                flipped: 2,
+                quiet: 1
+            }
+        );
+        assert!(
+            store
+                .mark(id, member, 6, Mark::Deny)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(denied_count(&store, id).await, 4);
+        // Durable before the flips are handed out, and every reader honours it.
+        assert_eq!(offered(&store, id).await, [1, 5]);
+        let mut pages = Vec::new();
+        store.flipped(&flips, 1, |p| pages.push(p)).await.unwrap();
+        assert_eq!(pages.len(), 2, "rows 3 and 4, one per page");
+        let mut again = Vec::new();
+        store.flipped(&flips, 1, |p| again.push(p)).await.unwrap();
+        assert!(again.is_empty(), "handed out once");
+        // A deleted denied row leaves no denial behind.
+        sqlx::query("DELETE FROM sync WHERE community = ?1 AND global_time = 6")
+            .bind(id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(denied_count(&store, id).await, 3);
+        // Allowing all: 3 and 4 flip back, 2 keeps its undo (quiet); no denial is left.
+        let marked = store
+            .mark_range(&range(id, member, 1, 10), false, 10, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            marked,
+            Marked {
+                flipped: 2,
+                quiet: 1
+            }
+        );
+        assert_eq!(denied_count(&store, id).await, 0);
+        assert_eq!(offered(&store, id).await, [1, 3, 4, 5]);
     }
 }

@@ -39,7 +39,7 @@ impl Store {
         let stored: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM json_each(?2) CROSS JOIN sync INDEXED BY sync_cover
              WHERE community = ?1 AND meta = json_each.value AND undone = 0
-               AND sync.id NOT IN (SELECT id FROM denied)",
+               AND (NOT EXISTS (SELECT 1 FROM denied_count WHERE community = ?1 AND rows > 0) OR sync.id NOT IN (SELECT id FROM denied))",
         )
         .bind(community)
         .bind(syncable)
@@ -190,7 +190,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, member, global_time, meta, sequence, packet, undone, undone_by FROM sync
              WHERE community = ?1 AND id > ?2 AND meta < ?8 AND undone = 0
-               AND id NOT IN (SELECT id FROM denied)
+               AND (NOT EXISTS (SELECT 1 FROM denied_count WHERE community = ?1 AND rows > 0) OR sync.id NOT IN (SELECT id FROM denied))
                AND (?3 IS NULL OR meta = ?3)
                AND (?4 IS NULL OR member = ?4) AND global_time BETWEEN ?5 AND ?6
              ORDER BY id LIMIT ?7",

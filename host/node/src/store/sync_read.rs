@@ -40,7 +40,7 @@ impl Store {
             } => {
                 let rows = sqlx::query(
                     "SELECT id, global_time, hash, length(packet) FROM sync
-                     WHERE community = ?1 AND priority > 32 AND undone = 0 AND id NOT IN (SELECT id FROM denied)
+                     WHERE community = ?1 AND priority > 32 AND undone = 0 AND (NOT EXISTS (SELECT 1 FROM denied_count WHERE community = ?1 AND rows > 0) OR sync.id NOT IN (SELECT id FROM denied))
                        AND global_time % ?2 = ?3
                      ORDER BY global_time, id LIMIT ?4",
                 )
@@ -71,7 +71,7 @@ impl Store {
     ) -> Result<Vec<Row>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, global_time, hash, length(packet) FROM sync
-             WHERE community = ?1 AND priority > 32 AND undone = 0 AND id NOT IN (SELECT id FROM denied) AND global_time >= ?2
+             WHERE community = ?1 AND priority > 32 AND undone = 0 AND (NOT EXISTS (SELECT 1 FROM denied_count WHERE community = ?1 AND rows > 0) OR sync.id NOT IN (SELECT id FROM denied)) AND global_time >= ?2
              ORDER BY global_time, id LIMIT ?3",
         )
         .bind(community)
@@ -91,7 +91,7 @@ impl Store {
     ) -> Result<Vec<Row>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, global_time, hash, length(packet) FROM sync
-             WHERE community = ?1 AND priority > 32 AND undone = 0 AND id NOT IN (SELECT id FROM denied) AND global_time <= ?2
+             WHERE community = ?1 AND priority > 32 AND undone = 0 AND (NOT EXISTS (SELECT 1 FROM denied_count WHERE community = ?1 AND rows > 0) OR sync.id NOT IN (SELECT id FROM denied)) AND global_time <= ?2
              ORDER BY global_time DESC, id DESC LIMIT ?3",
         )
         .bind(community)
@@ -208,7 +208,7 @@ fn rows_sql(enumerate: bool, order: SyncOrder) -> &'static str {
                 "SELECT group_concat(printf('%d:%d:%s:%d', id, global_time, hex(hash), size), ',')
                  FROM (SELECT id, global_time, hash, length(packet) AS size
                        FROM sync INDEXED BY sync_cover
-                       WHERE community = ?1 AND meta = ?6 AND undone = 0 AND id NOT IN (SELECT id FROM denied)
+                       WHERE community = ?1 AND meta = ?6 AND undone = 0 AND (NOT EXISTS (SELECT 1 FROM denied_count WHERE community = ?1 AND rows > 0) OR sync.id NOT IN (SELECT id FROM denied))
                          AND global_time BETWEEN ?2 AND ?3 AND (global_time - ?2) % ?4 = 0
                        ORDER BY ",
                 $order,
@@ -228,7 +228,7 @@ fn rows_sql(enumerate: bool, order: SyncOrder) -> &'static str {
                  SELECT group_concat(printf('%d:%d:%s:%d', id, global_time, hex(hash), size), ',')
                  FROM (SELECT id, global_time, hash, length(packet) AS size
                        FROM t CROSS JOIN sync INDEXED BY sync_cover
-                       WHERE community = ?1 AND meta = ?6 AND undone = 0 AND id NOT IN (SELECT id FROM denied) AND global_time = t.g ",
+                       WHERE community = ?1 AND meta = ?6 AND undone = 0 AND (NOT EXISTS (SELECT 1 FROM denied_count WHERE community = ?1 AND rows > 0) OR sync.id NOT IN (SELECT id FROM denied)) AND global_time = t.g ",
                 $order,
                 " LIMIT ?5)"
             )
