@@ -7,8 +7,8 @@
 CREATE TABLE denied (
     id  INTEGER PRIMARY KEY                -- sync.id of a row the timeline denies
 );
--- How many rows of each community are denied: a reader of a community with none skips the
--- probe of `denied` (one lookup per statement instead of one per row).
+-- How many rows of each community are denied: the store loads the communities with some at
+-- open, and only their reads probe `denied`.
 CREATE TABLE denied_count (
     community  INTEGER PRIMARY KEY,        -- community.id
     rows       INTEGER NOT NULL

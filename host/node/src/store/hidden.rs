@@ -20,11 +20,13 @@
 //!   them out afterwards in pages (the plugin may be told after the flags hold).
 //!   [`Store::mark_range`] is both in turn.
 //!
-//! The readers: `denied_count` (rows per community) lets a statement over a community with no
-//! denied row skip the probe (`NOT EXISTS (... denied_count ...)` is evaluated once per
-//! statement; SQLite short-circuits the `OR`), otherwise each candidate row costs one rowid probe
-//! of `denied` (every index carries the row id: the responder's reads stay on `sync_cover`). A
-//! trigger removes a deleted row's denial (and its count), so a reused id starts allowed.
+//! The readers: a read of a community that may have denied rows adds `sync.id NOT IN (SELECT id
+//! FROM denied)` to its `undone = 0` ([`Store::visible`]): one rowid probe per candidate row
+//! (every index carries the row id: the responder's reads stay on `sync_cover`). The store keeps
+//! the set of such communities in memory, loaded at open from `denied_count` (rows per
+//! community) and added to before a row is denied; any other community's reads run the SQL they
+//! ran before 0008. A trigger removes a deleted row's denial (and its count), so a reused id
+//! starts allowed.
 //!
 //! Why a side table (issue 11: a revoke over 1,000,000 stored messages re-evaluated in ≤ 1 s).
 //! Measured with `benches/reevaluation.rs` (release, 2 shared cores, 1M Linear messages by 1,000
@@ -42,11 +44,14 @@
 //!   table visit per row (or `member` in the covering index) for every read, and every-author
 //!   spans need exceptions; the row-id probe needs neither.
 //! - Readers (Python's sqlite3 3.40 over the same schema, 1M rows, the responder's range read,
-//!   400 reads each): 1,000 rows 0.649 ms bare, 0.663 ms with the guarded probe, 0.673 ms with
-//!   the unguarded probe of an empty `denied`; 30 rows 0.025–0.029 ms either way. The `scale`
-//!   bench (one run each, shared machine, noisy): 256 KiB budgets within ±20 % of the run
-//!   without the probe; 5 KiB budgets 0.09/0.72/0.25 ms (fresh/pivot/modulo medians) without
-//!   it, 0.29/0.85/0.41 ms with it.
+//!   400 reads each): 1,000 rows 0.649 ms bare, 0.663 ms with a probe guarded in SQL by
+//!   `denied_count`, 0.673 ms with the probe of an empty `denied`; 30 rows 0.025–0.029 ms
+//!   either way. The `scale` bench (1M rows, medians fresh/pivot/modulo, shared machine, one
+//!   run each): without any probe 1.30/2.21/7.09 ms at 256 KiB, 0.09/0.72/0.25 ms at 5 KiB;
+//!   with the SQL-guarded probe 1.21–1.42/2.37–2.58/5.94–7.24 and 0.29/0.85–1.04/0.41–0.56;
+//!   with the guard in memory (this version: the very SQL of before for a community with
+//!   nothing denied) 1.52/2.29/6.05 and 0.28/0.93/0.49. That the 5 KiB reads stay at 0.28 ms
+//!   with unchanged SQL suggests the one 0.09 ms run was the outlier (not verified).
 
 use dispersy_core::identity::MemberId;
 pub use dispersy_core::timeline::Authors;
@@ -140,6 +145,31 @@ pub(super) const BITS: &str =
     "(undone | CASE WHEN id IN (SELECT id FROM denied) THEN 2 ELSE 0 END)";
 
 impl Store {
+    /// `sql`, a read of `community`'s visible rows that filters `undone = 0`, with the probe
+    /// of `denied` added to that filter when the community may have denied rows; as it is
+    /// otherwise (no cost for a community with none).
+    pub(super) fn visible(&self, community: i64, sql: &'static str) -> sqlx::AssertSqlSafe<String> {
+        let denying = self
+            .denying
+            .lock()
+            .map_or(true, |set| set.contains(&community));
+        sqlx::AssertSqlSafe(if denying {
+            sql.replace(
+                "undone = 0",
+                "undone = 0 AND sync.id NOT IN (SELECT id FROM denied)",
+            )
+        } else {
+            sql.to_owned()
+        })
+    }
+
+    /// Notes that `community` may have denied rows from now on (before any is written).
+    fn denying(&self, community: i64) {
+        if let Ok(mut set) = self.denying.lock() {
+            set.insert(community);
+        }
+    }
+
     /// Applies `mark` to the row of `member` at `global_time` in `community`; returns its row
     /// id if its visibility flipped (hidden for [`Mark::Undo`] and [`Mark::Deny`], visible
     /// again for the others), `None` when it did not or there is no such row.
@@ -182,6 +212,7 @@ impl Store {
                 before & !Reason::Undo.bit()
             }
             Mark::Deny => {
+                self.denying(community);
                 let added = sqlx::query("INSERT OR IGNORE INTO denied (id) VALUES (?1)")
                     .bind(id)
                     .execute(&mut *tx)
@@ -265,6 +296,9 @@ impl Store {
                 "DELETE FROM denied WHERE id IN (SELECT id FROM flip WHERE batch = ?6)",
             )
         };
+        if denied {
+            self.denying(range.community);
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let batch: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(batch), 0) + 1 FROM flip")
             .fetch_one(&mut *tx)
