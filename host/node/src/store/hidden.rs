@@ -50,8 +50,9 @@
 //!   run each): without any probe 1.30/2.21/7.09 ms at 256 KiB, 0.09/0.72/0.25 ms at 5 KiB;
 //!   with the SQL-guarded probe 1.21–1.42/2.37–2.58/5.94–7.24 and 0.29/0.85–1.04/0.41–0.56;
 //!   with the guard in memory (this version: the very SQL of before for a community with
-//!   nothing denied) 1.52/2.29/6.05 and 0.28/0.93/0.49. That the 5 KiB reads stay at 0.28 ms
-//!   with unchanged SQL suggests the one 0.09 ms run was the outlier (not verified).
+//!   nothing denied) 1.52/2.29/6.05 and 0.28/0.93/0.49; main before 0008 (fc8db1e), rerun
+//!   afterwards: 1.74/2.57/6.44 and 0.38/1.02/0.49. So the 0.09 ms run was an outlier, and
+//!   reads of a community with nothing denied are not measurably slower.
 
 use dispersy_core::identity::MemberId;
 pub use dispersy_core::timeline::Authors;
