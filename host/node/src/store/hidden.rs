@@ -723,4 +723,22 @@ mod tests {
         assert_eq!(denied_count(&store, id).await, 0);
         assert_eq!(offered(&store, id).await, [1, 3, 4, 5]);
     }
+    #[tokio::test]
+    async fn a_reopened_store_still_hides_the_denied_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = Store::open(&path).await.unwrap();
+        let id = store.ensure_community(&definition()).await.unwrap();
+        let rows = posts(id, 1..=4);
+        let member = rows[0].member;
+        store.insert(&rows).await.unwrap();
+        store
+            .mark_range(&range(id, member, 2, 3), true, 10, |_| {})
+            .await
+            .unwrap();
+        store.close().await;
+        let store = Store::open(&path).await.unwrap();
+        assert_eq!(offered(&store, id).await, [1, 4]);
+        store.close().await;
+    }
 }
