@@ -12,7 +12,8 @@
 //! already stored. The rule:
 //!
 //! - **A stored message is shown iff none of its hidden reasons holds.** The store keeps two
-//!   independent reasons per message (`sync.undone` bits): *denied* (2) follows the timeline
+//!   independent reasons per message (bits 1 and 2 as the API shows them; the host stores
+//!   undone in `sync.undone` and denied in a side table): *denied* (2) follows the timeline
 //!   only: set iff the timeline, as it is now, does not let its author create a message of its
 //!   meta at its global time; *undone* (1) follows undo only (`crate::undo`). A revoke never
 //!   redoes a message its author (or a moderator) undid, and a re-grant never shows one.
@@ -23,7 +24,7 @@
 //!   change's time on ([`crate::timeline::Timeline::allowed_spans`]); for a settings change
 //!   (every member), the spans of each member who ever held `Permit` on the meta and the
 //!   policy's spans for all other authors ([`crate::timeline::Timeline::reevaluation`]). The
-//!   driver applies each span as one range update of the denied bit (set in denied spans,
+//!   driver applies each span as one range update of the denied reason (set in denied spans,
 //!   cleared in allowed ones): a revoke over a member with a million stored messages costs a
 //!   few statements, not a core call per message. The plugin is told of each message whose
 //!   visibility flipped.

@@ -597,9 +597,10 @@ struct DelayedMessage {
     expires_at: Instant,
 }
 
-/// Rows a re-evaluation's range update flips per statement (`Store::mark_range`); the
-/// plugin is told of them in pages of `limits.read_page`. Large, so that a range of a
-/// million rows costs tens of statements, not thousands (the ids of one page: 128 KiB).
+/// Flipped ids a re-evaluation reads per statement from the store's journal
+/// (`Store::mark_range`, after the flags are committed); the plugin is told of them in pages
+/// of `limits.read_page`. Large, so that a range of a million rows costs tens of statements,
+/// not thousands (the ids of one page: 128 KiB).
 pub const MARK_PAGE: usize = 16_384;
 
 /// The calls that may change a community: a panic in one poisons the instance.

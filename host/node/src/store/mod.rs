@@ -38,7 +38,7 @@ mod testing;
 mod undo;
 mod write;
 
-pub use hidden::{Authors, Mark, Marked, Reason, Span};
+pub use hidden::{Authors, Flips, Mark, Marked, Reason, Span};
 pub use read::HistoryQuery;
 pub use task::{Health, Insert, InsertSender, run};
 pub use undo::UndoMarked;
@@ -97,6 +97,11 @@ pub const CONNECTIONS: u32 = 4;
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Communities that may have denied rows (`hidden.rs`): their reads probe `denied`, the
+    /// others' do not. Loaded at open from `denied_count`; a community is added before any
+    /// row of it is denied and never removed while this store is open (a stale entry costs
+    /// only the probe).
+    denying: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
 
 /// A persistent message to store.
@@ -229,7 +234,17 @@ impl Store {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+        // Flips of a re-evaluation a previous run committed but did not hand out: its plugin
+        // was not told then and is not now (it restores the visible rows anyway).
+        sqlx::query("DELETE FROM flip").execute(&pool).await?;
+        let denying: Vec<i64> =
+            sqlx::query_scalar("SELECT community FROM denied_count WHERE rows > 0")
+                .fetch_all(&pool)
+                .await?;
+        Ok(Store {
+            pool,
+            denying: std::sync::Arc::new(std::sync::Mutex::new(denying.into_iter().collect())),
+        })
     }
 
     /// Closes the pool, checkpointing the WAL.

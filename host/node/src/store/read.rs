@@ -36,10 +36,11 @@ impl Store {
         .await?;
         // From the covering index: a row's priority is its meta's.
         let syncable = json_list(syncable)?;
-        let stored: i64 = sqlx::query_scalar(
+        let stored: i64 = sqlx::query_scalar(self.visible(
+            community,
             "SELECT COUNT(*) FROM json_each(?2) CROSS JOIN sync INDEXED BY sync_cover
              WHERE community = ?1 AND meta = json_each.value AND undone = 0",
-        )
+        ))
         .bind(community)
         .bind(syncable)
         .fetch_one(&self.pool)
@@ -163,7 +164,9 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, member, global_time, meta, sequence, packet, undone, undone_by FROM sync
+            "SELECT id, member, global_time, meta, sequence, packet,
+                    undone | CASE WHEN id IN (SELECT id FROM denied) THEN 2 ELSE 0 END, undone_by
+             FROM sync
              WHERE community = ?1 AND id > ?2 AND meta < ?4 ORDER BY id LIMIT ?3",
         )
         .bind(community)
@@ -184,13 +187,14 @@ impl Store {
         community: i64,
         query: &HistoryQuery,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(self.visible(
+            community,
             "SELECT id, member, global_time, meta, sequence, packet, undone, undone_by FROM sync
              WHERE community = ?1 AND id > ?2 AND meta < ?8 AND undone = 0
                AND (?3 IS NULL OR meta = ?3)
                AND (?4 IS NULL OR member = ?4) AND global_time BETWEEN ?5 AND ?6
              ORDER BY id LIMIT ?7",
-        )
+        ))
         .bind(community)
         .bind(query.after)
         .bind(query.meta.map(i64::from))

@@ -38,12 +38,13 @@ impl Store {
                 offset,
                 limit,
             } => {
-                let rows = sqlx::query(
+                let rows = sqlx::query(self.visible(
+                    community,
                     "SELECT id, global_time, hash, length(packet) FROM sync
                      WHERE community = ?1 AND priority > 32 AND undone = 0
                        AND global_time % ?2 = ?3
                      ORDER BY global_time, id LIMIT ?4",
-                )
+                ))
                 .bind(community)
                 .bind(i64::from(modulo))
                 .bind(to_i64(offset))
@@ -69,11 +70,12 @@ impl Store {
         low: u64,
         limit: usize,
     ) -> Result<Vec<Row>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(self.visible(
+            community,
             "SELECT id, global_time, hash, length(packet) FROM sync
              WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time >= ?2
              ORDER BY global_time, id LIMIT ?3",
-        )
+        ))
         .bind(community)
         .bind(to_i64(low))
         .bind(limit_i64(limit))
@@ -89,11 +91,12 @@ impl Store {
         high: u64,
         limit: usize,
     ) -> Result<Vec<Row>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(self.visible(
+            community,
             "SELECT id, global_time, hash, length(packet) FROM sync
              WHERE community = ?1 AND priority > 32 AND undone = 0 AND global_time <= ?2
              ORDER BY global_time DESC, id DESC LIMIT ?3",
-        )
+        ))
         .bind(community)
         .bind(to_i64(high))
         .bind(limit_i64(limit))
@@ -131,7 +134,7 @@ impl Store {
             let sql = rows_sql(enumerate_residues(first, last, modulo, left), *order);
             // One row holding them all: sqlx hands rows over one by one between threads, which
             // costs more than SQLite's own work here.
-            let text: Option<String> = sqlx::query_scalar(sql)
+            let text: Option<String> = sqlx::query_scalar(self.visible(community, sql))
                 .bind(community)
                 .bind(to_i64(first))
                 .bind(to_i64(last))
