@@ -213,7 +213,7 @@ fn sent_introduction_request_parses_with_protoc() {
             "low: 1".into(),
             "high: 100".into(),
             "modulo: 3".into(),
-            "offset: 2".into(),
+            "offset: 1".into(), // the residue 2 of 3 as the original's offset: (t + 1) % 3 == 0
             bytes_line("bloomfilter", &[0x55; 64]),
             "functions: 6".into(),
             "prefix: 9".into(),
