@@ -599,7 +599,10 @@ mod permission_tests;
 
 #[cfg(test)]
 mod convergence_tests;
+#[cfg(test)]
 mod destroy_tests;
+#[cfg(test)]
+mod fixtures;
 #[cfg(test)]
 mod reevaluation_tests;
 #[cfg(test)]

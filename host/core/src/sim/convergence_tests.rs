@@ -22,13 +22,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use super::fixtures::synced;
 use super::*;
 use crate::authority::{self, Body, MemberRef, Target as Grantee};
 use crate::community::{Definition, Resume};
 use crate::identity::{CommunityId, MemberId};
-use crate::meta::{
-    Authentication, Destination, Distribution, MetaMessage, Resolution, StaticResolution, SyncOrder,
-};
+use crate::meta::{Authentication, MetaMessage, Resolution, StaticResolution};
 use crate::timeline::{Permission, Subject};
 use crate::wire::{self, CommunityMessage, Conversion, SignedMessage};
 
@@ -58,23 +57,6 @@ const SEEDS: u64 = 30;
 const QUIET_STEP: Duration = Duration::from_secs(10);
 /// The longest the network runs before the states must agree.
 const QUIET_LIMIT: Duration = Duration::from_secs(1_200);
-
-fn synced(id: u32, name: &str, resolution: Resolution) -> MetaMessage {
-    MetaMessage {
-        id,
-        name: name.into(),
-        authentication: Authentication::Member,
-        resolution,
-        distribution: Distribution::FullSync {
-            sequence_numbers: false,
-            order: SyncOrder::Ascending,
-            pruning: None,
-        },
-        destination: Destination::Community { node_count: 10 },
-        priority: 128,
-        batch_window: Duration::ZERO,
-    }
-}
 
 fn definition() -> Definition {
     Definition {

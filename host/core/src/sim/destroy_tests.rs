@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
+use super::fixtures::synced;
 use super::*;
 use crate::authority::{self, Body, Degree, MemberRef, Target};
 use crate::community::{Definition, Resume};
 use crate::identity::CommunityId;
-use crate::meta::{
-    Authentication, Destination, Distribution, MetaMessage, Resolution, SyncOrder, builtin,
-};
+use crate::meta::{Resolution, builtin};
 use crate::node::{AuthorityError, CreateError};
 use crate::stats::DropReason;
 use crate::timeline::{Permission, Subject};
@@ -25,23 +24,6 @@ const POST: u32 = 2;
 
 /// Long enough for sync alone to spread a message to every node of [`network`].
 const SPREAD: Duration = Duration::from_secs(300);
-
-fn synced(id: u32, name: &str, resolution: Resolution) -> MetaMessage {
-    MetaMessage {
-        id,
-        name: name.into(),
-        authentication: Authentication::Member,
-        resolution,
-        distribution: Distribution::FullSync {
-            sequence_numbers: false,
-            order: SyncOrder::Ascending,
-            pruning: None,
-        },
-        destination: Destination::Community { node_count: 10 },
-        priority: 128,
-        batch_window: Duration::ZERO,
-    }
-}
 
 fn definition() -> Definition {
     Definition {
@@ -72,29 +54,7 @@ fn key(i: usize) -> KeyPair {
 /// A tracker (node 0) and `peers` nodes that found each other; node 1 founded the community
 /// (holds the permit on destroy-community) and every node holds the founding authorize.
 fn network(peers: usize) -> Sim {
-    let mut sim = Sim::new(21);
-    let tracker = sim.add_node(
-        None,
-        Config {
-            tracker: true,
-            ..Config::default()
-        },
-    );
-    let trackers = vec![sim.address(tracker)];
-    for _ in 0..peers {
-        let i = sim.add_node(
-            None,
-            Config {
-                trackers: trackers.clone(),
-                ..Config::default()
-            },
-        );
-        let now = sim.now;
-        sim.nodes[i]
-            .join(now, definition(), Resume::default())
-            .expect("join");
-    }
-    sim.run_for(Duration::from_secs(5));
+    let mut sim = super::fixtures::network(21, peers, &definition(), super::fixtures::peer);
     let now = sim.now;
     sim.nodes[1].found(now, id(), &master()).expect("founded");
     sim.run_for(SPREAD);

@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::fixtures::synced;
 use super::*;
 use crate::authority::{self, Body, MemberRef, Target};
 use crate::community::{Definition, Resume};
 use crate::identity::{CommunityId, MemberId};
 use crate::meta::{
-    Authentication, Destination, Distribution, MetaMessage, Resolution, StaticResolution,
-    SyncOrder, builtin,
+    Authentication, Destination, Distribution, MetaMessage, Resolution, StaticResolution, builtin,
 };
 use crate::node::CreateError;
 use crate::stats::{DropReason, Traffic};
@@ -30,23 +30,6 @@ pub(super) const COVENANT: u32 = 12;
 /// Long enough for sync alone to spread a message to every node of [`network`] (walks between
 /// the few peers are rare once each has walked to the others: a few minutes of virtual time).
 pub(super) const SPREAD: Duration = Duration::from_secs(300);
-
-fn synced(id: u32, name: &str, resolution: Resolution) -> MetaMessage {
-    MetaMessage {
-        id,
-        name: name.into(),
-        authentication: Authentication::Member,
-        resolution,
-        distribution: Distribution::FullSync {
-            sequence_numbers: false,
-            order: SyncOrder::Ascending,
-            pruning: None,
-        },
-        destination: Destination::Community { node_count: 10 },
-        priority: 128,
-        batch_window: Duration::ZERO,
-    }
-}
 
 /// A community with a Public, a Linear and a Dynamic meta; its master is `Sim::key(999)`.
 pub(super) fn definition() -> Definition {
@@ -105,30 +88,7 @@ pub(super) fn member(i: usize) -> MemberId {
 /// other now and then (a candidate walked to rests for a while), so what only sync spreads
 /// takes minutes to reach every node: [`SPREAD`].
 pub(super) fn network(peers: usize) -> Sim {
-    let mut sim = Sim::new(11);
-    let tracker = sim.add_node(
-        None,
-        Config {
-            tracker: true,
-            ..Config::default()
-        },
-    );
-    let trackers = vec![sim.address(tracker)];
-    for _ in 0..peers {
-        let i = sim.add_node(
-            None,
-            Config {
-                trackers: trackers.clone(),
-                ..Config::default()
-            },
-        );
-        let now = sim.now;
-        sim.nodes[i]
-            .join(now, definition(), Resume::default())
-            .expect("join");
-    }
-    sim.run_for(Duration::from_secs(5));
-    sim
+    super::fixtures::network(11, peers, &definition(), super::fixtures::peer)
 }
 
 /// An authorize by `author` (its `sequence`-th) at `global_time` granting `to` `grants`.

@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
+use super::fixtures::synced;
 use super::*;
 use crate::authority::{self, Body, MemberRef, Target as Grantee};
 use crate::community::{Definition, Resume};
 use crate::identity::{CommunityId, MemberId};
-use crate::meta::{Authentication, Destination, Distribution, MetaMessage, Resolution, SyncOrder};
+use crate::meta::Resolution;
 use crate::node::{UndoError, UndoFlip};
 use crate::sync::Query;
 use crate::timeline::{Permission, Subject};
@@ -23,30 +24,16 @@ const NOTE: u32 = 3;
 
 const SPREAD: Duration = Duration::from_secs(300);
 
-fn synced(id: u32, name: &str) -> MetaMessage {
-    MetaMessage {
-        id,
-        name: name.into(),
-        authentication: Authentication::Member,
-        resolution: Resolution::Public,
-        distribution: Distribution::FullSync {
-            sequence_numbers: false,
-            order: SyncOrder::Ascending,
-            pruning: None,
-        },
-        destination: Destination::Community { node_count: 10 },
-        priority: 128,
-        batch_window: Duration::ZERO,
-    }
-}
-
 fn definition() -> Definition {
     Definition {
         name: "undo".into(),
         version: "0.1.0".into(),
         master: master().public().clone(),
         conversions: vec![Conversion::version(1).expect("valid")],
-        metas: vec![synced(POST, "post"), synced(NOTE, "note")],
+        metas: vec![
+            synced(POST, "post", Resolution::Public),
+            synced(NOTE, "note", Resolution::Public),
+        ],
         undoable: vec![POST],
     }
 }
@@ -69,30 +56,7 @@ fn member(i: usize) -> MemberId {
 
 /// A tracker (node 0) and `peers` joined nodes that found each other.
 fn network(peers: usize, seed: u64) -> Sim {
-    let mut sim = Sim::new(seed);
-    let tracker = sim.add_node(
-        None,
-        Config {
-            tracker: true,
-            ..Config::default()
-        },
-    );
-    let trackers = vec![sim.address(tracker)];
-    for _ in 0..peers {
-        let i = sim.add_node(
-            None,
-            Config {
-                trackers: trackers.clone(),
-                ..Config::default()
-            },
-        );
-        let now = sim.now;
-        sim.nodes[i]
-            .join(now, definition(), Resume::default())
-            .expect("join");
-    }
-    sim.run_for(Duration::from_secs(5));
-    sim
+    super::fixtures::network(seed, peers, &definition(), super::fixtures::peer)
 }
 
 fn signed(author: &KeyPair, global_time: u64, sequence: Option<u32>, body: Body) -> SignedMessage {

@@ -45,7 +45,7 @@ pub struct Synchronization {
     pub modulo: u32,
     /// See `modulo`; below it. This is the residue; on the wire the original's offset `o`
     /// travels, which covers `t` iff `(t + o) % modulo == 0`: `o = (modulo - offset) % modulo`,
-    /// converted both ways by the codec ([`super::field::flip_offset`]).
+    /// converted both ways by the codec (`wire::field::flip_offset`).
     pub offset: u64,
     /// Number of hash functions.
     pub functions: u32,
