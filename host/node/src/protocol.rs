@@ -77,6 +77,10 @@ pub(crate) struct Protocol {
     /// (community, global time): answered by `Command::Durable` (bounded like `creating`,
     /// which they come from; callers that gave up are forgotten at the next refresh).
     durable: HashMap<(CommunityId, u64), (Created, CreatedReply)>,
+    /// Store writes that could not be queued at once (a full queue): each waits for room or
+    /// writes by itself; reaped at every refresh, awaited when the task ends (none detached).
+    /// Bounded by what creates them: permission records and undos, themselves bounded.
+    writes: tokio::task::JoinSet<()>,
     /// Double-member messages plugins proposed, by request: the plugin's token (bounded by the
     /// core's `signature.max_pending`; every request ends in an `Event::Created`).
     proposals: HashMap<RequestId, u64>,
@@ -107,6 +111,7 @@ impl Protocol {
             last_refresh: tokio::time::Instant::now(),
             creating: HashMap::new(),
             durable: HashMap::new(),
+            writes: tokio::task::JoinSet::new(),
             founder: None,
             masters: None,
             proposals: HashMap::new(),
@@ -212,6 +217,10 @@ impl Protocol {
                 self.refresh();
             }
         }
+        // Store writes not queued yet finish (or fail with the store) before the task ends.
+        let writes = async { while self.writes.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(5), writes).await;
+        self.writes.shutdown().await;
     }
 
     fn datagrams(&mut self, batch: Vec<Datagram>) {
@@ -703,7 +712,7 @@ impl Protocol {
                 Event::Undone { community, flips } => {
                     // A flip comes after its undo and its target were stored (it is made from
                     // store reports and reads), so the rows it names are there.
-                    self.sync_job(community, |row| SyncJob::Undone {
+                    self.sync_write(community, |row| SyncJob::Undone {
                         community,
                         row,
                         flips,
@@ -725,7 +734,7 @@ impl Protocol {
                     };
                     match self.registry.as_ref().and_then(|r| r.worker(&community)) {
                         Some(worker) => {
-                            if let Err(error) = worker.submit_destroy(job) {
+                            if let Err(error) = worker.submit_write(job) {
                                 tracing::warn!(%community, %error, "the destroyed community's thread did not take the deletion");
                             }
                         }
@@ -786,7 +795,7 @@ impl Protocol {
                 meta,
                 spans: spans.clone(),
             };
-            match worker.submit(job) {
+            match worker.submit_write(job) {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(%community, meta, %error, "re-evaluation not queued: the flags are written apart, the plugin is not told");
@@ -797,7 +806,7 @@ impl Protocol {
             return;
         };
         let store = registry.store().clone();
-        tokio::spawn(async move {
+        self.writes.spawn(async move {
             for reevaluation in spans {
                 for span in reevaluation.spans {
                     let range = crate::store::Span {
@@ -825,6 +834,27 @@ impl Protocol {
 
     /// Hands a store read to the sync task; when it is busy the read is dropped (the walk then
     /// goes without a filter, the request without an answer).
+    /// Hands a job that writes the store to the sync task: queued at once when there is room,
+    /// else by a task of [`Protocol::writes`] that waits for room (a write must not be lost;
+    /// the protocol task must not wait).
+    fn sync_write(&mut self, community: CommunityId, job: impl FnOnce(i64) -> SyncJob) {
+        let row = self
+            .registry
+            .as_ref()
+            .and_then(|r| r.definition(&community))
+            .map(|(_, row)| row);
+        let Some(row) = row else {
+            self.dropped.bump(DropReason::NoPlugin);
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(job)) = self.sync_jobs.try_send(job(row)) {
+            let jobs = self.sync_jobs.clone();
+            self.writes.spawn(async move {
+                let _ = jobs.send(job).await;
+            });
+        }
+    }
+
     fn sync_job(&mut self, community: CommunityId, job: impl FnOnce(i64) -> SyncJob) {
         let row = self
             .registry
@@ -847,6 +877,7 @@ impl Protocol {
         let now = self.clock.now();
         self.creating.retain(|_, reply| !reply.is_closed());
         self.durable.retain(|_, (_, reply)| !reply.is_closed());
+        while self.writes.try_join_next().is_some() {}
         let Some(registry) = &self.registry else {
             return;
         };

@@ -39,11 +39,19 @@ pub trait History: Send + Sync {
         Err("this community has no store".into())
     }
 
-    /// Sets (`denied`) or clears the denied bit of the rows of `span` (`Store::mark_range`);
-    /// the ids of the rows whose visibility flipped, in pages of at most `page`. Not bounded
-    /// by the read timeout: the flags must be written. Without an implementation: an error.
-    fn deny(&self, span: &Span, denied: bool, page: usize) -> Result<Vec<Vec<i64>>, String> {
-        let _ = (span, denied, page);
+    /// Sets (`denied`) or clears the denied bit of the rows of `span` (`Store::deny_range`,
+    /// durable first), then hands the ids of the rows whose visibility flipped to `on_page`, one
+    /// page of at most `page` at a time, each read between two calls (`on_page` may use this
+    /// history). Not bounded by the read timeout: the flags must be written. Without an
+    /// implementation: an error.
+    fn deny(
+        &self,
+        span: &Span,
+        denied: bool,
+        page: usize,
+        on_page: &mut dyn FnMut(Vec<i64>),
+    ) -> Result<(), String> {
+        let _ = (span, denied, page, on_page);
         Err("this history writes no flags".into())
     }
 }
@@ -104,18 +112,37 @@ impl History for StoreHistory {
             .map_err(|error| format!("deleting a destroyed community's messages failed: {error}"))
     }
 
-    fn deny(&self, span: &Span, denied: bool, page: usize) -> Result<Vec<Vec<i64>>, String> {
+    fn deny(
+        &self,
+        span: &Span,
+        denied: bool,
+        page: usize,
+        on_page: &mut dyn FnMut(Vec<i64>),
+    ) -> Result<(), String> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err("store writes are refused on the host's async tasks".into());
         }
-        let mut pages = Vec::new();
+        let failed =
+            |error: crate::store::StoreError| format!("marking denied messages failed: {error}");
+        let flips = self
+            .runtime
+            .block_on(self.store.deny_range(span, denied))
+            .map_err(failed)?;
+        // Page by page: only one page of ids is held, and `on_page` runs outside block_on.
+        let mut after = (flips.marked.flipped > 0).then_some(i64::MIN);
+        while let Some(cursor) = after {
+            let ids = self
+                .runtime
+                .block_on(self.store.flipped_page(&flips, cursor, page))
+                .map_err(failed)?;
+            after = ids.last().copied().filter(|_| ids.len() >= page.max(1));
+            if !ids.is_empty() {
+                on_page(ids);
+            }
+        }
         self.runtime
-            .block_on(
-                self.store
-                    .mark_range(span, denied, page, |ids| pages.push(ids)),
-            )
-            .map_err(|error| format!("marking denied messages failed: {error}"))?;
-        Ok(pages)
+            .block_on(self.store.forget(&flips))
+            .map_err(failed)
     }
 }
 

@@ -453,10 +453,10 @@ impl Worker {
         })
     }
 
-    /// Queues a [`Job::Destroy`] whatever the instance's state (a disabled, failed, stuck or
-    /// destroyed community deletes too, once its thread is free); refused only when the queue
-    /// is full or the thread has ended.
-    pub fn submit_destroy(&self, job: Job) -> Result<(), QueueError> {
+    /// Queues a job that writes the store ([`Job::Destroy`], [`Job::Reevaluate`]) whatever the
+    /// instance's state (a disabled, failed, stuck or destroyed community writes too, once its
+    /// thread is free); refused only when the queue is full or the thread has ended.
+    pub fn submit_write(&self, job: Job) -> Result<(), QueueError> {
         self.jobs.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => QueueError::Full,
             TrySendError::Disconnected(_) => QueueError::Stopped,
@@ -1060,19 +1060,15 @@ impl WorkerLoop {
                     low: span.low,
                     high: span.high,
                 };
-                match history.deny(&range, !span.allowed, MARK_PAGE) {
-                    Ok(pages) => {
-                        for ids in pages {
-                            self.tell_undone(&super::undone::Notice {
-                                ids,
-                                undone: !span.allowed,
-                                why: super::undone::Why::Denied,
-                            });
-                        }
-                    }
-                    Err(error) => {
-                        tracing::error!(community = %self.shared.name, meta, %error, "re-evaluation not applied");
-                    }
+                let mut tell = |ids| {
+                    self.tell_undone(&super::undone::Notice {
+                        ids,
+                        undone: !span.allowed,
+                        why: super::undone::Why::Denied,
+                    });
+                };
+                if let Err(error) = history.deny(&range, !span.allowed, MARK_PAGE, &mut tell) {
+                    tracing::error!(community = %self.shared.name, meta, %error, "re-evaluation not applied");
                 }
             }
         }

@@ -369,33 +369,42 @@ impl Store {
         page: usize,
         mut on_page: impl FnMut(Vec<i64>),
     ) -> Result<(), StoreError> {
-        let page = i64::try_from(page.max(1)).unwrap_or(i64::MAX);
-        let mut after = i64::MIN;
-        if flips.marked.flipped > 0 {
-            loop {
-                // A page's ids come back as one JSON list (one result row, not one per id:
-                // sqlx costs per row).
-                let (list, last, count): (String, Option<i64>, i64) = sqlx::query_as(
-                    "SELECT json_group_array(id), MAX(id), COUNT(*) FROM (
-                         SELECT id FROM flip WHERE batch = ?1 AND id > ?2 ORDER BY id LIMIT ?3)",
-                )
-                .bind(flips.batch)
-                .bind(after)
-                .bind(page)
-                .fetch_one(&self.pool)
-                .await?;
-                let Some(last) = last.filter(|_| count > 0) else {
-                    break;
-                };
-                let ids: Vec<i64> = serde_json::from_str(&list)
-                    .map_err(|e| sqlx::Error::Protocol(format!("a page of ids: {e}")))?;
+        let mut after = (flips.marked.flipped > 0).then_some(i64::MIN);
+        while let Some(cursor) = after {
+            let ids = self.flipped_page(flips, cursor, page).await?;
+            after = ids.last().copied().filter(|_| ids.len() >= page.max(1));
+            if !ids.is_empty() {
                 on_page(ids);
-                if count < page {
-                    break;
-                }
-                after = last;
             }
         }
+        self.forget(flips).await
+    }
+
+    /// The ids `flips` names above `after`, at most `page` of them, in row-id order.
+    pub async fn flipped_page(
+        &self,
+        flips: &Flips,
+        after: i64,
+        page: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        let page = i64::try_from(page.max(1)).unwrap_or(i64::MAX);
+        // A page's ids come back as one JSON list (one result row, not one per id: sqlx costs
+        // per row).
+        let list: String = sqlx::query_scalar(
+            "SELECT json_group_array(id) FROM (
+                 SELECT id FROM flip WHERE batch = ?1 AND id > ?2 ORDER BY id LIMIT ?3)",
+        )
+        .bind(flips.batch)
+        .bind(after)
+        .bind(page)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(serde_json::from_str(&list)
+            .map_err(|e| sqlx::Error::Protocol(format!("a page of ids: {e}")))?)
+    }
+
+    /// Forgets the journal of `flips` (once the plugin was told).
+    pub async fn forget(&self, flips: &Flips) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM flip WHERE batch = ?1")
             .bind(flips.batch)
             .execute(&self.pool)

@@ -257,7 +257,8 @@ impl History for FakeHistory {
         span: &crate::store::Span,
         denied: bool,
         page: usize,
-    ) -> Result<Vec<Vec<i64>>, String> {
+        on_page: &mut dyn FnMut(Vec<i64>),
+    ) -> Result<(), String> {
         self.log
             .push(format!("deny {}..={} {denied}", span.low, span.high));
         let ids: Vec<i64> = self
@@ -266,7 +267,10 @@ impl History for FakeHistory {
             .filter(|r| r.meta == span.meta && (span.low..=span.high).contains(&r.global_time))
             .map(|r| r.id)
             .collect();
-        Ok(ids.chunks(page).map(<[i64]>::to_vec).collect())
+        for chunk in ids.chunks(page) {
+            on_page(chunk.to_vec());
+        }
+        Ok(())
     }
 }
 
