@@ -257,6 +257,44 @@ pub async fn founder_and_peer(
     (a, b, keys)
 }
 
+/// A founder and a peer ([`founder_and_peer`]) that both joined the probe community instance of
+/// master key `peer::key(seed)`. Keep every field alive for the test's length (the folders go
+/// when dropped).
+pub struct FoundedProbe {
+    /// The founder.
+    pub a: TestNode,
+    /// The peer.
+    pub b: TestNode,
+    /// The instance's master key.
+    pub master: dispersy_core::identity::KeyPair,
+    /// The instance's community id, hex.
+    pub id: String,
+    /// The plugin folder (the probe plugin).
+    pub plugins: TempDir,
+    /// The folder of the founder's key file.
+    pub keys: TempDir,
+}
+
+/// [`FoundedProbe`]: started, and the instance joined on both nodes.
+pub async fn founded_probe(seed: u8) -> FoundedProbe {
+    let plugins = plugin_dir(&["probe_community"]);
+    let master = peer::key(seed);
+    let hex = master.public().to_hex();
+    let (a, b, keys) = founder_and_peer(plugins.path(), &master).await;
+    for node in [&a, &b] {
+        let (code, answer) = node.join_instance("probe", &hex).await;
+        assert_eq!(code, 201, "{answer}");
+    }
+    FoundedProbe {
+        a,
+        b,
+        id: master.member_id().to_hex(),
+        master,
+        plugins,
+        keys,
+    }
+}
+
 /// Two nodes with `plugins` that know each other in `community` (the second was given the first
 /// as a peer).
 pub async fn pair(plugins: &Path, community: &str) -> (TestNode, TestNode) {

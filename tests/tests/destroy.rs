@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use integration_tests::peer::key;
-use integration_tests::{TestNode, founder_and_peer, plugin_dir, wait_until};
+use integration_tests::{FoundedProbe, TestNode, founded_probe, wait_until};
 use serde_json::{Value, json};
 
 /// How long what only a push or sync spreads may take between two nodes.
@@ -67,15 +66,14 @@ async fn destroyed(node: &TestNode, community: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_founders_hard_destroy_empties_the_peer_which_stays_destroyed_after_a_restart() {
-    let plugins = plugin_dir(&["probe_community"]);
-    let master = key(52);
-    let hex = master.public().to_hex();
-    let id = master.member_id().to_hex();
-    let (a, b, _keys) = founder_and_peer(plugins.path(), &master).await;
-    for node in [&a, &b] {
-        let (code, answer) = node.join_instance("probe", &hex).await;
-        assert_eq!(code, 201, "{answer}");
-    }
+    let FoundedProbe {
+        a,
+        b,
+        master: _master,
+        id,
+        plugins,
+        keys: _keys,
+    } = founded_probe(52).await;
     for (node, text) in [(&a, "from a"), (&b, "from b")] {
         let (code, answer) = post(node, &id, text).await;
         assert_eq!(code, 201, "{answer}");
@@ -136,15 +134,14 @@ async fn a_founders_hard_destroy_empties_the_peer_which_stays_destroyed_after_a_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_soft_destroy_freezes_the_community_on_both_nodes() {
-    let plugins = plugin_dir(&["probe_community"]);
-    let master = key(53);
-    let hex = master.public().to_hex();
-    let id = master.member_id().to_hex();
-    let (a, b, _keys) = founder_and_peer(plugins.path(), &master).await;
-    for node in [&a, &b] {
-        let (code, answer) = node.join_instance("probe", &hex).await;
-        assert_eq!(code, 201, "{answer}");
-    }
+    let FoundedProbe {
+        a,
+        b,
+        master: _master,
+        id,
+        plugins: _plugins,
+        keys: _keys,
+    } = founded_probe(53).await;
     let (code, answer) = post(&a, &id, "before").await;
     assert_eq!(code, 201, "{answer}");
     wait_until(SPREAD, "B to store the post", || async {

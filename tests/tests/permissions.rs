@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use dispersy_core::identity::PublicKey;
-use integration_tests::peer::key;
-use integration_tests::{TestNode, founder_and_peer, plugin_dir, wait_until};
+use integration_tests::{FoundedProbe, TestNode, founded_probe, plugin_dir, wait_until};
 use serde_json::{Value, json};
 
 /// How long what only a push or sync spreads may take between two nodes.
@@ -77,15 +76,14 @@ fn member_id(node: &TestNode) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_founder_authorizes_and_revokes_a_linear_meta_that_both_nodes_enforce() {
-    let plugins = plugin_dir(&["probe_community"]);
-    let master = key(51);
-    let hex = master.public().to_hex();
-    let id = master.member_id().to_hex();
-    let (a, b, _keys) = founder_and_peer(plugins.path(), &master).await;
-    for node in [&a, &b] {
-        let (code, answer) = node.join_instance("probe", &hex).await;
-        assert_eq!(code, 201, "{answer}");
-    }
+    let FoundedProbe {
+        a,
+        b,
+        master: _master,
+        id,
+        plugins: _plugins,
+        keys: _keys,
+    } = founded_probe(51).await;
     let (a_id, b_id) = (member_id(&a), member_id(&b));
     wait_until(SPREAD, "A to hold its founding permits", || async {
         holds(&a, &id, &a_id, "linear-post", "authorize").await
@@ -312,15 +310,14 @@ async fn a_revoke_reaching_back_hides_the_later_posts_on_both_nodes_and_tells_th
     use dispersy_core::timeline::{Permission, Subject};
     use dispersy_core::wire::{self, SignedMessage};
 
-    let plugins = plugin_dir(&["probe_community"]);
-    let master = key(52);
-    let hex = master.public().to_hex();
-    let id = master.member_id().to_hex();
-    let (a, b, _keys) = founder_and_peer(plugins.path(), &master).await;
-    for node in [&a, &b] {
-        let (code, answer) = node.join_instance("probe", &hex).await;
-        assert_eq!(code, 201, "{answer}");
-    }
+    let FoundedProbe {
+        a,
+        b,
+        master,
+        id,
+        plugins: _plugins,
+        keys: _keys,
+    } = founded_probe(52).await;
     let (a_id, b_id) = (member_id(&a), member_id(&b));
     wait_until(SPREAD, "A to hold its founding permits", || async {
         holds(&a, &id, &a_id, "linear-post", "authorize").await

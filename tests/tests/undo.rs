@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use dispersy_core::identity::PublicKey;
-use integration_tests::peer::key;
-use integration_tests::{PROBE, TestNode, founder_and_peer, pair, plugin_dir, wait_until};
+use integration_tests::{
+    FoundedProbe, PROBE, TestNode, founded_probe, pair, plugin_dir, wait_until,
+};
 use serde_json::{Value, json};
 
 /// How long what only a push or sync spreads may take between two nodes.
@@ -137,15 +138,14 @@ async fn an_undone_post_is_hidden_on_both_nodes_the_plugins_are_told_and_a_resta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_founder_undoes_another_members_post_with_undo_other() {
-    let plugins = plugin_dir(&["probe_community"]);
-    let master = key(52);
-    let hex = master.public().to_hex();
-    let id = master.member_id().to_hex();
-    let (a, b, _keys) = founder_and_peer(plugins.path(), &master).await;
-    for node in [&a, &b] {
-        let (code, answer) = node.join_instance("probe", &hex).await;
-        assert_eq!(code, 201, "{answer}");
-    }
+    let FoundedProbe {
+        a,
+        b,
+        master: _master,
+        id,
+        plugins: _plugins,
+        keys: _keys,
+    } = founded_probe(52).await;
     let (code, answer) = b
         .call(
             "POST",
